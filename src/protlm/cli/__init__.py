@@ -1,0 +1,1 @@
+"""The ``protlm`` command line (thin: parses arguments, calls library code)."""

@@ -1,0 +1,282 @@
+"""``protlm`` — one entry point, one subcommand per job.
+
+Every subcommand prints a readable summary to stderr and, with ``--json``, the full result as
+JSON on stdout. Errors a user can cause end with one ``protlm: error: ...`` line and exit
+code 2; Ctrl-C exits with 130 and keeps everything already written (atomic writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from protlm import __version__
+from protlm.errors import ProtlmError
+
+log = logging.getLogger("protlm")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _emit(args, result: dict, summary: str) -> None:
+    print(summary, file=sys.stderr)
+    if getattr(args, "json", False):
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+
+
+def _progress_bar(total: int | None, desc: str, unit: str = "B"):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024,
+               disable=None, file=sys.stderr, dynamic_ncols=True)
+    return bar
+
+
+def _add_cleaning(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cleaning (see docs/data.md)")
+    g.add_argument("--rare", choices=["X", "keep"], default="X",
+                   help="B/O/U/Z: map to X (default, as ProtTrans/ESM) or keep")
+    g.add_argument("--skip-invalid", action="store_true",
+                   help="skip (log and count) records with invalid characters or no residues "
+                        "instead of stopping")
+    g.add_argument("--rename-duplicates", action="store_true",
+                   help="rename repeated ids to ID_2, ID_3, ... instead of stopping")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_inspect(args) -> int:
+    from protlm.data.alphabet import CleaningPolicy
+    from protlm.data.stats import fasta_statistics
+
+    res = fasta_statistics(args.fasta, CleaningPolicy(args.rare), skip_invalid=args.skip_invalid,
+                           rename_duplicates=args.rename_duplicates)
+    ln = res["length"]
+    summary = (
+        f"{res['file']}: {res['records']:,} records, {res['residues']:,} residues; "
+        f"length min {ln['min']}, median {ln['median']:g}, mean {ln['mean']}, max {ln['max']} "
+        f"({ln['longest_id']}); skipped {res['skipped_invalid']}, renamed {res['renamed_duplicates']}"
+    )
+    _emit(args, res, summary)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from protlm.data.prepare import PrepareOptions, prepare
+
+    options = PrepareOptions(
+        valid_fraction=args.valid_fraction,
+        split_salt=args.split_salt,
+        min_length=args.min_length,
+        max_length=args.max_length,
+        rare=args.rare,
+        skip_invalid=args.skip_invalid,
+        chunk_mb=args.chunk_mb,
+    )
+    size = Path(args.input).stat().st_size if Path(args.input).is_file() else None
+    bar = _progress_bar(size, "prepare")
+    try:
+        result = prepare(
+            args.input, args.out, options, exclude=args.exclude or (), workers=args.workers,
+            shard=args.shard, dedup=args.dedup, rename_duplicates=args.rename_duplicates,
+            progress=bar.update,
+        )
+    finally:
+        bar.close()
+    if "splits" in result:
+        c = result["counts"]
+        summary = (
+            f"prepared {c['kept']:,} of {c['records_read']:,} records "
+            f"(train {result['splits']['train']['records']:,} / valid "
+            f"{result['splits']['valid']['records']:,}; excluded {c['excluded']}, too short "
+            f"{c['too_short']}, too long {c['too_long']}, skipped {c['skipped_invalid']}, "
+            f"duplicate sequences {c['duplicate_sequences']:,}, removed {c['duplicates_removed']:,}) "
+            f"→ {Path(args.out) / 'manifest.json'}"
+        )
+    else:
+        i, n = result["shard"]
+        summary = (
+            f"part {i}/{n} done: {len(result['chunks'])} of {result['total_chunks']} chunks "
+            f"({result['chunks_reused']} reused); run `protlm prepare-merge {args.out}` "
+            "when all parts are done"
+        )
+    _emit(args, result, summary)
+    return 0
+
+
+def cmd_prepare_merge(args) -> int:
+    from protlm.data.prepare import merge
+
+    result = merge(args.out, dedup=args.dedup, rename_duplicates=args.rename_duplicates)
+    c = result["counts"]
+    summary = (
+        f"merged {result['chunks']} chunks: {c['kept']:,} records "
+        f"→ {Path(args.out) / 'manifest.json'}"
+    )
+    _emit(args, result, summary)
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from protlm.data.benchmarks import BENCHMARKS, load_benchmark, summarize
+    from protlm.errors import ConfigError
+
+    names = args.names or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise ConfigError(f"unknown data set {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
+    data = Path(args.data)
+    if not data.is_dir():
+        raise ProtlmError(f"{data}: no such folder (--data should point at the protlm benchmark data)")
+    result = {name: summarize(load_benchmark(name, data)) for name in names}
+    lines = [f"{name:24s} {res.get('records', 0):>7,} records  {res.get('splits', {})}"
+             for name, res in result.items()]
+    _emit(args, result, "\n".join(lines))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from protlm.demo import run_demo
+
+    bar = _progress_bar(None, "demo: prepare")
+    try:
+        report = run_demo(args.out, data=args.data, workers=args.workers, progress=bar.update)
+    finally:
+        bar.close()
+    st = report["statistics"]
+    ln = st["length"]
+    lines = [
+        "protlm demo",
+        f"  source      {report['source']}",
+        f"  input       {report['input']}",
+        f"  records     {st['records']:,}   residues {st['residues']:,}",
+        f"  length      min {ln['min']}  median {ln['median']:g}  mean {ln['mean']}  max {ln['max']} ({ln['longest_id']})",
+        "  composition " + " ".join(f"{aa}:{100 * f:.1f}%" for aa, f in
+                                    sorted(st["composition"].items(), key=lambda kv: -kv[1])[:8]),
+        f"  shards      train {report['shards']['train']['records']:,} seqs / "
+        f"{report['shards']['train']['residues']:,} res; valid {report['shards']['valid']['records']:,} seqs",
+        f"  manifest    {report['shards']['manifest']}",
+    ]
+    for name, s in report.get("benchmarks", {}).items():
+        lines.append(f"  benchmark   {name:22s} {s.get('records', 0):>7,} records  splits {s.get('splits', {})}")
+    report_path = Path(args.out) / "demo_report.json"
+    from protlm.data.prepare import atomic_write_json
+
+    atomic_write_json(report_path, report)
+    lines.append(f"  report      {report_path}")
+    _emit(args, report, "\n".join(lines))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="protlm",
+        description="Protein language models: prepare data, inspect FASTA, load benchmark sets.",
+    )
+    parser.add_argument("--version", action="version", version=f"protlm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the main job on real sequences (offline)",
+                       description="Inspect and prepare a real proteome (shipped with pyhmmer), "
+                                   "or the benchmark data with --data.")
+    p.add_argument("--data", help="protlm benchmark data folder (e.g. ../shared/data)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--workers", type=int, default=1, help="processes for prepare")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("inspect", help="validate a FASTA file and print its statistics",
+                       description="Read a FASTA(.gz) file with protlm's cleaning policy and "
+                                   "report counts, lengths and composition.")
+    p.add_argument("fasta", help="FASTA or gzipped FASTA file")
+    _add_cleaning(p)
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON on stdout")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("prepare", help="FASTA(.gz) → tokenised pretraining shards",
+                       description="Clean, split (by id hash), filter and tokenise a FASTA file "
+                                   "into uint8 token shards with a manifest.json. Resumable: "
+                                   "finished chunks are skipped when rerun.")
+    p.add_argument("input", help="FASTA or gzipped FASTA file")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--shard", metavar="i/N",
+                   help="process only chunks with index %% N == i (then run prepare-merge)")
+    p.add_argument("--valid-fraction", type=float, default=0.01,
+                   help="fraction of ids (by hash) in the validation split (default 0.01)")
+    p.add_argument("--split-salt", default="protlm", help="salt of the id hash (default protlm)")
+    p.add_argument("--min-length", type=int, default=1, help="drop shorter sequences")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="drop longer sequences (default: keep all; trainers crop)")
+    p.add_argument("--exclude", action="append", metavar="FILE",
+                   help="ids or sequences to remove before the split (FASTA, or one per line); "
+                        "repeatable")
+    p.add_argument("--dedup", action="store_true",
+                   help="remove exact duplicate sequences (the first occurrence is kept)")
+    p.add_argument("--chunk-mb", type=float, default=32.0,
+                   help="MB of FASTA text per output chunk (default 32)")
+    _add_cleaning(p)
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("prepare-merge", help="join the parts of a sharded prepare run",
+                       description="After `protlm prepare ... --shard i/N` for every i, check "
+                                   "that all chunks are done and write manifest.json.")
+    p.add_argument("out", help="the --out folder the parts wrote into")
+    p.add_argument("--dedup", action="store_true", help="remove exact duplicate sequences")
+    p.add_argument("--rename-duplicates", action="store_true", help="rename repeated ids")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
+    p.set_defaults(func=cmd_prepare_merge)
+
+    p = sub.add_parser("datasets", help="load and summarise the benchmark data sets",
+                       description="Load benchmark sets from the protlm data folder and print "
+                                   "their counts, splits and label distributions.")
+    p.add_argument("names", nargs="*", help="data sets (default: all)")
+    p.add_argument("--data", default=os.environ.get("PROTLM_DATA", "../shared/data"),
+                   help="benchmark data folder (default: $PROTLM_DATA or ../shared/data)")
+    p.add_argument("--json", action="store_true", help="print the summaries as JSON on stdout")
+    p.set_defaults(func=cmd_datasets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="protlm: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except ProtlmError as exc:
+        print(f"protlm: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("protlm: interrupted; finished work is kept, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except OSError as exc:  # disk full, permissions on output, ...
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"protlm: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Read prepared shards (``protlm prepare`` output) without loading them into memory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from protlm.data.alphabet import ALPHABET
+from protlm.data.prepare import FORMAT, FORMAT_VERSION, SPLITS
+from protlm.errors import InputError
+
+_DECODE = np.frombuffer(ALPHABET.encode(), dtype=np.uint8)
+
+
+def load_manifest(path: str | Path) -> dict:
+    """The manifest of a prepared folder, checked for format and version."""
+    path = Path(path)
+    mpath = path / "manifest.json" if path.is_dir() else path
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{mpath}: no such file (is this a folder made by protlm prepare?)") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{mpath}: unreadable manifest ({exc})") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{mpath}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+    return manifest
+
+
+class ShardedDataset:
+    """One split of a prepared folder as a random-access sequence of token arrays.
+
+    Token files are memory-mapped, so opening Swiss-Prot costs a few MB of offsets; item ``i``
+    is a ``uint8`` array of token ids (index into :data:`~protlm.data.alphabet.ALPHABET`).
+    """
+
+    def __init__(self, folder: str | Path, split: str = "train"):
+        if split not in SPLITS:
+            raise InputError(f"unknown split {split!r}; choose one of {SPLITS}")
+        self.folder = Path(folder)
+        self.manifest = load_manifest(self.folder)
+        self.split = split
+        self._tokens = []
+        offsets = []
+        for shard in self.manifest["splits"][split]["shards"]:
+            off = np.load(self.folder / shard["offsets"], allow_pickle=False)
+            if off[-1] == 0:
+                continue
+            self._tokens.append(np.memmap(self.folder / shard["tokens"], dtype=np.uint8, mode="r"))
+            offsets.append(off)
+        self._offsets = offsets
+        counts = np.array([len(o) - 1 for o in offsets], dtype=np.int64)
+        self._starts = np.concatenate(([0], np.cumsum(counts)))
+        self.lengths = (
+            np.concatenate([np.diff(o) for o in offsets]) if offsets else np.zeros(0, np.int64)
+        )
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        s = int(np.searchsorted(self._starts, i, side="right") - 1)
+        j = i - int(self._starts[s])
+        off = self._offsets[s]
+        return np.asarray(self._tokens[s][off[j] : off[j + 1]])
+
+    def sequence(self, i: int) -> str:
+        return _DECODE[self[i]].tobytes().decode("ascii")
+
+    def ids(self) -> list[str]:
+        out: list[str] = []
+        for shard in self.manifest["splits"][self.split]["shards"]:
+            text = (self.folder / shard["ids"]).read_text()
+            out.extend(text.splitlines())
+        return out
