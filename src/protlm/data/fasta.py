@@ -293,7 +293,7 @@ def encode_block(
 
     # ids: the first word after '>'; a whitespace byte always ends the header line
     spaces = deleted[_IS_SPACE[arr[deleted]]]
-    id_end = spaces[np.searchsorted(spaces, hs + 1)] if len(spaces) else he
+    id_end = np.append(spaces, n)[np.searchsorted(spaces, hs + 1)]  # n: no space after the last header
     id_end = np.minimum(id_end, he)
     hs_l = hs.tolist()
     ids = list(map(block.__getitem__, map(slice, (hs + 1).tolist(), id_end.tolist())))

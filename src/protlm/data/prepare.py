@@ -527,6 +527,17 @@ def merge(out: str | os.PathLike, *, dedup: bool = False, rename_duplicates: boo
     total = totals.pop()
     fingerprint = fps.pop()
     chunk_dir = out / "chunks"
+    previous = _previous_manifest(out, fingerprint)
+    if previous is not None and any(chunk_dir.glob("*.merged.json")):
+        # chunk files were rewritten by that merge: its decisions stand
+        opts = previous["options"]
+        if opts.get("dedup") != dedup or opts.get("rename_duplicates") != rename_duplicates:
+            raise InputError(
+                f"{out} was already merged with dedup={opts.get('dedup')}, "
+                f"rename_duplicates={opts.get('rename_duplicates')}; prepare again into a new folder "
+                "to change them"
+            )
+        return previous
     summaries = []
     for k in range(total):
         path = chunk_dir / f"{chunk_name(k)}.done.json"
@@ -542,20 +553,30 @@ def merge(out: str | os.PathLike, *, dedup: bool = False, rename_duplicates: boo
     sizes = [len(k) for k in keys]
     allkeys = np.concatenate(keys) if keys else np.zeros(0, KEY_DTYPE)
     chunk_of = np.repeat(np.arange(total), sizes)
-    pos_in_chunk = np.concatenate([np.arange(s) for s in sizes]) if sizes else np.zeros(0, int)
+    # position of every record within its split of its chunk (the line of its id in ids.txt)
+    valid_all = allkeys["valid"].astype(bool)
+    pos_in_chunk = np.zeros(len(allkeys), dtype=np.int64)
+    start = 0
+    for size in sizes:
+        v = valid_all[start : start + size]
+        pos_in_chunk[start : start + size] = np.where(v, np.cumsum(v) - 1, np.cumsum(~v) - 1)
+        start += size
 
     renames = _duplicate_ids(out, allkeys, chunk_of, pos_in_chunk, rename_duplicates)
     # exact duplicate sequences: first occurrence in file order is kept
-    seq = np.ascontiguousarray(allkeys["seq_hash"]).view(np.dtype((np.void, 16))).ravel()
-    _, first_idx, inverse = np.unique(seq, return_index=True, return_inverse=True)
+    group = _sequence_groups(allkeys["seq_hash"])
+    n_groups = int(group.max()) + 1 if len(group) else 0
+    first_of_group = np.full(n_groups, len(group), dtype=np.int64)
+    np.minimum.at(first_of_group, group, np.arange(len(group)))
     is_first = np.zeros(len(allkeys), dtype=bool)
-    is_first[first_idx] = True
+    is_first[first_of_group] = True
     n_dups = int((~is_first).sum())
     # validation sequences that also occur in the training split (leakage without dedup)
-    valid = allkeys["valid"].astype(bool)
-    train_groups = np.zeros(len(first_idx), dtype=bool)
-    train_groups[inverse.ravel()[~valid]] = True
-    valid_in_train = int((valid & train_groups[inverse.ravel()]).sum())
+    valid = valid_all
+    train_groups = np.zeros(n_groups, dtype=bool)
+    train_groups[group[~valid]] = True
+    valid_in_train = int((valid & train_groups[group]).sum())
+    first_idx = first_of_group
 
     drop = ~is_first if dedup else np.zeros(len(allkeys), dtype=bool)
     for k in range(total):
@@ -575,6 +596,27 @@ def merge(out: str | os.PathLike, *, dedup: bool = False, rename_duplicates: boo
     manifest["options"]["rename_duplicates"] = rename_duplicates
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def _sequence_groups(seq_hash: np.ndarray) -> np.ndarray:
+    """Group id per record: equal 128-bit sequence hashes get the same group."""
+    if not len(seq_hash):
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((seq_hash[:, 1], seq_hash[:, 0]))
+    sorted_h = seq_hash[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (sorted_h[1:] != sorted_h[:-1]).any(axis=1)
+    group = np.empty(len(order), dtype=np.int64)
+    group[order] = np.cumsum(new) - 1
+    return group
+
+
+def _previous_manifest(out: Path, fingerprint: str) -> dict | None:
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if manifest.get("fingerprint") == fingerprint else None
 
 
 def _read_ids(chunk_dir: Path, k: int, split: str) -> list[bytes]:
@@ -599,10 +641,7 @@ def _duplicate_ids(out, allkeys, chunk_of, pos_in_chunk, rename: bool) -> dict:
         if k not in id_cache:
             id_cache[k] = {s: _read_ids(chunk_dir, k, s) for s in SPLITS}
         split = "valid" if allkeys["valid"][i] else "train"
-        # position of record i within its split of its chunk
-        ks = np.flatnonzero(chunk_of == k)
-        same_split = allkeys["valid"][ks] == allkeys["valid"][i]
-        j = int(np.count_nonzero(same_split[: int(pos_in_chunk[i])]))
+        j = int(pos_in_chunk[i])
         return id_cache[k][split][j], split, j
 
     seen: dict[bytes, int] = {}
