@@ -321,12 +321,13 @@ def process_chunk(
             bounds = np.flatnonzero(np.diff(cat)) + 1
             starts = np.concatenate(([0], bounds)).tolist()
             ends = np.concatenate((bounds, [len(cat)])).tolist()
+            counts += byte_counts(enc.tokens)
             for a, b in zip(starts, ends):
                 c = int(cat[a])
-                if c == 2:
-                    continue
                 seg = enc.tokens[offsets[a] : offsets[b]]
-                counts += byte_counts(seg) if b - a > 64 else np.bincount(seg, minlength=256)
+                if c == 2:  # dropped records do not count (rare: filters, exclusions)
+                    counts -= np.bincount(seg, minlength=256)
+                    continue
                 writers[SPLITS[c]].write(seg, lengths[a:b], enc.ids[a:b])
         split_counts = {s: w.commit() for s, w in writers.items()}
     except BaseException:
@@ -602,10 +603,16 @@ def _sequence_groups(seq_hash: np.ndarray) -> np.ndarray:
     """Group id per record: equal 128-bit sequence hashes get the same group."""
     if not len(seq_hash):
         return np.zeros(0, dtype=np.int64)
-    order = np.lexsort((seq_hash[:, 1], seq_hash[:, 0]))
+    order = np.argsort(seq_hash[:, 0])
     sorted_h = seq_hash[order]
+    same_hi = sorted_h[1:, 0] == sorted_h[:-1, 0]
+    if (same_hi & (sorted_h[1:, 1] != sorted_h[:-1, 1])).any():
+        # equal first halves with different second halves (a 64-bit collision): full sort
+        order = np.lexsort((seq_hash[:, 1], seq_hash[:, 0]))
+        sorted_h = seq_hash[order]
+        same_hi = (sorted_h[1:] == sorted_h[:-1]).all(axis=1)
     new = np.ones(len(order), dtype=bool)
-    new[1:] = (sorted_h[1:] != sorted_h[:-1]).any(axis=1)
+    new[1:] = ~same_hi
     group = np.empty(len(order), dtype=np.int64)
     group[order] = np.cumsum(new) - 1
     return group
