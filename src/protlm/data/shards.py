@@ -75,6 +75,8 @@ class ShardedDataset:
     def ids(self) -> list[str]:
         out: list[str] = []
         for shard in self.manifest["splits"][self.split]["shards"]:
-            text = (self.folder / shard["ids"]).read_text()
-            out.extend(text.splitlines())
+            # one id per b"\n"-ended line; not str.splitlines(), which also splits on \x1c,
+            # \x85, \u2028 ... that an id may contain; ids are decoded like read_fasta's
+            text = (self.folder / shard["ids"]).read_bytes().decode("utf-8", errors="replace")
+            out.extend(text.split("\n")[:-1])
         return out

@@ -1,0 +1,320 @@
+"""The ``protlm`` command line end to end: exit codes, one-line errors, JSON output."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from protlm.cli.main import main
+
+GOOD = ">P1 first\nMKV\nLA\n>P2\nACDE*\n"
+
+
+def write(path: Path, data: bytes | str) -> Path:
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_error_line(err: str, *parts: str) -> str:
+    assert "Traceback" not in err
+    lines = err.strip("\n").split("\n")
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith("protlm: error: "), line
+    for part in parts:
+        assert part in line, (part, line)
+    return line
+
+
+def _truncated_gzip() -> bytes:
+    rng = random.Random(0)
+    text = "".join(f">P{i}\n{''.join(rng.choice('ACDEFGHIKLMNPQRSTVWY') for _ in range(300))}\n" for i in range(100))
+    return gzip.compress(text.encode())[:-20]
+
+
+def _binary() -> bytes:
+    rng = random.Random(1)
+    return b"\x89PNG\x00" + bytes(rng.randrange(256) for _ in range(2000))
+
+
+# name, file content (None: do not create), parts the error line must contain (FILE = the path)
+BAD_INPUTS = [
+    ("invalid_J", ">P1\nAC\n>P2\nMKJV\n", ["FILE:4:", "'P2'", "'J'", "column 3"]),
+    ("invalid_digit", ">P1\nAC\n>P2\nMK1V\n", ["FILE:4:", "'P2'", "'1'"]),
+    ("invalid_hash", ">P1\nA#C\n", ["FILE:2:", "'P1'", "'#'"]),
+    ("inner_stop", ">P1\nAC\n>P2\nMK*V\n", ["FILE:4:", "'P2'", "'*'"]),
+    ("no_header", "MKV\n>P1\nAC\n", ["FILE:1:", "header"]),
+    ("empty_record", ">P1\n>P2\nAC\n", ["FILE:1:", "'P1'", "empty sequence"]),
+    ("empty_last_record", ">P1\nAC\n>P2", ["FILE:3:", "'P2'", "empty sequence"]),
+    ("no_id", ">P1\nAC\n>\nAC\n", ["FILE:3:", "no id"]),
+    ("blank_id", ">P1\nAC\n>   \nAC\n", ["FILE:3:", "no id"]),
+    ("duplicate_id", ">P1\nAC\n>P2\nAC\n>P1\nDE\n", ["FILE:5:", "'P1'", "line 1", "--rename-duplicates"]),
+    ("binary", _binary(), ["FILE", "binary"]),
+    ("empty", b"", ["FILE", "empty"]),
+    ("truncated_gz", _truncated_gzip(), ["FILE", "gzip"]),
+    ("missing", None, ["FILE", "no such file"]),
+    ("directory", "DIR", ["FILE", "directory"]),
+]
+
+
+def make_input(tmp_path: Path, name: str, content) -> Path:
+    p = tmp_path / f"{name}.fa"
+    if content is None:
+        return p
+    if content == "DIR":
+        p.mkdir()
+        return p
+    return write(p, content)
+
+
+@pytest.mark.parametrize("name, content, parts", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_inspect_bad_input_is_one_error_line(tmp_path, capsys, name, content, parts):
+    p = make_input(tmp_path, name, content)
+    code, out, err = run_cli(capsys, "inspect", p)
+    assert code == 2
+    assert out == ""
+    assert_one_error_line(err, *[x.replace("FILE", str(p)) for x in parts])
+
+
+PREPARE_BAD = [
+    ("invalid_J", ">P1\nAC\n>P2\nMKJV\n", ["FILE:4:", "'P2'", "'J'"]),
+    ("inner_stop", ">P1\nAC\n>P2\nMK*V\n", ["FILE:4:", "'P2'", "'*'"]),
+    ("no_header", "MKV\n>P1\nAC\n", ["FILE:1:", "header"]),
+    ("empty_record", ">P1\n>P2\nAC\n", ["FILE:1:", "'P1'", "empty sequence"]),
+    ("no_id", ">P1\nAC\n>\nAC\n", ["FILE:3:", "no id"]),
+    # found in the merge step; the message names both lines (not the file)
+    ("duplicate_id", ">P1\nAC\n>P2\nAC\n>P1\nDE\n", ["'P1'", "line 5", "line 1", "--rename-duplicates"]),
+    ("binary", _binary(), ["FILE", "binary"]),
+    ("empty", b"", ["FILE", "empty"]),
+    ("truncated_gz", _truncated_gzip(), ["FILE", "gzip"]),
+    ("directory", "DIR", ["FILE", "directory"]),
+]
+
+
+@pytest.mark.parametrize("name, content, parts", PREPARE_BAD, ids=[c[0] for c in PREPARE_BAD])
+def test_prepare_bad_input_exits_2_without_manifest(tmp_path, capsys, name, content, parts):
+    p = make_input(tmp_path, name, content)
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli(capsys, "prepare", p, "--out", out_dir, "--valid-fraction", "0.1",
+                             "--chunk-mb", "0.00001")
+    assert code == 2
+    assert out == ""
+    assert_one_error_line(err, *[x.replace("FILE", str(p)) for x in parts])
+    assert not (out_dir / "manifest.json").exists()
+    if (out_dir / "chunks").exists():
+        leftovers = [f.name for f in (out_dir / "chunks").iterdir()]
+        assert not [f for f in leftovers if f.startswith(".")], leftovers
+
+
+def test_prepare_missing_input(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "prepare", tmp_path / "nope.fa", "--out", tmp_path / "o")
+    assert code == 2
+    assert_one_error_line(err, str(tmp_path / "nope.fa"), "no such file")
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_error_through_a_real_process_has_no_traceback(tmp_path):
+    p = write(tmp_path / "bad.fa", ">P1\nAC\n>P2\nMKJV\n")
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "protlm.cli.main", "inspect", str(p)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert_one_error_line(proc.stderr, f"{p}:4:", "'P2'", "'J'")
+
+
+def test_inspect_good_file(tmp_path, capsys):
+    p = write(tmp_path / "good.fa", GOOD)
+    code, out, err = run_cli(capsys, "inspect", p, "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert res["records"] == 2 and res["residues"] == 9
+    assert res["length"]["min"] == 4 and res["length"]["max"] == 5
+    assert res["length"]["longest_id"] == "P1"
+    assert res["skipped_invalid"] == 0 and res["renamed_duplicates"] == 0
+    assert "2 records" in err and "error" not in err
+
+
+def test_inspect_rare_keep(tmp_path, capsys):
+    p = write(tmp_path / "rare.fa", ">P1\nABOUZ\n")
+    _, out, _ = run_cli(capsys, "inspect", p, "--json")
+    assert json.loads(out)["composition"] == {"A": 0.2, "X": 0.8}
+    _, out, _ = run_cli(capsys, "inspect", p, "--json", "--rare", "keep")
+    assert set(json.loads(out)["composition"]) == set("ABOUZ")
+
+
+def test_inspect_skip_invalid(tmp_path, capsys):
+    p = write(tmp_path / "mixed.fa", ">P1\nMKV\n>P2\nMJV\n>P3\nAC\n>P4\n>P5\nA*C\n")
+    code, _, err = run_cli(capsys, "inspect", p)
+    assert code == 2
+    assert_one_error_line(err, f"{p}:4:", "'J'")
+    code, out, err = run_cli(capsys, "inspect", p, "--skip-invalid", "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert res["records"] == 2 and res["skipped_invalid"] == 3
+    assert len(res["skipped_messages"]) == 3
+    assert "Traceback" not in err
+
+
+def test_inspect_rename_duplicates(tmp_path, capsys):
+    p = write(tmp_path / "dup.fa", ">P1\nMKV\n>P1\nAC\n>P1\nDE\n")
+    code, out, _ = run_cli(capsys, "inspect", p, "--rename-duplicates", "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert res["records"] == 3 and res["renamed_duplicates"] == 2
+
+
+def test_prepare_skip_invalid_and_rename_duplicates(tmp_path, capsys):
+    p = write(tmp_path / "mixed.fa", ">P1\nMKV\n>P2\nMJV\n>P1\nAC\n>P4\nAAA\n")
+    out_dir = tmp_path / "out"
+    code, _, err = run_cli(capsys, "prepare", p, "--out", out_dir, "--skip-invalid")
+    assert code == 2
+    assert_one_error_line(err, "duplicate id 'P1'", "--rename-duplicates")
+    assert not (out_dir / "manifest.json").exists()
+    code, out, _ = run_cli(capsys, "prepare", p, "--out", out_dir, "--skip-invalid",
+                           "--rename-duplicates", "--json")
+    assert code == 0
+    man = json.loads(out)
+    assert man["counts"]["skipped_invalid"] == 1
+    assert man["counts"]["duplicate_ids_renamed"] == 1
+    assert man["counts"]["kept"] == 3
+    assert (out_dir / "manifest.json").exists()
+
+
+def test_prepare_options_are_checked(tmp_path, capsys):
+    p = write(tmp_path / "good.fa", GOOD)
+    for argv, parts in [
+        (["--shard", "3/2"], ["--shard 3/2", "0 <= i < N"]),
+        (["--shard", "x"], ["--shard", "i/N"]),
+        (["--shard", "0/0"], ["--shard 0/0"]),
+        (["--workers", "0"], ["--workers"]),
+        (["--valid-fraction", "1.5"], ["valid_fraction"]),
+        (["--min-length", "0"], ["min_length"]),
+        (["--min-length", "10", "--max-length", "5"], ["max_length"]),
+        (["--chunk-mb", "0"], ["chunk_mb"]),
+        (["--exclude", str(tmp_path / "none.txt")], ["none.txt", "--exclude"]),
+    ]:
+        out_dir = tmp_path / "o"
+        code, _, err = run_cli(capsys, "prepare", p, "--out", out_dir, *argv)
+        assert code == 2, argv
+        assert_one_error_line(err, *parts)
+        assert not (out_dir / "manifest.json").exists()
+
+
+def test_prepare_shard_and_merge(tmp_path, capsys):
+    p = write(tmp_path / "good.fa", "".join(f">P{i}\n{'ACDEFGHIK' * (i + 1)}\n" for i in range(200)))
+    single, parted = tmp_path / "single", tmp_path / "parted"
+    code, out, _ = run_cli(capsys, "prepare", p, "--out", single, "--chunk-mb", "0.002", "--json")
+    assert code == 0
+    ref = json.loads(out)
+    assert ref["chunks"] > 2
+    code, _, err = run_cli(capsys, "prepare", p, "--out", parted, "--chunk-mb", "0.002", "--shard", "0/2")
+    assert code == 0 and "part 0/2 done" in err
+    code, _, err = run_cli(capsys, "prepare-merge", parted)
+    assert code == 2
+    assert_one_error_line(err, "1/2 not done")
+    code, _, _ = run_cli(capsys, "prepare", p, "--out", parted, "--chunk-mb", "0.002", "--shard", "1/2")
+    assert code == 0
+    code, out, _ = run_cli(capsys, "prepare-merge", parted, "--json")
+    assert code == 0
+    man = json.loads(out)
+    assert man["counts"] == ref["counts"] and man["chunks"] == ref["chunks"]
+
+
+def test_prepare_merge_on_empty_folder(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "prepare-merge", tmp_path)
+    assert code == 2
+    assert_one_error_line(err, str(tmp_path), "no prepared parts")
+
+
+def test_prepare_into_folder_with_other_options(tmp_path, capsys):
+    p = write(tmp_path / "good.fa", GOOD)
+    out_dir = tmp_path / "o"
+    assert run_cli(capsys, "prepare", p, "--out", out_dir)[0] == 0
+    code, _, err = run_cli(capsys, "prepare", p, "--out", out_dir, "--valid-fraction", "0.5")
+    assert code == 2
+    assert_one_error_line(err, str(out_dir), "other options")
+
+
+def test_help_exits_0(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("demo", "inspect", "prepare", "prepare-merge", "datasets"):
+        assert cmd in out
+
+
+@pytest.mark.parametrize("cmd", ["demo", "inspect", "prepare", "prepare-merge", "datasets"])
+def test_subcommand_help_exits_0(capsys, cmd):
+    with pytest.raises(SystemExit) as info:
+        main([cmd, "--help"])
+    assert info.value.code == 0
+    assert "usage: protlm " + cmd in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("protlm ")
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    code, _, err = run_cli(capsys)
+    assert code == 2 and "usage: protlm" in err
+
+
+def test_unknown_option_is_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["inspect", "x.fa", "--no-such-option"])
+    assert info.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_demo(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    code, out, err = run_cli(capsys, "demo", "--out", out_dir, "--json")
+    assert code == 0, err
+    report = json.loads((out_dir / "demo_report.json").read_text())
+    assert report["statistics"]["records"] == 2100
+    assert json.loads(out)["statistics"]["records"] == 2100
+    shards = report["shards"]
+    assert shards["train"]["records"] + shards["valid"]["records"] == 2100
+    assert shards["valid"]["records"] > 0
+    assert Path(shards["manifest"]).is_file()
+    assert "protlm demo" in err and "Traceback" not in err
+
+
+def test_demo_and_datasets_with_missing_data_folder(tmp_path, capsys):
+    missing = tmp_path / "no-data"
+    code, _, err = run_cli(capsys, "demo", "--out", tmp_path / "d", "--data", missing)
+    assert code == 2
+    assert_one_error_line(err, str(missing), "no such folder")
+    code, _, err = run_cli(capsys, "datasets", "--data", missing)
+    assert code == 2
+    assert_one_error_line(err, str(missing), "no such folder")
+
+
+def test_inspect_gzipped_file_named_fa(tmp_path, capsys):
+    p = write(tmp_path / "packed.fa", gzip.compress(GOOD.encode()) + gzip.compress(b">P3\nWW\n"))
+    code, out, _ = run_cli(capsys, "inspect", p, "--json")
+    assert code == 0
+    assert json.loads(out)["records"] == 3
