@@ -64,6 +64,7 @@ BAD_INPUTS = [
     ("duplicate_id", ">P1\nAC\n>P2\nAC\n>P1\nDE\n", ["FILE:5:", "'P1'", "line 1", "--rename-duplicates"]),
     ("binary", _binary(), ["FILE", "binary"]),
     ("empty", b"", ["FILE", "empty"]),
+    ("blank_lines_only", "\n\n  \n", ["FILE", "no FASTA records"]),
     ("truncated_gz", _truncated_gzip(), ["FILE", "gzip"]),
     ("missing", None, ["FILE", "no such file"]),
     ("directory", "DIR", ["FILE", "directory"]),
@@ -95,10 +96,11 @@ PREPARE_BAD = [
     ("no_header", "MKV\n>P1\nAC\n", ["FILE:1:", "header"]),
     ("empty_record", ">P1\n>P2\nAC\n", ["FILE:1:", "'P1'", "empty sequence"]),
     ("no_id", ">P1\nAC\n>\nAC\n", ["FILE:3:", "no id"]),
-    # found in the merge step; the message names both lines (not the file)
-    ("duplicate_id", ">P1\nAC\n>P2\nAC\n>P1\nDE\n", ["'P1'", "line 5", "line 1", "--rename-duplicates"]),
+    # found in the merge step; the message names the file and both lines
+    ("duplicate_id", ">P1\nAC\n>P2\nAC\n>P1\nDE\n", ["FILE:5:", "'P1'", "line 1", "--rename-duplicates"]),
     ("binary", _binary(), ["FILE", "binary"]),
     ("empty", b"", ["FILE", "empty"]),
+    ("blank_lines_only", "\n\n  \n", ["FILE", "no FASTA records"]),
     ("truncated_gz", _truncated_gzip(), ["FILE", "gzip"]),
     ("directory", "DIR", ["FILE", "directory"]),
 ]
@@ -318,3 +320,10 @@ def test_inspect_gzipped_file_named_fa(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "inspect", p, "--json")
     assert code == 0
     assert json.loads(out)["records"] == 3
+
+
+def test_inspect_utf8_bom_is_ignored(tmp_path, capsys):
+    p = write(tmp_path / "bom.fa", b"\xef\xbb\xbf>P1 x\nMKV\n")
+    code, out, _ = run_cli(capsys, "inspect", p, "--json")
+    assert code == 0
+    assert json.loads(out)["records"] == 1

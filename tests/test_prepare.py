@@ -510,7 +510,7 @@ def test_duplicate_ids_are_an_error_at_merge(tmp_path):
     with pytest.raises(InputError) as info:
         prepare(fasta, out, opts(chunk_mb=0.000001, valid_fraction=0.5))
     msg = str(info.value)
-    assert "duplicate id 'P1'" in msg and "line 7" in msg and "line 1" in msg
+    assert f"{fasta}:7: duplicate id 'P1'" in msg and "line 1" in msg
     assert "--rename-duplicates" in msg and "\n" not in msg
     assert not (out / "manifest.json").exists()
     # every chunk was done: rerunning with --rename-duplicates only redoes the merge
@@ -523,7 +523,7 @@ def test_duplicate_ids_are_an_error_at_merge(tmp_path):
 
 def test_duplicate_ids_in_one_chunk(tmp_path):
     fasta = dup_id_fasta(tmp_path)
-    with pytest.raises(InputError, match="line 7.*line 1"):
+    with pytest.raises(InputError, match="dup.fa:7: .*line 1"):
         prepare(fasta, tmp_path / "o", opts())
     m = prepare(fasta, tmp_path / "o2", opts(valid_fraction=0.0), rename_duplicates=True)
     assert ShardedDataset(tmp_path / "o2", "train").ids() == ["P1", "P2", "P3", "P1_2", "P4"]

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 GZIP_MAGIC = b"\x1f\x8b"
 READ_SIZE = 1 << 22  # 4 MiB of raw file per read
 _SNIFF = 1 << 16
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,8 @@ def iter_record_blocks(
     for chunk in iter_file_blocks(path, on_raw):
         if first:
             _check_not_binary(path, chunk[:_SNIFF])
+            if chunk.startswith(UTF8_BOM):  # files saved by some Windows editors
+                chunk = chunk[len(UTF8_BOM) :]
             first = False
         pieces.append(chunk)
         size += len(chunk)
@@ -449,6 +452,8 @@ def read_fasta(
                 description=_text(header),
                 line=line,
             )
+    if stats.records == 0 and stats.skipped == 0:
+        raise FastaError(f"{source}: no FASTA records (the file holds only blank lines)")
 
 
 def _unique_id(rid: str, line: int, seen: dict, source: str, rename: bool, stats) -> str:

@@ -291,6 +291,8 @@ def process_chunk(
                 sub, job.first_line + line_offset, source, policy.tables, stats,
                 options.skip_invalid, headers=False,
             )
+            if not len(enc.lengths):
+                continue
             offsets = enc.offsets
             shash = sequence_hashes(enc.tokens, offsets)
             lengths = enc.lengths
@@ -550,6 +552,8 @@ def merge(out: str | os.PathLike, *, dedup: bool = False, rename_duplicates: boo
             raise InputError(f"{path}: made with other options; rerun prepare in a new folder")
         summaries.append(done)
 
+    if not any(s["records_read"] or s["skipped_invalid"] for s in summaries):
+        raise InputError(f"{parts[0]['source']['path']}: no FASTA records (the file holds only blank lines)")
     keys = [np.load(chunk_dir / f"{chunk_name(k)}.keys.npy", allow_pickle=False) for k in range(total)]
     sizes = [len(k) for k in keys]
     allkeys = np.concatenate(keys) if keys else np.zeros(0, KEY_DTYPE)
@@ -563,7 +567,9 @@ def merge(out: str | os.PathLike, *, dedup: bool = False, rename_duplicates: boo
         pos_in_chunk[start : start + size] = np.where(v, np.cumsum(v) - 1, np.cumsum(~v) - 1)
         start += size
 
-    renames = _duplicate_ids(out, allkeys, chunk_of, pos_in_chunk, rename_duplicates)
+    renames = _duplicate_ids(
+        out, allkeys, chunk_of, pos_in_chunk, rename_duplicates, parts[0]["source"]["path"]
+    )
     # exact duplicate sequences: first occurrence in file order is kept
     group = _sequence_groups(allkeys["seq_hash"])
     n_groups = int(group.max()) + 1 if len(group) else 0
@@ -630,7 +636,7 @@ def _read_ids(chunk_dir: Path, k: int, split: str) -> list[bytes]:
     return (chunk_dir / f"{chunk_name(k)}.{split}.ids.txt").read_bytes().split(b"\n")[:-1]
 
 
-def _duplicate_ids(out, allkeys, chunk_of, pos_in_chunk, rename: bool) -> dict:
+def _duplicate_ids(out, allkeys, chunk_of, pos_in_chunk, rename: bool, source: str) -> dict:
     """Find records whose id occurred before; return {chunk: {(split, index): new_id}}."""
     h = allkeys["id_hash"]
     order = np.argsort(h, kind="stable")
@@ -664,7 +670,7 @@ def _duplicate_ids(out, allkeys, chunk_of, pos_in_chunk, rename: bool) -> dict:
             continue
         if not rename:
             raise InputError(
-                f"duplicate id '{rid.decode(errors='replace')}' at line {int(allkeys['line'][i])} "
+                f"{source}:{int(allkeys['line'][i])}: duplicate id '{rid.decode(errors='replace')}' "
                 f"(first seen at line {seen[rid]}); use --rename-duplicates to keep both"
             )
         m = 2
