@@ -179,20 +179,29 @@ def iter_record_blocks(
             continue
         buf = b"".join(pieces)
         start = 0
-        while len(buf) - start >= target_size:
-            cut = buf.find(b"\n>", start + target_size - 1)
-            if cut < 0:
-                break
-            block = buf[start : cut + 1]
+        for start, end in _record_cuts(buf, target_size):
+            block = buf[start:end]
             yield block, line
             line += count_newlines(block)
-            start = cut + 1
+            start = end
         pieces = [buf[start:]] if start < len(buf) else []
         size = len(buf) - start
     if first:
         raise FastaError(f"{path}: file is empty, no FASTA records")
     if size:
         yield b"".join(pieces), line
+
+
+def _record_cuts(buf: bytes, target_size: int) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of consecutive blocks of whole records of at least ``target_size``
+    bytes, each ending just before a line that starts with '>'; the remainder is not cut."""
+    start = 0
+    while len(buf) - start >= target_size:
+        cut = buf.find(b"\n>", start + target_size - 1)
+        if cut < 0:
+            return
+        yield start, cut + 1
+        start = cut + 1
 
 
 def count_newlines(block: bytes) -> int:
@@ -235,14 +244,11 @@ _DELETE = bytes([DELETE_CODE])
 def split_block(block: bytes, target_size: int) -> Iterator[tuple[bytes, int]]:
     """Cut a block of whole records into smaller ones; yields ``(sub_block, line_offset)``."""
     start, line = 0, 0
-    while len(block) - start > target_size:
-        cut = block.find(b"\n>", start + target_size - 1)
-        if cut < 0:
-            break
-        sub = block[start : cut + 1]
+    for start, end in _record_cuts(block, target_size):
+        sub = block[start:end]
         yield sub, line
         line += count_newlines(sub)
-        start = cut + 1
+        start = end
     if start < len(block):
         yield block[start:], line
 
