@@ -89,7 +89,7 @@ def iter_file_blocks(path: str | os.PathLike, on_raw=None) -> Iterator[bytes]:
     ``on_raw``, when given, is called with every block of the file's bytes as stored on
     disk (to feed a checksum or a progress bar from the one read).
     """
-    hasher = _Tap(on_raw) if on_raw is not None else None
+    tap = on_raw if on_raw is not None else _ignore
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected a FASTA file")
@@ -101,32 +101,28 @@ def iter_file_blocks(path: str | os.PathLike, on_raw=None) -> Iterator[bytes]:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
     with fh:
         first = fh.read(READ_SIZE)
-        if hasher is not None:
-            hasher.update(first)
+        tap(first)
         if not first.startswith(GZIP_MAGIC):
             chunk = first
             while chunk:
                 yield chunk
                 chunk = fh.read(READ_SIZE)
-                if hasher is not None and chunk:
-                    hasher.update(chunk)
+                tap(chunk)
             return
-        yield from _gunzip_blocks(path, fh, first, hasher)
+        yield from _gunzip_blocks(path, fh, first, tap)
 
 
-class _Tap:
-    def __init__(self, fn):
-        self.update = fn
+def _ignore(_: bytes) -> None:
+    pass
 
 
-def _gunzip_blocks(path: Path, fh, first: bytes, hasher) -> Iterator[bytes]:
+def _gunzip_blocks(path: Path, fh, first: bytes, tap) -> Iterator[bytes]:
     decomp = _zlib.decompressobj(wbits=31)
     pending = first
     while True:
         if not pending:
             pending = fh.read(READ_SIZE)
-            if hasher is not None and pending:
-                hasher.update(pending)
+            tap(pending)
             if not pending:
                 break
         try:
@@ -141,8 +137,7 @@ def _gunzip_blocks(path: Path, fh, first: bytes, hasher) -> Iterator[bytes]:
             rest = decomp.unused_data
             if not rest:
                 rest = fh.read(READ_SIZE)
-                if hasher is not None and rest:
-                    hasher.update(rest)
+                tap(rest)
                 if not rest:
                     return
             decomp = _zlib.decompressobj(wbits=31)
