@@ -241,29 +241,18 @@ def run_child(spec: dict, tmp: Path) -> dict:
 
 def gunzip_to(src: Path, dst: Path, limit: int | None) -> int:
     """Decompress ``src`` to ``dst``; with ``limit`` stop at the first record start after it."""
-    from isal import isal_zlib
+    from protlm.data.fasta import iter_file_blocks
 
     written = 0
-    with open(src, "rb") as fh, open(dst, "wb") as out:
-        d = isal_zlib.decompressobj(wbits=31)
-        while True:
-            raw = fh.read(READ_SIZE)
-            if not raw:
-                break
-            while raw:
-                data = d.decompress(raw)
-                if d.eof:
-                    raw = d.unused_data
-                    d = isal_zlib.decompressobj(wbits=31)
-                else:
-                    raw = b""
-                if limit is not None and written + len(data) > limit:
-                    cut = data.find(b"\n>", max(0, limit - written))
-                    if cut >= 0:
-                        out.write(data[: cut + 1])
-                        return written + cut + 1
-                out.write(data)
-                written += len(data)
+    with open(dst, "wb") as out:
+        for data in iter_file_blocks(src):
+            if limit is not None and written + len(data) > limit:
+                cut = data.find(b"\n>", max(0, limit - written))
+                if cut >= 0:
+                    out.write(data[: cut + 1])
+                    return written + cut + 1
+            out.write(data)
+            written += len(data)
     return written
 
 
