@@ -583,7 +583,6 @@ def merge(out: str | os.PathLike, *, dedup: bool = False, rename_duplicates: boo
     train_groups = np.zeros(n_groups, dtype=bool)
     train_groups[group[~valid]] = True
     valid_in_train = int((valid & train_groups[group]).sum())
-    first_idx = first_of_group
 
     drop = ~is_first if dedup else np.zeros(len(allkeys), dtype=bool)
     for k in range(total):
@@ -595,7 +594,7 @@ def merge(out: str | os.PathLike, *, dedup: bool = False, rename_duplicates: boo
         duplicate_ids_renamed=sum(len(v) for v in renames.values()),
         duplicate_sequences=n_dups,
         duplicates_removed=int(drop.sum()),
-        distinct_sequences=len(first_idx),
+        distinct_sequences=n_groups,
         valid_sequences_also_in_train=valid_in_train if not dedup else 0,
     )
     manifest["counts"]["kept"] = int((~drop).sum())
@@ -658,13 +657,10 @@ def _duplicate_ids(out, allkeys, chunk_of, pos_in_chunk, rename: bool, source: s
         return id_cache[k][split][j], split, j
 
     seen: dict[bytes, int] = {}
-    taken: set[bytes] = set()
     renames: dict = {}
-    for i in sorted(cand.tolist()):
-        rid, split, j = id_of(i)
-        taken.add(rid)
-    for i in sorted(cand.tolist()):
-        rid, split, j = id_of(i)
+    records = [(i, *id_of(i)) for i in sorted(cand.tolist())]
+    taken: set[bytes] = {rid for _, rid, _, _ in records}
+    for i, rid, split, j in records:
         if rid not in seen:
             seen[rid] = int(allkeys["line"][i])
             continue
