@@ -18,7 +18,7 @@ import logging
 import os
 import zlib
 
-try:  # ISA-L inflate is ~2.7x faster than zlib on this machine (see docs/benchmarks.md)
+try:  # ISA-L inflate is ~2.2x faster than zlib on this machine (see docs/benchmarks.md)
     from isal import isal_zlib as _zlib
 except ImportError:  # pragma: no cover - isal has wheels for all common platforms
     _zlib = zlib
