@@ -175,6 +175,29 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from protlm.pretrain.config import load_config
+    from protlm.pretrain.trainer import pretrain
+
+    config = load_config(args.config, args.overrides)
+    if args.data is not None:
+        config.data.shards = args.data
+    out = args.out or str(Path("runs") / Path(args.config).stem)
+    result = pretrain(config, out, resume=args.resume)
+    ev = result.get("last_eval") or {}
+    lines = [
+        f"pretrained {config.model.arch} ({result['params']['total']:,} parameters): "
+        f"{result['steps']} steps, {result['tokens_seen']:,} tokens",
+    ]
+    if ev:
+        lines.append(f"  validation perplexity {ev['val_ppl']:.3f} on {ev['val_targets']:,} targets")
+    lines.append(f"  model       {result['model']}  (transformers.AutoModel*.from_pretrained)")
+    lines.append(f"  metrics     {Path(out) / 'metrics.jsonl'}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        _emit(args, result, "\n".join(lines))
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -238,6 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rename-duplicates", action="store_true", help="rename repeated ids")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
     p.set_defaults(func=cmd_prepare_merge)
+
+    p = sub.add_parser("pretrain", help="pretrain a protein LM from prepared shards",
+                       description="Train a BERT/ALBERT/ESM-style/causal/T5 protein LM from "
+                                   "`protlm prepare` shards. Single process, or several under "
+                                   "torchrun (DDP/FSDP). Writes Hugging Face checkpoints, "
+                                   "metrics.jsonl, and OUT/model at the end. Ctrl-C saves a "
+                                   "checkpoint; --resume continues it exactly.",
+                       epilog="overrides: dotted keys of the config, e.g. model.preset=small "
+                              "train.phases.0.steps=200 optimizer.name=lamb")
+    p.add_argument("--config", required=True, help="YAML recipe (see configs/pretrain/)")
+    p.add_argument("--out", help="output folder (default: runs/<config name>)")
+    p.add_argument("--data", help="prepared shards folder (overrides data.shards)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("datasets", help="load and summarise the benchmark data sets",
                        description="Load benchmark sets from the protlm data folder and print "

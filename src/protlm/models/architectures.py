@@ -1,0 +1,226 @@
+"""The papers' architectures as ``transformers`` model classes, with size presets.
+
+Each architecture is a standard ``transformers`` class, so every checkpoint protlm writes is an
+ordinary Hugging Face folder that ``AutoModel*.from_pretrained`` loads without protlm:
+
+============  ============================  ==========  ========================================
+name          transformers class            objective   paper
+============  ============================  ==========  ========================================
+``bert``      ``BertForMaskedLM``           mlm         ProtBert (post-LN BERT, 30-token vocab)
+``albert``    ``AlbertForMaskedLM``         mlm         ProtAlbert (shared layers, factorised
+                                                        embedding)
+``esm``       ``EsmForMaskedLM``            mlm         pre-LayerNorm BERT as in ProteinLM /
+                                                        Megatron, in its modern ESM-2 form
+                                                        (pre-LN, rotary positions)
+``causal``    ``GPTNeoXForCausalLM``        causal      the auto-regressive side (ProtTXL); see
+                                                        docs/pretraining.md for the choice
+``t5``        ``T5ForConditionalGeneration`` span       ProtT5 (span length 1, full-sequence
+                                                        reconstruction; encoder alone for
+                                                        embeddings)
+============  ============================  ==========  ========================================
+
+Model code here does no I/O; :func:`build_model` returns a freshly initialised model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from protlm.errors import ConfigError
+from protlm.models.vocab import VOCABS, Vocab
+
+# Size presets: layers, hidden width, heads, feed-forward width. "tiny" trains in seconds on a
+# laptop CPU; "small" is the ESM-2 8M shape; "base" BERT-base; "large" the ProtBert shape.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(layers=2, hidden=64, heads=4, ffn=256),
+    "small": dict(layers=6, hidden=320, heads=20, ffn=1280),
+    "base": dict(layers=12, hidden=768, heads=12, ffn=3072),
+    "large": dict(layers=30, hidden=1024, heads=16, ffn=4096),
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    family: str  # vocabulary family
+    objective: str  # mlm | causal | span
+    description: str
+    make_config: Callable[["ModelSpec", Vocab], Any]
+    model_class: str  # transformers class name
+    supports_activation_checkpointing: bool = True
+
+    @property
+    def vocab(self) -> Vocab:
+        return VOCABS[self.family]
+
+
+@dataclass
+class ModelSpec:
+    """What the ``model:`` section of a pretraining config describes."""
+
+    arch: str = "esm"
+    preset: str = "tiny"
+    layers: int | None = None
+    hidden: int | None = None
+    heads: int | None = None
+    ffn: int | None = None
+    embedding_size: int | None = None  # ALBERT's factorised embedding width
+    max_positions: int = 1026  # absolute position tables (bert/albert); ignored by rotary models
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # passed verbatim to the transformers config
+
+    def resolved(self) -> dict[str, int]:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"model.preset: unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        shape = dict(PRESETS[self.preset])
+        for key in ("layers", "hidden", "heads", "ffn"):
+            value = getattr(self, key)
+            if value is not None:
+                if not isinstance(value, int) or value <= 0:
+                    raise ConfigError(f"model.{key}: must be a positive integer, not {value!r}")
+                shape[key] = value
+        if shape["hidden"] % shape["heads"]:
+            raise ConfigError(
+                f"model.hidden: {shape['hidden']} is not divisible by model.heads={shape['heads']}"
+            )
+        return shape
+
+
+def _bert_config(spec: ModelSpec, vocab: Vocab):
+    from transformers import BertConfig
+
+    s = spec.resolved()
+    return BertConfig(
+        vocab_size=vocab.size, hidden_size=s["hidden"], num_hidden_layers=s["layers"],
+        num_attention_heads=s["heads"], intermediate_size=s["ffn"], hidden_act="gelu",
+        hidden_dropout_prob=spec.dropout, attention_probs_dropout_prob=spec.attention_dropout,
+        max_position_embeddings=spec.max_positions, type_vocab_size=2, pad_token_id=vocab.pad_id,
+        **spec.extra,
+    )
+
+
+def _albert_config(spec: ModelSpec, vocab: Vocab):
+    from transformers import AlbertConfig
+
+    s = spec.resolved()
+    return AlbertConfig(
+        vocab_size=vocab.size, embedding_size=spec.embedding_size or min(128, s["hidden"]),
+        hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_hidden_groups=1,
+        num_attention_heads=s["heads"], intermediate_size=s["ffn"], hidden_act="gelu",
+        hidden_dropout_prob=spec.dropout, attention_probs_dropout_prob=spec.attention_dropout,
+        max_position_embeddings=spec.max_positions, type_vocab_size=2, pad_token_id=vocab.pad_id,
+        bos_token_id=vocab.bos_id, eos_token_id=vocab.eos_id, **spec.extra,
+    )
+
+
+def _esm_config(spec: ModelSpec, vocab: Vocab):
+    from transformers import EsmConfig
+
+    s = spec.resolved()
+    return EsmConfig(
+        vocab_size=vocab.size, hidden_size=s["hidden"], num_hidden_layers=s["layers"],
+        num_attention_heads=s["heads"], intermediate_size=s["ffn"], hidden_act="gelu",
+        hidden_dropout_prob=spec.dropout, attention_probs_dropout_prob=spec.attention_dropout,
+        max_position_embeddings=spec.max_positions, position_embedding_type="rotary",
+        emb_layer_norm_before=False, token_dropout=True, layer_norm_eps=1e-5,
+        pad_token_id=vocab.pad_id, mask_token_id=vocab.mask_id, **spec.extra,
+    )
+
+
+def _causal_config(spec: ModelSpec, vocab: Vocab):
+    from transformers import GPTNeoXConfig
+
+    s = spec.resolved()
+    # Sequential residual (not GPT-J's parallel one) and full rotary: the same block layout as the
+    # ESM-2 MLM model, so that MLM vs causal compares objectives rather than architectures.
+    return GPTNeoXConfig(
+        vocab_size=vocab.size, hidden_size=s["hidden"], num_hidden_layers=s["layers"],
+        num_attention_heads=s["heads"], intermediate_size=s["ffn"], hidden_act="gelu",
+        rotary_pct=1.0, use_parallel_residual=False, max_position_embeddings=spec.max_positions,
+        hidden_dropout=spec.dropout, attention_dropout=spec.attention_dropout, layer_norm_eps=1e-5,
+        tie_word_embeddings=False, bos_token_id=vocab.bos_id, eos_token_id=vocab.eos_id,
+        pad_token_id=vocab.pad_id, use_cache=False, **spec.extra,
+    )
+
+
+def _t5_config(spec: ModelSpec, vocab: Vocab):
+    from transformers import T5Config
+
+    s = spec.resolved()
+    return T5Config(
+        vocab_size=vocab.size, d_model=s["hidden"], d_kv=s["hidden"] // s["heads"], d_ff=s["ffn"],
+        num_layers=s["layers"], num_decoder_layers=s["layers"], num_heads=s["heads"],
+        dropout_rate=spec.dropout, feed_forward_proj="relu", pad_token_id=vocab.pad_id,
+        eos_token_id=vocab.eos_id, decoder_start_token_id=vocab.pad_id, use_cache=False,
+        **spec.extra,
+    )
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "bert": Architecture("bert", "protbert", "mlm", "BERT masked LM (ProtBert)", _bert_config, "BertForMaskedLM"),
+    "albert": Architecture(
+        "albert", "protbert", "mlm", "ALBERT masked LM (ProtAlbert)", _albert_config, "AlbertForMaskedLM",
+        supports_activation_checkpointing=False,
+    ),
+    "esm": Architecture(
+        "esm", "esm", "mlm", "pre-LayerNorm BERT with rotary positions (ESM-2 layout)", _esm_config,
+        "EsmForMaskedLM",
+    ),
+    "causal": Architecture(
+        "causal", "esm", "causal", "causal LM, pre-LN + rotary (GPT-NeoX class)", _causal_config,
+        "GPTNeoXForCausalLM",
+    ),
+    "t5": Architecture(
+        "t5", "prott5", "span", "T5 span corruption, span length 1, full reconstruction (ProtT5)",
+        _t5_config, "T5ForConditionalGeneration",
+    ),
+}
+
+
+def get_architecture(name: str) -> Architecture:
+    if name not in ARCHITECTURES:
+        raise ConfigError(f"model.arch: unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def build_config(spec: ModelSpec):
+    arch = get_architecture(spec.arch)
+    try:
+        config = arch.make_config(spec, arch.vocab)
+    except TypeError as exc:  # an unknown key in model.extra
+        raise ConfigError(f"model.extra: {exc}") from None
+    config.architectures = [arch.model_class]
+    return config
+
+
+def build_model(spec: ModelSpec, attn_implementation: str | None = "sdpa"):
+    """A randomly initialised model of the spec (deterministic under ``torch.manual_seed``)."""
+    import transformers
+
+    arch = get_architecture(spec.arch)
+    cls = getattr(transformers, arch.model_class)
+    config = build_config(spec)
+    try:
+        return cls._from_config(config, attn_implementation=attn_implementation)
+    except (ValueError, ImportError):  # a class without SDPA support falls back to eager attention
+        return cls._from_config(config, attn_implementation="eager")
+
+
+def count_parameters(model) -> dict[str, int]:
+    """Total and non-embedding parameter counts (the N of the MFU formula)."""
+    import torch
+
+    total = sum(p.numel() for p in model.parameters())
+    embedding = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            embedding += module.weight.numel()
+    return {"total": total, "non_embedding": total - embedding}
+
+
+def unused_parameters(model) -> list:
+    """Parameters the pretraining forward never touches (ESM's contact-prediction head)."""
+    contact = getattr(getattr(model, "esm", None), "contact_head", None)
+    return list(contact.parameters()) if contact is not None else []

@@ -1,0 +1,148 @@
+"""Token vocabularies of the protein LM families, and the bridge from prepared shards to them.
+
+Prepared shards store residues as indices into :data:`protlm.data.alphabet.ALPHABET`. A model
+family has its own vocabulary; :meth:`Vocab.residue_lut` maps shard indices to model token ids
+with one array lookup, so training never goes through a Python tokenizer.
+
+The layouts are the public ones, so that checkpoints interoperate:
+
+* ``esm`` — ESM-1b/ESM-2 (33 tokens, ``<cls> seq <eos>``, no spaces between residues);
+* ``protbert`` — ProtBert/ProtBert-BFD/ProtAlbert (30 tokens, ``[CLS] seq [SEP]``, residues
+  separated by spaces in text);
+* ``prott5`` — ProtT5 (28 tokens + 100 sentinels ``<extra_id_N>``, ``seq </s>``, residues
+  separated by spaces in text).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from protlm.data.alphabet import ALPHABET
+
+ESM_TOKENS = (
+    "<cls> <pad> <eos> <unk> L A G V S E R T I D P K Q N F Y M H W C X B U Z O . - <null_1> <mask>"
+).split()
+PROTBERT_TOKENS = "[PAD] [UNK] [CLS] [SEP] [MASK] L A G V E S I K R D T P N Q F Y M H C W X U B Z O".split()
+PROTT5_RESIDUES = "A L G V S R E D T I P K F Q N Y M H W C X B O U Z".split()
+PROTT5_TOKENS = ["<pad>", "</s>", "<unk>"] + ["\u2581" + r for r in PROTT5_RESIDUES] + [
+    f"<extra_id_{i}>" for i in range(99, -1, -1)
+]
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """One family's vocabulary and special-token conventions."""
+
+    family: str
+    tokens: tuple[str, ...]
+    pad: str
+    unk: str
+    mask: str | None
+    bos: str | None  # token put before the residues (CLS), if any
+    eos: str | None  # token put after the residues (EOS/SEP), if any
+    residue_prefix: str = ""  # prefix of residue tokens in the vocabulary (ProtT5's "▁")
+    space_separated: bool = False  # text form the family's tokenizer expects
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.tokens)}
+
+    def id(self, token: str) -> int:
+        return self.index[token]
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def pad_id(self) -> int:
+        return self.id(self.pad)
+
+    @property
+    def mask_id(self) -> int:
+        if self.mask is None:
+            raise ValueError(f"the {self.family} vocabulary has no mask token")
+        return self.id(self.mask)
+
+    @property
+    def bos_id(self) -> int | None:
+        return None if self.bos is None else self.id(self.bos)
+
+    @property
+    def eos_id(self) -> int | None:
+        return None if self.eos is None else self.id(self.eos)
+
+    @property
+    def n_special(self) -> int:
+        return int(self.bos is not None) + int(self.eos is not None)
+
+    @cached_property
+    def residue_lut(self) -> np.ndarray:
+        """``lut[i]`` is the token id of ``ALPHABET[i]`` (int64, indexable by uint8 shards)."""
+        return np.array([self.id(self.residue_prefix + r) for r in ALPHABET], dtype=np.int64)
+
+    @cached_property
+    def residue_ids(self) -> np.ndarray:
+        """Token ids of the 20 standard amino acids (the replacement pool of BERT masking)."""
+        return self.residue_lut[:20].copy()
+
+    def encode(self, sequence: str) -> list[int]:
+        """Token ids of a cleaned sequence with the family's special tokens (reference path)."""
+        ids = [self.id(self.residue_prefix + r) for r in sequence]
+        if self.bos is not None:
+            ids.insert(0, self.bos_id)
+        if self.eos is not None:
+            ids.append(self.eos_id)
+        return ids
+
+
+VOCABS: dict[str, Vocab] = {
+    "esm": Vocab("esm", tuple(ESM_TOKENS), pad="<pad>", unk="<unk>", mask="<mask>", bos="<cls>", eos="<eos>"),
+    "protbert": Vocab(
+        "protbert", tuple(PROTBERT_TOKENS), pad="[PAD]", unk="[UNK]", mask="[MASK]", bos="[CLS]", eos="[SEP]",
+        space_separated=True,
+    ),
+    "prott5": Vocab(
+        "prott5", tuple(PROTT5_TOKENS), pad="<pad>", unk="<unk>", mask="<extra_id_0>", bos=None, eos="</s>",
+        residue_prefix="\u2581", space_separated=True,
+    ),
+}
+
+
+def build_tokenizer(family: str):
+    """A ``transformers`` tokenizer of the family's public layout (what ``save_pretrained`` writes
+    next to a checkpoint, and what ``AutoTokenizer.from_pretrained`` loads back)."""
+    import tempfile
+    from pathlib import Path
+
+    vocab = VOCABS[family]
+    if family == "esm":
+        from transformers import EsmTokenizer
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "vocab.txt"
+            path.write_text("\n".join(vocab.tokens) + "\n")
+            return EsmTokenizer(vocab_file=str(path))
+    if family == "protbert":
+        from transformers import BertTokenizer
+
+        return BertTokenizer(vocab=dict(vocab.index), do_lower_case=False, model_max_length=100_000)
+    if family == "prott5":
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+        from transformers import PreTrainedTokenizerFast
+
+        tok = Tokenizer(models.WordLevel(vocab=dict(vocab.index), unk_token=vocab.unk))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", vocab.eos_id)]
+        )
+        sentinels = [t for t in vocab.tokens if t.startswith("<extra_id_")]
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+            additional_special_tokens=sentinels, model_max_length=100_000,
+        )
+    raise KeyError(family)

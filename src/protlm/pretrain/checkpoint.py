@@ -1,0 +1,105 @@
+"""Training checkpoints as standard Hugging Face folders plus the state needed to resume exactly.
+
+``OUT/checkpoints/step-0000200/`` holds ``config.json``, ``model.safetensors`` and the tokenizer
+files (any ``transformers`` user can ``from_pretrained`` it), ``protlm_pretrain.yaml`` (the
+config that made it), ``trainer_state.pt`` (optimizer, scheduler, every process's RNG state;
+tensors and plain containers only, read back with ``torch.load(weights_only=True)``, which
+never unpickles arbitrary objects) and ``trainer_state.json`` (step, tokens, data position).
+A checkpoint is written into a temporary folder and renamed into place; ``OUT/checkpoints/latest``
+names the newest complete one, so a kill at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from protlm.errors import ConfigError
+from protlm.pretrain.distributed import DistEnv, barrier, gather_objects
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DDP
+
+
+def rng_state(env: DistEnv) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if env.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(env.device)
+    return state
+
+
+def write_hf_folder(folder: Path, model: torch.nn.Module, state_dict: dict, family: str, config_yaml: str) -> None:
+    """Write a plain Hugging Face model folder (weights in safetensors, tokenizer files)."""
+    from protlm.models.vocab import build_tokenizer
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    folder.mkdir(parents=True, exist_ok=True)
+    unwrap(model).save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+    build_tokenizer(family).save_pretrained(folder)
+    (folder / "protlm_pretrain.yaml").write_text(config_yaml)
+
+
+def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, env: DistEnv, *, family: str,
+                    config_yaml: str, state: dict, keep: int) -> Path | None:
+    """Every process must call this (state dicts are gathered); process 0 writes."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd, optim_sd = get_state_dict(unwrap(model), optimizer, options=options)
+    rngs = gather_objects(rng_state(env), env)
+    path = None
+    if env.is_main:
+        root = out / "checkpoints"
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"step-{step:07d}"
+        tmp = root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_hf_folder(tmp, model, model_sd, family, config_yaml)
+        torch.save({"optimizer": optim_sd, "scheduler": scheduler.state_dict(), "rng": rngs},
+                   tmp / "trainer_state.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+        path = root / name
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+        pointer = root / ".latest.tmp"
+        pointer.write_text(name + "\n")
+        os.replace(pointer, root / "latest")
+        done = sorted(p for p in root.glob("step-*") if p.is_dir())
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(env)
+    return path
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    pointer = Path(out) / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    if not (path / "trainer_state.json").exists():
+        raise ConfigError(f"{pointer} names {path.name}, which is missing or incomplete")
+    return path
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, env: DistEnv) -> dict:
+    from safetensors.torch import load_file
+
+    model_sd = load_file(str(path / "model.safetensors"))
+    trainer = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_state_dict(unwrap(model), optimizer, model_state_dict=model_sd,
+                   optim_state_dict=trainer["optimizer"], options=options)
+    scheduler.load_state_dict(trainer["scheduler"])
+    rngs = trainer["rng"]
+    mine = rngs[env.rank] if env.rank < len(rngs) else rngs[0]
+    torch.set_rng_state(mine["cpu"])
+    if "cuda" in mine and env.device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], env.device)
+    return json.loads((path / "trainer_state.json").read_text())

@@ -1,0 +1,283 @@
+"""Pretraining configuration: small typed dataclasses loaded from YAML, every field validated.
+
+A config has four sections (see ``configs/pretrain/*.yaml``)::
+
+    model:      architecture, size preset and shape overrides       (ModelSpec)
+    data:       prepared shards and the validation subset           (DataConfig)
+    objective:  masking rates                                       (ObjectiveConfig)
+    optimizer:  LAMB/AdamW, learning-rate schedule, clipping        (OptimizerConfig)
+    train:      curriculum phases, batching, precision, parallelism (TrainConfig)
+
+``key=value`` overrides (``train.phases.0.steps=200``, ``model.preset=small``) are applied to the
+YAML before validation, so an override is checked exactly like the file. Any error names the
+field: ``protlm: error: config train.phases[0].tokens_per_batch: must be a positive integer``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from protlm.errors import ConfigError
+from protlm.models.architectures import ARCHITECTURES, PRESETS, ModelSpec
+
+
+@dataclass
+class DataConfig:
+    shards: str = ""  # folder written by `protlm prepare`
+    valid_sequences: int = 512  # validation subset size (first N of the valid split, fixed)
+
+
+@dataclass
+class ObjectiveConfig:
+    mask_probability: float = 0.15  # share of residues selected (MLM and T5)
+    replace_mask: float = 0.8  # of the selected: replaced by the mask token (BERT 80/10/10)
+    replace_random: float = 0.1  # of the selected: replaced by a random residue; the rest kept
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"  # adamw | lamb
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    schedule: str = "linear"  # linear | cosine | constant (after warm-up)
+    min_lr_ratio: float = 0.1  # final learning rate as a share of lr
+    clip_grad_norm: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class PhaseConfig:
+    """One stage of the sequence-length curriculum."""
+
+    steps: int = 100
+    max_length: int = 512  # tokens per sequence including special tokens; longer ones are cropped
+    tokens_per_batch: int = 8192  # padded tokens per micro-batch per process (the token budget)
+    max_sequences: int = 0  # optional cap on sequences per micro-batch (0: none)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    phases: list[PhaseConfig] = field(default_factory=lambda: [PhaseConfig()])
+    grad_accum: int = 1
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (bf16/fp16 are autocast, meant for GPUs)
+    parallel: str = "ddp"  # ddp | fsdp (only matters with more than one process)
+    activation_checkpointing: bool = False
+    cpu_offload: bool = False  # FSDP parameter/gradient/optimizer offload to host memory
+    compile: bool = False  # torch.compile the model (worth it for long runs; slow to start)
+    log_every: int = 10
+    eval_every: int = 200
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    peak_flops: float = 0.0  # matmul ceiling for MFU; 0 measures it at start-up
+    tensorboard: bool = True  # also log to TensorBoard when it is installed
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(p.steps for p in self.train.phases)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, ignore: tuple[str, ...] = ("train.log_every", "train.eval_every", "train.save_every",
+                                                     "train.keep_checkpoints", "train.tensorboard")) -> str:
+        """Hash of everything that changes the training trajectory (resume refuses a mismatch)."""
+        d = self.to_dict()
+        for dotted in ignore:
+            section, key = dotted.split(".")
+            d[section].pop(key, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    args = get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config {where}: must be a list, not {value!r}")
+        if not value:
+            raise ConfigError(f"config {where}: must not be empty")
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"config {where}: must be a list of {len(args)} numbers, not {value!r}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config {where}: must be a mapping, not {value!r}")
+        return dict(value)
+    if args and type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        return _convert(value, next(a for a in args if a is not type(None)), where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config {where}: must be true or false, not {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config {where}: must be an integer, not {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config {where}: must be a number, not {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config {where}: must be a string, not {value!r}")
+        return value
+    return value
+
+
+def _build(cls, data: Any, where: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {where}: must be a mapping of fields, not {data!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"config {prefix}{unknown[0]}: unknown field; expected one of {sorted(names)}"
+        )
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {dotted}: {part!r} is not an index of {'.'.join(parts[:i])}")
+            node = node[int(part)]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = [] if nxt.isdigit() else {}
+        if part == "phases" and isinstance(node[part], list) is False:
+            raise ConfigError(f"override {dotted}: phases is not a list")
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"override {dotted}: {last!r} is not an index")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    import yaml
+
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.phases.0.steps=200")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip(), value))
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                data: dict | None = None) -> PretrainConfig:
+    """Read and validate a config file (or a dict), then apply ``key=value`` overrides."""
+    import yaml
+
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise ConfigError(f"config {p}: not valid YAML{where}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config {p}: the top level must be a mapping of sections")
+    if data is not None:
+        tree = json.loads(json.dumps(data))
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    config = _build(PretrainConfig, tree, "")
+    validate(config)
+    return config
+
+
+def validate(c: PretrainConfig) -> None:
+    def need(cond: bool, where: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"config {where}: {msg}")
+
+    need(c.model.arch in ARCHITECTURES, "model.arch", f"unknown architecture {c.model.arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    need(c.model.preset in PRESETS, "model.preset", f"unknown preset {c.model.preset!r}; choose one of {sorted(PRESETS)}")
+    c.model.resolved()
+    need(0 <= c.model.dropout < 1, "model.dropout", "must be in [0, 1)")
+    need(0 <= c.model.attention_dropout < 1, "model.attention_dropout", "must be in [0, 1)")
+    need(c.model.max_positions > 0, "model.max_positions", "must be positive")
+    need(c.data.valid_sequences >= 0, "data.valid_sequences", "must be >= 0")
+    o = c.objective
+    need(0 < o.mask_probability < 1, "objective.mask_probability", "must be in (0, 1)")
+    need(0 <= o.replace_mask <= 1 and 0 <= o.replace_random <= 1 and o.replace_mask + o.replace_random <= 1,
+         "objective.replace_mask", "replace_mask + replace_random must be within [0, 1]")
+    opt = c.optimizer
+    need(opt.name in ("adamw", "lamb"), "optimizer.name", f"must be adamw or lamb, not {opt.name!r}")
+    need(opt.lr > 0, "optimizer.lr", "must be positive")
+    need(all(0 <= b < 1 for b in opt.betas), "optimizer.betas", "both must be in [0, 1)")
+    need(opt.eps > 0, "optimizer.eps", "must be positive")
+    need(opt.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
+    need(opt.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0")
+    need(opt.schedule in ("linear", "cosine", "constant"), "optimizer.schedule", f"must be linear, cosine or constant, not {opt.schedule!r}")
+    need(0 <= opt.min_lr_ratio <= 1, "optimizer.min_lr_ratio", "must be in [0, 1]")
+    need(opt.clip_grad_norm >= 0, "optimizer.clip_grad_norm", "must be >= 0 (0 disables clipping)")
+    t = c.train
+    arch = ARCHITECTURES[c.model.arch]
+    for i, ph in enumerate(t.phases):
+        w = f"train.phases[{i}]"
+        need(ph.steps > 0, f"{w}.steps", "must be a positive integer")
+        need(ph.max_length >= arch.vocab.n_special + 1, f"{w}.max_length", "too short for one residue plus special tokens")
+        need(ph.tokens_per_batch >= ph.max_length, f"{w}.tokens_per_batch",
+             f"must be at least max_length ({ph.max_length}) so that one full-length sequence fits")
+        need(ph.max_sequences >= 0, f"{w}.max_sequences", "must be >= 0")
+        if c.model.arch in ("bert", "albert"):
+            need(ph.max_length <= c.model.max_positions, f"{w}.max_length",
+                 f"exceeds model.max_positions={c.model.max_positions} (absolute position embeddings)")
+    need(t.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+    need(t.precision in ("fp32", "bf16", "fp16"), "train.precision", f"must be fp32, bf16 or fp16, not {t.precision!r}")
+    need(t.parallel in ("ddp", "fsdp"), "train.parallel", f"must be ddp or fsdp, not {t.parallel!r}")
+    need(not t.cpu_offload or t.parallel == "fsdp", "train.cpu_offload", "needs train.parallel: fsdp")
+    need(not t.activation_checkpointing or arch.supports_activation_checkpointing, "train.activation_checkpointing",
+         f"transformers' {arch.model_class} does not support gradient checkpointing")
+    for name in ("log_every", "eval_every", "save_every", "keep_checkpoints"):
+        need(getattr(t, name) >= 1, f"train.{name}", "must be >= 1")
+    need(t.peak_flops >= 0, "train.peak_flops", "must be >= 0 (0 measures it)")

@@ -1,0 +1,125 @@
+"""Process group set-up and model wrapping with PyTorch's own distributed stack.
+
+``torchrun`` sets RANK/WORLD_SIZE/LOCAL_RANK; without them protlm runs as a single process.
+The backend is NCCL on GPUs and gloo on CPU. Several processes wrap the model in DDP, or with
+``train.parallel: fsdp`` shard it with FSDP2 (``fully_shard`` on every transformer block, then
+on the whole model), optionally with parameters, gradients and optimizer state offloaded to host
+memory (the papers' "large model support").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from protlm.pretrain.config import TrainConfig
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistEnv(rank=rank, world=world, local_rank=local_rank, device=dev)
+
+
+def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
+    """Sum a few scalars across processes (float64 on CPU: gloo and exact for counts)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    if env.distributed:
+        if env.device.type == "cuda":
+            t = t.to(env.device)
+        dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
+def block_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks of a ``transformers`` model (its ``_no_split_modules`` classes)."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def wrap_model(model: torch.nn.Module, train: TrainConfig, env: DistEnv, precision_dtype):
+    """Apply activation checkpointing and DDP/FSDP2; returns the module to call forward on."""
+    if train.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not env.distributed:
+        return model
+    if train.parallel == "fsdp":
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+        kwargs = {}
+        if precision_dtype is not None:
+            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=precision_dtype, reduce_dtype=torch.float32)
+        if train.cpu_offload:
+            kwargs["offload_policy"] = CPUOffloadPolicy()
+        blocks = block_modules(model)
+        for block in blocks:
+            fully_shard(block, **kwargs)
+        fully_shard(model, **kwargs)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    return DDP(model, device_ids=ids)
+
+
+def no_sync(wrapped: torch.nn.Module, active: bool):
+    """Skip gradient all-reduce on all but the last micro-batch of an accumulation."""
+    if active and hasattr(wrapped, "no_sync"):
+        return wrapped.no_sync()
+    if active and hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2
+        wrapped.set_requires_gradient_sync(False)
+        return _restore_sync(wrapped)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _restore_sync(wrapped):
+    try:
+        yield
+    finally:
+        wrapped.set_requires_gradient_sync(True)
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def gather_objects(obj, env: DistEnv) -> list:
+    if not env.distributed:
+        return [obj]
+    out = [None] * env.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def destroy(env: DistEnv) -> None:
+    if env.distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,365 @@
+"""The pretraining loop: one code path for one CPU, one GPU and many nodes under ``torchrun``.
+
+Per optimizer step every process builds its ``grad_accum`` micro-batches (see
+:mod:`protlm.pretrain.batching` for which ones), the number of target tokens of the whole global
+batch is summed across processes first, and each micro-batch's summed loss is divided by that
+global count. The gradient is therefore exactly the gradient of the mean loss over the global
+batch, whatever the split over processes and accumulation steps (the DDP test checks this).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from protlm.data.shards import ShardedDataset
+from protlm.errors import ConfigError, ProtlmError
+from protlm.models.architectures import build_model, count_parameters, get_architecture, unused_parameters
+from protlm.pretrain import checkpoint as ckpt
+from protlm.pretrain.batching import BatchPlan
+from protlm.pretrain.config import PretrainConfig
+from protlm.pretrain.distributed import (DistEnv, all_reduce_sum, destroy, init_distributed, no_sync,
+                                         wrap_model)
+from protlm.pretrain.metrics import MetricsLog, measure_peak_flops, training_flops
+from protlm.pretrain.objectives import IGNORE, Batch, make_batch
+from protlm.pretrain.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("protlm.pretrain")
+
+
+class TrainingDiverged(ProtlmError):
+    """The loss or the gradient became NaN/inf."""
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy over the positions with a target (fp32 whatever the autocast)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+
+
+@dataclass
+class _Phase:
+    index: int
+    start: int  # first global step of the phase
+    plan: BatchPlan
+
+
+class Trainer:
+    def __init__(self, config: PretrainConfig, out: str | Path, *, resume: bool = False,
+                 progress: bool = True, env: DistEnv | None = None):
+        self.config = config
+        self.out = Path(out)
+        self.env = env or init_distributed()
+        self.progress = progress
+        self.arch = get_architecture(config.model.arch)
+        self.vocab = self.arch.vocab
+        self.shape = config.model.resolved()
+        self._stop_signal: int | None = None
+
+        shards = Path(config.data.shards) if config.data.shards else None
+        if shards is None:
+            raise ConfigError("config data.shards: required (a folder written by `protlm prepare`)")
+        if not (shards / "manifest.json").exists():
+            raise ConfigError(f"config data.shards: {shards} has no manifest.json; run `protlm prepare` first")
+        self.train_data = ShardedDataset(shards, "train")
+        if len(self.train_data) == 0:
+            raise ConfigError(f"config data.shards: {shards} has no training sequences")
+        self.valid_data = ShardedDataset(shards, "valid")
+
+        self.existing = ckpt.latest_checkpoint(self.out)
+        if self.existing is not None and not resume:
+            raise ConfigError(
+                f"{self.out} already holds a checkpoint ({self.existing.name}); pass --resume to continue it "
+                f"or choose another --out"
+            )
+
+        torch.manual_seed(config.train.seed)
+        self.model = build_model(config.model).to(self.env.device)
+        for p in unused_parameters(self.model):
+            p.requires_grad_(False)  # e.g. ESM's contact head: MLM never trains it, DDP must not wait for it
+        self.params = count_parameters(self.model)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision)
+        if self.autocast_dtype is not None and self.env.device.type != "cuda" and config.train.precision == "fp16":
+            raise ConfigError("config train.precision: fp16 needs a CUDA device; use fp32 (or bf16) on CPU")
+        fsdp_mp = self.autocast_dtype if (config.train.parallel == "fsdp" and self.env.distributed) else None
+        self.wrapped = wrap_model(self.model, config.train, self.env, fsdp_mp)
+        self.forward_module = torch.compile(self.wrapped, dynamic=True) if config.train.compile else self.wrapped
+        self.optimizer = build_optimizer(self.model, config.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, config.optimizer, config.total_steps)
+        self.scaler = torch.amp.GradScaler("cuda") if config.train.precision == "fp16" else None
+
+        self.step = 0
+        self.tokens_seen = 0
+        self.config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)
+        if self.existing is not None:
+            state = ckpt.load_checkpoint(self.existing, self.wrapped, self.optimizer, self.scheduler, self.env)
+            if state.get("fingerprint") != config.fingerprint():
+                raise ConfigError(
+                    f"--resume: the config differs from the one {self.existing} was trained with "
+                    f"(see its protlm_pretrain.yaml); resume with the same config or choose another --out"
+                )
+            self.step = int(state["step"])
+            self.tokens_seen = int(state["tokens_seen"])
+
+        self.phases: list[_Phase] = []
+        start = 0
+        for i, ph in enumerate(config.train.phases):
+            plan = BatchPlan(self.train_data.lengths, max_length=ph.max_length, n_special=self.vocab.n_special,
+                             tokens_per_batch=ph.tokens_per_batch, max_sequences=ph.max_sequences,
+                             seed=config.train.seed, phase=i)
+            self.phases.append(_Phase(i, start, plan))
+            start += ph.steps
+        self.metrics = MetricsLog(self.out, enabled=self.env.is_main, tensorboard=config.train.tensorboard)
+        if self.env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.metrics.truncate_after(self.step)
+        self.peak_flops = config.train.peak_flops or measure_peak_flops(self.env.device)
+
+    # ------------------------------------------------------------------ helpers
+
+    def phase_at(self, step: int) -> _Phase:
+        current = self.phases[0]
+        for ph in self.phases:
+            if step >= ph.start:
+                current = ph
+        return current
+
+    def _batch(self, phase: _Phase, indices: np.ndarray, rng: np.random.Generator, data: ShardedDataset) -> Batch:
+        cfg = self.config
+        ph = cfg.train.phases[phase.index]
+        return make_batch([data[int(i)] for i in indices], self.arch.objective, self.vocab,
+                          max_length=ph.max_length, mask_probability=cfg.objective.mask_probability,
+                          replace_mask=cfg.objective.replace_mask, replace_random=cfg.objective.replace_random,
+                          rng=rng)
+
+    def micro_batches(self, step: int) -> list[Batch]:
+        phase = self.phase_at(step)
+        accum, world, rank = self.config.train.grad_accum, self.env.world, self.env.rank
+        out = []
+        for a in range(accum):
+            counter = (step - phase.start) * world * accum + rank * accum + a
+            epoch, index, indices = phase.plan.get(counter)
+            rng = np.random.default_rng([self.config.train.seed, phase.index, epoch, index, 1])
+            out.append(self._batch(phase, indices, rng, self.train_data))
+        return out
+
+    def _forward(self, batch: Batch) -> torch.Tensor:
+        inputs = {k: v.to(self.env.device, non_blocking=True) for k, v in batch.inputs.items()}
+        if self.autocast_dtype is not None:
+            with torch.autocast(self.env.device.type, dtype=self.autocast_dtype):
+                return self.forward_module(**inputs).logits
+        return self.forward_module(**inputs).logits
+
+    def _flops(self, batch: Batch) -> float:
+        return training_flops(batch.lengths, arch=self.config.model.arch, layers=self.shape["layers"],
+                              hidden=self.shape["hidden"], ffn=self.shape["ffn"], vocab=self.vocab.size)
+
+    # ------------------------------------------------------------------ one step
+
+    def train_step(self) -> dict:
+        batches = self.micro_batches(self.step)
+        local_targets = sum(b.n_targets for b in batches)
+        (global_targets,) = all_reduce_sum([local_targets], self.env)
+        scale = self.env.world / max(global_targets, 1.0)
+        self.wrapped.train()
+        loss_sum = 0.0
+        for k, batch in enumerate(batches):
+            with no_sync(self.wrapped, active=k < len(batches) - 1):
+                logits = self._forward(batch)
+                loss = token_loss(logits, batch.labels.to(self.env.device))
+                scaled = loss * scale
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+            loss_sum += float(loss.detach())
+        tokens = sum(b.n_tokens for b in batches)
+        padded = sum(b.n_padded for b in batches)
+        flops = sum(self._flops(b) for b in batches)
+        total_loss, tokens, padded, flops = all_reduce_sum([loss_sum, tokens, padded, flops], self.env)
+        mean_loss = total_loss / max(global_targets, 1.0)
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(self._diverged_message(f"the loss is {mean_loss}"))
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        clip = self.config.optimizer.clip_grad_norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), clip if clip > 0 else float("inf"))
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips the step on inf/NaN gradients (fp16 overflow)
+            self.scaler.update()
+        else:
+            if not math.isfinite(grad_norm):
+                raise TrainingDiverged(self._diverged_message(f"the gradient norm is {grad_norm}"))
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.step += 1
+        self.tokens_seen += int(tokens)
+        return {"loss": mean_loss, "targets": global_targets, "tokens": tokens, "padded": padded,
+                "flops": flops, "grad_norm": grad_norm, "lr": lr}
+
+    def _diverged_message(self, what: str) -> str:
+        last = ckpt.latest_checkpoint(self.out)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+        return (f"training diverged at step {self.step + 1}: {what}; stopped without saving, {kept}. "
+                f"Lower optimizer.lr, raise optimizer.warmup_steps or use fp32/bf16, then --resume")
+
+    # ------------------------------------------------------------------ validation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict | None:
+        n = min(self.config.data.valid_sequences, len(self.valid_data))
+        if n == 0:
+            return None
+        phase = self.phase_at(max(self.step - 1, 0))
+        ph = self.config.train.phases[phase.index]
+        plan = BatchPlan(self.valid_data.lengths[:n], max_length=ph.max_length, n_special=self.vocab.n_special,
+                         tokens_per_batch=ph.tokens_per_batch, max_sequences=ph.max_sequences,
+                         seed=self.config.train.seed + 1, phase=phase.index)
+        self.wrapped.eval()
+        sums = [0.0, 0.0, 0.0, 0.0]  # eval loss, eval targets, full loss, full targets
+        n_batches = plan.batches_per_epoch()
+        rounds = -(-n_batches // self.env.world)
+        for j in range(rounds):
+            k = j * self.env.world + self.env.rank
+            # Under FSDP every process must join every forward: a process without a batch of
+            # its own in the last round runs batch 0 again and discards the result.
+            real = k < n_batches
+            if not real and not self.env.distributed:
+                break
+            _, _, indices = plan.get(k if real else 0)
+            rng = np.random.default_rng([self.config.train.seed, 999, phase.index, k if real else 0])
+            batch = self._batch(phase, indices, rng, self.valid_data)
+            logits = self._forward(batch)
+            if not real:
+                continue
+            sums[0] += float(token_loss(logits, batch.eval_labels.to(self.env.device)))
+            sums[1] += int((batch.eval_labels != IGNORE).sum())
+            if batch.eval_labels is not batch.labels:
+                sums[2] += float(token_loss(logits, batch.labels.to(self.env.device)))
+                sums[3] += batch.n_targets
+        loss, count, full, full_count = all_reduce_sum(sums, self.env)
+        self.wrapped.train()
+        out = {"kind": "valid", "step": self.step, "val_loss": loss / max(count, 1),
+               "val_ppl": math.exp(loss / max(count, 1)), "val_targets": int(count)}
+        if full_count:
+            out["val_ppl_all_positions"] = math.exp(full / full_count)
+        return out
+
+    # ------------------------------------------------------------------ loop
+
+    def _on_signal(self, signum, frame):
+        self._stop_signal = signum
+
+    def save(self) -> Path | None:
+        state = {"tokens_seen": self.tokens_seen, "fingerprint": self.config.fingerprint(),
+                 "phase": self.phase_at(max(self.step - 1, 0)).index, "arch": self.config.model.arch}
+        return ckpt.save_checkpoint(self.out, self.step, self.wrapped, self.optimizer, self.scheduler, self.env,
+                                    family=self.vocab.family, config_yaml=self.config_yaml, state=state,
+                                    keep=self.config.train.keep_checkpoints)
+
+    def run(self) -> dict:
+        cfg = self.config.train
+        total = self.config.total_steps
+        handlers = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        except ValueError:  # not the main thread
+            handlers = {}
+        bar = None
+        if self.env.is_main and self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=self.step, desc=f"pretrain {self.config.model.arch}", unit="step",
+                       disable=None, dynamic_ncols=True)
+        if self.env.is_main:
+            self.metrics.write({"kind": "start", "step": self.step, "params": self.params["total"],
+                                "params_non_embedding": self.params["non_embedding"], "world": self.env.world,
+                                "device": str(self.env.device), "peak_flops": self.peak_flops,
+                                "resumed_from": str(self.existing) if self.existing else None})
+        window = {"loss": 0.0, "targets": 0.0, "tokens": 0.0, "padded": 0.0, "flops": 0.0, "n": 0}
+        t_window = time.perf_counter()
+        last_eval = None
+        interrupted = False
+        try:
+            while self.step < total:
+                stats = self.train_step()
+                window["loss"] += stats["loss"] * stats["targets"]
+                for key in ("targets", "tokens", "padded", "flops"):
+                    window[key] += stats[key]
+                window["n"] += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{stats['loss']:.3f}", refresh=False)
+                if self.step % cfg.log_every == 0 or self.step == total:
+                    dt = time.perf_counter() - t_window
+                    loss = window["loss"] / max(window["targets"], 1.0)
+                    record = {"kind": "train", "step": self.step, "phase": self.phase_at(self.step - 1).index,
+                              "loss": loss, "ppl": math.exp(min(loss, 50.0)), "lr": stats["lr"],
+                              "grad_norm": stats["grad_norm"], "tokens_seen": self.tokens_seen,
+                              "tokens_per_s": window["tokens"] / dt,
+                              "padding": 1 - window["tokens"] / max(window["padded"], 1.0),
+                              "mfu": window["flops"] / dt / (self.peak_flops * self.env.world),
+                              "elapsed_s": dt}
+                    self.metrics.write(record)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}",
+                                        mfu=f"{record['mfu']:.0%}")
+                    window = {k: 0.0 for k in window}
+                    window["n"] = 0
+                    t_window = time.perf_counter()
+                if self.step % cfg.eval_every == 0 or self.step == total:
+                    t_eval = time.perf_counter()
+                    last_eval = self.evaluate()
+                    if last_eval is not None:
+                        self.metrics.write(last_eval)
+                    t_window += time.perf_counter() - t_eval
+                if self.step % cfg.save_every == 0 or self.step == total:
+                    t_save = time.perf_counter()
+                    self.save()
+                    t_window += time.perf_counter() - t_save
+                if self._stop_signal is not None:
+                    if self.step % cfg.save_every != 0:
+                        self.save()
+                    interrupted = True
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+            self.metrics.close()
+        if interrupted:
+            raise KeyboardInterrupt
+        final = self.out / "model"
+        if self.env.is_main:
+            import shutil
+
+            latest = ckpt.latest_checkpoint(self.out)
+            tmp = self.out / ".model.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(latest, tmp, ignore=shutil.ignore_patterns("trainer_state.*"))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        return {"out": str(self.out), "model": str(final), "steps": self.step, "tokens_seen": self.tokens_seen,
+                "params": self.params, "last_eval": last_eval}
+
+
+def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
+    env = init_distributed()
+    try:
+        return Trainer(config, out, resume=resume, progress=progress, env=env).run()
+    finally:
+        destroy(env)
