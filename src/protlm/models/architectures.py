@@ -73,17 +73,17 @@ class ModelSpec:
 
     def resolved(self) -> dict[str, int]:
         if self.preset not in PRESETS:
-            raise ConfigError(f"model.preset: unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+            raise ConfigError(f"config model.preset: unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         shape = dict(PRESETS[self.preset])
         for key in ("layers", "hidden", "heads", "ffn"):
             value = getattr(self, key)
             if value is not None:
                 if not isinstance(value, int) or value <= 0:
-                    raise ConfigError(f"model.{key}: must be a positive integer, not {value!r}")
+                    raise ConfigError(f"config model.{key}: must be a positive integer, not {value!r}")
                 shape[key] = value
         if shape["hidden"] % shape["heads"]:
             raise ConfigError(
-                f"model.hidden: {shape['hidden']} is not divisible by model.heads={shape['heads']}"
+                f"config model.hidden: {shape['hidden']} is not divisible by model.heads={shape['heads']}"
             )
         return shape
 
@@ -181,7 +181,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 def get_architecture(name: str) -> Architecture:
     if name not in ARCHITECTURES:
-        raise ConfigError(f"model.arch: unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
+        raise ConfigError(f"config model.arch: unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[name]
 
 
@@ -190,7 +190,7 @@ def build_config(spec: ModelSpec):
     try:
         config = arch.make_config(spec, arch.vocab)
     except TypeError as exc:  # an unknown key in model.extra
-        raise ConfigError(f"model.extra: {exc}") from None
+        raise ConfigError(f"config model.extra: {exc}") from None
     config.architectures = [arch.model_class]
     return config
 

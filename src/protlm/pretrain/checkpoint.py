@@ -89,12 +89,18 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, env: DistEnv) -> dict:
-    from safetensors.torch import load_file
+    from transformers.utils import logging as hf_logging
 
-    model_sd = load_file(str(path / "model.safetensors"))
+    hf_logging.disable_progress_bar()
+    # Read the weights back through transformers itself: it maps the names it writes (ESM's
+    # legacy LayerNorm gamma/beta, for example) back to the module's own parameter names.
+    inner = unwrap(model)
+    reference = type(inner).from_pretrained(path, attn_implementation="eager")
+    model_sd = reference.state_dict()
+    del reference
     trainer = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
-    options = StateDictOptions(full_state_dict=True, strict=False)
-    set_state_dict(unwrap(model), optimizer, model_state_dict=model_sd,
+    options = StateDictOptions(full_state_dict=True, strict=True)
+    set_state_dict(inner, optimizer, model_state_dict=model_sd,
                    optim_state_dict=trainer["optimizer"], options=options)
     scheduler.load_state_dict(trainer["scheduler"])
     rngs = trainer["rng"]

@@ -61,7 +61,14 @@ def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
 def block_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The transformer blocks of a ``transformers`` model (its ``_no_split_modules`` classes)."""
     names = set(getattr(model, "_no_split_modules", None) or [])
-    return [m for m in model.modules() if type(m).__name__ in names]
+    # A parameter reachable under two names (input embedding tied to the output head) must stay
+    # in the root group: a block that owns one is not sharded on its own.
+    seen: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        seen[id(p)] = seen.get(id(p), 0) + 1
+    tied = {pid for pid, n in seen.items() if n > 1}
+    return [m for m in model.modules()
+            if type(m).__name__ in names and not any(id(p) in tied for p in m.parameters())]
 
 
 def wrap_model(model: torch.nn.Module, train: TrainConfig, env: DistEnv, precision_dtype):

@@ -269,7 +269,8 @@ class Trainer:
                                     family=self.vocab.family, config_yaml=self.config_yaml, state=state,
                                     keep=self.config.train.keep_checkpoints)
 
-    def run(self) -> dict:
+    def run(self, until: int | None = None) -> dict:
+        """Train to the end of the schedule (or stop with a checkpoint after step ``until``)."""
         cfg = self.config.train
         total = self.config.total_steps
         handlers = {}
@@ -330,6 +331,11 @@ class Trainer:
                     t_save = time.perf_counter()
                     self.save()
                     t_window += time.perf_counter() - t_save
+                if until is not None and self.step >= until and self.step < total:
+                    if self.step % cfg.save_every != 0:
+                        self.save()
+                    return {"out": str(self.out), "model": None, "steps": self.step,
+                            "tokens_seen": self.tokens_seen, "params": self.params, "last_eval": last_eval}
                 if self._stop_signal is not None:
                     if self.step % cfg.save_every != 0:
                         self.save()
