@@ -30,6 +30,7 @@ from protlm.models.architectures import ARCHITECTURES, PRESETS, ModelSpec
 class DataConfig:
     shards: str = ""  # folder written by `protlm prepare`
     valid_sequences: int = 512  # validation subset size (first N of the valid split, fixed)
+    valid_max_length: int = 0  # crop length for validation; 0: the current phase's max_length
 
 
 @dataclass
@@ -246,6 +247,8 @@ def validate(c: PretrainConfig) -> None:
     need(0 <= c.model.attention_dropout < 1, "model.attention_dropout", "must be in [0, 1)")
     need(c.model.max_positions > 0, "model.max_positions", "must be positive")
     need(c.data.valid_sequences >= 0, "data.valid_sequences", "must be >= 0")
+    need(c.data.valid_max_length == 0 or c.data.valid_max_length >= ARCHITECTURES[c.model.arch].vocab.n_special + 1,
+         "data.valid_max_length", "must be 0 (the phase's max_length) or long enough for one residue")
     o = c.objective
     need(0 < o.mask_probability < 1, "objective.mask_probability", "must be in (0, 1)")
     need(0 <= o.replace_mask <= 1 and 0 <= o.replace_random <= 1 and o.replace_mask + o.replace_random <= 1,
@@ -270,7 +273,7 @@ def validate(c: PretrainConfig) -> None:
              f"must be at least max_length ({ph.max_length}) so that one full-length sequence fits")
         need(ph.max_sequences >= 0, f"{w}.max_sequences", "must be >= 0")
         if c.model.arch in ("bert", "albert"):
-            need(ph.max_length <= c.model.max_positions, f"{w}.max_length",
+            need(max(ph.max_length, c.data.valid_max_length) <= c.model.max_positions, f"{w}.max_length",
                  f"exceeds model.max_positions={c.model.max_positions} (absolute position embeddings)")
     need(t.grad_accum >= 1, "train.grad_accum", "must be >= 1")
     need(t.precision in ("fp32", "bf16", "fp16"), "train.precision", f"must be fp32, bf16 or fp16, not {t.precision!r}")

@@ -99,6 +99,7 @@ class Trainer:
 
         self.step = 0
         self.tokens_seen = 0
+        self.flops_seen = 0.0
         self.config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)
         if self.existing is not None:
             state = ckpt.load_checkpoint(self.existing, self.wrapped, self.optimizer, self.scheduler, self.env)
@@ -109,6 +110,7 @@ class Trainer:
                 )
             self.step = int(state["step"])
             self.tokens_seen = int(state["tokens_seen"])
+            self.flops_seen = float(state.get("flops_seen", 0.0))
 
         self.phases: list[_Phase] = []
         start = 0
@@ -133,11 +135,12 @@ class Trainer:
                 current = ph
         return current
 
-    def _batch(self, phase: _Phase, indices: np.ndarray, rng: np.random.Generator, data: ShardedDataset) -> Batch:
+    def _batch(self, phase: _Phase, indices: np.ndarray, rng: np.random.Generator, data: ShardedDataset,
+               max_length: int | None = None) -> Batch:
         cfg = self.config
         ph = cfg.train.phases[phase.index]
         return make_batch([data[int(i)] for i in indices], self.arch.objective, self.vocab,
-                          max_length=ph.max_length, mask_probability=cfg.objective.mask_probability,
+                          max_length=max_length or ph.max_length, mask_probability=cfg.objective.mask_probability,
                           replace_mask=cfg.objective.replace_mask, replace_random=cfg.objective.replace_random,
                           rng=rng)
 
@@ -206,6 +209,7 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self.tokens_seen += int(tokens)
+        self.flops_seen += flops
         return {"loss": mean_loss, "targets": global_targets, "tokens": tokens, "padded": padded,
                 "flops": flops, "grad_norm": grad_norm, "lr": lr}
 
@@ -224,7 +228,8 @@ class Trainer:
             return None
         phase = self.phase_at(max(self.step - 1, 0))
         ph = self.config.train.phases[phase.index]
-        plan = BatchPlan(self.valid_data.lengths[:n], max_length=ph.max_length, n_special=self.vocab.n_special,
+        max_length = self.config.data.valid_max_length or ph.max_length
+        plan = BatchPlan(self.valid_data.lengths[:n], max_length=max_length, n_special=self.vocab.n_special,
                          tokens_per_batch=ph.tokens_per_batch, max_sequences=ph.max_sequences,
                          seed=self.config.train.seed + 1, phase=phase.index)
         self.wrapped.eval()
@@ -240,7 +245,7 @@ class Trainer:
                 break
             _, _, indices = plan.get(k if real else 0)
             rng = np.random.default_rng([self.config.train.seed, 999, phase.index, k if real else 0])
-            batch = self._batch(phase, indices, rng, self.valid_data)
+            batch = self._batch(phase, indices, rng, self.valid_data, max_length)
             logits = self._forward(batch)
             if not real:
                 continue
@@ -251,7 +256,8 @@ class Trainer:
                 sums[3] += batch.n_targets
         loss, count, full, full_count = all_reduce_sum(sums, self.env)
         self.wrapped.train()
-        out = {"kind": "valid", "step": self.step, "val_loss": loss / max(count, 1),
+        out = {"kind": "valid", "step": self.step, "tokens_seen": self.tokens_seen,
+               "flops_seen": self.flops_seen, "val_loss": loss / max(count, 1),
                "val_ppl": math.exp(loss / max(count, 1)), "val_targets": int(count)}
         if full_count:
             out["val_ppl_all_positions"] = math.exp(full / full_count)
@@ -263,7 +269,7 @@ class Trainer:
         self._stop_signal = signum
 
     def save(self) -> Path | None:
-        state = {"tokens_seen": self.tokens_seen, "fingerprint": self.config.fingerprint(),
+        state = {"tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen, "fingerprint": self.config.fingerprint(),
                  "phase": self.phase_at(max(self.step - 1, 0)).index, "arch": self.config.model.arch}
         return ckpt.save_checkpoint(self.out, self.step, self.wrapped, self.optimizer, self.scheduler, self.env,
                                     family=self.vocab.family, config_yaml=self.config_yaml, state=state,
@@ -310,6 +316,7 @@ class Trainer:
                     record = {"kind": "train", "step": self.step, "phase": self.phase_at(self.step - 1).index,
                               "loss": loss, "ppl": math.exp(min(loss, 50.0)), "lr": stats["lr"],
                               "grad_norm": stats["grad_norm"], "tokens_seen": self.tokens_seen,
+                              "flops_seen": self.flops_seen,
                               "tokens_per_s": window["tokens"] / dt,
                               "padding": 1 - window["tokens"] / max(window["padded"], 1.0),
                               "mfu": window["flops"] / dt / (self.peak_flops * self.env.world),
