@@ -1,0 +1,185 @@
+"""Embedding files: HDF5 in the field's convention, written so that no kill can corrupt them.
+
+Layout (documented in the README): one dataset per protein at the root of the file, named by the
+FASTA id with ``/`` replaced by ``_`` (``--key id``) or by biotrainer's sequence hash
+(``--key hash``: SHA-256 hex of ``f"{sequence}_{len(sequence)}"``, the sequence as written in
+the FASTA). ``attrs["original_id"]`` holds the FASTA id. Per-residue datasets are L × D
+(special tokens removed), per-protein ones D. File attributes: model, family, level, layer,
+dtype, int8, protlm_version, key.
+
+While a run is going, finished batches go to a journal folder ``OUT.h5.parts/`` as
+``part-NNNNNN.npz`` files (each written to a temporary name and renamed, read back without
+pickle). The HDF5 file is assembled from the journal at the end into ``OUT.h5.tmp`` and renamed
+into place. A run killed at any moment (even SIGKILL) loses at most the batch in flight, and
+``--resume`` skips every protein already in the journal or in an existing output file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from protlm.errors import InputError
+
+
+def id_key(pid: str) -> str:
+    return pid.replace("/", "_")
+
+
+def hash_key(raw_sequence: str) -> str:
+    """biotrainer's key of a sequence: SHA-256 of ``f"{seq}_{len(seq)}"``."""
+    return hashlib.sha256(f"{raw_sequence}_{len(raw_sequence)}".encode()).hexdigest()
+
+
+def build_keys(ids: list[str], mode: str, raw: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """Dataset keys in input order, and key → original id. Id collisions after ``/``→``_`` are an
+    error; in hash mode identical sequences share one key (embedded once)."""
+    keys: list[str] = []
+    owner: dict[str, str] = {}
+    for pid in ids:
+        if mode == "id":
+            key = id_key(pid)
+            if key in owner:
+                raise InputError(f"ids {owner[key]!r} and {pid!r} both become dataset name {key!r} "
+                                 f"(HDF5 names cannot contain '/'); rename one, or use --key hash")
+        else:
+            key = hash_key(raw[pid] if raw is not None else pid)
+        owner.setdefault(key, pid)
+        keys.append(key)
+    return keys, owner
+
+
+class Journal:
+    """Finished batches on disk, one atomic ``.npz`` per batch."""
+
+    def __init__(self, output: Path):
+        self.folder = Path(str(output) + ".parts")
+
+    def exists(self) -> bool:
+        return self.folder.is_dir()
+
+    def parts(self) -> list[Path]:
+        return sorted(self.folder.glob("part-*.npz")) if self.folder.is_dir() else []
+
+    def done_keys(self) -> set[str]:
+        done: set[str] = set()
+        for part in self.parts():
+            try:
+                with np.load(part, allow_pickle=False) as z:
+                    done.update(z["keys"].tolist())
+            except (OSError, ValueError, KeyError):  # a torn file from a crash: redo its batch
+                part.unlink(missing_ok=True)
+        return done
+
+    def write(self, keys: list[str], originals: list[str], residue: list[np.ndarray] | None,
+              protein: list[np.ndarray] | None) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        index = len(self.parts())
+        name = self.folder / f"part-{index:06d}.npz"
+        while name.exists():
+            index += 1
+            name = self.folder / f"part-{index:06d}.npz"
+        arrays = {"keys": np.array(keys, dtype=str), "original_ids": np.array(originals, dtype=str)}
+        for i in range(len(keys)):
+            if residue is not None:
+                arrays[f"r{i}"] = residue[i]
+            if protein is not None:
+                arrays[f"p{i}"] = protein[i]
+        tmp = self.folder / f".{name.name}.tmp"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, name)
+
+    def read(self) -> Iterable[tuple[str, str, np.ndarray | None, np.ndarray | None]]:
+        for part in self.parts():
+            with np.load(part, allow_pickle=False) as z:
+                keys = z["keys"].tolist()
+                originals = z["original_ids"].tolist()
+                for i, (key, orig) in enumerate(zip(keys, originals)):
+                    yield key, orig, (z[f"r{i}"] if f"r{i}" in z else None), (z[f"p{i}"] if f"p{i}" in z else None)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def existing_keys(path: Path) -> set[str]:
+    import h5py
+
+    if not path.exists():
+        return set()
+    try:
+        with h5py.File(path, "r") as f:
+            return set(f.keys())
+    except OSError:
+        raise InputError(f"{path} exists but is not a readable HDF5 file; move it away or choose another --output") from None
+
+
+def assemble(outputs: dict[str, Path], journal: Journal, attrs: dict, dtype: str = "float32",
+             keep_existing: bool = True) -> dict[str, int]:
+    """Write the journal (plus what an existing output holds) into the final HDF5 file(s)."""
+    import h5py
+
+    counts = {}
+    for level, path in outputs.items():
+        tmp = Path(str(path) + ".tmp")
+        tmp.unlink(missing_ok=True)
+        n = 0
+        with h5py.File(tmp, "w") as out:
+            if keep_existing and path.exists():
+                with h5py.File(path, "r") as old:
+                    for key in old.keys():
+                        old.copy(old[key], out, name=key)
+                        n += 1
+            for key, orig, residue, protein in journal.read():
+                data = residue if level == "residue" else protein
+                if data is None or key in out:
+                    continue
+                ds = out.create_dataset(key, data=data.astype(dtype))
+                ds.attrs["original_id"] = orig
+                n += 1
+            for k, v in {**attrs, "level": level}.items():
+                out.attrs[k] = v
+        os.replace(tmp, path)
+        counts[level] = n
+    return counts
+
+
+def merge_files(output: Path, inputs: list[Path]) -> int:
+    """Join HDF5 embedding files (e.g. ``--shard i/N`` parts) into one; the same key in two
+    inputs is an error unless the arrays are identical."""
+    import h5py
+
+    for p in inputs:
+        if not p.exists():
+            raise InputError(f"{p}: no such file")
+    tmp = Path(str(output) + ".tmp")
+    tmp.unlink(missing_ok=True)
+    n = 0
+    with h5py.File(tmp, "w") as out:
+        for p in inputs:
+            try:
+                src = h5py.File(p, "r")
+            except OSError:
+                raise InputError(f"{p}: not a readable HDF5 file") from None
+            with src:
+                if not out.attrs.keys():
+                    for k, v in src.attrs.items():
+                        out.attrs[k] = v
+                elif src.attrs.get("model") != out.attrs.get("model") or src.attrs.get("level") != out.attrs.get("level"):
+                    raise InputError(f"{p}: made with another model or level than {inputs[0]}; not merged")
+                for key in src.keys():
+                    if key in out:
+                        if not np.array_equal(out[key][()], src[key][()]):
+                            raise InputError(f"{key!r} is in two inputs with different values ({p})")
+                        continue
+                    src.copy(src[key], out, name=key)
+                    n += 1
+    os.replace(tmp, output)
+    return n

@@ -1,0 +1,70 @@
+"""The pretrained checkpoints shipped in checkpoints/: plain transformers loads them, and they
+predict real proteins better than the context-free (unigram) baseline."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protlm.data.fasta import read_fasta
+from protlm.demo import embedded_proteome
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+FOLDERS = sorted(p for p in CHECKPOINTS.glob("protlm-*") if (p / "config.json").exists())
+
+
+def proteins(n: int = 24, max_len: int = 300) -> list[str]:
+    """Real proteins that ship with a dependency (pyhmmer's bacterial proteome), so this runs offline."""
+    seqs = [r.sequence for r in read_fasta(embedded_proteome()) if 50 <= len(r.sequence)]
+    rng = np.random.default_rng(0)
+    return [seqs[i][:max_len] for i in rng.choice(len(seqs), n, replace=False)]
+
+
+def unigram_perplexity(seqs: list[str]) -> float:
+    text = "".join(seqs)
+    _, counts = np.unique(list(text), return_counts=True)
+    p = counts / counts.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))  # of the evaluated proteins' own composition
+
+
+def test_checkpoints_are_shipped_and_small():
+    assert {p.name.split("-")[2] for p in FOLDERS} == {"masked", "causal"}
+    total = sum(f.stat().st_size for p in FOLDERS for f in p.iterdir())
+    assert total <= 25 * 1024 * 1024
+    for p in FOLDERS:
+        assert (p / "model.safetensors").exists() and (p / "README.md").exists()
+        assert not list(p.glob("*.bin")) and not list(p.glob("*.pt"))
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=[p.name for p in FOLDERS])
+def test_checkpoint_beats_the_unigram_baseline_on_real_proteins(folder):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    causal = "causal" in folder.name
+    model = (AutoModelForCausalLM if causal else AutoModelForMaskedLM).from_pretrained(folder).eval()
+    seqs = proteins()
+    total, count = 0.0, 0
+    rng = np.random.default_rng(1)
+    with torch.no_grad():
+        for seq in seqs:
+            ids = torch.tensor([tok(seq)["input_ids"]])
+            assert ids.shape[1] == len(seq) + 2  # <cls> seq <eos>
+            if causal:
+                logits = model(ids).logits[0, :-2]
+                targets = ids[0, 1:-1]
+            else:
+                pos = torch.from_numpy(np.flatnonzero(rng.random(len(seq)) < 0.15) + 1)
+                masked = ids.clone()
+                masked[0, pos] = tok.mask_token_id
+                logits = model(masked).logits[0, pos]
+                targets = ids[0, pos]
+            total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            count += len(targets)
+    ppl = math.exp(total / count)
+    baseline = unigram_perplexity(seqs)
+    assert ppl < baseline, (ppl, baseline)
