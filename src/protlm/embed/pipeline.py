@@ -111,6 +111,8 @@ def embed_distributed(model: str, input_path, output, **kwargs) -> dict | None:
     rank = int(os.environ.get("RANK", "0"))
     if world == 1:
         return embed_fasta(model, input_path, output, **kwargs)
+    if kwargs.pop("shard", None) is not None:
+        raise ConfigError("--shard and torchrun both split the input; use one of them")
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo")
     output = Path(output)

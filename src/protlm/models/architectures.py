@@ -97,7 +97,7 @@ def _bert_config(spec: ModelSpec, vocab: Vocab):
         num_attention_heads=s["heads"], intermediate_size=s["ffn"], hidden_act="gelu",
         hidden_dropout_prob=spec.dropout, attention_probs_dropout_prob=spec.attention_dropout,
         max_position_embeddings=spec.max_positions, type_vocab_size=2, pad_token_id=vocab.pad_id,
-        **spec.extra,
+
     )
 
 
@@ -111,7 +111,7 @@ def _albert_config(spec: ModelSpec, vocab: Vocab):
         num_attention_heads=s["heads"], intermediate_size=s["ffn"], hidden_act="gelu",
         hidden_dropout_prob=spec.dropout, attention_probs_dropout_prob=spec.attention_dropout,
         max_position_embeddings=spec.max_positions, type_vocab_size=2, pad_token_id=vocab.pad_id,
-        bos_token_id=vocab.bos_id, eos_token_id=vocab.eos_id, **spec.extra,
+        bos_token_id=vocab.bos_id, eos_token_id=vocab.eos_id,
     )
 
 
@@ -125,7 +125,7 @@ def _esm_config(spec: ModelSpec, vocab: Vocab):
         hidden_dropout_prob=spec.dropout, attention_probs_dropout_prob=spec.attention_dropout,
         max_position_embeddings=spec.max_positions, position_embedding_type="rotary",
         emb_layer_norm_before=False, token_dropout=True, layer_norm_eps=1e-5,
-        pad_token_id=vocab.pad_id, mask_token_id=vocab.mask_id, **spec.extra,
+        pad_token_id=vocab.pad_id, mask_token_id=vocab.mask_id,
     )
 
 
@@ -141,7 +141,7 @@ def _causal_config(spec: ModelSpec, vocab: Vocab):
         rotary_pct=1.0, use_parallel_residual=False, max_position_embeddings=spec.max_positions,
         hidden_dropout=spec.dropout, attention_dropout=spec.attention_dropout, layer_norm_eps=1e-5,
         tie_word_embeddings=False, bos_token_id=vocab.bos_id, eos_token_id=vocab.eos_id,
-        pad_token_id=vocab.pad_id, use_cache=False, **spec.extra,
+        pad_token_id=vocab.pad_id, use_cache=False,
     )
 
 
@@ -154,7 +154,7 @@ def _t5_config(spec: ModelSpec, vocab: Vocab):
         num_layers=s["layers"], num_decoder_layers=s["layers"], num_heads=s["heads"],
         dropout_rate=spec.dropout, feed_forward_proj="relu", pad_token_id=vocab.pad_id,
         eos_token_id=vocab.eos_id, decoder_start_token_id=vocab.pad_id, use_cache=False,
-        **spec.extra,
+
     )
 
 
@@ -187,10 +187,11 @@ def get_architecture(name: str) -> Architecture:
 
 def build_config(spec: ModelSpec):
     arch = get_architecture(spec.arch)
-    try:
-        config = arch.make_config(spec, arch.vocab)
-    except TypeError as exc:  # an unknown key in model.extra
-        raise ConfigError(f"config model.extra: {exc}") from None
+    config = arch.make_config(spec, arch.vocab)
+    for key, value in spec.extra.items():  # verbatim transformers config fields, after protlm's own
+        if not hasattr(config, key):
+            raise ConfigError(f"config model.extra.{key}: not a field of transformers' {type(config).__name__}")
+        setattr(config, key, value)
     config.architectures = [arch.model_class]
     return config
 
