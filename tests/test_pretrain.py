@@ -465,3 +465,15 @@ def test_two_process_training_matches_one_process(parallel, shards, tmp_path):
     v2 = [r["val_ppl"] for r in m2 if r["kind"] == "valid"]
     assert np.allclose(v1, v2, rtol=1e-4)
     assert next(r for r in m2 if r["kind"] == "start")["world"] == 2
+
+
+@pytest.mark.parametrize("arch", ["esm", "t5"])
+def test_activation_checkpointing_gives_the_same_losses(arch, shards, tmp_path):
+    plain = load_config(data=tiny_config(shards, arch, phases=[{"steps": 3, "max_length": 96, "tokens_per_batch": 1024}]))
+    ckpt = load_config(data=tiny_config(shards, arch, phases=[{"steps": 3, "max_length": 96, "tokens_per_batch": 1024}],
+                                        activation_checkpointing=True))
+    Trainer(plain, tmp_path / "a", progress=False).run()
+    Trainer(ckpt, tmp_path / "b", progress=False).run()
+    la = [r["loss"] for r in read_metrics(tmp_path / "a") if r["kind"] == "train"]
+    lb = [r["loss"] for r in read_metrics(tmp_path / "b") if r["kind"] == "train"]
+    assert np.allclose(la, lb, atol=1e-5)

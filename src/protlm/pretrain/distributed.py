@@ -74,7 +74,10 @@ def block_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 def wrap_model(model: torch.nn.Module, train: TrainConfig, env: DistEnv, precision_dtype):
     """Apply activation checkpointing and DDP/FSDP2; returns the module to call forward on."""
     if train.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not env.distributed:
         return model
     if train.parallel == "fsdp":
