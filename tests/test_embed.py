@@ -96,6 +96,15 @@ def test_parity_with_a_direct_transformers_forward(models, name, prefix):
     assert np.allclose(means, np.stack([a.mean(0) for a in ours]), atol=1e-6)
 
 
+def test_cpu_batches_hold_only_equal_lengths(models):
+    emb = Embedder(str(models["esm"]))
+    lengths = [50, 50, 50, 40, 40, 7, 300]
+    batches = emb.plan(lengths)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len({lengths[i] for i in b}) == 1 for b in batches)
+    assert sorted(len(b) for b in batches) == [1, 1, 2, 3]
+
+
 def test_token_layout_matches_the_tokenizer(models):
     for name in ("esm", "protbert", "prott5"):
         emb = Embedder(str(models[name]))
@@ -178,7 +187,8 @@ def test_long_proteins_get_overlapping_windows_or_a_clear_error(models, tmp_path
 
 def test_out_of_memory_splits_the_batch(models, monkeypatch):
     emb = Embedder(str(models["esm"]))
-    expected = emb.embed(PROTEINS)
+    same_length = [PROTEINS[0][i:i + 40] for i in range(0, 40, 5)]  # on a CPU only equal lengths share a batch
+    expected = [emb.embed([s])[0] for s in same_length]
     real = emb._forward
 
     def limited(seqs, model, device):
@@ -188,7 +198,7 @@ def test_out_of_memory_splits_the_batch(models, monkeypatch):
 
     monkeypatch.setattr(emb, "_forward", limited)
     emb.stats.oom_splits = 0
-    got = emb.embed(PROTEINS)
+    got = emb.embed(same_length)
     assert emb.stats.oom_splits >= 1 and all(np.allclose(a, b, atol=1e-5) for a, b in zip(got, expected))
 
     def never(seqs, model, device):

@@ -96,31 +96,49 @@ def read_metrics_(path: Path) -> list[dict]:
     return read_metrics(path)
 
 
+def final_eval(run: Path) -> dict:
+    """Validation of the final checkpoint with the current evaluation code (all selected residues
+    masked), so that every run is scored the same way whatever protlm version trained it."""
+    import yaml
+
+    from protlm.pretrain.checkpoint import latest_checkpoint
+    from protlm.pretrain.config import load_config
+    from protlm.pretrain.trainer import Trainer
+
+    ckpt = latest_checkpoint(run)
+    config = load_config(data=yaml.safe_load((ckpt / "protlm_pretrain.yaml").read_text()))
+    return Trainer(config, run, resume=True, progress=False).evaluate()
+
+
 def curves(runs: dict[str, Path]) -> dict[str, list[dict]]:
     from protlm.pretrain.metrics import read_metrics
 
     return {name: [r for r in read_metrics(path) if r["kind"] == "valid"] for name, path in runs.items()}
 
 
-def plot(curves_: dict, baseline: float, path: Path, best: str) -> None:
+def plot(curves_: dict, baseline: float, path: Path, best: str, sweep: dict[str, tuple[int, float]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = list(sweep)
+    axes[0].plot([sweep[n][0] for n in names], [sweep[n][1] for n in names], marker="o")
+    for n in names:
+        axes[0].annotate(n, sweep[n], textcoords="offset points", xytext=(5, 5))
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("parameters")
+    axes[0].set_title("size sweep: final validation perplexity at equal FLOPs (MLM)")
     for name, points in curves_.items():
-        if not points:
-            continue
-        x = [p["flops_seen"] / 1e12 for p in points]
-        y = [p["val_ppl"] for p in points]
-        ax = axes[1] if name.startswith("final_") else axes[0]
-        ax.plot(x, y, marker="o", ms=3, label=name)
-    for ax, title in zip(axes, ["size sweep (MLM, equal FLOPs)", f"MLM vs causal at size {best}"]):
+        if points:
+            axes[1].plot([p["flops_seen"] / 1e12 for p in points], [p["val_ppl"] for p in points],
+                         marker="o", ms=3, label=name)
+    axes[1].set_xlabel("training compute (TFLOP)")
+    axes[1].set_title(f"MLM vs causal at size {best}")
+    for ax in axes:
         ax.axhline(baseline, color="grey", ls="--", label=f"unigram baseline ({baseline:.2f})")
-        ax.set_xlabel("training compute (TFLOP)")
         ax.set_ylabel("validation perplexity")
-        ax.set_title(title)
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -200,18 +218,20 @@ def main() -> int:
         t = time.time()
         runs[name] = train(f"sweep_{name}", "esm", size, steps[name], shards, out)
         walls[name] = time.time() - t
-    finals = {name: (c[-1]["val_ppl"] if c else float("inf")) for name, c in curves(runs).items()}
+    finals = {name: final_eval(path)["val_ppl"] for name, path in runs.items()}
     best = min(finals, key=finals.get)
     print("sweep final validation perplexity: " + ", ".join(f"{k} {v:.3f}" for k, v in finals.items()), flush=True)
     t = time.time()
     causal = train(f"causal_{best}", "causal", sizes[best], steps[best], shards, out)
     walls["causal"] = time.time() - t
-    all_curves = curves({**{f"sweep_{k}": v for k, v in runs.items()},
-                         f"final_mlm_{best}": runs[best], f"final_causal_{best}": causal})
-    plot(all_curves, baseline["perplexity"], out / "curves.png", best)
+    all_curves = curves({f"mlm_{best}": runs[best], f"causal_{best}": causal})
+    params = {name: next(r for r in read_metrics_(path) if r["kind"] == "start")["params"] for name, path in runs.items()}
+    plot(all_curves, baseline["perplexity"], out / "curves.png", best,
+         {name: (params[name], finals[name]) for name in runs})
 
     manifest = json.loads((shards / "manifest.json").read_text())
     summary = {"baseline": baseline, "budget_tflop": args.budget_tflop, "steps": steps, "best": best,
+               "params": params,
                "sweep_final_ppl": finals, "wall_s_this_invocation": walls, "curves": all_curves,
                "train_s": {name: sum(r["elapsed_s"] for r in read_metrics_(path) if r["kind"] == "train")
                            for name, path in {**{f"sweep_{k}": v for k, v in runs.items()},

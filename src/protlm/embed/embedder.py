@@ -157,7 +157,8 @@ class Embedder:
             ids[row, :len(e)] = e
             mask[row, :len(e)] = 1
         ids_t = torch.from_numpy(ids).to(device)
-        mask_t = torch.from_numpy(mask).to(device)
+        # Without padding no mask is needed, and SDPA can take its fastest path.
+        mask_t = None if mask.all() else torch.from_numpy(mask).to(device)
         want_all = self.options.layer != -1
         with torch.inference_mode():
             out = model(input_ids=ids_t, attention_mask=mask_t, output_hidden_states=want_all)
@@ -225,8 +226,14 @@ class Embedder:
     # ------------------------------------------------------------------ batching
 
     def plan(self, lengths: list[int]) -> list[list[int]]:
-        """Batches of indices: longest first, by padded-token budget and sequence cap."""
+        """Batches of indices: longest first, by padded-token budget and sequence cap.
+
+        On a CPU only proteins of the same length share a batch: there a padded batch was slower
+        than one protein at a time (the attention mask takes SDPA off its fastest kernel and the
+        padding is wasted work; docs/benchmarks.md), while equal lengths need neither.
+        """
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        exact = self.device.type == "cpu"
         extra = len(self.layout.prefix) + len(self.layout.suffix)
         batches, current, width = [], [], 0
         for i in order:
@@ -236,7 +243,8 @@ class Embedder:
                 continue
             w = max(width, n + extra)
             if current and (w * (len(current) + 1) > self.options.tokens_per_batch
-                            or len(current) + 1 > self.options.max_sequences):
+                            or len(current) + 1 > self.options.max_sequences
+                            or (exact and lengths[current[0]] != n)):
                 batches.append(current)
                 current, w = [], n + extra
             current.append(i)

@@ -136,13 +136,16 @@ class Trainer:
         return current
 
     def _batch(self, phase: _Phase, indices: np.ndarray, rng: np.random.Generator, data: ShardedDataset,
-               max_length: int | None = None) -> Batch:
+               max_length: int | None = None, validation: bool = False) -> Batch:
         cfg = self.config
         ph = cfg.train.phases[phase.index]
+        # Validation masks every selected residue: with BERT's 10% "keep" targets the input shows
+        # the answer, and the perplexity would drop below what the model can actually predict.
+        replace_mask = 1.0 if validation else cfg.objective.replace_mask
+        replace_random = 0.0 if validation else cfg.objective.replace_random
         return make_batch([data[int(i)] for i in indices], self.arch.objective, self.vocab,
                           max_length=max_length or ph.max_length, mask_probability=cfg.objective.mask_probability,
-                          replace_mask=cfg.objective.replace_mask, replace_random=cfg.objective.replace_random,
-                          rng=rng)
+                          replace_mask=replace_mask, replace_random=replace_random, rng=rng)
 
     def micro_batches(self, step: int) -> list[Batch]:
         phase = self.phase_at(step)
@@ -245,7 +248,7 @@ class Trainer:
                 break
             _, _, indices = plan.get(k if real else 0)
             rng = np.random.default_rng([self.config.train.seed, 999, phase.index, k if real else 0])
-            batch = self._batch(phase, indices, rng, self.valid_data, max_length)
+            batch = self._batch(phase, indices, rng, self.valid_data, max_length, validation=True)
             logits = self._forward(batch)
             if not real:
                 continue
