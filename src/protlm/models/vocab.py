@@ -120,12 +120,21 @@ def build_tokenizer(family: str):
 
     vocab = VOCABS[family]
     if family == "esm":
-        from transformers import EsmTokenizer
+        # A fast (tokenizers) tokenizer with ESM-2's ids: one token per character, <cls> … <eos>.
+        # Saved as tokenizer.json; it gives exactly EsmTokenizer's ids (tests compare them).
+        from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+        from transformers import PreTrainedTokenizerFast
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "vocab.txt"
-            path.write_text("\n".join(vocab.tokens) + "\n")
-            return EsmTokenizer(vocab_file=str(path))
+        tok = Tokenizer(models.WordLevel(vocab=dict(vocab.index), unk_token=vocab.unk))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<cls> $A <eos>", pair="<cls> $A <eos> $B <eos>",
+            special_tokens=[("<cls>", vocab.bos_id), ("<eos>", vocab.eos_id)],
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, cls_token="<cls>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+            mask_token="<mask>", model_max_length=100_000,
+        )
     if family == "protbert":
         from transformers import BertTokenizer
 
