@@ -251,6 +251,10 @@ def cmd_merge(args) -> int:
 
 # --------------------------------------------------------------------------- parser
 
+#: Modules that add their own subcommands (``register(subparsers)``); they import heavy
+#: libraries only inside their command functions, so ``protlm --help`` stays fast.
+COMMAND_MODULES: tuple[str, ...] = ()
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -378,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="benchmark data folder (default: $PROTLM_DATA or ../shared/data)")
     p.add_argument("--json", action="store_true", help="print the summaries as JSON on stdout")
     p.set_defaults(func=cmd_datasets)
+
+    # Commands that live in their own modules: each has register(subparsers).
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
