@@ -20,8 +20,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
 
+from protlm.configfile import build, load_tree
 from protlm.errors import ConfigError
 from protlm.models.architectures import ARCHITECTURES, PRESETS, ModelSpec
 
@@ -109,128 +109,10 @@ class PretrainConfig:
 # --------------------------------------------------------------------------- loading
 
 
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    origin = get_origin(hint)
-    args = get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"config {where}: must be a list, not {value!r}")
-        if not value:
-            raise ConfigError(f"config {where}: must not be empty")
-        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"config {where}: must be a list of {len(args)} numbers, not {value!r}")
-        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config {where}: must be a mapping, not {value!r}")
-        return dict(value)
-    if args and type(None) in args:  # Optional[X]
-        if value is None:
-            return None
-        return _convert(value, next(a for a in args if a is not type(None)), where)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config {where}: must be true or false, not {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config {where}: must be an integer, not {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config {where}: must be a number, not {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config {where}: must be a string, not {value!r}")
-        return value
-    return value
-
-
-def _build(cls, data: Any, where: str):
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {where}: must be a mapping of fields, not {data!r}")
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"config {prefix}{unknown[0]}: unknown field; expected one of {sorted(names)}"
-        )
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node: Any = tree
-    for i, part in enumerate(parts[:-1]):
-        nxt = parts[i + 1]
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"override {dotted}: {part!r} is not an index of {'.'.join(parts[:i])}")
-            node = node[int(part)]
-            continue
-        if part not in node or node[part] is None:
-            node[part] = [] if nxt.isdigit() else {}
-        if part == "phases" and isinstance(node[part], list) is False:
-            raise ConfigError(f"override {dotted}: phases is not a list")
-        node = node[part]
-    last = parts[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise ConfigError(f"override {dotted}: {last!r} is not an index")
-        node[int(last)] = value
-    else:
-        node[last] = value
-
-
-def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
-    import yaml
-
-    out = []
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.phases.0.steps=200")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
-        out.append((key.strip(), value))
-    return out
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 data: dict | None = None) -> PretrainConfig:
     """Read and validate a config file (or a dict), then apply ``key=value`` overrides."""
-    import yaml
-
-    tree: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            raise ConfigError(f"config {p}: not valid YAML{where}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config {p}: the top level must be a mapping of sections")
-    if data is not None:
-        tree = json.loads(json.dumps(data))
-    for key, value in parse_overrides(overrides or []):
-        _set_dotted(tree, key, value)
-    config = _build(PretrainConfig, tree, "")
+    config = build(PretrainConfig, load_tree(path, overrides, data), "")
     validate(config)
     return config
 

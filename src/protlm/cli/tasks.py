@@ -1,0 +1,261 @@
+"""``protlm train``, ``evaluate``, ``predict`` and ``benchmark``: heads on embeddings."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+
+from protlm.errors import ConfigError, InputError
+
+DEFAULT_DATA = os.environ.get("PROTLM_DATA", "../shared/data")
+DEFAULT_CACHE = os.environ.get("PROTLM_CACHE", "runs/cache")
+
+
+def _emit(args, result: dict, summary: str) -> None:
+    from protlm.cli.main import _emit as emit
+
+    emit(args, result, summary)
+
+
+def _data_dir(args) -> str | None:
+    return args.data if args.data and Path(args.data).is_dir() else None
+
+
+def _progress():
+    from tqdm import tqdm
+
+    bars: dict[str, object] = {}
+
+    def cb(kind: str, info: dict) -> None:
+        if kind == "embed":
+            bar = bars.get(info["set"])
+            if bar is None:
+                bar = bars[info["set"]] = tqdm(total=info["total"], desc=f"embed {info['set']}", unit="res",
+                                               unit_scale=True, disable=None, file=sys.stderr, leave=False)
+            bar.n = info["done"]
+            bar.refresh()
+        elif kind == "epoch":
+            print(f"  epoch {info['epoch']:3d}  train loss {info['train_loss']:.4f}  valid loss {info['valid_loss']:.4f}",
+                  file=sys.stderr)
+        elif kind == "task":
+            print(f"{info['task']} with {info['embedder']}", file=sys.stderr)
+
+    def close():
+        for bar in bars.values():
+            bar.close()
+
+    return cb, close
+
+
+def _fmt(res: dict) -> str:
+    for key in ("accuracy", "spearman"):
+        m = res.get(key)
+        if m and m.get("value") is not None:
+            lo, hi = m["ci95"]
+            ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
+            extra = f", MCC {res['mcc']['value']:.3f}" if "mcc" in res else ""
+            name = "Spearman ρ" if key == "spearman" else "accuracy"
+            return f"{name} {m['value']:.3f}{ci}{extra} (n={res['proteins']})"
+    return "–"
+
+
+def _metric_lines(sets: dict[str, dict]) -> list[str]:
+    lines = []
+    for set_name, by_target in sets.items():
+        for target, res in by_target.items():
+            lines.append(f"  {set_name:12s} {target:12s} {_fmt(res)}")
+    return lines
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> int:
+    from protlm.tasks.config import load_task_config
+    from protlm.tasks.train import train
+
+    config = load_task_config(args.config, args.overrides)
+    if args.embedder:
+        config.embedder = args.embedder
+    out = Path(args.out or Path("runs/heads") / config.name)
+    cb, close = _progress()
+    try:
+        res = train(config, out, _data_dir(args), None if args.no_cache else args.cache, cb)
+    finally:
+        close()
+    lines = [f"trained {config.head.type} head for {config.name} ({config.protocol}) on {config.embedder}: "
+             f"{res['proteins']['train']:,} train / {res['proteins']['valid']:,} valid proteins, "
+             f"best epoch {res['best_epoch']}, {res['seconds']:.1f} s"]
+    lines += _metric_lines({"valid": res["valid"], **{f"test:{k}": v for k, v in res["test"].items()}})
+    lines.append(f"  head        {out}")
+    _emit(args, res, "\n".join(lines))
+    return 0
+
+
+def _labelled_sets(args, head) -> dict:
+    from protlm.tasks.config import SourceConfig, check_source
+    from protlm.tasks.data import encode, load_source
+
+    config = head.config
+    sources: dict[str, SourceConfig] = {}
+    if args.benchmark:
+        sources[args.benchmark + (f":{args.split}" if args.split else "")] = SourceConfig(benchmark=args.benchmark,
+                                                                                          split=args.split)
+    if args.file:
+        sources[Path(args.file).stem] = SourceConfig(file=args.file, format=args.format, label=args.label,
+                                                     kind=args.kind, split=args.split)
+    if not sources:
+        sources = dict(config.data.test)
+        if not sources:
+            raise ConfigError("give a labelled set: --benchmark NAME or --file PATH --format F "
+                              "(the head's config names no test sets)")
+    sets = {}
+    for name, src in sources.items():
+        check_source(src, name)
+        sets[name] = encode(load_source(src, _data_dir(args), name), config, head.classes, name, unknown_class_ok=True)
+    return sets
+
+
+def cmd_evaluate(args) -> int:
+    from protlm.tasks.train import _json_bytes, _write_atomic, evaluate, load_head
+
+    head = load_head(args.head)
+    sets = _labelled_sets(args, head)
+    res = evaluate(head, sets, args.embedder, None if args.no_cache else args.cache, args.bootstrap)
+    doc = {"head": str(args.head), "task": head.config.name, "embedder": args.embedder or head.config.embedder,
+           "sets": res}
+    if args.output:
+        _write_atomic(Path(args.output), _json_bytes(doc))
+    lines = [f"{head.config.name}: {head.config.head.type} head on {doc['embedder']}"] + _metric_lines(res)
+    if args.output:
+        lines.append(f"  metrics     {args.output}")
+    _emit(args, doc, "\n".join(lines))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from protlm.data.alphabet import CleaningPolicy
+    from protlm.data.fasta import read_fasta
+    from protlm.tasks.train import _json_bytes, _write_atomic, load_head, predict
+
+    head = load_head(args.head)
+    output = Path(args.output)
+    if output.suffix not in (".csv", ".json"):
+        raise ConfigError(f"--output {output}: give a .csv or .json file name")
+    if not output.parent.exists():
+        raise InputError(f"--output {output}: the folder {output.parent} does not exist")
+    records = list(read_fasta(args.input, CleaningPolicy()))
+    if not records:
+        raise InputError(f"{args.input}: no records")
+    rows = predict(head, [r.id for r in records], [r.sequence for r in records], args.embedder,
+                   None if args.no_cache else args.cache)
+    if output.suffix == ".json":
+        data = _json_bytes({"head": str(args.head), "task": head.config.name, "predictions": rows})
+    else:
+        import io
+
+        buf = io.StringIO()
+        if head.config.regression:
+            fields = ["id", "target", "value"]
+        elif head.config.per_residue:
+            fields = ["id", "target", "prediction", "mean_confidence"]
+        else:
+            fields = ["id", "target", "prediction", "probability"] + [f"p_{c}" for c in head.classes[0]]
+        writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            flat = dict(row)
+            if "confidence" in row:
+                flat["mean_confidence"] = round(sum(row["confidence"]) / max(len(row["confidence"]), 1), 4)
+            for c, p in row.get("probabilities", {}).items():
+                flat[f"p_{c}"] = p
+            writer.writerow(flat)
+        data = buf.getvalue().encode()
+    _write_atomic(output, data)
+    _emit(args, {"output": str(output), "proteins": len(records), "rows": len(rows)},
+          f"predicted {len(records):,} proteins with {args.head} → {output}")
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    from protlm.tasks.suite import run_suite
+
+    cb, close = _progress()
+    try:
+        res = run_suite(args.suite, args.embedder or [], args.out, _data_dir(args), tasks=args.tasks,
+                        extra_tests=args.extra_test or [], overrides=args.overrides,
+                        cache_dir=None if args.no_cache else args.cache, progress=cb)
+    finally:
+        close()
+    summary = res["table"] + f"\nresults: {Path(res['out']) / 'results.md'} and results.json"
+    _emit(args, {"out": res["out"], "results": res["results"]}, summary)
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
+    if data:
+        p.add_argument("--data", default=DEFAULT_DATA,
+                       help="benchmark data folder for benchmark: sources (default: $PROTLM_DATA or ../shared/data)")
+    p.add_argument("--cache", default=DEFAULT_CACHE, help="embedding cache folder (default: $PROTLM_CACHE or runs/cache)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a head on embeddings (task config)",
+                       description="Train the head a task config describes (protocol, data, targets, embedder, "
+                                   "head, training) with early stopping on the validation split; score it on the "
+                                   "test sets; write OUT/head.json, head.safetensors and metrics.json.",
+                       epilog="overrides: dotted keys of the config, e.g. train.epochs=10 head.type=logreg")
+    p.add_argument("--config", required=True, help="task config YAML (see configs/benchmarks/)")
+    p.add_argument("--out", help="head folder (default: runs/heads/<name>)")
+    p.add_argument("--embedder", help="override the config's embedder (LM folder, onehot, blosum62, kmer, or .h5)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    _common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a trained head on a labelled set",
+                       description="Metrics with bootstrap 95%% CIs of a trained head on a labelled set: a "
+                                   "benchmark name, a file, or (default) the test sets of the head's config.")
+    p.add_argument("--head", required=True, help="folder written by protlm train")
+    p.add_argument("--benchmark", help="a set of `protlm datasets` (with --data)")
+    p.add_argument("--file", help="a labelled file of your own")
+    p.add_argument("--format", choices=["biotrainer", "deeploc", "prottrans_csv", "csv"], help="format of --file")
+    p.add_argument("--label", default="target", help="csv: the label name the head was trained on (default target)")
+    p.add_argument("--kind", choices=["float", "int", "str"], default="str", help="csv: label type")
+    p.add_argument("--split", help="keep only records of this split (train, valid, test)")
+    p.add_argument("--embedder", help="embed with this instead of the head's embedder (same dimension)")
+    p.add_argument("--bootstrap", type=int, help="bootstrap resamples (default: the head's config)")
+    p.add_argument("--output", help="write the metrics JSON here")
+    _common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict with a trained head on a FASTA file",
+                       description="Per-residue state strings (with confidences) or per-protein labels with "
+                                   "probabilities, or values, for every protein of a FASTA file; CSV or JSON.")
+    p.add_argument("--head", required=True, help="folder written by protlm train")
+    p.add_argument("--input", required=True, help="FASTA or gzipped FASTA")
+    p.add_argument("--output", required=True, help="predictions: .csv or .json")
+    p.add_argument("--embedder", help="embed with this instead of the head's embedder (same dimension)")
+    _common(p, data=False)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("benchmark", help="run a suite of task configs with several embedders; results table",
+                       description="Train and score one head per (task config, embedder); write OUT/results.md "
+                                   "and results.json (headline metric with bootstrap 95%% CI per test set). "
+                                   "Finished pairs are reused when rerun.")
+    p.add_argument("--suite", default="configs/benchmarks", help="folder of task configs, or one config")
+    p.add_argument("--tasks", nargs="+", help="only these configs (file stems)")
+    p.add_argument("--embedder", action="append", help="embedder to compare (repeatable); default: each config's own")
+    p.add_argument("--out", default="runs/benchmark", help="output folder (default runs/benchmark)")
+    p.add_argument("--extra-test", action="append", metavar="TASK:NAME=PATH:FORMAT",
+                   help="score an extra labelled test file (repeatable)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every config")
+    _common(p)
+    p.set_defaults(func=cmd_benchmark)

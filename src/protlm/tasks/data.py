@@ -1,0 +1,202 @@
+"""Labelled sets for a task: records from benchmark names or user files, targets as arrays.
+
+Targets are encoded once, here, with one convention for "no label":
+
+- per residue: an int array of length L per protein, class index or ``-1`` where the mask is 0,
+  the label is a missing value (``-`` in 8-state files) or the record has no such label;
+- per protein, classes: an int per protein, ``-1`` when missing;
+- per protein, values: a float per protein, ``NaN`` when missing.
+
+A record with none of the task's labels is dropped (and counted); an unknown class, or a label
+string whose length differs from the sequence, is an error naming the set and the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+from protlm.data.benchmarks import (load_benchmark, load_biotrainer_fasta, load_deeploc, load_prottrans_csv,
+                                    load_seq_label_csv)
+from protlm.data.records import ProteinRecord
+from protlm.errors import ConfigError, InputError
+from protlm.tasks.config import SourceConfig, TargetConfig, TaskConfig
+
+log = logging.getLogger("protlm.tasks")
+
+MISSING_RESIDUE = "-"
+
+
+@dataclass
+class LabelledSet:
+    """Proteins of one split with their encoded targets (one entry per target)."""
+
+    name: str
+    ids: list[str]
+    sequences: list[str]
+    targets: list[list] = field(default_factory=list)  # per target: list of arrays / scalars
+    dropped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, idx: list[int]) -> "LabelledSet":
+        return LabelledSet(self.name, [self.ids[i] for i in idx], [self.sequences[i] for i in idx],
+                           [[t[i] for i in idx] for t in self.targets], self.dropped)
+
+
+def _hash_fraction(pid: str, salt: str) -> float:
+    return xxhash.xxh3_64_intdigest(f"{salt}:{pid}".encode()) / 2.0**64
+
+
+def load_source(src: SourceConfig, data_dir: str | Path | None, where: str) -> list[ProteinRecord]:
+    """The records a source names, narrowed by ``split`` and ``part``."""
+    if src.benchmark is not None:
+        if data_dir is None:
+            raise ConfigError(f"{where}: benchmark {src.benchmark!r} needs --data (the benchmark data folder)")
+        records = load_benchmark(src.benchmark, data_dir)
+    else:
+        path = Path(src.file)
+        if not path.is_file():
+            raise InputError(f"{where}: {path}: no such file")
+        if src.format == "biotrainer":
+            records = load_biotrainer_fasta(path)
+        elif src.format == "deeploc":
+            records = load_deeploc(path)
+        elif src.format == "prottrans_csv":
+            records = load_prottrans_csv(path, path.stem)
+        else:
+            records = load_seq_label_csv(path, src.label, src.kind)
+    if src.split is not None:
+        records = [r for r in records if r.split == src.split]
+    if src.part is not None:
+        first = [_hash_fraction(r.id, src.part.salt) < src.part.fraction for r in records]
+        want = src.part.take == "first"
+        records = [r for r, f in zip(records, first) if f == want]
+    if not records:
+        raise InputError(f"{where}: no records (check split:/part: against the data)")
+    return records
+
+
+def class_list(target: TargetConfig, records: list[ProteinRecord], per_residue: bool) -> list[str]:
+    """The target's classes: as configured, or the sorted labels seen in ``records``."""
+    if target.classes is not None:
+        return [str(c) for c in target.classes]
+    seen: set[str] = set()
+    for r in records:
+        if per_residue:
+            lab = r.residue_labels.get(target.label)
+            if lab:
+                m = r.mask(target.label)
+                seen.update(ch for ch, keep in zip(lab, m) if keep and ch != MISSING_RESIDUE)
+        elif target.label in r.labels:
+            seen.add(str(r.labels[target.label]))
+    seen -= set(target.missing)
+    if len(seen) < 2:
+        raise InputError(f"target {target.name!r}: fewer than two classes of label {target.label!r} in the training data")
+    return sorted(seen, key=lambda x: (len(x), int(x)) if x.lstrip("-").isdigit() else (0, x))
+
+
+def encode(records: list[ProteinRecord], config: TaskConfig, classes: list[list[str] | None], name: str,
+           unknown_class_ok: bool = False) -> LabelledSet:
+    """Encode the targets of ``records``; drop records that carry none of them.
+
+    ``unknown_class_ok``: a test-set class never seen in training is kept as class index
+    ``len(classes)`` (always scored wrong) instead of being an error — fold classification
+    test sets contain such folds.
+    """
+    out = LabelledSet(name, [], [], [[] for _ in config.targets])
+    for r in records:
+        encoded = []
+        for tg, cls in zip(config.targets, classes):
+            encoded.append(_encode_one(r, tg, cls, config, name, unknown_class_ok))
+        if all(_is_missing(e, config) for e in encoded):
+            out.dropped += 1
+            continue
+        out.ids.append(r.id)
+        out.sequences.append(r.sequence)
+        for t, e in zip(out.targets, encoded):
+            t.append(e)
+    if out.dropped:
+        log.info("%s: %d records carry none of the task's labels and were left out", name, out.dropped)
+    if not out.ids:
+        raise InputError(f"{name}: no record carries the labels {[t.label for t in config.targets]}")
+    return out
+
+
+def _is_missing(e, config: TaskConfig) -> bool:
+    if config.per_residue:
+        return not (e >= 0).any()
+    if config.regression:
+        return math.isnan(e)
+    return e < 0
+
+
+def _encode_one(r: ProteinRecord, tg: TargetConfig, cls: list[str] | None, config: TaskConfig, name: str,
+                unknown_ok: bool):
+    where = f"{name}: record {r.id!r}"
+    if config.per_residue:
+        lab = r.residue_labels.get(tg.label)
+        arr = np.full(len(r.sequence), -1, dtype=np.int64)
+        if lab is None:
+            return arr
+        if len(lab) != len(r.sequence):
+            raise InputError(f"{where}: label {tg.label!r} has {len(lab)} characters for {len(r.sequence)} residues")
+        mask = r.mask(tg.label)
+        if len(mask) != len(r.sequence):
+            raise InputError(f"{where}: mask of {tg.label!r} has {len(mask)} values for {len(r.sequence)} residues")
+        index = {c: i for i, c in enumerate(cls)}
+        for pos, (ch, keep) in enumerate(zip(lab, mask)):
+            if not keep or ch == MISSING_RESIDUE or ch in tg.missing:
+                continue
+            k = index.get(ch)
+            if k is None:
+                raise InputError(f"{where}: residue {pos + 1} has label {ch!r}, not one of the classes {cls}")
+            arr[pos] = k
+        return arr
+    value = r.labels.get(tg.label)
+    if config.regression:
+        if value is None:
+            return float("nan")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: label {tg.label!r} = {value!r} is not a number") from None
+    if value is None or str(value) in tg.missing:
+        return -1
+    k = {c: i for i, c in enumerate(cls)}.get(str(value))
+    if k is None:
+        if unknown_ok:
+            return len(cls)
+        raise InputError(f"{where}: label {tg.label!r} = {value!r} is not one of the classes "
+                         f"({len(cls)}: {cls[:12]}{' …' if len(cls) > 12 else ''}); list it under missing: to ignore it")
+    return k
+
+
+def load_task_data(config: TaskConfig, data_dir: str | Path | None) -> tuple[LabelledSet, LabelledSet, dict[str, LabelledSet], list]:
+    """Train, validation and test sets of a task, and the class list of each target."""
+    train_records = load_source(config.data.train, data_dir, "data.train")
+    if config.data.valid is not None:
+        valid_records = load_source(config.data.valid, data_dir, "data.valid")
+    else:
+        frac = config.data.valid_fraction
+        is_valid = [_hash_fraction(r.id, "protlm-valid") < frac for r in train_records]
+        valid_records = [r for r, v in zip(train_records, is_valid) if v]
+        train_records = [r for r, v in zip(train_records, is_valid) if not v]
+        if not valid_records or not train_records:
+            raise InputError(f"data.valid_fraction {frac}: leaves an empty train or validation set")
+    if config.train.max_train and len(train_records) > config.train.max_train:
+        rng = np.random.default_rng(config.train.seed)
+        keep = sorted(rng.choice(len(train_records), config.train.max_train, replace=False).tolist())
+        train_records = [train_records[i] for i in keep]
+    classes = [None if config.regression else class_list(t, train_records, config.per_residue) for t in config.targets]
+    train = encode(train_records, config, classes, "train")
+    valid = encode(valid_records, config, classes, "valid", unknown_class_ok=True)
+    tests = {name: encode(load_source(src, data_dir, f"data.test.{name}"), config, classes, name, unknown_class_ok=True)
+             for name, src in config.data.test.items()}
+    return train, valid, tests, classes
