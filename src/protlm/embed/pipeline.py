@@ -1,4 +1,8 @@
-"""``protlm embed``: FASTA in, HDF5 out; resumable, shardable, one summary at the end."""
+"""``protlm embed``: FASTA in, HDF5 out; resumable, shardable, one summary at the end.
+
+The model is anything :func:`protlm.embed.registry.load_embedder` names: an LM folder or hub id,
+a baseline (``onehot``, ``blosum62``, ``kmer``) or a k-mer model folder.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import numpy as np
 from protlm import __version__
 from protlm.data.fasta import read_fasta, read_fasta_raw
 from protlm.embed.embedder import EmbedOptions, Embedder
+from protlm.embed.registry import load_embedder
 from protlm.embed.store import Journal, assemble, build_keys, existing_keys, merge_files
 from protlm.errors import ConfigError, InputError
 
@@ -78,10 +83,11 @@ def embed_fasta(model: str, input_path: str | os.PathLike, output: str | os.Path
         done |= set.intersection(*in_files) if in_files else set()
     todo = [k for k in seq_of if k not in done]
 
-    embedder = Embedder(model, options)
-    attrs = {"model": str(model), "family": embedder.family.name, "layer": options.layer,
-             "dtype": "int8-dynamic" if options.int8 else options.dtype, "output_dtype": "float16" if half else "float32",
+    embedder = load_embedder(model, options)
+    attrs = {"model": str(model), "family": embedder.family.name, "output_dtype": "float16" if half else "float32",
              "protlm_version": __version__, "key": key, "model_type": embedder.family.model_type}
+    if isinstance(embedder, Embedder):  # a language model (baselines have no layers or precision)
+        attrs.update(layer=options.layer, dtype="int8-dynamic" if options.int8 else options.dtype)
     total = sum(len(seq_of[k]) for k in todo)
     done_res = 0
     originals = [owner[k] for k in todo]
