@@ -1,0 +1,231 @@
+"""Coordinates → contact maps, and the shared contact data set (``coords_ca_cb.npz``).
+
+Convention (TAPE / ProteinNet / ESM): residues *i* and *j* are in contact when their CB atoms
+are closer than 8 Å. Glycine has no CB; where a chain gives no CB for a residue (a NaN row, the
+usual way user data marks it) its CA stands in. The shared data set carries an ideal-geometry
+"virtual" CB for every residue, so the fallback never triggers there. A residue with neither
+atom is *unobserved*: every pair that touches it is left out of training and scoring.
+
+A structure often covers only a stretch of the protein's sequence (here: the longest contiguous
+observed stretch of a PDB chain, starting ``offset`` residues into the NetSurfP sequence). A
+language model sees the whole sequence when we have it, so predictions for the full sequence are
+cut down to the stretch with :func:`to_stretch` before they are compared with the structure.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protlm.errors import InputError
+
+#: Angstrom; CB–CB distance below which two residues are in contact.
+CONTACT_THRESHOLD = 8.0
+#: Pairs closer than this in sequence are trivially close and never scored (the field's convention).
+MIN_SEPARATION = 6
+NPZ_NAME = "coords_ca_cb.npz"
+#: The arrays :func:`load_chains` needs; others in the file (dssp8, pdb_id, …) are optional.
+REQUIRED = ("netsurfp_id", "split", "lengths", "offsets", "seq", "CA", "CB")
+SPLITS = ("train", "valid")
+
+
+@dataclass
+class Chain:
+    """One structure stretch: its residues, coordinates and where it sits in the full sequence."""
+
+    id: str
+    seq: str  # the residues the structure covers (length L)
+    ca: np.ndarray  # L × 3 float32, Å (NaN rows: missing)
+    cb: np.ndarray  # L × 3 float32, Å (NaN rows: missing, e.g. glycine)
+    split: str = ""
+    offset: int = 0  # where ``seq`` starts inside ``full_seq``
+    full_seq: str | None = None  # the whole protein sequence, when known
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    @property
+    def model_input(self) -> str:
+        """The sequence a model should see: the full sequence when known, else the stretch."""
+        return self.full_seq if self.full_seq is not None else self.seq
+
+
+def representative_coords(ca: np.ndarray, cb: np.ndarray) -> np.ndarray:
+    """CB per residue, CA where CB is missing (glycine in user data); NaN where both are."""
+    ca = np.asarray(ca, dtype=np.float64)
+    cb = np.asarray(cb, dtype=np.float64)
+    if ca.shape != cb.shape or ca.ndim != 2 or ca.shape[1] != 3:
+        raise InputError(f"CA and CB must both be L × 3 arrays, got {ca.shape} and {cb.shape}")
+    missing = np.isnan(cb).any(axis=1)
+    return np.where(missing[:, None], ca, cb)
+
+
+def contact_map(ca: np.ndarray, cb: np.ndarray, threshold: float = CONTACT_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """``(contacts, observed)``: L × L bool map (distance < threshold) and the L residues with coordinates.
+
+    Pairs touching an unobserved residue are False in ``contacts``; use ``observed`` to leave
+    them out of losses and scores rather than counting them as non-contacts.
+    """
+    x = representative_coords(ca, cb)
+    observed = ~np.isnan(x).any(axis=1)
+    diff = x[:, None, :] - x[None, :, :]
+    with np.errstate(invalid="ignore"):
+        dist = np.sqrt((diff * diff).sum(-1))
+    contacts = np.zeros(dist.shape, dtype=bool)
+    both = observed[:, None] & observed[None, :]
+    contacts[both] = dist[both] < threshold
+    return contacts, observed
+
+
+def separation(length: int) -> np.ndarray:
+    """L × L matrix of |i − j|."""
+    idx = np.arange(length)
+    return np.abs(idx[:, None] - idx[None, :])
+
+
+def scored_pairs(observed: np.ndarray, min_separation: int = MIN_SEPARATION) -> np.ndarray:
+    """L × L bool: the pairs a loss or a metric may use (both residues observed, |i − j| ≥ min_sep)."""
+    observed = np.asarray(observed, dtype=bool)
+    return (separation(len(observed)) >= min_separation) & observed[:, None] & observed[None, :]
+
+
+def to_stretch(full_map: np.ndarray, offset: int, length: int) -> np.ndarray:
+    """Cut a prediction for the whole sequence (N × N [× …]) down to the structure stretch."""
+    n = full_map.shape[0]
+    if offset < 0 or offset + length > n:
+        raise InputError(f"the structure stretch [{offset}, {offset + length}) lies outside a sequence of {n} residues")
+    return full_map[offset:offset + length, offset:offset + length]
+
+
+def locate_stretch(full_seq: str, stretch: str, offset: int | None = None) -> int:
+    """Offset of ``stretch`` inside ``full_seq``: the given one when it matches, else the only match."""
+    if offset is not None and full_seq[offset:offset + len(stretch)] == stretch:
+        return offset
+    first = full_seq.find(stretch)
+    if first < 0:
+        raise InputError(f"the structure's residues are not a stretch of the given sequence "
+                         f"({len(stretch)} vs {len(full_seq)} residues)")
+    if offset is None and full_seq.find(stretch, first + 1) >= 0:
+        raise InputError("the structure's residues occur more than once in the given sequence; give the offset")
+    if offset is not None and full_seq.find(stretch, first + 1) >= 0:
+        raise InputError(f"the recorded offset {offset} does not match the sequence, and the stretch occurs more "
+                         "than once in it")
+    return first
+
+
+# --------------------------------------------------------------------------- the npz data set
+
+
+def resolve_npz(path: Path | str) -> Path:
+    """``coords_ca_cb.npz`` itself, or the folder that holds it."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / NPZ_NAME
+    if not p.is_file():
+        raise InputError(f"{p}: no such file (expected the contacts data: a folder with {NPZ_NAME}, or the file)")
+    return p
+
+
+def _open_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}: not a readable npz file ({str(exc).splitlines()[0][:160]})") from None
+    missing = [k for k in REQUIRED if k not in z.files]
+    if missing:
+        raise InputError(f"{path}: missing arrays {', '.join(missing)} (see docs/contacts.md for the layout)")
+    return {k: z[k] for k in z.files}
+
+
+def read_full_sequences(fasta: Path | str) -> dict[str, str]:
+    """Full protein sequences by id (first word of the header) from a FASTA file."""
+    from protlm.data.fasta import read_fasta
+
+    return {rec.id: rec.sequence for rec in read_fasta(fasta)}
+
+
+def load_chains(path: Path | str, split: str | None = "train", *, max_length: int | None = None,
+                min_length: int = 1, max_chains: int | None = None, seed: int = 0,
+                ids: list[str] | None = None, full_sequences: dict[str, str] | None = None) -> list[Chain]:
+    """Chains of one split from the npz layout, capped by length and count.
+
+    ``split``: ``train``, ``valid`` (``validation`` is accepted) or None for all. Chains longer
+    than ``max_length`` are skipped (not cropped: a crop would change L and hence the top-L/k
+    counts); ``max_chains`` keeps a seeded random sample, returned in file order, so the same
+    seed always gives the same chains. ``ids`` selects chains by id instead. ``full_sequences``
+    (id → sequence) attaches the whole protein sequence; the stored offset is checked against it.
+    """
+    npz = resolve_npz(path)
+    z = _open_npz(npz)
+    if split == "validation":
+        split = "valid"
+    lengths = z["lengths"].astype(np.int64)
+    offsets = z["offsets"].astype(np.int64)
+    names = z["netsurfp_id"].astype(str)
+    splits = z["split"].astype(str)
+    if len(offsets) != len(lengths) + 1 or offsets[-1] != len(z["seq"]) or (np.diff(offsets) != lengths).any():
+        raise InputError(f"{npz}: offsets and lengths disagree (chain k must be rows offsets[k]:offsets[k+1])")
+    if split is not None and split not in set(splits):
+        raise InputError(f"{npz}: no chains in split {split!r} (the file has {', '.join(sorted(set(splits)))})")
+    keep = np.ones(len(lengths), dtype=bool)
+    if ids is not None:
+        wanted = set(ids)
+        keep &= np.isin(names, list(wanted))
+        unknown = wanted - set(names[keep])
+        if unknown:
+            raise InputError(f"{npz}: no chain named {sorted(unknown)[0]!r}")
+    elif split is not None:
+        keep &= splits == split
+    keep &= lengths >= min_length
+    if max_length is not None:
+        keep &= lengths <= max_length
+    chosen = np.flatnonzero(keep)
+    if max_chains is not None and len(chosen) > max_chains:
+        rng = np.random.default_rng(seed)
+        chosen = np.sort(rng.choice(chosen, size=max_chains, replace=False))
+    stretch_off = z.get("offset_in_netsurfp_seq")
+    seq_bytes = z["seq"]
+    chains = []
+    for k in chosen:
+        a, b = offsets[k], offsets[k + 1]
+        seq = seq_bytes[a:b].tobytes().decode("ascii")
+        off = int(stretch_off[k]) if stretch_off is not None else 0
+        chain = Chain(id=str(names[k]), seq=seq, ca=z["CA"][a:b], cb=z["CB"][a:b], split=str(splits[k]))
+        if full_sequences is not None:
+            full = full_sequences.get(chain.id)
+            if full is None:
+                raise InputError(f"no full sequence for chain {chain.id!r} in the given FASTA")
+            chain.offset = locate_stretch(full, seq, off)
+            chain.full_seq = full
+        chains.append(chain)
+    return chains
+
+
+def write_chains(path: Path | str, chains: list[Chain]) -> Path:
+    """Write chains in the npz layout of the shared data set (atomically). Used by tests and tools."""
+    path = Path(path)
+    lengths = np.array([len(c) for c in chains], dtype=np.int64)
+    arrays = {
+        "netsurfp_id": np.array([c.id for c in chains]),
+        "split": np.array([c.split for c in chains]),
+        "lengths": lengths,
+        "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        "seq": np.frombuffer("".join(c.seq for c in chains).encode("ascii"), dtype="S1"),
+        "CA": np.concatenate([c.ca for c in chains]).astype(np.float32),
+        "CB": np.concatenate([c.cb for c in chains]).astype(np.float32),
+        "offset_in_netsurfp_seq": np.array([c.offset for c in chains], dtype=np.int64),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

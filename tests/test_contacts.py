@@ -1,0 +1,391 @@
+"""Contact prediction: maps from coordinates (CA fallback, offsets, ranges), metrics on constructed
+maps with known precision, APC and the attention regression on planted contacts, the pair heads,
+and the CLI end to end on a tiny model and a tiny data set in the shared npz layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protlm.contacts.attention import AttentionLogReg, apc, symmetrize_apc
+from protlm.contacts.data import (Chain, contact_map, load_chains, locate_stretch, scored_pairs, separation,
+                                  to_stretch, write_chains)
+from protlm.contacts.heads import PairMLP, ResNet2D
+from protlm.contacts.metrics import evaluate_maps, per_protein_precisions, precision_at
+from protlm.errors import InputError
+
+AA = "ACDEFGHIKLMNPQRSTVWY"
+
+
+# --------------------------------------------------------------------------- contact maps
+
+
+def test_contact_map_by_hand_with_ca_fallback_and_unobserved_residues():
+    # CB on a line at x = 0, 5, 12, 19.9, 27 Å; residue 2 has no CB (glycine) → its CA (x = 7) counts
+    cb = np.array([[0, 0, 0], [5, 0, 0], [np.nan] * 3, [19.9, 0, 0], [27, 0, 0], [np.nan] * 3], dtype=np.float32)
+    ca = np.array([[0, 1, 0], [5, 1, 0], [7, 0, 0], [19, 0, 0], [26, 0, 0], [np.nan] * 3], dtype=np.float32)
+    contacts, observed = contact_map(ca, cb)
+    assert observed.tolist() == [True, True, True, True, True, False]
+    expect = {(0, 1), (0, 2), (1, 2), (3, 4)}  # 5, 7, 2, 7.1 Å; 0–3 is 19.9, 2–3 is 12.9
+    got = {(i, j) for i, j in zip(*np.nonzero(np.triu(contacts, 1)))}
+    assert got == expect
+    assert (contacts == contacts.T).all() and contacts.diagonal()[:5].all()
+    assert not contacts[5].any() and not contacts[:, 5].any()
+    # exactly 8 Å is not a contact (strict <)
+    two = np.array([[0, 0, 0], [8, 0, 0]], dtype=np.float32)
+    assert not contact_map(two, two)[0][0, 1]
+
+
+def test_separation_ranges_and_scored_pairs():
+    sep = separation(30)
+    assert sep[3, 9] == 6 and sep[9, 3] == 6
+    observed = np.ones(30, dtype=bool)
+    observed[10] = False
+    m = scored_pairs(observed)
+    assert m[0, 6] and not m[0, 5] and not m[10, 20] and not m[20, 10]
+    # the ranges are inclusive: 11 short, 12 medium, 23 medium, 24 long
+    probs = np.zeros((40, 40))
+    contacts = np.zeros((40, 40), dtype=bool)
+    for sep_, rng in ((11, "short"), (12, "medium"), (23, "medium"), (24, "long")):
+        c = contacts.copy()
+        c[0, sep_] = c[sep_, 0] = True
+        p = probs.copy()
+        p[0, sep_] = p[sep_, 0] = 1.0
+        assert precision_at(p, c, rng=rng, divisor=40) == 1.0
+        others = {"short", "medium", "long"} - {rng}
+        assert all(precision_at(p, c, rng=o, divisor=40) == 0.0 for o in others)
+
+
+def test_offsets_map_full_sequence_predictions_to_the_stretch():
+    full = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQ"
+    stretch = full[7:30]
+    assert locate_stretch(full, stretch, 7) == 7
+    assert locate_stretch(full, stretch, 3) == 7  # a wrong recorded offset is repaired by the unique match
+    with pytest.raises(InputError, match="not a stretch"):
+        locate_stretch(full, "WWWWW", 0)
+    with pytest.raises(InputError, match="more than once"):
+        locate_stretch("AAAAAAAA", "AAA", None)
+    pred = np.arange(len(full) ** 2, dtype=float).reshape(len(full), len(full))
+    cut = to_stretch(pred, 7, len(stretch))
+    assert cut.shape == (23, 23) and cut[0, 0] == pred[7, 7] and cut[2, 5] == pred[9, 12]
+    with pytest.raises(InputError):
+        to_stretch(pred, 40, 23)
+
+
+def _walk(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A compact random chain: CA steps of 3.8 Å, CB 1.5 Å off each CA."""
+    steps = rng.normal(size=(n, 3))
+    steps = 3.8 * steps / np.linalg.norm(steps, axis=1, keepdims=True)
+    ca = np.cumsum(steps, axis=0)
+    off = rng.normal(size=(n, 3))
+    cb = ca + 1.5 * off / np.linalg.norm(off, axis=1, keepdims=True)
+    return ca.astype(np.float32), cb.astype(np.float32)
+
+
+def _tiny_set(path: Path, n_train: int = 10, n_valid: int = 8, seed: int = 0) -> tuple[Path, dict[str, str]]:
+    rng = np.random.default_rng(seed)
+    chains, full = [], {}
+    for k in range(n_train + n_valid):
+        n = int(rng.integers(40, 60))
+        ca, cb = _walk(n, rng)
+        seq = "".join(rng.choice(list(AA), size=n))
+        pre = "".join(rng.choice(list(AA), size=k % 4))
+        cid = f"c{k:02d}-A"
+        chains.append(Chain(cid, seq, ca, cb, split="train" if k < n_train else "valid", offset=len(pre)))
+        full[cid] = pre + seq + "MK"
+    return write_chains(path, chains), full
+
+
+def test_loader_reads_the_npz_layout_with_split_caps_and_full_sequences(tmp_path):
+    npz, full = _tiny_set(tmp_path / "coords_ca_cb.npz")
+    assert np.load(npz, allow_pickle=False)["seq"].dtype == np.dtype("S1")
+    train = load_chains(tmp_path, "train")
+    assert len(train) == 10 and all(c.split == "train" for c in train)
+    assert len(load_chains(tmp_path, "validation")) == 8
+    capped = load_chains(tmp_path, "train", max_chains=4, seed=1)
+    assert len(capped) == 4 and [c.id for c in capped] == sorted(c.id for c in capped)
+    assert [c.id for c in capped] == [c.id for c in load_chains(tmp_path, "train", max_chains=4, seed=1)]
+    assert all(len(c) <= 45 for c in load_chains(tmp_path, "train", max_length=45))
+    with_full = load_chains(tmp_path, "train", full_sequences=full)
+    for c in with_full:
+        assert c.model_input[c.offset:c.offset + len(c)] == c.seq and c.model_input == full[c.id]
+    with pytest.raises(InputError, match="no chains in split"):
+        load_chains(tmp_path, "test")
+    with pytest.raises(InputError, match="no such file"):
+        load_chains(tmp_path / "missing", "train")
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_precision_on_constructed_maps_with_known_values():
+    length = 50  # top L/5 = 10, L/2 = 25, L = 50
+    contacts = np.zeros((length, length), dtype=bool)
+    probs = np.zeros((length, length))
+    long_pairs = [(i, i + 30) for i in range(20)]  # 20 long-range candidates we rank first
+    for rank, (i, j) in enumerate(long_pairs):
+        probs[i, j] = probs[j, i] = 1.0 - rank * 0.01
+        if rank in (0, 1, 2, 4, 5, 8, 9):  # 7 of the top 10 are true contacts
+            contacts[i, j] = contacts[j, i] = True
+    assert precision_at(probs, contacts, rng="long", divisor=5) == pytest.approx(0.7)
+    # L/2 = 25 picks the 20 ranked pairs + 5 zero-probability ones (no contacts): 7 / 25
+    assert precision_at(probs, contacts, rng="long", divisor=2) == pytest.approx(7 / 25)
+    # short range: no predicted signal, one true contact; ties keep (i, j) order → (0, 6) comes first
+    contacts[0, 6] = contacts[6, 0] = True
+    assert precision_at(probs, contacts, rng="short", divisor=5) == pytest.approx(1 / 10)
+    # a residue without coordinates removes its pairs from the candidates
+    observed = np.ones(length, dtype=bool)
+    observed[0] = False
+    assert precision_at(probs, contacts, observed, rng="long", divisor=5) == pytest.approx(6 / 10)
+
+
+def test_fewer_candidates_than_k_and_too_short_proteins():
+    # L = 26: long-range candidates are (0,24), (0,25), (1,25) only; k = 26 // 5 = 5 → all 3 are taken
+    contacts = np.zeros((26, 26), dtype=bool)
+    contacts[0, 25] = contacts[25, 0] = True
+    assert precision_at(np.zeros((26, 26)), contacts, rng="long", divisor=5) == pytest.approx(1 / 3)
+    assert precision_at(np.zeros((20, 20)), np.zeros((20, 20), dtype=bool), rng="long") is None
+    table = per_protein_precisions([np.zeros((20, 20)), np.zeros((26, 26))],
+                                   [np.zeros((20, 20), dtype=bool), contacts])
+    assert np.isnan(table["long"]["L/5"][0]) and table["long"]["L/5"][1] == pytest.approx(1 / 3)
+
+
+def test_mean_over_proteins_bootstrap_and_headline():
+    rng = np.random.default_rng(0)
+    probs, maps, per = [], [], []
+    for k in range(30):
+        n = 60
+        c = np.zeros((n, n), dtype=bool)
+        p = rng.random((n, n))
+        p = (p + p.T) / 2
+        i, j = np.triu_indices(n, 24)
+        top = np.argsort(-p[i, j], kind="stable")[:12]
+        hits = top[: k % 13]  # protein k: k % 13 of its top 12 long-range pairs are contacts
+        c[i[hits], j[hits]] = True
+        c = c | c.T
+        probs.append(p)
+        maps.append(c)
+        per.append((k % 13) / 12)
+    summary = evaluate_maps(probs, maps, n_boot=1000, seed=0)
+    head = summary["headline"]
+    assert head["name"].startswith("P@L/5, long") and head["n_proteins"] == 30
+    assert head["value"] == pytest.approx(np.mean(per))
+    lo, hi = head["ci"]
+    assert lo < head["value"] < hi and hi - lo < 0.3
+    assert summary["n_boot"] == 1000 and summary["averaging"] == "mean over proteins"
+    assert set(summary["precision"]) == {"short", "medium", "long", "all"}
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def test_apc_matches_the_formula_and_symmetrises():
+    rng = np.random.default_rng(0)
+    a = rng.random((2, 7, 7)).astype(np.float32)
+    out = symmetrize_apc(a)
+    f = a[1] + a[1].T
+    expect = f - np.outer(f.sum(1), f.sum(0)) / f.sum()
+    assert np.allclose(out[1], expect, atol=1e-5)
+    assert np.allclose(out, np.swapaxes(out, 1, 2), atol=1e-6)
+    assert np.allclose(apc(np.ones((5, 5))), 0)
+
+
+def _planted_attention(contacts: np.ndarray, rng: np.random.Generator, n_maps: int = 6, signal: int = 2) -> np.ndarray:
+    """Row-normalised attention maps; map ``signal`` attends to contact partners, the others to noise."""
+    n = contacts.shape[0]
+    maps = rng.random((n_maps, n, n)) ** 4
+    maps[signal] = 0.05 * rng.random((n, n)) + contacts * (np.abs(np.subtract.outer(range(n), range(n))) >= 6)
+    return maps / maps.sum(-1, keepdims=True)
+
+
+def test_logistic_regression_recovers_planted_contacts():
+    rng = np.random.default_rng(1)
+
+    def chain_maps(n: int):
+        ca, cb = _walk(n, rng)
+        contacts, observed = contact_map(ca, cb)
+        feats = np.moveaxis(symmetrize_apc(_planted_attention(contacts, rng)), 0, -1)
+        return feats, contacts, observed
+
+    xs, ys = [], []
+    for _ in range(5):
+        feats, contacts, observed = chain_maps(60)
+        m = np.triu(scored_pairs(observed))
+        xs.append(feats[m])
+        ys.append(contacts[m])
+    model = AttentionLogReg(6).fit(np.concatenate(xs), np.concatenate(ys))
+    assert int(np.argmax(np.abs(model.coef))) == 2 and model.coef[2] > 0
+    held = [chain_maps(70) for _ in range(4)]
+    probs = [model.predict_proba(f) for f, _, _ in held]
+    summary = evaluate_maps(probs, [c for _, c, _ in held], [o for _, _, o in held], n_boot=0)
+    assert summary["precision"]["all"]["L/5"]["mean"] > 0.9
+    assert all(np.allclose(p, p.T) for p in probs)
+    again = AttentionLogReg.from_state(model.state(), model.hparams())
+    assert np.allclose(again.predict_proba(held[0][0]), probs[0], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_esm(tmp_path_factory) -> Path:
+    from protlm.models.architectures import ModelSpec, build_model
+    from protlm.models.vocab import build_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_esm") / "esm"
+    torch.manual_seed(0)
+    build_model(ModelSpec(arch="esm", preset="tiny")).save_pretrained(folder)
+    build_tokenizer("esm").save_pretrained(folder)
+    return folder
+
+
+def test_attention_maps_drop_special_tokens(tiny_esm):
+    import transformers
+
+    from protlm.contacts.attention import attention_features, attention_maps, load_lm
+
+    lm = load_lm(str(tiny_esm))
+    seq = "MKTAYIAKQRQISFVKSHFSRQ"
+    maps = attention_maps(lm, seq)
+    assert maps.shape == (lm.layers * lm.heads, len(seq), len(seq))
+    model = transformers.EsmModel.from_pretrained(tiny_esm, attn_implementation="eager", add_pooling_layer=False)
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_esm)
+    with torch.inference_mode():
+        out = model(**tok(seq, return_tensors="pt"), output_attentions=True)
+    direct = torch.cat([a[0] for a in out.attentions]).numpy()[:, 1:-1, 1:-1]
+    assert np.allclose(maps, direct, atol=1e-5)
+    # a stretch inside a longer sequence: features of the full sequence, cut to the stretch
+    chain = Chain("x", seq[5:17], np.zeros((12, 3)), np.zeros((12, 3)), offset=5, full_seq=seq)
+    feats = attention_features(lm, chain)
+    assert feats.shape == (12, 12, lm.n_maps)
+    assert np.allclose(feats, np.moveaxis(symmetrize_apc(maps), 0, -1)[5:17, 5:17], atol=1e-5)
+    rand = load_lm(f"random-init:{tiny_esm}", seed=3)
+    assert not np.allclose(attention_maps(rand, seq), maps)
+
+
+# --------------------------------------------------------------------------- heads
+
+
+def test_pair_mlp_rows_in_blocks_equal_one_block_and_pairs():
+    torch.manual_seed(0)
+    head = PairMLP(8, hidden=16, dropout=0.0).eval()
+    emb = torch.randn(23, 8)
+    with torch.no_grad():
+        whole = head(emb, pair_budget=10_000)
+        blocks = head(emb, pair_budget=23 * 3)  # three rows at a time
+        i, j = torch.triu_indices(23, 23, 1)
+        pairs = head.pair_logits(head.norm(emb), i, j)
+    assert torch.allclose(whole, blocks, atol=1e-6)
+    assert torch.allclose(whole, whole.T)
+    assert torch.allclose(whole[i, j], pairs, atol=1e-6)
+
+
+def test_resnet2d_is_symmetric_and_any_length():
+    torch.manual_seed(0)
+    head = ResNet2D(8, proj=4, channels=6, blocks=2).eval()
+    for n in (7, 31):
+        with torch.no_grad():
+            z = head(torch.randn(n, 8))
+        assert z.shape == (n, n) and torch.allclose(z, z.T)
+
+
+# --------------------------------------------------------------------------- CLI end to end
+
+
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    from protlm.cli.main import main
+
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_train_evaluate_predict_end_to_end(tiny_esm, tmp_path, capsys):
+    data = tmp_path / "data"
+    npz, full = _tiny_set(data / "coords_ca_cb.npz")
+    fasta = tmp_path / "full.fasta"
+    fasta.write_text("".join(f">{k}\n{v}\n" for k, v in list(full.items())[-3:]) + ">novel\nMKTAYIAKQRQISFVKSHFSRQ\n")
+    cfg = tmp_path / "pair.yaml"
+    cfg.write_text(f"""name: tiny_pair
+protocol: residues_to_class
+embedder: {tiny_esm}
+data: {{train_chains: 10, early_stop_chains: 3, eval_chains: 5, max_length: null, min_length: 10}}
+head: {{type: pair_mlp, hidden: 16}}
+train: {{epochs: 2, patience: 1, crop: 32, pair_budget: 2000, seed: 0}}
+evaluate: {{n_boot: 200}}
+""")
+    head = tmp_path / "head"
+    code, out, err = _cli(capsys, "contacts", "train", "--config", cfg, "--data", data, "--out", head, "--json")
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["headline"]["name"] == "P@L/5, long (≥24)" and metrics["chains"] == 5
+    assert "headline: P@L/5, long (≥24)" in err
+    meta = json.loads((head / "head.json").read_text())
+    assert meta["protocol"] == "residues_to_class" and meta["head"]["type"] == "pair_mlp"
+    assert len(meta["data"]["train_ids"]) == 10 and len(meta["data"]["early_stop_ids"]) == 3
+    assert (head / "head.safetensors").is_file() and (head / "metrics.json").is_file()
+    assert not list(head.glob(".*"))  # no temp files left behind
+
+    code, out, err = _cli(capsys, "contacts", "evaluate", "--head", head, "--n-boot", 100, "--json")
+    assert code == 0, err
+    again = json.loads(out)
+    # a reloaded head gives the same numbers on the same held-out chains
+    assert again["precision"]["long"]["L"]["mean"] == pytest.approx(metrics["precision"]["long"]["L"]["mean"])
+
+    pred = tmp_path / "pred"
+    code, out, err = _cli(capsys, "contacts", "predict", "--head", head, "--input", fasta, "--out", pred,
+                          "--truth", npz, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["proteins"] == 4 and result["scored"] == 3
+    for p in result["predictions"]:
+        z = np.load(p["npz"], allow_pickle=False)
+        assert z["probs"].shape == (p["length"], p["length"]) and np.allclose(z["probs"], z["probs"].T)
+        assert Path(p["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if p["id"] != "novel":
+            assert p["offset"] == int(z["offset"]) == int(p["id"][1:3]) % 4  # the tiny set's prefixes
+            assert z["contacts"].shape[0] == p["length"] - p["offset"] - 2  # the stretch, without the 2-residue tail
+
+    # the ESM-style attention regression on the same tiny model and data
+    code, out, err = _cli(capsys, "contacts", "attention", "--model", tiny_esm, "--data", data, "--out",
+                          tmp_path / "att", "--train-chains", 5, "--early-stop-chains", 2, "--eval-chains", 4,
+                          "--max-length", 100, "--n-boot", 100, "--json")
+    assert code == 0, err
+    assert json.loads(out)["head"] == "attention_lr"
+    code, out, err = _cli(capsys, "contacts", "predict", "--head", tmp_path / "att", "--input", fasta,
+                          "--out", tmp_path / "pred_att", "--no-pictures")
+    assert code == 0, err
+    assert not list((tmp_path / "pred_att").glob("*.png"))
+
+
+def test_resnet2d_trains_through_the_api(tiny_esm, tmp_path):
+    from protlm.contacts.api import evaluate, train
+
+    data = tmp_path / "data"
+    _tiny_set(data / "coords_ca_cb.npz", n_train=6, n_valid=5)
+    config = {"name": "tiny_resnet", "protocol": "residues_to_class", "embedder": str(tiny_esm),
+              "data": {"train_chains": 6, "early_stop_chains": 2, "eval_chains": 3, "max_length": None},
+              "head": {"type": "resnet2d", "proj": 4, "channels": 6, "blocks": 2},
+              "train": {"epochs": 1, "crop": 24, "seed": 0}, "evaluate": {"n_boot": 50}}
+    metrics = train(config, tmp_path / "head", data)
+    assert metrics["head"] == "resnet2d" and metrics["chains"] == 3
+    again = evaluate(tmp_path / "head", data, "validation", {"n_boot": 50})
+    assert again["precision"]["all"]["L"]["mean"] == pytest.approx(metrics["precision"]["all"]["L"]["mean"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["contacts", "train", "--config", "{tmp}/missing.yaml"], "no such file"),
+    (["contacts", "train", "--config", "{tmp}/bad_head.yaml"], "head.type"),
+    (["contacts", "train", "--config", "{tmp}/bad_key.yaml"], "train.epoch: unknown field"),
+    (["contacts", "predict", "--head", "{tmp}", "--input", "{tmp}/bad_head.yaml", "--out", "{tmp}/o"], "no head.json"),
+    (["contacts", "predict", "--head", "{tmp}", "--input", "{tmp}/nothing.fa", "--out", "{tmp}/o"], "no such file"),
+    (["contacts", "attention", "--model", "{tmp}/nomodel", "--data", "{tmp}", "--out", "{tmp}/o"], "no such file"),
+    (["contacts", "evaluate", "--head", "{tmp}/nohead"], "no head.json"),
+])
+def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys, args, message):
+    (tmp_path / "bad_head.yaml").write_text("embedder: onehot\nhead: {type: transformer}\n")
+    (tmp_path / "bad_key.yaml").write_text("embedder: onehot\nhead: {type: pair_mlp}\ntrain: {epoch: 3}\n")
+    code, out, err = _cli(capsys, *[a.format(tmp=tmp_path) for a in args])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("protlm: error: ") and message in lines[0], err
