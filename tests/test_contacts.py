@@ -389,3 +389,12 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys, args, message):
     code, out, err = _cli(capsys, *[a.format(tmp=tmp_path) for a in args])
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("protlm: error: ") and message in lines[0], err
+
+
+def test_chance_level_is_the_contact_density_per_range():
+    from protlm.contacts.metrics import chance_levels
+
+    c = np.zeros((30, 30), dtype=bool)
+    c[0, 24] = c[24, 0] = True  # one of the long-range candidates: (30-24)(30-23)/2 = 21 pairs
+    levels = chance_levels([c])
+    assert levels["long"] == pytest.approx(1 / 21) and levels["short"] == 0.0

@@ -122,10 +122,33 @@ def summarize(table: dict[str, dict[str, np.ndarray]], *, n_boot: int = 1000, se
     return out
 
 
+def chance_levels(contacts: list[np.ndarray], observed: list[np.ndarray | None] | None = None) -> dict[str, float]:
+    """Expected precision of a random ranking per range: each protein's contact density there, averaged.
+
+    The floor every precision should be read against (a predictor that knows nothing scores this
+    in expectation, at every top-L/k cut-off).
+    """
+    observed = observed if observed is not None else [None] * len(contacts)
+    out = {}
+    for rng, (lo, hi) in RANGES.items():
+        dens = []
+        for c, o in zip(contacts, observed):
+            i, j = np.triu_indices(c.shape[0], k=lo)
+            keep = np.ones(len(i), dtype=bool) if hi is None else (j - i) <= hi
+            if o is not None:
+                keep &= o[i] & o[j]
+            if keep.any():
+                dens.append(float(c[i[keep], j[keep]].mean()))
+        out[rng] = float(np.mean(dens)) if dens else None
+    return out
+
+
 def evaluate_maps(probs: list[np.ndarray], contacts: list[np.ndarray], observed: list[np.ndarray | None] | None = None,
                   *, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Per-protein precisions → the summary of :func:`summarize`."""
-    return summarize(per_protein_precisions(probs, contacts, observed), n_boot=n_boot, seed=seed)
+    """Per-protein precisions → the summary of :func:`summarize`, plus the chance level per range."""
+    summary = summarize(per_protein_precisions(probs, contacts, observed), n_boot=n_boot, seed=seed)
+    summary["chance"] = chance_levels(contacts, observed)
+    return summary
 
 
 def format_table(summary: dict) -> str:
@@ -142,4 +165,8 @@ def format_table(summary: dict) -> str:
             else:
                 cells.append(f"{e['mean']:.3f}".rjust(22))
         lines.append(f"{range_label(rng):16s} " + " ".join(cells))
+    chance = summary.get("chance")
+    if chance:
+        lines.append("chance (random ranking, the contact density): "
+                     + ", ".join(f"{r} {v:.3f}" for r, v in chance.items() if v is not None))
     return "\n".join(lines)
