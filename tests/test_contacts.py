@@ -398,3 +398,20 @@ def test_chance_level_is_the_contact_density_per_range():
     c[0, 24] = c[24, 0] = True  # one of the long-range candidates: (30-24)(30-23)/2 = 21 pairs
     levels = chance_levels([c])
     assert levels["long"] == pytest.approx(1 / 21) and levels["short"] == 0.0
+
+
+def test_paired_difference_on_shared_proteins():
+    from protlm.contacts.metrics import paired_difference
+
+    rng = np.random.default_rng(0)
+    maps = []
+    for _ in range(12):
+        c = np.zeros((40, 40), dtype=bool)
+        c[0, 30] = c[30, 0] = True
+        maps.append(c)
+    good = [m.astype(float) for m in maps]  # ranks the contact first
+    bad = [rng.random((40, 40)) * 0.5 for _ in maps]
+    a = evaluate_maps(good, maps, n_boot=0, ids=[f"p{k}" for k in range(12)])
+    b = evaluate_maps(bad, maps, n_boot=0, ids=[f"p{k}" for k in range(12)])
+    diff = paired_difference(a, b, rng="long", cut="L/5", n_boot=200)
+    assert diff["n_proteins"] == 12 and diff["mean_difference"] > 0 and diff["ci"][0] > 0

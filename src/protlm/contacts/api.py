@@ -235,7 +235,8 @@ def score_chains(probs: list[np.ndarray], chains: list[Chain], threshold: float,
     truth = [contact_map(c.ca, c.cb, threshold) for c in chains]
     if min_separation != 6:
         log.info("min_separation %d only affects training; metric ranges start at 6 by convention", min_separation)
-    return evaluate_maps(probs, [t[0] for t in truth], [t[1] for t in truth], n_boot=n_boot, seed=seed)
+    return evaluate_maps(probs, [t[0] for t in truth], [t[1] for t in truth], n_boot=n_boot, seed=seed,
+                         ids=[c.id for c in chains])
 
 
 # --------------------------------------------------------------------------- train

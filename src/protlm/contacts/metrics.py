@@ -144,11 +144,41 @@ def chance_levels(contacts: list[np.ndarray], observed: list[np.ndarray | None] 
 
 
 def evaluate_maps(probs: list[np.ndarray], contacts: list[np.ndarray], observed: list[np.ndarray | None] | None = None,
-                  *, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Per-protein precisions → the summary of :func:`summarize`, plus the chance level per range."""
-    summary = summarize(per_protein_precisions(probs, contacts, observed), n_boot=n_boot, seed=seed)
+                  *, n_boot: int = 1000, seed: int = 0, ids: list[str] | None = None) -> dict:
+    """Per-protein precisions → the summary of :func:`summarize`, plus the chance level per range.
+
+    With ``ids`` the per-protein values are kept too (``per_protein``), so two predictors scored
+    on the same proteins can be compared pairwise (:func:`paired_difference`).
+    """
+    table = per_protein_precisions(probs, contacts, observed)
+    summary = summarize(table, n_boot=n_boot, seed=seed)
     summary["chance"] = chance_levels(contacts, observed)
+    if ids is not None:
+        summary["per_protein"] = {"ids": list(ids), "precision": {
+            r: {c: [None if np.isnan(v) else float(v) for v in vals] for c, vals in cuts.items()}
+            for r, cuts in table.items()}}
     return summary
+
+
+def paired_difference(a: dict, b: dict, *, rng: str = "long", cut: str = "L/5", n_boot: int = 1000,
+                      seed: int = 0) -> dict:
+    """Mean of (a − b) over the proteins both metrics dicts scored, with a bootstrap CI over proteins.
+
+    Two predictors on the same chains differ far less noisily than their separate CIs suggest:
+    the protein-to-protein spread cancels in the pairwise difference.
+    """
+    pa, pb = a.get("per_protein"), b.get("per_protein")
+    if not pa or not pb:
+        raise ValueError("both metrics need per_protein values (evaluate with ids)")
+    va = dict(zip(pa["ids"], pa["precision"][rng][cut]))
+    vb = dict(zip(pb["ids"], pb["precision"][rng][cut]))
+    shared = [k for k in va if k in vb and va[k] is not None and vb[k] is not None]
+    d = np.array([va[k] - vb[k] for k in shared], dtype=np.float64)
+    if len(d) < 2:
+        raise ValueError("fewer than two proteins scored by both")
+    lo, hi = bootstrap_ci(lambda idx: float(d[idx].mean()), len(d), n_boot=n_boot, seed=seed)
+    return {"metric": f"P@{cut}, {range_label(rng)}", "mean_difference": float(d.mean()), "ci": [lo, hi],
+            "n_proteins": len(d)}
 
 
 def format_table(summary: dict) -> str:
