@@ -277,6 +277,9 @@ def _fit_supervised(cfg: ContactConfig, chains: dict[str, list[Chain]]) -> tuple
     if not early:
         raise ConfigError("config data.early_stop_chains: no validation chains for early stopping")
     dim = int(train[0].emb.shape[1])
+    import torch
+
+    torch.manual_seed(cfg.train.seed)  # the initial weights, whatever ran before in this process
     head = build_head(cfg.head_type, dim, cfg.head)
     opts = TrainOptions(**{k: getattr(cfg.train, k) for k in TrainOptions.__dataclass_fields__})
     summary = fit_head(head, train, early, opts, pair_budget_eval=cfg.train.pair_budget)
