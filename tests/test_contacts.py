@@ -331,6 +331,7 @@ evaluate: {{n_boot: 200}}
     assert code == 0, err
     again = json.loads(out)
     # a reloaded head gives the same numbers on the same held-out chains
+    assert again["per_protein"]["ids"] == metrics["per_protein"]["ids"]
     assert again["precision"]["long"]["L"]["mean"] == pytest.approx(metrics["precision"]["long"]["L"]["mean"])
 
     pred = tmp_path / "pred"
@@ -363,7 +364,7 @@ def test_resnet2d_trains_through_the_api(tiny_esm, tmp_path):
     from protlm.contacts.api import evaluate, train
 
     data = tmp_path / "data"
-    _tiny_set(data / "coords_ca_cb.npz", n_train=6, n_valid=5)
+    _tiny_set(data / "coords_ca_cb.npz", n_train=6, n_valid=8)
     config = {"name": "tiny_resnet", "protocol": "residues_to_class", "embedder": str(tiny_esm),
               "data": {"train_chains": 6, "early_stop_chains": 2, "eval_chains": 3, "max_length": None},
               "head": {"type": "resnet2d", "proj": 4, "channels": 6, "blocks": 2},
@@ -371,6 +372,7 @@ def test_resnet2d_trains_through_the_api(tiny_esm, tmp_path):
     metrics = train(config, tmp_path / "head", data)
     assert metrics["head"] == "resnet2d" and metrics["chains"] == 3
     again = evaluate(tmp_path / "head", data, "validation", {"n_boot": 50})
+    assert again["per_protein"]["ids"] == metrics["per_protein"]["ids"]  # 3 of the 6 non-early chains
     assert again["precision"]["all"]["L"]["mean"] == pytest.approx(metrics["precision"]["all"]["L"]["mean"])
     torch.randn(100)  # a different global RNG state must not change the result: the seed fixes it
     rerun = train(config, tmp_path / "head2", data)

@@ -365,12 +365,18 @@ def evaluate(head_dir: Path, data_dir: Path | None = None, split: str = "validat
         chains = pool[:n_chains]
         label = "train (the chains the head was trained on)"
     else:
-        skip = set() if extra.get("include_early_stop") else set(predictor.meta["data"]["early_stop_ids"])
-        pool = [c for c in load_chains(npz, "valid", max_length=max_length, min_length=d.min_length,
-                                       full_sequences=full) if c.id not in skip]
-        order = np.random.default_rng(d.seed + 1).permutation(len(pool))
-        chains = [pool[k] for k in sorted(order[:n_chains])]
-        label = "validation" + ("" if extra.get("include_early_stop") else " (held out from early stopping)")
+        # The same seeded order as at training time: by default the first n chains after the
+        # early-stopping ones are exactly the chains train() reported.
+        valid = load_chains(npz, "valid", max_length=max_length, min_length=d.min_length, full_sequences=full)
+        order = np.random.default_rng(d.seed + 1).permutation(len(valid))
+        early = set(predictor.meta["data"]["early_stop_ids"])
+        if extra.get("include_early_stop"):
+            picked = list(order[:n_chains])
+        else:
+            picked = [k for k in order if valid[k].id not in early][:n_chains]
+        chains = [valid[k] for k in sorted(picked)]
+        label = "validation" + (" (early-stopping chains included)" if extra.get("include_early_stop")
+                                else " (held out from early stopping)")
     if not chains:
         raise InputError(f"{npz}: no {split} chains to evaluate with these limits")
     probs = predictor.predict_chains(chains, desc="evaluate")
