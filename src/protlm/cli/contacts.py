@@ -108,7 +108,8 @@ def cmd_predict(args) -> int:
     for p in result["predictions"]:
         if "precision" in p:
             v = p["precision"]["long"]["L/5"]
-            lines.append(f"  {p['id']}: L={p['length']}, offset {p['offset']}, P@L/5 long (≥24) = "
+            lines.append(f"  {p['id']}: {p['length']} residues, structure stretch {p['stretch_length']} from offset "
+                         f"{p['offset']}, P@L/5 long (≥24) = "
                          f"{'—' if v is None else f'{v:.3f}'}")
     for s in result["skipped"]:
         lines.append(f"  skipped {s['id']} ({s['length']} residues): {s['reason']}")

@@ -28,7 +28,7 @@ import numpy as np
 
 from protlm import __version__
 from protlm.contacts.config import ContactConfig, parse_config
-from protlm.contacts.data import (Chain, contact_map, load_chains, locate_stretch, read_full_sequences, resolve_npz,
+from protlm.contacts.data import (Chain, atomic_write, contact_map, load_chains, locate_stretch, read_full_sequences, resolve_npz,
                                   scored_pairs)
 from protlm.errors import ConfigError, InputError
 
@@ -45,15 +45,7 @@ REDUNDANCY_CAVEAT = ("chains keep NetSurfP-2.0's 25% identity cull between train
 
 
 def _atomic_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write)
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -444,6 +436,7 @@ def predict(head_dir: Path, fasta: Path, out_dir: Path, *, truth: Path | None = 
             entry["precision"] = {r: {c: precision_at(stretch, true_map, observed, rng=r, divisor=d)
                                       for c, d in CUTOFFS.items()} for r in RANGES}
             entry["offset"] = off
+            entry["stretch_length"] = len(t)
             scored.append(entry)
         _atomic_bytes(out_dir / f"{rec.id}.npz", lambda tmp, a=arrays: _savez(tmp, a))
         if pictures:

@@ -15,7 +15,6 @@ cut down to the stretch with :func:`to_stretch` before they are compared with th
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +114,23 @@ def locate_stretch(full_seq: str, stretch: str, offset: int | None = None) -> in
         raise InputError(f"the recorded offset {offset} does not match the sequence, and the stretch occurs more "
                          "than once in it")
     return first
+
+
+# --------------------------------------------------------------------------- files
+
+
+def atomic_write(path: Path | str, write) -> Path:
+    """``write(tmp)`` into a temporary name next to ``path``, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 # --------------------------------------------------------------------------- the npz data set
@@ -219,13 +235,8 @@ def write_chains(path: Path | str, chains: list[Chain]) -> Path:
         "CB": np.concatenate([c.cb for c in chains]).astype(np.float32),
         "offset_in_netsurfp_seq": np.array([c.offset for c in chains], dtype=np.int64),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    return atomic_write(path, write)

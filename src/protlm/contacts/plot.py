@@ -9,11 +9,11 @@ structure the lower triangle mirrors the prediction.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from protlm.contacts.data import atomic_write
 
 
 def top_pairs(probs: np.ndarray, k: int, min_separation: int = 6,
@@ -67,16 +67,7 @@ def contact_figure(probs: np.ndarray, contacts: np.ndarray | None, path: Path | 
     ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=9)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, fontsize=7, markerscale=1.5, frameon=False)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     finally:
         plt.close(fig)
-    return path
