@@ -231,7 +231,10 @@ def read_labels(path: str | Path, id_column: str = "id") -> dict[str, dict[str, 
     header = text.split("\n", 1)[0]
     tab = p.suffix.lower() in (".tsv", ".tab") or ("\t" in header and "," not in header)
     reader = csv.reader(io.StringIO(text), delimiter="\t" if tab else ",")
-    rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
+    try:
+        rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
+    except csv.Error as exc:
+        raise InputError(f"{p}:{reader.line_num}: not a readable CSV/TSV file ({exc})") from None
     if not rows:
         raise InputError(f"{p}: empty; expected a header with an {id_column!r} column and label columns")
     names = [c.strip() for c in rows[0][1]]
@@ -416,7 +419,7 @@ def _colouring(column: list[object], kind: str) -> _Colouring:
 
 def _marker_size(n: int) -> float:
     """Points shrink as there are more of them, so 20 tokens and 15,000 proteins both read."""
-    return float(min(60.0, max(2.0, 6000.0 / max(n, 1))))
+    return float(min(60.0, max(3.0, 16000.0 / max(n, 1))))
 
 
 def plot_png(coords: np.ndarray, column: list[object], path: Path, title: str, label_name: str,

@@ -129,8 +129,8 @@ def _select_columns(labels: dict, wanted: list[str] | None, where: str) -> dict:
 
 def run_proteins(args, params) -> dict:
     """The per-protein job from command-line arguments; returns the summary dict."""
-    from protlm.analysis.projection import (h5_index, project_proteins, read_h5_vectors, read_labels,
-                                            stratified_subsample)
+    from protlm.analysis.projection import (check_size, h5_index, project_proteins, read_h5_vectors,
+                                            read_labels, stratified_subsample)
 
     t0 = time.perf_counter()
     sequences: dict[str, str] | None = None
@@ -163,6 +163,8 @@ def run_proteins(args, params) -> dict:
     if args.max_proteins is not None and args.max_proteins < available:
         keep = stratified_subsample([labels[first].get(i) for i in candidates], args.max_proteins, params.seed)
         candidates = [candidates[i] for i in keep]
+    for method in _methods(args.method):  # before a long embedding run, not after
+        check_size(len(candidates), method, params)
     load_s = time.perf_counter() - t0
 
     t = time.perf_counter()
