@@ -93,20 +93,22 @@ class PairMLP(nn.Module):
         return self.out(self.drop(torch.relu(h))).squeeze(-1)
 
     def forward(self, emb: torch.Tensor, pair_budget: int = 1 << 17) -> torch.Tensor:
-        """L × D embedding → L × L logits, computed in row blocks of ≤ ``pair_budget`` pairs (i < j, mirrored)."""
+        """L × D embedding → L × L logits: pairs i ≤ j in row blocks of ≤ ``pair_budget`` pairs, then mirrored."""
         e = self.norm(emb)
         n = e.shape[0]
         out = torch.zeros(n, n, dtype=torch.float32)
         left, right = self.left(e), self.right(e)
-        rows = max(1, pair_budget // max(n, 1))
-        for a in range(0, n, rows):
-            b = min(n, a + rows)
-            h = left[a:b, None, :] + right[None, :, :]
+        a = 0
+        while a < n:
+            # rows a..b-1 need only columns j >= a (the map is mirrored from i < j)
+            b = min(n, a + max(1, pair_budget // (n - a)))
+            h = left[a:b, None, :] + right[None, a:, :]
             if self.diff is not None:
-                h = h + self.diff((e[a:b, None, :] - e[None, :, :]).abs())
+                h = h + self.diff((e[a:b, None, :] - e[None, a:, :]).abs())
             if self.prod is not None:
-                h = h + self.prod(e[a:b, None, :] * e[None, :, :])
-            out[a:b] = self.out(self.drop(torch.relu(h))).squeeze(-1)
+                h = h + self.prod(e[a:b, None, :] * e[None, a:, :])
+            out[a:b, a:] = self.out(self.drop(torch.relu(h))).squeeze(-1)
+            a = b
         upper = torch.triu(out, diagonal=1)
         return upper + upper.T + torch.diag(torch.diagonal(out))
 
