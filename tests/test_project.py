@@ -145,6 +145,7 @@ def test_project_proteins_writes_everything(tmp_path):
     assert [r["id"] for r in rows] == ids and rows[0]["cluster"] == "" and rows[1]["cluster"] == "a"
     saved = json.loads((tmp_path / "projection.json").read_text())
     assert saved["silhouette"] == s and saved["parameters"]["tsne"]["max_iter"] == 1000
+    assert 250 < saved["runs"]["tsne"]["iterations_run"] <= 1000
     assert not list(tmp_path.glob("*.tmp*"))
 
 

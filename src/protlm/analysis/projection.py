@@ -132,6 +132,13 @@ def check_size(n: int, method: str, params: ProjectionParams) -> None:
 
 def project(embeddings: np.ndarray, method: str = "tsne", params: ProjectionParams | None = None) -> np.ndarray:
     """N × D embeddings → N × 2 coordinates (float32), deterministic for a given seed."""
+    return project_with_info(embeddings, method, params)[0]
+
+
+def project_with_info(embeddings: np.ndarray, method: str = "tsne", params: ProjectionParams | None = None
+                      ) -> tuple[np.ndarray, dict]:
+    """:func:`project`, plus what the run did that the parameters do not say: for t-SNE the
+    iterations actually run (scikit-learn stops early when the error stalls for 300)."""
     params = params or ProjectionParams()
     params.validate()
     x = _as_matrix(embeddings)
@@ -142,13 +149,16 @@ def project(embeddings: np.ndarray, method: str = "tsne", params: ProjectionPara
         return _fit(x, method, params)
 
 
-def _fit(x: np.ndarray, method: str, params: ProjectionParams) -> np.ndarray:
+def _fit(x: np.ndarray, method: str, params: ProjectionParams) -> tuple[np.ndarray, dict]:
+    info: dict = {}
     if method == "tsne":
         from sklearn.manifold import TSNE
 
         model = TSNE(n_components=2, perplexity=params.perplexity, max_iter=params.max_iter, init="pca",
                      learning_rate="auto", random_state=params.seed, n_jobs=params.threads)
         coords = model.fit_transform(x)
+        # n_iter_ is the index of the last iteration (0-based)
+        info = {"iterations_run": int(model.n_iter_) + 1, "kl_divergence": round(float(model.kl_divergence_), 4)}
     else:
         import umap
 
@@ -157,7 +167,7 @@ def _fit(x: np.ndarray, method: str, params: ProjectionParams) -> np.ndarray:
         with warnings.catch_warnings():  # "n_jobs overridden by setting random_state": intended
             warnings.simplefilter("ignore", UserWarning)
             coords = model.fit_transform(x)
-    return np.asarray(coords, dtype=np.float32)
+    return np.asarray(coords, dtype=np.float32), info
 
 
 def _as_matrix(embeddings: np.ndarray) -> np.ndarray:
@@ -470,7 +480,7 @@ def _html_traces(coords: np.ndarray, ids: Sequence[str], column: list[object], l
     kind = label_kind(column)
     col = _colouring(column, kind)
     size = min(14.0, max(3.0, math.sqrt(_marker_size(len(coords))) * 1.6))
-    hover = "%{customdata[0]}<br>" + label_name.replace("%", "%%") + ": %{customdata[1]}<extra></extra>"
+    hover = "%{customdata[0]}<br>" + label_name + ": %{customdata[1]}<extra></extra>"
     shown = ["" if v is None else _class_name(v) for v in column]
     mode = "markers+text" if point_text is not None else "markers"
     if kind == "continuous":
@@ -596,10 +606,11 @@ def project_proteins(
     out.mkdir(parents=True, exist_ok=True)
 
     coords: dict[str, np.ndarray] = {}
+    run_info: dict[str, dict] = {}
     timings: dict[str, float] = {}
     for method in methods:
         t = time.perf_counter()
-        coords[method] = project(x, method, params)
+        coords[method], run_info[method] = project_with_info(x, method, params)
         timings[f"{method}_s"] = round(time.perf_counter() - t, 2)
         log.info("%s of %d proteins: %.1f s", METHOD_TITLES[method], len(x), timings[f"{method}_s"])
 
@@ -630,6 +641,7 @@ def project_proteins(
         "counts": {**counts, "projected": len(ids), "dim": int(x.shape[1]),
                    "unlabelled": {c: sum(v is None for v in vals) for c, vals in columns.items()}},
         "parameters": {m: params.for_method(m) for m in methods},
+        "runs": {m: info for m, info in run_info.items() if info},
         "silhouette_definition": _SILHOUETTE_DEFINITION,
         "silhouette_sample": silhouette_sample,
         "silhouette": scores,
@@ -711,7 +723,7 @@ def project_tokens(model_path: str | Path, out_dir: str | Path, *, perplexity: f
     check_size(len(STANDARD_AA), "tsne", params)
     letters, matrix = token_embedding_matrix(model_path)
     groups = [aa_group(c) for c in letters]
-    xy = project(matrix, "tsne", params)
+    xy, info = project_with_info(matrix, "tsne", params)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = Path(str(model_path)).name or str(model_path)
@@ -730,6 +742,7 @@ def project_tokens(model_path: str | Path, out_dir: str | Path, *, perplexity: f
         "dim": int(matrix.shape[1]),
         "groups": AA_GROUPS,
         "parameters": {"tsne": params.for_method("tsne")},
+        "runs": {"tsne": info},
         "silhouette_definition": _SILHOUETTE_DEFINITION,
         "silhouette": {"group": _silhouettes(matrix, {"tsne": xy}, groups, "categorical", None, seed)},
         "outputs": outputs,

@@ -65,7 +65,8 @@ def register(subparsers) -> None:
     tok = p.add_argument_group("token embeddings")
     tok.add_argument("--token-embeddings", metavar="MODEL",
                      help="t-SNE of the model's 20 amino-acid input-embedding rows, coloured by biochemical group")
-    tok.add_argument("--token-perplexity", type=float, default=5.0, help="t-SNE perplexity for the 20 tokens (default 5)")
+    tok.add_argument("--token-perplexity", type=float, default=5.0,
+                     help="t-SNE perplexity for the 20 tokens (default 5)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=cmd_project)
@@ -186,7 +187,8 @@ def run_proteins(args, params) -> dict:
         "counts": {"available": available, "label_ids": len(labelled),
                    "label_ids_without_embedding": len(labelled - in_source),
                    "proteins_without_label": {c: sum(1 for i in in_source if i not in m) for c, m in labels.items()}},
-        "timings": {"read_s": round(load_s, 2), ("load_embeddings_s" if args.embeddings else "embed_s"): round(embed_s, 2)},
+        "timings": {"read_s": round(load_s, 2),
+                    ("load_embeddings_s" if args.embeddings else "embed_s"): round(embed_s, 2)},
     }
     if args.max_proteins is not None:
         extra["sampling"] = {"max_proteins": args.max_proteins, "seed": params.seed,
@@ -228,6 +230,10 @@ def _protein_lines(res: dict) -> list[str]:
         scores = [s["embedding_cosine"]] + [s[f"{m}_2d_euclidean"] for m in res["methods"]]
         lines.append(f"    {column:20s} {' | '.join(_fmt(v) for v in scores)}   ({s['classes']} classes, "
                      f"{s['labelled']:,} labelled, {s['unlabelled']:,} unlabelled/grey)")
+    if "tsne" in res.get("runs", {}):
+        run = res["runs"]["tsne"]
+        lines.append(f"  t-SNE ran {run['iterations_run']:,} of {res['parameters']['tsne']['max_iter']:,} iterations "
+                     f"(scikit-learn stops when the error stalls), KL divergence {run['kl_divergence']}")
     if "label_ids_without_embedding" in c:
         lines.append(f"  label ids without an embedding: {c['label_ids_without_embedding']:,}")
     out = res["outputs"]
