@@ -168,6 +168,7 @@ def labels_csv(path: Path, rows: list[tuple[str, ...]], header=("id", "cluster")
 
 def test_cli_hdf5_and_labels(tmp_path, capsys):
     ids, x, labels = blobs()
+    ids[5] = "sp/P005"  # stored as dataset 'sp_P005'; matched through attrs["original_id"]
     h5 = write_h5(tmp_path / "emb.h5", ids, x)
     rows = [(pid, lab) for pid, lab in zip(ids, labels) if pid != "P001"] + [("NOT_EMBEDDED", "a")]
     lab = labels_csv(tmp_path / "labels.csv", rows)
@@ -182,6 +183,7 @@ def test_cli_hdf5_and_labels(tmp_path, capsys):
     assert res["silhouette"]["cluster"]["embedding_cosine"] > 0.85
     assert "silhouette per label" in err and "label ids without an embedding: 1" in err
     assert (out / "tsne_cluster.png").exists() and (out / "projection.json").exists()
+    assert "sp/P005" in [r["id"] for r in csv.DictReader((out / "tsne_coordinates.csv").open())]
 
 
 def test_cli_tsv_color_by_and_max_proteins(tmp_path, capsys):
