@@ -375,7 +375,7 @@ def test_resnet2d_trains_through_the_api(tiny_esm, tmp_path):
     assert again["per_protein"]["ids"] == metrics["per_protein"]["ids"]  # 3 of the 6 non-early chains
     assert again["precision"]["all"]["L"]["mean"] == pytest.approx(metrics["precision"]["all"]["L"]["mean"])
     torch.randn(100)  # a different global RNG state must not change the result: the seed fixes it
-    rerun = train(config, tmp_path / "head2", data)
+    train(config, tmp_path / "head2", data)
     a = json.loads((tmp_path / "head" / "head.json").read_text())["training"]["history"]
     b = json.loads((tmp_path / "head2" / "head.json").read_text())["training"]["history"]
     assert [h["train_loss"] for h in a] == [h["train_loss"] for h in b]
