@@ -26,8 +26,6 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"config {where}: must be a list, not {value!r}")
-        if not value:
-            raise ConfigError(f"config {where}: must not be empty")
         return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):

@@ -20,6 +20,15 @@ def _emit(args, result: dict, summary: str) -> None:
     emit(args, result, summary)
 
 
+def _threads(args) -> None:
+    if getattr(args, "threads", None):
+        if args.threads < 1:
+            raise ConfigError("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _data_dir(args) -> str | None:
     return args.data if args.data and Path(args.data).is_dir() else None
 
@@ -74,6 +83,7 @@ def _metric_lines(sets: dict[str, dict]) -> list[str]:
 
 
 def cmd_train(args) -> int:
+    _threads(args)
     from protlm.tasks.config import load_task_config
     from protlm.tasks.train import train
 
@@ -115,11 +125,12 @@ def _labelled_sets(args, head) -> dict:
     sets = {}
     for name, src in sources.items():
         check_source(src, name)
-        sets[name] = encode(load_source(src, _data_dir(args), name), config, head.classes, name, unknown_class_ok=True)
+        sets[name] = encode(load_source(src, _data_dir(args), name, config.per_residue), config, head.classes, name, unknown_class_ok=True)
     return sets
 
 
 def cmd_evaluate(args) -> int:
+    _threads(args)
     from protlm.tasks.train import _json_bytes, _write_atomic, evaluate, load_head
 
     head = load_head(args.head)
@@ -137,6 +148,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    _threads(args)
     from protlm.data.alphabet import CleaningPolicy
     from protlm.data.fasta import read_fasta
     from protlm.tasks.train import _json_bytes, _write_atomic, load_head, predict
@@ -181,6 +193,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
+    _threads(args)
     from protlm.tasks.suite import run_suite
 
     cb, close = _progress()
@@ -204,6 +217,8 @@ def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
                        help="benchmark data folder for benchmark: sources (default: $PROTLM_DATA or ../shared/data)")
     p.add_argument("--cache", default=DEFAULT_CACHE, help="embedding cache folder (default: $PROTLM_CACHE or runs/cache)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often "
+                                                "fastest for these small heads on a busy machine)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 

@@ -147,6 +147,7 @@ def validate(c: PretrainConfig) -> None:
     need(opt.clip_grad_norm >= 0, "optimizer.clip_grad_norm", "must be >= 0 (0 disables clipping)")
     t = c.train
     arch = ARCHITECTURES[c.model.arch]
+    need(len(t.phases) >= 1, "train.phases", "must not be empty")
     for i, ph in enumerate(t.phases):
         w = f"train.phases[{i}]"
         need(ph.steps > 0, f"{w}.steps", "must be a positive integer")

@@ -23,6 +23,8 @@ A data source is either ``{benchmark: NAME}`` (a set of ``protlm datasets``, rea
 ``biotrainer``, ``deeploc``, ``prottrans_csv``, ``csv`` with ``label``/``kind``), narrowed by
 ``split:`` (the records' own split) and ``part:`` (a deterministic half/fraction by id hash,
 ``{fraction: 0.5, take: first|rest}``), so one labelled file can be split without code.
+``data.train`` may list several sources, which are joined (localization: DeepLoc's training
+set has no membrane labels, half of the validation set adds them).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class SourceConfig:
 
 @dataclass
 class DataConfig:
-    train: SourceConfig = field(default_factory=SourceConfig)
+    train: list[SourceConfig] = field(default_factory=list)  # one source, or several joined
     valid: SourceConfig | None = None  # None: valid_fraction of train, by id hash
     valid_fraction: float = 0.1
     test: dict[str, SourceConfig] = field(default_factory=dict)
@@ -170,7 +172,9 @@ def validate(c: TaskConfig) -> None:
             if c.per_residue:
                 need(all(len(x) == 1 for x in tg.classes), f"targets[{i}].classes",
                      "per-residue classes are single characters (one per residue in the label string)")
-    check_source(c.data.train, "data.train")
+    need(len(c.data.train) >= 1, "data.train", "give a training source")
+    for i, src in enumerate(c.data.train):
+        check_source(src, f"data.train[{i}]")
     if c.data.valid is not None:
         check_source(c.data.valid, "data.valid")
     else:
@@ -182,6 +186,9 @@ def validate(c: TaskConfig) -> None:
 def load_task_config(path: str | Path | None = None, overrides: list[str] | None = None,
                      data: dict | None = None) -> TaskConfig:
     tree = load_tree(path, overrides, data)
+    data_tree = tree.get("data")
+    if isinstance(data_tree, dict) and isinstance(data_tree.get("train"), dict):
+        data_tree["train"] = [data_tree["train"]]  # one source may be written without a list
     if tree.get("protocol") == "residues_to_class":
         raise ConfigError("config protocol: residues_to_class (contacts) is read by protlm.contacts, not here")
     config = build(TaskConfig, tree, "")

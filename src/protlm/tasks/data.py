@@ -54,8 +54,11 @@ def _hash_fraction(pid: str, salt: str) -> float:
     return xxhash.xxh3_64_intdigest(f"{salt}:{pid}".encode()) / 2.0**64
 
 
-def load_source(src: SourceConfig, data_dir: str | Path | None, where: str) -> list[ProteinRecord]:
-    """The records a source names, narrowed by ``split`` and ``part``."""
+def load_source(src: SourceConfig, data_dir: str | Path | None, where: str, per_residue: bool | None = None
+                ) -> list[ProteinRecord]:
+    """The records a source names, narrowed by ``split`` and ``part``.
+
+    ``per_residue`` tells biotrainer files whether TARGET is per residue (else inferred)."""
     if src.benchmark is not None:
         if data_dir is None:
             raise ConfigError(f"{where}: benchmark {src.benchmark!r} needs --data (the benchmark data folder)")
@@ -65,7 +68,7 @@ def load_source(src: SourceConfig, data_dir: str | Path | None, where: str) -> l
         if not path.is_file():
             raise InputError(f"{where}: {path}: no such file")
         if src.format == "biotrainer":
-            records = load_biotrainer_fasta(path)
+            records = load_biotrainer_fasta(path, per_residue)
         elif src.format == "deeploc":
             records = load_deeploc(path)
         elif src.format == "prottrans_csv":
@@ -180,9 +183,10 @@ def _encode_one(r: ProteinRecord, tg: TargetConfig, cls: list[str] | None, confi
 
 def load_task_data(config: TaskConfig, data_dir: str | Path | None) -> tuple[LabelledSet, LabelledSet, dict[str, LabelledSet], list]:
     """Train, validation and test sets of a task, and the class list of each target."""
-    train_records = load_source(config.data.train, data_dir, "data.train")
+    train_records = [r for i, src in enumerate(config.data.train)
+                     for r in load_source(src, data_dir, f"data.train[{i}]", config.per_residue)]
     if config.data.valid is not None:
-        valid_records = load_source(config.data.valid, data_dir, "data.valid")
+        valid_records = load_source(config.data.valid, data_dir, "data.valid", config.per_residue)
     else:
         frac = config.data.valid_fraction
         is_valid = [_hash_fraction(r.id, "protlm-valid") < frac for r in train_records]
@@ -197,6 +201,7 @@ def load_task_data(config: TaskConfig, data_dir: str | Path | None) -> tuple[Lab
     classes = [None if config.regression else class_list(t, train_records, config.per_residue) for t in config.targets]
     train = encode(train_records, config, classes, "train")
     valid = encode(valid_records, config, classes, "valid", unknown_class_ok=True)
-    tests = {name: encode(load_source(src, data_dir, f"data.test.{name}"), config, classes, name, unknown_class_ok=True)
+    tests = {name: encode(load_source(src, data_dir, f"data.test.{name}", config.per_residue), config, classes, name,
+                          unknown_class_ok=True)
              for name, src in config.data.test.items()}
     return train, valid, tests, classes

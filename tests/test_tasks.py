@@ -1,0 +1,368 @@
+"""Supervised stage 2: metrics against hand-computed values, each protocol beats chance on a
+constructed task, multi-task with missing labels, predict round trip, suite, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protlm.cli.main import main
+from protlm.errors import ConfigError, InputError
+from protlm.tasks import metrics as M
+from protlm.tasks.config import load_task_config
+from protlm.tasks.train import load_head, predict, train
+
+AA = "ACDEFGHIKLMNPQRSTVWY"
+HELIX, STRAND = set("AELMQKR"), set("VIYFWT")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The heads are tiny: one thread avoids the oversubscription of 2 pytest workers × 2 threads."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_residue_scores_hand_computed():
+    t = [np.array([0, 1, 2, 0]), np.array([1, 1])]
+    p = [np.array([0, 1, 2, 2]), np.array([1, 0])]
+    r = M.residue_scores(t, p, n_boot=200)
+    assert r["accuracy"]["value"] == pytest.approx(4 / 6)
+    assert r["per_protein_mean"]["value"] == pytest.approx(0.625)
+    assert r["per_protein_mean"]["se"] == pytest.approx(np.std([0.75, 0.5], ddof=1) / math.sqrt(2))
+    lo, hi = r["accuracy"]["ci95"]
+    assert 0.5 <= lo <= 4 / 6 <= hi <= 0.75  # resampling proteins: the pooled accuracy stays in [1/2, 3/4]
+    assert r["residues"] == 6 and r["proteins"] == 2
+
+
+def test_mcc_binary_and_multiclass():
+    y_true = np.array([1, 1, 1, 1, 0, 0, 0])
+    y_pred = np.array([1, 1, 1, 0, 0, 0, 1])  # TP 3, FN 1, TN 2, FP 1
+    assert M.mcc(y_true, y_pred, 2) == pytest.approx((3 * 2 - 1 * 1) / math.sqrt(4 * 4 * 3 * 3))
+    assert M.mcc(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 2]), 3) == pytest.approx(1.0)
+    assert M.mcc(np.zeros(5, int), np.zeros(5, int), 2) == 0.0  # undefined → 0
+    from sklearn.metrics import matthews_corrcoef
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 10, 300), rng.integers(0, 10, 300)
+    b[:150] = a[:150]
+    assert M.mcc(a, b, 10) == pytest.approx(matthews_corrcoef(a, b))
+
+
+def test_spearman_with_ties_hand_computed():
+    x = np.array([1.0, 2, 3, 4, 5])
+    y = np.array([5.0, 6, 7, 8, 7])  # ranks 1, 2, 3.5, 5, 3.5
+    ry = np.array([1, 2, 3.5, 5, 3.5])
+    rx = np.arange(1, 6, dtype=float)
+    expected = np.corrcoef(rx, ry)[0, 1]
+    assert M.spearman(x, y) == pytest.approx(expected)
+    assert M.spearman(x, -x) == pytest.approx(-1.0)
+    assert math.isnan(M.spearman(x, np.ones(5)))
+
+
+def test_bootstrap_ci_behaviour():
+    assert M.bootstrap_ci(lambda idx: 0.7, 10) == (0.7, 0.7)
+    rng = np.random.default_rng(1)
+    small, big = rng.normal(size=30), rng.normal(size=3000)
+    w_small = np.diff(M.bootstrap_ci(lambda i: small[i].mean(), 30))[0]
+    w_big = np.diff(M.bootstrap_ci(lambda i: big[i].mean(), 3000))[0]
+    assert w_big < w_small / 5  # ~ 1/sqrt(n): 10x narrower expected
+    lo, hi = M.bootstrap_ci(lambda i: big[i].mean(), 3000)
+    assert lo < big.mean() < hi
+
+
+def test_sequence_class_scores_accuracy_and_ci():
+    yt = np.array([0] * 50 + [1] * 50)
+    yp = yt.copy()
+    yp[:10] = 1
+    r = M.sequence_class_scores(yt, yp, 2, n_boot=300)
+    assert r["accuracy"]["value"] == pytest.approx(0.9)
+    lo, hi = r["accuracy"]["ci95"]
+    assert lo < 0.9 < hi and hi - lo < 0.2
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _ss_label(seq: str) -> str:
+    return "".join("H" if c in HELIX else "E" if c in STRAND else "C" for c in seq)
+
+
+def _random_seq(rng, n: int) -> str:
+    return "".join(rng.choice(list(AA), n))
+
+
+def _write_biotrainer(path: Path, rows: list[tuple[str, str, str, str, str | None]]) -> Path:
+    with open(path, "w") as fh:
+        for pid, seq, target, split, mask in rows:
+            s = "SET=train VALIDATION=True" if split == "valid" else f"SET={split}"
+            m = f" MASK={mask}" if mask else ""
+            fh.write(f">{pid} TARGET={target} {s}{m}\n{seq}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ss_file(tmp_path_factory) -> Path:
+    """Per-residue 3-state labels that depend on the residue (with masks): learnable by a CNN."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(160):
+        seq = _random_seq(rng, int(rng.integers(30, 90)))
+        mask = "".join("0" if rng.random() < 0.1 else "1" for _ in seq)
+        split = "train" if i < 110 else "valid" if i < 135 else "test"
+        rows.append((f"p{i}", seq, _ss_label(seq), split, mask))
+    return _write_biotrainer(tmp_path_factory.mktemp("ss") / "ss.fasta", rows)
+
+
+def _charge_class(seq: str) -> str:
+    pos = sum(c in "KR" for c in seq)
+    neg = sum(c in "DE" for c in seq)
+    return "pos" if pos > neg else "neg"
+
+
+@pytest.fixture(scope="module")
+def seq_files(tmp_path_factory) -> dict[str, Path]:
+    rng = np.random.default_rng(1)
+    root = tmp_path_factory.mktemp("seq")
+    cls_rows, val_rows = [], []
+    for i in range(240):
+        bias = "KR" if i % 2 else "DE"
+        seq = "".join(rng.choice(list(AA + bias * 4), int(rng.integers(40, 120))))
+        split = "train" if i < 160 else "valid" if i < 200 else "test"
+        cls_rows.append((f"s{i}", seq, _charge_class(seq), split, None))
+        value = sum(c in "AILMFVW" for c in seq) / len(seq)
+        val_rows.append((f"v{i}", seq, f"{value:.4f}", split, None))
+    return {"class": _write_biotrainer(root / "cls.fasta", cls_rows),
+            "value": _write_biotrainer(root / "val.fasta", val_rows)}
+
+
+def _config(path: Path, protocol: str, head: str, targets: list[dict], epochs: int = 40, **train) -> dict:
+    src = lambda split: {"file": str(path), "format": "biotrainer", "split": split}  # noqa: E731
+    return {
+        "name": f"t_{protocol}_{head}", "protocol": protocol, "embedder": "onehot",
+        "data": {"train": src("train"), "valid": src("valid"), "test": {"held_out": src("test")}},
+        "targets": targets, "head": {"type": head},
+        "train": {"epochs": epochs, "lr": 0.01, "batch_size": 16, "patience": 8, "bootstrap": 200, **train},
+    }
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+@pytest.mark.parametrize("head", ["cnn", "logreg"])
+def test_residue_to_class_beats_chance(tmp_path, ss_file, head):
+    cfg = load_task_config(data=_config(ss_file, "residue_to_class", head,
+                                        [{"name": "q3", "label": "target", "classes": ["H", "E", "C"]}]))
+    res = train(cfg, tmp_path / "head", cache_dir=tmp_path / "cache")
+    q3 = res["test"]["held_out"]["q3"]
+    # the label is a function of the residue: chance (majority class) is ~0.35-0.45
+    assert q3["accuracy"]["value"] > 0.9, q3
+    assert q3["accuracy"]["ci95"][0] <= q3["accuracy"]["value"] <= q3["accuracy"]["ci95"][1]
+    # masks honoured: scored residues = mask ones of the 25 test proteins
+    lines = ss_file.read_text().splitlines()
+    n_scored = sum(h.split("MASK=")[1].count("1") for h in lines[::2] if "SET=test" in h)
+    assert q3["residues"] == n_scored
+
+
+@pytest.mark.parametrize("head", ["ffn", "light_attention", "logreg"])
+def test_sequence_to_class_beats_chance(tmp_path, seq_files, head):
+    cfg = load_task_config(data=_config(seq_files["class"], "sequence_to_class", head,
+                                        [{"name": "charge", "label": "target"}]))
+    res = train(cfg, tmp_path / "head")
+    acc = res["test"]["held_out"]["charge"]["accuracy"]["value"]
+    assert acc > 0.8, res["test"]
+    assert json.loads((tmp_path / "head" / "head.json").read_text())["classes"] == [["neg", "pos"]]
+
+
+def test_sequence_to_value_beats_chance(tmp_path, seq_files):
+    cfg = load_task_config(data=_config(seq_files["value"], "sequence_to_value", "ffn",
+                                        [{"name": "hydrophobic", "label": "target"}], epochs=150))
+    res = train(cfg, tmp_path / "head")
+    rho = res["test"]["held_out"]["hydrophobic"]["spearman"]["value"]
+    assert rho > 0.8, res["test"]
+
+
+def test_multitask_with_missing_labels(tmp_path):
+    """Q10+Q2-style joint training on a DeepLoc-format file: a protein without a membrane label
+    adds no Q2 loss and is not scored for Q2, but is for the location."""
+    rng = np.random.default_rng(3)
+    path = tmp_path / "loc.fasta"
+    lines = []
+    for i in range(300):
+        bias = "KR" if i % 2 else "DE"
+        seq = "".join(rng.choice(list(AA + bias * 4), 60))
+        location = "Nucleus" if bias == "KR" else "Extracellular"
+        membrane = ("M" if rng.random() < 0.5 else "S") if i % 3 == 0 else "U"
+        lines.append(f">q{i} {location}-{membrane}\n{seq}\n")
+    path.write_text("".join(lines))
+    cfg = load_task_config(data={
+        "name": "multi", "protocol": "sequence_to_class", "embedder": "onehot",
+        "data": {"train": {"file": str(path), "format": "deeploc", "part": {"fraction": 0.7}},
+                 "valid_fraction": 0.2,
+                 "test": {"rest": {"file": str(path), "format": "deeploc", "part": {"fraction": 0.7, "take": "rest"}}}},
+        "targets": [{"name": "q10", "label": "location"}, {"name": "q2", "label": "membrane", "classes": ["M", "S"]}],
+        "head": {"type": "ffn"}, "train": {"epochs": 80, "lr": 0.01, "batch_size": 16, "bootstrap": 100},
+    })
+    res = train(cfg, tmp_path / "head")
+    test = res["test"]["rest"]
+    from protlm.data.benchmarks import load_deeploc
+    from protlm.tasks.data import load_source
+
+    rest = load_source(cfg.data.test["rest"], None, "rest")
+    assert test["q10"]["proteins"] == len(rest)
+    assert test["q2"]["proteins"] == sum("membrane" in r.labels for r in rest) < len(rest)
+    assert test["q10"]["accuracy"]["value"] > 0.85
+    assert len(load_deeploc(path)) == 300
+
+
+def test_predict_round_trip_matches_evaluate(tmp_path, ss_file):
+    cfg = load_task_config(data=_config(ss_file, "residue_to_class", "cnn",
+                                        [{"name": "q3", "label": "target", "classes": ["H", "E", "C"]}], epochs=10))
+    head_dir = tmp_path / "head"
+    res = train(cfg, head_dir)
+    fasta = tmp_path / "test.fasta"
+    recs = [(h[1:].split()[0], s, h) for h, s in zip(ss_file.read_text().splitlines()[::2],
+                                                     ss_file.read_text().splitlines()[1::2]) if "SET=test" in h]
+    fasta.write_text("".join(f">{pid}\n{seq}\n" for pid, seq, _ in recs))
+    out_csv, out_json = tmp_path / "pred.csv", tmp_path / "pred.json"
+    assert main(["predict", "--head", str(head_dir), "--input", str(fasta), "--output", str(out_csv)]) == 0
+    assert main(["predict", "--head", str(head_dir), "--input", str(fasta), "--output", str(out_json)]) == 0
+    rows = list(csv.DictReader(open(out_csv)))
+    preds = json.loads(out_json.read_text())["predictions"]
+    assert [r["prediction"] for r in rows] == [p["prediction"] for p in preds]
+    # the accuracy recomputed from predict's strings equals the one train reported
+    correct = total = 0
+    for (pid, seq, header), row in zip(recs, rows):
+        assert row["id"] == pid and len(row["prediction"]) == len(seq)
+        mask = header.split("MASK=")[1]
+        truth = _ss_label(seq)
+        for t, p, m in zip(truth, row["prediction"], mask):
+            if m == "1":
+                correct += t == p
+                total += 1
+    assert correct / total == pytest.approx(res["test"]["held_out"]["q3"]["accuracy"]["value"])
+    head = load_head(head_dir)
+    again = predict(head, [recs[0][0]], [recs[0][1]])
+    assert again[0]["prediction"] == rows[0]["prediction"]
+
+
+def test_evaluate_cli_on_a_file(tmp_path, ss_file, capsys):
+    cfg = load_task_config(data=_config(ss_file, "residue_to_class", "logreg",
+                                        [{"name": "q3", "label": "target", "classes": ["H", "E", "C"]}], epochs=5))
+    train(cfg, tmp_path / "head")
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--head", str(tmp_path / "head"), "--file", str(ss_file), "--format", "biotrainer",
+                 "--split", "test", "--output", str(out), "--bootstrap", "100"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["sets"]["ss"]["q3"]["proteins"] == 25
+
+
+def test_suite_table_and_resume(tmp_path, ss_file, seq_files):
+    from protlm.tasks.suite import run_suite
+
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    import yaml
+
+    (suite / "ss.yaml").write_text(yaml.safe_dump(_config(ss_file, "residue_to_class", "cnn",
+                                                          [{"name": "q3", "label": "target", "classes": list("HEC")}],
+                                                          epochs=3)))
+    (suite / "charge.yaml").write_text(yaml.safe_dump(_config(seq_files["class"], "sequence_to_class", "ffn",
+                                                              [{"name": "charge", "label": "target"}], epochs=3)))
+    extra = tmp_path / "extra.fasta"
+    extra.write_text("".join(ln + "\n" for ln in ss_file.read_text().splitlines()[:20]))
+    res = run_suite(suite, ["onehot", "blosum62"], tmp_path / "out", None,
+                    extra_tests=[f"ss:mine={extra}:biotrainer"])
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "`onehot`" in table and "`blosum62`" in table and "test: mine" in table and "test: held_out" in table
+    assert len(res["results"]) == 4
+    metrics_file = next((tmp_path / "out" / "ss").glob("onehot*/metrics.json"))
+    stamp = metrics_file.stat().st_mtime_ns
+    run_suite(suite, ["onehot", "blosum62"], tmp_path / "out", None, extra_tests=[f"ss:mine={extra}:biotrainer"])
+    assert metrics_file.stat().st_mtime_ns == stamp  # reused, not retrained
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _bad(tmp_path: Path, capsys, args: list[str]) -> str:
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert err[-1].startswith("protlm: error: ") and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_label_length_mismatch_is_one_clear_error(tmp_path, capsys):
+    bad = _write_biotrainer(tmp_path / "bad.fasta", [("a", "MKV", "HHEC", "train", None),
+                                                     ("b", "MKVL", "HHEC", "valid", None)])
+    cfg = tmp_path / "c.yaml"
+    import yaml
+
+    cfg.write_text(yaml.safe_dump(_config(bad, "residue_to_class", "cnn",
+                                          [{"name": "q3", "label": "target", "classes": list("HEC")}])))
+    msg = _bad(tmp_path, capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "o")])
+    assert "TARGET has 4 characters but the sequence has 3 residues" in msg
+
+
+def test_mask_length_and_unknown_class_errors(tmp_path, capsys):
+    import yaml
+
+    bad = _write_biotrainer(tmp_path / "m.fasta", [("a", "MKVL", "HHEC", "train", "011"),
+                                                   ("b", "MKVL", "HHEC", "valid", None)])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_config(bad, "residue_to_class", "cnn",
+                                          [{"name": "q3", "label": "target", "classes": list("HEC")}])))
+    assert "MASK has 3" in _bad(tmp_path, capsys, ["train", "--config", str(cfg)])
+    bad2 = _write_biotrainer(tmp_path / "u.fasta", [("a", "MKVL", "HHXC", "train", None),
+                                                    ("b", "MKVL", "HHEC", "valid", None)])
+    cfg.write_text(yaml.safe_dump(_config(bad2, "residue_to_class", "cnn",
+                                          [{"name": "q3", "label": "target", "classes": list("HEC")}])))
+    assert "'X', not one of the classes" in _bad(tmp_path, capsys, ["train", "--config", str(cfg)])
+
+
+def test_config_errors_name_the_field(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\nprotocol: residue_to_class\nembedder: onehot\nhead: {type: ffn}\n"
+                   "data: {train: {benchmark: netsurfp}}\n")
+    assert "config head.type" in _bad(tmp_path, capsys, ["train", "--config", str(cfg)])
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_task_config(cfg, ["head.type=cnn", "train.lr=fast"])
+    with pytest.raises(ConfigError, match="data.train"):
+        load_task_config(data={"protocol": "sequence_to_class", "embedder": "onehot", "head": {"type": "ffn"},
+                               "data": {"train": {"benchmark": "x", "file": "y"}}})
+    assert "not a trained head" in _bad(tmp_path, capsys, ["predict", "--head", str(tmp_path), "--input", str(cfg),
+                                                           "--output", str(tmp_path / "p.csv")])
+
+
+def test_hdf5_embedder_and_wrong_dimension(tmp_path, ss_file):
+    """An HDF5 file of `protlm embed` layout works as the embedder; a mismatching dimension is refused."""
+    import h5py
+
+    cfg = load_task_config(data=_config(ss_file, "residue_to_class", "logreg",
+                                        [{"name": "q3", "label": "target", "classes": list("HEC")}], epochs=2))
+    train(cfg, tmp_path / "head")
+    h5 = tmp_path / "emb.h5"
+    with h5py.File(h5, "w") as f:
+        f.attrs["level"] = "residue"
+        f.create_dataset("a", data=np.zeros((3, 5), dtype=np.float32))
+    with pytest.raises(InputError, match="the head expects 21"):
+        predict(load_head(tmp_path / "head"), ["a"], ["MKV"], embedder=str(h5))
+    with h5py.File(h5, "w") as f:
+        f.attrs["level"] = "residue"
+        f.create_dataset("a", data=np.zeros((3, 21), dtype=np.float32))
+    assert predict(load_head(tmp_path / "head"), ["a"], ["MKV"], embedder=str(h5))[0]["prediction"] in ("HHH", "EEE", "CCC")
+    with pytest.raises(InputError, match="no embedding for protein 'b'"):
+        predict(load_head(tmp_path / "head"), ["b"], ["MKV"], embedder=str(h5))
