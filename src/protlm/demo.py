@@ -1,14 +1,25 @@
-"""``protlm demo``: the main job on real sequences, offline.
+"""``protlm demo``: the papers' story at small scale on real sequences, offline, on a CPU.
 
-Default input: the real bacterial proteome that ships inside the pyhmmer wheel (a dependency
-of protlm, and the field's tool for the profile search the papers compare LM speed with):
-``pyhmmer/tests/data/seqs/938293.PRJEB85.HG003687.faa``. With ``--data DIR`` the demo uses
-the protlm benchmark data folder instead (the 20k Swiss-Prot sample, and a summary of every
-benchmark set found there).
+1. **Data**: statistics of a real proteome and its tokenised pretraining shards. Default input:
+   the bacterial proteome that ships inside the pyhmmer wheel (a dependency of protlm):
+   ``pyhmmer/tests/data/seqs/938293.PRJEB85.HG003687.faa``; with ``--data DIR`` the 20k
+   Swiss-Prot sample of the protlm benchmark data folder, and a summary of every benchmark set.
+2. **Pretraining**: a tiny ESM-style LM for a few steps on those shards (to show the loop:
+   loss, validation perplexity, a Hugging Face checkpoint).
+3. **Embedding**: per-protein embeddings with the project's committed checkpoint
+   (``checkpoints/protlm-swissprot-masked-xs``, pretrained on Swiss-Prot on a CPU), to HDF5.
+4. **Projection**: t-SNE and UMAP maps of those embeddings with silhouettes — coloured by SCOP
+   class with ``--data``, else by sequence-derived properties (the proteome carries no
+   annotation) — and the t-SNE of the checkpoint's amino-acid token embeddings.
+5. **Supervised heads** (with ``--data``): secondary structure (Q3/Q8, CNN) and localization
+   (Q10/Q2, FFN) trained on the checkpoint's embeddings and on one-hot, scored on CB513/NEW364
+   and the DeepLoc hold-out with bootstrap CIs, ending with a results table. Training sets are
+   capped (``--max-train``) so that the whole demo stays within about 15 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from importlib import resources
 from pathlib import Path
@@ -35,8 +46,27 @@ def embedded_proteome() -> Path:
     return path
 
 
-def run_demo(out: str | Path, data: str | Path | None = None, workers: int = 1, progress=None) -> dict:
+def repo_resource(*parts: str) -> Path:
+    """A file of the protlm source tree (checkpoints/, configs/): next to the installed package
+    in a checkout (``pip install -e .``, ``make``)."""
+    import protlm
+
+    path = Path(protlm.__file__).resolve().parents[2].joinpath(*parts)
+    if not path.exists():
+        raise InputError(f"{Path(*parts)}: not found next to the protlm package ({path}); the demo runs from a "
+                         f"protlm source checkout (git clone, then make demo)")
+    return path
+
+
+CHECKPOINT = ("checkpoints", "protlm-swissprot-masked-xs")
+
+
+def run_demo(out: str | Path, data: str | Path | None = None, workers: int = 1, progress=None, *,
+             pretrain_steps: int = 40, max_proteins: int = 1000, max_train: int = 2000, stage=None) -> dict:
+    """Run the demo into ``out``; ``stage(name)`` is called as each step starts."""
+    stage = stage or (lambda name: None)
     out = Path(out)
+    checkpoint = repo_resource(*CHECKPOINT)
     report: dict = {"out": str(out)}
     if data is not None:
         data = Path(data)
@@ -59,6 +89,7 @@ def run_demo(out: str | Path, data: str | Path | None = None, workers: int = 1, 
         fasta = embedded_proteome()
         report["source"] = "pyhmmer's bundled proteome 938293.PRJEB85.HG003687 (real bacterial proteins)"
     report["input"] = str(fasta)
+    stage("statistics and pretraining shards")
     report["statistics"] = fasta_statistics(fasta)
     manifest = prepare(
         fasta, out / "shards", PrepareOptions(valid_fraction=0.05), workers=workers, progress=progress
@@ -69,4 +100,115 @@ def run_demo(out: str | Path, data: str | Path | None = None, workers: int = 1, 
         "valid": {k: manifest["splits"]["valid"][k] for k in ("records", "residues")},
         "distinct_sequences": manifest["counts"]["distinct_sequences"],
     }
+    stage(f"pretraining a tiny LM for {pretrain_steps} steps")
+    report["pretrain"] = _pretrain(out, pretrain_steps)
+    stage("embedding with the committed checkpoint, projections")
+    report["projection"] = _embed_and_project(out, fasta, data, checkpoint, max_proteins)
+    if data is not None:
+        stage("supervised heads: secondary structure and localization vs one-hot")
+        report["heads"] = _heads(out, data, checkpoint, max_train)
     return report
+
+
+def _pretrain(out: Path, steps: int) -> dict:
+    from protlm.pretrain.config import load_config
+    from protlm.pretrain.trainer import pretrain
+
+    config = load_config(data={
+        "model": {"arch": "esm", "preset": "tiny"},
+        "data": {"shards": str(out / "shards"), "valid_sequences": 64},
+        "optimizer": {"name": "adamw", "lr": 0.003, "warmup_steps": max(1, steps // 10)},
+        "train": {"phases": [{"steps": steps, "max_length": 128, "tokens_per_batch": 4096}],
+                  "log_every": max(1, steps // 4), "eval_every": steps, "save_every": steps},
+    })
+    run_dir = out / "pretrain"
+    resume = (run_dir / "checkpoints").is_dir()  # a rerun continues (or finds it finished)
+    result = pretrain(config, run_dir, resume=resume, progress=False)
+    losses = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train_losses = [m["loss"] for m in losses if "loss" in m]
+    ev = result.get("last_eval") or {}
+    return {"steps": result["steps"], "parameters": result["params"]["total"], "tokens": result["tokens_seen"],
+            "first_loss": train_losses[0] if train_losses else None,
+            "last_loss": train_losses[-1] if train_losses else None,
+            "val_ppl": ev.get("val_ppl"), "model": result["model"]}
+
+
+def _sequence_properties(seqs: list[str]) -> dict[str, list[str]]:
+    """Labels computable from sequence alone: length quartile and net charge sign."""
+    import numpy as np
+
+    lengths = np.array([len(s) for s in seqs])
+    q = np.quantile(lengths, [0.25, 0.5, 0.75])
+    names = [f"Q1 (<{q[0]:.0f})", f"Q2 ({q[0]:.0f}-{q[1]:.0f})", f"Q3 ({q[1]:.0f}-{q[2]:.0f})", f"Q4 (>{q[2]:.0f})"]
+    quart = [names[int(np.searchsorted(q, n, side="right"))] for n in lengths]
+    charge = []
+    for s in seqs:
+        net = sum(c in "KR" for c in s) - sum(c in "DE" for c in s)
+        charge.append("positive" if net > 0 else "negative" if net < 0 else "neutral")
+    return {"length_quartile": quart, "net_charge": charge}
+
+
+def _embed_and_project(out: Path, fasta: Path, data: Path | None, checkpoint: Path, max_proteins: int) -> dict:
+    import numpy as np
+
+    from protlm.analysis.projection import project_proteins, project_tokens, stratified_subsample
+    from protlm.data.alphabet import CleaningPolicy
+    from protlm.data.fasta import read_fasta
+    from protlm.embed.registry import load_embedder
+
+    if data is not None:
+        from protlm.data.benchmarks import load_benchmark
+
+        records = load_benchmark("scop", data)
+        keep = stratified_subsample([r.labels["scop_class"] for r in records], max_proteins, 0)
+        records = [records[i] for i in sorted(keep)]
+        ids, seqs = [r.id for r in records], [r.sequence for r in records]
+        labels = {"scop_class": [r.labels["scop_class"] for r in records]}
+        source = f"SCOP classes, {len(ids):,} proteins (stratified sample of scop.train.csv)"
+    else:
+        records = list(read_fasta(fasta, CleaningPolicy()))
+        rng = np.random.default_rng(0)
+        keep = sorted(rng.choice(len(records), min(max_proteins, len(records)), replace=False).tolist())
+        ids = [records[i].id for i in keep]
+        seqs = [records[i].sequence for i in keep]
+        labels = _sequence_properties(seqs)
+        source = f"{len(ids):,} proteins of {fasta.name}; colours are sequence properties (no annotation ships with it)"
+    embedder = load_embedder(str(checkpoint))
+    emb = embedder.embed_proteins(seqs)
+    _write_vectors(out / "embeddings.per_protein.h5", ids, emb, str(checkpoint))
+    summary = project_proteins(ids, emb, labels, out / "projection", ("tsne", "umap"),
+                               title=f"{checkpoint.name}: {source}")
+    tokens = project_tokens(checkpoint, out / "projection")
+    return {"source": source, "embeddings": str(out / "embeddings.per_protein.h5"), "proteins": summary,
+            "tokens": tokens}
+
+
+def _write_vectors(path: Path, ids: list[str], emb, model: str) -> None:
+    """Per-protein vectors in `protlm embed`'s HDF5 layout (atomic)."""
+    import os
+
+    import h5py
+
+    from protlm import __version__
+    from protlm.embed.store import id_key
+
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        for pid, vec in zip(ids, emb):
+            ds = f.create_dataset(id_key(pid), data=vec)
+            ds.attrs["original_id"] = pid
+        f.attrs.update({"model": model, "level": "protein", "key": "id", "protlm_version": __version__})
+    os.replace(tmp, path)
+
+
+def _heads(out: Path, data: Path, checkpoint: Path, max_train: int) -> dict:
+    from protlm.tasks.suite import run_suite
+
+    suite = repo_resource("configs", "benchmarks")
+    res = run_suite(suite, [str(checkpoint), "onehot"], out / "heads", data,
+                    tasks=["secondary_structure", "localization"],
+                    overrides=[f"train.max_train={max_train}", "train.epochs=15"],
+                    cache_dir=out / "cache")
+    return {"table": res["table"], "results_md": str(out / "heads" / "results.md"),
+            "results": [{k: r[k] for k in ("task", "embedder", "head", "valid", "test", "proteins")}
+                        for r in res["results"]]}

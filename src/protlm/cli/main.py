@@ -142,12 +142,23 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+def _silhouette_text(scores: dict) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in scores.items()
+                     if k.endswith(("_cosine", "_euclidean")) and isinstance(v, float))
+
+
 def cmd_demo(args) -> int:
     from protlm.demo import run_demo
 
     bar = _progress_bar(None, "demo: prepare")
+
+    def stage(name: str) -> None:
+        print(f"protlm demo: {name} …", file=sys.stderr, flush=True)
+
     try:
-        report = run_demo(args.out, data=args.data, workers=args.workers, progress=bar.update)
+        report = run_demo(args.out, data=args.data, workers=args.workers, progress=bar.update,
+                          pretrain_steps=args.pretrain_steps, max_proteins=args.max_proteins,
+                          max_train=args.max_train, stage=stage)
     finally:
         bar.close()
     st = report["statistics"]
@@ -166,6 +177,24 @@ def cmd_demo(args) -> int:
     ]
     for name, s in report.get("benchmarks", {}).items():
         lines.append(f"  benchmark   {name:22s} {s.get('records', 0):>7,} records  splits {s.get('splits', {})}")
+    pt = report["pretrain"]
+    ppl = f", validation perplexity {pt['val_ppl']:.2f}" if pt.get("val_ppl") else ""
+    lines.append(f"  pretrain    tiny ESM-style LM ({pt['parameters']:,} parameters), {pt['steps']} steps: "
+                 f"loss {pt['first_loss']:.3f} → {pt['last_loss']:.3f}{ppl}")
+    lines.append(f"              checkpoint {pt['model']}")
+    pr = report["projection"]
+    lines.append(f"  embed       {pr['source']}")
+    lines.append(f"              {pr['embeddings']}")
+    for column, scores in pr["proteins"]["silhouette"].items():
+        lines.append(f"  silhouette  {column}: " + _silhouette_text(scores))
+    tok = pr["tokens"]["silhouette"]["group"]
+    lines.append("  tokens      amino-acid groups: " + _silhouette_text(tok))
+    for path in pr["proteins"]["outputs"]["png"] + [pr["tokens"]["outputs"]["png"]]:
+        lines.append(f"  picture     {path}")
+    if "heads" in report:
+        lines.append("")
+        lines.append(report["heads"]["table"].rstrip())
+        lines.append(f"  results     {report['heads']['results_md']}")
     report_path = Path(args.out) / "demo_report.json"
     from protlm.data.prepare import atomic_write_json
 
@@ -266,11 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("demo", help="the main job on real sequences (offline)",
-                       description="Inspect and prepare a real proteome (shipped with pyhmmer), "
-                                   "or the benchmark data with --data.")
+                       description="The papers' story at small scale, offline on a CPU: statistics and "
+                                   "pretraining shards of a real proteome (shipped with pyhmmer; with --data the "
+                                   "Swiss-Prot sample), a tiny LM pretrained for a few steps, embeddings with the "
+                                   "committed checkpoint, t-SNE/UMAP maps with silhouettes, and with --data "
+                                   "secondary-structure and localization heads vs one-hot with a results table.")
     p.add_argument("--data", help="protlm benchmark data folder (e.g. ../shared/data)")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--workers", type=int, default=1, help="processes for prepare")
+    p.add_argument("--pretrain-steps", type=int, default=40, help="steps of the tiny LM (default 40)")
+    p.add_argument("--max-proteins", type=int, default=1000,
+                   help="proteins embedded and projected (seeded sample; default 1000)")
+    p.add_argument("--max-train", type=int, default=2000,
+                   help="with --data: training proteins per head (seeded sample; default 2000)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.set_defaults(func=cmd_demo)
 
