@@ -292,8 +292,11 @@ def test_unknown_option_is_argparse_error(capsys):
 
 
 def test_demo(tmp_path, capsys):
+    """The whole main job at reduced size: statistics, shards, a few pretraining steps, embeddings
+    with the committed checkpoint, t-SNE/UMAP and token maps with silhouettes."""
     out_dir = tmp_path / "demo"
-    code, out, err = run_cli(capsys, "demo", "--out", out_dir, "--json")
+    code, out, err = run_cli(capsys, "demo", "--out", out_dir, "--json", "--pretrain-steps", "4",
+                             "--max-proteins", "80")
     assert code == 0, err
     report = json.loads((out_dir / "demo_report.json").read_text())
     assert report["statistics"]["records"] == 2100
@@ -302,7 +305,18 @@ def test_demo(tmp_path, capsys):
     assert shards["train"]["records"] + shards["valid"]["records"] == 2100
     assert shards["valid"]["records"] > 0
     assert Path(shards["manifest"]).is_file()
-    assert "protlm demo" in err and "Traceback" not in err
+    pt = report["pretrain"]
+    assert pt["steps"] == 4 and (Path(pt["model"]) / "model.safetensors").is_file()
+    proj = report["projection"]["proteins"]
+    assert proj["counts"]["projected"] == 80 and proj["counts"]["dim"] == 96
+    assert set(proj["silhouette"]) == {"length_quartile", "net_charge"}
+    for path in proj["outputs"]["png"] + proj["outputs"]["html"] + [report["projection"]["tokens"]["outputs"]["png"]]:
+        assert Path(path).stat().st_size > 1000
+    import h5py
+
+    with h5py.File(report["projection"]["embeddings"]) as f:
+        assert len(f.keys()) == 80 and f.attrs["level"] == "protein"
+    assert "protlm demo" in err and "silhouette" in err and "Traceback" not in err
 
 
 def test_demo_and_datasets_with_missing_data_folder(tmp_path, capsys):
