@@ -366,3 +366,21 @@ def test_hdf5_embedder_and_wrong_dimension(tmp_path, ss_file):
     assert predict(load_head(tmp_path / "head"), ["a"], ["MKV"], embedder=str(h5))[0]["prediction"] in ("HHH", "EEE", "CCC")
     with pytest.raises(InputError, match="no embedding for protein 'b'"):
         predict(load_head(tmp_path / "head"), ["b"], ["MKV"], embedder=str(h5))
+
+
+def test_cnn_padded_batch_equals_one_protein_alone():
+    import torch
+
+    from protlm.tasks.heads import build_head
+
+    torch.manual_seed(0)
+    head = build_head("cnn", 5, [3, 8], per_residue=True).eval()
+    a, b = torch.randn(1, 9, 5), torch.randn(1, 4, 5)
+    x = torch.zeros(2, 9, 5)
+    x[0], x[1, :4] = a[0], b[0]
+    mask = torch.tensor([[1.0] * 9, [1.0] * 4 + [0.0] * 5])
+    x[1, 4:] = 7.0  # garbage in the padding must not matter
+    batched = head(x, mask)
+    alone = head(b, torch.ones(1, 4))
+    for out_b, out_a in zip(batched, alone):
+        assert torch.allclose(out_b[1, :4], out_a[0], atol=1e-6)

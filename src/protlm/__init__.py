@@ -10,7 +10,7 @@ Layers (one sub-package each, lower layers never import higher ones):
 - ``protlm.cli``      — the one ``protlm`` command; parses arguments and calls library code.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from protlm.errors import ProtlmError
 

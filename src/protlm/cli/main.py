@@ -376,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ProtBert, ProtT5 encoder, ALBERT, XLNet, protlm's own). Output: "
                                    "HDF5, one dataset per protein keyed by id (or sequence hash). "
                                    "Resumable (--resume); under torchrun each process takes a shard.")
-    p.add_argument("--model", required=True, help="Hugging Face model folder or hub id")
+    p.add_argument("--model", required=True,
+                   help="Hugging Face model folder or hub id, or a baseline: onehot, blosum62, kmer "
+                        "(the committed 3-mer model) or a folder written by protlm kmer-train")
     p.add_argument("--input", required=True, help="FASTA or gzipped FASTA")
     p.add_argument("--output", required=True, help="HDF5 file to write")
     p.add_argument("--level", choices=["residue", "protein", "both"], default="residue",
