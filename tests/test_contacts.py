@@ -422,3 +422,26 @@ def test_paired_difference_on_shared_proteins():
     b = evaluate_maps(bad, maps, n_boot=0, ids=[f"p{k}" for k in range(12)])
     diff = paired_difference(a, b, rng="long", cut="L/5", n_boot=200)
     assert diff["n_proteins"] == 12 and diff["mean_difference"] > 0 and diff["ci"][0] > 0
+
+
+def test_benchmark_suite_table_comparisons_and_reuse(tiny_esm, tmp_path, capsys):
+    from protlm.contacts.api import run_benchmarks
+
+    data = tmp_path / "data"
+    _tiny_set(data / "coords_ca_cb.npz", n_train=6, n_valid=7)
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    common = ("data: {train_chains: 6, early_stop_chains: 2, eval_chains: 5, max_length: null}\n"
+              "head: {type: pair_mlp, hidden: 8}\ntrain: {epochs: 1, crop: 32}\nevaluate: {n_boot: 50}\n")
+    (suite / "contacts_lm.yaml").write_text(f"name: lm\nembedder: {tiny_esm}\n{common}")
+    (suite / "contacts_onehot.yaml").write_text(f"name: onehot\nembedder: onehot\n{common}")
+    (suite / "other_task.yaml").write_text("name: not_contacts\n")  # not a contacts_*.yaml: ignored
+    result = run_benchmarks(suite, tmp_path / "out", data)
+    assert [r["name"] for r in result["rows"]] == ["lm", "onehot"]
+    assert [(c["a"], c["b"]) for c in result["comparisons"]] == [("lm", "onehot")]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| lm |" in md and "lm − onehot" in md and "Chance level" in md
+    capsys.readouterr()
+    again = run_benchmarks(suite, tmp_path / "out", data)
+    assert "reusing" in capsys.readouterr().err
+    assert again["rows"][0]["headline"] == result["rows"][0]["headline"]

@@ -8,7 +8,9 @@ Subcommands:
   logistic regression fit on a few dozen training chains), evaluated on validation chains;
 - ``evaluate --head DIR``: precision by range and top-L/k with bootstrap CIs;
 - ``predict --head DIR --input FASTA``: per-protein npz of contact probabilities and a PNG
-  comparing predicted and true contacts (with ``--truth``).
+  comparing predicted and true contacts (with ``--truth``);
+- ``benchmark``: every ``contacts_*.yaml`` of a folder → one results table with paired
+  comparisons against the floors.
 """
 
 from __future__ import annotations
@@ -117,6 +119,17 @@ def cmd_predict(args) -> int:
     return 1 if result["skipped"] else 0
 
 
+def cmd_benchmark(args) -> int:
+    from protlm.cli.main import _emit
+    from protlm.contacts.api import run_benchmarks
+
+    result = run_benchmarks(Path(args.suite), Path(args.out), _data_arg(args.data), names=args.only,
+                            overrides=args.overrides)
+    table = result.pop("table")
+    _emit(args, result, f"{table}\n→ {Path(args.out) / 'results.md'}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "contacts", help="contact prediction: train, attention, evaluate, predict",
@@ -171,6 +184,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--out", help="write the metrics JSON here too")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("benchmark", help="run every contacts_*.yaml config and write one results table",
+                       description="Train and evaluate each contact config of a folder (default configs/benchmarks) "
+                                   "into OUT/<name>/, then write OUT/results.md and results.json: precision by "
+                                   "range with CIs, the chance level, and paired differences against the floors "
+                                   "(one-hot/BLOSUM62 for the heads, the random-init LM for attention). Finished "
+                                   "runs made from the same config are reused.",
+                       epilog="overrides apply to every config, e.g. data.train_chains=50 train.epochs=2")
+    b.add_argument("--suite", default="configs/benchmarks", help="folder of contacts_*.yaml (or one file)")
+    b.add_argument("--out", default="runs/contacts_benchmark", help="output folder (default runs/contacts_benchmark)")
+    b.add_argument("--data", help="contacts data folder or npz (overrides each config's data.path)")
+    b.add_argument("--only", nargs="+", metavar="NAME", help="config file stems to run (default: all)")
+    b.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every config")
+    b.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    b.set_defaults(func=cmd_benchmark)
 
     r = sub.add_parser("predict", help="contact probabilities per protein (npz) and pictures (png)",
                        description="For every protein of a FASTA file write OUT/<id>.npz (probs: L×L) and "

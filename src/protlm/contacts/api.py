@@ -460,3 +460,105 @@ def predict(head_dir: Path, fasta: Path, out_dir: Path, *, truth: Path | None = 
 def _savez(tmp: str, arrays: dict) -> None:
     with open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
+
+
+# --------------------------------------------------------------------------- the benchmark suite
+
+
+BASELINE_EMBEDDERS = ("onehot", "blosum62")
+
+
+def _same_config(run_dir: Path, cfg: ContactConfig) -> bool:
+    try:
+        meta = json.loads((run_dir / "head.json").read_text())
+        return (run_dir / "metrics.json").is_file() and meta.get("config") == json.loads(json.dumps(cfg.as_dict()))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _floors(row: dict, rows: list[dict]) -> list[dict]:
+    """The rows a result is compared with: the random-init LM for attention, the baselines for heads."""
+    from protlm.contacts.attention import RANDOM_PREFIX
+
+    emb = row["embedder"]
+    if emb in BASELINE_EMBEDDERS or emb.startswith(RANDOM_PREFIX):
+        return []
+    if row["head"] == "attention_lr":
+        return [r for r in rows if r["head"] == "attention_lr" and r["embedder"].startswith(RANDOM_PREFIX)]
+    return [r for r in rows if r["head"] == row["head"] and r["embedder"] in BASELINE_EMBEDDERS]
+
+
+def _cell(e: dict) -> str:
+    if e["mean"] is None:
+        return "—"
+    return f"{e['mean']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]" if e.get("ci") else f"{e['mean']:.3f}"
+
+
+def run_benchmarks(suite: Path | str, out: Path | str, data_dir: Path | None = None, *,
+                   names: list[str] | None = None, overrides: list[str] | None = None) -> dict:
+    """Train/evaluate every ``contacts_*.yaml`` of a folder; write OUT/results.json and OUT/results.md.
+
+    Each config trains into ``OUT/<config name>/``; a finished run made from the same config is
+    reused, so an interrupted suite resumes. The table gives P@L/5, L/2, L by range with bootstrap
+    CIs and the chance level; each LM row is also compared pairwise (same chains) with its floor:
+    the random-init LM for the attention regression, one-hot and BLOSUM62 for the supervised heads.
+    """
+    from protlm.contacts.config import load_config
+    from protlm.contacts.metrics import paired_difference
+
+    suite, out = Path(suite), Path(out)
+    files = [suite] if suite.is_file() else sorted(suite.glob("contacts_*.yaml")) if suite.is_dir() else []
+    if names:
+        by_stem = {f.stem: f for f in files}
+        missing = [n for n in names if n not in by_stem]
+        if missing:
+            raise ConfigError(f"--only {missing[0]}: no such config in {suite} (have: {', '.join(sorted(by_stem))})")
+        files = [by_stem[n] for n in names]
+    if not files:
+        raise InputError(f"--suite {suite}: no contact configs (contacts_*.yaml) found")
+    rows = []
+    for path in files:
+        cfg = load_config(path, overrides)
+        run_dir = out / cfg.name
+        if _same_config(run_dir, cfg):
+            print(f"{cfg.name}: reusing {run_dir}", file=sys.stderr)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        else:
+            metrics = train(cfg, run_dir, data_dir)
+        rows.append({"name": cfg.name, "config": str(path), "embedder": cfg.embedder, "head": cfg.head_type,
+                     "dir": str(run_dir), "metrics": metrics})
+    comparisons = []
+    for row in rows:
+        for floor in _floors(row, rows):
+            try:
+                d = paired_difference(row["metrics"], floor["metrics"], rng="long", cut="L/5")
+            except ValueError:
+                continue
+            comparisons.append({"a": row["name"], "b": floor["name"], **d})
+    result = {"suite": str(suite), "out": str(out), "headline": "P@L/5, long (>=24)", "caveat": REDUNDANCY_CAVEAT,
+              "rows": [{k: v for k, v in r.items() if k != "metrics"} | {
+                  "headline": r["metrics"]["headline"], "precision": r["metrics"]["precision"],
+                  "chance": r["metrics"].get("chance"), "chains": r["metrics"]["chains"]} for r in rows],
+              "comparisons": comparisons}
+    write_json(out / "results.json", result)
+    lines = ["# Contact prediction benchmark", "",
+             f"Held-out validation chains; mean over proteins with 95% bootstrap CIs. Headline: P@L/5, long range "
+             f"(|i-j| >= 24). Caveat: {REDUNDANCY_CAVEAT}.", "",
+             "| run | embedder | head | P@L/5 long | P@L/2 long | P@L long | P@L/5 medium | P@L/5 short | chains |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = r["metrics"]["precision"]
+        lines.append(f"| {r['name']} | {r['embedder']} | {r['head']} | **{_cell(p['long']['L/5'])}** | "
+                     f"{_cell(p['long']['L/2'])} | {_cell(p['long']['L'])} | {_cell(p['medium']['L/5'])} | "
+                     f"{_cell(p['short']['L/5'])} | {r['metrics']['chains']} |")
+    chance = rows[0]["metrics"].get("chance") or {}
+    if chance:
+        lines += ["", "Chance level (contact density): " + ", ".join(f"{k} {v:.3f}" for k, v in chance.items()
+                                                                     if v is not None)]
+    if comparisons:
+        lines += ["", "| paired difference (P@L/5 long, same chains) | mean | 95% CI |", "|---|---|---|"]
+        lines += [f"| {c['a']} − {c['b']} | {c['mean_difference']:+.3f} | [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] |"
+                  for c in comparisons]
+    _atomic_bytes(out / "results.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    result["table"] = "\n".join(lines)
+    return result
