@@ -445,3 +445,33 @@ def test_benchmark_suite_table_comparisons_and_reuse(tiny_esm, tmp_path, capsys)
     again = run_benchmarks(suite, tmp_path / "out", data)
     assert "reusing" in capsys.readouterr().err
     assert again["rows"][0]["headline"] == result["rows"][0]["headline"]
+
+
+@pytest.mark.parametrize("arch, vocab, prefix", [("bert", "protbert", 1), ("t5", "prott5", 0), ("causal", "esm", 1)])
+def test_attention_maps_for_other_families(tmp_path, arch, vocab, prefix):
+    """ProtBert ([CLS] … [SEP]), the ProtT5 encoder (… </s>) and causal models: residue rows only."""
+    import transformers
+
+    from protlm.contacts.attention import attention_maps, load_lm
+    from protlm.models.architectures import ModelSpec, build_model
+    from protlm.models.vocab import build_tokenizer
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(arch=arch, preset="tiny", max_positions=1024), attn_implementation="eager")
+    if arch == "t5":
+        enc = transformers.T5EncoderModel(model.config)
+        enc.load_state_dict(model.state_dict(), strict=False)
+        model = enc
+    model.save_pretrained(tmp_path)
+    build_tokenizer(vocab).save_pretrained(tmp_path)
+    lm = load_lm(str(tmp_path))
+    seq = "MKTAYIAKQRQISFV"
+    maps = attention_maps(lm, seq)
+    assert maps.shape == (lm.n_maps, len(seq), len(seq))
+    ids = lm.layout.encode(seq)
+    with torch.inference_mode():
+        out = lm.model(input_ids=torch.from_numpy(ids)[None], output_attentions=True)
+    full = torch.cat([a[0] for a in out.attentions]).numpy()
+    assert np.allclose(maps, full[:, prefix:prefix + len(seq), prefix:prefix + len(seq)], atol=1e-6)
+    if arch == "causal":
+        assert np.allclose(np.triu(maps[0], 1), 0)  # one-sided: symmetrising makes it a map
