@@ -21,17 +21,6 @@ AA = "ACDEFGHIKLMNPQRSTVWY"
 HELIX, STRAND = set("AELMQKR"), set("VIYFWT")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The heads are tiny: one thread avoids the oversubscription of 2 pytest workers × 2 threads."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------- metrics
 
 

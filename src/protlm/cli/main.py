@@ -38,6 +38,20 @@ def _progress_bar(total: int | None, desc: str, unit: str = "B"):
     return bar
 
 
+def apply_threads(args) -> None:
+    """``--threads N``: torch's CPU threads. On a busy machine fewer threads can be much faster
+    (spinning OpenMP workers lose to other load; docs/benchmarks.md)."""
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        from protlm.errors import ConfigError
+
+        if threads < 1:
+            raise ConfigError("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _add_cleaning(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cleaning (see docs/data.md)")
     g.add_argument("--rare", choices=["X", "keep"], default="X",
@@ -228,6 +242,7 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    apply_threads(args)
     from protlm.embed.embedder import EmbedOptions
     from protlm.embed.pipeline import embed_distributed, parse_shard
 
@@ -402,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip (and count) a protein that does not fit the GPU instead of using the CPU")
     p.add_argument("--resume", action="store_true", help="keep what the output already holds; embed the rest")
     p.add_argument("--shard", metavar="i/N", help="embed only proteins i, i+N, i+2N, … (then `protlm merge`)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=cmd_embed)
 

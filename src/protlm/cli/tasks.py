@@ -21,12 +21,9 @@ def _emit(args, result: dict, summary: str) -> None:
 
 
 def _threads(args) -> None:
-    if getattr(args, "threads", None):
-        if args.threads < 1:
-            raise ConfigError("--threads must be >= 1")
-        import torch
+    from protlm.cli.main import apply_threads
 
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
 
 
 def _data_dir(args) -> str | None:

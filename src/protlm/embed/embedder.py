@@ -45,6 +45,7 @@ class EmbedOptions:
     long_policy: str = "window"  # window | error, for models with a hard position limit
     window_overlap: int = 128  # residues shared by neighbouring windows
     cpu_fallback: bool = True  # a protein that does not fit the GPU is embedded on the CPU
+    equal_length_batches: bool | None = None  # only equal lengths share a batch; None: on the CPU
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -233,7 +234,9 @@ class Embedder:
         padding is wasted work; docs/benchmarks.md), while equal lengths need neither.
         """
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        exact = self.device.type == "cpu"
+        exact = self.options.equal_length_batches
+        if exact is None:
+            exact = self.device.type == "cpu"
         extra = len(self.layout.prefix) + len(self.layout.suffix)
         batches, current, width = [], [], 0
         for i in order:
