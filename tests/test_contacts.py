@@ -358,6 +358,12 @@ evaluate: {{n_boot: 200}}
                           "--out", tmp_path / "pred_att", "--no-pictures")
     assert code == 0, err
     assert not list((tmp_path / "pred_att").glob("*.png"))
+    # proteins over --max-residues are skipped and listed (exit 1), the others still predicted
+    code, out, err = _cli(capsys, "contacts", "predict", "--head", tmp_path / "att", "--input", fasta,
+                          "--out", tmp_path / "pred_short", "--no-pictures", "--max-residues", 30, "--json")
+    result = json.loads(out)
+    assert code == 1 and result["proteins"] == 1 and len(result["skipped"]) == 3
+    assert "skipped c" in err
 
 
 def test_resnet2d_trains_through_the_api(tiny_esm, tmp_path):

@@ -175,6 +175,11 @@ class ContactPredictor:
     def kind(self) -> str:
         return self.meta["head"]["type"]
 
+    @property
+    def position_limit(self) -> int | None:
+        """Longest protein the attention path can map in one window (absolute-position LMs); else None."""
+        return self.lm.family.max_residues if self.lm is not None else None
+
     @classmethod
     def load(cls, head_dir: Path | str) -> "ContactPredictor":
         head_dir = Path(head_dir)
@@ -417,10 +422,16 @@ def predict(head_dir: Path, fasta: Path, out_dir: Path, *, truth: Path | None = 
     threshold = float(predictor.meta["config"]["data"]["threshold"])
     out_dir.mkdir(parents=True, exist_ok=True)
     done, skipped, scored = [], [], []
+    limit = predictor.position_limit
     for rec in _progress(records, "contacts"):
+        reason = None
         if len(rec.sequence) > max_residues:
-            skipped.append({"id": rec.id, "length": len(rec.sequence), "reason": f"longer than {max_residues}"})
-            log.warning("skipped %s: %d residues (over --max-residues %d)", rec.id, len(rec.sequence), max_residues)
+            reason = f"longer than --max-residues {max_residues}"
+        elif limit is not None and len(rec.sequence) > limit:
+            reason = f"longer than the LM's position limit ({limit}); attention maps need one window"
+        if reason:
+            skipped.append({"id": rec.id, "length": len(rec.sequence), "reason": reason})
+            log.warning("skipped %s (%d residues): %s", rec.id, len(rec.sequence), reason)
             continue
         full = Chain(id=rec.id, seq=rec.sequence, ca=np.zeros((0, 3)), cb=np.zeros((0, 3)))
         probs = predictor.predict_chains([full], desc=rec.id)[0]
