@@ -128,7 +128,7 @@ def _labelled_sets(args, head) -> dict:
 
 def cmd_evaluate(args) -> int:
     _threads(args)
-    from protlm.tasks.train import _json_bytes, _write_atomic, evaluate, load_head
+    from protlm.tasks.train import json_bytes, write_atomic, evaluate, load_head
 
     head = load_head(args.head)
     sets = _labelled_sets(args, head)
@@ -136,7 +136,7 @@ def cmd_evaluate(args) -> int:
     doc = {"head": str(args.head), "task": head.config.name, "embedder": args.embedder or head.config.embedder,
            "sets": res}
     if args.output:
-        _write_atomic(Path(args.output), _json_bytes(doc))
+        write_atomic(Path(args.output), json_bytes(doc))
     lines = [f"{head.config.name}: {head.config.head.type} head on {doc['embedder']}"] + _metric_lines(res)
     if args.output:
         lines.append(f"  metrics     {args.output}")
@@ -148,7 +148,7 @@ def cmd_predict(args) -> int:
     _threads(args)
     from protlm.data.alphabet import CleaningPolicy
     from protlm.data.fasta import read_fasta
-    from protlm.tasks.train import _json_bytes, _write_atomic, load_head, predict
+    from protlm.tasks.train import json_bytes, write_atomic, load_head, predict
 
     head = load_head(args.head)
     output = Path(args.output)
@@ -162,7 +162,7 @@ def cmd_predict(args) -> int:
     rows = predict(head, [r.id for r in records], [r.sequence for r in records], args.embedder,
                    None if args.no_cache else args.cache)
     if output.suffix == ".json":
-        data = _json_bytes({"head": str(args.head), "task": head.config.name, "predictions": rows})
+        data = json_bytes({"head": str(args.head), "task": head.config.name, "predictions": rows})
     else:
         import io
 
@@ -183,7 +183,7 @@ def cmd_predict(args) -> int:
                 flat[f"p_{c}"] = p
             writer.writerow(flat)
         data = buf.getvalue().encode()
-    _write_atomic(output, data)
+    write_atomic(output, data)
     _emit(args, {"output": str(output), "proteins": len(records), "rows": len(rows)},
           f"predicted {len(records):,} proteins with {args.head} → {output}")
     return 0

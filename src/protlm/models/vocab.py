@@ -115,8 +115,6 @@ VOCABS: dict[str, Vocab] = {
 def build_tokenizer(family: str):
     """A ``transformers`` tokenizer of the family's public layout (what ``save_pretrained`` writes
     next to a checkpoint, and what ``AutoTokenizer.from_pretrained`` loads back)."""
-    import tempfile
-    from pathlib import Path
 
     vocab = VOCABS[family]
     if family == "esm":

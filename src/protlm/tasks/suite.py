@@ -24,7 +24,7 @@ from typing import Callable
 from protlm.errors import ConfigError, InputError
 from protlm.tasks.config import SourceConfig, TaskConfig, load_task_config
 from protlm.tasks.features import embedder_slug
-from protlm.tasks.train import METRICS_JSON, _json_bytes, _write_atomic, train
+from protlm.tasks.train import METRICS_JSON, json_bytes, write_atomic, train
 
 log = logging.getLogger("protlm.tasks")
 
@@ -98,11 +98,11 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
             train(config, folder, data_dir, cache_dir, progress)
             doc = json.loads(done.read_text())
             doc.update(config_digest=digest, task_file=path.stem)
-            _write_atomic(done, _json_bytes(doc))
+            write_atomic(done, json_bytes(doc))
             results.append(doc)
     table = results_table(results)
-    _write_atomic(out / "results.json", _json_bytes({"embedders": embedders, "results": results}))
-    _write_atomic(out / "results.md", table.encode())
+    write_atomic(out / "results.json", json_bytes({"embedders": embedders, "results": results}))
+    write_atomic(out / "results.md", table.encode())
     return {"out": str(out), "results": results, "table": table}
 
 

@@ -263,7 +263,7 @@ def score(config: TaskConfig, preds: list[list], data: LabelledSet, classes: lis
 # --------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
@@ -272,7 +272,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _json_bytes(obj) -> bytes:
+def json_bytes(obj) -> bytes:
     def clean(o):
         if isinstance(o, float) and not math.isfinite(o):
             return None
@@ -291,9 +291,9 @@ def save_head(out: Path, model, info: dict, metrics: dict) -> None:
     from safetensors.torch import save
 
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / HEAD_WEIGHTS, save({k: v.contiguous() for k, v in model.state_dict().items()}))
-    _write_atomic(out / HEAD_JSON, _json_bytes(info))
-    _write_atomic(out / METRICS_JSON, _json_bytes(metrics))
+    write_atomic(out / HEAD_WEIGHTS, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    write_atomic(out / HEAD_JSON, json_bytes(info))
+    write_atomic(out / METRICS_JSON, json_bytes(metrics))
 
 
 @dataclass
