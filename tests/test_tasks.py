@@ -373,3 +373,21 @@ def test_cnn_padded_batch_equals_one_protein_alone():
     alone = head(b, torch.ones(1, 4))
     for out_b, out_a in zip(batched, alone):
         assert torch.allclose(out_b[1, :4], out_a[0], atol=1e-6)
+
+
+def test_class_weights_are_inverse_frequency(tmp_path):
+    from protlm.tasks.train import _class_weights
+
+    cfg = load_task_config(data={"protocol": "sequence_to_class", "embedder": "onehot", "head": {"type": "ffn"},
+                                 "data": {"train": {"benchmark": "x"}}, "train": {"class_weights": True}})
+    w = _class_weights(cfg, [[0, 0, 0, 1, -1]], [3])[0].numpy()
+    # counts 3, 1, 0: weights ∝ 1/count, an absent class gets 0, mean over present classes = 1
+    assert w[2] == 0.0 and w[1] == pytest.approx(3 * w[0]) and (w[0] + w[1]) / 2 == pytest.approx(1.0)
+
+
+def test_training_with_crops_and_class_weights(tmp_path, ss_file):
+    cfg = load_task_config(data=_config(ss_file, "residue_to_class", "cnn",
+                                        [{"name": "q3", "label": "target", "classes": list("HEC")}], epochs=25,
+                                        max_residues=24, class_weights=True))
+    res = train(cfg, tmp_path / "head")
+    assert res["test"]["held_out"]["q3"]["accuracy"]["value"] > 0.85  # crops in training, full length in test
