@@ -391,3 +391,30 @@ def test_training_with_crops_and_class_weights(tmp_path, ss_file):
                                         max_residues=24, class_weights=True))
     res = train(cfg, tmp_path / "head")
     assert res["test"]["held_out"]["q3"]["accuracy"]["value"] > 0.85  # crops in training, full length in test
+
+
+def test_train_evaluate_predict_dispatch_the_pair_protocol(tmp_path, capsys):
+    """`protlm train/evaluate/predict` run contact heads (protocol residues_to_class) too."""
+    from test_contacts import _tiny_set
+
+    data = tmp_path / "bench"
+    _, full = _tiny_set(data / "contacts" / "coords_ca_cb.npz")
+    cfg = tmp_path / "pair.yaml"
+    cfg.write_text("name: tiny_pair\nprotocol: residues_to_class\nembedder: blosum62\n"
+                   "data: {train_chains: 10, early_stop_chains: 3, eval_chains: 5, max_length: null, min_length: 10}\n"
+                   "head: {type: pair_mlp, hidden: 16}\n"
+                   "train: {epochs: 2, patience: 1, crop: 32, pair_budget: 2000, seed: 0}\nevaluate: {n_boot: 100}\n")
+    head = tmp_path / "head"
+    assert main(["train", "--config", str(cfg), "--data", str(data), "--out", str(head), "--embedder", "onehot"]) == 0
+    meta = json.loads((head / "head.json").read_text())
+    assert meta["protocol"] == "residues_to_class" and meta["embedder"] == "onehot"
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--head", str(head), "--data", str(data), "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["chains"] == 5
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text("".join(f">{k}\n{v}\n" for k, v in list(full.items())[:2]))
+    assert main(["predict", "--head", str(head), "--input", str(fasta), "--output", str(tmp_path / "pred")]) == 0
+    assert len(list((tmp_path / "pred").glob("*.npz"))) == 2
+    capsys.readouterr()
+    assert main(["predict", "--head", str(head), "--input", str(fasta), "--output", str(tmp_path / "p.csv")]) == 2
+    assert "give a folder" in capsys.readouterr().err

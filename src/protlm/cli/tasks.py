@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import sys
 from pathlib import Path
@@ -79,8 +80,36 @@ def _metric_lines(sets: dict[str, dict]) -> list[str]:
 # --------------------------------------------------------------------------- commands
 
 
+PAIR_PROTOCOL = "residues_to_class"  # contact prediction: protlm.contacts
+
+
+def _contacts_data(args) -> Path | None:
+    """The contacts data for the pair protocol: DATA/contacts when --data is the benchmark folder."""
+    if not args.data:
+        return None
+    root = Path(args.data)
+    return root / "contacts" if (root / "contacts").is_dir() else root if root.exists() else None
+
+
+def _head_protocol(head: str) -> str | None:
+    path = Path(head) / "head.json"
+    try:
+        return json.loads(path.read_text()).get("protocol")
+    except (OSError, ValueError, AttributeError):
+        return None  # load_head gives the clear error
+
+
 def cmd_train(args) -> int:
     _threads(args)
+    from protlm.configfile import load_tree
+
+    if load_tree(args.config, args.overrides).get("protocol") == PAIR_PROTOCOL:
+        from protlm.cli.contacts import cmd_train as contacts_train
+
+        if args.embedder:
+            args.overrides = [*args.overrides, f"embedder={args.embedder}"]
+        args.data = str(_contacts_data(args)) if _contacts_data(args) else None
+        return contacts_train(args)
     from protlm.tasks.config import load_task_config
     from protlm.tasks.train import train
 
@@ -128,6 +157,18 @@ def _labelled_sets(args, head) -> dict:
 
 def cmd_evaluate(args) -> int:
     _threads(args)
+    if _head_protocol(args.head) == PAIR_PROTOCOL:
+        from protlm.contacts.api import evaluate as contacts_evaluate
+        from protlm.contacts.api import write_json
+
+        extra = {"n_boot": args.bootstrap} if args.bootstrap else {}
+        metrics = contacts_evaluate(Path(args.head), _contacts_data(args), args.split or "validation", extra)
+        if args.output:
+            write_json(Path(args.output), metrics)
+        from protlm.cli.contacts import _summary
+
+        _emit(args, metrics, _summary(metrics, args.output))
+        return 0
     from protlm.tasks.train import json_bytes, write_atomic, evaluate, load_head
 
     head = load_head(args.head)
@@ -146,6 +187,16 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     _threads(args)
+    if _head_protocol(args.head) == PAIR_PROTOCOL:
+        from protlm.contacts.api import predict as contacts_predict
+
+        out_dir = Path(args.output)
+        if out_dir.suffix:
+            raise ConfigError(f"--output {out_dir}: a contact head writes one npz (+ png) per protein; give a folder")
+        result = contacts_predict(Path(args.head), Path(args.input), out_dir)
+        _emit(args, result, f"predicted contacts for {result['proteins']} proteins → {out_dir} (npz + png); "
+                            f"skipped: {len(result['skipped'])}")
+        return 1 if result["skipped"] else 0
     from protlm.data.alphabet import CleaningPolicy
     from protlm.data.fasta import read_fasta
     from protlm.tasks.train import json_bytes, write_atomic, load_head, predict
@@ -253,7 +304,8 @@ def register(sub) -> None:
                                    "probabilities, or values, for every protein of a FASTA file; CSV or JSON.")
     p.add_argument("--head", required=True, help="folder written by protlm train")
     p.add_argument("--input", required=True, help="FASTA or gzipped FASTA")
-    p.add_argument("--output", required=True, help="predictions: .csv or .json")
+    p.add_argument("--output", required=True,
+                   help="predictions: .csv or .json (a contact head: a folder for one npz + png per protein)")
     p.add_argument("--embedder", help="embed with this instead of the head's embedder (same dimension)")
     _common(p, data=False)
     p.set_defaults(func=cmd_predict)
