@@ -279,8 +279,21 @@ def test_suite_table_and_resume(tmp_path, ss_file, seq_files):
     assert len(res["results"]) == 4
     metrics_file = next((tmp_path / "out" / "ss").glob("onehot*/metrics.json"))
     stamp = metrics_file.stat().st_mtime_ns
-    run_suite(suite, ["onehot", "blosum62"], tmp_path / "out", None, extra_tests=[f"ss:mine={extra}:biotrainer"])
+    again = run_suite(suite, ["onehot", "blosum62"], tmp_path / "out", None,
+                      extra_tests=[f"ss:mine={extra}:biotrainer"], compare=["onehot:blosum62"])
     assert metrics_file.stat().st_mtime_ns == stamp  # reused, not retrained
+    # the paired difference re-predicts from the saved heads: it equals the difference of the reported scores
+    by_key = {(r["task"], r["embedder"]): r for r in again["results"]}
+    for row in again["paired_differences"]:
+        if row["set"] != "held_out":
+            continue
+        metric = "accuracy"
+        a = by_key[(row["task"], "onehot")]["test"]["held_out"][row["target"]][metric]["value"]
+        b = by_key[(row["task"], "blosum62")]["test"]["held_out"][row["target"]][metric]["value"]
+        assert row["difference"] == pytest.approx(a - b, abs=1e-9)
+        assert row["ci95"][0] <= row["difference"] <= row["ci95"][1]
+    assert {r["task"] for r in again["paired_differences"]} == {"t_residue_to_class_cnn", "t_sequence_to_class_ffn"}
+    assert "Paired differences" in (tmp_path / "out" / "results.md").read_text()
 
 
 # --------------------------------------------------------------------------- bad input

@@ -248,7 +248,7 @@ def cmd_benchmark(args) -> int:
     try:
         res = run_suite(args.suite, args.embedder or [], args.out, _data_dir(args), tasks=args.tasks,
                         extra_tests=args.extra_test or [], overrides=args.overrides,
-                        cache_dir=None if args.no_cache else args.cache, progress=cb)
+                        cache_dir=None if args.no_cache else args.cache, progress=cb, compare=args.compare)
     finally:
         close()
     summary = res["table"] + f"\nresults: {Path(res['out']) / 'results.md'} and results.json"
@@ -320,6 +320,9 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/benchmark", help="output folder (default runs/benchmark)")
     p.add_argument("--extra-test", action="append", metavar="TASK:NAME=PATH:FORMAT",
                    help="score an extra labelled test file (repeatable)")
+    p.add_argument("--compare", action="append", metavar="A:B",
+                   help="paired difference A − B of the headline metric on the same test proteins, with a paired "
+                        "bootstrap CI (A, B: two --embedder values; repeatable)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every config")
     _common(p)
     p.set_defaults(func=cmd_benchmark)

@@ -68,7 +68,10 @@ def config_digest(config: TaskConfig) -> str:
 
 def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir: str | Path | None, *,
               tasks: list[str] | None = None, extra_tests: list[str] | None = None, overrides: list[str] | None = None,
-              cache_dir: str | Path | None = None, progress: Callable[[str, dict], None] | None = None) -> dict:
+              cache_dir: str | Path | None = None, progress: Callable[[str, dict], None] | None = None,
+              compare: list[str] | None = None) -> dict:
+    """Train/score every (task, embedder); ``compare`` (``"A:B"`` items) adds paired differences."""
+    pairs = parse_pairs(compare or [], embedders)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     extra = parse_extra_tests(extra_tests or [])
@@ -101,9 +104,114 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
             write_atomic(done, json_bytes(doc))
             results.append(doc)
     table = results_table(results)
-    write_atomic(out / "results.json", json_bytes({"embedders": embedders, "results": results}))
+    differences = []
+    if pairs:
+        differences = paired_differences(files, pairs, out, data_dir, extra, overrides, cache_dir)
+        table += "\n" + differences_table(differences)
+    write_atomic(out / "results.json", json_bytes({"embedders": embedders, "results": results,
+                                                   "paired_differences": differences}))
     write_atomic(out / "results.md", table.encode())
-    return {"out": str(out), "results": results, "table": table}
+    return {"out": str(out), "results": results, "table": table, "paired_differences": differences}
+
+
+# --------------------------------------------------------------------------- paired differences
+
+
+def parse_pairs(items: list[str], embedders: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        a, sep, b = item.rpartition(":")
+        if not sep or not a or not b:
+            raise ConfigError(f"--compare {item!r}: expected A:B (two of the --embedder values)")
+        for e in (a, b):
+            if e not in embedders:
+                raise ConfigError(f"--compare {item!r}: {e!r} is not one of the --embedder values")
+        pairs.append((a, b))
+    return pairs
+
+
+def _per_protein(config: TaskConfig, preds: list, data, k: int) -> tuple[str, object]:
+    """What the headline statistic needs per protein: (correct, scored) residues, correct 0/1, or
+    (truth, prediction)."""
+    import numpy as np
+
+    truth, pred = data.targets[k], preds[k]
+    if config.per_residue:
+        correct = np.array([int((p.argmax(-1)[t >= 0] == t[t >= 0]).sum()) for t, p in zip(truth, pred)])
+        total = np.array([int((t >= 0).sum()) for t in truth])
+        return "residue", (correct, total)
+    if config.regression:
+        keep = [i for i, v in enumerate(truth) if not math.isnan(v)]
+        return "value", (np.array([truth[i] for i in keep]), np.array([pred[i] for i in keep]), keep)
+    keep = [i for i, v in enumerate(truth) if v >= 0]
+    return "class", (np.array([float(int(pred[i].argmax()) == truth[i]) for i in keep]), keep)
+
+
+def _statistic(kind: str, values, idx):
+    from protlm.tasks import metrics as M
+
+    if kind == "residue":
+        correct, total = values
+        return correct[idx].sum() / max(total[idx].sum(), 1)
+    if kind == "value":
+        return M.spearman(values[0][idx], values[1][idx])
+    return values[0][idx].mean()
+
+
+def paired_differences(files: list[Path], pairs: list[tuple[str, str]], out: Path, data_dir, extra, overrides,
+                       cache_dir, n_boot: int = 1000) -> list[dict]:
+    """Headline metric of A minus B on the same test proteins, with a paired bootstrap 95% CI
+    (the same resampled proteins for both): the CI that decides whether A beats B."""
+    import numpy as np
+
+    from protlm.tasks import metrics as M
+    from protlm.tasks.data import load_task_data
+    from protlm.tasks.features import FeatureSource
+    from protlm.tasks.train import _features, _needs_residues, load_head, predict_encoded
+
+    rows = []
+    for path in files:
+        config = load_task_config(path, overrides)
+        for name, src in extra.get(path.stem, {}).items():
+            config.data.test[name] = src
+        _, _, tests, _ = load_task_data(config, data_dir)
+        needed = sorted({e for pair in pairs for e in pair})
+        stats: dict[str, dict] = {}
+        for spec in needed:
+            head = load_head(out / path.stem / embedder_slug(spec, config.layer))
+            source = FeatureSource(spec, config.layer, cache_dir)
+            stats[spec] = {}
+            for set_name, data in tests.items():
+                x = _features(head.config, source.get(data.ids, data.sequences), _needs_residues(head.config))
+                preds = predict_encoded(head.model, head.config, x, head.norm)
+                stats[spec][set_name] = [_per_protein(head.config, preds, data, k) for k in range(len(config.targets))]
+            source.release()
+            source.close()
+        for set_name in tests:
+            for k, target in enumerate(config.targets):
+                for a, b in pairs:
+                    kind, va = stats[a][set_name][k]
+                    _, vb = stats[b][set_name][k]
+                    n = len(va[0])
+                    if n == 0 or (kind == "residue" and va[1].sum() == 0):
+                        continue
+                    diff = float(_statistic(kind, va, np.arange(n)) - _statistic(kind, vb, np.arange(n)))
+                    lo, hi = M.bootstrap_ci(lambda i: _statistic(kind, va, i) - _statistic(kind, vb, i), n,
+                                            n_boot=n_boot)
+                    rows.append({"task": config.name, "target": target.name, "set": set_name, "a": a, "b": b,
+                                 "difference": diff, "ci95": [lo, hi], "proteins": n,
+                                 "decided": "A better" if lo > 0 else "B better" if hi < 0 else "not decided"})
+    return rows
+
+
+def differences_table(rows: list[dict]) -> str:
+    lines = ["Paired differences of the headline metric (A − B on the same test proteins; paired bootstrap 95% CI "
+             "over proteins, 1,000 resamples):", "",
+             "| task | target | set | A | B | A − B | 95% CI | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['target']} | {r['set']} | `{r['a']}` | `{r['b']}` | {r['difference']:+.3f} | "
+                     f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {r['decided']} |")
+    return "\n".join(lines) + "\n"
 
 
 def _cell(res: dict, protocol: str) -> str:
