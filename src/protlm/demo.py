@@ -207,7 +207,7 @@ def _heads(out: Path, data: Path, checkpoint: Path, max_train: int) -> dict:
     suite = repo_resource("configs", "benchmarks")
     res = run_suite(suite, [str(checkpoint), "onehot"], out / "heads", data,
                     tasks=["secondary_structure", "localization"],
-                    overrides=[f"train.max_train={max_train}", "train.epochs=15"],
+                    overrides=[f"train.max_train={max_train}"],
                     cache_dir=out / "cache")
     return {"table": res["table"], "results_md": str(out / "heads" / "results.md"),
             "results": [{k: r[k] for k in ("task", "embedder", "head", "valid", "test", "proteins")}
