@@ -14,7 +14,9 @@ from protlm.data.fasta import read_fasta
 from protlm.demo import embedded_proteome
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-FOLDERS = sorted(p for p in CHECKPOINTS.glob("protlm-*") if (p / "config.json").exists())
+# the pretrained protein LMs (the k-mer baseline, model_type protlm_kmer, is tested in test_baselines.py)
+FOLDERS = sorted(p for p in CHECKPOINTS.glob("protlm-*")
+                 if (p / "config.json").exists() and '"protlm_kmer"' not in (p / "config.json").read_text())
 
 
 def proteins(n: int = 24, max_len: int = 300) -> list[str]:
