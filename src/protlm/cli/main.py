@@ -303,7 +303,7 @@ COMMAND_MODULES: tuple[str, ...] = ("protlm.cli.kmer", "protlm.cli.project", "pr
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="protlm",
-        description="Protein language models: prepare data, inspect FASTA, load benchmark sets.",
+        description="Protein language models: prepare data, pretrain, embed, train heads on embeddings, benchmark, project, predict contacts.",
     )
     parser.add_argument("--version", action="version", version=f"protlm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
