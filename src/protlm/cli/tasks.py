@@ -169,7 +169,8 @@ def cmd_evaluate(args) -> int:
 
         _emit(args, metrics, _summary(metrics, args.output))
         return 0
-    from protlm.tasks.train import json_bytes, write_atomic, evaluate, load_head
+    from protlm.data.prepare import atomic_write_bytes
+    from protlm.tasks.train import evaluate, json_bytes, load_head
 
     head = load_head(args.head)
     sets = _labelled_sets(args, head)
@@ -177,7 +178,7 @@ def cmd_evaluate(args) -> int:
     doc = {"head": str(args.head), "task": head.config.name, "embedder": args.embedder or head.config.embedder,
            "sets": res}
     if args.output:
-        write_atomic(Path(args.output), json_bytes(doc))
+        atomic_write_bytes(Path(args.output), json_bytes(doc))
     lines = [f"{head.config.name}: {head.config.head.type} head on {doc['embedder']}"] + _metric_lines(res)
     if args.output:
         lines.append(f"  metrics     {args.output}")
@@ -199,7 +200,8 @@ def cmd_predict(args) -> int:
         return 1 if result["skipped"] else 0
     from protlm.data.alphabet import CleaningPolicy
     from protlm.data.fasta import read_fasta
-    from protlm.tasks.train import json_bytes, write_atomic, load_head, predict
+    from protlm.data.prepare import atomic_write_bytes
+    from protlm.tasks.train import json_bytes, load_head, predict
 
     head = load_head(args.head)
     output = Path(args.output)
@@ -234,7 +236,7 @@ def cmd_predict(args) -> int:
                 flat[f"p_{c}"] = p
             writer.writerow(flat)
         data = buf.getvalue().encode()
-    write_atomic(output, data)
+    atomic_write_bytes(output, data)
     _emit(args, {"output": str(output), "proteins": len(records), "rows": len(rows)},
           f"predicted {len(records):,} proteins with {args.head} → {output}")
     return 0

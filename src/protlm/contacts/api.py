@@ -44,20 +44,16 @@ REDUNDANCY_CAVEAT = ("chains keep NetSurfP-2.0's 25% identity cull between train
 # --------------------------------------------------------------------------- small helpers
 
 
-def _atomic_bytes(path: Path, write) -> None:
-    atomic_write(path, write)
-
-
 def write_json(path: Path, obj: dict) -> None:
     """Atomic JSON write (temp file + rename)."""
-    _atomic_bytes(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def _save_tensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
     from safetensors.numpy import save_file
 
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    _atomic_bytes(Path(path), lambda tmp: save_file(arrays, tmp))
+    atomic_write(Path(path), lambda tmp: save_file(arrays, tmp))
 
 
 def _data_path(cfg: ContactConfig, data_dir: Path | None) -> Path:
@@ -449,7 +445,7 @@ def predict(head_dir: Path, fasta: Path, out_dir: Path, *, truth: Path | None = 
             entry["offset"] = off
             entry["stretch_length"] = len(t)
             scored.append(entry)
-        _atomic_bytes(out_dir / f"{rec.id}.npz", lambda tmp, a=arrays: _savez(tmp, a))
+        atomic_write(out_dir / f"{rec.id}.npz", lambda tmp, a=arrays: _savez(tmp, a))
         if pictures:
             from protlm.contacts.plot import contact_figure
 
@@ -570,6 +566,6 @@ def run_benchmarks(suite: Path | str, out: Path | str, data_dir: Path | None = N
         lines += ["", "| paired difference (P@L/5 long, same chains) | mean | 95% CI |", "|---|---|---|"]
         lines += [f"| {c['a']} − {c['b']} | {c['mean_difference']:+.3f} | [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] |"
                   for c in comparisons]
-    _atomic_bytes(out / "results.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     result["table"] = "\n".join(lines)
     return result

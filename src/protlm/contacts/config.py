@@ -189,24 +189,9 @@ def parse_config(tree: dict) -> ContactConfig:
 
 def load_config(path: Path | str, overrides: list[str] | None = None) -> ContactConfig:
     """Read a YAML config file (and ``key=value`` overrides with dotted keys) into a :class:`ContactConfig`."""
-    import yaml
+    from protlm.configfile import load_tree
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--config {p}: no such file")
-    try:
-        tree = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        node = tree
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
-    return parse_config(tree)
+    return parse_config(load_tree(p, overrides))

@@ -24,7 +24,8 @@ from typing import Callable
 from protlm.errors import ConfigError, InputError
 from protlm.tasks.config import SourceConfig, TaskConfig, load_task_config
 from protlm.tasks.features import embedder_slug
-from protlm.tasks.train import METRICS_JSON, json_bytes, write_atomic, train
+from protlm.data.prepare import atomic_write_bytes
+from protlm.tasks.train import METRICS_JSON, json_bytes, train
 
 log = logging.getLogger("protlm.tasks")
 
@@ -101,16 +102,16 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
             train(config, folder, data_dir, cache_dir, progress)
             doc = json.loads(done.read_text())
             doc.update(config_digest=digest, task_file=path.stem)
-            write_atomic(done, json_bytes(doc))
+            atomic_write_bytes(done, json_bytes(doc))
             results.append(doc)
     table = results_table(results)
     differences = []
     if pairs:
         differences = paired_differences(files, pairs, out, data_dir, extra, overrides, cache_dir)
         table += "\n" + differences_table(differences)
-    write_atomic(out / "results.json", json_bytes({"embedders": embedders, "results": results,
+    atomic_write_bytes(out / "results.json", json_bytes({"embedders": embedders, "results": results,
                                                    "paired_differences": differences}))
-    write_atomic(out / "results.md", table.encode())
+    atomic_write_bytes(out / "results.md", table.encode())
     return {"out": str(out), "results": results, "table": table, "paired_differences": differences}
 
 

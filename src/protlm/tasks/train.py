@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from protlm import __version__
 from protlm.errors import InputError
 from protlm.tasks import metrics as M
 from protlm.configfile import build
+from protlm.data.prepare import atomic_write_bytes
 from protlm.tasks.config import TaskConfig, validate
 from protlm.tasks.data import LabelledSet, load_task_data
 from protlm.tasks.features import FeatureSource
@@ -263,15 +263,6 @@ def score(config: TaskConfig, preds: list[list], data: LabelledSet, classes: lis
 # --------------------------------------------------------------------------- files
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def json_bytes(obj) -> bytes:
     def clean(o):
         if isinstance(o, float) and not math.isfinite(o):
@@ -291,9 +282,9 @@ def save_head(out: Path, model, info: dict, metrics: dict) -> None:
     from safetensors.torch import save
 
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / HEAD_WEIGHTS, save({k: v.contiguous() for k, v in model.state_dict().items()}))
-    write_atomic(out / HEAD_JSON, json_bytes(info))
-    write_atomic(out / METRICS_JSON, json_bytes(metrics))
+    atomic_write_bytes(out / HEAD_WEIGHTS, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    atomic_write_bytes(out / HEAD_JSON, json_bytes(info))
+    atomic_write_bytes(out / METRICS_JSON, json_bytes(metrics))
 
 
 @dataclass
