@@ -648,32 +648,34 @@ def _need(data_dir: PathLike, *parts: str) -> Path:
     return path
 
 
-def _netsurfp(data_dir: PathLike) -> list[ProteinRecord]:
+def _netsurfp(data_dir: PathLike, policy: CleaningPolicy | None = None) -> list[ProteinRecord]:
     files = [_need(data_dir, "secondary_structure", f"{n}.fasta")
              for n in ("sequences", "sampled", "mask", "dssp8", "mask8")]
-    return load_netsurfp(*files)
+    return load_netsurfp(*files, policy=policy)
 
 
 def _csv_loader(folder: str, file: str, task: str, kind: str, split: str):
-    def load(data_dir: PathLike) -> list[ProteinRecord]:
-        return load_seq_label_csv(_need(data_dir, folder, file), task, kind, split)
+    def load(data_dir: PathLike, policy: CleaningPolicy | None = None) -> list[ProteinRecord]:
+        return load_seq_label_csv(_need(data_dir, folder, file), task, kind, split, policy=policy)
 
     load.__name__ = f"load_{file.replace('.csv', '').replace('.', '_')}"
     load.__doc__ = f"{folder}/{file}: labels[{task!r}] ({kind}), split {split!r}."
     return load
 
 
-#: Benchmark name → ``f(data_dir) -> list[ProteinRecord]`` for a folder laid out like
-#: ``../shared/data``.
-BENCHMARKS: dict[str, Callable[[PathLike], list[ProteinRecord]]] = {
+#: Benchmark name → ``f(data_dir, policy=None) -> list[ProteinRecord]`` for a folder laid out
+#: like ``../shared/data``.
+BENCHMARKS: dict[str, Callable[..., list[ProteinRecord]]] = {
     "netsurfp": _netsurfp,
-    "cb513": lambda d: load_prottrans_csv(
-        _need(d, "secondary_structure", "CB513_HHblits.csv"), "cb513"
+    "cb513": lambda d, policy=None: load_prottrans_csv(
+        _need(d, "secondary_structure", "CB513_HHblits.csv"), "cb513", policy=policy
     ),
-    "deeploc_train": lambda d: load_deeploc(
-        _need(d, "localization", "deeploc_train_reconstructed_from_swissprot2014.fasta"), "train"
+    "deeploc_train": lambda d, policy=None: load_deeploc(
+        _need(d, "localization", "deeploc_train_reconstructed_from_swissprot2014.fasta"), "train", policy=policy
     ),
-    "deeploc_val": lambda d: load_deeploc(_need(d, "localization", "deeploc_our_val_set.fasta"), "valid"),
+    "deeploc_val": lambda d, policy=None: load_deeploc(
+        _need(d, "localization", "deeploc_our_val_set.fasta"), "valid", policy=policy
+    ),
     "stability_train": _csv_loader("tape", "stability.train.csv", "stability", "float", "train"),
     "stability_valid": _csv_loader("tape", "stability.valid.csv", "stability", "float", "valid"),
     "remote_homology_train": _csv_loader("tape", "remote_homology.train.csv", "fold", "int", "train"),
@@ -683,15 +685,16 @@ BENCHMARKS: dict[str, Callable[[PathLike], list[ProteinRecord]]] = {
 }
 
 
-def load_benchmark(name: str, data_dir: PathLike) -> list[ProteinRecord]:
-    """Load benchmark ``name`` (a key of :data:`BENCHMARKS`) from ``data_dir``."""
+def load_benchmark(name: str, data_dir: PathLike, policy: CleaningPolicy | None = None) -> list[ProteinRecord]:
+    """Load benchmark ``name`` (a key of :data:`BENCHMARKS`) from ``data_dir``, sequences cleaned
+    with ``policy`` (default: B/O/U/Z → X)."""
     try:
         loader = BENCHMARKS[name]
     except KeyError:
         raise ConfigError(
             f"unknown benchmark {name!r} (choose from {', '.join(sorted(BENCHMARKS))})"
         ) from None
-    return loader(data_dir)
+    return loader(data_dir, policy=policy)
 
 
 # --------------------------------------------------------------------------- summary

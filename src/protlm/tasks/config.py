@@ -95,10 +95,11 @@ class TrainSettings:
     weight_decay: float = 0.0
     batch_size: int = 32  # proteins per batch
     patience: int = 5  # epochs without a lower validation loss before stopping
-    seed: int = 0
+    seed: int = 0  # the head's initialisation and the batch order
+    subset_seed: int = 0  # which proteins max_train keeps (its own seed: each can vary alone)
     class_weights: bool = False  # inverse-frequency weights from the training labels
     bootstrap: int = 1000  # resamples of proteins for the CIs
-    max_train: int = 0  # cap on training proteins (seeded sample; 0 = all)
+    max_train: int = 0  # cap on training proteins (a sample drawn with subset_seed; 0 = all)
     max_residues: int = 0  # crop proteins longer than this in training (0 = no crop)
 
 

@@ -9,6 +9,10 @@ Targets are encoded once, here, with one convention for "no label":
 
 A record with none of the task's labels is dropped (and counted); an unknown class, or a label
 string whose length differs from the sequence, is an error naming the set and the record.
+
+Sequences are read with the rare residues kept (``written``: the sequence as written, the key of
+:func:`protlm.embed.store.hash_key`) and given to embedders with B/O/U/Z mapped to X
+(``sequences``, the papers' cleaning); both have the same length.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
+from protlm.data.alphabet import CleaningPolicy
 from protlm.data.benchmarks import (load_benchmark, load_biotrainer_fasta, load_deeploc, load_prottrans_csv,
                                     load_seq_label_csv)
 from protlm.data.records import ProteinRecord
@@ -30,6 +35,8 @@ from protlm.tasks.config import SourceConfig, TargetConfig, TaskConfig
 log = logging.getLogger("protlm.tasks")
 
 MISSING_RESIDUE = "-"
+KEEP_RARE = CleaningPolicy(rare="keep")
+RARE_TO_X = str.maketrans("BOUZ", "XXXX")
 
 
 @dataclass
@@ -41,13 +48,20 @@ class LabelledSet:
     sequences: list[str]
     targets: list[list] = field(default_factory=list)  # per target: list of arrays / scalars
     dropped: int = 0
+    written: list[str] = field(default_factory=list)  # as written (rare residues kept); [] = sequences
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def hash_sequences(self) -> list[str]:
+        """The sequences the HDF5 hash key is taken over (see :func:`protlm.embed.store.hash_key`)."""
+        return self.written or self.sequences
+
     def subset(self, idx: list[int]) -> "LabelledSet":
         return LabelledSet(self.name, [self.ids[i] for i in idx], [self.sequences[i] for i in idx],
-                           [[t[i] for i in idx] for t in self.targets], self.dropped)
+                           [[t[i] for i in idx] for t in self.targets], self.dropped,
+                           [self.written[i] for i in idx] if self.written else [])
 
 
 def _hash_fraction(pid: str, salt: str) -> float:
@@ -56,25 +70,26 @@ def _hash_fraction(pid: str, salt: str) -> float:
 
 def load_source(src: SourceConfig, data_dir: str | Path | None, where: str, per_residue: bool | None = None
                 ) -> list[ProteinRecord]:
-    """The records a source names, narrowed by ``split`` and ``part``.
+    """The records a source names, narrowed by ``split`` and ``part``; sequences as written
+    (rare residues kept: :func:`encode` maps them to X for the embedder).
 
     ``per_residue`` tells biotrainer files whether TARGET is per residue (else inferred)."""
     if src.benchmark is not None:
         if data_dir is None:
             raise ConfigError(f"{where}: benchmark {src.benchmark!r} needs --data (the benchmark data folder)")
-        records = load_benchmark(src.benchmark, data_dir)
+        records = load_benchmark(src.benchmark, data_dir, policy=KEEP_RARE)
     else:
         path = Path(src.file)
         if not path.is_file():
             raise InputError(f"{where}: {path}: no such file")
         if src.format == "biotrainer":
-            records = load_biotrainer_fasta(path, per_residue)
+            records = load_biotrainer_fasta(path, per_residue, policy=KEEP_RARE)
         elif src.format == "deeploc":
-            records = load_deeploc(path)
+            records = load_deeploc(path, policy=KEEP_RARE)
         elif src.format == "prottrans_csv":
-            records = load_prottrans_csv(path, path.stem)
+            records = load_prottrans_csv(path, path.stem, policy=KEEP_RARE)
         else:
-            records = load_seq_label_csv(path, src.label, src.kind)
+            records = load_seq_label_csv(path, src.label, src.kind, policy=KEEP_RARE)
     if src.split is not None:
         records = [r for r in records if r.split == src.split]
     if src.part is not None:
@@ -122,7 +137,8 @@ def encode(records: list[ProteinRecord], config: TaskConfig, classes: list[list[
             out.dropped += 1
             continue
         out.ids.append(r.id)
-        out.sequences.append(r.sequence)
+        out.sequences.append(r.sequence.translate(RARE_TO_X))
+        out.written.append(r.sequence)
         for t, e in zip(out.targets, encoded):
             t.append(e)
     if out.dropped:
@@ -195,7 +211,7 @@ def load_task_data(config: TaskConfig, data_dir: str | Path | None) -> tuple[Lab
         if not valid_records or not train_records:
             raise InputError(f"data.valid_fraction {frac}: leaves an empty train or validation set")
     if config.train.max_train and len(train_records) > config.train.max_train:
-        rng = np.random.default_rng(config.train.seed)
+        rng = np.random.default_rng(config.train.subset_seed)  # not train.seed: each can vary alone
         keep = sorted(rng.choice(len(train_records), config.train.max_train, replace=False).tolist())
         train_records = [train_records[i] for i in keep]
     classes = [None if config.regression else class_list(t, train_records, config.per_residue) for t in config.targets]
@@ -205,3 +221,27 @@ def load_task_data(config: TaskConfig, data_dir: str | Path | None) -> tuple[Lab
                           unknown_class_ok=True)
              for name, src in config.data.test.items()}
     return train, valid, tests, classes
+
+
+def task_proteins(config: TaskConfig, data_dir: str | Path | None, split: str = "all") -> list[tuple[str, str, str]]:
+    """(id, sequence as written, set name) of every protein a task uses — after ``max_train``,
+    the splits and dropping records without labels — for ``split`` ``train``, ``valid``, ``test``
+    (every test set) or ``all``. A protein in several sets is listed once (the first set); one id
+    with two different sequences is an error (a FASTA file cannot hold both)."""
+    if split not in ("train", "valid", "test", "all"):
+        raise ConfigError(f"--split must be train, valid, test or all, not {split!r}")
+    train, valid, tests, _ = load_task_data(config, data_dir)
+    sets = {"train": [train], "valid": [valid], "test": list(tests.values()),
+            "all": [train, valid, *tests.values()]}[split]
+    seen: dict[str, str] = {}
+    out = []
+    for s in sets:
+        for pid, seq in zip(s.ids, s.hash_sequences):
+            if pid in seen:
+                if seen[pid] != seq:
+                    raise InputError(f"protein {pid!r} has two different sequences in the task's sets; a FASTA file "
+                                     f"cannot hold both (export one --split at a time)")
+                continue
+            seen[pid] = seq
+            out.append((pid, seq, s.name))
+    return out

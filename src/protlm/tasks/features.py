@@ -1,94 +1,352 @@
-"""Inputs of the heads: embeddings from any embedder, computed once and cached on disk.
+"""Inputs of the heads: per-residue embeddings, read from disk per batch, never a whole set in RAM.
 
 ``embedder`` in a task config is any ``--model`` of ``protlm embed`` (an LM folder or hub id,
-or a baseline: ``onehot``, ``blosum62``, ``kmer``), or an HDF5 file written by ``protlm embed``
-(per residue; keyed by id or by sequence hash — both are looked up).
+or a baseline: ``onehot``, ``blosum62``, ``kmer`` …), or an HDF5 file of per-residue embeddings
+(``protlm embed --level residue``, or another tool's file in the same layout).
 
-Computed embeddings go to a cache folder keyed by the embedder and layer, as atomic ``.npz``
-journal parts holding the sequence hash (biotrainer's key) and the L × D array, so a benchmark
-suite that trains several heads on the same sets embeds each sequence once, and an interrupted
-run keeps what it has embedded.
+**Lazy sets.** :meth:`FeatureSource.features` returns a :class:`FeatureSet`: the lengths and
+the location of each protein's L × D array (an HDF5 dataset, or a slice of a cache part), read
+only when the batch that needs it is assembled, in the dtype it is stored in (a float16 file
+stays float16 until :func:`protlm.tasks.train` copies the batch into float32). Memory is set by
+the batch, not by the set: benchmarks/bench_features_memory.py measures it.
+
+**Keys.** An HDF5 file is looked up by sequence hash, then by id. The hash is the one rule of
+:func:`protlm.embed.store.hash_key` (biotrainer's): SHA-256 of ``f"{seq}_{len(seq)}"`` over the
+sequence *as written* in the input, rare residues (B/O/U/Z) kept — the labelled sets carry that
+form next to the cleaned one (:attr:`protlm.tasks.data.LabelledSet.written`), so a file made by
+``protlm embed --key hash`` (or biotrainer) from the same sequences is found.
+
+**Cache.** What an embedder computes goes to ``CACHE/<name>-<digest>/``, where the digest is
+taken over the embedder's :meth:`~protlm.embed.runner.Embedder.fingerprint` (weights checksum and
+every option that changes the numbers) and the layer — not over its path, so re-pretraining into
+the same folder never returns old features. The folder holds parts, each one file
+``part-<content hash>-<random>.plmf`` written to a per-process temporary name, flushed to disk and
+renamed: concurrent writers (two suites sharing one cache) never collide, and a reader only ever
+sees whole parts. A part is ``PROTLMF1``, the header length (uint64, little endian), a JSON
+header (``keys``, ``rows``, ``dim``, ``dtype``) and the row-major arrays one after another,
+aligned to 64 bytes. A part that is not whole (a size that disagrees with its header: a full disk,
+a copy cut short) is skipped with a warning, removed, and its proteins are embedded again. Cache
+keys are the hash of the sequence the embedder was given. With no cache folder
+(``--no-cache``) the parts go to a temporary folder that is removed when the source is closed.
+
+**Finite values.** Every array is checked once, when it is first read or computed: NaN or inf
+is an :class:`~protlm.errors.InputError` naming the protein and the file, before any head is
+saved or any prediction written.
+
+**Identity.** :meth:`FeatureSource.identity` says what made the numbers (the embedder's
+fingerprint, model, layer, level and width, and for a file its checksum). Heads record it and
+:func:`check_identity` refuses to score a head with features of another model.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
-from protlm.embed.store import Journal, hash_key, id_key
+from protlm.embed.store import hash_key, id_key
 from protlm.errors import InputError
 
 log = logging.getLogger("protlm.tasks")
 
-CHUNK = 256  # proteins per journal part
+MAGIC = b"PROTLMF1"
+ALIGN = 64
+PART_SUFFIX = ".plmf"
+PART_BYTES = 256 << 20  # features per cache part (and per embedding step)
+PART_PROTEINS = 256  # proteins per cache part at most
+STALE_TEMP_SECONDS = 24 * 3600  # temporary files older than this are a killed writer's leftovers
+
+HDF5_SUFFIXES = (".h5", ".hdf5")
 
 
-def embedder_slug(spec: str, layer: int) -> str:
-    """A folder-safe, stable name for an embedder spec (+ layer)."""
+# --------------------------------------------------------------------------- names and checksums
+
+
+def embedder_label(spec) -> str:
+    """A readable, folder-safe name for an embedder (its file or folder name)."""
     base = Path(str(spec).rstrip("/")).name or "model"
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in base)[:60]
-    digest = hashlib.sha256(f"{Path(spec).resolve() if Path(spec).exists() else spec}|{layer}".encode()).hexdigest()[:10]
-    return f"{safe}-L{layer}-{digest}"
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in base)[:60]
+
+
+_CHECKSUMS: dict[tuple, str] = {}
+
+
+def file_checksum(path: str | Path) -> str:
+    """xxh3-128 of a file's bytes (hex); remembered per (path, size, mtime) within the process."""
+    import xxhash
+
+    path = Path(path)
+    st = path.stat()
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if memo not in _CHECKSUMS:
+        h = xxhash.xxh3_128()
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 24):
+                h.update(block)
+        _CHECKSUMS[memo] = h.hexdigest()
+    return _CHECKSUMS[memo]
+
+
+def _digest(text: str, n: int = 16) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+class FeatureCache:
+    """Parts of per-residue arrays in one folder, safe for concurrent writers (module docstring)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def parts(self) -> list[Path]:
+        return sorted(self.folder.glob(f"part-*{PART_SUFFIX}")) if self.folder.is_dir() else []
+
+    @staticmethod
+    def read_header(part: Path) -> tuple[dict, int]:
+        """(header, offset of the first array); raises ValueError for a part that is not whole."""
+        with open(part, "rb") as fh:
+            head = fh.read(16)
+            if len(head) != 16 or head[:8] != MAGIC:
+                raise ValueError("not a protlm feature part")
+            n = int.from_bytes(head[8:], "little")
+            if n > 1 << 30:
+                raise ValueError("header too large")
+            raw = fh.read(n)
+        if len(raw) != n:
+            raise ValueError("header cut short")
+        header = json.loads(raw)
+        start = -(-(16 + n) // ALIGN) * ALIGN
+        item = np.dtype(header["dtype"]).itemsize
+        if len(header["keys"]) != len(header["rows"]):
+            raise ValueError("keys and rows differ in number")
+        expected = start + sum(int(r) for r in header["rows"]) * int(header["dim"]) * item
+        if part.stat().st_size != expected:
+            raise ValueError(f"{part.stat().st_size} bytes, the header describes {expected}")
+        return header, start
+
+    def index(self) -> dict[str, tuple[Path, int, int, int, str]]:
+        """key → (part, byte offset, rows, dim, dtype) over every whole part; others are removed."""
+        out: dict[str, tuple[Path, int, int, int, str]] = {}
+        for part in self.parts():
+            try:
+                header, offset = self.read_header(part)
+            except FileNotFoundError:
+                continue  # removed by another process meanwhile
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("feature cache: %s is not a whole part (%s); skipped, removed, and its proteins "
+                            "will be embedded again", part, exc)
+                part.unlink(missing_ok=True)
+                continue
+            dim, dtype = int(header["dim"]), str(header["dtype"])
+            item = np.dtype(dtype).itemsize
+            for key, rows in zip(header["keys"], header["rows"]):
+                out.setdefault(key, (part, offset, int(rows), dim, dtype))
+                offset += int(rows) * dim * item
+        self._clean_temps()
+        return out
+
+    def _clean_temps(self) -> None:
+        if not self.folder.is_dir():
+            return
+        now = time.time()
+        for tmp in self.folder.glob(".tmp-*"):
+            try:
+                if now - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
+                    tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+    def write(self, keys: list[str], arrays: list[np.ndarray]) -> dict[str, tuple[Path, int, int, int, str]]:
+        """Publish one part holding ``arrays`` (same width and dtype) under ``keys``; their locations."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        dim = int(arrays[0].shape[1])
+        dtype = np.dtype(arrays[0].dtype).name
+        header = json.dumps({"keys": list(keys), "rows": [int(a.shape[0]) for a in arrays], "dim": dim,
+                             "dtype": dtype}).encode()
+        start = -(-(16 + len(header)) // ALIGN) * ALIGN
+        name = f"part-{_digest(chr(0).join(keys))}-{uuid.uuid4().hex[:12]}{PART_SUFFIX}"
+        tmp = self.folder / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(MAGIC + len(header).to_bytes(8, "little") + header)
+                fh.write(b"\0" * (start - 16 - len(header)))
+                for a in arrays:
+                    fh.write(np.ascontiguousarray(a, dtype=dtype).data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.folder / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        out, offset, item = {}, start, np.dtype(dtype).itemsize
+        for key, a in zip(keys, arrays):
+            out[key] = (self.folder / name, offset, int(a.shape[0]), dim, dtype)
+            offset += int(a.shape[0]) * dim * item
+        return out
+
+
+def read_part_slice(part: Path, offset: int, rows: int, dim: int, dtype: str) -> np.ndarray:
+    n = rows * dim * np.dtype(dtype).itemsize
+    try:
+        fd = os.open(part, os.O_RDONLY)
+    except FileNotFoundError:
+        raise InputError(f"feature cache part {part} vanished while in use (removed by another process?); "
+                         f"run again") from None
+    try:
+        buf = os.pread(fd, n, offset)
+    finally:
+        os.close(fd)
+    if len(buf) != n:
+        raise InputError(f"feature cache part {part} is shorter than its header says (changed while in use?); "
+                         f"run again (the part will be redone)")
+    return np.frombuffer(buf, dtype=dtype).reshape(rows, dim)
+
+
+# --------------------------------------------------------------------------- sets
+
+
+class FeatureSet(Sequence):
+    """Per-residue arrays of a set of proteins, read on demand (``x[i]``: L × D, stored dtype).
+
+    ``lengths`` and ``dim`` are known without reading; each array is checked for finite values
+    the first time it is read.
+    """
+
+    def __init__(self, names: list[str], lengths: list[int], dim: int, reader: Callable[[int], np.ndarray],
+                 where: str):
+        self.names = names
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.dim = dim
+        self._reader = reader
+        self._where = where
+        self._checked = np.zeros(len(names), dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            raise TypeError("FeatureSet: index one protein at a time")
+        a = self._reader(i)
+        if not self._checked[i]:
+            if a.shape != (self.lengths[i], self.dim):
+                raise InputError(f"{self._where}: protein {self.names[i]!r} has features of shape {a.shape}, "
+                                 f"expected ({self.lengths[i]}, {self.dim})")
+            if not np.isfinite(a).all():
+                raise InputError(f"{self._where}: the features of protein {self.names[i]!r} hold NaN or inf "
+                                 f"values; a broken model or file — refusing to use them")
+            self._checked[i] = True
+        return a
+
+
+class ArrayFeatures(FeatureSet):
+    """Arrays held in memory (pooled per-protein vectors, small sets in tests)."""
+
+    def __init__(self, arrays: list[np.ndarray], names: list[str] | None = None, where: str = "features"):
+        names = names if names is not None else [str(i) for i in range(len(arrays))]
+        dim = int(arrays[0].shape[1]) if arrays else 0
+        super().__init__(names, [len(a) for a in arrays], dim, arrays.__getitem__, where)
+
+
+def pooled(x: FeatureSet) -> ArrayFeatures:
+    """The mean over residues of each protein (1 × D float32), computed one protein at a time."""
+    return ArrayFeatures([x[i].mean(axis=0, keepdims=True, dtype=np.float32) for i in range(len(x))], x.names,
+                         x._where)
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def identity_digest(identity: dict) -> str:
+    """What makes the numbers, as a short digest: a file's checksum, or the embedder's fingerprint
+    and layer (not where either lies)."""
+    if identity.get("kind") == "hdf5":
+        return _digest(f"hdf5|{identity['file_checksum']}")
+    return _digest(f"{identity.get('fingerprint')}|layer={identity.get('layer')}")
+
+
+def check_identity(trained: dict | None, used: dict, where: str) -> str | None:
+    """Refuse features of another model than the head was trained on; returns a warning text when
+    the identity cannot be checked (an old head, a file without model attributes)."""
+    if not trained:
+        return f"{where}: the head records no embedder identity (trained by an older protlm); not checked"
+    if trained.get("dim") is not None and used.get("dim") is not None and int(trained["dim"]) != int(used["dim"]):
+        raise InputError(f"{where}: gives {used['dim']}-dimensional embeddings, the head expects {trained['dim']}")
+    a, b = trained.get("fingerprint"), used.get("fingerprint")
+    if a and b:
+        if a != b:
+            raise InputError(f"{where}: made by {used.get('model')!r} (fingerprint {b}), but the head was trained "
+                             f"on {trained.get('model')!r} (fingerprint {a}); the same width is not the same model "
+                             f"— embed with the head's embedder")
+        return None
+    ma, mb = trained.get("model"), used.get("model")
+    if ma and mb:
+        la, lb = trained.get("layer"), used.get("layer")
+        if ma != mb or (la is not None and lb is not None and int(la) != int(lb)):
+            raise InputError(f"{where}: made by {mb!r} (layer {lb}), but the head was trained on {ma!r} (layer {la}); "
+                             f"embed with the head's embedder (protlm embed records a weights fingerprint)")
+        return None
+    return (f"{where}: says nothing about the model that made it (no fingerprint or model attribute); "
+            f"cannot check it matches the head's {trained.get('model')!r} — only the width was checked")
+
+
+# --------------------------------------------------------------------------- the source
 
 
 class FeatureSource:
-    """Per-residue embeddings (L × D float32) for sequences, by embedder spec."""
+    """Per-residue embeddings of sequences from one embedder spec or HDF5 file (module docstring)."""
 
-    def __init__(self, spec: str, layer: int = -1, cache_dir: str | Path | None = None):
-        self.spec = str(spec)
+    def __init__(self, spec, layer: int = -1, cache_dir: str | Path | None = None):
+        self.spec = spec
+        self.name = str(spec)
         self.layer = layer
         self._h5 = None
         self._embedder = None
-        self._memory: dict[str, np.ndarray] = {}
-        self.cache: Journal | None = None
-        if self.spec.endswith((".h5", ".hdf5")):
+        self._identity: dict | None = None
+        self._temp: Path | None = None
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache: FeatureCache | None = None
+        self._index: dict[str, tuple] | None = None
+        if self.name.endswith(HDF5_SUFFIXES):
             import h5py
 
-            if not Path(self.spec).is_file():
-                raise InputError(f"embedder {self.spec}: no such HDF5 file")
+            if not Path(self.name).is_file():
+                raise InputError(f"embedder {self.name}: no such HDF5 file")
             try:
-                self._h5 = h5py.File(self.spec, "r")
+                self._h5 = h5py.File(self.name, "r")
             except OSError:
-                raise InputError(f"embedder {self.spec}: not a readable HDF5 file") from None
+                raise InputError(f"embedder {self.name}: not a readable HDF5 file") from None
             if self._h5.attrs.get("level", "residue") != "residue":
-                raise InputError(f"embedder {self.spec}: holds per-protein vectors; the heads need per-residue "
+                raise InputError(f"embedder {self.name}: holds per-protein vectors; the heads need per-residue "
                                  f"embeddings (protlm embed --level residue)")
-        elif cache_dir is not None:
-            self.cache = Journal(Path(cache_dir) / embedder_slug(self.spec, layer))
-            self._load_cache()
 
-    def _load_cache(self) -> None:
-        """Index which journal part holds which key; arrays are read only when asked for."""
-        self.cache.done_keys()  # removes torn parts
-        self._index: dict[str, Path] = {}
-        for part in self.cache.parts():
-            with np.load(part, allow_pickle=False) as z:
-                for key in z["keys"].tolist():
-                    self._index.setdefault(key, part)
+    # ------------------------------------------------------------------ what it is
 
-    def _read_cached(self, keys: set[str]) -> None:
-        by_part: dict[Path, set[str]] = {}
-        for k in keys:
-            part = getattr(self, "_index", {}).get(k)
-            if part is not None and k not in self._memory:
-                by_part.setdefault(part, set()).add(k)
-        for part, wanted in by_part.items():
-            with np.load(part, allow_pickle=False) as z:
-                for i, key in enumerate(z["keys"].tolist()):
-                    if key in wanted:
-                        self._memory[key] = z[f"r{i}"]
+    @property
+    def is_file(self) -> bool:
+        return self._h5 is not None
 
     @property
     def embedder(self):
         if self._embedder is None:
-            from protlm.embed.embedder import EmbedOptions
-            from protlm.embed.registry import load_embedder
+            from protlm.embed.runner import Embedder
+            from protlm.embed.spec import EmbedOptions, EmbedderSpec
 
-            self._embedder = load_embedder(self.spec, EmbedOptions(layer=self.layer))
+            if isinstance(self.spec, EmbedderSpec):
+                spec = self.spec.with_options(layer=self.layer) if self.layer != -1 else self.spec
+                self._embedder = Embedder(spec)
+            else:
+                self._embedder = Embedder(self.spec, EmbedOptions(layer=self.layer))
         return self._embedder
 
     @property
@@ -96,54 +354,149 @@ class FeatureSource:
         if self._h5 is not None:
             first = next(iter(self._h5.keys()), None)
             if first is None:
-                raise InputError(f"embedder {self.spec}: the HDF5 file is empty")
-            return int(self._h5[first].shape[-1])
+                raise InputError(f"embedder {self.name}: the HDF5 file is empty")
+            shape = self._h5[first].shape
+            if len(shape) != 2:
+                raise InputError(f"embedder {self.name}: dataset {first!r} has shape {shape}; per-residue "
+                                 f"datasets are L × D")
+            return int(shape[-1])
         return int(self.embedder.dim)
 
-    def _from_h5(self, pid: str, seq: str) -> np.ndarray:
-        for key in (hash_key(seq), id_key(pid)):
-            if key in self._h5:
-                arr = np.asarray(self._h5[key][()], dtype=np.float32)
-                if arr.ndim != 2 or arr.shape[0] != len(seq):
-                    raise InputError(f"embedder {self.spec}: {key!r} has shape {arr.shape}, but protein {pid!r} "
-                                     f"has {len(seq)} residues (made from another sequence?)")
-                return arr
-        raise InputError(f"embedder {self.spec}: no embedding for protein {pid!r} (neither its id nor its "
-                         f"sequence hash is a dataset); embed the task's sequences first")
+    def identity(self) -> dict:
+        """What made the numbers (see :func:`check_identity`)."""
+        if self._identity is None:
+            if self._h5 is not None:
+                attrs = self._h5.attrs
 
-    def get(self, ids: list[str], sequences: list[str], progress: Callable[[int, int], None] | None = None
-            ) -> list[np.ndarray]:
-        """Per-residue embeddings in input order; embeds (and caches) what is missing."""
+                def attr(key):
+                    v = attrs.get(key)
+                    if isinstance(v, bytes):
+                        v = v.decode("utf-8", "replace")
+                    return v.item() if isinstance(v, np.generic) else v
+
+                self._identity = {"kind": "hdf5", "fingerprint": attr("fingerprint") or None,
+                                  "model": attr("model") or None, "layer": attr("layer"), "level": "residue",
+                                  "dim": self.dim, "file": self.name, "file_checksum": file_checksum(self.name)}
+            else:
+                self._identity = {"kind": "embedder", "fingerprint": self.embedder.fingerprint(),
+                                  "model": self.name, "layer": self.layer, "level": "residue", "dim": self.dim}
+        return self._identity
+
+    def _cache(self) -> FeatureCache:
+        if self.cache is None:
+            root = self._cache_dir
+            if root is None:
+                self._temp = Path(tempfile.mkdtemp(prefix="protlm-features-"))
+                root = self._temp
+            ident = self.identity()
+            self.cache = FeatureCache(root / f"{embedder_label(self.name)}-{identity_digest(ident)}")
+        return self.cache
+
+    # ------------------------------------------------------------------ sets
+
+    def features(self, ids: list[str], sequences: list[str], written: list[str] | None = None,
+                 progress: Callable[[int, int], None] | None = None, where: str = "") -> FeatureSet:
+        """The proteins' per-residue features as a lazy :class:`FeatureSet`, in input order.
+
+        ``sequences``: what an embedder is given; ``written``: the sequences as written in the
+        input (the HDF5 hash key; default ``sequences``). Missing embeddings are computed (and
+        cached) first.
+        """
+        written = sequences if written is None else written
+        label = f"embedder {self.name}" + (f" ({where})" if where else "")
         if self._h5 is not None:
-            return [self._from_h5(p, s) for p, s in zip(ids, sequences)]
+            return self._h5_set(ids, sequences, written, label)
+        cache = self._cache()
+        if self._index is None:
+            self._index = cache.index()
         keys = [hash_key(s) for s in sequences]
-        self._read_cached(set(keys))
-        todo: dict[str, str] = {}
-        for k, s in zip(keys, sequences):
-            if k not in self._memory:
-                todo.setdefault(k, s)
+        todo: dict[str, tuple[str, str]] = {}
+        for k, pid, s in zip(keys, ids, sequences):
+            if k not in self._index:
+                todo.setdefault(k, (pid, s))
         if todo:
-            items = list(todo.items())
-            total = sum(len(s) for _, s in items)
-            done = 0
-            log.info("embedding %d sequences with %s", len(items), self.spec)
-            for start in range(0, len(items), CHUNK):
-                chunk = items[start:start + CHUNK]
-                arrays = self.embedder.embed([s for _, s in chunk])
-                if self.cache is not None:
-                    self.cache.write([k for k, _ in chunk], [k for k, _ in chunk], arrays, None)
-                for (k, _), a in zip(chunk, arrays):
-                    self._memory[k] = a
-                done += sum(len(s) for _, s in chunk)
-                if progress is not None:
-                    progress(done, total)
-        return [self._memory[k] for k in keys]
+            self._embed(cache, todo, progress)
+        locs = [self._index[k] for k in keys]
+        dim = locs[0][3] if locs else self.dim
+
+        def read(i: int) -> np.ndarray:
+            return read_part_slice(*locs[i])
+
+        return FeatureSet(list(ids), [loc[2] for loc in locs], dim, read, f"{label}, cache {cache.folder}")
+
+    def _embed(self, cache: FeatureCache, todo: dict[str, tuple[str, str]], progress) -> None:
+        items = list(todo.items())
+        total, done = sum(len(s) for _, (_, s) in items), 0
+        dim = self.embedder.dim
+        log.info("embedding %d sequences with %s", len(items), self.name)
+        start = 0
+        while start < len(items):
+            stop, size = start, 0
+            while stop < len(items) and stop - start < PART_PROTEINS and (stop == start or size < PART_BYTES):
+                size += len(items[stop][1][1]) * dim * 4
+                stop += 1
+            chunk = items[start:stop]
+            arrays = self.embedder.embed([s for _, (_, s) in chunk])
+            for (_, (pid, s)), a in zip(chunk, arrays):
+                if not np.isfinite(a).all():
+                    raise InputError(f"embedder {self.name}: produced NaN or inf for protein {pid!r}; "
+                                     f"a broken model — nothing was cached for it")
+            self._index.update(cache.write([k for k, _ in chunk], arrays))
+            del arrays
+            done += sum(len(s) for _, (_, s) in chunk)
+            if progress is not None:
+                progress(done, total)
+            start = stop
+
+    def _h5_set(self, ids, sequences, written, label) -> FeatureSet:
+        h5 = self._h5
+        dim = self.dim
+        names, lengths = [], []
+        for pid, seq, raw in zip(ids, sequences, written):
+            for key in (hash_key(raw), id_key(pid)):
+                if key in h5:
+                    shape = h5[key].shape
+                    if len(shape) != 2 or shape[0] != len(seq) or shape[1] != dim:
+                        raise InputError(f"{label}: {key!r} has shape {shape}, but protein {pid!r} has {len(seq)} "
+                                         f"residues and the file {dim} dimensions (made from another sequence?)")
+                    names.append(key)
+                    lengths.append(len(seq))
+                    break
+            else:
+                raise InputError(f"{label}: no embedding for protein {pid!r} (neither its id nor its sequence hash "
+                                 f"— SHA-256 of the sequence as written + '_' + its length — is a dataset); embed "
+                                 f"the task's sequences first (protlm export-fasta writes them)")
+
+        def read(i: int) -> np.ndarray:
+            return h5[names[i]][()]
+
+        return FeatureSet(list(ids), lengths, dim, read, label)
+
+    def get(self, ids: list[str], sequences: list[str], progress: Callable[[int, int], None] | None = None,
+            written: list[str] | None = None) -> list[np.ndarray]:
+        """Per-residue embeddings in input order, all read into memory as float32 (small sets only)."""
+        fs = self.features(ids, sequences, written, progress)
+        return [np.asarray(fs[i], dtype=np.float32) for i in range(len(fs))]
 
     def release(self) -> None:
-        """Forget the arrays held in memory (the disk cache stays)."""
-        self._memory.clear()
+        """Nothing is held in memory between batches; kept for callers of the earlier API."""
 
     def close(self) -> None:
         if self._h5 is not None:
             self._h5.close()
             self._h5 = None
+        if self._temp is not None:
+            shutil.rmtree(self._temp, ignore_errors=True)
+            self._temp = None
+
+    def __enter__(self) -> "FeatureSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def embedder_slug(spec, identity: dict) -> str:
+    """A suite's folder name for an embedder: readable name + digest of what made the numbers
+    (so a moved file or model folder keeps its finished heads, and a changed one does not)."""
+    return f"{embedder_label(spec)}-{identity_digest(identity)[:10]}"

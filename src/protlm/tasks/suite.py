@@ -5,7 +5,9 @@ trains one head per (task, embedder) with :func:`protlm.tasks.train.train`, into
 ``OUT/<task>/<embedder>/``, and writes ``OUT/results.json`` and ``OUT/results.md``: for each
 task, target and test set the headline metric (Q3/Q8/Q10/Q2/top-1 accuracy, Spearman ρ) with
 its bootstrap 95% CI, one column per embedder. A finished (task, embedder) whose
-``metrics.json`` was made from the same config is reused, so an interrupted suite resumes.
+``metrics.json`` was made from the same config and the same embedder identity (an HDF5 file's
+checksum, an embedder's weights fingerprint — not where either lies) is reused, so an
+interrupted suite resumes. A row whose training was cut short by the epoch cap is flagged (†).
 
 Extra test sets are scored without code changes: ``--extra-test TASK:NAME=PATH:FORMAT`` adds
 ``{file: PATH, format: FORMAT}`` to the task's ``data.test`` (formats: see
@@ -23,7 +25,7 @@ from typing import Callable
 
 from protlm.errors import ConfigError, InputError
 from protlm.tasks.config import SourceConfig, TaskConfig, load_task_config
-from protlm.tasks.features import embedder_slug
+from protlm.tasks.features import FeatureSource, embedder_slug, identity_digest
 from protlm.data.prepare import atomic_write_bytes
 from protlm.tasks.train import METRICS_JSON, json_bytes, train
 
@@ -63,8 +65,10 @@ def parse_extra_tests(items: list[str]) -> dict[str, dict[str, SourceConfig]]:
     return out
 
 
-def config_digest(config: TaskConfig) -> str:
-    return hashlib.sha256(json.dumps(config.as_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+def config_digest(config: TaskConfig, identity: dict) -> str:
+    """The config with the embedder's name replaced by what made its numbers."""
+    tree = {**config.as_dict(), "embedder": identity_digest(identity)}
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir: str | Path | None, *,
@@ -88,18 +92,21 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
             config.embedder = spec
             for name, src in extra.get(path.stem, {}).items():
                 config.data.test[name] = src
-            folder = out / path.stem / embedder_slug(spec, config.layer)
-            digest = config_digest(config)
-            done = folder / METRICS_JSON
-            if done.is_file():
-                previous = json.loads(done.read_text())
-                if previous.get("config_digest") == digest:
-                    log.info("%s with %s: already done, reused", path.stem, spec)
-                    results.append(previous)
-                    continue
-            if progress is not None:
-                progress("task", {"task": path.stem, "embedder": spec})
-            train(config, folder, data_dir, cache_dir, progress)
+            with FeatureSource(spec, config.layer, cache_dir) as source:
+                identity = source.identity()
+                folder = out / path.stem / embedder_slug(spec, identity)
+                digest = config_digest(config, identity)
+                done = folder / METRICS_JSON
+                if done.is_file():
+                    previous = json.loads(done.read_text())
+                    if previous.get("config_digest") == digest:
+                        log.info("%s with %s: already done, reused", path.stem, spec)
+                        previous["embedder"] = str(spec)
+                        results.append(previous)
+                        continue
+                if progress is not None:
+                    progress("task", {"task": path.stem, "embedder": spec})
+                train(config, folder, data_dir, cache_dir, progress, source=source)
             doc = json.loads(done.read_text())
             doc.update(config_digest=digest, task_file=path.stem)
             atomic_write_bytes(done, json_bytes(doc))
@@ -167,8 +174,7 @@ def paired_differences(files: list[Path], pairs: list[tuple[str, str]], out: Pat
 
     from protlm.tasks import metrics as M
     from protlm.tasks.data import load_task_data
-    from protlm.tasks.features import FeatureSource
-    from protlm.tasks.train import _features, _needs_residues, load_head, predict_encoded
+    from protlm.tasks.train import _check_source, _features, _needs_residues, load_head, predict_encoded
 
     rows = []
     for path in files:
@@ -179,15 +185,16 @@ def paired_differences(files: list[Path], pairs: list[tuple[str, str]], out: Pat
         needed = sorted({e for pair in pairs for e in pair})
         stats: dict[str, dict] = {}
         for spec in needed:
-            head = load_head(out / path.stem / embedder_slug(spec, config.layer))
-            source = FeatureSource(spec, config.layer, cache_dir)
-            stats[spec] = {}
-            for set_name, data in tests.items():
-                x = _features(head.config, source.get(data.ids, data.sequences), _needs_residues(head.config))
-                preds = predict_encoded(head.model, head.config, x, head.norm)
-                stats[spec][set_name] = [_per_protein(head.config, preds, data, k) for k in range(len(config.targets))]
-            source.release()
-            source.close()
+            with FeatureSource(spec, config.layer, cache_dir) as source:
+                head = load_head(out / path.stem / embedder_slug(spec, source.identity()))
+                _check_source(head, source)
+                stats[spec] = {}
+                for set_name, data in tests.items():
+                    x = _features(head.config, source.features(data.ids, data.sequences, data.hash_sequences),
+                                  _needs_residues(head.config))
+                    preds = predict_encoded(head.model, head.config, x, head.norm)
+                    stats[spec][set_name] = [_per_protein(head.config, preds, data, k)
+                                             for k in range(len(config.targets))]
         for set_name in tests:
             for k, target in enumerate(config.targets):
                 for a, b in pairs:
@@ -239,7 +246,7 @@ def results_table(results: list[dict]) -> str:
         for set_name, by_target in [("valid", r["valid"]), *[(f"test: {k}", v) for k, v in r["test"].items()]]:
             for target, res in by_target.items():
                 key = (r["task"], target, set_name, r["head"])
-                rows.setdefault(key, {})[r["embedder"]] = _cell(res, proto)
+                rows.setdefault(key, {})[r["embedder"]] = _cell(res, proto) + (" †" if r.get("cut_short") else "")
                 n = res.get("proteins")
                 meta[key] = f"{HEADLINE[proto][1]}, n={n}"
     lines = ["| task | target | set | head | metric | " + " | ".join(f"`{e}`" for e in embedders) + " |",
@@ -250,4 +257,10 @@ def results_table(results: list[dict]) -> str:
     lines.append("")
     lines.append("Values: the headline metric with its bootstrap 95% CI over proteins; "
                  "`valid` is the early-stopping split, the `test:` rows were never used for a decision.")
+    short = sorted({f"{r['task']} × `{r['embedder']}` (epoch {r.get('best_epoch')} of {r.get('epoch_cap')})"
+                    for r in results if r.get("cut_short")})
+    if short:
+        lines.append("")
+        lines.append("† cut short: training ended at the epoch cap with the best validation loss in the last epoch, "
+                     "so the head is probably under-trained (raise `train.epochs`): " + "; ".join(short) + ".")
     return "\n".join(lines) + "\n"

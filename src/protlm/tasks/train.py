@@ -33,7 +33,7 @@ from protlm.configfile import build
 from protlm.data.prepare import atomic_write_bytes
 from protlm.tasks.config import TaskConfig, validate
 from protlm.tasks.data import LabelledSet, load_task_data
-from protlm.tasks.features import FeatureSource
+from protlm.tasks.features import FeatureSet, FeatureSource, check_identity, pooled
 from protlm.tasks.heads import build_head
 
 log = logging.getLogger("protlm.tasks")
@@ -47,35 +47,35 @@ METRIC_NAMES = {"residue_to_class": "accuracy", "sequence_to_class": "accuracy",
 
 @dataclass
 class Encoded:
-    """Features of a set, ready for batching: per residue (L × D) or pooled (1 × D) arrays."""
+    """Features of a set, ready for batching: per residue (L × D, read from disk per batch) or
+    pooled (1 × D, in memory)."""
 
-    x: list[np.ndarray]
+    x: FeatureSet
     targets: list[list]
 
 
-def _features(config: TaskConfig, arrays: list[np.ndarray], per_residue_input: bool) -> list[np.ndarray]:
-    if per_residue_input:
-        return arrays
-    return [a.mean(axis=0, keepdims=True).astype(np.float32) for a in arrays]
+def _features(config: TaskConfig, x: FeatureSet, per_residue_input: bool) -> FeatureSet:
+    return x if per_residue_input else pooled(x)
 
 
 def _needs_residues(config: TaskConfig) -> bool:
     return config.per_residue or config.head.type == "light_attention"
 
 
-def _batch(x: list[np.ndarray], idx: list[int], crop: int = 0, rng: np.random.Generator | None = None
+def _batch(x: FeatureSet, idx: list[int], crop: int = 0, rng: np.random.Generator | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, list[slice]]:
-    """Pad the proteins ``idx`` into B × L × D with a mask; ``crop`` > 0 takes a random window."""
+    """Pad the proteins ``idx`` into B × L × D float32 with a mask; ``crop`` > 0 takes a random
+    window. Each protein is read here (in its stored dtype) and copied into the batch."""
     windows = []
     for i in idx:
-        n = len(x[i])
+        n = int(x.lengths[i])
         if crop and n > crop and rng is not None:
             s = int(rng.integers(0, n - crop + 1))
             windows.append(slice(s, s + crop))
         else:
             windows.append(slice(0, n))
     width = max(w.stop - w.start for w in windows)
-    dim = x[idx[0]].shape[1]
+    dim = x.dim
     xb = np.zeros((len(idx), width, dim), dtype=np.float32)
     mb = np.zeros((len(idx), width), dtype=np.float32)
     for row, (i, w) in enumerate(zip(idx, windows)):
@@ -156,7 +156,7 @@ def _val_loss(model, config, data: Encoded, n_classes, weights, norm) -> float:
     model.eval()
     total, count = 0.0, 0
     with torch.inference_mode():
-        for idx in _eval_batches([len(a) for a in data.x], 64):
+        for idx in _eval_batches(data.x.lengths.tolist(), 64):
             xb, mb, windows = _batch(data.x, idx)
             loss = _loss(config, model(xb, mb), _targets(config, data.targets, idx, windows, xb.shape[1], n_classes),
                          weights, norm)
@@ -167,7 +167,8 @@ def _val_loss(model, config, data: Encoded, n_classes, weights, norm) -> float:
 
 def fit_head(config: TaskConfig, train: Encoded, valid: Encoded, dim: int, n_classes: list[int],
              norm: list[tuple[float, float]], progress: Callable[[int, float, float], None] | None = None):
-    """Train with early stopping on the validation loss; returns (model, history, best_epoch)."""
+    """Train with early stopping on the validation loss; returns (model, history, best_epoch,
+    stopped_by): ``"early_stopping"`` (patience ran out) or ``"epoch_cap"`` (train.epochs did)."""
     t = config.train
     torch.manual_seed(t.seed)
     rng = np.random.default_rng(t.seed)
@@ -176,8 +177,9 @@ def fit_head(config: TaskConfig, train: Encoded, valid: Encoded, dim: int, n_cla
                        kernel=config.head.kernel, dropout=config.head.dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     weights = _class_weights(config, train.targets, n_classes)
-    lengths = [len(a) for a in train.x]
+    lengths = train.x.lengths.tolist()
     best, best_state, best_epoch, history, waited = math.inf, None, 0, [], 0
+    stopped_by = "epoch_cap"
     for epoch in range(1, t.epochs + 1):
         model.train()
         run_loss, seen = 0.0, 0
@@ -202,22 +204,23 @@ def fit_head(config: TaskConfig, train: Encoded, valid: Encoded, dim: int, n_cla
         else:
             waited += 1
             if waited >= t.patience:
+                stopped_by = "early_stopping"
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return model, history, best_epoch
+    return model, history, best_epoch, stopped_by
 
 
 # --------------------------------------------------------------------------- predictions and scores
 
 
-def predict_encoded(model, config: TaskConfig, x: list[np.ndarray], norm: list[tuple[float, float]]) -> list[list]:
+def predict_encoded(model, config: TaskConfig, x: FeatureSet, norm: list[tuple[float, float]]) -> list[list]:
     """Per target, per protein: class probabilities (L × C or C) or a value (de-normalised)."""
     outs: list[list] = [[None] * len(x) for _ in config.targets]
     model.eval()
     with torch.inference_mode():
-        for idx in _eval_batches([len(a) for a in x], 64):
+        for idx in _eval_batches(x.lengths.tolist(), 64):
             xb, mb, windows = _batch(x, idx)
             logits = model(xb, mb)
             for k, lg in enumerate(logits):
@@ -323,18 +326,44 @@ def load_head(folder: str | Path) -> TrainedHead:
 
 
 def _encode_set(config: TaskConfig, source: FeatureSource, data: LabelledSet, progress=None) -> Encoded:
-    arrays = source.get(data.ids, data.sequences, progress)
-    return Encoded(_features(config, arrays, _needs_residues(config)), data.targets)
+    x = source.features(data.ids, data.sequences, data.hash_sequences, progress, where=data.name)
+    return Encoded(_features(config, x, _needs_residues(config)), data.targets)
+
+
+def _check_source(head: "TrainedHead", source: FeatureSource) -> None:
+    """The features must come from the model the head was trained on (not only the same width)."""
+    if source.dim != head.dim:
+        raise InputError(f"embedder {source.name}: gives {source.dim}-dimensional embeddings, the head expects {head.dim}")
+    warning = check_identity(head.info.get("embedder_identity"), source.identity(), f"embedder {source.name}")
+    if warning:
+        log.warning("%s", warning)
+
+
+def cut_short_message(config: TaskConfig, best_epoch: int) -> str:
+    return (f"{config.name}: training stopped at the epoch cap (train.epochs={config.train.epochs}) with the best "
+            f"validation loss in the last epoch ({best_epoch}): the head is probably under-trained; raise "
+            f"train.epochs so that early stopping (train.patience={config.train.patience}) ends it")
 
 
 def train(config: TaskConfig, out: str | Path, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-          progress: Callable[[str, dict], None] | None = None) -> dict:
-    """Train the head a config describes, score it on validation and test sets, save the folder."""
+          progress: Callable[[str, dict], None] | None = None, source: FeatureSource | None = None) -> dict:
+    """Train the head a config describes, score it on validation and test sets, save the folder.
+
+    ``source``: the features to use (default: one made from ``config.embedder``); left open."""
     out = Path(out)
     t0 = time.perf_counter()
     train_set, valid_set, tests, classes = load_task_data(config, data_dir)
-    source = FeatureSource(config.embedder, config.layer, cache_dir)
+    own = source is None
+    if own:
+        source = FeatureSource(config.embedder, config.layer, cache_dir)
+    try:
+        return _train(config, out, source, train_set, valid_set, tests, classes, progress, t0)
+    finally:
+        if own:
+            source.close()
 
+
+def _train(config, out, source, train_set, valid_set, tests, classes, progress, t0) -> dict:
     def feats(data: LabelledSet) -> Encoded:
         def bar(done, total):
             if progress is not None:
@@ -345,7 +374,8 @@ def train(config: TaskConfig, out: str | Path, data_dir: str | Path | None = Non
     tr, va = feats(train_set), feats(valid_set)
     te = {name: feats(s) for name, s in tests.items()}
     t_embed = time.perf_counter() - t0
-    dim = tr.x[0].shape[1]
+    dim = tr.x.dim
+    identity = source.identity()
     if config.regression:
         norm = []
         for t in train_set.targets:
@@ -359,13 +389,19 @@ def train(config: TaskConfig, out: str | Path, data_dir: str | Path | None = Non
         if progress is not None:
             progress("epoch", {"epoch": epoch, "train_loss": tl, "valid_loss": vl})
 
-    model, history, best_epoch = fit_head(config, tr, va, dim, n_classes, norm, epoch_cb)
+    model, history, best_epoch, stopped_by = fit_head(config, tr, va, dim, n_classes, norm, epoch_cb)
+    # the cap, not early stopping, ended training while the validation loss was still falling
+    cut_short = stopped_by == "epoch_cap" and best_epoch == len(history)
+    if cut_short:
+        log.warning("%s", cut_short_message(config, best_epoch))
     t_train = time.perf_counter() - t0 - t_embed
     n_boot = config.train.bootstrap
     metrics = {"valid": score(config, predict_encoded(model, config, va.x, norm), valid_set, classes, n_boot),
                "test": {name: score(config, predict_encoded(model, config, te[name].x, norm), s, classes, n_boot)
                         for name, s in tests.items()}}
     counts = {"train": len(train_set), "valid": len(valid_set), **{f"test:{k}": len(v) for k, v in tests.items()}}
+    stop = {"best_epoch": best_epoch, "epochs_run": len(history), "epoch_cap": config.train.epochs,
+            "stopped_by": stopped_by, "cut_short": cut_short}
     info = {
         "protlm_version": __version__,
         "protocol": config.protocol,
@@ -375,14 +411,14 @@ def train(config: TaskConfig, out: str | Path, data_dir: str | Path | None = Non
         "normalisation": norm,
         "parameters": sum(p.numel() for p in model.parameters()),
         "history": history,
-        "best_epoch": best_epoch,
+        **stop,
+        "embedder_identity": identity,
         "proteins": counts,
         "seconds": {"embed": t_embed, "train": t_train},
     }
-    metrics_doc = {"task": config.name, "protocol": config.protocol, "embedder": config.embedder,
-                   "head": config.head.type, "proteins": counts, "best_epoch": best_epoch, **metrics}
+    metrics_doc = {"task": config.name, "protocol": config.protocol, "embedder": str(config.embedder),
+                   "embedder_identity": identity, "head": config.head.type, "proteins": counts, **stop, **metrics}
     save_head(out, model, info, metrics_doc)
-    source.close()
     return {**metrics_doc, "out": str(out), "seconds": time.perf_counter() - t0}
 
 
@@ -390,28 +426,30 @@ def evaluate(head: TrainedHead, sets: dict[str, LabelledSet], embedder: str | No
              cache_dir: str | Path | None = None, n_boot: int | None = None) -> dict:
     """Score a trained head on labelled sets (already encoded with the head's classes)."""
     config = head.config
-    source = FeatureSource(embedder or config.embedder, config.layer, cache_dir)
-    if source.dim != head.dim:
-        raise InputError(f"embedder {source.spec}: gives {source.dim}-dimensional embeddings, the head expects {head.dim}")
-    out = {}
-    for name, data in sets.items():
-        enc = _encode_set(config, source, data)
-        preds = predict_encoded(head.model, config, enc.x, head.norm)
-        out[name] = score(config, preds, data, head.classes, config.train.bootstrap if n_boot is None else n_boot)
-    source.close()
+    with FeatureSource(embedder or config.embedder, config.layer, cache_dir) as source:
+        _check_source(head, source)
+        out = {}
+        for name, data in sets.items():
+            enc = _encode_set(config, source, data)
+            preds = predict_encoded(head.model, config, enc.x, head.norm)
+            out[name] = score(config, preds, data, head.classes, config.train.bootstrap if n_boot is None else n_boot)
     return out
 
 
 def predict(head: TrainedHead, ids: list[str], sequences: list[str], embedder: str | None = None,
             cache_dir: str | Path | None = None) -> list[dict]:
-    """Predictions for unlabelled proteins: one dict per protein and target."""
+    """Predictions for unlabelled proteins: one dict per protein and target.
+
+    ``sequences`` as written (an HDF5 embedder is looked up by their hash); B/O/U/Z are given to
+    an embedder as X, like the training sets."""
+    from protlm.tasks.data import RARE_TO_X
+
     config = head.config
-    source = FeatureSource(embedder or config.embedder, config.layer, cache_dir)
-    if source.dim != head.dim:
-        raise InputError(f"embedder {source.spec}: gives {source.dim}-dimensional embeddings, the head expects {head.dim}")
-    x = _features(config, source.get(ids, sequences), _needs_residues(config))
-    preds = predict_encoded(head.model, config, x, head.norm)
-    source.close()
+    with FeatureSource(embedder or config.embedder, config.layer, cache_dir) as source:
+        _check_source(head, source)
+        x = _features(config, source.features(ids, [s.translate(RARE_TO_X) for s in sequences], sequences),
+                      _needs_residues(config))
+        preds = predict_encoded(head.model, config, x, head.norm)
     rows = []
     for i, pid in enumerate(ids):
         for k, tg in enumerate(config.targets):
