@@ -73,3 +73,13 @@ def test_errors_name_the_problem():
         resolve("concat:onehot+concat:blosum62+onehot")
     with pytest.raises(InputError, match="not an embedder name"):
         resolve("concat:onehot+no_such_embedder")
+
+
+def test_compare_pairs_accept_names_with_colons():
+    from protlm.tasks.suite import parse_pairs
+
+    names = ["onehot", "profile:db.fasta,s=4", "concat:onehot+profile:db.fasta,s=4"]
+    assert parse_pairs(["onehot:profile:db.fasta,s=4", "concat:onehot+profile:db.fasta,s=4:onehot"], names) == [
+        ("onehot", "profile:db.fasta,s=4"), ("concat:onehot+profile:db.fasta,s=4", "onehot")]
+    with pytest.raises(ConfigError, match="not one of the --embedder values"):
+        parse_pairs(["onehot:blosum62"], names)

@@ -128,7 +128,10 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
 def parse_pairs(items: list[str], embedders: list[str]) -> list[tuple[str, str]]:
     pairs = []
     for item in items:
-        a, sep, b = item.rpartition(":")
+        # names may hold ':' themselves (profile:DB, concat:A+B): split where both sides are --embedder values
+        splits = [(item[:i], item[i + 1:]) for i, ch in enumerate(item) if ch == ":"]
+        known = [(x, y) for x, y in splits if x in embedders and y in embedders]
+        a, sep, b = (known[0][0], ":", known[0][1]) if known else item.rpartition(":")
         if not sep or not a or not b:
             raise ConfigError(f"--compare {item!r}: expected A:B (two of the --embedder values)")
         for e in (a, b):
