@@ -78,7 +78,7 @@ def test_tokenizer_matches_the_shard_lookup(family, tmp_path):
     assert reloaded(text)["input_ids"] == lut_ids
     idx = np.frombuffer(seq.encode(), dtype=np.uint8)
     shard = np.array([ALPHABET.index(c) for c in seq], dtype=np.uint8)
-    assert vocab.residue_lut[shard].tolist() == [i for i in lut_ids if i not in (vocab.bos_id, vocab.eos_id)]
+    assert vocab.residue_lut[shard].tolist() == [i for i in lut_ids if i not in vocab.special_ids]
     assert len(idx) == len(seq)
 
 
@@ -234,7 +234,7 @@ def test_forward_flops_match_the_parameter_count_rule():
 def test_config_errors_name_the_field(tmp_path, shards):
     base = tiny_config(shards)
     cases = [
-        ({"model": {"arch": "xlnet"}}, "model.arch"),
+        ({"model": {"arch": "gpt9"}}, "model.arch"),
         ({"model": {"preset": "huge"}}, "model.preset"),
         ({"model": {"hidden": 30, "heads": 4}}, "model.hidden"),
         ({"optimizer": {"name": "sgd"}}, "optimizer.name"),
@@ -290,7 +290,9 @@ def test_loss_falls_on_a_fixed_batch(arch):
     model = build_model(ModelSpec(arch=arch, preset="tiny", max_positions=300))
     batch = make_batch(_seqs(8, 60, seed=1), a.objective, a.vocab, max_length=64, mask_probability=0.15,
                        replace_mask=0.8, replace_random=0.1, rng=np.random.default_rng(0))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    # XLNet and Transformer-XL (post-LN, relative positions only, as in the papers) memorise a
+    # random batch more slowly: a larger step; same 40 steps and threshold.
+    opt = torch.optim.AdamW(model.parameters(), lr={"txl": 1e-2, "xlnet": 5e-3}.get(arch, 3e-3))
     losses = []
     for _ in range(40):
         loss = token_loss(model(**batch.inputs).logits, batch.labels) / batch.n_targets
@@ -311,8 +313,9 @@ def test_trainer_checkpoint_reloads_with_plain_transformers(arch, shards, tmp_pa
     folder = Path(result["model"])
     assert {"config.json", "model.safetensors", "protlm_pretrain.yaml"} <= {p.name for p in folder.iterdir()}
     assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
-    cls = getattr(transformers, ARCHITECTURES[arch].model_class)
-    reloaded = cls.from_pretrained(folder).eval()
+    from protlm.models.architectures import model_class
+
+    reloaded = model_class(arch).from_pretrained(folder).eval()
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     seq = "MKTAYIAKQRQISFVKSHF"
     text = " ".join(seq) if ARCHITECTURES[arch].vocab.space_separated else seq

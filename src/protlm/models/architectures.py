@@ -17,6 +17,13 @@ name          transformers class            objective   paper
 ``t5``        ``T5ForConditionalGeneration`` span       ProtT5 (span length 1, full-sequence
                                                         reconstruction; encoder alone for
                                                         embeddings)
+``xlnet``     ``XLNetLMHeadModel``          plm         ProtXLNet (permutation LM, two-stream
+                                                        attention, relative positions)
+``txl``       ``ProtTXLForCausalLM``        causal      ProtTXL: Transformer-XL (relative
+              (protlm.models.transfo_xl)                positions, segment recurrence with
+                                                        memory); registered with transformers'
+                                                        Auto classes when protlm.models is
+                                                        imported
 ============  ============================  ==========  ========================================
 
 Model code here does no I/O; :func:`build_model` returns a freshly initialised model.
@@ -49,6 +56,7 @@ class Architecture:
     make_config: Callable[["ModelSpec", Vocab], Any]
     model_class: str  # transformers class name
     supports_activation_checkpointing: bool = True
+    module: str = "transformers"  # where model_class lives (protlm's own families: their module)
 
     @property
     def vocab(self) -> Vocab:
@@ -158,6 +166,40 @@ def _t5_config(spec: ModelSpec, vocab: Vocab):
     )
 
 
+def _xlnet_config(spec: ModelSpec, vocab: Vocab):
+    from transformers import XLNetConfig
+
+    s = spec.resolved()
+    # XLNet's own layout: relative positions (no position table), untied u/v biases per layer,
+    # GELU feed-forward; mem_len is XLNet's default (memory for inference; training proteins are
+    # independent, so use_mems_train stays off). One dropout rate (XLNet has no separate one for
+    # attention probabilities).
+    return XLNetConfig(
+        vocab_size=vocab.size, d_model=s["hidden"], n_layer=s["layers"], n_head=s["heads"], d_inner=s["ffn"],
+        ff_activation="gelu", attn_type="bi", untie_r=True, mem_len=512, reuse_len=None, use_mems_train=False,
+        bi_data=False, clamp_len=-1, same_length=False, dropout=spec.dropout, layer_norm_eps=1e-12,
+        pad_token_id=vocab.pad_id, bos_token_id=vocab.id("<s>"), eos_token_id=vocab.id("</s>"),
+    )
+
+
+def _txl_config(spec: ModelSpec, vocab: Vocab):
+    from protlm.models.transfo_xl import ProtTXLConfig
+
+    s = spec.resolved()
+    # segment_length / mem_len: the paper's tgt_len / mem_len (model.extra.segment_length, .mem_len).
+    recurrence = {"segment_length": 512, "mem_len": 512}
+    for key, low in (("segment_length", 1), ("mem_len", 0)):
+        value = spec.extra.get(key, recurrence[key])
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"config model.extra.{key}: must be an integer >= {low}, not {value!r}")
+        recurrence[key] = value
+    return ProtTXLConfig(
+        vocab_size=vocab.size, d_model=s["hidden"], n_layer=s["layers"], n_head=s["heads"], d_inner=s["ffn"],
+        dropout=spec.dropout, dropatt=spec.attention_dropout, pad_token_id=vocab.pad_id,
+        bos_token_id=vocab.bos_id, eos_token_id=vocab.eos_id, **recurrence,
+    )
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     "bert": Architecture("bert", "protbert", "mlm", "BERT masked LM (ProtBert)", _bert_config, "BertForMaskedLM"),
     "albert": Architecture(
@@ -175,6 +217,14 @@ ARCHITECTURES: dict[str, Architecture] = {
     "t5": Architecture(
         "t5", "prott5", "span", "T5 span corruption, span length 1, full reconstruction (ProtT5)",
         _t5_config, "T5ForConditionalGeneration",
+    ),
+    "xlnet": Architecture(
+        "xlnet", "protxlnet", "plm", "XLNet permutation LM, two-stream attention (ProtXLNet)", _xlnet_config,
+        "XLNetLMHeadModel", supports_activation_checkpointing=False,
+    ),
+    "txl": Architecture(
+        "txl", "protbert", "causal", "Transformer-XL causal LM with segment memory (ProtTXL)", _txl_config,
+        "ProtTXLForCausalLM", module="protlm.models.transfo_xl",
     ),
 }
 
@@ -196,12 +246,18 @@ def build_config(spec: ModelSpec):
     return config
 
 
+def model_class(arch: str | Architecture):
+    """The model class of an architecture (a transformers class, or protlm's own)."""
+    import importlib
+
+    a = get_architecture(arch) if isinstance(arch, str) else arch
+    return getattr(importlib.import_module(a.module), a.model_class)
+
+
 def build_model(spec: ModelSpec, attn_implementation: str | None = "sdpa"):
     """A randomly initialised model of the spec (deterministic under ``torch.manual_seed``)."""
-    import transformers
-
     arch = get_architecture(spec.arch)
-    cls = getattr(transformers, arch.model_class)
+    cls = model_class(arch)
     config = build_config(spec)
     try:
         return cls._from_config(config, attn_implementation=attn_implementation)
@@ -222,6 +278,11 @@ def count_parameters(model) -> dict[str, int]:
 
 
 def unused_parameters(model) -> list:
-    """Parameters the pretraining forward never touches (ESM's contact-prediction head)."""
+    """Parameters the pretraining forward never touches: ESM's contact-prediction head, XLNet's
+    segment-attention terms (``seg_embed``, ``r_s_bias``: used only with ``token_type_ids``, and
+    a protein is one segment)."""
     contact = getattr(getattr(model, "esm", None), "contact_head", None)
-    return list(contact.parameters()) if contact is not None else []
+    out = list(contact.parameters()) if contact is not None else []
+    if type(model).__name__.startswith("XLNet"):
+        out += [p for name, p in model.named_parameters() if name.endswith((".seg_embed", ".r_s_bias"))]
+    return out

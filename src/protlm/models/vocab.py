@@ -10,7 +10,12 @@ The layouts are the public ones, so that checkpoints interoperate:
 * ``protbert`` — ProtBert/ProtBert-BFD/ProtAlbert (30 tokens, ``[CLS] seq [SEP]``, residues
   separated by spaces in text);
 * ``prott5`` — ProtT5 (28 tokens + 100 sentinels ``<extra_id_N>``, ``seq </s>``, residues
-  separated by spaces in text).
+  separated by spaces in text);
+* ``protxlnet`` — ProtXLNet: XLNet's special tokens (``<pad> <unk> <s> </s> <cls> <sep> <mask>``)
+  and ProtBert's 25 residues, ``seq <sep> <cls>`` (XLNet puts its classification token last),
+  residues separated by spaces in text. The special-token names and the ``seq <sep> <cls>``
+  layout are XLNet's; the ids are protlm's own (the published ProtXLNet ships a SentencePiece
+  model that is not available offline), and the tokenizer is saved with every checkpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ ESM_TOKENS = (
     "<cls> <pad> <eos> <unk> L A G V S E R T I D P K Q N F Y M H W C X B U Z O . - <null_1> <mask>"
 ).split()
 PROTBERT_TOKENS = "[PAD] [UNK] [CLS] [SEP] [MASK] L A G V E S I K R D T P N Q F Y M H C W X U B Z O".split()
+PROTXLNET_TOKENS = "<pad> <unk> <s> </s> <cls> <sep> <mask>".split() + PROTBERT_TOKENS[5:]
 PROTT5_RESIDUES = "A L G V S R E D T I P K F Q N Y M H W C X B O U Z".split()
 PROTT5_TOKENS = ["<pad>", "</s>", "<unk>"] + ["\u2581" + r for r in PROTT5_RESIDUES] + [
     f"<extra_id_{i}>" for i in range(99, -1, -1)
@@ -45,6 +51,7 @@ class Vocab:
     eos: str | None  # token put after the residues (EOS/SEP), if any
     residue_prefix: str = ""  # prefix of residue tokens in the vocabulary (ProtT5's "▁")
     space_separated: bool = False  # text form the family's tokenizer expects
+    tail: tuple[str, ...] = ()  # tokens after ``eos`` (XLNet's final ``<cls>``)
 
     @cached_property
     def index(self) -> dict[str, int]:
@@ -77,7 +84,16 @@ class Vocab:
 
     @property
     def n_special(self) -> int:
-        return int(self.bos is not None) + int(self.eos is not None)
+        return int(self.bos is not None) + int(self.eos is not None) + len(self.tail)
+
+    @property
+    def tail_ids(self) -> list[int]:
+        return [self.id(t) for t in self.tail]
+
+    @property
+    def special_ids(self) -> set[int]:
+        """Ids of the tokens ``encode`` puts around the residues."""
+        return {i for i in (self.bos_id, self.eos_id) if i is not None} | set(self.tail_ids)
 
     @cached_property
     def residue_lut(self) -> np.ndarray:
@@ -96,6 +112,7 @@ class Vocab:
             ids.insert(0, self.bos_id)
         if self.eos is not None:
             ids.append(self.eos_id)
+        ids.extend(self.tail_ids)
         return ids
 
 
@@ -108,6 +125,10 @@ VOCABS: dict[str, Vocab] = {
     "prott5": Vocab(
         "prott5", tuple(PROTT5_TOKENS), pad="<pad>", unk="<unk>", mask="<extra_id_0>", bos=None, eos="</s>",
         residue_prefix="\u2581", space_separated=True,
+    ),
+    "protxlnet": Vocab(
+        "protxlnet", tuple(PROTXLNET_TOKENS), pad="<pad>", unk="<unk>", mask="<mask>", bos=None, eos="<sep>",
+        space_separated=True, tail=("<cls>",),
     ),
 }
 
@@ -152,4 +173,21 @@ def build_tokenizer(family: str):
             tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
             additional_special_tokens=sentinels, model_max_length=100_000,
         )
+    if family == "protxlnet":
+        from tokenizers import Tokenizer, models, pre_tokenizers, processors
+        from transformers import PreTrainedTokenizerFast
+
+        tok = Tokenizer(models.WordLevel(vocab=dict(vocab.index), unk_token=vocab.unk))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A <sep> <cls>", pair="$A <sep> $B <sep> <cls>",
+            special_tokens=[("<sep>", vocab.eos_id), ("<cls>", vocab.id("<cls>"))],
+        )
+        # XLNet pads on the left (its <cls> is the last token); attention masks make either side exact.
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+            cls_token="<cls>", sep_token="<sep>", mask_token="<mask>", padding_side="left",
+            model_max_length=100_000,
+        )
     raise KeyError(family)
+

@@ -13,6 +13,20 @@ whenever it is rebuilt after a resume.
   ``mask_probability`` and replaced by the sentinel ``<extra_id_0>``), and the decoder
   reconstructs the whole sequence plus ``</s>`` (the training loss covers every position; the
   validation perplexity is also reported on the corrupted positions alone).
+* ``plm`` — XLNet's permutation LM, as transformers' ``DataCollatorForPermutationLanguageModeling``
+  defines it, batched and for any length: spans of 1–``PLM_MAX_SPAN`` (5) residues, one span per
+  context of ``span / PLM_PROBABILITY`` tokens (so 1/6 of the tokens are predicted); a random
+  factorisation order that permutes the first half of each protein and then its second half (the
+  original XLNet's reuse split, here at each protein's own real length, so odd lengths and
+  token-budget batches need no even padding); ``perm_mask`` as the original XLNet's
+  ``_local_perm``: unmasked residues are visible to every position, targets and special tokens
+  only to what comes after them in the order. (The transformers collator makes special tokens
+  visible to every position while they see earlier targets, so with two or more layers a target
+  can learn a later target through ``<sep>``/``<cls>``; tests/test_xlnet.py checks by gradients
+  that nothing leaks here.) Unlike the collator's identity ``target_mapping`` over every
+  position, ``target_mapping`` here has one row per predicted residue (``B × P × L``, P the most
+  targets in a protein of the batch), so the query stream and the LM head run on the targets
+  only. Masked inputs show the mask token, as in the collator.
 """
 
 from __future__ import annotations
@@ -25,6 +39,8 @@ import torch
 from protlm.models.vocab import Vocab
 
 IGNORE = -100
+PLM_PROBABILITY = 1 / 6  # XLNet: share of tokens predicted (the collator's plm_probability)
+PLM_MAX_SPAN = 5  # XLNet: longest span of consecutive predicted tokens
 
 
 @dataclass
@@ -62,7 +78,65 @@ def _pack(seqs: list[np.ndarray], vocab: Vocab) -> tuple[np.ndarray, np.ndarray]
         is_residue[row, n_bos:n_bos + len(s)] = True
         if vocab.eos is not None:
             ids[row, n_bos + len(s)] = vocab.eos_id
+        tail = vocab.tail_ids
+        if tail:
+            end = n_bos + len(s) + int(vocab.eos is not None)
+            ids[row, end:end + len(tail)] = tail
     return ids, is_residue
+
+
+def plm_spans(n: int, rng: np.random.Generator, probability: float = PLM_PROBABILITY,
+              max_span: int = PLM_MAX_SPAN) -> np.ndarray:
+    """Positions (of ``n``) the permutation LM predicts: the collator's span sampling."""
+    masked = np.zeros(n, dtype=bool)
+    cur = 0
+    while cur < n:
+        span = int(rng.integers(1, max_span + 1))
+        context = int(span / probability)
+        start = cur + int(rng.integers(0, context - span + 1))
+        masked[start:start + span] = True
+        cur += context
+    return masked
+
+
+def plm_order(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Factorisation order of ``n`` tokens: rank of each position; first half, then second half."""
+    half = n // 2
+    return np.concatenate([rng.permutation(half), half + rng.permutation(n - half)])
+
+
+def _plm_batch(ids: np.ndarray, is_residue: np.ndarray, attention: np.ndarray, lengths: np.ndarray,
+               vocab: Vocab, rng: np.random.Generator) -> Batch:
+    b, width = ids.shape
+    masked = np.zeros_like(is_residue)
+    rank = np.tile(np.arange(width, dtype=np.int64), (b, 1))  # padding keeps its position (never masked)
+    for row, n in enumerate(lengths):
+        masked[row, :n] = plm_spans(int(n), rng)
+        rank[row, :n] = plm_order(int(n), rng)
+    masked &= is_residue  # special tokens and padding are never predicted
+    # XLNet's _local_perm: unmasked residues get rank -1 (everyone sees them, they see no target
+    # and no special token); targets and special tokens take part in the order. A target sees
+    # what comes strictly before it; any other token also sees itself.
+    unmasked = ~masked & is_residue
+    in_order = ~unmasked
+    rank = np.where(unmasked, -1, rank)
+    own = np.where(masked, rank, rank + 1)
+    # perm_mask[b, i, j] = 1: position i may not attend to j.
+    perm_mask = (own[:, :, None] <= rank[:, None, :]) & in_order[:, None, :]
+    counts = masked.sum(axis=1)
+    p = max(int(counts.max()), 1)
+    target_mapping = np.zeros((b, p, width), dtype=np.float32)
+    labels = np.full((b, p), IGNORE, dtype=np.int64)
+    for row in range(b):
+        pos = np.flatnonzero(masked[row])
+        target_mapping[row, np.arange(len(pos)), pos] = 1.0
+        labels[row, :len(pos)] = ids[row, pos]
+    corrupted = np.where(masked, vocab.mask_id, ids)
+    t = torch.from_numpy(labels)
+    return Batch({"input_ids": torch.from_numpy(corrupted), "attention_mask": torch.from_numpy(attention),
+                  "perm_mask": torch.from_numpy(perm_mask.astype(np.float32)),
+                  "target_mapping": torch.from_numpy(target_mapping)},
+                 t, t, int(lengths.sum()), int(ids.size), lengths)
 
 
 def make_batch(raw: list[np.ndarray], objective: str, vocab: Vocab, *, max_length: int,
@@ -80,6 +154,9 @@ def make_batch(raw: list[np.ndarray], objective: str, vocab: Vocab, *, max_lengt
         t = torch.from_numpy(labels)
         return Batch({"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attention)},
                      t, t, n_tokens, n_padded, lengths)
+
+    if objective == "plm":
+        return _plm_batch(ids, is_residue, attention, lengths, vocab, rng)
 
     selected = (rng.random(ids.shape) < mask_probability) & is_residue
     if objective == "mlm":

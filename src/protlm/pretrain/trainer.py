@@ -166,8 +166,10 @@ class Trainer:
         return self.forward_module(**inputs).logits
 
     def _flops(self, batch: Batch) -> float:
+        txl = {"segment": self.model.config.segment_length, "memory": self.model.config.mem_len} \
+            if self.config.model.arch == "txl" else {}
         return training_flops(batch.lengths, arch=self.config.model.arch, layers=self.shape["layers"],
-                              hidden=self.shape["hidden"], ffn=self.shape["ffn"], vocab=self.vocab.size)
+                              hidden=self.shape["hidden"], ffn=self.shape["ffn"], vocab=self.vocab.size, **txl)
 
     # ------------------------------------------------------------------ one step
 
