@@ -32,7 +32,14 @@ def id_key(pid: str) -> str:
 
 
 def hash_key(raw_sequence: str) -> str:
-    """biotrainer's key of a sequence: SHA-256 of ``f"{seq}_{len(seq)}"``."""
+    """The one key of a sequence, biotrainer's: SHA-256 (hex) of ``f"{seq}_{len(seq)}"``.
+
+    ``seq`` is the sequence as written in the input: the record's residues without line breaks,
+    upper case, **B/O/U/Z kept** (for a protein FASTA that is the text as written). Writers
+    (``protlm embed --key hash``) and readers (task features, ``protlm predict``) both take it
+    from the sequence *before* rare residues are mapped to X, so a hash-keyed file made by
+    protlm, biotrainer or another tool from the same sequences is found.
+    """
     return hashlib.sha256(f"{raw_sequence}_{len(raw_sequence)}".encode()).hexdigest()
 
 

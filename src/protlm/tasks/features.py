@@ -478,9 +478,6 @@ class FeatureSource:
         fs = self.features(ids, sequences, written, progress)
         return [np.asarray(fs[i], dtype=np.float32) for i in range(len(fs))]
 
-    def release(self) -> None:
-        """Nothing is held in memory between batches; kept for callers of the earlier API."""
-
     def close(self) -> None:
         if self._h5 is not None:
             self._h5.close()
