@@ -82,3 +82,18 @@ def resume_matches(shards: Path, tmp_path: Path, arch: str, extra: dict | None =
     a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def cli_embed_matches(folder: Path, tmp_path: Path, seqs: list[str], expected: list[np.ndarray]) -> None:
+    """`protlm embed --model FOLDER` writes, per protein, what the backend returned."""
+    import h5py
+
+    from protlm.cli.main import main
+
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text("".join(f">p{i}\n{s}\n" for i, s in enumerate(seqs)))
+    out = tmp_path / "e.h5"
+    assert main(["embed", "--model", str(folder), "--input", str(fasta), "--output", str(out), "--device", "cpu"]) == 0
+    with h5py.File(out) as f:
+        for i, ref in enumerate(expected):
+            np.testing.assert_allclose(f[f"p{i}"][()], ref, atol=1e-5)

@@ -19,7 +19,7 @@ import protlm.models  # noqa: F401  (registers model_type "prottxl" with the Aut
 from protlm.models.transfo_xl import ProtTXLConfig, ProtTXLForCausalLM, ProtTXLModel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from family_checks import make_shards, resume_matches, two_processes_match_one  # noqa: E402
+from family_checks import cli_embed_matches, make_shards, resume_matches, two_processes_match_one  # noqa: E402
 
 SMALL = dict(vocab_size=30, d_model=32, n_layer=3, n_head=4, d_inner=64)
 RECURRENCE = {"segment_length": 24, "mem_len": 24}  # engine tests: proteins of up to 96 tokens span 4 segments
@@ -154,3 +154,33 @@ def test_embedding_walks_segments_and_equals_a_direct_forward(shards, tmp_path):
         np.testing.assert_allclose(got, ref, atol=1e-5)
     layer0 = resolve(str(folder), EmbedOptions(device="cpu", layer=0)).forward(seqs[:1])[0]
     assert not np.allclose(layer0, ours[0])
+    cli_embed_matches(folder, tmp_path, seqs, ours)
+
+
+def test_activation_checkpointing_gives_the_same_losses(shards, tmp_path):
+    from protlm.pretrain.config import load_config
+    from protlm.pretrain.metrics import read_metrics
+    from protlm.pretrain.trainer import Trainer
+
+    from family_checks import family_config
+
+    phases = [{"steps": 3, "max_length": 96, "tokens_per_batch": 1024}]
+    losses = []
+    for name, flag in (("a", False), ("b", True)):
+        cfg = load_config(data=family_config(shards, "txl", RECURRENCE, phases=phases, activation_checkpointing=flag))
+        Trainer(cfg, tmp_path / name, progress=False).run()
+        losses.append([r["loss"] for r in read_metrics(tmp_path / name) if r["kind"] == "train"])
+    assert len(losses[0]) == 3 and np.allclose(losses[0], losses[1], atol=1e-5)
+
+
+def test_training_flops_count_bounded_attention():
+    from protlm.pretrain.metrics import forward_flops
+
+    shape = dict(arch="txl", layers=2, hidden=64, ffn=256, vocab=30, segment=32, memory=32)
+    block = 2 * (4 * 64 * 64 + 2 * 64 * 256)
+    one = forward_flops(np.array([20]), **shape)  # one segment, no memory: 6·width per query-key pair
+    assert one == pytest.approx(20 * (2 * block + 2 * 64 * 30) + 2 * 6 * 64 * 20 * 20)
+    per_token = [forward_flops(np.array([n]), **shape) / n for n in (128, 256, 1024)]
+    assert per_token[0] == pytest.approx(per_token[1]) == pytest.approx(per_token[2])  # linear in length
+    esm = [forward_flops(np.array([n]), **{**shape, "arch": "esm"}) / n for n in (128, 1024)]
+    assert esm[1] > esm[0]  # full attention grows with length

@@ -17,7 +17,7 @@ from protlm.models.vocab import VOCABS
 from protlm.pretrain.objectives import IGNORE, PLM_MAX_SPAN, make_batch, plm_order, plm_spans
 
 sys.path.insert(0, str(Path(__file__).parent))
-from family_checks import make_shards, resume_matches, two_processes_match_one  # noqa: E402
+from family_checks import cli_embed_matches, make_shards, resume_matches, two_processes_match_one  # noqa: E402
 
 VOCAB = VOCABS["protxlnet"]
 
@@ -139,3 +139,4 @@ def test_trained_checkpoint_embeds_like_a_plain_transformers_forward(shards, tmp
             ref = plain(ids).last_hidden_state[0, :len(seq)].numpy()
         assert got.shape == (len(seq), plain.config.d_model)
         np.testing.assert_allclose(got, ref, atol=1e-5)
+    cli_embed_matches(folder, tmp_path, seqs, ours)

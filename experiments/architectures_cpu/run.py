@@ -1,0 +1,115 @@
+"""The papers' architecture comparison at a small CPU budget: every family, equal training FLOPs.
+
+Every architecture protlm trains — BERT, ALBERT, pre-LN/ESM, causal (GPT-NeoX), ProtTXL,
+ProtXLNet, T5 — gets the same body shape (the swissprot_cpu sweep's winning ``xs``: 3 layers,
+96 wide, 6 heads, FFN 384; T5 has that many encoder *and* decoder layers), the same data (the
+20,000-protein random Swiss-Prot sample of ../shared/data, ``protlm prepare``'d once, ~1% held
+out by id hash), the same crops and token budget per step, and the same training FLOPs
+(``--budget-tflop``; steps = budget / FLOPs per step of that family, from
+:func:`protlm.pretrain.metrics.training_flops` at the typical crop length). Each run uses one
+thread, under ``nice``.
+
+    .venv/bin/python experiments/architectures_cpu/run.py --data ../shared/data --out runs/arch_cpu
+
+Writes ``OUT/summary.json`` (per family: steps, tokens seen, FLOPs counted by the trainer,
+final validation loss / perplexity and what they are measured on) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+SHAPE = dict(layers=3, hidden=96, heads=6, ffn=384)
+FAMILIES = ["bert", "albert", "esm", "causal", "txl", "xlnet", "t5"]
+TOKENS_PER_STEP = 4096
+MAX_LENGTH = 256
+TYPICAL_LENGTH = 240
+TXL = {"segment_length": 128, "mem_len": 128}  # a 256-token crop is read as two segments with memory
+WHAT = {"mlm": "masked residues (15%, all masked)", "causal": "next residues", "plm": "permuted-order targets (1/6, spans ≤ 5)",
+        "span": "corrupted residues (15%, decoder)"}
+
+
+def flops_per_token(arch: str) -> float:
+    from protlm.models.architectures import ARCHITECTURES
+    from protlm.pretrain.metrics import training_flops
+
+    vocab = ARCHITECTURES[arch].vocab.size
+    extra = {"segment": TXL["segment_length"], "memory": TXL["mem_len"]} if arch == "txl" else {}
+    return training_flops(np.array([TYPICAL_LENGTH]), arch=arch, vocab=vocab, layers=SHAPE["layers"],
+                          hidden=SHAPE["hidden"], ffn=SHAPE["ffn"], **extra) / TYPICAL_LENGTH
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=os.environ.get("PROTLM_DATA", str(REPO.parent / "shared" / "data")))
+    ap.add_argument("--out", default=str(REPO / "runs" / "arch_cpu"))
+    ap.add_argument("--budget-tflop", type=float, default=1.0, help="training FLOPs per family (default 1 TFLOP)")
+    ap.add_argument("--families", nargs="*", default=FAMILIES)
+    args = ap.parse_args()
+    fasta = Path(args.data) / "pretraining" / "swissprot_2014_01_go_annotated.random20k_seed0.fasta"
+    if not fasta.exists():
+        print(f"SKIP: {fasta} not found")
+        return 0
+    out = Path(args.out)
+    shards = out / "shards"
+    protlm = str(REPO / ".venv" / "bin" / "protlm")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    if not (shards / "manifest.json").exists():
+        subprocess.run(["nice", protlm, "prepare", str(fasta), "--out", str(shards), "--dedup"], check=True, env=env)
+    summary = {}
+    for arch in args.families:
+        from protlm.models.architectures import ARCHITECTURES
+        from protlm.pretrain.metrics import read_metrics
+
+        steps = max(10, round(args.budget_tflop * 1e12 / (TOKENS_PER_STEP * flops_per_token(arch))))
+        run = out / arch
+        cmd = ["nice", protlm, "pretrain", "--config", str(REPO / "configs" / "pretrain" / "tiny.yaml"),
+               "--out", str(run), "--data", str(shards), f"model.arch={arch}",
+               *(f"model.{k}={v}" for k, v in SHAPE.items()), "model.max_positions=300",
+               "train.phases=[{steps: %d, max_length: %d, tokens_per_batch: %d}]" % (steps, MAX_LENGTH, TOKENS_PER_STEP),
+               f"train.eval_every={steps}", f"train.save_every={steps}", f"train.log_every={max(1, steps // 10)}",
+               "train.peak_flops=1e11", "train.tensorboard=false", f"optimizer.warmup_steps={max(1, steps // 20)}",
+               "optimizer.schedule=cosine", "data.valid_sequences=128", f"data.valid_max_length={MAX_LENGTH}"]
+        if arch == "txl":
+            cmd += [f"model.extra.{k}={v}" for k, v in TXL.items()]
+        if (run / "model" / "model.safetensors").exists():
+            pass
+        else:
+            if (run / "checkpoints" / "latest").exists():
+                cmd.append("--resume")
+            print("+ " + " ".join(cmd), flush=True)
+            t = time.time()
+            subprocess.run(cmd, check=True, env=env)
+            print(f"  {arch}: {time.time() - t:.0f} s", flush=True)
+        records = read_metrics(run)
+        valid = [r for r in records if r["kind"] == "valid"][-1]
+        train = [r for r in records if r["kind"] == "train"]
+        summary[arch] = {"objective": ARCHITECTURES[arch].objective, "steps": steps,
+                         "params": next(r for r in records if r["kind"] == "start")["params"],
+                         "tokens_seen": train[-1]["tokens_seen"], "flops_seen": train[-1]["flops_seen"],
+                         "train_s": sum(r["elapsed_s"] for r in train), "val_loss": valid["val_loss"],
+                         "val_ppl": valid["val_ppl"], "val_targets": valid["val_targets"],
+                         "first_train_loss": train[0]["loss"], "last_train_loss": train[-1]["loss"]}
+        (out / "summary.json").write_text(json.dumps({"budget_tflop": args.budget_tflop, "shape": SHAPE,
+                                                      "tokens_per_step": TOKENS_PER_STEP, "max_length": MAX_LENGTH,
+                                                      "txl": TXL, "families": summary}, indent=2))
+    print("| family | objective | parameters | steps | tokens seen | TFLOP | val. loss | val. perplexity | over |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for arch, s in summary.items():
+        print(f"| {arch} | {s['objective']} | {s['params']:,} | {s['steps']} | {s['tokens_seen']:,} | "
+              f"{s['flops_seen'] / 1e12:.2f} | {s['val_loss']:.3f} | {s['val_ppl']:.2f} | "
+              f"{s['val_targets']:,} {WHAT[s['objective']]} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
