@@ -85,7 +85,7 @@ def child(name: str, length: int, repeats: int) -> dict:
     emb = rng.normal(size=(length, 96)).astype(np.float32)
     tmp = tempfile.TemporaryDirectory()
     if name == "embed_masked_xs":
-        from protlm.embed.registry import load_embedder
+        from protlm.embed.runner import load_embedder
 
         e = load_embedder(str(MASKED))
         call = lambda: e.embed([seq])  # noqa: E731

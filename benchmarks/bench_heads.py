@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--proteins", type=int, default=300)
     args = ap.parse_args()
     from protlm.data.benchmarks import load_benchmark
-    from protlm.embed.embedder import EmbedOptions, Embedder
+    from protlm.embed import EmbedOptions, Embedder
 
     recs = load_benchmark("netsurfp", args.data)
     rng = np.random.default_rng(0)

@@ -85,10 +85,10 @@ def direct(folder: Path, seq: str, text: str, prefix: int) -> np.ndarray:
 def test_parity_with_a_direct_transformers_forward(models, name, prefix):
     emb = Embedder(str(models[name]))
     clean = [p.replace("U", "X").replace("Z", "X").replace("O", "X").replace("B", "X")
-             if emb.family.map_rare else p for p in PROTEINS]
+             if emb.family_info.map_rare else p for p in PROTEINS]
     ours = emb.embed(PROTEINS)  # batched with padding, longest first
     for seq, got, text_seq in zip(PROTEINS, ours, clean):
-        text = " ".join(text_seq) if emb.family.space_separated else text_seq
+        text = " ".join(text_seq) if emb.family_info.space_separated else text_seq
         ref = direct(models[name], seq, text, prefix)
         assert got.shape == (len(seq), emb.dim) and got.dtype == np.float32
         assert np.abs(got - ref).max() < 1e-5, name
@@ -109,7 +109,7 @@ def test_token_layout_matches_the_tokenizer(models):
     for name in ("esm", "protbert", "prott5"):
         emb = Embedder(str(models[name]))
         seq = "MKTAYIAKQX"
-        text = " ".join(seq) if emb.family.space_separated else seq
+        text = " ".join(seq) if emb.family_info.space_separated else seq
         assert emb.layout.encode(seq).tolist() == emb.tokenizer(text)["input_ids"]
 
 
@@ -189,22 +189,22 @@ def test_out_of_memory_splits_the_batch(models, monkeypatch):
     emb = Embedder(str(models["esm"]))
     same_length = [PROTEINS[0][i:i + 40] for i in range(0, 40, 5)]  # on a CPU only equal lengths share a batch
     expected = [emb.embed([s])[0] for s in same_length]
-    real = emb._forward
+    real = emb.backend.forward
 
-    def limited(seqs, model, device):
+    def limited(seqs, cpu=False):
         if len(seqs) > 1:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(seqs, model, device)
+        return real(seqs, cpu=cpu)
 
-    monkeypatch.setattr(emb, "_forward", limited)
+    monkeypatch.setattr(emb.backend, "forward", limited)
     emb.stats.oom_splits = 0
     got = emb.embed(same_length)
     assert emb.stats.oom_splits >= 1 and all(np.allclose(a, b, atol=1e-5) for a, b in zip(got, expected))
 
-    def never(seqs, model, device):
+    def never(seqs, cpu=False):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99 GB")
 
-    monkeypatch.setattr(emb, "_forward", never)
+    monkeypatch.setattr(emb.backend, "forward", never)
     ids = ["p0"]
     list(emb.iter_embed(ids, [PROTEINS[0]]))
     assert emb.stats.skipped[-1]["id"] == "p0" and "out of memory" in emb.stats.skipped[-1]["reason"]
@@ -310,3 +310,113 @@ def test_torchrun_two_processes_write_one_file(models, tmp_path):
         assert sorted(a.keys()) == sorted(b.keys())
         assert all(np.allclose(a[k][()], b[k][()], atol=1e-5) for k in a)
     assert not list(tmp_path.glob("tr.h5.rank*"))
+
+
+# --------------------------------------------------------------------------- nothing silently wrong (issue 15)
+
+
+def _embed_cli(*args):
+    from protlm.cli.main import main
+
+    return main(["embed", *args])
+
+
+def test_resume_refuses_another_model_level_or_sequence(tmp_path, capsys):
+    fasta = write_fasta(tmp_path / "in.fa", [("a", "MKTAYIAKQR"), ("b", "GW")])
+    out = tmp_path / "o.h5"
+    assert _embed_cli("--model", "onehot", "--input", str(fasta), "--output", str(out)) == 0
+    capsys.readouterr()
+    # another model: refused, the file is untouched
+    before = out.read_bytes()
+    assert _embed_cli("--model", "blosum62", "--input", str(fasta), "--output", str(out), "--resume") == 2
+    err = capsys.readouterr().err
+    assert "another run" in err and "fingerprint" in err and "Traceback" not in err
+    assert out.read_bytes() == before
+    # another level
+    assert _embed_cli("--model", "onehot", "--input", str(fasta), "--output", str(out), "--resume",
+                      "--level", "protein") == 2
+    assert "level" in capsys.readouterr().err
+    # a changed sequence under the same id is not kept stale
+    fasta2 = write_fasta(tmp_path / "in2.fa", [("a", "MKTAYIAKQW"), ("b", "GW"), ("c", "MKV")])
+    assert _embed_cli("--model", "onehot", "--input", str(fasta2), "--output", str(out), "--resume") == 2
+    assert "'a' has another sequence" in capsys.readouterr().err
+    # the same run resumes and adds what is missing
+    fasta3 = write_fasta(tmp_path / "in3.fa", [("a", "MKTAYIAKQR"), ("b", "GW"), ("c", "MKV")])
+    assert _embed_cli("--model", "onehot", "--input", str(fasta3), "--output", str(out), "--resume") == 0
+    with h5py.File(out) as f:
+        assert sorted(f.keys()) == ["a", "b", "c"] and len(f.attrs["fingerprint"]) > 0
+
+
+def test_a_journal_of_another_run_is_refused(tmp_path, capsys):
+    from protlm.embed.store import Journal
+
+    fasta = write_fasta(tmp_path / "in.fa", [("a", "MKT")])
+    out = tmp_path / "o.h5"
+    Journal(out).claim({"fingerprint": "blosum62:blosum62", "level": "residue", "key": "id", "output_dtype": "float32"})
+    assert _embed_cli("--model", "onehot", "--input", str(fasta), "--output", str(out), "--resume") == 2
+    assert "unfinished parts of another run" in capsys.readouterr().err
+
+
+def test_a_second_embed_on_the_same_output_is_refused_naming_the_holder(tmp_path):
+    fasta = write_fasta(tmp_path / "in.fa", [("a", "MKT")])
+    out = tmp_path / "o.h5"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from protlm.outputs import output_lock\n"
+        f"with output_lock({str(out)!r}):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = _cli("embed", "--model", "onehot", "--input", str(fasta), "--output", str(out))
+        assert r.returncode == 2 and f"process {holder.pid}" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    r = _cli("embed", "--model", "onehot", "--input", str(fasta), "--output", str(out))
+    assert r.returncode == 0, r.stderr
+
+
+def test_rare_residues_are_treated_alike_by_the_cli_and_the_api(models, tmp_path):
+    seq = "MKTUZOBAYIAK"
+    fasta = write_fasta(tmp_path / "rare.fa", [("r", seq)])
+    for name in ("esm", "causal", "protbert"):
+        out = tmp_path / f"{name}.h5"
+        r = _cli("embed", "--model", str(models[name]), "--input", str(fasta), "--output", str(out))
+        assert r.returncode == 0, r.stderr
+        api = Embedder(str(models[name])).embed([seq])[0]
+        with h5py.File(out) as f:
+            np.testing.assert_allclose(f["r"][()], api, atol=1e-5)
+
+
+def test_safetensors_only(models, tmp_path):
+    import shutil
+
+    folder = tmp_path / "bin-only"
+    shutil.copytree(models["esm"], folder)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(InputError, match="safetensors only"):
+        Embedder(str(folder))
+
+
+def test_fingerprint_follows_the_weights_not_the_path(models, tmp_path):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(models["esm"], folder)
+    first = Embedder(str(folder)).fingerprint()
+    assert Embedder(str(folder)).fingerprint() == first
+    assert Embedder(str(folder), EmbedOptions(layer=0)).fingerprint() != first
+    shutil.rmtree(folder)
+    shutil.copytree(models["causal"], folder)  # re-pretrained into the same folder
+    assert Embedder(str(folder)).fingerprint() != first
+
+
+def test_compressed_output_reads_the_same(tmp_path):
+    fasta = write_fasta(tmp_path / "in.fa", [("a", "MKTAYIAKQR" * 20)])
+    plain, packed = tmp_path / "p.h5", tmp_path / "c.h5"
+    assert _embed_cli("--model", "onehot", "--input", str(fasta), "--output", str(plain)) == 0
+    assert _embed_cli("--model", "onehot", "--input", str(fasta), "--output", str(packed), "--compress") == 0
+    with h5py.File(plain) as a, h5py.File(packed) as b:
+        np.testing.assert_array_equal(a["a"][()], b["a"][()])
+        assert b["a"].compression == "gzip" and a["a"].compression is None

@@ -234,6 +234,11 @@ def test_suite_reuse_follows_the_file_checksum_not_its_path(tmp_path, task_file)
     shutil.move(h5, moved)
     again = run_suite(suite, [str(moved)], tmp_path / "out", None)
     assert metrics.stat().st_mtime_ns == stamp and again["results"][0]["embedder"] == str(moved)  # reused
+    renamed = moved.with_name("renamed.h5")
+    moved.rename(renamed)
+    run_suite(suite, [str(renamed)], tmp_path / "out", None)
+    assert metrics.stat().st_mtime_ns == stamp  # renamed: still the same content, reused
+    renamed.rename(moved)
     _task_h5(moved, task_file, seed=9, model="m", fingerprint="f:1")  # same path, new content
     run_suite(suite, [str(moved)], tmp_path / "out", None)
     assert len(list((tmp_path / "out" / "t").glob("*/metrics.json"))) == 2  # trained anew

@@ -366,7 +366,8 @@ def test_resume_reproduces_the_uninterrupted_run(shards, tmp_path):
     a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    changed = load_config(data=data, overrides=["optimizer.lr=0.1"])
+    # the learning rate may change on resume (tests/test_divergence.py); the model may not
+    changed = load_config(data=data, overrides=["model.dropout=0.2"])
     with pytest.raises(ConfigError, match="config differs"):
         Trainer(changed, tmp_path / "cut", resume=True, progress=False)
 

@@ -260,3 +260,14 @@ def test_random_model_round_trip(tmp_path):
     for i in range(2):
         assert np.array_equal(a.residues(i), b.residues(i))
     assert a.residues(1).shape == (10, 8)
+
+
+@needs_weights
+def test_int8_and_cpu_half_precision_are_refused():
+    from protlm.embed.registry import resolve
+    from protlm.embed.spec import EmbedOptions
+
+    with pytest.raises(ConfigError, match="int8 is not offered"):
+        resolve("unirep64", EmbedOptions(int8=True))
+    with pytest.raises(ConfigError, match="meant for GPUs"):
+        resolve("unirep64", EmbedOptions(device="cpu", dtype="bf16"))

@@ -20,7 +20,7 @@ __all__ = ["EmbedOptions", "Embedder", "ProtlmError", "__version__"]
 def __getattr__(name: str):
     # Lazy: `import protlm` (and the CLI's start-up) should not pay for importing torch.
     if name in ("Embedder", "EmbedOptions"):
-        from protlm.embed import embedder
+        from protlm import embed
 
-        return getattr(embedder, name)
+        return getattr(embed, name)
     raise AttributeError(f"module 'protlm' has no attribute {name!r}")

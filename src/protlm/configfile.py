@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from protlm.errors import ConfigError
 
-__all__ = ["build", "load_tree", "parse_overrides", "set_dotted"]
+__all__ = ["build", "load_tree", "parse_number", "parse_overrides", "set_dotted"]
 
 
 def _convert(value: Any, hint: Any, where: str) -> Any:
@@ -50,13 +51,31 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"config {where}: must be an integer, not {value!r}")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config {where}: must be a number, not {value!r}")
-        return float(value)
+        return parse_number(value, where)
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"config {where}: must be a string, not {value!r}")
         return value
+    return value
+
+
+def parse_number(value: Any, where: str) -> float:
+    """A float from what a user writes: ``0.001``, ``1e-3``, ``1E-3``, ``1e3`` (YAML 1.1, and so
+    PyYAML, reads ``1e-3`` without a dot as a string), never inf or NaN."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"config {where}: must be a number, not {value!r}") from None
+        if text.lower().lstrip("+-").lstrip(".") in ("inf", "infinity", "nan"):
+            raise ConfigError(f"config {where}: must be a finite number, not {value!r}")
+        value = number
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"config {where}: must be a number, not {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"config {where}: must be a finite number, not {value!r}")
     return value
 
 
@@ -128,11 +147,22 @@ def load_tree(path: str | Path | None = None, overrides: list[str] | None = None
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            tree = yaml.safe_load(p.read_text()) or {}
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            line = p.read_bytes()[: exc.start].count(b"\n") + 1
+            raise ConfigError(f"config {p}: not UTF-8 text (byte {exc.start}, line {line}); "
+                              "save the file as UTF-8") from None
+        except OSError as exc:
+            raise ConfigError(f"config {p}: cannot read ({exc.strerror})") from None
+        try:
+            tree = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
             raise ConfigError(f"config {p}: not valid YAML{where}") from None
+        if tree is None:
+            raise ConfigError(f"config {p}: the file holds no settings (empty or only comments); "
+                              "write `{}` in it to use every default")
         if not isinstance(tree, dict):
             raise ConfigError(f"config {p}: the top level must be a mapping of sections")
     if data is not None:

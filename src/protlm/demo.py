@@ -154,7 +154,7 @@ def _embed_and_project(out: Path, fasta: Path, data: Path | None, checkpoint: Pa
     from protlm.analysis.projection import project_proteins, project_tokens, stratified_subsample
     from protlm.data.alphabet import CleaningPolicy
     from protlm.data.fasta import read_fasta
-    from protlm.embed.registry import load_embedder
+    from protlm.embed.runner import load_embedder
 
     if data is not None:
         from protlm.data.benchmarks import load_benchmark

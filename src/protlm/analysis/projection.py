@@ -679,28 +679,13 @@ def aa_group(letter: str) -> str:
 def token_embedding_matrix(model_path: str | Path) -> tuple[list[str], np.ndarray]:
     """The rows of the model's input embedding matrix (``get_input_embeddings().weight``) for the
     20 standard amino acids: ``(letters, 20 × D float32)``. The row of each letter is found with
-    the model's own tokenizer (:func:`protlm.embed.families.token_layout`), so ESM, ProtBert,
+    the model's own tokenizer (:func:`protlm.models.families.token_layout`), so ESM, ProtBert,
     ProtT5 and protlm's own vocabularies all work."""
-    import transformers
-    from transformers.utils import logging as hf_logging
+    from protlm.models.hf import load_hf_lm
 
-    from protlm.embed.families import detect_family, read_config, token_layout
-
-    hf_logging.set_verbosity_error()  # an unused LM head is expected when loading the encoder
-    hf_logging.disable_progress_bar()
     model = str(model_path)
-    family = detect_family(read_config(model), model)
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model)
-    except Exception as exc:
-        raise InputError(f"--token-embeddings {model}: the tokenizer could not be loaded "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    layout = token_layout(tokenizer, family)
-    try:
-        encoder = getattr(transformers, family.encoder_class).from_pretrained(model)
-    except OSError as exc:
-        raise InputError(f"--token-embeddings {model}: the weights could not be loaded "
-                         f"({str(exc).splitlines()[0][:200]})") from None
+    lm = load_hf_lm(model, what="--token-embeddings")
+    layout, encoder = lm.layout, lm.model
     weight = encoder.get_input_embeddings().weight.detach().float().numpy()
     letters = list(STANDARD_AA)
     rows = layout.lut[[ord(c) for c in letters]]

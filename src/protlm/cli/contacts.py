@@ -47,8 +47,11 @@ def cmd_train(args) -> int:
     from protlm.contacts.api import train
     from protlm.contacts.config import load_config
 
+    from protlm.outputs import check_output_dir
+
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
+    check_output_dir(out, overwrite=getattr(args, "overwrite", False), marker="head.json")
     metrics = train(cfg, out, _data_arg(args.data))
     _emit(args, metrics, _summary(metrics, str(out)))
     return 0
@@ -70,8 +73,11 @@ def cmd_attention(args) -> int:
         "train": {"seed": args.seed},
         "evaluate": {"n_boot": args.n_boot},
     }
+    from protlm.outputs import check_output_dir
+
     cfg = parse_config(tree)
     out = Path(args.out)
+    check_output_dir(out, overwrite=args.overwrite, marker="head.json")
     metrics = train(cfg, out, None)
     _emit(args, metrics, _summary(metrics, str(out)))
     return 0
@@ -83,6 +89,15 @@ def cmd_evaluate(args) -> int:
 
     extra = {k: v for k, v in {"max_chains": args.max_chains, "n_boot": args.n_boot,
                                "include_early_stop": args.include_early_stop or None}.items() if v is not None}
+    if args.out:
+        from protlm.outputs import check_output_file
+
+        check_output_file(args.out, overwrite=args.overwrite, option="--out", create_parent=True,
+                          inputs=[Path(args.head) / "head.json", args.data])
+    if args.n_boot is not None and args.n_boot < 0:
+        from protlm.errors import ConfigError
+
+        raise ConfigError(f"--n-boot must be >= 0 (0: no confidence intervals), not {args.n_boot}")
     metrics = evaluate(Path(args.head), _data_arg(args.data), args.split, extra)
     if args.out:
         write_json(Path(args.out), metrics)
@@ -101,6 +116,9 @@ def cmd_predict(args) -> int:
         raise InputError(f"--truth {args.truth}: no such file (coordinates in the contacts npz layout)")
     if args.max_residues < 1:
         raise ConfigError("--max-residues must be >= 1")
+    from protlm.outputs import check_output_dir
+
+    check_output_dir(args.out, overwrite=args.overwrite, inputs=[args.input, args.head])
     result = predict(Path(args.head), Path(args.input), Path(args.out),
                      truth=Path(args.truth) if args.truth else None, pictures=not args.no_pictures,
                      max_residues=args.max_residues)
@@ -147,6 +165,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--out", help="head folder (default: runs/<config name>)")
     t.add_argument("--data", help="contacts data folder or coords npz (overrides data.path)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    t.add_argument("--overwrite", action="store_true", help="replace a head already in --out")
     t.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     t.set_defaults(func=cmd_train)
 
@@ -168,6 +187,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--penalty", choices=["l1", "l2"], default="l1", help="l1 (ESM, default) or l2")
     a.add_argument("--seed", type=int, default=0, help="seed for the pair subsample / random-init weights")
     a.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    a.add_argument("--overwrite", action="store_true", help="replace a head already in --out")
     a.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     a.set_defaults(func=cmd_attention)
 
@@ -182,6 +202,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also score the validation chains used for early stopping")
     e.add_argument("--n-boot", type=int, help="bootstrap resamples (default: the config's, 1000)")
     e.add_argument("--out", help="write the metrics JSON here too")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     e.set_defaults(func=cmd_evaluate)
 
@@ -207,7 +228,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "drawn below the diagonal.")
     r.add_argument("--head", required=True, help="head folder")
     r.add_argument("--input", required=True, help="FASTA file")
-    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--out", required=True, help="output folder (new or empty; ids become safe, unique file names, "
+                                                "listed in OUT/predictions.json)")
+    r.add_argument("--overwrite", action="store_true", help="write into a folder that already holds files")
     r.add_argument("--truth", help="coords npz (the contacts data layout) with true structures for some ids")
     r.add_argument("--no-pictures", action="store_true", help="write only the npz files")
     r.add_argument("--max-residues", type=int, default=3000,

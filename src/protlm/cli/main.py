@@ -83,7 +83,18 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from protlm.data.prepare import PrepareOptions, prepare
+    from protlm.data.prepare import PrepareOptions, prepare, verify
+    from protlm.errors import ConfigError
+
+    if args.verify:
+        if args.input:
+            raise ConfigError("--verify checks the folder given by --out; give no input file")
+        res = verify(args.out)
+        _emit(args, res, f"{args.out}: {res['shards']} shard files, {res['records']:,} records: "
+                         "sizes and content hashes match the manifest")
+        return 0
+    if not args.input:
+        raise ConfigError("give the FASTA input file (or --verify to check a prepared --out folder)")
 
     options = PrepareOptions(
         valid_fraction=args.valid_fraction,
@@ -243,13 +254,14 @@ def cmd_pretrain(args) -> int:
 
 def cmd_embed(args) -> int:
     apply_threads(args)
-    from protlm.embed.embedder import EmbedOptions
     from protlm.embed.pipeline import embed_distributed, parse_shard
+    from protlm.embed.spec import EmbedOptions
 
     options = EmbedOptions(layer=args.layer, device=args.device, dtype=args.dtype, int8=args.int8,
                            tokens_per_batch=args.tokens_per_batch, max_sequences=args.max_sequences,
                            alone_above=args.alone_above, long_policy=args.long_policy,
-                           window_overlap=args.window_overlap, cpu_fallback=not args.no_cpu_fallback)
+                           window_overlap=args.window_overlap, cpu_fallback=not args.no_cpu_fallback,
+                           pooling=args.pooling)
     bar = _progress_bar(None, "embed", unit="res")
 
     def progress(done: int, total: int) -> None:
@@ -260,7 +272,7 @@ def cmd_embed(args) -> int:
     try:
         result = embed_distributed(args.model, args.input, args.output, options=options, level=args.level,
                                    key=args.key, resume=args.resume, shard=parse_shard(args.shard),
-                                   half=args.float16, progress=progress)
+                                   half=args.float16, compress=args.compress, progress=progress)
     finally:
         bar.close()
     if result is None:  # a torchrun rank other than 0
@@ -287,8 +299,15 @@ def cmd_embed(args) -> int:
 
 def cmd_merge(args) -> int:
     from protlm.embed.store import merge_files
+    from protlm.errors import InputError
+    from protlm.outputs import check_output_file, output_lock
 
-    n = merge_files(Path(args.output), [Path(p) for p in args.inputs])
+    for p in args.inputs:
+        if not Path(p).is_file():
+            raise InputError(f"{p}: no such file (an HDF5 file written by protlm embed)")
+    check_output_file(args.output, overwrite=args.overwrite, inputs=args.inputs)
+    with output_lock(args.output, "the merge output"):
+        n = merge_files(Path(args.output), [Path(p) for p in args.inputs])
     _emit(args, {"output": args.output, "datasets": n}, f"merged {len(args.inputs)} files → {args.output} ({n:,} datasets)")
     return 0
 
@@ -297,7 +316,8 @@ def cmd_merge(args) -> int:
 
 #: Modules that add their own subcommands (``register(subparsers)``); they import heavy
 #: libraries only inside their command functions, so ``protlm --help`` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ("protlm.cli.kmer", "protlm.cli.project", "protlm.cli.tasks", "protlm.cli.contacts")
+COMMAND_MODULES: tuple[str, ...] = ("protlm.cli.kmer", "protlm.cli.project", "protlm.cli.tasks", "protlm.cli.contacts",
+                                    "protlm.cli.importer")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,8 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Clean, split (by id hash), filter and tokenise a FASTA file "
                                    "into uint8 token shards with a manifest.json. Resumable: "
                                    "finished chunks are skipped when rerun.")
-    p.add_argument("input", help="FASTA or gzipped FASTA file")
+    p.add_argument("input", nargs="?", help="FASTA or gzipped FASTA file")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--verify", action="store_true",
+                   help="check the prepared --out folder (file sizes and content hashes against manifest.json) "
+                        "instead of preparing")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--shard", metavar="i/N",
                    help="process only chunks with index %% N == i (then run prepare-merge)")
@@ -392,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "HDF5, one dataset per protein keyed by id (or sequence hash). "
                                    "Resumable (--resume); under torchrun each process takes a shard.")
     p.add_argument("--model", required=True,
-                   help="Hugging Face model folder or hub id, or a baseline: onehot, blosum62, kmer "
-                        "(the committed 3-mer model) or a folder written by protlm kmer-train")
+                   help="Hugging Face model folder or hub id, a baseline (onehot, blosum62, kmer: the committed "
+                        "3-mer model) or a folder written by protlm kmer-train, or any registered family "
+                        "(docs/embedding.md lists them)")
     p.add_argument("--input", required=True, help="FASTA or gzipped FASTA")
     p.add_argument("--output", required=True, help="HDF5 file to write")
     p.add_argument("--level", choices=["residue", "protein", "both"], default="residue",
@@ -406,8 +430,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="model precision (bf16/fp16: GPU)")
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of linear layers (CPU)")
     p.add_argument("--float16", action="store_true", help="store embeddings as float16 (half the disk)")
-    p.add_argument("--tokens-per-batch", type=int, default=4000, help="padded tokens per batch (default 4000)")
-    p.add_argument("--max-sequences", type=int, default=100, help="proteins per batch (default 100)")
+    p.add_argument("--compress", action="store_true",
+                   help="gzip-compressed HDF5 datasets, as biotrainer writes them (smaller, slower to write)")
+    p.add_argument("--tokens-per-batch", type=int, default=None,
+                   help="padded tokens per batch (default: the model family's, 4000 for transformers)")
+    p.add_argument("--max-sequences", type=int, default=None,
+                   help="proteins per batch (default: the model family's, 100 for transformers)")
+    p.add_argument("--pooling", default="mean",
+                   help="per-protein vector (--level protein): mean over residues (default), or a family's own "
+                        "(unirep: h_avg, h_final, c_final, fusion)")
     p.add_argument("--alone-above", type=int, default=1000,
                    help="proteins longer than this many residues are embedded one at a time (default 1000)")
     p.add_argument("--long-policy", choices=["window", "error"], default="window",
@@ -426,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in two inputs must hold identical arrays.")
     p.add_argument("output", help="the merged HDF5 file")
     p.add_argument("inputs", nargs="+", help="HDF5 files written by protlm embed")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.set_defaults(func=cmd_merge)
 
@@ -446,6 +478,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: How each command continues after Ctrl-C (what the interrupted message tells the user).
+RESUME_WITH_FLAG = ("embed", "pretrain")  # they refuse an existing output without --resume
+RESUME_BY_RERUN = ("prepare", "prepare-merge", "benchmark", "demo")  # finished parts are reused
+
+
+def _resume_hint(args) -> str:
+    command = getattr(args, "command", None)
+    if command in RESUME_WITH_FLAG:
+        return "finished work is kept; rerun the same command with --resume to continue"
+    if command in RESUME_BY_RERUN or (command == "contacts" and getattr(args, "contacts_command", "") == "benchmark"):
+        return "finished work is kept; rerun the same command to continue (finished parts are reused)"
+    return "every output is written atomically, so no partial file was left; rerun the command"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -463,15 +509,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"protlm: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("protlm: interrupted; finished work is kept, rerun the same command to resume",
-              file=sys.stderr)
+        print(f"protlm: interrupted; {_resume_hint(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
-    except OSError as exc:  # disk full, permissions on output, ...
+    except OSError as exc:  # disk full, permissions on output, ...: the user's environment, exit 2
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"protlm: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

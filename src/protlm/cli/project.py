@@ -173,7 +173,7 @@ def run_proteins(args, params) -> dict:
         x = read_h5_vectors(args.embeddings, [index[i] for i in candidates])
         model_name = _h5_model(args.embeddings)
     else:
-        from protlm.embed.registry import load_embedder
+        from protlm.embed.runner import load_embedder
 
         embedder = load_embedder(args.model)
         log.info("embedding %d proteins with %s", len(candidates), args.model)

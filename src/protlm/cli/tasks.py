@@ -113,10 +113,14 @@ def cmd_train(args) -> int:
     from protlm.tasks.config import load_task_config
     from protlm.tasks.train import train
 
+    from protlm.outputs import check_output_dir
+
     config = load_task_config(args.config, args.overrides)
     if args.embedder:
         config.embedder = args.embedder
     out = Path(args.out or Path("runs/heads") / config.name)
+    # before any embedding or training: an existing head needs --overwrite, the folder must be writable
+    check_output_dir(out, overwrite=args.overwrite, marker="head.json")
     cb, close = _progress()
     try:
         res = train(config, out, _data_dir(args), None if args.no_cache else args.cache, cb)
@@ -124,7 +128,10 @@ def cmd_train(args) -> int:
         close()
     lines = [f"trained {config.head.type} head for {config.name} ({config.protocol}) on {config.embedder}: "
              f"{res['proteins']['train']:,} train / {res['proteins']['valid']:,} valid proteins, "
-             f"best epoch {res['best_epoch']}, {res['seconds']:.1f} s"]
+             f"best epoch {res['best_epoch']} of {res['epochs_run']} (cap {res['epoch_cap']}), {res['seconds']:.1f} s"]
+    if res.get("cut_short"):
+        lines.append("  warning: cut short by the epoch cap (best epoch = last epoch): probably under-trained; "
+                     "raise train.epochs")
     lines += _metric_lines({"valid": res["valid"], **{f"test:{k}": v for k, v in res["test"].items()}})
     lines.append(f"  head        {out}")
     _emit(args, res, "\n".join(lines))
@@ -155,13 +162,28 @@ def _labelled_sets(args, head) -> dict:
     return sets
 
 
+def _check_bootstrap(args) -> None:
+    if args.bootstrap is not None and args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0 (0: no confidence intervals), not {args.bootstrap}")
+
+
+def _check_metrics_output(args) -> None:
+    if args.output:
+        from protlm.outputs import check_output_file
+
+        check_output_file(args.output, overwrite=args.overwrite, create_parent=True,
+                          inputs=[args.file, Path(args.head) / "head.json", Path(args.head) / "head.safetensors"])
+
+
 def cmd_evaluate(args) -> int:
     _threads(args)
+    _check_bootstrap(args)
+    _check_metrics_output(args)
     if _head_protocol(args.head) == PAIR_PROTOCOL:
         from protlm.contacts.api import evaluate as contacts_evaluate
         from protlm.contacts.api import write_json
 
-        extra = {"n_boot": args.bootstrap} if args.bootstrap else {}
+        extra = {"n_boot": args.bootstrap} if args.bootstrap is not None else {}
         metrics = contacts_evaluate(Path(args.head), _contacts_data(args), args.split or "validation", extra)
         if args.output:
             write_json(Path(args.output), metrics)
@@ -194,6 +216,9 @@ def cmd_predict(args) -> int:
         out_dir = Path(args.output)
         if out_dir.suffix:
             raise ConfigError(f"--output {out_dir}: a contact head writes one npz (+ png) per protein; give a folder")
+        from protlm.outputs import check_output_dir
+
+        check_output_dir(out_dir, overwrite=args.overwrite, inputs=[args.input, args.head], option="--output")
         result = contacts_predict(Path(args.head), Path(args.input), out_dir)
         _emit(args, result, f"predicted contacts for {result['proteins']} proteins → {out_dir} (npz + png); "
                             f"skipped: {len(result['skipped'])}")
@@ -203,13 +228,14 @@ def cmd_predict(args) -> int:
     from protlm.data.prepare import atomic_write_bytes
     from protlm.tasks.train import json_bytes, load_head, predict
 
+    from protlm.outputs import check_output_file
+
     head = load_head(args.head)
     output = Path(args.output)
     if output.suffix not in (".csv", ".json"):
         raise ConfigError(f"--output {output}: give a .csv or .json file name")
-    if not output.parent.exists():
-        raise InputError(f"--output {output}: the folder {output.parent} does not exist")
-    records = list(read_fasta(args.input, CleaningPolicy()))
+    check_output_file(output, overwrite=args.overwrite, inputs=[args.input])
+    records = list(read_fasta(args.input, CleaningPolicy(rare="keep")))  # as written: the HDF5 hash key
     if not records:
         raise InputError(f"{args.input}: no records")
     rows = predict(head, [r.id for r in records], [r.sequence for r in records], args.embedder,
@@ -239,6 +265,26 @@ def cmd_predict(args) -> int:
     atomic_write_bytes(output, data)
     _emit(args, {"output": str(output), "proteins": len(records), "rows": len(rows)},
           f"predicted {len(records):,} proteins with {args.head} → {output}")
+    return 0
+
+
+def cmd_export_fasta(args) -> int:
+    from protlm.data.prepare import atomic_write_bytes
+    from protlm.outputs import check_output_file
+    from protlm.tasks.config import load_task_config
+    from protlm.tasks.data import task_proteins
+
+    config = load_task_config(args.config, args.overrides)
+    check_output_file(args.out, overwrite=args.overwrite, inputs=[args.config], option="--out", create_parent=True)
+    proteins = task_proteins(config, _data_dir(args), args.split)
+    text = "".join(f">{pid} set={name}\n{seq}\n" for pid, seq, name in proteins)
+    atomic_write_bytes(Path(args.out), text.encode())
+    counts: dict[str, int] = {}
+    for _, _, name in proteins:
+        counts[name] = counts.get(name, 0) + 1
+    _emit(args, {"out": str(args.out), "proteins": len(proteins), "sets": counts},
+          f"wrote {len(proteins):,} proteins of {config.name} ({', '.join(f'{k} {v:,}' for k, v in counts.items())}) "
+          f"→ {args.out}")
     return 0
 
 
@@ -280,6 +326,7 @@ def register(sub) -> None:
                        epilog="overrides: dotted keys of the config, e.g. train.epochs=10 head.type=logreg")
     p.add_argument("--config", required=True, help="task config YAML (see configs/benchmarks/)")
     p.add_argument("--out", help="head folder (default: runs/heads/<name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a head already in --out")
     p.add_argument("--embedder", help="override the config's embedder (LM folder, onehot, blosum62, kmer, or .h5)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     _common(p)
@@ -296,8 +343,10 @@ def register(sub) -> None:
     p.add_argument("--kind", choices=["float", "int", "str"], default="str", help="csv: label type")
     p.add_argument("--split", help="keep only records of this split (train, valid, test)")
     p.add_argument("--embedder", help="embed with this instead of the head's embedder (same dimension)")
-    p.add_argument("--bootstrap", type=int, help="bootstrap resamples (default: the head's config)")
+    p.add_argument("--bootstrap", type=int,
+                   help="bootstrap resamples (default: the head's config; 0: no confidence intervals)")
     p.add_argument("--output", help="write the metrics JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     _common(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -308,9 +357,26 @@ def register(sub) -> None:
     p.add_argument("--input", required=True, help="FASTA or gzipped FASTA")
     p.add_argument("--output", required=True,
                    help="predictions: .csv or .json (a contact head: a folder for one npz + png per protein)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument("--embedder", help="embed with this instead of the head's embedder (same dimension)")
     _common(p, data=False)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export-fasta", help="write the proteins a task config uses as FASTA",
+                       description="Write the proteins of a task config — after max_train, the splits and dropping "
+                                   "records without labels — as FASTA (>id set=NAME, one line per sequence, as "
+                                   "written: B/O/U/Z kept), to embed them with another tool. An HDF5 file made from "
+                                   "it (keyed by id, or by the sequence hash) is then a valid embedder: for the task.")
+    p.add_argument("--config", required=True, help="task config YAML")
+    p.add_argument("--split", default="all", choices=["train", "valid", "test", "all"],
+                   help="which proteins (default all; a protein in several sets is written once)")
+    p.add_argument("--out", required=True, help="FASTA file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. train.max_train=2000)")
+    p.add_argument("--data", default=DEFAULT_DATA,
+                   help="benchmark data folder for benchmark: sources (default: $PROTLM_DATA or ../shared/data)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.set_defaults(func=cmd_export_fasta)
 
     p = sub.add_parser("benchmark", help="run a suite of task configs with several embedders; results table",
                        description="Train and score one head per (task config, embedder); write OUT/results.md "

@@ -53,7 +53,13 @@ def _save_tensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
     from safetensors.numpy import save_file
 
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    atomic_write(Path(path), lambda tmp: save_file(arrays, tmp))
+    def write(tmp: str) -> None:
+        from protlm.outputs import default_mode
+
+        save_file(arrays, tmp)
+        default_mode(tmp)  # safetensors creates 0600 files; everything else protlm writes is 0644
+
+    atomic_write(Path(path), write)
 
 
 def _data_path(cfg: ContactConfig, data_dir: Path | None) -> Path:
@@ -66,7 +72,7 @@ def _data_path(cfg: ContactConfig, data_dir: Path | None) -> Path:
 
 def _spec_for_storage(spec: str) -> str:
     """LM folders are stored as absolute paths (a head must load from any working directory)."""
-    from protlm.contacts.attention import RANDOM_PREFIX, parse_lm_spec
+    from protlm.models.hf import RANDOM_PREFIX, parse_lm_spec
 
     path, random_init = parse_lm_spec(spec)
     p = Path(path)
@@ -106,28 +112,11 @@ def select_chains(cfg: ContactConfig, npz: Path) -> dict[str, list[Chain]]:
 
 
 def make_embedder(spec: str, seed: int = 0):
-    """``load_embedder(spec)``; ``random-init:FOLDER`` gives the same LM shape with random weights."""
-    from protlm.contacts.attention import parse_lm_spec
-    from protlm.embed.registry import load_embedder
+    """The embedder of ``spec``; ``random-init:FOLDER`` gives the same LM shape with random weights (``seed``)."""
+    from protlm.embed.runner import load_embedder
+    from protlm.embed.spec import EmbedOptions
 
-    path, random_init = parse_lm_spec(spec)
-    if not random_init:
-        return load_embedder(path)
-    import torch
-    import transformers
-
-    from protlm.embed.families import detect_family, read_config
-
-    family = detect_family(read_config(path), path)
-    cfg = transformers.AutoConfig.from_pretrained(path)
-    torch.manual_seed(seed)
-    model = getattr(transformers, family.encoder_class)._from_config(cfg)
-    with tempfile.TemporaryDirectory(prefix="protlm-random-init-") as tmp:
-        model.save_pretrained(tmp)
-        transformers.AutoTokenizer.from_pretrained(path).save_pretrained(tmp)
-        emb = load_embedder(tmp)
-    emb.name = spec
-    return emb
+    return load_embedder(spec, EmbedOptions(seed=seed))
 
 
 def embed_chains(embedder, chains: list[Chain], chunk: int = 64) -> list[np.ndarray]:
@@ -387,11 +376,13 @@ def _truth_chains(truth: Path | None, ids: list[str]) -> dict[str, Chain]:
     """Structures of the FASTA's ids that the truth file holds (others are predicted, not scored)."""
     if truth is None:
         return {}
+    from protlm.contacts.data import read_npz
+
     npz = resolve_npz(truth)
-    with np.load(npz, allow_pickle=False) as z:
-        if "netsurfp_id" not in z.files:
-            raise InputError(f"{npz}: missing array netsurfp_id (see docs/contacts.md for the layout)")
-        present = set(z["netsurfp_id"].astype(str))
+    z = read_npz(npz)
+    if "netsurfp_id" not in z:
+        raise InputError(f"{npz}: missing array netsurfp_id (see docs/contacts.md for the layout)")
+    present = set(z["netsurfp_id"].astype(str))
     wanted = [i for i in ids if i in present]
     return {c.id: c for c in load_chains(npz, None, ids=wanted)} if wanted else {}
 
@@ -406,8 +397,13 @@ def predict(head_dir: Path, fasta: Path, out_dir: Path, *, truth: Path | None = 
     and ``offset`` are added to the npz, precision goes into the summary, and the picture
     compares predicted and true contacts. Proteins longer than ``max_residues`` are skipped and
     listed (an L × L map grows as L²).
+
+    File names come from ids through :func:`protlm.outputs.safe_names` (an id such as
+    ``../../x`` or ``/abs`` never leaves ``out_dir``; ``A`` and ``./A`` get different names);
+    ``predictions.json`` lists each id with its ``npz`` (and ``png``) path.
     """
     from protlm.data.fasta import read_fasta
+    from protlm.outputs import safe_names
     from protlm.contacts.metrics import CUTOFFS, RANGES, precision_at
 
     out_dir = Path(out_dir)
@@ -417,6 +413,7 @@ def predict(head_dir: Path, fasta: Path, out_dir: Path, *, truth: Path | None = 
     predictor = ContactPredictor.load(head_dir)
     threshold = float(predictor.meta["config"]["data"]["threshold"])
     out_dir.mkdir(parents=True, exist_ok=True)
+    names = safe_names(r.id for r in records)
     done, skipped, scored = [], [], []
     limit = predictor.position_limit
     for rec in _progress(records, "contacts"):
@@ -432,7 +429,8 @@ def predict(head_dir: Path, fasta: Path, out_dir: Path, *, truth: Path | None = 
         full = Chain(id=rec.id, seq=rec.sequence, ca=np.zeros((0, 3)), cb=np.zeros((0, 3)))
         probs = predictor.predict_chains([full], desc=rec.id)[0]
         arrays = {"probs": probs.astype(np.float32), "sequence": np.array(rec.sequence)}
-        entry = {"id": rec.id, "length": len(rec.sequence), "npz": str(out_dir / f"{rec.id}.npz")}
+        npz_path = out_dir / f"{names[rec.id]}.npz"
+        entry = {"id": rec.id, "length": len(rec.sequence), "npz": str(npz_path)}
         true_map = None
         t = known.get(rec.id)
         if t is not None:
@@ -445,11 +443,11 @@ def predict(head_dir: Path, fasta: Path, out_dir: Path, *, truth: Path | None = 
             entry["offset"] = off
             entry["stretch_length"] = len(t)
             scored.append(entry)
-        atomic_write(out_dir / f"{rec.id}.npz", lambda tmp, a=arrays: _savez(tmp, a))
+        atomic_write(npz_path, lambda tmp, a=arrays: _savez(tmp, a))
         if pictures:
             from protlm.contacts.plot import contact_figure
 
-            png = out_dir / f"{rec.id}.png"
+            png = out_dir / f"{names[rec.id]}.png"
             if true_map is not None:
                 o = entry["offset"]
                 contact_figure(probs[o:o + len(t), o:o + len(t)], true_map, png, title=rec.id,
@@ -485,7 +483,7 @@ def _same_config(run_dir: Path, cfg: ContactConfig) -> bool:
 
 def _floors(row: dict, rows: list[dict]) -> list[dict]:
     """The rows a result is compared with: the random-init LM for attention, the baselines for heads."""
-    from protlm.contacts.attention import RANDOM_PREFIX
+    from protlm.models.hf import RANDOM_PREFIX
 
     emb = row["embedder"]
     if emb in BASELINE_EMBEDDERS or emb.startswith(RANDOM_PREFIX):

@@ -7,7 +7,7 @@ as in ESM's ``ContactPredictionHead``:
 1. one forward pass with eager attention and ``output_attentions=True`` (SDPA/flash kernels do
    not return the maps);
 2. keep only residue rows/columns (drop ``<cls>``/``<eos>``, ``[CLS]``/``[SEP]``, ``</s>`` —
-   :func:`protlm.embed.families.token_layout` knows where they are for every family);
+   :func:`protlm.models.families.token_layout` knows where they are for every family);
 3. symmetrise each map (A + Aᵀ) and apply the average product correction
    (APC: F − F_i· F_·j / F_··), which removes the per-residue background;
 4. each pair (i, j) becomes a feature vector of length layers × heads, and a logistic
@@ -31,35 +31,9 @@ import numpy as np
 
 from protlm.contacts.data import Chain, contact_map, scored_pairs
 from protlm.errors import ConfigError, InputError
+from protlm.models.hf import RANDOM_PREFIX, LoadedLM, load_hf_lm, parse_lm_spec  # noqa: F401 (re-exported)
 
 log = logging.getLogger("protlm.contacts")
-
-RANDOM_PREFIX = "random-init:"
-
-
-def parse_lm_spec(spec: str) -> tuple[str, bool]:
-    """``PATH`` → (PATH, False); ``random-init:PATH`` → (PATH, True): the same shape, fresh random weights."""
-    spec = str(spec)
-    if spec.startswith(RANDOM_PREFIX):
-        return spec[len(RANDOM_PREFIX):], True
-    return spec, False
-
-
-@dataclass
-class LoadedLM:
-    """A protein LM loaded for attention maps, with its tokenisation layout."""
-
-    name: str
-    model: object
-    layout: object
-    family: object
-    layers: int
-    heads: int
-
-    @property
-    def n_maps(self) -> int:
-        return self.layers * self.heads
-
 
 def load_lm(spec: str, *, seed: int = 0) -> LoadedLM:
     """Load a protein LM (any family protlm knows) with eager attention, on the CPU, in eval mode.
@@ -68,38 +42,7 @@ def load_lm(spec: str, *, seed: int = 0) -> LoadedLM:
     ``seed``): the floor that shows how much of a result comes from training rather than from the
     architecture and the APC/regression pipeline.
     """
-    import torch
-    import transformers
-    from transformers.utils import logging as hf_logging
-
-    from protlm.embed.families import detect_family, read_config, token_layout
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    path, random_init = parse_lm_spec(spec)
-    config = read_config(path)
-    family = detect_family(config, path)
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    except Exception as exc:
-        raise InputError(f"--model {path}: the tokenizer could not be loaded ({type(exc).__name__})") from None
-    layout = token_layout(tokenizer, family)
-    cls = getattr(transformers, family.encoder_class)
-    extra = {"add_pooling_layer": False} if family.model_type in ("esm", "bert", "albert") else {}
-    try:
-        if random_init:
-            cfg = transformers.AutoConfig.from_pretrained(path)
-            torch.manual_seed(seed)
-            model = cls._from_config(cfg, attn_implementation="eager", **extra)
-        else:
-            model = cls.from_pretrained(path, attn_implementation="eager", **extra)
-    except OSError as exc:
-        raise InputError(f"--model {path}: the weights could not be loaded ({str(exc).splitlines()[0][:200]})") from None
-    model.eval()
-    layers = int(config.get("num_hidden_layers") or config.get("num_layers") or config.get("n_layer"))
-    heads = int(config.get("num_attention_heads") or config.get("num_heads") or config.get("n_head"))
-    name = f"{RANDOM_PREFIX}{path}" if random_init else path
-    return LoadedLM(name=name, model=model, layout=layout, family=family, layers=layers, heads=heads)
+    return load_hf_lm(spec, attention="eager", seed=seed)
 
 
 def apc(x: np.ndarray) -> np.ndarray:

@@ -95,8 +95,9 @@ def _check(value: Any, default: Any, where: str) -> Any:
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        from protlm.configfile import parse_number
+
+        return parse_number(value, where)  # 1e-4 (a string to YAML 1.1) is a number; inf/nan are not
     elif isinstance(default, str):
         ok = isinstance(value, str)
     elif isinstance(default, list):

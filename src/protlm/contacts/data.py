@@ -146,15 +146,28 @@ def resolve_npz(path: Path | str) -> Path:
     return p
 
 
-def _open_npz(path: Path) -> dict[str, np.ndarray]:
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an npz archive, or one clear error: not a zip, a damaged zip, a single
+    ``.npy`` array, object arrays (never unpickled)."""
+    import zipfile
+
     try:
         z = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path}: not a readable npz file ({str(exc).splitlines()[0][:160]})") from None
-    missing = [k for k in REQUIRED if k not in z.files]
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive of named arrays")
+        with z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        why = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a readable npz file ({why})") from None
+
+
+def _open_npz(path: Path) -> dict[str, np.ndarray]:
+    z = read_npz(path)
+    missing = [k for k in REQUIRED if k not in z]
     if missing:
         raise InputError(f"{path}: missing arrays {', '.join(missing)} (see docs/contacts.md for the layout)")
-    return {k: z[k] for k in z.files}
+    return z
 
 
 def read_full_sequences(fasta: Path | str) -> dict[str, str]:

@@ -206,6 +206,9 @@ def count_newlines(block: bytes) -> int:
 def _check_not_binary(path, head: bytes) -> None:
     if b"\x00" in head:
         raise FastaError(f"{path}: does not look like a FASTA file (it contains binary data)")
+    if b"\r" in head and b"\n" not in head:
+        raise FastaError(f"{path}: lines end with a carriage return only (old Mac OS line endings); "
+                         "convert them to newlines, e.g. tr '\\r' '\\n' < IN > OUT")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -416,7 +419,20 @@ def _show(byte: int) -> str:
 
 
 def _text(b: bytes) -> str:
+    """For messages only: never lossy where the text is data (see :func:`_header_text`)."""
     return b.decode("utf-8", errors="replace")
+
+
+def _header_text(b: bytes, source: str, line: int) -> str:
+    """A header's bytes as text: UTF-8 or one clear error. A lossy decode would turn distinct
+    ids (``caf\xe9``, ``caf\xe8``) into one and report them as duplicates."""
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FastaError(
+            f"{source}:{line}: header is not UTF-8 text (byte 0x{b[exc.start]:02x} in '{_text(b)}'); "
+            "convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8 IN > OUT"
+        ) from None
 
 
 # --------------------------------------------------------------------------- public API
@@ -448,9 +464,9 @@ def read_fasta(
         offsets = enc.offsets.tolist()
         for i, (rid, header, line) in enumerate(zip(enc.ids, enc.headers, enc.lines.tolist())):
             yield FastaRecord(
-                id=_unique_id(_text(rid), line, seen, source, rename_duplicates, stats),
+                id=_unique_id(_header_text(rid, source, line), line, seen, source, rename_duplicates, stats),
                 sequence=letters[offsets[i] : offsets[i + 1]].decode("ascii"),
-                description=_text(header),
+                description=_header_text(header, source, line),
                 line=line,
             )
     if stats.records == 0 and stats.skipped == 0:
@@ -489,8 +505,8 @@ def read_fasta_raw(path: str | os.PathLike) -> Iterator[FastaRecord]:
         body = enc.tokens.tobytes()
         offsets = enc.offsets.tolist()
         for i, (rid, header, line) in enumerate(zip(enc.ids, enc.headers, enc.lines.tolist())):
-            rid = _unique_id(_text(rid), line, seen, source, False, stats)
-            yield FastaRecord(rid, _text(body[offsets[i] : offsets[i + 1]]), _text(header), line)
+            rid = _unique_id(_header_text(rid, source, line), line, seen, source, False, stats)
+            yield FastaRecord(rid, _text(body[offsets[i] : offsets[i + 1]]), _header_text(header, source, line), line)
 
 
 def sha256_of(path: str | os.PathLike) -> str:

@@ -147,26 +147,72 @@ def load_exclusions(paths: Iterable[str | os.PathLike], policy: CleaningPolicy) 
 # --------------------------------------------------------------------------- atomic writes
 
 
-def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+def _atomic(path: Path, write) -> None:
+    """``write(fh)`` into a temporary file next to ``path``, fsync, rename, fsync the folder. On
+    any error the temporary file is removed and an OSError names ``path`` (a full disk says
+    where: "OUT/x: No space left on device")."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if isinstance(exc, OSError):  # name the file the user asked for, not the temporary one
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
+    from protlm.outputs import fsync_dir
+
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    _atomic(path, lambda fh: fh.write(data))
 
 
 def atomic_write_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    _atomic(path, lambda fh: np.save(fh, array, allow_pickle=False))
 
 
 def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+# --------------------------------------------------------------------------- content hashes
+
+
+def file_hash(path: Path) -> str:
+    """XXH3-128 of a file's bytes (hex); read in 16 MB blocks."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+def chunk_file_names(index: int) -> list[str]:
+    name = chunk_name(index)
+    return [f"{name}.{s}.{kind}" for s in SPLITS for kind in ("tokens", "offsets.npy", "ids.txt")] + [
+        f"{name}.keys.npy"]
+
+
+def chunk_hashes(chunk_dir: Path, index: int) -> dict[str, str]:
+    return {n: file_hash(chunk_dir / n) for n in chunk_file_names(index)}
+
+
+def _chunk_intact(chunk_dir: Path, index: int, expected: dict | None) -> bool:
+    if not expected:  # made by an older protlm without hashes: nothing to compare
+        return True
+    try:
+        return chunk_hashes(chunk_dir, index) == expected
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------- one chunk
@@ -241,16 +287,27 @@ class _SplitWriter:
     def write(self, tokens: np.ndarray, lengths: np.ndarray, ids: list[bytes]) -> None:
         if not len(lengths):
             return
-        self.tokens.write(tokens.data)
-        self.ids.write(b"\n".join(ids) + b"\n")
+        try:
+            self.tokens.write(tokens.data)
+            self.ids.write(b"\n".join(ids) + b"\n")
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.final["tokens"])) from None
         self.lengths.append(lengths)
 
     def commit(self) -> dict:
+        try:
+            return self._commit()
+        except OSError as exc:  # a full disk: name the files, not "No space left on device" alone
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.final["tokens"])) from None
+
+    def _commit(self) -> dict:
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         with open(self.tmp["offsets"], "wb") as fh:
             np.save(fh, offsets, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
         for fh in (self.tokens, self.ids):
             fh.flush()
             os.fsync(fh.fileno())
@@ -339,6 +396,7 @@ def process_chunk(
     all_keys = np.concatenate(keys) if keys else np.zeros(0, KEY_DTYPE)
     atomic_write_npy(chunk_dir / f"{name}.keys.npy", all_keys)
     summary: dict = {
+        "files": chunk_hashes(chunk_dir, job.index),  # checked when a rerun reuses the chunk
         "chunk": job.index,
         "fingerprint": fingerprint,
         "block_hash": job.block_hash,
@@ -364,6 +422,13 @@ def _chunk_done(out: Path, index: int, fingerprint: str, block_hash: str) -> dic
     except (OSError, ValueError):
         return None
     if done.get("fingerprint") == fingerprint and done.get("block_hash") == block_hash:
+        chunk_dir = out / "chunks"
+        if (chunk_dir / f"{chunk_name(index)}.merged.json").exists():
+            return done  # rewritten by a merge; checked against the manifest's hashes by merge
+        if not _chunk_intact(chunk_dir, index, done.get("files")):
+            log.warning("chunk %d: its files do not match the hashes recorded when it was written "
+                        "(truncated or edited); redoing it", index)
+            return None
         return done
     return None
 
@@ -414,7 +479,56 @@ def prepare(
         (out / "parts").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{out}: cannot create output folder ({exc.strerror})") from None
-    _check_out_options(out, options, fingerprint)
+    from protlm.outputs import output_lock
+
+    # one run per part of a folder at a time (parts of a --shard i/N run may work side by side);
+    # the lock files live in OUT/parts/ (.part-i-of-N.lock, .merge.lock)
+    with output_lock(out / "parts", f"part {shard_i}/{shard_n} of the prepare folder {out}",
+                     name=f".part-{shard_i}-of-{shard_n}.lock"):
+        _check_out_options(out, options, fingerprint)
+        _check_same_source(out, input_path)
+        part = _prepare_part(input_path, out, options, exclusions, fingerprint, workers, shard_i, shard_n,
+                             progress)
+    if shard_n == 1:
+        return merge(out, dedup=dedup, rename_duplicates=rename_duplicates)
+    return part
+
+
+def _check_same_source(out: Path, input_path: Path) -> None:
+    """A folder holds the shards of one input file. Another file (other path, other content) is
+    refused, never mixed in. The same file edited since the last run is an update: chunks whose
+    bytes changed are redone and the merge recomputes everything (refused only where an earlier
+    merge already rewrote chunks for dedup/renames, which needs the old chunk files)."""
+    for part_file in sorted((out / "parts").glob("part-*.json")):
+        try:
+            prev = json.loads(part_file.read_text())["source"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        size = input_path.stat().st_size
+        if prev.get("bytes") == size and prev.get("sha256") == _sha256_file(input_path):
+            return
+        what = (f"{out} holds shards of {prev.get('path')} (sha256 {str(prev.get('sha256'))[:12]}…, "
+                f"{prev.get('bytes')} bytes)")
+        if Path(str(prev.get("path"))).resolve() != input_path.resolve():
+            raise ConfigError(f"{what}, another input than {input_path}; use a new --out folder")
+        if any((out / "chunks").glob("*.merged.json")):
+            raise ConfigError(f"{what}, and {input_path} changed since; its merge rewrote chunks "
+                              "(dedup/renames), so prepare the new version into a new --out folder")
+        log.warning("%s changed since %s was prepared; chunks whose content changed are redone",
+                    input_path, out)
+        return
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _prepare_part(input_path: Path, out: Path, options: PrepareOptions, exclusions: Exclusions, fingerprint: str,
+                  workers: int, shard_i: int, shard_n: int, progress) -> dict:
 
     source_hash = hashlib.sha256()
 
@@ -478,8 +592,6 @@ def prepare(
         "seconds": round(time.perf_counter() - started, 3),
     }
     atomic_write_json(out / "parts" / f"part-{shard_i}-of-{shard_n}.json", part)
-    if shard_n == 1:
-        return merge(out, dedup=dedup, rename_duplicates=rename_duplicates)
     return part
 
 
@@ -501,7 +613,17 @@ def _check_out_options(out: Path, options: PrepareOptions, fingerprint: str) -> 
 
 def merge(out: str | os.PathLike, *, dedup: bool = False, rename_duplicates: bool = False) -> dict:
     """Check that every chunk of every part is done, run the global checks, write the manifest."""
+    from protlm.outputs import output_lock
+
     out = Path(out)
+    if not out.is_dir():
+        raise InputError(f"{out}: no prepared parts found (no such folder; run protlm prepare first)")
+    lock_dir = out / "parts" if (out / "parts").is_dir() else out
+    with output_lock(lock_dir, f"the merge step of the prepare folder {out}", name=".merge.lock"):
+        return _merge(out, dedup=dedup, rename_duplicates=rename_duplicates)
+
+
+def _merge(out: Path, *, dedup: bool, rename_duplicates: bool) -> dict:
     parts = []
     for p in sorted((out / "parts").glob("part-*-of-*.json")):
         try:
@@ -530,7 +652,7 @@ def merge(out: str | os.PathLike, *, dedup: bool = False, rename_duplicates: boo
     total = totals.pop()
     fingerprint = fps.pop()
     chunk_dir = out / "chunks"
-    previous = _previous_manifest(out, fingerprint)
+    previous = _previous_manifest(out, fingerprint, next(iter(sources)))
     if previous is not None and any(chunk_dir.glob("*.merged.json")):
         # chunk files were rewritten by that merge: its decisions stand
         opts = previous["options"]
@@ -540,6 +662,7 @@ def merge(out: str | os.PathLike, *, dedup: bool = False, rename_duplicates: boo
                 f"rename_duplicates={opts.get('rename_duplicates')}; prepare again into a new folder "
                 "to change them"
             )
+        verify(out)  # the rerun of a finished folder checks that its files are still the ones it made
         return previous
     summaries = []
     for k in range(total):
@@ -623,11 +746,13 @@ def _sequence_groups(seq_hash: np.ndarray) -> np.ndarray:
     return group
 
 
-def _previous_manifest(out: Path, fingerprint: str) -> dict | None:
+def _previous_manifest(out: Path, fingerprint: str, source_sha256: str | None = None) -> dict | None:
     try:
         manifest = json.loads((out / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
+    if source_sha256 is not None and (manifest.get("source") or {}).get("sha256") != source_sha256:
+        return None  # made from another version of the input: merged again
     return manifest if manifest.get("fingerprint") == fingerprint else None
 
 
@@ -735,6 +860,9 @@ def _manifest(out: Path, parts, summaries, kept_keys, total, fingerprint) -> dic
                     "ids": f"chunks/{name}.{split}.ids.txt",
                     "records": len(offsets) - 1,
                     "residues": int(offsets[-1]),
+                    "xxh3_128": {kind: file_hash(chunk_dir / f"{name}.{split}.{ext}")
+                                 for kind, ext in (("tokens", "tokens"), ("offsets", "offsets.npy"),
+                                                   ("ids", "ids.txt"))},
                 }
             )
         splits[split] = {
@@ -777,3 +905,37 @@ def _manifest(out: Path, parts, summaries, kept_keys, total, fingerprint) -> dic
         "residue_counts": {aa: int(c) for aa, c in zip(ALPHABET, residue_counts) if c or aa in vocabulary(policy)},
         "skipped_messages": skipped_messages,
     }
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def verify(out: str | os.PathLike, *, hashes: bool = True) -> dict:
+    """Check a prepared folder against its manifest: every shard file present, token files as
+    long as their offsets say, offsets well formed, and (``hashes``) every file's XXH3-128 equal
+    to the one recorded by prepare. Raises :class:`InputError` naming the damaged files."""
+    from protlm.data.shards import check_shard, load_manifest
+
+    out = Path(out)
+    manifest = load_manifest(out)
+    problems: list[str] = []
+    files = 0
+    for split in SPLITS:
+        for shard in manifest["splits"][split]["shards"]:
+            files += 1
+            try:
+                check_shard(out, shard)
+            except InputError as exc:
+                problems.append(str(exc))
+                continue
+            recorded = shard.get("xxh3_128")
+            if hashes and recorded:
+                for kind, rel in (("tokens", shard["tokens"]), ("offsets", shard["offsets"]), ("ids", shard["ids"])):
+                    if file_hash(out / rel) != recorded.get(kind):
+                        problems.append(f"{out / rel}: content differs from the hash recorded by prepare; "
+                                        "prepare again into a new folder")
+    if problems:
+        more = f" (and {len(problems) - 1} more damaged files)" if len(problems) > 1 else ""
+        raise InputError(f"{problems[0]}{more}")
+    return {"folder": str(out), "shards": files, "hashes_checked": bool(hashes),
+            "records": sum(manifest["splits"][s]["records"] for s in SPLITS)}

@@ -24,9 +24,43 @@ def load_manifest(path: str | Path) -> dict:
         raise InputError(f"{mpath}: no such file (is this a folder made by protlm prepare?)") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"{mpath}: unreadable manifest ({exc})") from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or \
+            manifest.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{mpath}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+    try:
+        for split in SPLITS:
+            for shard in manifest["splits"][split]["shards"]:
+                shard["tokens"], shard["offsets"], shard["ids"]  # noqa: B018 (presence)
+    except (KeyError, TypeError):
+        raise InputError(f"{mpath}: manifest without the shard list of every split; prepare again") from None
     return manifest
+
+
+def check_shard(folder: Path, shard: dict) -> np.ndarray:
+    """The offsets of one shard, after checking them against the token file (cheap: sizes only).
+
+    A truncated or padded ``.tokens`` file, offsets that are not a non-decreasing array from 0,
+    or counts that disagree with the manifest are a clear error, never empty sequences."""
+    off_path, tok_path = folder / shard["offsets"], folder / shard["tokens"]
+    try:
+        off = np.load(off_path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{off_path}: missing shard file; prepare again (or `protlm prepare --verify`)") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{off_path}: not a readable offsets file ({exc}); prepare again") from None
+    if off.ndim != 1 or off.dtype.kind not in "iu" or len(off) < 1 or off[0] != 0 or (np.diff(off) < 0).any():
+        raise InputError(f"{off_path}: malformed offsets (must be non-decreasing integers from 0); prepare again")
+    try:
+        size = tok_path.stat().st_size
+    except FileNotFoundError:
+        raise InputError(f"{tok_path}: missing shard file; prepare again") from None
+    if size != int(off[-1]):
+        raise InputError(f"{tok_path}: {size:,} bytes, its offsets say {int(off[-1]):,} (truncated or altered); "
+                         "prepare again into a new folder")
+    records = shard.get("records")
+    if records is not None and records != len(off) - 1:
+        raise InputError(f"{off_path}: {len(off) - 1} records, the manifest says {records}; prepare again")
+    return off
 
 
 class ShardedDataset:
@@ -45,7 +79,7 @@ class ShardedDataset:
         self._tokens = []
         offsets = []
         for shard in self.manifest["splits"][split]["shards"]:
-            off = np.load(self.folder / shard["offsets"], allow_pickle=False)
+            off = check_shard(self.folder, shard)
             if off[-1] == 0:
                 continue
             self._tokens.append(np.memmap(self.folder / shard["tokens"], dtype=np.uint8, mode="r"))

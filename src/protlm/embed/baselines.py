@@ -1,9 +1,9 @@
 """The papers' baseline embedders: one-hot, BLOSUM62 and a context-free 3-mer embedding.
 
 ProtTrans and ProteinLM compare LM embeddings against inputs that need no language model. Here
-they are embedders like any other (``name``, ``dim``, ``embed``, ``embed_proteins``,
-``iter_embed``, ``stats``), so every task and ``protlm embed --model onehot|blosum62|kmer``
-compare them on equal terms.
+they are embedder backends like any other (:mod:`protlm.embed.backend`; registered in
+:mod:`protlm.embed.backends.baselines`), so every task and ``protlm embed --model
+onehot|blosum62|kmer`` compare them on equal terms.
 
 Residue columns (one-hot and BLOSUM62): ``ACDEFGHIKLMNPQRSTVWYX``, protlm's alphabet order
 (:data:`protlm.data.alphabet.STANDARD`) followed by X. Sequences arrive cleaned (upper case,
@@ -42,11 +42,12 @@ Per protein: the mean over residues, as for every embedder.
 
 A trained model is a folder: ``config.json`` (``model_type: protlm_kmer``, k, dim, window, the
 corpus and counts), ``vocab.txt`` (one 3-mer per line, row order) and ``model.safetensors``
-(tensor ``vectors``, float16). :func:`protlm.embed.registry.load_embedder` recognises it.
+(tensor ``vectors``, float16). :mod:`protlm.embed.backends.baselines` registers it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -54,12 +55,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 
 from protlm.data.alphabet import RARE, STANDARD
-from protlm.embed.embedder import EmbedOptions, EmbedStats
+from protlm.embed.backend import Backend, folder_weights_sha256
+from protlm.embed.spec import EmbedOptions
 from protlm.errors import ConfigError, InputError
 
 log = logging.getLogger("protlm.embed")
@@ -67,9 +69,6 @@ log = logging.getLogger("protlm.embed")
 #: Column order of the one-hot and BLOSUM62 embeddings: the 20 standard residues, then X.
 RESIDUES = STANDARD + "X"
 X_CODE = 20
-
-#: Residues per batch yielded by ``iter_embed`` (one journal part in ``protlm embed``).
-BATCH_RESIDUES = 200_000
 
 # NCBI's BLOSUM62 (ftp.ncbi.nih.gov/blast/matrices/BLOSUM62), as published.
 _BLOSUM62_NCBI = """
@@ -145,85 +144,44 @@ def residue_codes(seq: str) -> np.ndarray:
 # --------------------------------------------------------------------------- common interface
 
 
-@dataclass(frozen=True)
-class BaselineFamily:
-    """What ``protlm embed`` records as the embedder's family (the HDF5 ``family``/``model_type``)."""
+class BaselineBackend(Backend):
+    """Shared base: subclasses implement ``_embed_codes`` (L codes → L × D float32).
 
-    name: str
-    model_type: str
+    Baselines are cheap and context-free, so the runner gives them large batches of any lengths.
+    """
 
-
-class BaselineEmbedder:
-    """Shared interface: subclasses implement ``_embed_codes`` (L codes → L × D float32)."""
-
-    name: str
-    dim: int
-    family: BaselineFamily
-
-    def __init__(self) -> None:
-        self.stats = EmbedStats()
+    default_tokens_per_batch = 200_000
+    default_max_sequences = 100_000
 
     def _embed_codes(self, codes: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def embed(self, sequences: Iterable[str]) -> list[np.ndarray]:
+    def forward(self, seqs: list[str], *, cpu: bool = False) -> list[np.ndarray]:
         """Per-residue embeddings, L × D float32 each, in input order."""
-        return [self._embed_codes(residue_codes(s)) for s in sequences]
-
-    def embed_proteins(self, sequences: Iterable[str]) -> np.ndarray:
-        """Per-protein embeddings: the mean over residues, N × D float32."""
-        per_residue = self.embed(sequences)
-        if not per_residue:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([a.mean(axis=0) for a in per_residue]).astype(np.float32)
-
-    def iter_embed(self, ids: list[str], seqs: list[str], progress: Callable[[int], None] | None = None
-                   ) -> Iterator[tuple[list[str], list[np.ndarray | None]]]:
-        """Yield (ids, per-residue arrays) in input order, about BATCH_RESIDUES residues at a time.
-
-        The same contract as :meth:`protlm.embed.embedder.Embedder.iter_embed`, so the embedding
-        pipeline (journal, resume, HDF5) serves baselines unchanged; nothing is ever skipped.
-        """
-        t0 = time.perf_counter()
-        start = 0
-        while start < len(seqs):
-            stop, size = start, 0
-            while stop < len(seqs) and (stop == start or size + len(seqs[stop]) <= BATCH_RESIDUES):
-                size += len(seqs[stop])
-                stop += 1
-            arrays = self.embed(seqs[start:stop])
-            self.stats.batches += 1
-            self.stats.proteins += stop - start
-            self.stats.residues += size
-            self.stats.seconds = time.perf_counter() - t0
-            if progress is not None:
-                progress(size)
-            yield list(ids[start:stop]), list(arrays)
-            start = stop
+        return [self._embed_codes(residue_codes(s)) for s in seqs]
 
 
-class TableEmbedder(BaselineEmbedder):
+class TableBackend(BaselineBackend):
     """A fixed residue → vector table (one-hot, BLOSUM62): row ``code`` of ``table``."""
 
     def __init__(self, name: str, table: np.ndarray) -> None:
-        super().__init__()
-        self.name = name
+        self.source = self.family = name
+        self.model_type = f"protlm_{name}"
         self.table = np.ascontiguousarray(table, dtype=np.float32)
         self.dim = int(self.table.shape[1])
-        self.family = BaselineFamily(name, f"protlm_{name}")
 
     def _embed_codes(self, codes: np.ndarray) -> np.ndarray:
         return self.table[codes]
 
 
-def onehot_embedder() -> TableEmbedder:
+def onehot_table() -> np.ndarray:
     """One-hot over ``ACDEFGHIKLMNPQRSTVWYX`` (D = 21; X has its own column)."""
-    return TableEmbedder("onehot", np.eye(len(RESIDUES)))
+    return np.eye(len(RESIDUES))
 
 
-def blosum62_embedder() -> TableEmbedder:
+def blosum62_table() -> np.ndarray:
     """Each residue's BLOSUM62 row over ``ACDEFGHIKLMNPQRSTVWYX`` (D = 21, raw scores)."""
-    return TableEmbedder("blosum62", blosum62(RESIDUES))
+    return blosum62(RESIDUES)
 
 
 # --------------------------------------------------------------------------- k-mers
@@ -255,20 +213,23 @@ def kmer_indices(codes: np.ndarray) -> np.ndarray:
     return idx
 
 
-class KmerEmbedder(BaselineEmbedder):
+class KmerEmbedder(BaselineBackend):
     """Context-free 3-mer vectors (see the module docstring for training and conventions)."""
 
-    def __init__(self, kmers: list[str], vectors: np.ndarray, config: dict, name: str = "kmer") -> None:
-        super().__init__()
+    family = "kmer"
+    model_type = MODEL_TYPE
+
+    def __init__(self, kmers: list[str], vectors: np.ndarray, config: dict, name: str = "kmer",
+                 folder: str | os.PathLike | None = None) -> None:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(kmers):
             raise InputError(f"k-mer model: {len(kmers)} k-mers but vectors of shape {vectors.shape}")
-        self.name = name
+        self.name = self.source = name
+        self.folder = Path(folder) if folder is not None else None
         self.kmers = list(kmers)
         self.vectors = vectors
         self.config = dict(config)
         self.dim = int(vectors.shape[1])
-        self.family = BaselineFamily("kmer", MODEL_TYPE)
         # 3-mer index → row of ``_table``; the extra last row is the zero vector (unknown / X).
         self._row = np.full(N_KMERS, len(kmers), dtype=np.int64)
         for row, kmer in enumerate(self.kmers):
@@ -340,7 +301,12 @@ class KmerEmbedder(BaselineEmbedder):
         if config.get("model_type") != MODEL_TYPE or int(config.get("k", 0)) != K:
             raise InputError(f"--model {folder}: not a protlm 3-mer model (model_type {config.get('model_type')!r}, "
                              f"k {config.get('k')!r})")
-        return cls(kmers, vectors, config, name=name or str(folder))
+        return cls(kmers, vectors, config, name=name or str(folder), folder=folder)
+
+    def fingerprint(self) -> str:
+        if self.folder is not None:
+            return f"kmer:{folder_weights_sha256(self.folder)}"
+        return "kmer:in-memory-" + hashlib.sha256(self.vectors.tobytes()).hexdigest()[:16]
 
 
 def is_kmer_folder(path: str | os.PathLike) -> bool:
@@ -497,52 +463,21 @@ def train_kmer(sequences: Iterable[str], options: KmerTraining | None = None,
     return KmerEmbedder([kmer_string(int(i)) for i in keep], vectors, config)
 
 
-# --------------------------------------------------------------------------- registry
+# --------------------------------------------------------------------------- defaults
 
 
 def default_kmer_folder() -> Path:
-    """The committed default model: ``checkpoints/protlm-kmer3-swissprot`` at the repo root."""
-    import protlm
+    """The committed default model (``checkpoints/protlm-kmer3-swissprot``), found by
+    :func:`protlm.io.resources.checkpoint_folder` in a source checkout or the installed package."""
+    from protlm.io.resources import checkpoint_folder
 
-    return Path(protlm.__file__).resolve().parents[2] / "checkpoints" / "protlm-kmer3-swissprot"
+    return checkpoint_folder("protlm-kmer3-swissprot")
 
 
-def _refuse_lm_options(name: str, options: EmbedOptions | None) -> None:
+def refuse_lm_options(name: str, options: EmbedOptions | None) -> None:
     """LM-only options (a layer, a precision, int8) mean nothing here: say so instead of ignoring them."""
     if options is None:
         return
-    if options.layer != -1 or options.dtype != "fp32" or options.int8:
+    if options.lm_options_set():
         raise ConfigError(f"--model {name} is a baseline embedder: it has no layers or precision "
-                          f"(--layer/--dtype/--int8 apply to language models)")
-
-
-def _onehot(options: EmbedOptions | None) -> TableEmbedder:
-    _refuse_lm_options("onehot", options)
-    return onehot_embedder()
-
-
-def _blosum62(options: EmbedOptions | None) -> TableEmbedder:
-    _refuse_lm_options("blosum62", options)
-    return blosum62_embedder()
-
-
-def _kmer(options: EmbedOptions | None) -> KmerEmbedder:
-    _refuse_lm_options("kmer", options)
-    folder = default_kmer_folder()
-    if not is_kmer_folder(folder):
-        raise InputError(f"--model kmer: the default k-mer model {folder} is missing; train one with "
-                         f"`protlm kmer-train FASTA --out DIR` and pass DIR as --model")
-    return KmerEmbedder.load(folder, name="kmer")
-
-
-def load_kmer_folder(folder: str | os.PathLike, options: EmbedOptions | None = None) -> KmerEmbedder:
-    """A k-mer model folder given as ``--model DIR``."""
-    _refuse_lm_options(str(folder), options)
-    return KmerEmbedder.load(folder)
-
-
-FACTORIES: dict[str, Callable[[EmbedOptions | None], BaselineEmbedder]] = {
-    "onehot": _onehot,
-    "blosum62": _blosum62,
-    "kmer": _kmer,
-}
+                          f"({'/'.join(options.lm_options_set())} apply to language models)")

@@ -1,7 +1,7 @@
 """``protlm embed``: FASTA in, HDF5 out; resumable, shardable, one summary at the end.
 
-The model is anything :func:`protlm.embed.registry.load_embedder` names: an LM folder or hub id,
-a baseline (``onehot``, ``blosum62``, ``kmer``) or a k-mer model folder.
+The model is any embedder spec (:mod:`protlm.embed.spec`): an LM folder or hub id, a baseline
+(``onehot``, ``blosum62``, ``kmer``), a k-mer model folder, or any registered backend.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from typing import Callable
 import numpy as np
 
 from protlm import __version__
+from protlm.data.alphabet import CleaningPolicy
 from protlm.data.fasta import read_fasta, read_fasta_raw
-from protlm.embed.embedder import EmbedOptions, Embedder
-from protlm.embed.registry import load_embedder
-from protlm.embed.store import Journal, assemble, build_keys, existing_keys, merge_files
+from protlm.embed.runner import Embedder
+from protlm.embed.spec import EmbedderSpec, EmbedOptions
+from protlm.embed.store import (Journal, assemble, build_keys, check_resumable, existing_sequences, merge_files,
+                                sequence_digest)
+from protlm.outputs import output_lock
 from protlm.errors import ConfigError, InputError
 
 log = logging.getLogger("protlm.embed")
@@ -46,7 +49,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 def embed_fasta(model: str, input_path: str | os.PathLike, output: str | os.PathLike, *,
                 options: EmbedOptions | None = None, level: str = "residue", key: str = "id",
                 resume: bool = False, shard: tuple[int, int] | None = None, half: bool = False,
-                progress: Callable[[int, int], None] | None = None) -> dict:
+                compress: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
     """Embed every protein of a FASTA file into HDF5. ``progress(done_residues, total_residues)``."""
     if level not in LEVELS:
         raise ConfigError(f"--level must be one of {LEVELS}, not {level!r}")
@@ -54,6 +57,8 @@ def embed_fasta(model: str, input_path: str | os.PathLike, output: str | os.Path
         raise ConfigError(f"--key must be id or hash, not {key!r}")
     options = options or EmbedOptions()
     options.validate()
+    if options.pooling != "mean" and level != "protein":
+        raise ConfigError(f"--pooling {options.pooling} gives per-protein vectors only; use --level protein")
     output = Path(output)
     if output.is_dir():
         raise InputError(f"--output {output}: is a folder; give a file name such as {output / 'embeddings.h5'}")
@@ -66,8 +71,16 @@ def embed_fasta(model: str, input_path: str | os.PathLike, output: str | os.Path
         if present:
             raise InputError(f"{present[0]} already exists; pass --resume to add what is missing, "
                              f"or remove it")
+    with output_lock(output, what="embedding output"):
+        return _embed_locked(model, input_path, output, outputs, journal, options=options, level=level, key=key,
+                             resume=resume, shard=shard, half=half, compress=compress, progress=progress)
 
-    records = list(read_fasta(input_path))
+
+def _embed_locked(model, input_path, output: Path, outputs: dict[str, Path], journal: Journal, *, options, level,
+                  key, resume, shard, half, compress, progress) -> dict:
+    # B/Z/U/O are kept here: each family decides (ESM and protlm's causal LMs have tokens for them,
+    # the ProtTrans families read them as X), exactly as the Python API and transformers do.
+    records = list(read_fasta(input_path, CleaningPolicy(rare="keep")))
     if shard is not None:
         records = records[shard[0]::shard[1]]
     ids = [r.id for r in records]
@@ -77,36 +90,52 @@ def embed_fasta(model: str, input_path: str | os.PathLike, output: str | os.Path
     for k, r in zip(keys, records):
         seq_of.setdefault(k, r.sequence)
     duplicates = len(keys) - len(seq_of)
-    done = journal.done_keys()
-    if resume:
-        in_files = [existing_keys(p) for p in outputs.values()]
-        done |= set.intersection(*in_files) if in_files else set()
-    todo = [k for k in seq_of if k not in done]
 
-    embedder = load_embedder(model, options)
-    attrs = {"model": str(model), "family": embedder.family.name, "output_dtype": "float16" if half else "float32",
-             "protlm_version": __version__, "key": key, "model_type": embedder.family.model_type}
-    if isinstance(embedder, Embedder):  # a language model (baselines have no layers or precision)
-        attrs.update(layer=options.layer, dtype="int8-dynamic" if options.int8 else options.dtype)
+    embedder = Embedder(EmbedderSpec(str(model), options))
+    attrs = {**embedder.describe(), "output_dtype": "float16" if half else "float32",
+             "protlm_version": __version__, "key": key}
+    # What must not change between a run and its --resume: the numbers' source and the file layout.
+    run = {"fingerprint": embedder.fingerprint(), "level": level, "key": key, "output_dtype": attrs["output_dtype"]}
+    if resume:
+        for lvl, path in outputs.items():
+            check_resumable(path, {**run, "level": lvl})
+    journal.claim(run)
+    done = journal.done_sequences()
+    if resume:
+        in_files = [existing_sequences(p) for p in outputs.values()]
+        common = set.intersection(*(set(f) for f in in_files)) if in_files else set()
+        for k in common:
+            done.setdefault(k, in_files[0][k])
+    for k, digest in done.items():
+        if k in seq_of and digest and digest != sequence_digest(seq_of[k]):
+            raise InputError(f"--resume: {owner[k]!r} has another sequence than the one already embedded under "
+                             f"its name in {output}; remove the old output (or use a new --output) to embed it")
+    todo = [k for k in seq_of if k not in done]
     total = sum(len(seq_of[k]) for k in todo)
     done_res = 0
     originals = [owner[k] for k in todo]
     key_of = dict(zip(originals, todo))
-    for b_ids, arrays in embedder.iter_embed(originals, [seq_of[k] for k in todo]):
+    pooled = options.pooling != "mean"  # a backend's own per-protein vectors (e.g. UniRep's h_avg)
+    for b_ids, arrays in embedder.iter_embed(originals, [seq_of[k] for k in todo], pooled=pooled):
         ok = [(key_of[i], i, a) for i, a in zip(b_ids, arrays) if a is not None]
         if ok:
             residue = [a for _, _, a in ok] if level in ("residue", "both") else None
-            protein = [a.mean(axis=0).astype(np.float32) for _, _, a in ok] if level in ("protein", "both") else None
-            journal.write([k for k, _, _ in ok], [i for _, i, _ in ok], residue, protein)
+            if pooled:
+                protein = [a for _, _, a in ok]
+            else:
+                protein = [a.mean(axis=0).astype(np.float32) for _, _, a in ok] if level != "residue" else None
+            journal.write([k for k, _, _ in ok], [i for _, i, _ in ok], residue, protein,
+                          [sequence_digest(seq_of[k]) for k, _, _ in ok])
         done_res += sum(len(seq_of[key_of[i]]) for i in b_ids)
         if progress is not None:
             progress(done_res, total)
-    counts = assemble(outputs, journal, attrs, dtype="float16" if half else "float32", keep_existing=resume)
+    counts = assemble(outputs, journal, attrs, dtype="float16" if half else "float32", keep_existing=resume,
+                      compress=compress)
     journal.remove()
     stats = embedder.stats.as_dict()
     return {"outputs": {k: str(v) for k, v in outputs.items()}, "datasets": counts, "records": len(records),
             "already_done": len(seq_of) - len(todo), "duplicate_sequences_shared": duplicates if key == "hash" else 0,
-            "model": str(model), "family": embedder.family.name, "dim": embedder.dim, **stats}
+            "model": str(model), "family": embedder.family, "dim": embedder.dim, **stats}
 
 
 def embed_distributed(model: str, input_path, output, **kwargs) -> dict | None:

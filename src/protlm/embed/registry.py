@@ -1,42 +1,122 @@
-"""One way to name an embedder: ``load_embedder(spec)`` for LMs and the baseline embedders.
+"""Embedder backends by name: each backend file registers a factory; ``resolve`` finds it.
 
-``spec`` is what users pass as ``--model`` (or ``embedder:`` in a task config):
+A spec's name is matched, in this order, against:
 
-- the name of a baseline embedder (see :data:`BASELINES`: ``onehot``, ``blosum62``, ``kmer``);
-- a k-mer model folder (``config.json`` with ``model_type: protlm_kmer``, written by
-  ``protlm kmer-train``) → :class:`~protlm.embed.baselines.KmerEmbedder`;
-- a Hugging Face model folder or hub id → :class:`~protlm.embed.embedder.Embedder`.
+1. an exact registered name (``onehot``, ``blosum62``, ``kmer``, ``unirep1900`` …);
+2. a registered prefix (``profile:DB`` → the ``profile:`` factory gets ``DB``);
+3. a folder's ``config.json`` ``model_type`` (``esm``, ``bert``, ``protlm_kmer`` …);
+4. a hub id ``owner/name``, whose ``config.json`` is fetched and matched as in 3.
 
-Every embedder returned here has ``name`` (str), ``dim`` (int), ``embed(seqs)`` (a list of
-L × D float32 arrays, in input order) and ``embed_proteins(seqs)`` (N × D float32, the mean
-over residues), plus what ``protlm embed`` uses: ``iter_embed``, ``stats`` and ``family``
-(``.name``, ``.model_type``).
+Every module of :mod:`protlm.embed.backends` is imported on first use (TAPE's registry), so a new
+family is one file there that calls :func:`register`.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
+import pkgutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from protlm.embed.baselines import FACTORIES, is_kmer_folder, load_kmer_folder
-from protlm.embed.embedder import EmbedOptions, Embedder
+from protlm.embed.backend import Backend
+from protlm.embed.spec import EmbedOptions
 from protlm.errors import InputError
 
-#: Baseline embedder name → factory ``f(options) -> embedder`` (defined in protlm.embed.baselines).
-BASELINES: dict[str, Callable[[EmbedOptions | None], object]] = dict(FACTORIES)
+#: A factory builds a backend from the source (the name, the prefix's argument, or the folder) and options.
+Factory = Callable[[str, EmbedOptions], Backend]
 
 
-def load_embedder(spec: str, options: EmbedOptions | None = None):
-    """The embedder named by ``spec`` (a baseline name, a k-mer folder, or an LM folder / hub id)."""
-    spec = str(spec)
-    factory = BASELINES.get(spec)
-    if factory is not None:
-        return factory(options)
-    if is_kmer_folder(spec):
-        return load_kmer_folder(spec, options)
-    if not Path(spec).exists() and "/" not in spec:
-        raise InputError(f"--model {spec}: not a baseline embedder ({', '.join(BASELINES)}), no such folder, "
-                         f"and not a hub id of the form owner/name")
-    emb = Embedder(spec, options)
-    emb.name = spec
-    return emb
+@dataclass(frozen=True)
+class Entry:
+    factory: Factory
+    help: str
+
+
+_NAMES: dict[str, Entry] = {}
+_PREFIXES: dict[str, Entry] = {}
+_MODEL_TYPES: dict[str, Entry] = {}
+_loaded = False
+
+
+def register(*, names: tuple[str, ...] = (), prefix: str | None = None, model_types: tuple[str, ...] = (),
+             help: str = "") -> Callable[[Factory], Factory]:
+    """Decorator: ``@register(names=("onehot",), help="…")`` on a factory ``f(source, options) -> Backend``."""
+    def deco(factory: Factory) -> Factory:
+        entry = Entry(factory, help)
+        for n in names:
+            _NAMES[n] = entry
+        if prefix:
+            _PREFIXES[prefix] = entry
+        for t in model_types:
+            _MODEL_TYPES[t] = entry
+        return factory
+    return deco
+
+
+def _load_backends() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import protlm.embed.backends as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{pkg.__name__}.{info.name}")
+
+
+def names() -> dict[str, str]:
+    """Registered names and prefixes with their one-line help (for --help and error messages)."""
+    _load_backends()
+    out = {n: e.help for n, e in _NAMES.items()}
+    out.update({f"{p}…": e.help for p, e in _PREFIXES.items()})
+    return out
+
+
+def model_types() -> list[str]:
+    _load_backends()
+    return sorted(t for t in _MODEL_TYPES if not t.startswith("__"))
+
+
+def _folder_model_type(source: str) -> str | None:
+    cfg = Path(source) / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        value = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise InputError(f"--model {source}: config.json is not a JSON object ({exc})") from None
+    return value if isinstance(value, str) else None
+
+
+def resolve(source: str, options: EmbedOptions | None = None) -> Backend:
+    """The backend for ``source`` (see the module docstring), built with ``options``."""
+    _load_backends()
+    options = options or EmbedOptions()
+    options.validate()
+    source = str(source)
+    if source in _NAMES:
+        return _NAMES[source].factory(source, options)
+    for prefix, entry in _PREFIXES.items():
+        if source.startswith(prefix):
+            return entry.factory(source[len(prefix):], options)
+    path = Path(source)
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"--model {source}: not a folder (a model folder, a hub id or one of "
+                             f"{', '.join(sorted(names()))} is expected)")
+        model_type = _folder_model_type(source)
+        if model_type is None:
+            raise InputError(f"--model {source}: no config.json with a model_type in this folder; is it a "
+                             f"Hugging Face model folder?")
+        if model_type not in _MODEL_TYPES:
+            raise InputError(f"--model {source}: model_type {model_type!r} is not a protein LM family protlm "
+                             f"knows ({', '.join(model_types())})")
+        return _MODEL_TYPES[model_type].factory(source, options)
+    if source.count("/") == 1 and not source.startswith((".", "/")):
+        hub = _MODEL_TYPES.get("__hub__")
+        if hub is not None:
+            return hub.factory(source, options)
+    raise InputError(f"--model {source}: not an embedder name ({', '.join(sorted(names()))}), no such folder, "
+                     f"and not a hub id of the form owner/name")

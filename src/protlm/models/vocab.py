@@ -191,3 +191,50 @@ def build_tokenizer(family: str):
         )
     raise KeyError(family)
 
+
+#: ``tokenizer_class`` that transformers 5 writes for a fast tokenizer; 4.x does not know it.
+_V5_FAST_CLASS = "TokenizersBackend"
+
+
+def save_tokenizer(family: str, folder, model_type: str | None = None) -> None:
+    """Save the family's tokenizer next to a checkpoint so that transformers 4.x and 5.x load it,
+    and tools that pick the model class from the tokenizer class (biotrainer) pick the right one:
+
+    * ESM models (``model_type`` ``esm``): ``EsmTokenizer`` with ``vocab.txt``, as ESM-2 ships;
+    * every other fast tokenizer (causal models on the ESM vocabulary, ProtT5, ...):
+      ``tokenizer.json`` labelled ``PreTrainedTokenizerFast`` (transformers 5 would write
+      ``TokenizersBackend``, which 4.x cannot load);
+    * ProtBert/ALBERT: ``BertTokenizer`` (loads in both).
+    """
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = VOCABS[family]
+    if family == "esm" and model_type == "esm":
+        from transformers import EsmTokenizer
+
+        vocab_file = folder / "vocab.txt"
+        vocab_file.write_text("\n".join(vocab.tokens) + "\n")
+        EsmTokenizer(vocab_file=str(vocab_file), model_max_length=100_000).save_pretrained(folder)
+        (folder / "tokenizer.json").unlink(missing_ok=True)
+        return
+    build_tokenizer(family).save_pretrained(folder)
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    if config.get("tokenizer_class") == _V5_FAST_CLASS:
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def legacy_config_keys(config: dict) -> dict:
+    """Keys that transformers 4.x reads for a model whose 5.x config holds them elsewhere:
+    GPT-NeoX's ``rotary_pct``/``rotary_emb_base`` (5.x: ``rope_parameters``). Without them 4.57
+    assumes rotary_pct 0.25 and computes different outputs."""
+    extra = {}
+    if config.get("model_type") == "gpt_neox":
+        rope = config.get("rope_parameters") or {}
+        extra["rotary_pct"] = float(rope.get("partial_rotary_factor", config.get("rotary_pct", 1.0)))
+        extra["rotary_emb_base"] = float(rope.get("rope_theta", config.get("rotary_emb_base", 10000.0)))
+    return extra

@@ -5,8 +5,12 @@ files (any ``transformers`` user can ``from_pretrained`` it), ``protlm_pretrain.
 config that made it), ``trainer_state.pt`` (optimizer, scheduler, every process's RNG state;
 tensors and plain containers only, read back with ``torch.load(weights_only=True)``, which
 never unpickles arbitrary objects) and ``trainer_state.json`` (step, tokens, data position).
-A checkpoint is written into a temporary folder and renamed into place; ``OUT/checkpoints/latest``
-names the newest complete one, so a kill at any moment leaves the previous checkpoint intact.
+A checkpoint is written into a temporary folder, fsynced and renamed into place;
+``OUT/checkpoints/latest`` names the newest complete one, so a kill at any moment leaves the
+previous checkpoint intact. Rotation keeps the newest ``keep_checkpoints``; the checkpoint with
+the best validation loss so far is also kept as ``OUT/checkpoints/best`` (outside rotation).
+A full disk during a save is one clear error naming the folder; the half-written temporary
+folder is removed.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from protlm.errors import ConfigError
+from protlm.errors import ConfigError, InputError
 from protlm.pretrain.distributed import DistEnv, barrier, gather_objects
 
 
@@ -36,46 +40,85 @@ def rng_state(env: DistEnv) -> dict:
 
 
 def write_hf_folder(folder: Path, model: torch.nn.Module, state_dict: dict, family: str, config_yaml: str) -> None:
-    """Write a plain Hugging Face model folder (weights in safetensors, tokenizer files)."""
-    from protlm.models.vocab import build_tokenizer
+    """Write a plain Hugging Face model folder (weights in safetensors, tokenizer files) that
+    transformers 4.x and 5.x both load (see :func:`protlm.models.vocab.save_tokenizer`)."""
+    from protlm.models.vocab import legacy_config_keys, save_tokenizer
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    from protlm.outputs import default_mode
+
     folder.mkdir(parents=True, exist_ok=True)
     unwrap(model).save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
-    build_tokenizer(family).save_pretrained(folder)
+    for weights in folder.glob("*.safetensors"):
+        default_mode(weights)  # safetensors writes 0600; every other file is 0644
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    extra = legacy_config_keys(config)
+    if extra:
+        config_path.write_text(json.dumps({**config, **extra}, indent=2, sort_keys=True) + "\n")
+    save_tokenizer(family, folder, config.get("model_type"))
     (folder / "protlm_pretrain.yaml").write_text(config_yaml)
 
 
 def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, env: DistEnv, *, family: str,
-                    config_yaml: str, state: dict, keep: int) -> Path | None:
-    """Every process must call this (state dicts are gathered); process 0 writes."""
+                    config_yaml: str, state: dict, keep: int, name: str | None = None) -> Path | None:
+    """Every process must call this (state dicts are gathered); process 0 writes.
+
+    ``name`` (e.g. ``"best"``): write ``OUT/checkpoints/<name>`` instead of ``step-N``, without
+    moving ``latest`` or rotating."""
+    from protlm.outputs import fsync_dir, fsync_tree
+
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd, optim_sd = get_state_dict(unwrap(model), optimizer, options=options)
     rngs = gather_objects(rng_state(env), env)
     path = None
     if env.is_main:
         root = out / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
-        name = f"step-{step:07d}"
-        tmp = root / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        write_hf_folder(tmp, model, model_sd, family, config_yaml)
-        torch.save({"optimizer": optim_sd, "scheduler": scheduler.state_dict(), "rng": rngs},
-                   tmp / "trainer_state.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
-        path = root / name
+        folder = name or f"step-{step:07d}"
+        tmp = root / f".{folder}.tmp"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            write_hf_folder(tmp, model, model_sd, family, config_yaml)
+            torch.save({"optimizer": optim_sd, "scheduler": scheduler.state_dict(), "rng": rngs},
+                       tmp / "trainer_state.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+            fsync_tree(tmp)
+        except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+            shutil.rmtree(tmp, ignore_errors=True)
+            why = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            last = root / "latest"
+            kept = f"; {last} still names the last complete one" if last.exists() else ""
+            raise InputError(f"{root}: cannot write checkpoint {folder} ({why}){kept}; free space and "
+                             "rerun with --resume") from None
+        path = root / folder
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
-        pointer = root / ".latest.tmp"
-        pointer.write_text(name + "\n")
-        os.replace(pointer, root / "latest")
-        done = sorted(p for p in root.glob("step-*") if p.is_dir())
-        for old in done[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(root)
+        if name is None:
+            pointer = root / ".latest.tmp"
+            with open(pointer, "w") as fh:
+                fh.write(folder + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(pointer, root / "latest")
+            fsync_dir(root)
+            done = sorted(p for p in root.glob("step-*") if p.is_dir())
+            for old in done[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
     barrier(env)
     return path
+
+
+def best_checkpoint(out: Path) -> tuple[Path, dict] | None:
+    """``OUT/checkpoints/best`` and its trainer state (step, ``val_loss``), if there is one."""
+    path = Path(out) / "checkpoints" / "best"
+    try:
+        return path, json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def latest_checkpoint(out: Path) -> Path | None:

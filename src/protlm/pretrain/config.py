@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +105,60 @@ class PretrainConfig:
             section, key = dotted.split(".")
             d[section].pop(key, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- resume
+
+#: Settings that may change on ``--resume`` (the documented safe changes): the learning rate and
+#: its schedule, clipping, and the length of the current and later curriculum phases (not of
+#: phases already finished). Every change is recorded in metrics.jsonl and the checkpoints.
+RESUME_ADJUSTABLE = ("optimizer.lr", "optimizer.warmup_steps", "optimizer.schedule", "optimizer.min_lr_ratio",
+                     "optimizer.clip_grad_norm")
+#: Settings that never change the trajectory (not compared on resume).
+NOT_COMPARED = ("train.log_every", "train.eval_every", "train.save_every", "train.keep_checkpoints",
+                "train.tensorboard")
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    out = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+    elif isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
+        for i, v in enumerate(tree):
+            out.update(_flat(v, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = list(tree) if isinstance(tree, tuple) else tree
+    return out
+
+
+def resume_changes(old: PretrainConfig, new: PretrainConfig, step: int) -> dict[str, list]:
+    """``{key: [old, new]}`` of the settings that differ between the config a checkpoint was
+    trained with and the one given on ``--resume`` at ``step``; a ConfigError names any change
+    that is not allowed (see :data:`RESUME_ADJUSTABLE`)."""
+    a, b = _flat(old.to_dict()), _flat(new.to_dict())
+    changes = {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b))
+               if a.get(k) != b.get(k) and k not in NOT_COMPARED}
+    refused = []
+    if len(old.train.phases) != len(new.train.phases):
+        refused.append(f"train.phases ({len(new.train.phases)} phases, the checkpoint's has {len(old.train.phases)})")
+        changes = {k: v for k, v in changes.items() if not k.startswith("train.phases.")}
+    else:
+        # a phase boundary the run has already passed must not move (it decides past batches)
+        old_end = new_end = 0
+        for i, (po, pn) in enumerate(zip(old.train.phases, new.train.phases)):
+            old_end, new_end = old_end + po.steps, new_end + pn.steps
+            if old_end != new_end and min(old_end, new_end) < step:
+                refused.append(f"train.phases.{i}.steps (the end of phase {i} would move from step "
+                               f"{old_end} to {new_end}, and the run is at step {step})")
+    refused += [k for k in changes if k not in RESUME_ADJUSTABLE and not re.fullmatch(r"train\.phases\.\d+\.steps", k)]
+    if refused:
+        raise ConfigError(
+            f"--resume: the config differs from the checkpoint's in {', '.join(refused)}; on resume only "
+            f"{', '.join(RESUME_ADJUSTABLE)} and the steps of unfinished phases may change "
+            "(resume with the checkpoint's protlm_pretrain.yaml otherwise, or choose another --out)"
+        )
+    return changes
 
 
 # --------------------------------------------------------------------------- loading

@@ -40,6 +40,11 @@ class TrainingDiverged(ProtlmError):
     """The loss or the gradient became NaN/inf."""
 
 
+def _exp(x: float) -> float:
+    """Perplexity from a mean loss: inf (not an OverflowError) for a diverging model."""
+    return math.exp(x) if x < 709.0 else math.inf
+
+
 def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy over the positions with a target (fp32 whatever the autocast)."""
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
@@ -100,14 +105,16 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.flops_seen = 0.0
+        self.config_changes: list[dict] = []
+        best = ckpt.best_checkpoint(self.out) if self.existing is not None else None
+        self.best_val = float(best[1].get("val_loss", math.inf)) if best else math.inf
         self.config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)
         if self.existing is not None:
             state = ckpt.load_checkpoint(self.existing, self.wrapped, self.optimizer, self.scheduler, self.env)
-            if state.get("fingerprint") != config.fingerprint():
-                raise ConfigError(
-                    f"--resume: the config differs from the one {self.existing} was trained with "
-                    f"(see its protlm_pretrain.yaml); resume with the same config or choose another --out"
-                )
+            changes = self._resume_changes(state)
+            # every resume with changed settings, in order: kept in each later checkpoint
+            self.config_changes = [*state.get("config_changes", []),
+                                   *([{"step": int(state["step"]), "changes": changes}] if changes else [])]
             self.step = int(state["step"])
             self.tokens_seen = int(state["tokens_seen"])
             self.flops_seen = float(state.get("flops_seen", 0.0))
@@ -218,11 +225,43 @@ class Trainer:
         return {"loss": mean_loss, "targets": global_targets, "tokens": tokens, "padded": padded,
                 "flops": flops, "grad_norm": grad_norm, "lr": lr}
 
+    def _resume_changes(self, state: dict) -> dict:
+        """Compare the config with the checkpoint's; apply the allowed changes (see
+        :data:`protlm.pretrain.config.RESUME_ADJUSTABLE`) to the optimizer and schedule."""
+        from protlm.pretrain.config import load_config, resume_changes
+        from protlm.pretrain.optim import lr_factor
+
+        if state.get("fingerprint") == self.config.fingerprint():
+            return {}
+        try:
+            old = load_config(data=yaml.safe_load((self.existing / "protlm_pretrain.yaml").read_text()))
+        except (OSError, yaml.YAMLError, ProtlmError) as exc:
+            raise ConfigError(f"--resume: cannot read the config {self.existing} was trained with ({exc})") from None
+        step = int(state["step"])
+        changes = resume_changes(old, self.config, step)
+        if changes:
+            lr, opt = self.config.optimizer.lr, self.config.optimizer
+            factor = lr_factor(step, opt, self.config.total_steps)
+            self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
+            for group in self.optimizer.param_groups:
+                group["initial_lr"] = lr
+                group["lr"] = lr * factor
+            self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+            log.warning("--resume at step %d with changed settings: %s", step,
+                        ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()))
+        return changes
+
     def _diverged_message(self, what: str) -> str:
         last = ckpt.latest_checkpoint(self.out)
-        kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+        kept = f"the last checkpoint is {last}" if last else "no checkpoint had been written yet"
+        best = ckpt.best_checkpoint(self.out)
+        if best is not None:
+            kept += (f"; the best-validation checkpoint is {best[0]} (step {best[1].get('step')}, validation "
+                     f"loss {best[1].get('val_loss', float('nan')):.4g}; to resume from it, write `best` into "
+                     f"{self.out / 'checkpoints' / 'latest'})")
         return (f"training diverged at step {self.step + 1}: {what}; stopped without saving, {kept}. "
-                f"Lower optimizer.lr, raise optimizer.warmup_steps or use fp32/bf16, then --resume")
+                f"Rerun with --resume and a lower optimizer.lr (or a longer optimizer.warmup_steps, "
+                f"optimizer.clip_grad_norm; allowed on resume and recorded), or use fp32/bf16")
 
     # ------------------------------------------------------------------ validation
 
@@ -261,11 +300,17 @@ class Trainer:
                 sums[3] += batch.n_targets
         loss, count, full, full_count = all_reduce_sum(sums, self.env)
         self.wrapped.train()
+        val_loss = loss / max(count, 1)
+        if not math.isfinite(val_loss) or _exp(val_loss) == math.inf:
+            # over 709 nats per token the perplexity overflows a float: a uniform guess scores ln(V)
+            raise TrainingDiverged(self._diverged_message(
+                f"the validation loss is {val_loss:.4g} nats per token (a uniform guess gives "
+                f"{math.log(self.vocab.size):.2f}; the perplexity overflows)"))
         out = {"kind": "valid", "step": self.step, "tokens_seen": self.tokens_seen,
-               "flops_seen": self.flops_seen, "val_loss": loss / max(count, 1),
-               "val_ppl": math.exp(loss / max(count, 1)), "val_targets": int(count)}
+               "flops_seen": self.flops_seen, "val_loss": val_loss,
+               "val_ppl": _exp(val_loss), "val_targets": int(count)}
         if full_count:
-            out["val_ppl_all_positions"] = math.exp(full / full_count)
+            out["val_ppl_all_positions"] = _exp(full / full_count)
         return out
 
     # ------------------------------------------------------------------ loop
@@ -273,12 +318,20 @@ class Trainer:
     def _on_signal(self, signum, frame):
         self._stop_signal = signum
 
-    def save(self) -> Path | None:
+    def save(self, name: str | None = None, extra: dict | None = None) -> Path | None:
         state = {"tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen, "fingerprint": self.config.fingerprint(),
-                 "phase": self.phase_at(max(self.step - 1, 0)).index, "arch": self.config.model.arch}
+                 "phase": self.phase_at(max(self.step - 1, 0)).index, "arch": self.config.model.arch,
+                 **({"config_changes": self.config_changes} if self.config_changes else {}), **(extra or {})}
         return ckpt.save_checkpoint(self.out, self.step, self.wrapped, self.optimizer, self.scheduler, self.env,
                                     family=self.vocab.family, config_yaml=self.config_yaml, state=state,
-                                    keep=self.config.train.keep_checkpoints)
+                                    keep=self.config.train.keep_checkpoints, name=name)
+
+    def _keep_if_best(self, evaluation: dict | None) -> None:
+        """A new best validation loss: save it as ``checkpoints/best`` (outside rotation)."""
+        if evaluation is None or not evaluation["val_loss"] < self.best_val:
+            return
+        self.best_val = evaluation["val_loss"]
+        self.save(name="best", extra={"val_loss": evaluation["val_loss"], "val_ppl": evaluation["val_ppl"]})
 
     def run(self, until: int | None = None) -> dict:
         """Train to the end of the schedule (or stop with a checkpoint after step ``until``)."""
@@ -300,7 +353,8 @@ class Trainer:
             self.metrics.write({"kind": "start", "step": self.step, "params": self.params["total"],
                                 "params_non_embedding": self.params["non_embedding"], "world": self.env.world,
                                 "device": str(self.env.device), "peak_flops": self.peak_flops,
-                                "resumed_from": str(self.existing) if self.existing else None})
+                                                "resumed_from": str(self.existing) if self.existing else None,
+                                **({"config_changes": self.config_changes} if self.config_changes else {})})
         window = {"loss": 0.0, "targets": 0.0, "tokens": 0.0, "padded": 0.0, "flops": 0.0, "n": 0}
         t_window = time.perf_counter()
         last_eval = None
@@ -338,6 +392,7 @@ class Trainer:
                     last_eval = self.evaluate()
                     if last_eval is not None:
                         self.metrics.write(last_eval)
+                        self._keep_if_best(last_eval)
                     t_window += time.perf_counter() - t_eval
                 if self.step % cfg.save_every == 0 or self.step == total:
                     t_save = time.perf_counter()

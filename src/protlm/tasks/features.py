@@ -362,8 +362,9 @@ class FeatureSource:
             return int(shape[-1])
         return int(self.embedder.dim)
 
-    def identity(self) -> dict:
-        """What made the numbers (see :func:`check_identity`)."""
+    def identity(self, checksum: bool = True) -> dict:
+        """What made the numbers (see :func:`check_identity`); ``checksum=False`` leaves out a
+        file's checksum (a pass over the whole file), which checking a head does not need."""
         if self._identity is None:
             if self._h5 is not None:
                 attrs = self._h5.attrs
@@ -376,10 +377,12 @@ class FeatureSource:
 
                 self._identity = {"kind": "hdf5", "fingerprint": attr("fingerprint") or None,
                                   "model": attr("model") or None, "layer": attr("layer"), "level": "residue",
-                                  "dim": self.dim, "file": self.name, "file_checksum": file_checksum(self.name)}
+                                  "dim": self.dim, "file": self.name}
             else:
                 self._identity = {"kind": "embedder", "fingerprint": self.embedder.fingerprint(),
                                   "model": self.name, "layer": self.layer, "level": "residue", "dim": self.dim}
+        if checksum and self._identity["kind"] == "hdf5" and "file_checksum" not in self._identity:
+            self._identity["file_checksum"] = file_checksum(self.name)
         return self._identity
 
     def _cache(self) -> FeatureCache:

@@ -105,7 +105,9 @@ def per_protein_accuracy(y_true: Sequence[np.ndarray], y_pred: Sequence[np.ndarr
 
 
 def _ci_dict(value: float, ci: tuple[float, float]) -> dict:
-    return {"value": value, "ci95": [ci[0], ci[1]]}
+    """``ci95`` is ``[None, None]`` where no interval exists (no resamples, ``n_boot`` 0)."""
+    lo, hi = (None, None) if not (np.isfinite(ci[0]) and np.isfinite(ci[1])) else (ci[0], ci[1])
+    return {"value": value, "ci95": [lo, hi]}
 
 
 def residue_scores(y_true: Sequence[np.ndarray], y_pred: Sequence[np.ndarray], *, n_boot: int = N_BOOT,

@@ -65,6 +65,17 @@ def parse_extra_tests(items: list[str]) -> dict[str, dict[str, SourceConfig]]:
     return out
 
 
+def head_folder(out: Path, task: str, spec, identity: dict) -> Path:
+    """Where the suite keeps the head of (task, embedder): ``<name>-<identity digest>``; a folder
+    of the same identity under another name (the file was renamed) is found too."""
+    folder = out / task / embedder_slug(spec, identity)
+    if not folder.is_dir():
+        same = sorted(p for p in (out / task).glob(f"*-{identity_digest(identity)[:10]}") if p.is_dir())
+        if same:
+            return same[0]
+    return folder
+
+
 def config_digest(config: TaskConfig, identity: dict) -> str:
     """The config with the embedder's name replaced by what made its numbers."""
     tree = {**config.as_dict(), "embedder": identity_digest(identity)}
@@ -94,7 +105,7 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
                 config.data.test[name] = src
             with FeatureSource(spec, config.layer, cache_dir) as source:
                 identity = source.identity()
-                folder = out / path.stem / embedder_slug(spec, identity)
+                folder = head_folder(out, path.stem, spec, identity)
                 digest = config_digest(config, identity)
                 done = folder / METRICS_JSON
                 if done.is_file():
@@ -189,7 +200,7 @@ def paired_differences(files: list[Path], pairs: list[tuple[str, str]], out: Pat
         stats: dict[str, dict] = {}
         for spec in needed:
             with FeatureSource(spec, config.layer, cache_dir) as source:
-                head = load_head(out / path.stem / embedder_slug(spec, source.identity()))
+                head = load_head(head_folder(out, path.stem, spec, source.identity()))
                 _check_source(head, source)
                 stats[spec] = {}
                 for set_name, data in tests.items():

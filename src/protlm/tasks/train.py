@@ -302,22 +302,30 @@ class TrainedHead:
 
 def load_head(folder: str | Path) -> TrainedHead:
     """A head folder written by :func:`train` (weights read with safetensors, never pickle)."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     if not (folder / HEAD_JSON).is_file() or not (folder / HEAD_WEIGHTS).is_file():
         raise InputError(f"--head {folder}: not a trained head folder (needs {HEAD_JSON} and {HEAD_WEIGHTS})")
-    try:
-        info = json.loads((folder / HEAD_JSON).read_text())
-        config = build(TaskConfig, info["config"], "")
-    except (ValueError, KeyError) as exc:
-        raise InputError(f"--head {folder}: {HEAD_JSON} is not readable ({exc})") from None
+    from protlm.tasks import headfile
+
+    info = headfile.read_head_json(folder, HEAD_JSON)  # a mapping with sane sizes, or one clear line
+    config = build(TaskConfig, info["config"], "")
     validate(config)
     classes, norm, dim = info["classes"], [tuple(x) for x in info["normalisation"]], int(info["dim"])
     outputs = [1] * len(config.targets) if config.regression else [len(c) for c in classes]
-    model = build_head(config.head.type, dim, outputs, per_residue=config.per_residue, hidden=config.head.hidden,
-                       kernel=config.head.kernel, dropout=config.head.dropout)
-    model.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
+    if len(outputs) != len(config.targets) or (config.regression and len(norm) != len(config.targets)):
+        raise InputError(f"--head {folder}: {HEAD_JSON} lists {len(classes)} class lists / {len(norm)} "
+                         f"normalisations for {len(config.targets)} targets")
+    headfile.check_head_shape(folder, config.head.hidden, config.head.kernel)
+
+    def make():
+        return build_head(config.head.type, dim, outputs, per_residue=config.per_residue, hidden=config.head.hidden,
+                          kernel=config.head.kernel, dropout=config.head.dropout)
+
+    with torch.device("meta"):  # shapes only: nothing is allocated before the weights file agrees
+        shapes = make()
+    state = headfile.load_checked_state(folder / HEAD_WEIGHTS, shapes)
+    model = make()
+    model.load_state_dict(state)
     model.eval()
     return TrainedHead(config, model, classes, norm, dim, info)
 
@@ -334,7 +342,8 @@ def _check_source(head: "TrainedHead", source: FeatureSource) -> None:
     """The features must come from the model the head was trained on (not only the same width)."""
     if source.dim != head.dim:
         raise InputError(f"embedder {source.name}: gives {source.dim}-dimensional embeddings, the head expects {head.dim}")
-    warning = check_identity(head.info.get("embedder_identity"), source.identity(), f"embedder {source.name}")
+    warning = check_identity(head.info.get("embedder_identity"), source.identity(checksum=False),
+                             f"embedder {source.name}")
     if warning:
         log.warning("%s", warning)
 

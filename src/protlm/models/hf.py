@@ -1,0 +1,127 @@
+"""The one loader of a Hugging Face protein LM (a local folder or a hub id).
+
+Every part of protlm that needs an LM's weights — the embedder backend, contact prediction from
+attention maps, the random-weight floor, the token-embedding map — calls :func:`load_hf_lm`. It
+reads ``config.json``, detects the family (:mod:`protlm.models.families`), loads the tokenizer and
+learns its token layout, and loads the encoder **from safetensors only** (a folder with only
+``pytorch_model.bin`` is refused with what to do; ``trust_remote_code`` stays off).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from protlm.errors import InputError
+from protlm.models.families import Family, TokenLayout, detect_family, read_config, token_layout
+
+
+#: ``random-init:PATH`` names PATH's architecture with fresh random weights: the floor that shows
+#: how much of a result comes from training rather than from the architecture and the pipeline.
+RANDOM_PREFIX = "random-init:"
+
+
+def parse_lm_spec(spec: str) -> tuple[str, bool]:
+    """``PATH`` → (PATH, False); ``random-init:PATH`` → (PATH, True)."""
+    spec = str(spec)
+    if spec.startswith(RANDOM_PREFIX):
+        return spec[len(RANDOM_PREFIX):], True
+    return spec, False
+
+
+@dataclass
+class LoadedLM:
+    name: str  # what was asked for (``random-init:`` kept)
+    source: str  # the folder or hub id
+    model: object  # a transformers PreTrainedModel (the family's encoder class), eval mode
+    tokenizer: object
+    config: dict
+    family: Family
+    layout: TokenLayout
+
+    @property
+    def layers(self) -> int:
+        c = self.config
+        return int(c.get("num_hidden_layers") or c.get("num_layers") or c.get("n_layer") or 0)
+
+    @property
+    def heads(self) -> int:
+        c = self.config
+        return int(c.get("num_attention_heads") or c.get("num_heads") or c.get("n_head") or 0)
+
+    @property
+    def n_maps(self) -> int:
+        return self.layers * self.heads
+
+    @property
+    def width(self) -> int:
+        c = self.config
+        return int(c.get("hidden_size") or c.get("d_model") or 0)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # the load report lists the LM head as unused: expected for an encoder
+
+
+def check_safetensors(source: str, what: str = "--model") -> None:
+    """Refuse a local folder without safetensors weights (protlm never unpickles weights)."""
+    path = Path(source)
+    if not path.is_dir():
+        return
+    if any(path.glob("*.safetensors")):
+        return
+    if any(path.glob("pytorch_model*.bin")) or any(path.glob("*.pt")):
+        raise InputError(f"{what} {source}: holds only pickled PyTorch weights (pytorch_model.bin); protlm loads "
+                         f"safetensors only. Convert once in a trusted environment: "
+                         f"AutoModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)")
+    raise InputError(f"{what} {source}: no *.safetensors weights in this folder")
+
+
+def load_hf_lm(spec: str, *, dtype=None, attention: str = "sdpa", seed: int = 0, what: str = "--model") -> LoadedLM:
+    """Load the encoder (the family's encoder class) of a folder or hub id, in eval mode on the CPU.
+
+    ``attention``: "sdpa" (fast, falls back to eager for classes without it) or "eager" (needed for
+    attention maps). ``random-init:PATH``: PATH's architecture with random weights (torch seed
+    ``seed``).
+    """
+    import torch
+    import transformers
+
+    _quiet_transformers()
+    source, random_init = parse_lm_spec(spec)
+    config = read_config(source)
+    family = detect_family(config, source)
+    if not random_init:
+        check_safetensors(source, what)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except Exception as exc:
+        raise InputError(f"{what} {source}: the tokenizer could not be loaded ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    layout = token_layout(tokenizer, family)
+    cls = getattr(transformers, family.encoder_class)
+    extra = {"add_pooling_layer": False} if family.model_type in ("esm", "bert", "albert") else {}
+    dtype = dtype or torch.float32
+    try:
+        if random_init:
+            cfg = transformers.AutoConfig.from_pretrained(source, trust_remote_code=False)
+            torch.manual_seed(seed)
+            attn = {"attn_implementation": "eager"} if attention == "eager" else {}
+            model = cls._from_config(cfg, dtype=dtype, **attn, **extra)
+        else:
+            kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False, **extra)
+            try:
+                model = cls.from_pretrained(source, attn_implementation=attention, **kwargs)
+            except (ValueError, ImportError):  # a class without SDPA
+                model = cls.from_pretrained(source, attn_implementation="eager", **kwargs)
+    except OSError as exc:
+        raise InputError(f"{what} {source}: the weights could not be loaded "
+                         f"({str(exc).splitlines()[0][:200]})") from None
+    except Exception as exc:  # corrupt safetensors, shape mismatch with config.json
+        raise InputError(f"{what} {source}: the weights could not be loaded ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    model.eval()
+    return LoadedLM(name=str(spec), source=source, model=model, tokenizer=tokenizer, config=config, family=family, layout=layout)

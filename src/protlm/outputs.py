@@ -1,0 +1,220 @@
+"""Where commands write: one overwrite policy, safe file names from ids, locks, durable renames.
+
+The policy every command follows (``protlm train``, ``evaluate``, ``predict``, ``merge``,
+``contacts predict``, ...):
+
+* an existing output is refused unless ``--overwrite`` is given;
+* an output is never one of the command's inputs (not even with ``--overwrite``);
+* the output location is checked (folder exists or can be made, is writable) *before* the work
+  starts, so a long run never ends in "permission denied".
+
+File names made from protein ids (``contacts predict`` writes ``OUT/<name>.npz``) go through
+:func:`safe_names`: they always stay inside the output folder and are unique.
+
+Every error here is a :class:`~protlm.errors.InputError` (one ``protlm: error:`` line, exit 2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+
+from protlm.errors import InputError
+
+__all__ = ["check_output_file", "check_output_dir", "default_mode", "fsync_dir", "fsync_tree", "output_lock",
+           "probe_writable", "safe_names"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=@,-]")
+MAX_NAME = 120
+
+
+def safe_names(ids: Iterable[str]) -> dict[str, str]:
+    """A file-name stem for every id: inside the folder, unique, readable when the id allows.
+
+    The mapping: an id made only of ``A-Z a-z 0-9 . _ + = @ , -`` (not starting with a dot, at
+    most 120 characters) is its own name. Any other id — with ``/``, ``\\``, spaces, ``..``,
+    non-ASCII, a leading dot, too long — gets its unsafe characters replaced by ``_`` and
+    ``~`` plus the first 10 hex digits of the SHA-256 of the id appended, so two ids never share
+    a name (``A`` stays ``A``; ``./A`` becomes ``._A`` → ``_A~<hash>``; ``../../x`` becomes
+    ``_.._x~<hash>``). Names that would differ only in letter case (one file on macOS and
+    Windows) also get the hash.
+    """
+    ids = list(ids)
+    out: dict[str, str] = {}
+    for pid in ids:
+        base = _UNSAFE.sub("_", pid)
+        base = re.sub(r"^\.+", "_", base)[:MAX_NAME] or "_"
+        if base != pid:
+            base = f"{base}~{_digest(pid)}"
+        out[pid] = base
+    # case-insensitive file systems: names equal up to case get the hash too
+    seen: dict[str, list[str]] = {}
+    for pid, name in out.items():
+        seen.setdefault(name.lower(), []).append(pid)
+    for pids in seen.values():
+        if len(pids) > 1:
+            for pid in pids:
+                if "~" not in out[pid]:  # hashed names hold a "~"; safe ids never do
+                    out[pid] = f"{out[pid]}~{_digest(pid)}"
+    return out
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def probe_writable(folder: Path, what: str, keep: bool = True) -> None:
+    """Check a file can be created in ``folder`` (made with its parents if needed; with
+    ``keep=False`` the folders made for the check are removed again)."""
+    made = [p for p in [folder, *folder.parents] if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"{what} {folder}: exists and is not a folder") from None
+    except OSError as exc:
+        raise InputError(f"{what} {folder}: cannot create the folder ({exc.strerror})") from None
+    probe = folder / f".protlm-write-test.{os.getpid()}"
+    try:
+        with open(probe, "wb"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{what} {folder}: cannot write there ({exc.strerror})") from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+        if not keep:
+            for p in made:  # deepest first
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+
+
+def check_output_file(path: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable = (),
+                      option: str = "--output", create_parent: bool = False) -> Path:
+    """Check an output file before the work starts (see the module docstring)."""
+    path = Path(path)
+    for inp in inputs:
+        if inp is not None and _same(path, Path(inp)):
+            raise InputError(f"{option} {path}: is also an input of this command; write the output somewhere else")
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise InputError(f"{option} {path}: exists; pass --overwrite to replace it")
+    parent = path.parent
+    if not parent.is_dir() and not create_parent:
+        raise InputError(f"{option} {path}: the folder {parent} does not exist")
+    probe_writable(parent, option)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable = (),
+                     option: str = "--out", marker: str | None = None) -> Path:
+    """Check an output folder: refused when it already holds output (``marker``, or any file when
+    ``marker`` is None) unless ``overwrite``; never an input folder; made and writable."""
+    path = Path(path)
+    for inp in inputs:
+        if inp is not None and _same(path, Path(inp)):
+            raise InputError(f"{option} {path}: is also an input of this command; write the output somewhere else")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path}: exists and is not a folder")
+    if path.is_dir() and not overwrite:
+        held = (path / marker).exists() if marker else any(path.iterdir())
+        if held:
+            raise InputError(f"{option} {path}: already holds output; pass --overwrite to replace it "
+                             "or choose another folder")
+    probe_writable(path, option, keep=False)
+    return path
+
+
+def default_mode(path: str | os.PathLike) -> None:
+    """Give a file the permissions of an ordinary new file (0666 minus the umask, i.e. 0644):
+    safetensors' ``save_file`` creates 0600 files, unlike everything else protlm writes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder`` and the folders themselves (before the rename that
+    publishes it), so a crash right after the rename never exposes empty files."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(root))
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def output_lock(target: str | os.PathLike, what: str = "output", name: str | None = None):
+    """Hold a lock while a command writes ``target``: ``.<file>.lock`` next to a file, or
+    ``.protlm.lock`` (or ``name``) inside a folder. A second command on the same output stops at
+    once with one line naming the process (pid, host) that holds it. The lock is an OS file lock
+    (the ``filelock`` package): it is released when its process ends, even by ``kill -9``."""
+    from filelock import FileLock, Timeout
+
+    target = Path(target)
+    if target.is_dir():
+        lock_path = target / (name or ".protlm.lock")
+    else:
+        lock_path = target.with_name(name or f".{target.name}.lock")
+    info_path = lock_path.with_name(lock_path.name + ".holder")
+    lock = FileLock(str(lock_path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = json.loads(info_path.read_text())
+            who = f"process {holder.get('pid')} on {holder.get('host')} (since {holder.get('since')})"
+        except (OSError, ValueError):
+            who = "another process"
+        raise InputError(f"{target}: {what} is in use by {who}; wait for it to finish "
+                         f"(if that process is gone, the lock {lock_path} is released automatically)") from None
+    try:
+        try:
+            info_path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+        except OSError:
+            pass
+        yield lock_path
+    finally:
+        try:
+            info_path.unlink()
+        except OSError:
+            pass
+        lock.release()

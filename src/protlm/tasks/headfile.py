@@ -1,0 +1,113 @@
+"""Reading a head folder someone else may have edited: every size is checked before anything is
+allocated, and every problem is one readable line (:class:`~protlm.errors.InputError`).
+
+``head.json`` must be a mapping with the fields :func:`protlm.tasks.train.save_head` writes;
+``head.safetensors`` must be a safetensors file whose header fits the file and whose tensors have
+exactly the shapes of the head ``head.json`` describes. The shapes are compared on torch's
+``meta`` device (no memory), so a ``dim`` of 10⁹ is an error, not a 128 GB allocation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+from protlm.errors import InputError
+
+MAX_DIM = 1 << 20  # no protein LM has a wider embedding
+MAX_HIDDEN = 1 << 16
+MAX_CLASSES = 1 << 16
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def read_head_json(folder: Path, name: str = "head.json") -> dict:
+    path = folder / name
+    try:
+        info = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"--head {folder}: {name} is not UTF-8 text") from None
+    except ValueError as exc:
+        raise InputError(f"--head {folder}: {name} is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"--head {folder}: cannot read {name} ({exc.strerror})") from None
+    if not isinstance(info, dict):
+        raise InputError(f"--head {folder}: {name} must hold a JSON object, not a {type(info).__name__}")
+    for key, kind in (("config", dict), ("classes", list), ("normalisation", list)):
+        if not isinstance(info.get(key), kind):
+            raise InputError(f"--head {folder}: {name} field {key!r} must be a {kind.__name__}")
+    dim = info.get("dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
+        raise InputError(f"--head {folder}: {name} field 'dim' must be an integer in [1, {MAX_DIM}], not {dim!r}")
+    for k, cls in enumerate(info["classes"]):
+        if not isinstance(cls, list) or not 1 <= len(cls) <= MAX_CLASSES:
+            raise InputError(f"--head {folder}: {name} classes[{k}] must be a list of 1 to {MAX_CLASSES} labels")
+    for k, pair in enumerate(info["normalisation"]):
+        if (not isinstance(pair, list) or len(pair) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)):
+            raise InputError(f"--head {folder}: {name} normalisation[{k}] must be two finite numbers")
+    return info
+
+
+def check_head_shape(folder: Path, hidden: int, kernel: int) -> None:
+    if not 1 <= hidden <= MAX_HIDDEN:
+        raise InputError(f"--head {folder}: head.hidden must be in [1, {MAX_HIDDEN}], not {hidden}")
+    if not 0 <= kernel <= 257:
+        raise InputError(f"--head {folder}: head.kernel must be in [0, 257], not {kernel}")
+
+
+def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``{name: (dtype, shape)}`` from a safetensors file's header, checked against the file size
+    (read without loading any tensor)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                raise ValueError("shorter than a safetensors header")
+            (n,) = struct.unpack("<Q", raw)
+            if n > min(size - 8, 100 << 20):
+                raise ValueError("header length beyond the end of the file")
+            header = json.loads(fh.read(n).decode("utf-8"))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a safetensors file ({exc})") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: not a safetensors file (header is not a mapping)")
+    out = {}
+    data_size = size - 8 - n
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = entry["dtype"], tuple(int(x) for x in entry["shape"]), entry["data_offsets"]
+            count = math.prod(shape)
+            if dtype not in DTYPE_BYTES or min(shape, default=0) < 0 or not 0 <= start <= end <= data_size \
+                    or end - start != count * DTYPE_BYTES[dtype]:
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{path}: not a valid safetensors file (entry {name!r} does not fit the file)") from None
+        out[name] = (dtype, shape)
+    return out
+
+
+def load_checked_state(path: Path, model_on_meta) -> dict:
+    """The tensors of ``path`` after checking names and shapes against a model built on the
+    ``meta`` device; then read with safetensors (never pickle)."""
+    from safetensors.torch import load_file
+
+    header = safetensors_header(path)
+    expected = {k: tuple(v.shape) for k, v in model_on_meta.state_dict().items()}
+    got = {k: shape for k, (_, shape) in header.items()}
+    if set(got) != set(expected):
+        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+        raise InputError(f"{path}: does not match head.json (missing {missing[:3]}, unexpected {extra[:3]})")
+    for k, shape in expected.items():
+        if got[k] != shape:
+            raise InputError(f"{path}: tensor {k} has shape {list(got[k])}, head.json describes {list(shape)}")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types on a damaged file
+        raise InputError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
