@@ -317,6 +317,19 @@ def test_demo(tmp_path, capsys):
     with h5py.File(report["projection"]["embeddings"]) as f:
         assert len(f.keys()) == 80 and f.attrs["level"] == "protein"
     assert "protlm demo" in err and "silhouette" in err and "Traceback" not in err
+    # the published LM runs beside the checkpoint when its weights are installed (make test installs them)
+    try:
+        from protlm.models.unirep_weights import find_npz
+
+        find_npz(64)
+    except Exception:
+        assert "unirep64" in report["language_models_missing"]
+    else:
+        uni = report["projection_unirep"]
+        assert uni["model"] == "unirep64" and uni["proteins"]["counts"]["dim"] == 64
+        with h5py.File(uni["embeddings"]) as f:
+            assert len(f.keys()) == 80 and f.attrs["family"] == "unirep"
+        assert "unirep64" in err
 
 
 def test_demo_and_datasets_with_missing_data_folder(tmp_path, capsys):

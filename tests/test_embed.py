@@ -362,7 +362,7 @@ def test_a_second_embed_on_the_same_output_is_refused_naming_the_holder(tmp_path
     out = tmp_path / "o.h5"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\n"
-        "from protlm.outputs import output_lock\n"
+        "from protlm.io.outputs import output_lock\n"
         f"with output_lock({str(out)!r}):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)

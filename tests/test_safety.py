@@ -43,7 +43,7 @@ def _fasta(path: Path, n: int, seed: int = 0, prefix: str = "p") -> Path:
 
 
 def test_safe_names_stay_inside_and_are_unique():
-    from protlm.outputs import safe_names
+    from protlm.io.outputs import safe_names
 
     ids = ["A", "./A", "../../x", "a/../../b", "/abs/path", "..", ".", "a b", "ä", "x" * 300, "b", "sp|P1|X_Y"]
     names = safe_names(ids)
@@ -58,20 +58,29 @@ def test_safe_names_stay_inside_and_are_unique():
     assert both["B"] == "B" and both["A"] != both["a"] and both["A"].lower() != both["a"].lower()
 
 
-def test_contacts_predict_never_writes_outside_the_folder(tmp_path, capsys):
-    """Ids `../../x`, `a/../../b`, `/abs/path` wrote outside --out; `A` and `./A` overwrote each other."""
+@pytest.fixture(scope="module")
+def contact_head(tmp_path_factory) -> Path:
     from protlm.contacts.api import train
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_contacts import _tiny_set
 
-    data = tmp_path / "data"
+    root = tmp_path_factory.mktemp("contacts")
+    data = root / "data"
     _tiny_set(data / "coords_ca_cb.npz", n_train=6, n_valid=6)
     config = {"name": "tiny_pair", "protocol": "residues_to_class", "embedder": "onehot",
               "data": {"train_chains": 6, "early_stop_chains": 2, "eval_chains": 3, "max_length": None},
               "head": {"type": "pair_mlp", "hidden": 8},
               "train": {"epochs": 1, "crop": 24, "pair_budget": 2000, "seed": 0}, "evaluate": {"n_boot": 10}}
-    train(config, tmp_path / "head", data)
+    train(config, root / "head", data)
+    return root / "head"
+
+
+def test_contacts_predict_never_writes_outside_the_folder(tmp_path, capsys, contact_head):
+    """Ids `../../x`, `a/../../b`, `/abs/path` wrote outside --out; `A` and `./A` overwrote each other."""
+    import shutil
+
+    shutil.copytree(contact_head, tmp_path / "head")
     work = tmp_path / "deep" / "er"
     work.mkdir(parents=True)
     ids = ["../../x", "a/../../b", str(tmp_path / "abs"), "A", "./A"]
@@ -180,11 +189,11 @@ def test_bad_shard_files_give_one_line(prepared, capsys):
 
 
 def test_second_prepare_on_one_folder_stops_with_the_holder(prepared, capsys):
-    from protlm.outputs import output_lock
+    from protlm.io.outputs import output_lock
 
     src, out = prepared
     # hold the lock from another process, as a concurrent `protlm prepare` would
-    code = ("import sys, time; from protlm.outputs import output_lock\n"
+    code = ("import sys, time; from protlm.io.outputs import output_lock\n"
             "with output_lock(sys.argv[1] + '/parts', 'x', name='.part-0-of-1.lock'):\n"
             "    print('held', flush=True); time.sleep(30)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
@@ -207,7 +216,7 @@ def test_second_prepare_on_one_folder_stops_with_the_holder(prepared, capsys):
 
 
 def test_overwrite_policy_unit(tmp_path):
-    from protlm.outputs import check_output_dir, check_output_file
+    from protlm.io.outputs import check_output_dir, check_output_file
 
     inp = tmp_path / "seqs.csv"
     inp.write_text("x")
@@ -502,7 +511,7 @@ def test_cr_only_line_endings_are_named(tmp_path, capsys):
 
 def test_full_disk_names_the_file_leaves_no_tmp_and_exits_2(tmp_path, monkeypatch, capsys):
     import protlm.data.prepare as prep
-    from protlm.data.prepare import atomic_write_bytes
+    from protlm.io.atomic import write_bytes
 
     real_fsync = os.fsync
 
@@ -512,7 +521,7 @@ def test_full_disk_names_the_file_leaves_no_tmp_and_exits_2(tmp_path, monkeypatc
     monkeypatch.setattr(prep.os, "fsync", full)
     target = tmp_path / "metrics.json"
     with pytest.raises(OSError) as err:
-        atomic_write_bytes(target, b"x" * 100)
+        write_bytes(target, b"x" * 100)
     assert err.value.filename == str(target) and "No space left" in err.value.strerror
     assert list(tmp_path.iterdir()) == []  # no .metrics.json.tmpPID left behind
     monkeypatch.setattr(prep.os, "fsync", real_fsync)
@@ -554,3 +563,25 @@ def test_weights_files_are_0644(tiny_head):
     os.umask(mask)
     for f in tiny_head[0].iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f
+
+
+@pytest.mark.parametrize("edit, weights, message", [
+    (lambda m: [m], None, "JSON object"),
+    (lambda m: {**m, "input_dim": 10**9}, None, "input_dim"),
+    (lambda m: {**m, "input_dim": m["input_dim"] + 1}, None, "does not match head.json"),
+    (lambda m: {**m, "head": {**m["head"], "hidden": 10**8}}, None, "beyond any real head"),
+    (None, b"garbage", "head.safetensors"),
+])
+def test_tampered_contact_head_is_one_line(contact_head, tmp_path, capsys, edit, weights, message):
+    import shutil
+
+    head = tmp_path / "h"
+    shutil.copytree(contact_head, head)
+    if edit is not None:
+        (head / "head.json").write_text(json.dumps(edit(json.loads((head / "head.json").read_text()))))
+    if weights is not None:
+        (head / "head.safetensors").write_bytes(weights)
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKTAYIAKQRQISFVKSHF\n")
+    code, _, err = _cli(capsys, "contacts", "predict", "--head", head, "--input", fasta, "--out", tmp_path / "o")
+    _one_error(code, err, message)

@@ -27,6 +27,7 @@ from pathlib import Path
 from protlm.data.prepare import PrepareOptions, prepare
 from protlm.data.stats import fasta_statistics
 from protlm.errors import InputError
+from protlm.io.resources import bundled
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +47,6 @@ def embedded_proteome() -> Path:
     return path
 
 
-def repo_resource(*parts: str) -> Path:
-    """A file of the protlm source tree (checkpoints/, configs/): next to the installed package
-    in a checkout (``pip install -e .``, ``make``)."""
-    import protlm
-
-    path = Path(protlm.__file__).resolve().parents[2].joinpath(*parts)
-    if not path.exists():
-        raise InputError(f"{Path(*parts)}: not found next to the protlm package ({path}); the demo runs from a "
-                         f"protlm source checkout (git clone, then make demo)")
-    return path
-
-
 CHECKPOINT = ("checkpoints", "protlm-swissprot-masked-xs")
 
 
@@ -66,7 +55,7 @@ def run_demo(out: str | Path, data: str | Path | None = None, workers: int = 1, 
     """Run the demo into ``out``; ``stage(name)`` is called as each step starts."""
     stage = stage or (lambda name: None)
     out = Path(out)
-    checkpoint = repo_resource(*CHECKPOINT)
+    checkpoint = bundled(*CHECKPOINT)
     report: dict = {"out": str(out)}
     if data is not None:
         data = Path(data)
@@ -102,12 +91,40 @@ def run_demo(out: str | Path, data: str | Path | None = None, workers: int = 1, 
     }
     stage(f"pretraining a tiny LM for {pretrain_steps} steps")
     report["pretrain"] = _pretrain(out, pretrain_steps)
-    stage("embedding with the committed checkpoint, projections")
+    lms = [str(checkpoint)]
+    unirep = _published_lm()
+    report["language_models"] = {str(checkpoint): "protlm's committed checkpoint (0.35M parameters, CPU-pretrained)"}
+    if unirep["available"]:
+        lms.append(DEMO_UNIREP)
+        report["language_models"][DEMO_UNIREP] = unirep["what"]
+    else:
+        report["language_models_missing"] = {DEMO_UNIREP: unirep["why"]}
+        log.warning("%s not run: %s", DEMO_UNIREP, unirep["why"])
+    stage(f"embedding with {' and '.join(Path(m).name for m in lms)}, projections")
     report["projection"] = _embed_and_project(out, fasta, data, checkpoint, max_proteins)
+    if unirep["available"]:
+        report["projection_unirep"] = _embed_and_project(out, fasta, data, checkpoint, max_proteins,
+                                                         model=DEMO_UNIREP)
     if data is not None:
         stage("supervised heads: secondary structure and localization vs one-hot")
-        report["heads"] = _heads(out, data, checkpoint, max_train)
+        report["heads"] = _heads(out, data, lms, max_train)
     return report
+
+
+#: The published LM the demo runs beside protlm's own checkpoint (the smallest UniRep: it fits the
+#: demo's time on 2 CPU cores; docs/unirep.md has the bigger ones).
+DEMO_UNIREP = "unirep64"
+
+
+def _published_lm() -> dict:
+    """Whether UniRep's published weights are installed (the Makefile installs them)."""
+    from protlm.models.unirep_weights import find_npz
+
+    try:
+        find_npz(64)
+    except InputError as exc:
+        return {"available": False, "why": str(exc)}
+    return {"available": True, "what": "UniRep-64 (Alley et al. 2019), published weights trained on UniRef50"}
 
 
 def _pretrain(out: Path, steps: int) -> dict:
@@ -148,7 +165,10 @@ def _sequence_properties(seqs: list[str]) -> dict[str, list[str]]:
     return {"length_quartile": quart, "net_charge": charge}
 
 
-def _embed_and_project(out: Path, fasta: Path, data: Path | None, checkpoint: Path, max_proteins: int) -> dict:
+def _embed_and_project(out: Path, fasta: Path, data: Path | None, checkpoint: Path, max_proteins: int,
+                       model: str | None = None) -> dict:
+    """Embed the sample with ``model`` (default: the checkpoint) and draw its maps; the token map
+    is drawn for the checkpoint (an HF model with an input embedding table)."""
     import numpy as np
 
     from protlm.analysis.projection import project_proteins, project_tokens, stratified_subsample
@@ -173,39 +193,34 @@ def _embed_and_project(out: Path, fasta: Path, data: Path | None, checkpoint: Pa
         seqs = [records[i].sequence for i in keep]
         labels = _sequence_properties(seqs)
         source = f"{len(ids):,} proteins of {fasta.name}; colours are sequence properties (no annotation ships with it)"
-    embedder = load_embedder(str(checkpoint))
+    name = model or str(checkpoint)
+    suffix = "" if model is None else f"_{Path(model).name}"
+    embedder = load_embedder(name)
     emb = embedder.embed_proteins(seqs)
-    _write_vectors(out / "embeddings.per_protein.h5", ids, emb, str(checkpoint))
-    summary = project_proteins(ids, emb, labels, out / "projection", ("tsne", "umap"),
-                               title=f"{checkpoint.name}: {source}")
-    tokens = project_tokens(checkpoint, out / "projection")
-    return {"source": source, "embeddings": str(out / "embeddings.per_protein.h5"), "proteins": summary,
-            "tokens": tokens}
+    vectors = out / f"embeddings{suffix}.per_protein.h5"
+    _write_vectors(vectors, ids, emb, embedder)
+    summary = project_proteins(ids, emb, labels, out / f"projection{suffix}", ("tsne", "umap"),
+                               title=f"{Path(name).name}: {source}")
+    result = {"model": name, "source": source, "embeddings": str(vectors), "proteins": summary}
+    if model is None:
+        result["tokens"] = project_tokens(checkpoint, out / "projection")
+    return result
 
 
-def _write_vectors(path: Path, ids: list[str], emb, model: str) -> None:
+def _write_vectors(path: Path, ids: list[str], emb, embedder) -> None:
     """Per-protein vectors in `protlm embed`'s HDF5 layout (atomic)."""
-    import os
-
-    import h5py
-
     from protlm import __version__
-    from protlm.embed.store import id_key
+    from protlm.embed.store import write_vectors
 
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        for pid, vec in zip(ids, emb):
-            ds = f.create_dataset(id_key(pid), data=vec)
-            ds.attrs["original_id"] = pid
-        f.attrs.update({"model": model, "level": "protein", "key": "id", "protlm_version": __version__})
-    os.replace(tmp, path)
+    write_vectors(path, ids, emb, {**embedder.describe(), "level": "protein", "key": "id",
+                                   "output_dtype": "float32", "protlm_version": __version__})
 
 
-def _heads(out: Path, data: Path, checkpoint: Path, max_train: int) -> dict:
+def _heads(out: Path, data: Path, lms: list[str], max_train: int) -> dict:
     from protlm.tasks.suite import run_suite
 
-    suite = repo_resource("configs", "benchmarks")
-    res = run_suite(suite, [str(checkpoint), "onehot"], out / "heads", data,
+    suite = bundled("configs", "benchmarks")
+    res = run_suite(suite, [*lms, "onehot"], out / "heads", data,
                     tasks=["secondary_structure", "localization"],
                     overrides=[f"train.max_train={max_train}"],
                     cache_dir=out / "cache")

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protlm.data.prepare import atomic_write_bytes, atomic_write_json
+from protlm.io.atomic import write_bytes, write_json
 from protlm.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -469,7 +469,7 @@ def plot_png(coords: np.ndarray, column: list[object], path: Path, title: str, l
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
     return path
 
 
@@ -532,7 +532,7 @@ def plot_html(coords: np.ndarray, ids: Sequence[str], columns: dict[str, list[ob
                       "yanchor": "bottom", "showactive": True}] if len(spans) > 1 else [],
     )
     html = fig.to_html(include_plotlyjs=True, full_html=True)
-    atomic_write_bytes(path, html.encode("utf-8"))
+    write_bytes(path, html.encode("utf-8"))
     return path
 
 
@@ -545,7 +545,7 @@ def write_coordinates(path: Path, ids: Sequence[str], coords: np.ndarray, column
     for i, pid in enumerate(ids):
         w.writerow([pid, f"{coords[i, 0]:.6g}", f"{coords[i, 1]:.6g}",
                     *("" if columns[c][i] is None else _class_name(columns[c][i]) for c in columns)])
-    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+    write_bytes(path, buf.getvalue().encode("utf-8"))
     return path
 
 
@@ -657,7 +657,7 @@ def project_proteins(
     timings["total_s"] = round(time.perf_counter() - t_start, 2)
     summary["timings"] = {**(extra or {}).get("timings", {}), **timings}
     summary["outputs"]["json"] = str(out / "projection.json")
-    atomic_write_json(out / "projection.json", summary)
+    write_json(out / "projection.json", summary)
     return summary
 
 
@@ -733,5 +733,5 @@ def project_tokens(model_path: str | Path, out_dir: str | Path, *, perplexity: f
         "outputs": outputs,
         "timings": {"total_s": round(time.perf_counter() - t_start, 2)},
     }
-    atomic_write_json(out / "tokens.json", summary)
+    write_json(out / "tokens.json", summary)
     return summary

@@ -157,7 +157,9 @@ def cmd_datasets(args) -> int:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         raise ConfigError(f"unknown data set {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
-    data = Path(args.data)
+    from protlm.io.resources import data_root
+
+    data = data_root(args.data)
     if not data.is_dir():
         raise ProtlmError(f"{data}: no such folder (--data should point at the protlm benchmark data)")
     result = {name: summarize(load_benchmark(name, data)) for name in names}
@@ -207,23 +209,32 @@ def cmd_demo(args) -> int:
     lines.append(f"  pretrain    tiny ESM-style LM ({pt['parameters']:,} parameters), {pt['steps']} steps: "
                  f"loss {pt['first_loss']:.3f} → {pt['last_loss']:.3f}{ppl}")
     lines.append(f"              checkpoint {pt['model']}")
+    for model, what in report["language_models"].items():
+        lines.append(f"  LM          {model}: {what}")
+    for model, why in report.get("language_models_missing", {}).items():
+        lines.append(f"  LM missing  {model}: {why}")
     pr = report["projection"]
     lines.append(f"  embed       {pr['source']}")
-    lines.append(f"              {pr['embeddings']}")
-    for column, scores in pr["proteins"]["silhouette"].items():
-        lines.append(f"  silhouette  {column}: " + _silhouette_text(scores))
+    for key in ("projection", "projection_unirep"):
+        if key not in report:
+            continue
+        run = report[key]
+        lines.append(f"  embed       {Path(run['model']).name} → {run['embeddings']}")
+        for column, scores in run["proteins"]["silhouette"].items():
+            lines.append(f"  silhouette  {Path(run['model']).name} {column}: " + _silhouette_text(scores))
+        for path in run["proteins"]["outputs"]["png"]:
+            lines.append(f"  picture     {path}")
     tok = pr["tokens"]["silhouette"]["group"]
     lines.append("  tokens      amino-acid groups: " + _silhouette_text(tok))
-    for path in pr["proteins"]["outputs"]["png"] + [pr["tokens"]["outputs"]["png"]]:
-        lines.append(f"  picture     {path}")
+    lines.append(f"  picture     {pr['tokens']['outputs']['png']}")
     if "heads" in report:
         lines.append("")
         lines.append(report["heads"]["table"].rstrip())
         lines.append(f"  results     {report['heads']['results_md']}")
     report_path = Path(args.out) / "demo_report.json"
-    from protlm.data.prepare import atomic_write_json
+    from protlm.io.atomic import write_json
 
-    atomic_write_json(report_path, report)
+    write_json(report_path, report)
     lines.append(f"  report      {report_path}")
     _emit(args, report, "\n".join(lines))
     return 0
@@ -300,7 +311,7 @@ def cmd_embed(args) -> int:
 def cmd_merge(args) -> int:
     from protlm.embed.store import merge_files
     from protlm.errors import InputError
-    from protlm.outputs import check_output_file, output_lock
+    from protlm.io.outputs import check_output_file, output_lock
 
     for p in args.inputs:
         if not Path(p).is_file():
@@ -465,8 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Load benchmark sets from the protlm data folder and print "
                                    "their counts, splits and label distributions.")
     p.add_argument("names", nargs="*", help="data sets (default: all)")
-    p.add_argument("--data", default=os.environ.get("PROTLM_DATA", "../shared/data"),
-                   help="benchmark data folder (default: $PROTLM_DATA or ../shared/data)")
+    p.add_argument("--data", default=None, help="benchmark data folder (default: $PROTLM_DATA or ../shared/data)")
     p.add_argument("--json", action="store_true", help="print the summaries as JSON on stdout")
     p.set_defaults(func=cmd_datasets)
 

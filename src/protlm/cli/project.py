@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -43,8 +42,7 @@ def register(subparsers) -> None:
     src.add_argument("--id-column", default="id", help="id column of --labels (default: id)")
     src.add_argument("--benchmark", metavar="NAME",
                      help="labels (and, with --model, sequences) from a benchmark set, e.g. scop, deeploc_val")
-    src.add_argument("--data", default=os.environ.get("PROTLM_DATA", "../shared/data"),
-                     help="benchmark data folder (default: $PROTLM_DATA or ../shared/data)")
+    src.add_argument("--data", default=None, help="benchmark data folder (default: $PROTLM_DATA or ../shared/data)")
     src.add_argument("--color-by", action="append", metavar="COLUMN",
                      help="label column to colour by; repeatable (default: every label column)")
     src.add_argument("--max-proteins", type=int, metavar="N",
@@ -136,8 +134,11 @@ def run_proteins(args, params) -> dict:
     t0 = time.perf_counter()
     sequences: dict[str, str] | None = None
     if args.benchmark:
-        sequences, labels = _benchmark(args.benchmark, args.data)
-        label_source = f"benchmark {args.benchmark} ({args.data})"
+        from protlm.io.resources import data_root
+
+        data = data_root(args.data)
+        sequences, labels = _benchmark(args.benchmark, data)
+        label_source = f"benchmark {args.benchmark} ({data})"
     else:
         labels = read_labels(args.labels, args.id_column)
         label_source = str(args.labels)

@@ -47,6 +47,9 @@ from protlm import __version__
 from protlm.data.alphabet import ALPHABET, CleaningPolicy, vocabulary
 from protlm.data.fasta import FastaStats, encode_block, iter_record_blocks, read_fasta, split_block
 from protlm.errors import ConfigError, InputError
+from protlm.io.atomic import write_bytes, write_json, write_npy
+
+atomic_write_bytes = write_bytes  # TEMPORARY (lead): old name until the tasks refactor lands; removed at integration
 
 log = logging.getLogger(__name__)
 
@@ -142,46 +145,6 @@ def load_exclusions(paths: Iterable[str | os.PathLike], policy: CleaningPolicy) 
                 if tokens and max(tokens) < 254:
                     seqs.add(_seq_hash(tokens))
     return Exclusions(frozenset(ids), frozenset(seqs), sources)
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-def _atomic(path: Path, write) -> None:
-    """``write(fh)`` into a temporary file next to ``path``, fsync, rename, fsync the folder. On
-    any error the temporary file is removed and an OSError names ``path`` (a full disk says
-    where: "OUT/x: No space left on device")."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        if isinstance(exc, OSError):  # name the file the user asked for, not the temporary one
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
-        raise
-    from protlm.outputs import fsync_dir
-
-    fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
-    _atomic(path, lambda fh: fh.write(data))
-
-
-def atomic_write_npy(path: Path, array: np.ndarray) -> None:
-    _atomic(path, lambda fh: np.save(fh, array, allow_pickle=False))
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 # --------------------------------------------------------------------------- content hashes
@@ -394,7 +357,7 @@ def process_chunk(
             w.abort()
         raise
     all_keys = np.concatenate(keys) if keys else np.zeros(0, KEY_DTYPE)
-    atomic_write_npy(chunk_dir / f"{name}.keys.npy", all_keys)
+    write_npy(chunk_dir / f"{name}.keys.npy", all_keys)
     summary: dict = {
         "files": chunk_hashes(chunk_dir, job.index),  # checked when a rerun reuses the chunk
         "chunk": job.index,
@@ -411,7 +374,7 @@ def process_chunk(
         "splits": split_counts,
         "residue_counts": counts[: len(ALPHABET)].tolist(),
     }
-    atomic_write_json(chunk_dir / f"{name}.done.json", summary)
+    write_json(chunk_dir / f"{name}.done.json", summary)
     return summary
 
 
@@ -479,7 +442,7 @@ def prepare(
         (out / "parts").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{out}: cannot create output folder ({exc.strerror})") from None
-    from protlm.outputs import output_lock
+    from protlm.io.outputs import output_lock
 
     # one run per part of a folder at a time (parts of a --shard i/N run may work side by side);
     # the lock files live in OUT/parts/ (.part-i-of-N.lock, .merge.lock)
@@ -591,7 +554,7 @@ def _prepare_part(input_path: Path, out: Path, options: PrepareOptions, exclusio
         "chunks_reused": reused,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    atomic_write_json(out / "parts" / f"part-{shard_i}-of-{shard_n}.json", part)
+    write_json(out / "parts" / f"part-{shard_i}-of-{shard_n}.json", part)
     return part
 
 
@@ -613,7 +576,7 @@ def _check_out_options(out: Path, options: PrepareOptions, fingerprint: str) -> 
 
 def merge(out: str | os.PathLike, *, dedup: bool = False, rename_duplicates: bool = False) -> dict:
     """Check that every chunk of every part is done, run the global checks, write the manifest."""
-    from protlm.outputs import output_lock
+    from protlm.io.outputs import output_lock
 
     out = Path(out)
     if not out.is_dir():
@@ -723,7 +686,7 @@ def _merge(out: Path, *, dedup: bool, rename_duplicates: bool) -> dict:
     manifest["counts"]["kept"] = int((~drop).sum())
     manifest["options"]["dedup"] = dedup
     manifest["options"]["rename_duplicates"] = rename_duplicates
-    atomic_write_json(out / "manifest.json", manifest)
+    write_json(out / "manifest.json", manifest)
     return manifest
 
 
@@ -822,7 +785,7 @@ def _rewrite_chunk(chunk_dir: Path, k: int, keys, drop, renames: dict, dedup: bo
                 ids[j] = new
         if keep.all():
             if any(s == split for s, _ in renames):
-                atomic_write_bytes(chunk_dir / f"{name}.{split}.ids.txt", b"".join(i + b"\n" for i in ids))
+                write_bytes(chunk_dir / f"{name}.{split}.ids.txt", b"".join(i + b"\n" for i in ids))
             continue
         offsets = np.load(chunk_dir / f"{name}.{split}.offsets.npy", allow_pickle=False)
         tokens = np.fromfile(chunk_dir / f"{name}.{split}.tokens", dtype=np.uint8)
@@ -831,11 +794,11 @@ def _rewrite_chunk(chunk_dir: Path, k: int, keys, drop, renames: dict, dedup: bo
         new_offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
         np.cumsum(lengths, out=new_offsets[1:])
         data = np.concatenate(pieces) if pieces else np.zeros(0, np.uint8)
-        atomic_write_bytes(chunk_dir / f"{name}.{split}.tokens", data.tobytes())
-        atomic_write_npy(chunk_dir / f"{name}.{split}.offsets.npy", new_offsets)
+        write_bytes(chunk_dir / f"{name}.{split}.tokens", data.tobytes())
+        write_npy(chunk_dir / f"{name}.{split}.offsets.npy", new_offsets)
         kept_ids = [ids[j] for j in np.flatnonzero(keep)]
-        atomic_write_bytes(chunk_dir / f"{name}.{split}.ids.txt", b"".join(i + b"\n" for i in kept_ids))
-    atomic_write_json(marker, {"dropped": int(drop.sum()), "renamed": len(renames), "dedup": dedup})
+        write_bytes(chunk_dir / f"{name}.{split}.ids.txt", b"".join(i + b"\n" for i in kept_ids))
+    write_json(marker, {"dropped": int(drop.sum()), "renamed": len(renames), "dedup": dedup})
 
 
 def _manifest(out: Path, parts, summaries, kept_keys, total, fingerprint) -> dict:

@@ -20,7 +20,7 @@ from protlm.embed.runner import Embedder
 from protlm.embed.spec import EmbedderSpec, EmbedOptions
 from protlm.embed.store import (Journal, assemble, build_keys, check_resumable, existing_sequences, merge_files,
                                 sequence_digest)
-from protlm.outputs import output_lock
+from protlm.io.outputs import output_lock
 from protlm.errors import ConfigError, InputError
 
 log = logging.getLogger("protlm.embed")

@@ -238,6 +238,24 @@ def assemble(outputs: dict[str, Path], journal: Journal, attrs: dict, dtype: str
     return counts
 
 
+def write_vectors(path: Path, ids: list[str], arrays, attrs: dict) -> Path:
+    """Arrays already in memory (per protein or per residue) into one HDF5 file in this layout,
+    keyed by id (atomic)."""
+    import h5py
+
+    from protlm.io.atomic import write_with_path
+
+    def write(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            for pid, vec in zip(ids, arrays):
+                ds = f.create_dataset(id_key(pid), data=vec)
+                ds.attrs["original_id"] = pid
+            for k, v in attrs.items():
+                f.attrs[k] = v
+
+    return write_with_path(Path(path), write)
+
+
 def merge_files(output: Path, inputs: list[Path]) -> int:
     """Join HDF5 embedding files (e.g. ``--shard i/N`` parts) into one; the same key in two
     inputs is an error unless the arrays are identical."""

@@ -3,13 +3,15 @@
 - The data root: ``--data`` when given, else ``$PROTLM_DATA``, else ``../shared/data`` (relative to
   the working directory). One function, :func:`data_root`, so every command agrees.
 - Bundled files (the committed checkpoints in ``checkpoints/``, the recipes in ``configs/``): in a
-  source checkout they sit at the repository root next to ``src/``; in an installed wheel they are
-  package data under ``protlm/_bundled/`` (see ``pyproject.toml``). :func:`bundled` looks in both.
+  source checkout they sit at the repository root next to ``src/``; an installed wheel puts them in
+  ``<prefix>/share/protlm/`` (``[tool.setuptools.data-files]`` in ``pyproject.toml``).
+  :func:`bundled` looks in both, the checkout first.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from protlm.errors import InputError
@@ -25,9 +27,10 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def _roots() -> list[Path]:
-    here = Path(__file__).resolve()
-    package = here.parents[1]  # …/protlm
-    return [package / "_bundled", package.parents[1]]  # wheel: protlm/_bundled; checkout: the repo root
+    package = Path(__file__).resolve().parents[1]  # …/protlm
+    checkout = package.parents[1]  # src/protlm → the repository root
+    roots = [checkout] if (checkout / "pyproject.toml").is_file() else []
+    return roots + [Path(sys.prefix) / "share" / "protlm"]
 
 
 def bundled(*parts: str, must_exist: bool = True) -> Path:

@@ -47,7 +47,7 @@ def write_hf_folder(folder: Path, model: torch.nn.Module, state_dict: dict, fami
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    from protlm.outputs import default_mode
+    from protlm.io.atomic import default_mode
 
     folder.mkdir(parents=True, exist_ok=True)
     unwrap(model).save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
@@ -68,7 +68,7 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, env: Dist
 
     ``name`` (e.g. ``"best"``): write ``OUT/checkpoints/<name>`` instead of ``step-N``, without
     moving ``latest`` or rotating."""
-    from protlm.outputs import fsync_dir, fsync_tree
+    from protlm.io.atomic import fsync_dir, fsync_tree
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd, optim_sd = get_state_dict(unwrap(model), optimizer, options=options)

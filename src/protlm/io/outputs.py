@@ -28,7 +28,7 @@ from pathlib import Path
 
 from protlm.errors import InputError
 
-__all__ = ["check_output_file", "check_output_dir", "default_mode", "fsync_dir", "fsync_tree", "output_lock",
+__all__ = ["check_output_file", "check_output_dir", "output_lock",
            "probe_writable", "safe_names"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=@,-]")
@@ -143,41 +143,6 @@ def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, inputs
                              "or choose another folder")
     probe_writable(path, option, keep=False)
     return path
-
-
-def default_mode(path: str | os.PathLike) -> None:
-    """Give a file the permissions of an ordinary new file (0666 minus the umask, i.e. 0644):
-    safetensors' ``save_file`` creates 0600 files, unlike everything else protlm writes."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
-def fsync_tree(folder: Path) -> None:
-    """fsync every file under ``folder`` and the folders themselves (before the rename that
-    publishes it), so a crash right after the rename never exposes empty files."""
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(root))
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @contextmanager
