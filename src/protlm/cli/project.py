@@ -1,22 +1,16 @@
 """``protlm project`` — t-SNE / UMAP maps of embeddings with silhouette scores (ProtTrans §3.1).
 
-A thin layer over :mod:`protlm.analysis.projection`: it finds the proteins (an HDF5 of
-per-protein embeddings, or a model plus a FASTA or a benchmark set to embed on the fly), the
-labels (a CSV/TSV, or a benchmark set), subsamples with a seed, and hands over to
-:func:`~protlm.analysis.projection.project_proteins` / :func:`~protlm.analysis.projection.project_tokens`.
-Heavy libraries are imported inside :func:`cmd_project` so ``protlm --help`` stays fast.
+Argument parsing only: the job (finding proteins and labels, sampling, embedding, projecting) is
+:func:`protlm.analysis.jobs.project_protein_map`; token maps are
+:func:`protlm.analysis.projection.project_tokens`. Heavy libraries are imported inside
+:func:`cmd_project` so ``protlm --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import time
-from pathlib import Path
 
-from protlm.errors import ConfigError, InputError
-
-log = logging.getLogger("protlm")
+from protlm.errors import ConfigError
 
 
 def register(subparsers) -> None:
@@ -100,113 +94,6 @@ def check_args(args) -> None:
         raise ConfigError("per-protein maps need labels to colour by: --labels FILE or --benchmark NAME")
 
 
-def _benchmark(name: str, data: str) -> tuple[dict[str, str], dict[str, dict[str, object]]]:
-    """Sequences and label columns of a benchmark set (ids as its loader makes them)."""
-    from protlm.data.benchmarks import load_benchmark
-
-    if not Path(data).is_dir():
-        raise InputError(f"{data}: no such folder (--data should point at the protlm benchmark data)")
-    records = load_benchmark(name, data)
-    labels: dict[str, dict[str, object]] = {}
-    for r in records:
-        for column, value in r.labels.items():
-            labels.setdefault(column, {})[r.id] = value
-    if not labels:
-        raise InputError(f"benchmark {name!r} has no per-protein labels to colour by")
-    return {r.id: r.sequence for r in records}, labels
-
-
-def _select_columns(labels: dict, wanted: list[str] | None, where: str) -> dict:
-    if not wanted:
-        return labels
-    for column in wanted:
-        if column not in labels:
-            raise ConfigError(f"--color-by {column!r}: no such label column in {where} "
-                              f"(columns: {', '.join(labels)})")
-    return {c: labels[c] for c in dict.fromkeys(wanted)}
-
-
-def run_proteins(args, params) -> dict:
-    """The per-protein job from command-line arguments; returns the summary dict."""
-    from protlm.analysis.projection import (check_size, h5_index, project_proteins, read_h5_vectors,
-                                            read_labels, stratified_subsample)
-
-    t0 = time.perf_counter()
-    sequences: dict[str, str] | None = None
-    if args.benchmark:
-        from protlm.io.resources import data_root
-
-        data = data_root(args.data)
-        sequences, labels = _benchmark(args.benchmark, data)
-        label_source = f"benchmark {args.benchmark} ({data})"
-    else:
-        labels = read_labels(args.labels, args.id_column)
-        label_source = str(args.labels)
-    labels = _select_columns(labels, args.color_by, label_source)
-
-    if args.embeddings:
-        index = h5_index(args.embeddings)
-        candidates, source = list(index), str(args.embeddings)
-    elif args.input:
-        from protlm.data.fasta import read_fasta
-
-        sequences = {rec.id: rec.sequence for rec in read_fasta(args.input)}
-        candidates, source = list(sequences), str(args.input)
-    else:
-        candidates, source = list(sequences), label_source
-    labelled = set().union(*(m.keys() for m in labels.values()))
-    in_source = set(candidates)
-    if not labelled & in_source:
-        example = next(iter(sorted(labelled)), "-")
-        raise InputError(f"none of the {len(labelled):,} ids in {label_source} is among the {len(candidates):,} "
-                         f"proteins of {source} (e.g. label id {example!r}, protein id {candidates[0]!r})")
-    available = len(candidates)
-    first = next(iter(labels))
-    if args.max_proteins is not None and args.max_proteins < available:
-        keep = stratified_subsample([labels[first].get(i) for i in candidates], args.max_proteins, params.seed)
-        candidates = [candidates[i] for i in keep]
-    for method in _methods(args.method):  # before a long embedding run, not after
-        check_size(len(candidates), method, params)
-    load_s = time.perf_counter() - t0
-
-    t = time.perf_counter()
-    if args.embeddings:
-        x = read_h5_vectors(args.embeddings, [index[i] for i in candidates])
-        model_name = _h5_model(args.embeddings)
-    else:
-        from protlm.embed.runner import load_embedder
-
-        embedder = load_embedder(args.model)
-        log.info("embedding %d proteins with %s", len(candidates), args.model)
-        x = embedder.embed_proteins([sequences[i] for i in candidates])
-        model_name = str(args.model)
-    embed_s = time.perf_counter() - t
-
-    extra = {
-        "source": {"embeddings": source if args.embeddings else None, "model": model_name,
-                   "sequences": None if args.embeddings else source, "labels": label_source},
-        "counts": {"available": available, "label_ids": len(labelled),
-                   "label_ids_without_embedding": len(labelled - in_source),
-                   "proteins_without_label": {c: sum(1 for i in in_source if i not in m) for c, m in labels.items()}},
-        "timings": {"read_s": round(load_s, 2),
-                    ("load_embeddings_s" if args.embeddings else "embed_s"): round(embed_s, 2)},
-    }
-    if args.max_proteins is not None:
-        extra["sampling"] = {"max_proteins": args.max_proteins, "seed": params.seed,
-                             "stratified_by": first, "method": "proportional stratified (missing label = own stratum)"}
-    title = f"{model_name} embeddings"
-    return project_proteins(candidates, x, labels, args.out, _methods(args.method), params,
-                            silhouette_sample=args.silhouette_sample, title=title, extra=extra)
-
-
-def _h5_model(path: str) -> str:
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        model = f.attrs.get("model", Path(path).stem)
-    return model.decode() if isinstance(model, bytes) else str(model)
-
-
 def _methods(choice: str) -> list[str]:
     return ["tsne", "umap"] if choice == "both" else [choice]
 
@@ -255,6 +142,7 @@ def _token_lines(res: dict) -> list[str]:
 
 
 def cmd_project(args) -> int:
+    from protlm.analysis.jobs import ProteinMapRequest, project_protein_map
     from protlm.analysis.projection import ProjectionParams, project_tokens
     from protlm.cli.main import _emit
 
@@ -265,7 +153,12 @@ def cmd_project(args) -> int:
     result: dict = {}
     lines: list[str] = []
     if _wants_proteins(args):
-        result["proteins"] = run_proteins(args, params)
+        request = ProteinMapRequest(out=args.out, methods=_methods(args.method), embeddings=args.embeddings,
+                                    model=args.model, input=args.input, labels=args.labels,
+                                    id_column=args.id_column, benchmark=args.benchmark, data=args.data,
+                                    color_by=args.color_by, max_proteins=args.max_proteins,
+                                    silhouette_sample=args.silhouette_sample)
+        result["proteins"] = project_protein_map(request, params)
         lines += _protein_lines(result["proteins"])
     if args.token_embeddings:
         result["tokens"] = project_tokens(args.token_embeddings, args.out, perplexity=args.token_perplexity,
