@@ -369,6 +369,9 @@ class _TableProjection:
     def __init__(self, table: torch.Tensor, tokens: torch.Tensor):
         self.table, self.tokens = table, tokens
 
+    def prepare(self, t: int) -> None:
+        pass
+
     def __call__(self, t: int, n: int) -> torch.Tensor:
         return self.table[self.tokens[t, :n]]
 
@@ -380,12 +383,15 @@ class _BlockProjection:
         self.inputs, self.w, self.block = inputs, w, block
         self.start, self.cache = -block - 1, None
 
-    def __call__(self, t: int, n: int) -> torch.Tensor:
+    def prepare(self, t: int) -> None:
+        """The GEMM for the block holding step t (called where all threads may work)."""
         if not self.start <= t < self.start + self.block:
             self.start = t
             x = self.inputs[t:t + self.block]  # block × B × D_in (rows past a protein's end are zeros)
             self.cache = torch.addmm(self.w.b_in, x.reshape(-1, x.shape[-1]), self.w.w_in).view(
                 x.shape[0], x.shape[1], -1)
+
+    def __call__(self, t: int, n: int) -> torch.Tensor:
         return self.cache[t - self.start, :n]
 
 
@@ -401,34 +407,63 @@ def _pack_int8(w: torch.Tensor):
 
 
 def _scan(w: LayerWeights, proj, n_active: list[int], steps: int, B: int, *, store: bool):
-    """One layer over all time steps; returns (states or None, h_sum, h_final, c_final)."""
+    """One layer over all time steps; returns (states or None, h_sum, h_final, c_final).
+
+    Per step: two GEMMs over the n running proteins (all of torch's threads), and the gates'
+    elementwise work, which runs on one thread when torch has several: a dozen small parallel
+    regions per step cost more in thread hand-offs than they save, badly so on a busy CPU
+    (docs/unirep.md). Buffers are reused across steps.
+    """
     D = w.hidden
     like = dict(device=w.wh.device, dtype=w.wh.dtype)
     h = torch.zeros(B, D, **like)
     c = torch.zeros(B, D, **like)
-    h_sum = torch.zeros(B, D, device=w.wh.device, dtype=torch.float32)
     states = torch.zeros(steps, B, D, **like) if store else None
+    h_sum = None if store else torch.zeros(B, D, device=w.wh.device, dtype=torch.float32)
+    hm_buf = torch.empty(B, D, **like)
+    z_buf = torch.empty(B, 4 * D, **like)
+    tanh_buf = torch.empty(B, D, **like)
     wmh, wh = w.wmh, w.wh
     q = w.quantized
-    for t in range(steps):
-        n = n_active[t]
-        if n == 0:
-            break
-        xp = proj(t, n)  # n × 5D: [x W_mx | x W_x + b]
-        hn, cn = h[:n], c[:n]
-        if q is None:
-            m = xp[:, :D] * (hn @ wmh)
-            z = torch.addmm(xp[:, D:], m, wh)
-        else:
-            m = xp[:, :D] * q[0](hn)
-            z = q[1](m).add_(xp[:, D:])
-        gates = z[:, :3 * D].sigmoid_()
-        u = z[:, 3 * D:].tanh_()
-        cn.mul_(gates[:, D:2 * D]).addcmul_(gates[:, :D], u)
-        torch.mul(gates[:, 2 * D:3 * D], torch.tanh(cn), out=hn)
-        h_sum[:n] += hn
-        if store:
-            states[t, :n] = hn
+    threads = torch.get_num_threads()
+    serial = threads > 1 and w.wh.device.type == "cpu"
+    try:
+        for t in range(steps):
+            n = n_active[t]
+            if n == 0:
+                break
+            proj.prepare(t)
+            xp = proj(t, n)  # n × 5D: [x W_mx | x W_x + b]
+            hn, cn = h[:n], c[:n]
+            if q is None:
+                hm = torch.mm(hn, wmh, out=hm_buf[:n])
+            else:
+                hm = q[0](hn)
+            if serial:
+                torch.set_num_threads(1)
+            m = hm.mul_(xp[:, :D])
+            if serial:
+                torch.set_num_threads(threads)
+            if q is None:
+                z = torch.addmm(xp[:, D:], m, wh, out=z_buf[:n])
+            else:
+                z = q[1](m).add_(xp[:, D:])
+            if serial:
+                torch.set_num_threads(1)
+            gates = z[:, :3 * D].sigmoid_()
+            u = z[:, 3 * D:].tanh_()
+            cn.mul_(gates[:, D:2 * D]).addcmul_(gates[:, :D], u)
+            torch.mul(gates[:, 2 * D:3 * D], torch.tanh(cn, out=tanh_buf[:n]), out=hn)
+            if store:
+                states[t, :n] = hn
+            else:
+                h_sum[:n] += hn
+            if serial:
+                torch.set_num_threads(threads)
+    finally:
+        torch.set_num_threads(threads)
+    if store:
+        h_sum = states.sum(0, dtype=torch.float32)
     return states, h_sum, h, c
 
 
