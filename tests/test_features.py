@@ -382,3 +382,27 @@ def test_non_finite_features_are_refused_naming_the_protein(tmp_path, task_file,
     code = main(["evaluate", "--head", str(tmp_path / "head"), "--file", str(task_file), "--format", "biotrainer",
                  "--split", "train", "--embedder", str(h5)])
     assert code == 2 and "'p7'" in capsys.readouterr().err
+
+
+def test_netsurfp_chains_with_rare_residues_keep_the_writers_hash(tmp_path, capsys):
+    """The chains of issue 16 (O or U in NetSurfP-2.0): export-fasta writes them as written, so
+    their hash is the one `protlm embed --key hash` takes over the raw FASTA."""
+    data = Path(os.environ.get("PROTLM_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    raw_file = data / "secondary_structure" / "sequences.fasta"
+    if not raw_file.is_file():
+        pytest.skip("../shared/data not found: set PROTLM_DATA to the protlm benchmark data folder")
+    from protlm.data.fasta import read_fasta_raw
+
+    chains = {"1nth-A", "2xsk-A", "5ccl-A", "3u5s-A", "1kqf-A"}
+    raw = {r.id: r.sequence for r in read_fasta_raw(raw_file) if r.id in chains}
+    assert len(raw) == 5 and all(set(s) & set(RARE) for s in raw.values())
+    out = tmp_path / "ss.fasta"
+    config = Path(__file__).resolve().parents[1] / "configs" / "benchmarks" / "secondary_structure.yaml"
+    assert main(["export-fasta", "--config", str(config), "--data", str(data), "--split", "train",
+                 "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    exported = {h[1:].split()[0]: s for h, s in zip(lines[::2], lines[1::2]) if h[1:].split()[0] in chains}
+    in_train = chains & set(exported)
+    assert in_train, "none of the chains is in the training split"
+    for pid in in_train:
+        assert hash_key(exported[pid]) == hash_key(raw[pid]), pid
