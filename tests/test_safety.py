@@ -25,8 +25,9 @@ def _cli(capsys, *args) -> tuple[int, str, str]:
 
 
 def _one_error(code: int, err: str, *needles: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip() and "WARNING" not in line]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("protlm: error: "), (code, err)
+    # progress and warning lines may precede it; the error itself is one line, never a traceback
+    lines = [line for line in err.splitlines() if line.startswith("protlm: error: ")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
     for n in needles:
         assert n in lines[0], (n, lines[0])
     return lines[0]
