@@ -73,7 +73,7 @@ def main() -> int:
         steps = max(10, round(args.budget_tflop * 1e12 / (TOKENS_PER_STEP * flops_per_token(arch))))
         run = out / arch
         cmd = ["nice", protlm, "pretrain", "--config", str(REPO / "configs" / "pretrain" / "tiny.yaml"),
-               "--out", str(run), "--data", str(shards), f"model.arch={arch}",
+               "--out", str(run), f"data.shards={shards}", f"model.arch={arch}",
                *(f"model.{k}={v}" for k, v in SHAPE.items()), "model.max_positions=300",
                "train.phases=[{steps: %d, max_length: %d, tokens_per_batch: %d}]" % (steps, MAX_LENGTH, TOKENS_PER_STEP),
                f"train.eval_every={steps}", f"train.save_every={steps}", f"train.log_every={max(1, steps // 10)}",
