@@ -354,3 +354,23 @@ def test_inspect_utf8_bom_is_ignored(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "inspect", p, "--json")
     assert code == 0
     assert json.loads(out)["records"] == 1
+
+
+def test_progress_is_logged_with_rate_and_eta_when_stderr_is_not_a_terminal(capsys, monkeypatch):
+    import protlm.cli.common as common
+
+    now = [0.0]
+    monkeypatch.setattr(common.time, "monotonic", lambda: now[0])
+    bar = common.LogProgress(1000, "embed", "res", every=30)
+    now[0] = 31.0
+    bar.update(250)  # a line
+    now[0] = 62.0
+    bar.update(250)  # a line
+    now[0] = 70.0
+    bar.close()  # the final line
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("protlm: embed: 250/1,000 res (25%)") and "res/s" in lines[0] and "left" in lines[0]
+    assert lines[1].startswith("protlm: embed: 500/1,000 res (50%)") and "done in" in lines[-1]
+    quiet = common.LogProgress(10, "x", "res", every=30)
+    quiet.close()
+    assert capsys.readouterr().err == ""

@@ -146,11 +146,11 @@ def test_hdf5_layout_keys_and_attributes(models, tmp_path):
 
 
 def test_hash_keys_are_biotrainers(models, tmp_path):
-    raw = "mktAYIAKqr"  # as written in the FASTA: the key uses this text, the model the cleaned one
+    raw = "mktAYIAKqr"  # the key is store.hash_key's one rule: upper case, B/Z/U/O kept (issue 16)
     fasta = write_fasta(tmp_path / "in.fa", [("x", raw), ("y", PROTEINS[1]), ("dup", PROTEINS[1])])
     out = tmp_path / "h.h5"
     res = embed_fasta(str(models["esm"]), fasta, out, key="hash", level="protein")
-    expected = hashlib.sha256(f"{raw}_{len(raw)}".encode()).hexdigest()
+    expected = hashlib.sha256(f"{raw.upper()}_{len(raw)}".encode()).hexdigest()
     with h5py.File(out) as f:
         assert expected in f and f[expected].attrs["original_id"] == "x"
         assert len(f) == 2  # the duplicate sequence shares its key
@@ -420,3 +420,14 @@ def test_compressed_output_reads_the_same(tmp_path):
     with h5py.File(plain) as a, h5py.File(packed) as b:
         np.testing.assert_array_equal(a["a"][()], b["a"][()])
         assert b["a"].compression == "gzip" and a["a"].compression is None
+
+
+def test_hash_keys_keep_rare_residues_like_the_task_readers(tmp_path):
+    from protlm.embed.store import hash_key
+
+    seq = "MKTUZOBAYI"
+    fasta = write_fasta(tmp_path / "rare.fa", [("r", seq.lower())])
+    out = tmp_path / "rare.h5"
+    assert _embed_cli("--model", "onehot", "--input", str(fasta), "--output", str(out), "--key", "hash") == 0
+    with h5py.File(out) as f:
+        assert hash_key(seq) in f  # what protlm's feature reader looks up

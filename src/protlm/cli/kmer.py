@@ -7,12 +7,14 @@ its conventions are in :mod:`protlm.embed.baselines` and docs/embedding.md.
 from __future__ import annotations
 
 import argparse
+
+from protlm.cli.common import add_out, json_parent
 import itertools
 from pathlib import Path
 
 
 def cmd_kmer_train(args) -> int:
-    from protlm.cli.main import _emit, _progress_bar
+    from protlm.cli.common import emit as _emit, progress_bar as _progress_bar
     from protlm.data.fasta import read_fasta, sha256_of
     from protlm.embed.baselines import KmerTraining, train_kmer
     from protlm.errors import ConfigError, InputError
@@ -53,13 +55,13 @@ def cmd_kmer_train(args) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "kmer-train", help="train the 3-mer baseline embedder (ProtVec-like, PPMI + SVD)",
+        "kmer-train", parents=[json_parent()], help="train the 3-mer baseline embedder (ProtVec-like, PPMI + SVD)",
         description="Count 3-mer co-occurrences in a FASTA corpus (contexts: the 3-mers in the same "
                     "reading frame within --window 3-mers), weight them by PPMI with context "
                     "smoothing 0.75 and factorise with a truncated SVD. Writes a model folder "
                     "(config.json, vocab.txt, model.safetensors) usable as `protlm embed --model DIR`.")
     p.add_argument("fasta", help="FASTA or gzipped FASTA corpus")
-    p.add_argument("--out", required=True, help="model folder to create (must not exist)")
+    add_out(p, required=True, help="model folder to create (must not exist)")
     p.add_argument("--dim", type=int, default=64, help="vector size (default 64)")
     p.add_argument("--window", type=int, default=5,
                    help="context: 3-mers up to this many 3-mers away in the same reading frame (default 5)")
@@ -68,5 +70,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-sequences", type=int, default=None,
                    help="use only the first N sequences of the file (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the randomized SVD (default 0)")
-    p.add_argument("--json", action="store_true", help="print the model config as JSON on stdout")
     p.set_defaults(func=cmd_kmer_train)

@@ -15,41 +15,15 @@ import sys
 from pathlib import Path
 
 from protlm import __version__
+from protlm.cli.common import (add_out, apply_threads, data_parent, emit, json_parent, overwrite_parent,
+                               progress_bar, threads_parent)
 from protlm.errors import ProtlmError
 
 log = logging.getLogger("protlm")
+_emit = emit  # TEMPORARY (lead): old name until cli/tasks.py and cli/contacts.py land; removed at integration
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _emit(args, result: dict, summary: str) -> None:
-    print(summary, file=sys.stderr)
-    if getattr(args, "json", False):
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-
-
-def _progress_bar(total: int | None, desc: str, unit: str = "B"):
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024,
-               disable=None, file=sys.stderr, dynamic_ncols=True)
-    return bar
-
-
-def apply_threads(args) -> None:
-    """``--threads N``: torch's CPU threads. On a busy machine fewer threads can be much faster
-    (spinning OpenMP workers lose to other load; docs/benchmarks.md)."""
-    threads = getattr(args, "threads", None)
-    if threads is not None:
-        from protlm.errors import ConfigError
-
-        if threads < 1:
-            raise ConfigError("--threads must be >= 1")
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def _add_cleaning(p: argparse.ArgumentParser) -> None:
@@ -78,7 +52,7 @@ def cmd_inspect(args) -> int:
         f"length min {ln['min']}, median {ln['median']:g}, mean {ln['mean']}, max {ln['max']} "
         f"({ln['longest_id']}); skipped {res['skipped_invalid']}, renamed {res['renamed_duplicates']}"
     )
-    _emit(args, res, summary)
+    emit(args, res, summary)
     return 0
 
 
@@ -90,7 +64,7 @@ def cmd_prepare(args) -> int:
         if args.input:
             raise ConfigError("--verify checks the folder given by --out; give no input file")
         res = verify(args.out)
-        _emit(args, res, f"{args.out}: {res['shards']} shard files, {res['records']:,} records: "
+        emit(args, res, f"{args.out}: {res['shards']} shard files, {res['records']:,} records: "
                          "sizes and content hashes match the manifest")
         return 0
     if not args.input:
@@ -106,7 +80,7 @@ def cmd_prepare(args) -> int:
         chunk_mb=args.chunk_mb,
     )
     size = Path(args.input).stat().st_size if Path(args.input).is_file() else None
-    bar = _progress_bar(size, "prepare")
+    bar = progress_bar(size, "prepare")
     try:
         result = prepare(
             args.input, args.out, options, exclude=args.exclude or (), workers=args.workers,
@@ -132,7 +106,7 @@ def cmd_prepare(args) -> int:
             f"({result['chunks_reused']} reused); run `protlm prepare-merge {args.out}` "
             "when all parts are done"
         )
-    _emit(args, result, summary)
+    emit(args, result, summary)
     return 0
 
 
@@ -145,7 +119,7 @@ def cmd_prepare_merge(args) -> int:
         f"merged {result['chunks']} chunks: {c['kept']:,} records "
         f"→ {Path(args.out) / 'manifest.json'}"
     )
-    _emit(args, result, summary)
+    emit(args, result, summary)
     return 0
 
 
@@ -165,7 +139,7 @@ def cmd_datasets(args) -> int:
     result = {name: summarize(load_benchmark(name, data)) for name in names}
     lines = [f"{name:24s} {res.get('records', 0):>7,} records  {res.get('splits', {})}"
              for name, res in result.items()]
-    _emit(args, result, "\n".join(lines))
+    emit(args, result, "\n".join(lines))
     return 0
 
 
@@ -177,7 +151,8 @@ def _silhouette_text(scores: dict) -> str:
 def cmd_demo(args) -> int:
     from protlm.demo import run_demo
 
-    bar = _progress_bar(None, "demo: prepare")
+    apply_threads(args)
+    bar = progress_bar(None, "demo: prepare")
 
     def stage(name: str) -> None:
         print(f"protlm demo: {name} …", file=sys.stderr, flush=True)
@@ -236,7 +211,7 @@ def cmd_demo(args) -> int:
 
     write_json(report_path, report)
     lines.append(f"  report      {report_path}")
-    _emit(args, report, "\n".join(lines))
+    emit(args, report, "\n".join(lines))
     return 0
 
 
@@ -244,9 +219,10 @@ def cmd_pretrain(args) -> int:
     from protlm.pretrain.config import load_config
     from protlm.pretrain.trainer import pretrain
 
+    apply_threads(args)
     config = load_config(args.config, args.overrides)
-    if args.data is not None:
-        config.data.shards = args.data
+    if args.shards is not None:
+        config.data.shards = args.shards
     out = args.out or str(Path("runs") / Path(args.config).stem)
     result = pretrain(config, out, resume=args.resume)
     ev = result.get("last_eval") or {}
@@ -259,7 +235,7 @@ def cmd_pretrain(args) -> int:
     lines.append(f"  model       {result['model']}  (transformers.AutoModel*.from_pretrained)")
     lines.append(f"  metrics     {Path(out) / 'metrics.jsonl'}")
     if int(os.environ.get("RANK", "0")) == 0:
-        _emit(args, result, "\n".join(lines))
+        emit(args, result, "\n".join(lines))
     return 0
 
 
@@ -273,7 +249,7 @@ def cmd_embed(args) -> int:
                            alone_above=args.alone_above, long_policy=args.long_policy,
                            window_overlap=args.window_overlap, cpu_fallback=not args.no_cpu_fallback,
                            pooling=args.pooling)
-    bar = _progress_bar(None, "embed", unit="res")
+    bar = progress_bar(None, "embed", unit="res")
 
     def progress(done: int, total: int) -> None:
         bar.total = total
@@ -281,7 +257,7 @@ def cmd_embed(args) -> int:
         bar.refresh()
 
     try:
-        result = embed_distributed(args.model, args.input, args.output, options=options, level=args.level,
+        result = embed_distributed(args.model, args.input, args.out, options=options, level=args.level,
                                    key=args.key, resume=args.resume, shard=parse_shard(args.shard),
                                    half=args.float16, compress=args.compress, progress=progress)
     finally:
@@ -304,7 +280,7 @@ def cmd_embed(args) -> int:
         lines.append(f"  skipped {s['id']} ({s['length']} residues): {s['reason']}")
     for level, path in result["outputs"].items():
         lines.append(f"  {level:8s} {path}  ({result['datasets'][level]:,} datasets)")
-    _emit(args, result, "\n".join(lines))
+    emit(args, result, "\n".join(lines))
     return 1 if result["skipped"] else 0
 
 
@@ -319,7 +295,7 @@ def cmd_merge(args) -> int:
     check_output_file(args.output, overwrite=args.overwrite, inputs=args.inputs)
     with output_lock(args.output, "the merge output"):
         n = merge_files(Path(args.output), [Path(p) for p in args.inputs])
-    _emit(args, {"output": args.output, "datasets": n}, f"merged {len(args.inputs)} files → {args.output} ({n:,} datasets)")
+    emit(args, {"output": args.output, "datasets": n}, f"merged {len(args.inputs)} files → {args.output} ({n:,} datasets)")
     return 0
 
 
@@ -340,37 +316,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="the main job on real sequences (offline)",
+    J, T, D, O = json_parent(), threads_parent(), data_parent(), overwrite_parent()
+    p = sub.add_parser("demo", help="the main job on real sequences (offline)", parents=[J, T],
                        description="The papers' story at small scale, offline on a CPU: statistics and "
                                    "pretraining shards of a real proteome (shipped with pyhmmer; with --data the "
                                    "Swiss-Prot sample), a tiny LM pretrained for a few steps, embeddings with the "
                                    "committed checkpoint, t-SNE/UMAP maps with silhouettes, and with --data "
                                    "secondary-structure and localization heads vs one-hot with a results table.")
-    p.add_argument("--data", help="protlm benchmark data folder (e.g. ../shared/data)")
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--data", metavar="DIR", help="protlm benchmark data folder (e.g. ../shared/data): adds the "
+                                                  "benchmark sets, SCOP colours and the supervised heads")
+    add_out(p, default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--workers", type=int, default=1, help="processes for prepare")
     p.add_argument("--pretrain-steps", type=int, default=40, help="steps of the tiny LM (default 40)")
     p.add_argument("--max-proteins", type=int, default=1000,
                    help="proteins embedded and projected (seeded sample; default 1000)")
     p.add_argument("--max-train", type=int, default=2000,
                    help="with --data: training proteins per head (seeded sample; default 2000)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("inspect", help="validate a FASTA file and print its statistics",
+    p = sub.add_parser("inspect", help="validate a FASTA file and print its statistics", parents=[J],
                        description="Read a FASTA(.gz) file with protlm's cleaning policy and "
                                    "report counts, lengths and composition.")
     p.add_argument("fasta", help="FASTA or gzipped FASTA file")
     _add_cleaning(p)
-    p.add_argument("--json", action="store_true", help="print the statistics as JSON on stdout")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("prepare", help="FASTA(.gz) → tokenised pretraining shards",
+    p = sub.add_parser("prepare", help="FASTA(.gz) → tokenised pretraining shards", parents=[J],
                        description="Clean, split (by id hash), filter and tokenise a FASTA file "
                                    "into uint8 token shards with a manifest.json. Resumable: "
                                    "finished chunks are skipped when rerun.")
     p.add_argument("input", nargs="?", help="FASTA or gzipped FASTA file")
-    p.add_argument("--out", required=True, help="output folder")
+    add_out(p, required=True, help="output folder")
     p.add_argument("--verify", action="store_true",
                    help="check the prepared --out folder (file sizes and content hashes against manifest.json) "
                         "instead of preparing")
@@ -391,19 +367,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-mb", type=float, default=32.0,
                    help="MB of FASTA text per output chunk (default 32)")
     _add_cleaning(p)
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("prepare-merge", help="join the parts of a sharded prepare run",
+    p = sub.add_parser("prepare-merge", help="join the parts of a sharded prepare run", parents=[J],
                        description="After `protlm prepare ... --shard i/N` for every i, check "
                                    "that all chunks are done and write manifest.json.")
     p.add_argument("out", help="the --out folder the parts wrote into")
     p.add_argument("--dedup", action="store_true", help="remove exact duplicate sequences")
     p.add_argument("--rename-duplicates", action="store_true", help="rename repeated ids")
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
     p.set_defaults(func=cmd_prepare_merge)
 
-    p = sub.add_parser("pretrain", help="pretrain a protein LM from prepared shards",
+    p = sub.add_parser("pretrain", help="pretrain a protein LM from prepared shards", parents=[J, T],
                        description="Train a BERT/ALBERT/ESM-style/causal/T5 protein LM from "
                                    "`protlm prepare` shards. Single process, or several under "
                                    "torchrun (DDP/FSDP). Writes Hugging Face checkpoints, "
@@ -412,14 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="overrides: dotted keys of the config, e.g. model.preset=small "
                               "train.phases.0.steps=200 optimizer.name=lamb")
     p.add_argument("--config", required=True, help="YAML recipe (see configs/pretrain/)")
-    p.add_argument("--out", help="output folder (default: runs/<config name>)")
-    p.add_argument("--data", help="prepared shards folder (overrides data.shards)")
+    add_out(p, help="output folder (default: runs/<config name>)")
+    p.add_argument("--shards", help="prepared shards folder from protlm prepare (overrides data.shards)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("embed", help="embed proteins with a protein LM into HDF5",
+    p = sub.add_parser("embed", help="embed proteins with a protein LM into HDF5", parents=[J, T],
                        description="Per-residue and/or per-protein embeddings of every protein in a "
                                    "FASTA file, with any protein LM in Hugging Face format (ESM-2, "
                                    "ProtBert, ProtT5 encoder, ALBERT, XLNet, protlm's own). Output: "
@@ -430,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "3-mer model) or a folder written by protlm kmer-train, or any registered family "
                         "(docs/embedding.md lists them)")
     p.add_argument("--input", required=True, help="FASTA or gzipped FASTA")
-    p.add_argument("--output", required=True, help="HDF5 file to write")
+    add_out(p, required=True, help="HDF5 file to write")
     p.add_argument("--level", choices=["residue", "protein", "both"], default="residue",
                    help="per-residue (L×D), per-protein (mean over residues, D), or both "
                         "(per-protein then goes to OUT.per_protein.h5); default residue")
@@ -459,25 +432,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip (and count) a protein that does not fit the GPU instead of using the CPU")
     p.add_argument("--resume", action="store_true", help="keep what the output already holds; embed the rest")
     p.add_argument("--shard", metavar="i/N", help="embed only proteins i, i+N, i+2N, … (then `protlm merge`)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("merge", help="join HDF5 embedding files (e.g. the parts of --shard runs)",
+    p = sub.add_parser("merge", help="join HDF5 embedding files (e.g. the parts of --shard runs)", parents=[J, O],
                        description="Copy every dataset of the inputs into one HDF5 file; a key present "
                                    "in two inputs must hold identical arrays.")
     p.add_argument("output", help="the merged HDF5 file")
     p.add_argument("inputs", nargs="+", help="HDF5 files written by protlm embed")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("datasets", help="load and summarise the benchmark data sets",
+    p = sub.add_parser("datasets", help="load and summarise the benchmark data sets", parents=[J, D],
                        description="Load benchmark sets from the protlm data folder and print "
                                    "their counts, splits and label distributions.")
     p.add_argument("names", nargs="*", help="data sets (default: all)")
-    p.add_argument("--data", default=None, help="benchmark data folder (default: $PROTLM_DATA or ../shared/data)")
-    p.add_argument("--json", action="store_true", help="print the summaries as JSON on stdout")
     p.set_defaults(func=cmd_datasets)
 
     # Commands that live in their own modules: each has register(subparsers).

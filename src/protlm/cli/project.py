@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 
+from protlm.cli.common import add_out, json_parent
 from protlm.errors import ConfigError
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "project", help="t-SNE/UMAP maps of embeddings coloured by labels, with silhouettes",
+        "project", parents=[json_parent()], help="t-SNE/UMAP maps of embeddings coloured by labels, with silhouettes",
         description="Project per-protein embeddings to 2-D with t-SNE and/or UMAP (the ProtTrans "
                     "paper's parameters), colour them by label columns, and score how well the labels "
                     "separate (silhouette in the embedding space and on the 2-D map). Or project a "
@@ -59,8 +60,7 @@ def register(subparsers) -> None:
                      help="t-SNE of the model's 20 amino-acid input-embedding rows, coloured by biochemical group")
     tok.add_argument("--token-perplexity", type=float, default=5.0,
                      help="t-SNE perplexity for the 20 tokens (default 5)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    add_out(p, required=True, help="output folder")
     p.set_defaults(func=cmd_project)
 
 
@@ -144,7 +144,7 @@ def _token_lines(res: dict) -> list[str]:
 def cmd_project(args) -> int:
     from protlm.analysis.jobs import ProteinMapRequest, project_protein_map
     from protlm.analysis.projection import ProjectionParams, project_tokens
-    from protlm.cli.main import _emit
+    from protlm.cli.common import emit as _emit
 
     check_args(args)
     params = ProjectionParams(seed=args.seed, perplexity=args.perplexity, max_iter=args.iterations,

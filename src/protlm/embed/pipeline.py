@@ -15,7 +15,7 @@ import numpy as np
 
 from protlm import __version__
 from protlm.data.alphabet import CleaningPolicy
-from protlm.data.fasta import read_fasta, read_fasta_raw
+from protlm.data.fasta import read_fasta
 from protlm.embed.runner import Embedder
 from protlm.embed.spec import EmbedderSpec, EmbedOptions
 from protlm.embed.store import (Journal, assemble, build_keys, check_resumable, existing_sequences, merge_files,
@@ -84,7 +84,9 @@ def _embed_locked(model, input_path, output: Path, outputs: dict[str, Path], jou
     if shard is not None:
         records = records[shard[0]::shard[1]]
     ids = [r.id for r in records]
-    raw = {r.id: r.sequence for r in read_fasta_raw(input_path)} if key == "hash" else None
+    # --key hash: the one rule of protlm.embed.store.hash_key — the sequence as written (upper case,
+    # gaps and a final * removed, B/Z/U/O kept), the same string the task readers hash.
+    raw = {r.id: r.sequence for r in records} if key == "hash" else None
     keys, owner = build_keys(ids, key, raw)
     seq_of = {}
     for k, r in zip(keys, records):

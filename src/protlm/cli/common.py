@@ -1,0 +1,137 @@
+"""What every command shares: parent parsers (one name and one meaning per flag), output, threads,
+progress.
+
+Flags with the same name mean the same thing in every command:
+
+- ``--json``: print the full result as JSON on stdout (the readable summary goes to stderr);
+- ``--threads N``: torch's CPU threads;
+- ``--data DIR``: the benchmark data folder (default ``$PROTLM_DATA``, else ``../shared/data``);
+  pretraining shards are ``--shards``;
+- ``--out PATH``: what the command writes (a file or a folder, as its help says); ``--output`` is
+  accepted as the same flag;
+- ``--overwrite``: replace an existing output (never an input);
+- ``--bootstrap N``: bootstrap resamples of confidence intervals (``--n-boot`` is the same flag);
+- ``--tasks NAME …``: which task configs to run (``--only`` is the same flag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from protlm.errors import ConfigError
+
+log = logging.getLogger("protlm")
+
+
+def json_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    return p
+
+
+def threads_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often fastest "
+                                                 "on a shared machine, docs/benchmarks.md)")
+    return p
+
+
+def data_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="benchmark data folder (default: $PROTLM_DATA, else ../shared/data)")
+    return p
+
+
+def overwrite_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (never one of the inputs)")
+    return p
+
+
+def add_out(p: argparse.ArgumentParser, *, required: bool = False, default: str | None = None,
+            help: str = "output") -> None:
+    """``--out`` (alias ``--output``): what the command writes."""
+    p.add_argument("--out", "--output", dest="out", required=required, default=default, help=help)
+
+
+def emit(args, result: dict, summary: str) -> None:
+    """The readable summary on stderr; with ``--json`` the whole result on stdout."""
+    print(summary, file=sys.stderr)
+    if getattr(args, "json", False):
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+
+
+def apply_threads(args) -> None:
+    """``--threads N``: torch's CPU threads. On a busy machine fewer threads can be much faster
+    (spinning OpenMP workers lose to other load; docs/benchmarks.md)."""
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+class LogProgress:
+    """Progress for a stderr that is not a terminal (a log file, a batch job): one line every
+    ``every`` seconds with the count, the rate and the time left, and one at the end of a job that
+    logged any (short jobs stay quiet)."""
+
+    def __init__(self, total: int | None, desc: str, unit: str, every: float = 30.0):
+        self.total, self.desc, self.unit, self.every = total, desc, unit, every
+        self.n = 0
+        self.logged = False
+        self._t0 = self._last = time.monotonic()
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        self._maybe_log()
+
+    def refresh(self) -> None:
+        self._maybe_log()
+
+    def _line(self) -> str:
+        elapsed = max(time.monotonic() - self._t0, 1e-9)
+        rate = self.n / elapsed
+        if self.total:
+            left = (self.total - self.n) / rate if rate > 0 else float("inf")
+            eta = f", {_duration(left)} left" if left != float("inf") else ""
+            return (f"{self.desc}: {self.n:,}/{self.total:,} {self.unit} ({100 * self.n / self.total:.0f}%), "
+                    f"{rate:,.0f} {self.unit}/s{eta}")
+        return f"{self.desc}: {self.n:,} {self.unit}, {rate:,.0f} {self.unit}/s"
+
+    def _maybe_log(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            self.logged = True
+            print(f"protlm: {self._line()}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.logged:
+            print(f"protlm: {self._line()} (done in {_duration(time.monotonic() - self._t0)})", file=sys.stderr,
+                  flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def progress_bar(total: int | None, desc: str, unit: str = "B"):
+    """A tqdm bar on a terminal; log lines with rate and time left otherwise."""
+    if not sys.stderr.isatty():
+        return LogProgress(total, desc, unit)
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                dynamic_ncols=True)
