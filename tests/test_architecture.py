@@ -63,3 +63,104 @@ def test_options_reach_the_runner_through_a_spec(toy):
     assert emb.plan([3, 3, 3]) == [[0], [1], [2]]
     emb2 = Embedder("toy-positions", EmbedOptions(max_sequences=2))
     assert [len(b) for b in emb2.plan([3, 3, 3])] == [2, 1]
+
+
+# --------------------------------------------------------------------------- a new protocol, a new head
+
+
+AA = "ACDEFGHIKLMNPQRSTVWY"
+
+
+@pytest.fixture(scope="module")
+def toy_task_file(tmp_path_factory):
+    """Proteins whose net charge is biased one way or the other (biotrainer format; the TARGET is a
+    placeholder: the toy protocol reads its target from the sequence)."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(160):
+        bias = "KR" if i % 2 else "DE"
+        seq = "".join(rng.choice(list(AA + bias * 3), int(rng.integers(30, 70))))
+        split = "SET=train" if i < 100 else "SET=train VALIDATION=True" if i < 130 else "SET=test"
+        lines.append(f">t{i} TARGET=x {split}\n{seq}\n")
+    path = tmp_path_factory.mktemp("toy") / "toy.fasta"
+    path.write_text("".join(lines))
+    return path
+
+
+def _toy_config(path, protocol: str, head: dict) -> dict:
+    src = lambda split: {"file": str(path), "format": "biotrainer", "split": split}  # noqa: E731
+    return {"name": f"toy_{protocol}", "protocol": protocol, "embedder": "onehot",
+            "data": {"train": src("train"), "valid": src("valid"), "test": {"held_out": src("test")}},
+            "targets": [{"name": "charge", "label": "target"}], "head": head,
+            "train": {"epochs": 40, "lr": 0.01, "batch_size": 16, "patience": 8, "bootstrap": 50}}
+
+
+def test_a_new_protocol_is_one_file(toy_task_file, tmp_path, capsys):
+    importlib.import_module("toys.toy_protocol")
+    from protlm.tasks.config import load_task_config
+    from protlm.tasks.suite import results_table
+    from protlm.tasks.train import evaluate, load_head, predict, train
+
+    cfg = load_task_config(data=_toy_config(toy_task_file, "sequence_to_charge_sign", {"type": "ffn"}))
+    res = train(cfg, tmp_path / "head")
+    scored = res["test"]["held_out"]["charge"]
+    assert scored["agreement"]["value"] > 0.8 and "predicted_positive" in scored  # the toy's own metric
+    head = load_head(tmp_path / "head")
+    again = evaluate(head, head.protocol.evaluation_sets(head, {}, None), n_boot=50)
+    assert again["held_out"]["charge"]["agreement"] == scored["agreement"]
+    rows = predict(head, ["a", "b"], ["KKKRRKAKR", "DDEEDDAED"])
+    assert [r["sign"] for r in rows] == ["+", "-"]  # the toy's own prediction rows
+    assert "sign agreement" in results_table([res])
+    # the CLI runs it too, and writes the toy's CSV columns
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(">a\nKKKRRKAKR\n>b\nDDEEDDAED\n")
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--head", str(tmp_path / "head"), "--input", str(fasta), "--output", str(out)]) == 0, \
+        capsys.readouterr().err
+    assert out.read_text().splitlines()[0] == "id,target,sign,confidence"
+
+
+def test_a_new_head_is_one_file(toy_task_file, tmp_path):
+    importlib.import_module("toys.toy_head")
+    from protlm.errors import ConfigError
+    from protlm.tasks.config import load_task_config
+    from protlm.tasks.train import load_head, predict, train
+
+    config = _toy_config(toy_task_file, "sequence_to_class", {"type": "mean_max", "scale": 0.5})
+    # a sequence_to_class file: the charge class is the TARGET (rewritten from the placeholder)
+    text = toy_task_file.read_text().splitlines()
+    labelled = tmp_path / "cls.fasta"
+    labelled.write_text("".join(
+        f"{h.replace('TARGET=x', 'TARGET=' + ('pos' if s.count('K') + s.count('R') > s.count('D') + s.count('E') else 'neg'))}\n{s}\n"
+        for h, s in zip(text[::2], text[1::2])))
+    for part in ("train", "valid"):
+        config["data"][part]["file"] = str(labelled)
+    config["data"]["test"]["held_out"]["file"] = str(labelled)
+    res = train(load_task_config(data=config), tmp_path / "head")
+    assert res["test"]["held_out"]["charge"]["accuracy"]["value"] > 0.8 and res["head"] == "mean_max"
+    head = load_head(tmp_path / "head")
+    assert head.config.head.scale == 0.5 and head.info["config"]["head"] == {"type": "mean_max", "scale": 0.5}
+    assert predict(head, ["k"], ["KKRKKRAK"])[0]["prediction"] == "pos"
+    # its own Config: settings of other heads are refused, naming the field
+    with pytest.raises(ConfigError, match="head.hidden: unknown field"):
+        load_task_config(data={**config, "head": {"type": "mean_max", "hidden": 3}})
+    with pytest.raises(ConfigError, match="head.scale: must be positive"):
+        load_task_config(data={**config, "head": {"type": "mean_max", "scale": 0}})
+    # its level (protein) decides which protocols take it: not a per-residue one
+    with pytest.raises(ConfigError, match="head.type: 'mean_max' does not fit residue_to_class"):
+        load_task_config(data={**config, "protocol": "residue_to_class"})
+
+
+def test_a_protein_too_big_for_memory_is_windowed_or_skipped_with_a_record(toy, monkeypatch):
+    import protlm.embed.runner as runner
+
+    emb = Embedder("toy-positions", EmbedOptions(window_overlap=4))
+    emb.backend.max_residues = None
+    monkeypatch.setattr(type(emb.backend), "memory_bytes", lambda self, n: n * 1000, raising=False)
+    monkeypatch.setattr(runner, "available_memory", lambda: 200_000)  # budget 140 kB → 140 residues at once
+    out = emb.embed(["M" * 100, "A" * 400])
+    assert out[1].shape == (400, 3) and emb.stats.windowed == 1
+    assert out[1][:, 0].max() < 140  # positions restart in each window: it was not run in one pass
+    monkeypatch.setattr(runner, "available_memory", lambda: 2_000)
+    list(emb.iter_embed(["big"], ["A" * 400]))
+    assert emb.stats.skipped[-1]["id"] == "big" and "GiB" in emb.stats.skipped[-1]["reason"]

@@ -64,6 +64,12 @@ class Backend(abc.ABC):
     def forward(self, seqs: list[str], *, cpu: bool = False) -> list[np.ndarray]:
         """Per-residue float32 arrays (len(seq) × dim), one per sequence, in order."""
 
+    def memory_bytes(self, length: int) -> int:
+        """Host memory one protein of ``length`` residues needs in ``forward`` (a rough upper
+        estimate; 0 = unknown). The runner windows or skips a protein that would not fit, instead
+        of letting the kernel's OOM killer end the run without a word."""
+        return 0
+
     def describe(self) -> dict:
         """HDF5 attributes that say what made the numbers."""
         return {"model": self.source, "family": self.family, "model_type": self.model_type,

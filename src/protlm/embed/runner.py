@@ -79,6 +79,19 @@ def _empty_device_cache() -> None:
         pass
 
 
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation now (Linux ``MemAvailable``; elsewhere a large
+    number, so nothing is refused where it cannot be measured)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 50
+
+
 class Embedder:
     """Any embedder (an LM folder or hub id, a baseline, a registered family) behind one runner."""
 
@@ -189,9 +202,10 @@ class Embedder:
         self.stats.skipped.append({"id": ids[0], "length": len(seqs[0]), "reason": reason})
         return [None]
 
-    def _windowed(self, pid: str, seq: str) -> np.ndarray | None:
-        """Overlapping windows of the backend's limit; overlapping rows averaged."""
-        size = self.max_residues
+    def _windowed(self, pid: str, seq: str, size: int | None = None) -> np.ndarray | None:
+        """Overlapping windows of ``size`` residues (the backend's limit by default); overlapping
+        rows averaged."""
+        size = size or self.max_residues
         step = max(1, size - self.options.window_overlap)
         starts = list(range(0, max(1, len(seq) - size) + 1, step))
         if starts[-1] + size < len(seq):
@@ -206,6 +220,24 @@ class Embedder:
             count[s:s + size] += 1
         self.stats.windowed += 1
         return (total / count[:, None]).astype(np.float32)
+
+    def _memory_plan(self, pid: str, seq: str) -> tuple[str, int]:
+        """("run", 0), ("window", size) or ("skip", 0) for one protein, from the backend's memory
+        estimate and the memory available now. Only the CPU's memory is judged: a GPU's own
+        out-of-memory error is caught and handled by halving and the CPU fallback."""
+        need = self.backend.memory_bytes(len(seq))
+        if not need or str(self.backend.device) != "cpu":
+            return "run", 0
+        budget = int(0.7 * available_memory())
+        if need <= budget:
+            return "run", 0
+        output = 4 * len(seq) * self.dim * 2  # the result and the averaging buffer of windows
+        if self.options.long_policy == "window" and output < budget // 2:
+            per_residue = need / max(len(seq), 1)
+            size = int((budget - output) / per_residue)
+            if size >= 2 * self.options.window_overlap + 1 and size >= 64:
+                return "window", size
+        return "skip", 0
 
     # ------------------------------------------------------------------ batching
 
@@ -265,7 +297,18 @@ class Embedder:
         for batch in self.plan([len(s) for s in seqs]):
             b_ids = [ids[i] for i in batch]
             b_seqs = [seqs[i] for i in batch]
-            if not pooled and len(batch) == 1 and self.max_residues and len(b_seqs[0]) > self.max_residues:
+            plan, size = self._memory_plan(b_ids[0], b_seqs[0]) if len(batch) == 1 else ("run", 0)
+            if plan == "skip":
+                reason = (f"{len(b_seqs[0])} residues need about {self.backend.memory_bytes(len(b_seqs[0])) / 2**30:.1f} "
+                          f"GiB, more than this machine has available")
+                log.warning("skipped %s: %s", b_ids[0], reason)
+                self.stats.skipped.append({"id": b_ids[0], "length": len(b_seqs[0]), "reason": reason})
+                arrays = [None]
+            elif plan == "window" and not pooled:
+                log.warning("%s (%d residues) does not fit in memory in one pass; embedding it in windows of %d",
+                            b_ids[0], len(b_seqs[0]), size)
+                arrays = [self._windowed(b_ids[0], b_seqs[0], min(size, self.max_residues or size))]
+            elif not pooled and len(batch) == 1 and self.max_residues and len(b_seqs[0]) > self.max_residues:
                 arrays = [self._windowed(b_ids[0], b_seqs[0])]
             else:
                 arrays = self._run(b_ids, b_seqs, pooled)

@@ -98,6 +98,16 @@ class HFBackend(Backend):
         start = len(self.layout.prefix)
         return [hidden[row, start:start + len(s)].copy() for row, s in enumerate(seqs)]
 
+    def memory_bytes(self, length: int) -> int:
+        # fp32 activations of one layer (hidden + feed-forward + attention projections; SDPA's CPU
+        # and GPU kernels do not materialise L × L), the hidden states kept (all of them when a
+        # layer other than the last is asked for), and the output copy; ×2 for allocator slack.
+        c = self.config
+        d = self.dim
+        ffn = int(c.get("intermediate_size") or c.get("d_ff") or 4 * d)
+        kept = (self.lm.layers + 1) if self.options.layer != -1 else 1
+        return 2 * 4 * (length + self.extra_tokens) * (ffn + 6 * d + kept * d + d)
+
     def describe(self) -> dict:
         return {**super().describe(), "layer": self.options.layer,
                 "dtype": "int8-dynamic" if self.options.int8 else self.options.dtype}
