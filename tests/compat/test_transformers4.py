@@ -104,9 +104,19 @@ def test_tokenizer_files_are_the_ones_4x_reads(written):
         assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] != "TokenizersBackend"
 
 
-def test_written_checkpoints_give_the_same_outputs_in_transformers_4(written):
+COMMITTED = [ROOT / "checkpoints" / n for n in ("protlm-swissprot-masked-xs", "protlm-swissprot-causal-xs")]
+
+
+@pytest.fixture(scope="module")
+def tf4(written) -> dict:
+    """Everything loaded in one transformers 4.x process (its start-up is most of the cost)."""
     items = [(f, _text(f)) for f in written.values() if json.loads((f / "config.json").read_text())["model_type"] != "t5"]
-    got = _load_in_tf4(items)
+    return _load_in_tf4(items + [(f, SEQ) for f in COMMITTED])
+
+
+def test_written_checkpoints_give_the_same_outputs_in_transformers_4(written, tf4):
+    items = [(f, _text(f)) for f in written.values() if json.loads((f / "config.json").read_text())["model_type"] != "t5"]
+    got = tf4
     for folder, text in items:
         ids, hidden = _v5_outputs(folder, text)
         old = got[str(folder)]
@@ -115,10 +125,9 @@ def test_written_checkpoints_give_the_same_outputs_in_transformers_4(written):
     assert got[str(written["esm"])]["tokenizer"] == "EsmTokenizer"
 
 
-@pytest.mark.parametrize("name", ["protlm-swissprot-masked-xs", "protlm-swissprot-causal-xs"])
-def test_committed_checkpoints_load_in_transformers_4(name):
-    folder = ROOT / "checkpoints" / name
-    got = _load_in_tf4([(folder, SEQ)])[str(folder)]
+@pytest.mark.parametrize("folder", COMMITTED, ids=lambda f: f.name)
+def test_committed_checkpoints_load_in_transformers_4(folder, tf4):
+    got = tf4[str(folder)]
     ids, hidden = _v5_outputs(folder, SEQ)
     assert got["ids"] == ids
     np.testing.assert_allclose(np.array(got["hidden"]), hidden, atol=1e-4)
