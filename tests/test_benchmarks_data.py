@@ -309,6 +309,18 @@ def test_biotrainer_per_protein_inferred(tmp_path):
         load_biotrainer_fasta(path, per_residue=True)
 
 
+def test_biotrainer_named_test_sets(tmp_path):
+    """biotrainer 1.4: any SET= value other than train/val/test/pred names an extra test set."""
+    path = write(
+        tmp_path / "bt.fasta",
+        ">s1 SET=train TARGET=Glob\nMKVL\n>s2 SET=new364 TARGET=Memb\nACDEF\n>s3 SET=casp12 TARGET=Glob\nMK\n",
+    )
+    assert [r.split for r in load_biotrainer_fasta(path)] == ["train", "new364", "casp12"]
+    bad = write(tmp_path / "bad.fasta", ">s1 SET=new364 VALIDATION=True TARGET=Glob\nMKVL\n")
+    with pytest.raises(InputError, match="named test set"):
+        load_biotrainer_fasta(bad)
+
+
 @pytest.mark.parametrize(
     "header, parts",
     [

@@ -142,15 +142,21 @@ def _parse_attrs(rec: FastaRecord, source: str) -> dict[str, str]:
 
 
 def _split_from_attrs(attrs: dict[str, str], rec: FastaRecord, source: str) -> str:
-    """``SET=train`` (+ ``VALIDATION=True`` → valid), ``SET=test``, ``SET=val``."""
+    """``SET=train`` (+ ``VALIDATION=True`` → valid), ``SET=test``, ``SET=val``, ``SET=pred``; as in
+    biotrainer 1.4, any other value names an extra test set (``SET=new364`` → split ``new364``,
+    selected with ``split: new364`` in a task config)."""
     where = f"{source}:{rec.line}: record '{rec.id}'"
-    if "SET" not in attrs:
+    if "SET" not in attrs or not attrs["SET"]:
         raise InputError(f"{where}: header has no SET=train|test attribute")
     split = _SPLIT_NAMES.get(attrs["SET"].lower())
     if split is None:
-        raise InputError(
-            f"{where}: unknown SET={attrs['SET']!r} (expected train, val or test)"
-        )
+        split = attrs["SET"]
+        if not all(ch.isalnum() or ch in "-_." for ch in split):
+            raise InputError(f"{where}: SET={split!r}: a named test set takes letters, digits, '-', '_' or '.'")
+        validation = attrs.get("VALIDATION", "False")
+        if _TRUE.get(validation.lower()):
+            raise InputError(f"{where}: SET={split} (a named test set) together with VALIDATION=True")
+        return split
     validation = attrs.get("VALIDATION", "False")
     flag = _TRUE.get(validation.lower())
     if flag is None:
@@ -575,6 +581,24 @@ def load_seq_label_csv(
 # --------------------------------------------------------------------------- biotrainer FASTA
 
 
+def _parse_residue_values(target: str, length: int, where: str) -> np.ndarray:
+    """``0.1;0.5;nan;…`` → float64 array (``nan`` or an empty field: no value at that residue)."""
+    parts = target.split(";")
+    if len(parts) != length:
+        raise InputError(f"{where}: TARGET has {len(parts)} ';'-separated values but the sequence has {length} "
+                         f"residues (per-residue values)")
+    out = np.empty(length, dtype=np.float64)
+    for i, part in enumerate(parts):
+        text = part.strip()
+        try:
+            out[i] = float(text) if text and text.lower() != "nan" else np.nan
+        except ValueError:
+            raise InputError(f"{where}: TARGET value {i + 1} is {part!r}, not a number") from None
+        if np.isinf(out[i]):
+            raise InputError(f"{where}: TARGET value {i + 1} is infinite")
+    return out
+
+
 def load_biotrainer_fasta(
     path: PathLike,
     per_residue: bool | None = None,
@@ -592,7 +616,8 @@ def load_biotrainer_fasta(
     exactly its sequence's length and that length is > 1. Per residue: TARGET goes to
     ``residue_labels["target"]`` and MASK to ``residue_masks["target"]``; otherwise TARGET
     (a string) goes to ``labels["target"]`` and MASK is ignored. ``SET=pred`` records may
-    lack a TARGET.
+    lack a TARGET. A TARGET of ``;``-separated numbers, one per residue (biotrainer's
+    ``residue_to_value``), goes to ``residue_values["target"]`` (``nan`` or empty: no value).
     """
     source = str(path)
     parsed: list[tuple[FastaRecord, dict[str, str], str]] = []
@@ -604,8 +629,10 @@ def load_biotrainer_fasta(
         parsed.append((rec, attrs, rec_split))
     if not parsed:
         raise InputError(f"{source}: no records")
+    # biotrainer's residue_to_value: one number per residue, separated by ';'
+    values = any(";" in a.get("TARGET", "") for _, a, _ in parsed)
     if per_residue is None:
-        per_residue = all(
+        per_residue = values or all(
             len(r.sequence) > 1 and len(a.get("TARGET", r.sequence)) == len(r.sequence)
             for r, a, _ in parsed
         )
@@ -614,7 +641,15 @@ def load_biotrainer_fasta(
         where = f"{source}:{rec.line}: record '{rec.id}'"
         record = ProteinRecord(id=rec.id, sequence=rec.sequence, split=rec_split)
         target = attrs.get("TARGET")
-        if per_residue:
+        if per_residue and values:
+            if target is not None:
+                record.residue_values["target"] = _parse_residue_values(target, len(rec.sequence), where)
+            if "MASK" in attrs:
+                if len(attrs["MASK"]) != len(rec.sequence):
+                    raise InputError(f"{where}: MASK has {len(attrs['MASK'])} characters but the sequence has "
+                                     f"{len(rec.sequence)} residues")
+                record.residue_masks["target"] = _parse_mask(attrs["MASK"], where)
+        elif per_residue:
             if target is not None:
                 if len(target) != len(rec.sequence):
                     raise InputError(
