@@ -90,21 +90,23 @@ def child(name: str, length: int, repeats: int) -> dict:
         e = load_embedder(str(MASKED))
         call = lambda: e.embed([seq])  # noqa: E731
     elif name.startswith("pair_mlp"):
-        from protlm.contacts.heads import PairMLP, predict_map
+        from protlm.tasks.heads.pair_mlp import PairMLP
+        from protlm.tasks.protocols.residue_pairs_to_class import predict_map
 
         torch.manual_seed(0)
         head = PairMLP(96, hidden=128).eval()
         budget = length * length if name == "pair_mlp_one_block" else 131072
         call = lambda: predict_map(head, emb, budget)  # noqa: E731
     elif name == "resnet2d":
-        from protlm.contacts.heads import ResNet2D, predict_map
+        from protlm.tasks.heads.resnet2d import ResNet2D
+        from protlm.tasks.protocols.residue_pairs_to_class import predict_map
 
         torch.manual_seed(0)
         head = ResNet2D(96, proj=32, channels=32, blocks=4).eval()
         call = lambda: predict_map(head, emb)  # noqa: E731
     elif name.startswith("attention_lr"):
-        from protlm.contacts.attention import AttentionLogReg, attention_features, load_lm
-        from protlm.contacts.data import Chain
+        from protlm.tasks.contacts.attention import AttentionLogReg, attention_features, load_lm
+        from protlm.tasks.contacts.data import Chain
 
         folder = MASKED if name.endswith("masked_xs") else _esm8m(Path(tmp.name) / "esm8m")
         lm = load_lm(str(folder))

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from protlm.contacts.attention import AttentionLogReg, apc, symmetrize_apc
-from protlm.contacts.data import (Chain, contact_map, load_chains, locate_stretch, scored_pairs, separation,
-                                  to_stretch, write_chains)
-from protlm.contacts.heads import PairMLP, ResNet2D
-from protlm.contacts.metrics import evaluate_maps, per_protein_precisions, precision_at
 from protlm.errors import InputError
+from protlm.tasks.contacts.attention import AttentionLogReg, apc, symmetrize_apc
+from protlm.tasks.contacts.data import (Chain, contact_map, load_chains, locate_stretch, scored_pairs, separation,
+                                        to_stretch, write_chains)
+from protlm.tasks.contacts.metrics import evaluate_maps, per_protein_precisions, precision_at
+from protlm.tasks.heads.pair_mlp import PairMLP
+from protlm.tasks.heads.resnet2d import ResNet2D
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -243,7 +244,7 @@ def tiny_esm(tmp_path_factory) -> Path:
 def test_attention_maps_drop_special_tokens(tiny_esm):
     import transformers
 
-    from protlm.contacts.attention import attention_features, attention_maps, load_lm
+    from protlm.tasks.contacts.attention import attention_features, attention_maps, load_lm
 
     lm = load_lm(str(tiny_esm))
     seq = "MKTAYIAKQRQISFVKSHFSRQ"
@@ -308,7 +309,7 @@ def test_cli_train_evaluate_predict_end_to_end(tiny_esm, tmp_path, capsys):
     fasta.write_text("".join(f">{k}\n{v}\n" for k, v in list(full.items())[-3:]) + ">novel\nMKTAYIAKQRQISFVKSHFSRQ\n")
     cfg = tmp_path / "pair.yaml"
     cfg.write_text(f"""name: tiny_pair
-protocol: residues_to_class
+protocol: residue_pairs_to_class
 embedder: {tiny_esm}
 data: {{train_chains: 10, early_stop_chains: 3, eval_chains: 5, max_length: null, min_length: 10}}
 head: {{type: pair_mlp, hidden: 16}}
@@ -322,7 +323,7 @@ evaluate: {{n_boot: 200}}
     assert metrics["headline"]["name"] == "P@L/5, long (≥24)" and metrics["chains"] == 5
     assert "headline: P@L/5, long (≥24)" in err
     meta = json.loads((head / "head.json").read_text())
-    assert meta["protocol"] == "residues_to_class" and meta["head"]["type"] == "pair_mlp"
+    assert meta["protocol"] == "residue_pairs_to_class" and meta["config"]["head"]["type"] == "pair_mlp"
     assert len(meta["data"]["train_ids"]) == 10 and len(meta["data"]["early_stop_ids"]) == 3
     assert (head / "head.safetensors").is_file() and (head / "metrics.json").is_file()
     assert not list(head.glob(".*"))  # no temp files left behind
@@ -367,23 +368,27 @@ evaluate: {{n_boot: 200}}
 
 
 def test_resnet2d_trains_through_the_api(tiny_esm, tmp_path):
-    from protlm.contacts.api import evaluate, train
+    from protlm.tasks.config import build_task_config
+    from protlm.tasks.train import evaluate, load_head, train
 
     data = tmp_path / "data"
     _tiny_set(data / "coords_ca_cb.npz", n_train=6, n_valid=8)
-    config = {"name": "tiny_resnet", "protocol": "residues_to_class", "embedder": str(tiny_esm),
+    config = {"name": "tiny_resnet", "protocol": "residue_pairs_to_class", "embedder": str(tiny_esm),
               "data": {"train_chains": 6, "early_stop_chains": 2, "eval_chains": 3, "max_length": None},
               "head": {"type": "resnet2d", "proj": 4, "channels": 6, "blocks": 2},
               "train": {"epochs": 1, "crop": 24, "seed": 0}, "evaluate": {"n_boot": 50}}
-    metrics = train(config, tmp_path / "head", data)
-    assert metrics["head"] == "resnet2d" and metrics["chains"] == 3
-    again = evaluate(tmp_path / "head", data, "validation", {"n_boot": 50})
+    metrics = train(build_task_config(config), tmp_path / "head", data)["test"]["held_out_valid"]["contacts"]
+    assert metrics["chains"] == 3
+    head = load_head(tmp_path / "head")
+    assert head.config.head.type == "resnet2d"
+    sets = head.protocol.evaluation_sets(head, {"split": "validation"}, data)
+    again = evaluate(head, sets, n_boot=50)["held_out_valid"]["contacts"]
     assert again["per_protein"]["ids"] == metrics["per_protein"]["ids"]  # 3 of the 6 non-early chains
     assert again["precision"]["all"]["L"]["mean"] == pytest.approx(metrics["precision"]["all"]["L"]["mean"])
     torch.randn(100)  # a different global RNG state must not change the result: the seed fixes it
-    train(config, tmp_path / "head2", data)
-    a = json.loads((tmp_path / "head" / "head.json").read_text())["training"]["history"]
-    b = json.loads((tmp_path / "head2" / "head.json").read_text())["training"]["history"]
+    train(build_task_config(config), tmp_path / "head2", data)
+    a = json.loads((tmp_path / "head" / "head.json").read_text())["history"]
+    b = json.loads((tmp_path / "head2" / "head.json").read_text())["history"]
     assert [h["train_loss"] for h in a] == [h["train_loss"] for h in b]
 
 
@@ -405,7 +410,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys, args, message):
 
 
 def test_chance_level_is_the_contact_density_per_range():
-    from protlm.contacts.metrics import chance_levels
+    from protlm.tasks.contacts.metrics import chance_levels
 
     c = np.zeros((30, 30), dtype=bool)
     c[0, 24] = c[24, 0] = True  # one of the long-range candidates: (30-24)(30-23)/2 = 21 pairs
@@ -414,43 +419,59 @@ def test_chance_level_is_the_contact_density_per_range():
 
 
 def test_paired_difference_on_shared_proteins():
-    from protlm.contacts.metrics import paired_difference
+    """The suite's paired difference for contacts: the protocol's per-protein P@L/5 long values and
+    its statistic (mean over proteins with candidates), resampled with the one bootstrap."""
+    from protlm.tasks.metrics import bootstrap_ci
+    from protlm.tasks.protocols import get_protocol
 
+    proto = get_protocol("residue_pairs_to_class")
     rng = np.random.default_rng(0)
-    maps = []
-    for _ in range(12):
-        c = np.zeros((40, 40), dtype=bool)
-        c[0, 30] = c[30, 0] = True
-        maps.append(c)
-    good = [m.astype(float) for m in maps]  # ranks the contact first
-    bad = [rng.random((40, 40)) * 0.5 for _ in maps]
-    a = evaluate_maps(good, maps, n_boot=0, ids=[f"p{k}" for k in range(12)])
-    b = evaluate_maps(bad, maps, n_boot=0, ids=[f"p{k}" for k in range(12)])
-    diff = paired_difference(a, b, rng="long", cut="L/5", n_boot=200)
-    assert diff["n_proteins"] == 12 and diff["mean_difference"] > 0 and diff["ci"][0] > 0
+    xyz = np.stack([np.arange(40) * 10.0, np.zeros(40), np.zeros(40)], axis=1).astype(np.float32)
+    xyz[30] = [0.0, 5.0, 0.0]  # residue 30 folds back onto residue 0: the one long-range contact
+    chains = [Chain(f"p{k}", "A" * 40, xyz, xyz) for k in range(12)]
+    truth = contact_map(xyz, xyz)[0]
+    good = [truth.astype(float) for _ in chains]  # ranks the contact first
+    bad = [rng.random((40, 40)) * 0.5 for _ in chains]
+
+    class Cfg:
+        class data:
+            threshold = 8.0
+
+    n, va = proto.per_protein(Cfg, good, chains, 0)
+    _, vb = proto.per_protein(Cfg, bad, chains, 0)
+    everything = np.arange(n)
+    assert n == 12 and proto.statistic(va, everything) == pytest.approx(1 / 8)  # 1 of the top L/5 = 8 pairs
+    diff = proto.statistic(va, everything) - proto.statistic(vb, everything)
+    lo, hi = bootstrap_ci(lambda i: proto.statistic(va, i) - proto.statistic(vb, i), n, n_boot=200)
+    assert diff > 0 and lo > 0
 
 
 def test_benchmark_suite_table_comparisons_and_reuse(tiny_esm, tmp_path, capsys):
-    from protlm.contacts.api import run_benchmarks
+    """Contact configs run in the one suite (chosen by protocol:, not by file name), with paired
+    differences between embedders on the same chains, and are reused when rerun."""
+    from protlm.tasks.suite import run_suite
 
     data = tmp_path / "data"
     _tiny_set(data / "coords_ca_cb.npz", n_train=6, n_valid=7)
     suite = tmp_path / "suite"
     suite.mkdir()
-    common = ("data: {train_chains: 6, early_stop_chains: 2, eval_chains: 5, max_length: null}\n"
-              "head: {type: pair_mlp, hidden: 8}\ntrain: {epochs: 1, crop: 32}\nevaluate: {n_boot: 50}\n")
-    (suite / "contacts_lm.yaml").write_text(f"name: lm\nembedder: {tiny_esm}\n{common}")
-    (suite / "contacts_onehot.yaml").write_text(f"name: onehot\nembedder: onehot\n{common}")
-    (suite / "other_task.yaml").write_text("name: not_contacts\n")  # not a contacts_*.yaml: ignored
-    result = run_benchmarks(suite, tmp_path / "out", data)
-    assert [r["name"] for r in result["rows"]] == ["lm", "onehot"]
-    assert [(c["a"], c["b"]) for c in result["comparisons"]] == [("lm", "onehot")]
+    (suite / "pairs.yaml").write_text(
+        "name: lm\nprotocol: residue_pairs_to_class\nembedder: onehot\n"
+        "data: {train_chains: 6, early_stop_chains: 2, eval_chains: 5, max_length: null}\n"
+        "head: {type: pair_mlp, hidden: 8}\ntrain: {epochs: 1, crop: 32}\nevaluate: {n_boot: 50}\n")
+    lm = str(tiny_esm)
+    result = run_suite(suite, [lm, "onehot"], tmp_path / "out", data, compare=[f"{lm}:onehot"])
+    assert [r["embedder"] for r in result["results"]] == [lm, "onehot"]
+    (diff,) = result["paired_differences"]
+    by = {r["embedder"]: r["test"]["held_out_valid"]["contacts"]["headline"]["value"] for r in result["results"]}
+    assert diff["difference"] == pytest.approx(by[lm] - by["onehot"], abs=1e-9) and diff["proteins"] == 5
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "| lm |" in md and "lm − onehot" in md and "Chance level" in md
-    capsys.readouterr()
-    again = run_benchmarks(suite, tmp_path / "out", data)
-    assert "reusing" in capsys.readouterr().err
-    assert again["rows"][0]["headline"] == result["rows"][0]["headline"]
+    assert "| lm | contacts | test: held_out_valid | pair_mlp | P@L/5 long, n=5 |" in md and "Paired differences" in md
+    metrics_file = next((tmp_path / "out" / "pairs").glob("onehot*/metrics.json"))
+    stamp = metrics_file.stat().st_mtime_ns
+    again = run_suite(suite, [lm, "onehot"], tmp_path / "out", data)
+    assert metrics_file.stat().st_mtime_ns == stamp  # reused, not retrained
+    assert again["results"][1]["test"] == result["results"][1]["test"]
 
 
 @pytest.mark.parametrize("arch, vocab, prefix", [("bert", "protbert", 1), ("t5", "prott5", 0), ("causal", "esm", 1)])
@@ -458,7 +479,7 @@ def test_attention_maps_for_other_families(tmp_path, arch, vocab, prefix):
     """ProtBert ([CLS] … [SEP]), the ProtT5 encoder (… </s>) and causal models: residue rows only."""
     import transformers
 
-    from protlm.contacts.attention import attention_maps, load_lm
+    from protlm.tasks.contacts.attention import attention_maps, load_lm
     from protlm.models.architectures import ModelSpec, build_model
     from protlm.models.vocab import build_tokenizer
 

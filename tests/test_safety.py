@@ -61,7 +61,8 @@ def test_safe_names_stay_inside_and_are_unique():
 
 @pytest.fixture(scope="module")
 def contact_head(tmp_path_factory) -> Path:
-    from protlm.contacts.api import train
+    from protlm.tasks.config import build_task_config
+    from protlm.tasks.train import train
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_contacts import _tiny_set
@@ -69,11 +70,11 @@ def contact_head(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("contacts")
     data = root / "data"
     _tiny_set(data / "coords_ca_cb.npz", n_train=6, n_valid=6)
-    config = {"name": "tiny_pair", "protocol": "residues_to_class", "embedder": "onehot",
+    config = {"name": "tiny_pair", "protocol": "residue_pairs_to_class", "embedder": "onehot",
               "data": {"train_chains": 6, "early_stop_chains": 2, "eval_chains": 3, "max_length": None},
               "head": {"type": "pair_mlp", "hidden": 8},
               "train": {"epochs": 1, "crop": 24, "pair_budget": 2000, "seed": 0}, "evaluate": {"n_boot": 10}}
-    train(config, root / "head", data)
+    train(build_task_config(config), root / "head", data)
     return root / "head"
 
 
@@ -426,10 +427,10 @@ def test_every_float_a_user_writes(tmp_path, written, value):
     cfg.write_text(f"optimizer:\n  lr: {written}\n")
     assert load_config(cfg).optimizer.lr == pytest.approx(value)
     assert load_config(cfg, [f"optimizer.lr={written}"]).optimizer.lr == pytest.approx(value)
-    from protlm.contacts.config import parse_config
+    from protlm.tasks.config import build_task_config
 
-    assert parse_config({"embedder": "onehot", "head": {"type": "pair_mlp"},
-                         "train": {"lr": written}}).train.lr == pytest.approx(value)
+    assert build_task_config({"protocol": "residue_pairs_to_class", "embedder": "onehot", "head": {"type": "pair_mlp"},
+                              "train": {"lr": written}}).train.lr == pytest.approx(value)
 
 
 @pytest.mark.parametrize("written", [".inf", "-.inf", ".nan", "inf", "nan", "1e999"])
@@ -460,7 +461,7 @@ def test_empty_and_non_utf8_config_files(tmp_path, capsys):
 
 @pytest.mark.parametrize("content", ["object", "notzip", "badzip", "npy"])
 def test_bad_npz_files_are_one_line(tmp_path, capsys, content):
-    from protlm.contacts.data import load_chains
+    from protlm.tasks.contacts.data import load_chains
 
     path = tmp_path / "coords_ca_cb.npz"
     if content == "object":
@@ -568,9 +569,10 @@ def test_weights_files_are_0644(tiny_head):
 
 @pytest.mark.parametrize("edit, weights, message", [
     (lambda m: [m], None, "JSON object"),
-    (lambda m: {**m, "input_dim": 10**9}, None, "input_dim"),
-    (lambda m: {**m, "input_dim": m["input_dim"] + 1}, None, "does not match head.json"),
-    (lambda m: {**m, "head": {**m["head"], "hidden": 10**8}}, None, "beyond any real head"),
+    (lambda m: {**m, "dim": 10**9}, None, "'dim'"),
+    (lambda m: {**m, "dim": m["dim"] + 1}, None, "head.json describes"),
+    (lambda m: {**m, "config": {**m["config"], "head": {**m["config"]["head"], "hidden": 10**8}}}, None,
+     "head.hidden must be in"),
     (None, b"garbage", "head.safetensors"),
 ])
 def test_tampered_contact_head_is_one_line(contact_head, tmp_path, capsys, edit, weights, message):

@@ -407,23 +407,23 @@ def test_training_with_crops_and_class_weights(tmp_path, ss_file):
 
 
 def test_train_evaluate_predict_dispatch_the_pair_protocol(tmp_path, capsys):
-    """`protlm train/evaluate/predict` run contact heads (protocol residues_to_class) too."""
+    """`protlm train/evaluate/predict` run contact heads (protocol residue_pairs_to_class) too."""
     from test_contacts import _tiny_set
 
     data = tmp_path / "bench"
     _, full = _tiny_set(data / "contacts" / "coords_ca_cb.npz")
     cfg = tmp_path / "pair.yaml"
-    cfg.write_text("name: tiny_pair\nprotocol: residues_to_class\nembedder: blosum62\n"
+    cfg.write_text("name: tiny_pair\nprotocol: residue_pairs_to_class\nembedder: blosum62\n"
                    "data: {train_chains: 10, early_stop_chains: 3, eval_chains: 5, max_length: null, min_length: 10}\n"
                    "head: {type: pair_mlp, hidden: 16}\n"
                    "train: {epochs: 2, patience: 1, crop: 32, pair_budget: 2000, seed: 0}\nevaluate: {n_boot: 100}\n")
     head = tmp_path / "head"
     assert main(["train", "--config", str(cfg), "--data", str(data), "--out", str(head), "--embedder", "onehot"]) == 0
     meta = json.loads((head / "head.json").read_text())
-    assert meta["protocol"] == "residues_to_class" and meta["embedder"] == "onehot"
+    assert meta["protocol"] == "residue_pairs_to_class" and meta["config"]["embedder"] == "onehot"
     out = tmp_path / "m.json"
     assert main(["evaluate", "--head", str(head), "--data", str(data), "--output", str(out)]) == 0
-    assert json.loads(out.read_text())["chains"] == 5
+    assert json.loads(out.read_text())["sets"]["held_out_valid"]["contacts"]["chains"] == 5
     fasta = tmp_path / "q.fasta"
     fasta.write_text("".join(f">{k}\n{v}\n" for k, v in list(full.items())[:2]))
     assert main(["predict", "--head", str(head), "--input", str(fasta), "--output", str(tmp_path / "pred")]) == 0
@@ -431,3 +431,91 @@ def test_train_evaluate_predict_dispatch_the_pair_protocol(tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", "--head", str(head), "--input", str(fasta), "--output", str(tmp_path / "p.csv")]) == 2
     assert "give a folder" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- biotrainer's protocol names
+
+
+HYDRO = dict(zip(AA, np.linspace(-1.0, 1.0, len(AA))))
+
+
+def test_residue_to_value_learns_a_per_residue_number(tmp_path):
+    """biotrainer's residue_to_value: TARGET=v1;v2;… (one number per residue, nan = none), MASK honoured."""
+    rng = np.random.default_rng(5)
+    lines = []
+    for i in range(120):
+        seq = _random_seq(rng, int(rng.integers(20, 50)))
+        vals = [HYDRO[c] + 0.05 * rng.normal() for c in seq]
+        vals[0] = float("nan")  # no value at the first residue
+        split = "SET=train" if i < 80 else "SET=train VALIDATION=True" if i < 100 else "SET=test"
+        mask = "0" + "1" * (len(seq) - 1)
+        lines.append(f">r{i} TARGET={';'.join(f'{v:.4f}' for v in vals)} {split} MASK={mask}\n{seq}\n")
+    path = tmp_path / "values.fasta"
+    path.write_text("".join(lines))
+    cfg = load_task_config(data=_config(path, "residue_to_value", "cnn", [{"name": "hydro", "label": "target"}],
+                                        epochs=30))
+    res = train(cfg, tmp_path / "head")
+    scored = res["test"]["held_out"]["hydro"]
+    assert scored["spearman"]["value"] > 0.9, scored
+    n_test = sum(len(ln) for ln in path.read_text().splitlines()[1::2][100:])
+    assert scored["residues"] == n_test - 20  # the masked (nan) first residue of each protein is not scored
+    head = load_head(tmp_path / "head")
+    (row,) = predict(head, ["q"], ["ILVAKDE"])
+    assert len(row["values"]) == 7 and row["values"][0] > row["values"][-1]  # I is hydrophobic, E is not
+    out = tmp_path / "p.csv"
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(">q\nILVAKDE\n")
+    assert main(["predict", "--head", str(tmp_path / "head"), "--input", str(fasta), "--output", str(out)]) == 0
+    assert len(list(csv.DictReader(open(out)))[0]["values"].split(";")) == 7
+
+
+def test_residues_to_class_is_biotrainers_light_attention_case(tmp_path, seq_files):
+    cfg = load_task_config(data=_config(seq_files["class"], "residues_to_class", "light_attention",
+                                        [{"name": "charge", "label": "target"}], epochs=20))
+    assert cfg.protocol == "residues_to_class" and cfg.protocol_obj.needs_residues(cfg)
+    res = train(cfg, tmp_path / "head")
+    assert res["test"]["held_out"]["charge"]["accuracy"]["value"] > 0.75
+    # residues_to_value: per-residue inputs, one value per protein
+    cfg = load_task_config(data=_config(seq_files["value"], "residues_to_value", "light_attention",
+                                        [{"name": "hydrophobic", "label": "target"}], epochs=2))
+    assert cfg.protocol_obj.regression and cfg.protocol_obj.needs_residues(cfg)
+    with pytest.raises(ConfigError, match="head.type: 'cnn' does not fit residues_to_value"):
+        load_task_config(data=_config(seq_files["value"], "residues_to_value", "cnn",
+                                      [{"name": "hydrophobic", "label": "target"}]))
+
+
+def test_the_old_contacts_name_is_read_with_one_warning(caplog):
+    """`protocol: residues_to_class` in a contact config (contacts data / a pair head) means
+    residue_pairs_to_class, with a deprecation warning; elsewhere it is biotrainer's meaning."""
+    import logging
+
+    old = {"name": "old_contacts", "protocol": "residues_to_class", "embedder": "onehot",
+           "data": {"train_chains": 10, "eval_chains": 5}, "head": {"type": "pair_mlp", "hidden": 8}}
+    with caplog.at_level(logging.WARNING, logger="protlm.tasks"):
+        cfg = load_task_config(data=old)
+    assert cfg.protocol == "residue_pairs_to_class" and cfg.data.train_chains == 10
+    warned = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert len(warned) == 1 and "residue_pairs_to_class" in warned[0]
+    assert cfg.train.batch_size == 8 and cfg.train.epochs == 20  # the contact protocol's own defaults
+
+
+def test_embedder_spec_with_options_reaches_the_embedder(tmp_path, ss_file):
+    """`embedder:` may be a mapping with embed options (parsed by protlm.embed.spec); the old
+    top-level `layer:` still works and must agree with embedder.layer."""
+    from protlm.tasks.features import FeatureSource
+
+    base = _config(ss_file, "residue_to_class", "logreg", [{"name": "q3", "label": "target", "classes": list("HEC")}],
+                   epochs=1)
+    cfg = load_task_config(data={**base, "embedder": {"name": "onehot", "max_sequences": 3}})
+    assert cfg.embedder_name == "onehot" and cfg.embedder_spec.options.max_sequences == 3
+    source = cfg.protocol_obj.open_source(cfg, None)
+    assert isinstance(source, FeatureSource) and source.embedder.options.max_sequences == 3
+    source.close()
+    layered = load_task_config(data={**base, "embedder": "checkpoints/x", "layer": 2})
+    assert layered.embedder_spec.options.layer == 2
+    with pytest.raises(ConfigError, match="embedder.tokens"):
+        load_task_config(data={**base, "embedder": {"name": "onehot", "tokens": 3}})
+    with pytest.raises(ConfigError, match="layer: 2 disagrees with embedder.layer 1"):
+        load_task_config(data={**base, "embedder": {"name": "checkpoints/x", "layer": 1}, "layer": 2})
+    res = train(cfg, tmp_path / "head")
+    assert res["embedder"] == "onehot"

@@ -1,16 +1,14 @@
-"""``protlm contacts``: contact prediction (the residues_to_class protocol).
+"""``protlm contacts``: thin aliases of the one engine for the ``residue_pairs_to_class`` protocol.
 
-Subcommands:
+Every subcommand calls what ``protlm train / evaluate / predict / benchmark`` call
+(:mod:`protlm.tasks.train`, :mod:`protlm.tasks.suite`); they only keep the contact-specific
+flags and the contact summary table:
 
-- ``train --config FILE``: a supervised pair head (pair_mlp, resnet2d) or the attention
-  regression from a config (docs/contacts.md, configs/benchmarks/contacts_*.yaml);
-- ``attention --model M``: ESM's unsupervised recipe in one line (attention maps → APC →
-  logistic regression fit on a few dozen training chains), evaluated on validation chains;
-- ``evaluate --head DIR``: precision by range and top-L/k with bootstrap CIs;
-- ``predict --head DIR --input FASTA``: per-protein npz of contact probabilities and a PNG
-  comparing predicted and true contacts (with ``--truth``);
-- ``benchmark``: every ``contacts_*.yaml`` of a folder → one results table with paired
-  comparisons against the floors.
+- ``train --config FILE``: ``protlm train`` (a config without ``protocol:`` is a contact config);
+- ``attention --model M``: a one-line ``attention_lr`` config (ESM's recipe), trained and scored;
+- ``evaluate --head DIR``: ``protlm evaluate`` with ``--split``, ``--max-chains``, ``--include-early-stop``;
+- ``predict --head DIR --input FASTA``: ``protlm predict`` with ``--truth``, ``--no-pictures``, ``--max-residues``;
+- ``benchmark``: ``protlm benchmark`` over the contact configs of a folder (chosen by ``protocol:``).
 """
 
 from __future__ import annotations
@@ -19,11 +17,12 @@ import argparse
 import os
 from pathlib import Path
 
+PROTOCOL = "residue_pairs_to_class"
 DEFAULT_DATA = os.path.join(os.environ.get("PROTLM_DATA", "../shared/data"), "contacts")
 
 
 def _summary(metrics: dict, out: str | None) -> str:
-    from protlm.contacts.metrics import format_table
+    from protlm.tasks.contacts.metrics import format_table
 
     h = metrics["headline"]
     ci = f" [{h['ci'][0]:.3f}, {h['ci'][1]:.3f}]" if h.get("ci") else ""
@@ -38,67 +37,92 @@ def _summary(metrics: dict, out: str | None) -> str:
     return "\n".join(lines)
 
 
-def _data_arg(value: str | None) -> Path | None:
-    return Path(value) if value else None
+def _contact_metrics(doc: dict, sets: dict, split: str) -> dict:
+    """The one set's contact metrics, as ``protlm contacts`` prints them."""
+    (name, by_target), = sets.items()
+    return {**by_target["contacts"], "split": split, "set": name, "name": doc["task"], "embedder": doc["embedder"],
+            "head": doc["head"]}
 
 
-def cmd_train(args) -> int:
-    from protlm.cli.main import _emit
-    from protlm.contacts.api import train
-    from protlm.contacts.config import load_config
+def _config(tree: dict):
+    from protlm.tasks.config import build_task_config
 
-    from protlm.outputs import check_output_dir
+    tree.setdefault("protocol", PROTOCOL)
+    config = build_task_config(tree)
+    if config.protocol != PROTOCOL:
+        from protlm.errors import ConfigError
 
-    cfg = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
+        raise ConfigError(f"config protocol: {config.protocol} is not contact prediction ({PROTOCOL}); "
+                          f"use protlm train")
+    return config
+
+
+def _train(args, config, out: Path, data) -> int:
+    from protlm.cli.common import emit as _emit
+    from protlm.io.outputs import check_output_dir
+    from protlm.tasks.train import train
+
     check_output_dir(out, overwrite=getattr(args, "overwrite", False), marker="head.json")
-    metrics = train(cfg, out, _data_arg(args.data))
+    res = train(config, out, data, None if getattr(args, "no_cache", False) else getattr(args, "cache", None))
+    metrics = _contact_metrics(res, res["test"], "validation (held out from early stopping)")
     _emit(args, metrics, _summary(metrics, str(out)))
     return 0
 
 
-def cmd_attention(args) -> int:
-    from protlm.cli.main import _emit
-    from protlm.contacts.api import train
-    from protlm.contacts.config import parse_config
+def cmd_train(args) -> int:
+    from protlm.configfile import load_tree
+    from protlm.errors import ConfigError
 
-    model = args.model
+    if not Path(args.config).is_file():
+        raise ConfigError(f"--config {args.config}: no such file")
+    config = _config(load_tree(args.config, args.overrides))
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    return _train(args, config, out, Path(args.data) if args.data else None)
+
+
+def cmd_attention(args) -> int:
     tree = {
-        "name": args.name or f"contacts_attention_{Path(model.split(':', 1)[-1]).name}",
-        "protocol": "residues_to_class",
-        "embedder": model,
-        "data": {"path": args.data, "train_chains": args.train_chains, "eval_chains": args.eval_chains,
+        "name": args.name or f"contacts_attention_{Path(args.model.split(':', 1)[-1]).name}",
+        "protocol": PROTOCOL,
+        "embedder": args.model,
+        "data": {"train_chains": args.train_chains, "eval_chains": args.eval_chains,
                  "early_stop_chains": args.early_stop_chains, "max_length": args.max_length},
         "head": {"type": "attention_lr", "C": args.C, "penalty": args.penalty},
         "train": {"seed": args.seed},
         "evaluate": {"n_boot": args.n_boot},
     }
-    from protlm.outputs import check_output_dir
-
-    cfg = parse_config(tree)
-    out = Path(args.out)
-    check_output_dir(out, overwrite=args.overwrite, marker="head.json")
-    metrics = train(cfg, out, None)
-    _emit(args, metrics, _summary(metrics, str(out)))
-    return 0
+    return _train(args, _config(tree), Path(args.out), Path(args.data))
 
 
 def cmd_evaluate(args) -> int:
-    from protlm.cli.main import _emit
-    from protlm.contacts.api import evaluate, write_json
+    from protlm.cli.common import emit as _emit
+    from protlm.errors import ConfigError
+    from protlm.io.atomic import write_json
+    from protlm.tasks.train import evaluate, load_head
 
-    extra = {k: v for k, v in {"max_chains": args.max_chains, "n_boot": args.n_boot,
-                               "include_early_stop": args.include_early_stop or None}.items() if v is not None}
     if args.out:
-        from protlm.outputs import check_output_file
+        from protlm.io.outputs import check_output_file
 
         check_output_file(args.out, overwrite=args.overwrite, option="--out", create_parent=True,
                           inputs=[Path(args.head) / "head.json", args.data])
     if args.n_boot is not None and args.n_boot < 0:
-        from protlm.errors import ConfigError
-
         raise ConfigError(f"--n-boot must be >= 0 (0: no confidence intervals), not {args.n_boot}")
-    metrics = evaluate(Path(args.head), _data_arg(args.data), args.split, extra)
+    if not (Path(args.head) / "head.json").is_file():
+        from protlm.errors import InputError
+
+        raise InputError(f"{args.head}: no head.json (expected a folder written by protlm train)")
+    head = load_head(args.head)
+    if head.config.protocol != PROTOCOL:
+        raise ConfigError(f"--head {args.head}: a {head.config.protocol} head, not a contact ({PROTOCOL}) head; "
+                          f"use protlm evaluate")
+    request = {"split": args.split, "max_chains": args.max_chains, "include_early_stop": args.include_early_stop}
+    sets = head.protocol.evaluation_sets(head, request, Path(args.data) if args.data else None)
+    res = evaluate(head, sets, None, None, args.n_boot)
+    label = ("train (the chains the head was trained on)" if args.split == "train" else
+             "validation" + (" (early-stopping chains included)" if args.include_early_stop
+                             else " (held out from early stopping)"))
+    metrics = _contact_metrics({"task": head.config.name, "embedder": head.config.embedder_name,
+                                "head": head.config.head.type}, res, label)
     if args.out:
         write_json(Path(args.out), metrics)
     _emit(args, metrics, _summary(metrics, args.out))
@@ -106,9 +130,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from protlm.cli.main import _emit
-    from protlm.contacts.api import predict
+    from protlm.cli.common import emit as _emit
+    from protlm.data.alphabet import CleaningPolicy
+    from protlm.data.fasta import read_fasta
     from protlm.errors import ConfigError, InputError
+    from protlm.tasks.train import load_head, predict_file
 
     if not Path(args.input).is_file():
         raise InputError(f"--input {args.input}: no such file (a FASTA file is expected)")
@@ -116,48 +142,42 @@ def cmd_predict(args) -> int:
         raise InputError(f"--truth {args.truth}: no such file (coordinates in the contacts npz layout)")
     if args.max_residues < 1:
         raise ConfigError("--max-residues must be >= 1")
-    from protlm.outputs import check_output_dir
-
-    check_output_dir(args.out, overwrite=args.overwrite, inputs=[args.input, args.head])
-    result = predict(Path(args.head), Path(args.input), Path(args.out),
-                     truth=Path(args.truth) if args.truth else None, pictures=not args.no_pictures,
-                     max_residues=args.max_residues)
-    lines = [f"predicted contacts for {result['proteins']} proteins → {args.out} (npz"
-             f"{' + png' if not args.no_pictures else ''}); scored against structures: {result['scored']}; "
-             f"skipped: {len(result['skipped'])}"]
-    for p in result["predictions"]:
-        if "precision" in p:
-            v = p["precision"]["long"]["L/5"]
-            lines.append(f"  {p['id']}: {p['length']} residues, structure stretch {p['stretch_length']} from offset "
-                         f"{p['offset']}, P@L/5 long (≥24) = "
-                         f"{'—' if v is None else f'{v:.3f}'}")
-    for s in result["skipped"]:
-        lines.append(f"  skipped {s['id']} ({s['length']} residues): {s['reason']}")
-    _emit(args, result, "\n".join(lines))
+    if not (Path(args.head) / "head.json").is_file():
+        raise InputError(f"{args.head}: no head.json (expected a folder written by protlm train)")
+    head = load_head(args.head)
+    if head.config.protocol != PROTOCOL:
+        raise ConfigError(f"--head {args.head}: a {head.config.protocol} head, not a contact head; use protlm predict")
+    head.protocol.check_output(args.out, overwrite=args.overwrite, inputs=[args.input, args.head])
+    records = list(read_fasta(args.input, CleaningPolicy(rare="keep")))
+    options = {"truth": args.truth, "no_pictures": args.no_pictures, "max_residues": args.max_residues,
+               "head": str(args.head)}
+    result = predict_file(head, [r.id for r in records], [r.sequence for r in records], args.out, options)
+    _emit(args, result, result.pop("summary"))
     return 1 if result["skipped"] else 0
 
 
 def cmd_benchmark(args) -> int:
-    from protlm.cli.main import _emit
-    from protlm.contacts.api import run_benchmarks
+    from protlm.cli.common import emit as _emit
+    from protlm.tasks.suite import run_suite
 
-    result = run_benchmarks(Path(args.suite), Path(args.out), _data_arg(args.data), names=args.only,
-                            overrides=args.overrides)
-    table = result.pop("table")
-    _emit(args, result, f"{table}\n→ {Path(args.out) / 'results.md'}")
+    res = run_suite(args.suite, [], args.out, args.data, tasks=args.only, overrides=args.overrides,
+                    protocols=[PROTOCOL], cache_dir=None)
+    _emit(args, {"out": res["out"], "results": res["results"]},
+          res["table"] + f"\n→ {Path(args.out) / 'results.md'}")
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "contacts", help="contact prediction: train, attention, evaluate, predict",
-        description="Residue-pair contact prediction (contact = CB-CB < 8 Å). Supervised pair heads on "
-                    "embeddings, or ESM's logistic regression on attention maps. Metrics: precision of the "
-                    "top L/5, L/2, L pairs for short (6-11), medium (12-23) and long (>=24) separations, "
-                    "mean over proteins, bootstrap CIs. See docs/contacts.md.")
+        "contacts", help="contact prediction: train, attention, evaluate, predict (aliases of the one engine)",
+        description="Residue-pair contact prediction, protocol residue_pairs_to_class (contact = CB-CB < 8 Å). "
+                    "Supervised pair heads on embeddings, or ESM's logistic regression on attention maps. "
+                    "Metrics: precision of the top L/5, L/2, L pairs for short (6-11), medium (12-23) and long "
+                    "(>=24) separations, mean over proteins, bootstrap CIs. These subcommands are aliases of "
+                    "protlm train / evaluate / predict / benchmark with contact-specific flags; see docs/contacts.md.")
     sub = p.add_subparsers(dest="contacts_command", metavar="SUBCOMMAND", required=True)
 
-    t = sub.add_parser("train", help="train a contact head from a config",
+    t = sub.add_parser("train", help="train a contact head from a config (= protlm train)",
                        description="Train pair_mlp / resnet2d / attention_lr from a YAML config; writes "
                                    "OUT/head.json, head.safetensors, metrics.json.",
                        epilog="overrides: dotted keys, e.g. train.epochs=5 data.train_chains=100")
@@ -166,6 +186,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--data", help="contacts data folder or coords npz (overrides data.path)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     t.add_argument("--overwrite", action="store_true", help="replace a head already in --out")
+    t.add_argument("--cache", default=os.environ.get("PROTLM_CACHE", "runs/cache"),
+                   help="embedding cache folder (default: $PROTLM_CACHE or runs/cache)")
+    t.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     t.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     t.set_defaults(func=cmd_train)
 
@@ -191,10 +214,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     a.set_defaults(func=cmd_attention)
 
-    e = sub.add_parser("evaluate", help="score a saved head on the contacts data",
+    e = sub.add_parser("evaluate", help="score a saved head on the contacts data (= protlm evaluate)",
                        description="Precision of the top L/5, L/2, L predicted contacts per separation range, "
                                    "mean over proteins, with bootstrap CIs.")
-    e.add_argument("--head", required=True, help="head folder written by contacts train/attention")
+    e.add_argument("--head", required=True, help="head folder written by protlm train / contacts train")
     e.add_argument("--data", help="contacts data folder or npz (default: the one the head was trained on)")
     e.add_argument("--split", choices=["validation", "train"], default="validation")
     e.add_argument("--max-chains", type=int, help="chains to score (default: the config's eval_chains)")
@@ -206,14 +229,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     e.set_defaults(func=cmd_evaluate)
 
-    b = sub.add_parser("benchmark", help="run every contacts_*.yaml config and write one results table",
-                       description="Train and evaluate each contact config of a folder (default configs/benchmarks) "
-                                   "into OUT/<name>/, then write OUT/results.md and results.json: precision by "
-                                   "range with CIs, the chance level, and paired differences against the floors "
-                                   "(one-hot/BLOSUM62 for the heads, the random-init LM for attention). Finished "
-                                   "runs made from the same config are reused.",
+    b = sub.add_parser("benchmark", help="run the contact configs of a folder (= protlm benchmark)",
+                       description="Train and score each contact config (protocol residue_pairs_to_class) of a "
+                                   "folder with its own embedder through the one benchmark suite; write "
+                                   "OUT/results.md and results.json. Paired differences between embedders: "
+                                   "protlm benchmark --embedder A --embedder B --compare A:B. Finished runs made "
+                                   "from the same config are reused.",
                        epilog="overrides apply to every config, e.g. data.train_chains=50 train.epochs=2")
-    b.add_argument("--suite", default="configs/benchmarks", help="folder of contacts_*.yaml (or one file)")
+    b.add_argument("--suite", default="configs/benchmarks", help="folder of configs (or one file)")
     b.add_argument("--out", default="runs/contacts_benchmark", help="output folder (default runs/contacts_benchmark)")
     b.add_argument("--data", help="contacts data folder or npz (overrides each config's data.path)")
     b.add_argument("--only", nargs="+", metavar="NAME", help="config file stems to run (default: all)")
@@ -221,7 +244,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     b.set_defaults(func=cmd_benchmark)
 
-    r = sub.add_parser("predict", help="contact probabilities per protein (npz) and pictures (png)",
+    r = sub.add_parser("predict", help="contact probabilities per protein (npz) and pictures (= protlm predict)",
                        description="For every protein of a FASTA file write OUT/<id>.npz (probs: L×L) and "
                                    "OUT/<id>.png. With --truth (coordinates in the contacts npz layout, ids "
                                    "matching), the structure stretch is located in the sequence, scored, and "

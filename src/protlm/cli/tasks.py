@@ -1,10 +1,11 @@
-"""``protlm train``, ``evaluate``, ``predict`` and ``benchmark``: heads on embeddings."""
+"""``protlm train``, ``evaluate``, ``predict`` and ``benchmark``: heads on embeddings, every protocol.
+
+Each command reads its arguments and makes one call into :mod:`protlm.tasks`; what a protocol
+needs (its sets, its prediction files) is decided there, never here."""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import sys
 from pathlib import Path
@@ -16,13 +17,13 @@ DEFAULT_CACHE = os.environ.get("PROTLM_CACHE", "runs/cache")
 
 
 def _emit(args, result: dict, summary: str) -> None:
-    from protlm.cli.main import _emit as emit
+    from protlm.cli.common import emit
 
     emit(args, result, summary)
 
 
 def _threads(args) -> None:
-    from protlm.cli.main import apply_threads
+    from protlm.cli.common import apply_threads
 
     apply_threads(args)
 
@@ -57,63 +58,14 @@ def _progress():
     return cb, close
 
 
-def _fmt(res: dict) -> str:
-    for key in ("accuracy", "spearman"):
-        m = res.get(key)
-        if m and m.get("value") is not None:
-            lo, hi = m["ci95"]
-            ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
-            extra = f", MCC {res['mcc']['value']:.3f}" if "mcc" in res else ""
-            name = "Spearman ρ" if key == "spearman" else "accuracy"
-            return f"{name} {m['value']:.3f}{ci}{extra} (n={res['proteins']})"
-    return "–"
-
-
-def _metric_lines(sets: dict[str, dict]) -> list[str]:
-    lines = []
-    for set_name, by_target in sets.items():
-        for target, res in by_target.items():
-            lines.append(f"  {set_name:12s} {target:12s} {_fmt(res)}")
-    return lines
-
-
 # --------------------------------------------------------------------------- commands
-
-
-PAIR_PROTOCOL = "residues_to_class"  # contact prediction: protlm.contacts
-
-
-def _contacts_data(args) -> Path | None:
-    """The contacts data for the pair protocol: DATA/contacts when --data is the benchmark folder."""
-    if not args.data:
-        return None
-    root = Path(args.data)
-    return root / "contacts" if (root / "contacts").is_dir() else root if root.exists() else None
-
-
-def _head_protocol(head: str) -> str | None:
-    path = Path(head) / "head.json"
-    try:
-        return json.loads(path.read_text()).get("protocol")
-    except (OSError, ValueError, AttributeError):
-        return None  # load_head gives the clear error
 
 
 def cmd_train(args) -> int:
     _threads(args)
-    from protlm.configfile import load_tree
-
-    if load_tree(args.config, args.overrides).get("protocol") == PAIR_PROTOCOL:
-        from protlm.cli.contacts import cmd_train as contacts_train
-
-        if args.embedder:
-            args.overrides = [*args.overrides, f"embedder={args.embedder}"]
-        args.data = str(_contacts_data(args)) if _contacts_data(args) else None
-        return contacts_train(args)
+    from protlm.io.outputs import check_output_dir
     from protlm.tasks.config import load_task_config
     from protlm.tasks.train import train
-
-    from protlm.outputs import check_output_dir
 
     config = load_task_config(args.config, args.overrides)
     if args.embedder:
@@ -126,40 +78,18 @@ def cmd_train(args) -> int:
         res = train(config, out, _data_dir(args), None if args.no_cache else args.cache, cb)
     finally:
         close()
-    lines = [f"trained {config.head.type} head for {config.name} ({config.protocol}) on {config.embedder}: "
-             f"{res['proteins']['train']:,} train / {res['proteins']['valid']:,} valid proteins, "
-             f"best epoch {res['best_epoch']} of {res['epochs_run']} (cap {res['epoch_cap']}), {res['seconds']:.1f} s"]
+    lines = [f"trained {config.head.type} head for {config.name} ({config.protocol}) on {config.embedder_name}: "
+             + ", ".join(f"{v:,} {k}" for k, v in res["proteins"].items())
+             + f"; best epoch {res['best_epoch']} of {res['epochs_run']} (cap {res['epoch_cap']}), "
+               f"{res['seconds']:.1f} s"]
     if res.get("cut_short"):
         lines.append("  warning: cut short by the epoch cap (best epoch = last epoch): probably under-trained; "
                      "raise train.epochs")
-    lines += _metric_lines({"valid": res["valid"], **{f"test:{k}": v for k, v in res["test"].items()}})
+    lines += config.protocol_obj.summary_lines({"valid": res["valid"],
+                                                **{f"test:{k}": v for k, v in res["test"].items()}})
     lines.append(f"  head        {out}")
     _emit(args, res, "\n".join(lines))
     return 0
-
-
-def _labelled_sets(args, head) -> dict:
-    from protlm.tasks.config import SourceConfig, check_source
-    from protlm.tasks.data import encode, load_source
-
-    config = head.config
-    sources: dict[str, SourceConfig] = {}
-    if args.benchmark:
-        sources[args.benchmark + (f":{args.split}" if args.split else "")] = SourceConfig(benchmark=args.benchmark,
-                                                                                          split=args.split)
-    if args.file:
-        sources[Path(args.file).stem] = SourceConfig(file=args.file, format=args.format, label=args.label,
-                                                     kind=args.kind, split=args.split)
-    if not sources:
-        sources = dict(config.data.test)
-        if not sources:
-            raise ConfigError("give a labelled set: --benchmark NAME or --file PATH --format F "
-                              "(the head's config names no test sets)")
-    sets = {}
-    for name, src in sources.items():
-        check_source(src, name)
-        sets[name] = encode(load_source(src, _data_dir(args), name, config.per_residue), config, head.classes, name, unknown_class_ok=True)
-    return sets
 
 
 def _check_bootstrap(args) -> None:
@@ -169,39 +99,34 @@ def _check_bootstrap(args) -> None:
 
 def _check_metrics_output(args) -> None:
     if args.output:
-        from protlm.outputs import check_output_file
+        from protlm.io.outputs import check_output_file
 
         check_output_file(args.output, overwrite=args.overwrite, create_parent=True,
                           inputs=[args.file, Path(args.head) / "head.json", Path(args.head) / "head.safetensors"])
+
+
+def evaluation_request(args) -> dict:
+    """What `protlm evaluate` asks the head's protocol for (it picks what applies)."""
+    return {k: getattr(args, k, None) for k in ("benchmark", "file", "format", "label", "kind", "split",
+                                                 "max_chains", "include_early_stop", "max_length")}
 
 
 def cmd_evaluate(args) -> int:
     _threads(args)
     _check_bootstrap(args)
     _check_metrics_output(args)
-    if _head_protocol(args.head) == PAIR_PROTOCOL:
-        from protlm.contacts.api import evaluate as contacts_evaluate
-        from protlm.contacts.api import write_json
-
-        extra = {"n_boot": args.bootstrap} if args.bootstrap is not None else {}
-        metrics = contacts_evaluate(Path(args.head), _contacts_data(args), args.split or "validation", extra)
-        if args.output:
-            write_json(Path(args.output), metrics)
-        from protlm.cli.contacts import _summary
-
-        _emit(args, metrics, _summary(metrics, args.output))
-        return 0
-    from protlm.data.prepare import atomic_write_bytes
-    from protlm.tasks.train import evaluate, json_bytes, load_head
+    from protlm.io.atomic import json_bytes, write_bytes
+    from protlm.tasks.train import evaluate, load_head
 
     head = load_head(args.head)
-    sets = _labelled_sets(args, head)
+    sets = head.protocol.evaluation_sets(head, evaluation_request(args), _data_dir(args))
     res = evaluate(head, sets, args.embedder, None if args.no_cache else args.cache, args.bootstrap)
-    doc = {"head": str(args.head), "task": head.config.name, "embedder": args.embedder or head.config.embedder,
-           "sets": res}
+    doc = {"head": str(args.head), "task": head.config.name, "protocol": head.config.protocol,
+           "embedder": args.embedder or head.config.embedder_name, "sets": res}
     if args.output:
-        atomic_write_bytes(Path(args.output), json_bytes(doc))
-    lines = [f"{head.config.name}: {head.config.head.type} head on {doc['embedder']}"] + _metric_lines(res)
+        write_bytes(Path(args.output), json_bytes(doc))
+    lines = [f"{head.config.name}: {head.config.head.type} head on {doc['embedder']}"]
+    lines += head.protocol.summary_lines(res)
     if args.output:
         lines.append(f"  metrics     {args.output}")
     _emit(args, doc, "\n".join(lines))
@@ -210,75 +135,35 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     _threads(args)
-    if _head_protocol(args.head) == PAIR_PROTOCOL:
-        from protlm.contacts.api import predict as contacts_predict
-
-        out_dir = Path(args.output)
-        if out_dir.suffix:
-            raise ConfigError(f"--output {out_dir}: a contact head writes one npz (+ png) per protein; give a folder")
-        from protlm.outputs import check_output_dir
-
-        check_output_dir(out_dir, overwrite=args.overwrite, inputs=[args.input, args.head], option="--output")
-        result = contacts_predict(Path(args.head), Path(args.input), out_dir)
-        _emit(args, result, f"predicted contacts for {result['proteins']} proteins → {out_dir} (npz + png); "
-                            f"skipped: {len(result['skipped'])}")
-        return 1 if result["skipped"] else 0
     from protlm.data.alphabet import CleaningPolicy
     from protlm.data.fasta import read_fasta
-    from protlm.data.prepare import atomic_write_bytes
-    from protlm.tasks.train import json_bytes, load_head, predict
-
-    from protlm.outputs import check_output_file
+    from protlm.tasks.train import load_head, predict_file
 
     head = load_head(args.head)
-    output = Path(args.output)
-    if output.suffix not in (".csv", ".json"):
-        raise ConfigError(f"--output {output}: give a .csv or .json file name")
-    check_output_file(output, overwrite=args.overwrite, inputs=[args.input])
+    head.protocol.check_output(args.output, overwrite=args.overwrite, inputs=[args.input, args.head])
+    if not Path(args.input).is_file():
+        raise InputError(f"--input {args.input}: no such file (a FASTA file is expected)")
     records = list(read_fasta(args.input, CleaningPolicy(rare="keep")))  # as written: the HDF5 hash key
     if not records:
         raise InputError(f"{args.input}: no records")
-    rows = predict(head, [r.id for r in records], [r.sequence for r in records], args.embedder,
-                   None if args.no_cache else args.cache)
-    if output.suffix == ".json":
-        data = json_bytes({"head": str(args.head), "task": head.config.name, "predictions": rows})
-    else:
-        import io
-
-        buf = io.StringIO()
-        if head.config.regression:
-            fields = ["id", "target", "value"]
-        elif head.config.per_residue:
-            fields = ["id", "target", "prediction", "mean_confidence"]
-        else:
-            fields = ["id", "target", "prediction", "probability"] + [f"p_{c}" for c in head.classes[0]]
-        writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            flat = dict(row)
-            if "confidence" in row:
-                flat["mean_confidence"] = round(sum(row["confidence"]) / max(len(row["confidence"]), 1), 4)
-            for c, p in row.get("probabilities", {}).items():
-                flat[f"p_{c}"] = p
-            writer.writerow(flat)
-        data = buf.getvalue().encode()
-    atomic_write_bytes(output, data)
-    _emit(args, {"output": str(output), "proteins": len(records), "rows": len(rows)},
-          f"predicted {len(records):,} proteins with {args.head} → {output}")
-    return 0
+    options = {k: getattr(args, k) for k in ("truth", "no_pictures", "max_residues") if hasattr(args, k)}
+    options["head"] = str(args.head)
+    result = predict_file(head, [r.id for r in records], [r.sequence for r in records], args.output, options,
+                          args.embedder, None if args.no_cache else args.cache)
+    _emit(args, result, result.pop("summary", f"predicted {len(records):,} proteins with {args.head} → {args.output}"))
+    return 1 if result.get("skipped") else 0
 
 
 def cmd_export_fasta(args) -> int:
-    from protlm.data.prepare import atomic_write_bytes
-    from protlm.outputs import check_output_file
+    from protlm.io.atomic import write_bytes
+    from protlm.io.outputs import check_output_file
     from protlm.tasks.config import load_task_config
-    from protlm.tasks.data import task_proteins
 
     config = load_task_config(args.config, args.overrides)
     check_output_file(args.out, overwrite=args.overwrite, inputs=[args.config], option="--out", create_parent=True)
-    proteins = task_proteins(config, _data_dir(args), args.split)
+    proteins = config.protocol_obj.proteins(config, _data_dir(args), args.split)
     text = "".join(f">{pid} set={name}\n{seq}\n" for pid, seq, name in proteins)
-    atomic_write_bytes(Path(args.out), text.encode())
+    write_bytes(Path(args.out), text.encode())
     counts: dict[str, int] = {}
     for _, _, name in proteins:
         counts[name] = counts.get(name, 0) + 1

@@ -3,10 +3,11 @@
 A config (see ``configs/benchmarks/*.yaml``)::
 
     name: secondary_structure
-    protocol: residue_to_class        # residue_to_class | sequence_to_class | sequence_to_value
+    protocol: residue_to_class        # a protocol of protlm.tasks.protocols (protocol_names())
     embedder: checkpoints/protlm-swissprot-masked-xs   # LM folder/hub id, onehot, blosum62, kmer,
-                                                      # or an HDF5 file written by `protlm embed`
-    data:
+                                                      # an HDF5 file written by `protlm embed`,
+                                                      # or {name: …, layer: 2, dtype: bf16, …}
+    data:                             # the protocol's own data section
       train: {benchmark: netsurfp, split: train}
       valid: {benchmark: netsurfp, split: valid}      # or: valid_fraction of train, by id hash
       test:
@@ -15,16 +16,25 @@ A config (see ``configs/benchmarks/*.yaml``)::
     targets:                          # one output of the head per target, losses summed
       - {name: q3, label: dssp3, classes: [H, E, C]}
       - {name: q8, label: dssp8, classes: [H, G, I, E, B, T, S, C]}
-    head: {type: cnn}                 # cnn | ffn | light_attention | logreg
+    head: {type: cnn}                 # a head of protlm.tasks.heads that fits the protocol,
+                                      # with the settings of that head's own Config
     train: {epochs: 30, lr: 0.001, batch_size: 32, patience: 5, seed: 0}
+    evaluate: {n_boot: 1000, seed: 0} # bootstrap of the reported metrics (default: train.bootstrap)
 
-A data source is either ``{benchmark: NAME}`` (a set of ``protlm datasets``, read from the
-``--data`` folder) or ``{file: PATH, format: FORMAT}`` for the user's own files (formats:
-``biotrainer``, ``deeploc``, ``prottrans_csv``, ``csv`` with ``label``/``kind``), narrowed by
-``split:`` (the records' own split) and ``part:`` (a deterministic half/fraction by id hash,
-``{fraction: 0.5, take: first|rest}``), so one labelled file can be split without code.
-``data.train`` may list several sources, which are joined (localization: DeepLoc's training
-set has no membrane labels, half of the validation set adds them).
+Every section is built by :func:`protlm.configfile.build`: the generic sections from the
+dataclasses here, ``data:`` from the protocol's ``data_config``, ``head:`` from the head's
+``Config`` — an unknown key or a wrong type is one error naming the field.
+
+``embedder:`` is an embedder spec (:func:`protlm.embed.spec.parse_spec`): a name, or a mapping
+of the name and embed options (layer, device, dtype, int8, tokens_per_batch, …), which reach the
+embedder. The older top-level ``layer:`` still sets the layer.
+
+Label data sources (the six label protocols, :mod:`protlm.tasks.protocols.labels`): either
+``{benchmark: NAME}`` (a set of ``protlm datasets``, read from the ``--data`` folder) or
+``{file: PATH, format: FORMAT}`` for the user's own files (formats: ``biotrainer``, ``deeploc``,
+``prottrans_csv``, ``csv`` with ``label``/``kind``), narrowed by ``split:`` and ``part:`` (a
+deterministic fraction by id hash, ``{fraction: 0.5, take: first|rest}``). ``data.train`` may list
+several sources, which are joined.
 """
 
 from __future__ import annotations
@@ -32,16 +42,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from protlm.configfile import build, load_tree
 from protlm.errors import ConfigError
 
-PROTOCOLS = ("residue_to_class", "sequence_to_class", "sequence_to_value")
-HEADS = {
-    "residue_to_class": ("cnn", "logreg"),
-    "sequence_to_class": ("ffn", "light_attention", "logreg"),
-    "sequence_to_value": ("ffn", "light_attention", "logreg"),
-}
 FILE_FORMATS = ("biotrainer", "deeploc", "prottrans_csv", "csv")
 
 
@@ -65,6 +70,8 @@ class SourceConfig:
 
 @dataclass
 class DataConfig:
+    """The ``data:`` section of the label protocols."""
+
     train: list[SourceConfig] = field(default_factory=list)  # one source, or several joined
     valid: SourceConfig | None = None  # None: valid_fraction of train, by id hash
     valid_fraction: float = 0.1
@@ -81,49 +88,69 @@ class TargetConfig:
 
 
 @dataclass
-class HeadConfig:
-    type: str = "cnn"
-    hidden: int = 32  # the papers' 32 channels / units
-    kernel: int = 0  # convolution window; 0: the head's default (cnn 7, light_attention 9)
-    dropout: float = 0.25
-
-
-@dataclass
 class TrainSettings:
     epochs: int = 30
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 32  # proteins per batch
-    patience: int = 5  # epochs without a lower validation loss before stopping
+    patience: int = 5  # epochs without a better validation value before stopping
     seed: int = 0  # the head's initialisation and the batch order
     subset_seed: int = 0  # which proteins max_train keeps (its own seed: each can vary alone)
     class_weights: bool = False  # inverse-frequency weights from the training labels
-    bootstrap: int = 1000  # resamples of proteins for the CIs
+    bootstrap: int = 1000  # resamples of proteins for the CIs (evaluate.n_boot overrides)
     max_train: int = 0  # cap on training proteins (a sample drawn with subset_seed; 0 = all)
     max_residues: int = 0  # crop proteins longer than this in training (0 = no crop)
+    pair_budget: int = 131072  # pair protocols: pairs per optimisation step (sum of crop² / 2), at most
+    crop: int = 256  # pair protocols: residues; longer training chains are cut to a random window
+
+
+@dataclass
+class EvaluateSettings:
+    n_boot: int | None = None  # bootstrap resamples of the reported metrics; None: train.bootstrap
+    seed: int = 0  # the bootstrap's seed
 
 
 @dataclass
 class TaskConfig:
     name: str = "task"
     protocol: str = "residue_to_class"
-    embedder: str = ""
-    layer: int = -1  # hidden state of an LM embedder (-1 last)
-    data: DataConfig = field(default_factory=DataConfig)
+    embedder: Any = ""  # a name or {name: …, option: …} (protlm.embed.spec)
+    layer: int = -1  # hidden state of an LM embedder (-1 last); or embedder.layer
+    data: Any = None  # the protocol's data_config
     targets: list[TargetConfig] = field(default_factory=lambda: [TargetConfig()])
-    head: HeadConfig = field(default_factory=HeadConfig)
+    head: Any = None  # the head's Config (protlm.tasks.heads)
     train: TrainSettings = field(default_factory=TrainSettings)
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @property
-    def per_residue(self) -> bool:
-        return self.protocol == "residue_to_class"
+    def protocol_obj(self):
+        from protlm.tasks.protocols import get_protocol
+
+        return get_protocol(self.protocol)
 
     @property
-    def regression(self) -> bool:
-        return self.protocol == "sequence_to_value"
+    def embedder_spec(self):
+        """The embedder spec, with the top-level ``layer:`` applied."""
+        from protlm.embed.spec import parse_spec
+
+        spec = parse_spec(self.embedder, "embedder")
+        if self.layer != -1:
+            if spec.options.layer not in (-1, self.layer):
+                raise ConfigError(f"config layer: {self.layer} disagrees with embedder.layer {spec.options.layer}; "
+                                  f"give one")
+            spec = spec.with_options(layer=self.layer)
+        return spec
+
+    @property
+    def embedder_name(self) -> str:
+        return self.embedder_spec.name
+
+    @property
+    def n_boot(self) -> int:
+        return self.train.bootstrap if self.evaluate.n_boot is None else self.evaluate.n_boot
 
 
 def check_source(s: SourceConfig, where: str) -> None:
@@ -140,58 +167,47 @@ def check_source(s: SourceConfig, where: str) -> None:
             raise ConfigError(f"config {where}.part.take: must be first or rest, not {s.part.take!r}")
 
 
-def validate(c: TaskConfig) -> None:
-    def need(cond: bool, where: str, msg: str) -> None:
-        if not cond:
-            raise ConfigError(f"config {where}: {msg}")
+def need(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config {where}: {msg}")
 
-    need(c.protocol in PROTOCOLS, "protocol",
-         f"unknown protocol {c.protocol!r}; choose one of {list(PROTOCOLS)} (residues_to_class: contacts)")
-    need(bool(c.embedder), "embedder", "give an LM folder or hub id, onehot, blosum62, kmer, or an HDF5 file")
-    need(c.head.type in HEADS[c.protocol], "head.type",
-         f"{c.head.type!r} does not fit {c.protocol}; choose one of {list(HEADS[c.protocol])}")
-    need(c.head.hidden >= 1, "head.hidden", "must be >= 1")
-    need(c.head.kernel == 0 or (c.head.kernel >= 1 and c.head.kernel % 2 == 1), "head.kernel",
-         "must be 0 (the head's default) or a positive odd number")
-    need(0 <= c.head.dropout < 1, "head.dropout", "must be in [0, 1)")
+
+def validate(c: TaskConfig) -> None:
+    """The generic checks; the protocol and the head check their own sections."""
+    need(c.embedder not in ("", None), "embedder",
+         "give an LM folder or hub id, onehot, blosum62, kmer, or an HDF5 file")
+    c.embedder_spec  # noqa: B018 (parses the spec: a bad option is a ConfigError naming it)
     t = c.train
     need(t.epochs >= 1, "train.epochs", "must be >= 1")
     need(t.lr > 0, "train.lr", "must be positive")
+    need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
     need(t.batch_size >= 1, "train.batch_size", "must be >= 1")
     need(t.patience >= 1, "train.patience", "must be >= 1")
     need(t.bootstrap >= 0, "train.bootstrap", "must be >= 0")
     need(t.max_train >= 0 and t.max_residues >= 0, "train.max_train", "caps must be >= 0")
-    need(not (t.class_weights and c.regression), "train.class_weights", "only for classification protocols")
-    need(len(c.targets) >= 1, "targets", "give at least one target")
-    names = [tg.name for tg in c.targets]
-    need(len(set(names)) == len(names), "targets", f"target names must be distinct: {names}")
-    for i, tg in enumerate(c.targets):
-        need(not (c.regression and tg.classes), f"targets[{i}].classes", "a regression target has no classes")
-        if tg.classes is not None:
-            need(len(tg.classes) >= 2, f"targets[{i}].classes", "need at least two classes")
-            need(len(set(tg.classes)) == len(tg.classes), f"targets[{i}].classes", "classes must be distinct")
-            if c.per_residue:
-                need(all(len(x) == 1 for x in tg.classes), f"targets[{i}].classes",
-                     "per-residue classes are single characters (one per residue in the label string)")
-    need(len(c.data.train) >= 1, "data.train", "give a training source")
-    for i, src in enumerate(c.data.train):
-        check_source(src, f"data.train[{i}]")
-    if c.data.valid is not None:
-        check_source(c.data.valid, "data.valid")
-    else:
-        need(0 < c.data.valid_fraction < 1, "data.valid_fraction", "must be in (0, 1)")
-    for name, src in c.data.test.items():
-        check_source(src, f"data.test.{name}")
+    need(t.pair_budget >= 1 and t.crop >= 1, "train.pair_budget", "pair_budget and crop must be >= 1")
+    need(c.evaluate.n_boot is None or c.evaluate.n_boot >= 0, "evaluate.n_boot", "must be >= 0")
+    c.protocol_obj.validate(c)
+
+
+def build_task_config(tree: dict) -> TaskConfig:
+    """A checked TaskConfig from a config tree (YAML as read, or a head.json's ``config``)."""
+    from protlm.tasks.heads import build_head_config
+    from protlm.tasks.protocols import get_protocol, resolve_name
+
+    if not isinstance(tree, dict):
+        raise ConfigError("config: must be a mapping with name, protocol, embedder, data, head, train")
+    tree = dict(tree)
+    tree["protocol"] = resolve_name(tree.get("protocol", TaskConfig.protocol), tree)
+    protocol = get_protocol(tree["protocol"])
+    protocol.prepare_tree(tree)
+    tree["data"] = build(protocol.data_config, tree.get("data"), "data") if protocol.data_config else tree.get("data")
+    tree["head"] = build_head_config(tree.get("head"), protocol)
+    config = build(TaskConfig, tree, "")
+    validate(config)
+    return config
 
 
 def load_task_config(path: str | Path | None = None, overrides: list[str] | None = None,
                      data: dict | None = None) -> TaskConfig:
-    tree = load_tree(path, overrides, data)
-    data_tree = tree.get("data")
-    if isinstance(data_tree, dict) and isinstance(data_tree.get("train"), dict):
-        data_tree["train"] = [data_tree["train"]]  # one source may be written without a list
-    if tree.get("protocol") == "residues_to_class":
-        raise ConfigError("config protocol: residues_to_class (contacts) is read by protlm.contacts, not here")
-    config = build(TaskConfig, tree, "")
-    validate(config)
-    return config
+    return build_task_config(load_tree(path, overrides, data))

@@ -1,9 +1,10 @@
-"""Labelled sets for a task: records from benchmark names or user files, targets as arrays.
+"""Labelled sets for the label protocols: records from benchmark names or user files, targets
+encoded by the protocol (:meth:`protlm.tasks.protocols.labels.LabelProtocol.encode_target`), with
+one convention for "no label":
 
-Targets are encoded once, here, with one convention for "no label":
-
-- per residue: an int array of length L per protein, class index or ``-1`` where the mask is 0,
-  the label is a missing value (``-`` in 8-state files) or the record has no such label;
+- per residue, classes: an int array of length L per protein, class index or ``-1`` where the
+  mask is 0, the label is a missing value (``-`` in 8-state files) or the record has no such label;
+- per residue, values: a float array of length L, ``NaN`` where there is no value;
 - per protein, classes: an int per protein, ``-1`` when missing;
 - per protein, values: a float per protein, ``NaN`` when missing.
 
@@ -18,7 +19,6 @@ Sequences are read with the rare residues kept (``written``: the sequence as wri
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from protlm.data.benchmarks import (load_benchmark, load_biotrainer_fasta, load_
                                     load_seq_label_csv)
 from protlm.data.records import ProteinRecord
 from protlm.errors import ConfigError, InputError
-from protlm.tasks.config import SourceConfig, TargetConfig, TaskConfig
+from protlm.tasks.config import SourceConfig, TaskConfig
 
 log = logging.getLogger("protlm.tasks")
 
@@ -101,39 +101,20 @@ def load_source(src: SourceConfig, data_dir: str | Path | None, where: str, per_
     return records
 
 
-def class_list(target: TargetConfig, records: list[ProteinRecord], per_residue: bool) -> list[str]:
-    """The target's classes: as configured, or the sorted labels seen in ``records``."""
-    if target.classes is not None:
-        return [str(c) for c in target.classes]
-    seen: set[str] = set()
-    for r in records:
-        if per_residue:
-            lab = r.residue_labels.get(target.label)
-            if lab:
-                m = r.mask(target.label)
-                seen.update(ch for ch, keep in zip(lab, m) if keep and ch != MISSING_RESIDUE)
-        elif target.label in r.labels:
-            seen.add(str(r.labels[target.label]))
-    seen -= set(target.missing)
-    if len(seen) < 2:
-        raise InputError(f"target {target.name!r}: fewer than two classes of label {target.label!r} in the training data")
-    return sorted(seen, key=lambda x: (len(x), int(x)) if x.lstrip("-").isdigit() else (0, x))
-
-
 def encode(records: list[ProteinRecord], config: TaskConfig, classes: list[list[str] | None], name: str,
            unknown_class_ok: bool = False) -> LabelledSet:
-    """Encode the targets of ``records``; drop records that carry none of them.
+    """Encode the targets of ``records`` (the protocol's :meth:`encode_target`); drop records
+    that carry none of them.
 
     ``unknown_class_ok``: a test-set class never seen in training is kept as class index
     ``len(classes)`` (always scored wrong) instead of being an error — fold classification
     test sets contain such folds.
     """
+    proto = config.protocol_obj
     out = LabelledSet(name, [], [], [[] for _ in config.targets])
     for r in records:
-        encoded = []
-        for tg, cls in zip(config.targets, classes):
-            encoded.append(_encode_one(r, tg, cls, config, name, unknown_class_ok))
-        if all(_is_missing(e, config) for e in encoded):
+        encoded = [proto.encode_target(r, tg, cls, name, unknown_class_ok) for tg, cls in zip(config.targets, classes)]
+        if all(proto.is_missing(e) for e in encoded):
             out.dropped += 1
             continue
         out.ids.append(r.id)
@@ -148,61 +129,14 @@ def encode(records: list[ProteinRecord], config: TaskConfig, classes: list[list[
     return out
 
 
-def _is_missing(e, config: TaskConfig) -> bool:
-    if config.per_residue:
-        return not (e >= 0).any()
-    if config.regression:
-        return math.isnan(e)
-    return e < 0
-
-
-def _encode_one(r: ProteinRecord, tg: TargetConfig, cls: list[str] | None, config: TaskConfig, name: str,
-                unknown_ok: bool):
-    where = f"{name}: record {r.id!r}"
-    if config.per_residue:
-        lab = r.residue_labels.get(tg.label)
-        arr = np.full(len(r.sequence), -1, dtype=np.int64)
-        if lab is None:
-            return arr
-        if len(lab) != len(r.sequence):
-            raise InputError(f"{where}: label {tg.label!r} has {len(lab)} characters for {len(r.sequence)} residues")
-        mask = r.mask(tg.label)
-        if len(mask) != len(r.sequence):
-            raise InputError(f"{where}: mask of {tg.label!r} has {len(mask)} values for {len(r.sequence)} residues")
-        index = {c: i for i, c in enumerate(cls)}
-        for pos, (ch, keep) in enumerate(zip(lab, mask)):
-            if not keep or ch == MISSING_RESIDUE or ch in tg.missing:
-                continue
-            k = index.get(ch)
-            if k is None:
-                raise InputError(f"{where}: residue {pos + 1} has label {ch!r}, not one of the classes {cls}")
-            arr[pos] = k
-        return arr
-    value = r.labels.get(tg.label)
-    if config.regression:
-        if value is None:
-            return float("nan")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise InputError(f"{where}: label {tg.label!r} = {value!r} is not a number") from None
-    if value is None or str(value) in tg.missing:
-        return -1
-    k = {c: i for i, c in enumerate(cls)}.get(str(value))
-    if k is None:
-        if unknown_ok:
-            return len(cls)
-        raise InputError(f"{where}: label {tg.label!r} = {value!r} is not one of the classes "
-                         f"({len(cls)}: {cls[:12]}{' …' if len(cls) > 12 else ''}); list it under missing: to ignore it")
-    return k
-
-
 def load_task_data(config: TaskConfig, data_dir: str | Path | None) -> tuple[LabelledSet, LabelledSet, dict[str, LabelledSet], list]:
     """Train, validation and test sets of a task, and the class list of each target."""
+    proto = config.protocol_obj
+    per_residue = proto.output_level == "residue"
     train_records = [r for i, src in enumerate(config.data.train)
-                     for r in load_source(src, data_dir, f"data.train[{i}]", config.per_residue)]
+                     for r in load_source(src, data_dir, f"data.train[{i}]", per_residue)]
     if config.data.valid is not None:
-        valid_records = load_source(config.data.valid, data_dir, "data.valid", config.per_residue)
+        valid_records = load_source(config.data.valid, data_dir, "data.valid", per_residue)
     else:
         frac = config.data.valid_fraction
         is_valid = [_hash_fraction(r.id, "protlm-valid") < frac for r in train_records]
@@ -214,10 +148,10 @@ def load_task_data(config: TaskConfig, data_dir: str | Path | None) -> tuple[Lab
         rng = np.random.default_rng(config.train.subset_seed)  # not train.seed: each can vary alone
         keep = sorted(rng.choice(len(train_records), config.train.max_train, replace=False).tolist())
         train_records = [train_records[i] for i in keep]
-    classes = [None if config.regression else class_list(t, train_records, config.per_residue) for t in config.targets]
+    classes = [proto.class_list(t, train_records) for t in config.targets]
     train = encode(train_records, config, classes, "train")
     valid = encode(valid_records, config, classes, "valid", unknown_class_ok=True)
-    tests = {name: encode(load_source(src, data_dir, f"data.test.{name}", config.per_residue), config, classes, name,
+    tests = {name: encode(load_source(src, data_dir, f"data.test.{name}", per_residue), config, classes, name,
                           unknown_class_ok=True)
              for name, src in config.data.test.items()}
     return train, valid, tests, classes

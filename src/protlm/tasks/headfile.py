@@ -41,8 +41,9 @@ def read_head_json(folder: Path, name: str = "head.json") -> dict:
     if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
         raise InputError(f"--head {folder}: {name} field 'dim' must be an integer in [1, {MAX_DIM}], not {dim!r}")
     for k, cls in enumerate(info["classes"]):
-        if not isinstance(cls, list) or not 1 <= len(cls) <= MAX_CLASSES:
-            raise InputError(f"--head {folder}: {name} classes[{k}] must be a list of 1 to {MAX_CLASSES} labels")
+        if cls is not None and (not isinstance(cls, list) or not 1 <= len(cls) <= MAX_CLASSES):  # None: a value target
+            raise InputError(f"--head {folder}: {name} classes[{k}] must be null or a list of 1 to {MAX_CLASSES} "
+                             f"labels")
     for k, pair in enumerate(info["normalisation"]):
         if (not isinstance(pair, list) or len(pair) != 2
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)):

@@ -29,6 +29,7 @@ __all__ = [
     "mcc",
     "per_protein_accuracy",
     "residue_scores",
+    "residue_value_scores",
     "sequence_class_scores",
     "spearman",
     "value_scores",
@@ -159,4 +160,29 @@ def value_scores(y_true: np.ndarray, y_pred: np.ndarray, *, n_boot: int = N_BOOT
         "pearson": pearson,
         "mse": float(((y_true - y_pred) ** 2).mean()) if n else float("nan"),
         "proteins": n,
+    }
+
+
+def residue_value_scores(y_true: Sequence[np.ndarray], y_pred: Sequence[np.ndarray], *, n_boot: int = N_BOOT,
+                         seed: int = 0) -> dict:
+    """Per-residue regression: Spearman ρ over all scored residues of the set (headline, with a
+    bootstrap CI over proteins), Pearson r and MSE over residues; ``y_true[k]``/``y_pred[k]`` hold
+    protein k's scored residues."""
+    keep = [k for k, t in enumerate(y_true) if len(t)]
+    t_list = [np.asarray(y_true[k], dtype=np.float64) for k in keep]
+    p_list = [np.asarray(y_pred[k], dtype=np.float64) for k in keep]
+    yt = np.concatenate(t_list) if t_list else np.zeros(0)
+    yp = np.concatenate(p_list) if p_list else np.zeros(0)
+
+    def rho(idx: np.ndarray) -> float:
+        return spearman(np.concatenate([t_list[i] for i in idx]), np.concatenate([p_list[i] for i in idx]))
+
+    pearson = float(np.corrcoef(yt, yp)[0, 1]) if yt.size > 1 and yt.std() and yp.std() else float("nan")
+    return {
+        "spearman": _ci_dict(spearman(yt, yp) if yt.size else float("nan"),
+                             bootstrap_ci(rho, len(keep), n_boot=n_boot, seed=seed)),
+        "pearson": pearson,
+        "mse": float(((yt - yp) ** 2).mean()) if yt.size else float("nan"),
+        "proteins": len(keep),
+        "residues": int(yt.size),
     }

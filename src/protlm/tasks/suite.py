@@ -1,5 +1,9 @@
 """The benchmark suite: every task config of a folder × every embedder → one results table.
 
+One runner for every protocol: each config is trained by :func:`protlm.tasks.train.train`
+(whatever its ``protocol:``), its cells are the protocol's headline metric, and paired
+differences use the protocol's per-protein values.
+
 ``protlm benchmark --suite configs/benchmarks --embedder A --embedder onehot ... --data DIR``
 trains one head per (task, embedder) with :func:`protlm.tasks.train.train`, into
 ``OUT/<task>/<embedder>/``, and writes ``OUT/results.json`` and ``OUT/results.md``: for each
@@ -23,16 +27,17 @@ import math
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from protlm.errors import ConfigError, InputError
+from protlm.io.atomic import json_bytes, write_bytes
+from protlm.tasks import metrics as M
 from protlm.tasks.config import SourceConfig, TaskConfig, load_task_config
-from protlm.tasks.features import FeatureSource, embedder_slug, identity_digest
-from protlm.data.prepare import atomic_write_bytes
-from protlm.tasks.train import METRICS_JSON, json_bytes, train
+from protlm.tasks.features import embedder_slug, identity_digest
+from protlm.tasks.protocols import get_protocol
+from protlm.tasks.train import METRICS_JSON, check_source, load_head, train
 
 log = logging.getLogger("protlm.tasks")
-
-HEADLINE = {"residue_to_class": ("accuracy", "accuracy"), "sequence_to_class": ("accuracy", "accuracy"),
-            "sequence_to_value": ("spearman", "Spearman ρ")}
 
 
 def suite_configs(suite: str | Path, names: list[str] | None = None) -> list[Path]:
@@ -40,8 +45,6 @@ def suite_configs(suite: str | Path, names: list[str] | None = None) -> list[Pat
     files = [suite] if suite.is_file() else sorted(suite.glob("*.yaml")) if suite.is_dir() else []
     if not files:
         raise InputError(f"--suite {suite}: no task configs (*.yaml) found")
-    # contacts configs (protocol residues_to_class) belong to protlm.contacts
-    files = [f for f in files if not f.name.startswith("contacts")]
     if names:
         by_stem = {f.stem: f for f in files}
         missing = [n for n in names if n not in by_stem]
@@ -85,8 +88,9 @@ def config_digest(config: TaskConfig, identity: dict) -> str:
 def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir: str | Path | None, *,
               tasks: list[str] | None = None, extra_tests: list[str] | None = None, overrides: list[str] | None = None,
               cache_dir: str | Path | None = None, progress: Callable[[str, dict], None] | None = None,
-              compare: list[str] | None = None) -> dict:
-    """Train/score every (task, embedder); ``compare`` (``"A:B"`` items) adds paired differences."""
+              compare: list[str] | None = None, protocols: list[str] | None = None) -> dict:
+    """Train/score every (task, embedder); ``compare`` (``"A:B"`` items) adds paired differences;
+    ``protocols``: only the configs of these protocols (by their ``protocol:``, not their file name)."""
     pairs = parse_pairs(compare or [], embedders)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,15 +99,19 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
     unknown = sorted(set(extra) - {f.stem for f in files})
     if unknown:
         raise ConfigError(f"--extra-test {unknown[0]}: no such task in the suite")
+    if protocols:
+        files = [f for f in files if load_task_config(f, overrides).protocol in protocols]
+        if not files:
+            raise InputError(f"--suite {suite}: no configs of protocol {', '.join(protocols)}")
     results = []
     for path in files:
         base = load_task_config(path, overrides)
         for spec in embedders or [base.embedder]:
             config = load_task_config(path, overrides)
             config.embedder = spec
-            for name, src in extra.get(path.stem, {}).items():
-                config.data.test[name] = src
-            with FeatureSource(spec, config.layer, cache_dir) as source:
+            add_tests(config, extra.get(path.stem, {}))
+            spec = config.embedder_name
+            with config.protocol_obj.open_source(config, cache_dir) as source:
                 identity = source.identity()
                 folder = head_folder(out, path.stem, spec, identity)
                 digest = config_digest(config, identity)
@@ -120,16 +128,16 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
                 train(config, folder, data_dir, cache_dir, progress, source=source)
             doc = json.loads(done.read_text())
             doc.update(config_digest=digest, task_file=path.stem)
-            atomic_write_bytes(done, json_bytes(doc))
+            write_bytes(done, json_bytes(doc))
             results.append(doc)
     table = results_table(results)
     differences = []
     if pairs:
         differences = paired_differences(files, pairs, out, data_dir, extra, overrides, cache_dir)
         table += "\n" + differences_table(differences)
-    atomic_write_bytes(out / "results.json", json_bytes({"embedders": embedders, "results": results,
+    write_bytes(out / "results.json", json_bytes({"embedders": embedders, "results": results,
                                                    "paired_differences": differences}))
-    atomic_write_bytes(out / "results.md", table.encode())
+    write_bytes(out / "results.md", table.encode())
     return {"out": str(out), "results": results, "table": table, "paired_differences": differences}
 
 
@@ -152,73 +160,46 @@ def parse_pairs(items: list[str], embedders: list[str]) -> list[tuple[str, str]]
     return pairs
 
 
-def _per_protein(config: TaskConfig, preds: list, data, k: int) -> tuple[str, object]:
-    """What the headline statistic needs per protein: (correct, scored) residues, correct 0/1, or
-    (truth, prediction)."""
-    import numpy as np
-
-    truth, pred = data.targets[k], preds[k]
-    if config.per_residue:
-        correct = np.array([int((p.argmax(-1)[t >= 0] == t[t >= 0]).sum()) for t, p in zip(truth, pred)])
-        total = np.array([int((t >= 0).sum()) for t in truth])
-        return "residue", (correct, total)
-    if config.regression:
-        keep = [i for i, v in enumerate(truth) if not math.isnan(v)]
-        return "value", (np.array([truth[i] for i in keep]), np.array([pred[i] for i in keep]), keep)
-    keep = [i for i, v in enumerate(truth) if v >= 0]
-    return "class", (np.array([float(int(pred[i].argmax()) == truth[i]) for i in keep]), keep)
-
-
-def _statistic(kind: str, values, idx):
-    from protlm.tasks import metrics as M
-
-    if kind == "residue":
-        correct, total = values
-        return correct[idx].sum() / max(total[idx].sum(), 1)
-    if kind == "value":
-        return M.spearman(values[0][idx], values[1][idx])
-    return values[0][idx].mean()
+def add_tests(config: TaskConfig, tests: dict[str, SourceConfig]) -> None:
+    if tests and not hasattr(config.data, "test"):
+        raise ConfigError(f"--extra-test {config.name}: the {config.protocol} protocol takes no extra test files")
+    for name, src in tests.items():
+        config.data.test[name] = src
 
 
 def paired_differences(files: list[Path], pairs: list[tuple[str, str]], out: Path, data_dir, extra, overrides,
                        cache_dir, n_boot: int = 1000) -> list[dict]:
     """Headline metric of A minus B on the same test proteins, with a paired bootstrap 95% CI
     (the same resampled proteins for both): the CI that decides whether A beats B."""
-    import numpy as np
-
-    from protlm.tasks import metrics as M
-    from protlm.tasks.data import load_task_data
-    from protlm.tasks.train import _check_source, _features, _needs_residues, load_head, predict_encoded
-
     rows = []
     for path in files:
         config = load_task_config(path, overrides)
-        for name, src in extra.get(path.stem, {}).items():
-            config.data.test[name] = src
-        _, _, tests, _ = load_task_data(config, data_dir)
+        add_tests(config, extra.get(path.stem, {}))
+        protocol = config.protocol_obj
+        tests = protocol.load_data(config, data_dir).tests
         needed = sorted({e for pair in pairs for e in pair})
         stats: dict[str, dict] = {}
         for spec in needed:
-            with FeatureSource(spec, config.layer, cache_dir) as source:
+            config.embedder = spec
+            with protocol.open_source(config, cache_dir) as source:
                 head = load_head(head_folder(out, path.stem, spec, source.identity()))
-                _check_source(head, source)
+                check_source(head, source)
                 stats[spec] = {}
                 for set_name, data in tests.items():
-                    x = _features(head.config, source.features(data.ids, data.sequences, data.hash_sequences),
-                                  _needs_residues(head.config))
-                    preds = predict_encoded(head.model, head.config, x, head.norm)
-                    stats[spec][set_name] = [_per_protein(head.config, preds, data, k)
-                                             for k in range(len(config.targets))]
+                    preds = protocol.predict(head.config, head.model, protocol.inputs(head.config, source, data),
+                                             head.info)
+                    stats[spec][set_name] = [protocol.per_protein(head.config, preds, data, k)
+                                             for k in range(len(head.config.targets))]
         for set_name in tests:
             for k, target in enumerate(config.targets):
                 for a, b in pairs:
-                    kind, va = stats[a][set_name][k]
+                    n, va = stats[a][set_name][k]
                     _, vb = stats[b][set_name][k]
-                    n = len(va[0])
-                    if n == 0 or (kind == "residue" and va[1].sum() == 0):
+                    if n == 0:
                         continue
-                    diff = float(_statistic(kind, va, np.arange(n)) - _statistic(kind, vb, np.arange(n)))
-                    lo, hi = M.bootstrap_ci(lambda i: _statistic(kind, va, i) - _statistic(kind, vb, i), n,
+                    everything = np.arange(n)
+                    diff = float(protocol.statistic(va, everything) - protocol.statistic(vb, everything))
+                    lo, hi = M.bootstrap_ci(lambda i: protocol.statistic(va, i) - protocol.statistic(vb, i), n,
                                             n_boot=n_boot)
                     rows.append({"task": config.name, "target": target.name, "set": set_name, "a": a, "b": b,
                                  "difference": diff, "ci95": [lo, hi], "proteins": n,
@@ -237,8 +218,7 @@ def differences_table(rows: list[dict]) -> str:
 
 
 def _cell(res: dict, protocol: str) -> str:
-    key, _ = HEADLINE[protocol]
-    m = res.get(key)
+    m = get_protocol(protocol).headline(res)
     if not m or m.get("value") is None or (isinstance(m["value"], float) and math.isnan(m["value"])):
         return "–"
     lo, hi = m["ci95"]
@@ -262,7 +242,7 @@ def results_table(results: list[dict]) -> str:
                 key = (r["task"], target, set_name, r["head"])
                 rows.setdefault(key, {})[r["embedder"]] = _cell(res, proto) + (" †" if r.get("cut_short") else "")
                 n = res.get("proteins")
-                meta[key] = f"{HEADLINE[proto][1]}, n={n}"
+                meta[key] = f"{get_protocol(proto).headline_label}, n={n}"
     lines = ["| task | target | set | head | metric | " + " | ".join(f"`{e}`" for e in embedders) + " |",
              "|---|---|---|---|---|" + "---|" * len(embedders)]
     for key in sorted(rows, key=lambda k: (k[0], k[1], k[2] != "valid", k[2])):

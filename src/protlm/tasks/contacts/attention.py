@@ -29,11 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protlm.contacts.data import Chain, contact_map, scored_pairs
+from protlm.tasks.contacts.data import Chain, contact_map, scored_pairs
 from protlm.errors import ConfigError, InputError
 from protlm.models.hf import RANDOM_PREFIX, LoadedLM, load_hf_lm, parse_lm_spec  # noqa: F401 (re-exported)
 
-log = logging.getLogger("protlm.contacts")
+log = logging.getLogger("protlm.tasks")
 
 def load_lm(spec: str, *, seed: int = 0) -> LoadedLM:
     """Load a protein LM (any family protlm knows) with eager attention, on the CPU, in eval mode.

@@ -14,13 +14,13 @@ cut down to the stretch with :func:`to_stretch` before they are compared with th
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from protlm.errors import InputError
+from protlm.io.atomic import write_with
 
 #: Angstrom; CB–CB distance below which two residues are in contact.
 CONTACT_THRESHOLD = 8.0
@@ -114,23 +114,6 @@ def locate_stretch(full_seq: str, stretch: str, offset: int | None = None) -> in
         raise InputError(f"the recorded offset {offset} does not match the sequence, and the stretch occurs more "
                          "than once in it")
     return first
-
-
-# --------------------------------------------------------------------------- files
-
-
-def atomic_write(path: Path | str, write) -> Path:
-    """``write(tmp)`` into a temporary name next to ``path``, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------- the npz data set
@@ -237,6 +220,7 @@ def load_chains(path: Path | str, split: str | None = "train", *, max_length: in
 def write_chains(path: Path | str, chains: list[Chain]) -> Path:
     """Write chains in the npz layout of the shared data set (atomically). Used by tests and tools."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     lengths = np.array([len(c) for c in chains], dtype=np.int64)
     arrays = {
         "netsurfp_id": np.array([c.id for c in chains]),
@@ -248,8 +232,4 @@ def write_chains(path: Path | str, chains: list[Chain]) -> Path:
         "CB": np.concatenate([c.cb for c in chains]).astype(np.float32),
         "offset_in_netsurfp_seq": np.array([c.offset for c in chains], dtype=np.int64),
     }
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-
-    return atomic_write(path, write)
+    return write_with(path, lambda fh: np.savez(fh, **arrays))

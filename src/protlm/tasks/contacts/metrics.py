@@ -17,9 +17,9 @@ key here names its range. The headline is **P@L/5, long range (|i − j| ≥ 24)
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
+
+from protlm.tasks.metrics import bootstrap_ci
 
 #: Sequence-separation ranges (inclusive bounds; None = no upper bound). "all" is everything ≥ 6.
 RANGES: dict[str, tuple[int, int | None]] = {
@@ -78,25 +78,6 @@ def per_protein_precisions(probs: list[np.ndarray], contacts: list[np.ndarray],
     return table
 
 
-def _bootstrap_ci_local(statistic: Callable[[np.ndarray], float], n_items: int, *, n_boot: int = 1000,
-                        seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI; the same signature as ``protlm.tasks.metrics.bootstrap_ci``."""
-    rng = np.random.default_rng(seed)
-    stats = np.array([statistic(rng.integers(0, n_items, n_items)) for _ in range(n_boot)])
-    alpha = (1.0 - level) / 2.0
-    return float(np.nanquantile(stats, alpha)), float(np.nanquantile(stats, 1.0 - alpha))
-
-
-def bootstrap_ci(statistic: Callable[[np.ndarray], float], n_items: int, *, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-    """The project's bootstrap (``protlm.tasks.metrics``) when present, else the same method here."""
-    try:
-        from protlm.tasks.metrics import bootstrap_ci as shared
-    except ImportError:
-        shared = _bootstrap_ci_local
-    return shared(statistic, n_items, n_boot=n_boot, seed=seed, level=level)
-
-
 def summarize(table: dict[str, dict[str, np.ndarray]], *, n_boot: int = 1000, seed: int = 0,
               level: float = 0.95) -> dict:
     """Mean over proteins and bootstrap CI for every range × cut-off; names the headline."""
@@ -148,7 +129,7 @@ def evaluate_maps(probs: list[np.ndarray], contacts: list[np.ndarray], observed:
     """Per-protein precisions → the summary of :func:`summarize`, plus the chance level per range.
 
     With ``ids`` the per-protein values are kept too (``per_protein``), so two predictors scored
-    on the same proteins can be compared pairwise (:func:`paired_difference`).
+    on the same proteins can be compared pairwise (``protlm benchmark --compare``, :mod:`protlm.tasks.suite`).
     """
     table = per_protein_precisions(probs, contacts, observed)
     summary = summarize(table, n_boot=n_boot, seed=seed)
@@ -158,27 +139,6 @@ def evaluate_maps(probs: list[np.ndarray], contacts: list[np.ndarray], observed:
             r: {c: [None if np.isnan(v) else float(v) for v in vals] for c, vals in cuts.items()}
             for r, cuts in table.items()}}
     return summary
-
-
-def paired_difference(a: dict, b: dict, *, rng: str = "long", cut: str = "L/5", n_boot: int = 1000,
-                      seed: int = 0) -> dict:
-    """Mean of (a − b) over the proteins both metrics dicts scored, with a bootstrap CI over proteins.
-
-    Two predictors on the same chains differ far less noisily than their separate CIs suggest:
-    the protein-to-protein spread cancels in the pairwise difference.
-    """
-    pa, pb = a.get("per_protein"), b.get("per_protein")
-    if not pa or not pb:
-        raise ValueError("both metrics need per_protein values (evaluate with ids)")
-    va = dict(zip(pa["ids"], pa["precision"][rng][cut]))
-    vb = dict(zip(pb["ids"], pb["precision"][rng][cut]))
-    shared = [k for k in va if k in vb and va[k] is not None and vb[k] is not None]
-    d = np.array([va[k] - vb[k] for k in shared], dtype=np.float64)
-    if len(d) < 2:
-        raise ValueError("fewer than two proteins scored by both")
-    lo, hi = bootstrap_ci(lambda idx: float(d[idx].mean()), len(d), n_boot=n_boot, seed=seed)
-    return {"metric": f"P@{cut}, {range_label(rng)}", "mean_difference": float(d.mean()), "ci": [lo, hi],
-            "n_proteins": len(d)}
 
 
 def format_table(summary: dict) -> str:

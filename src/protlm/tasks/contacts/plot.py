@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protlm.contacts.data import atomic_write
+from protlm.io.atomic import write_with_path
 
 
 def top_pairs(probs: np.ndarray, k: int, min_separation: int = 6,
@@ -68,6 +68,6 @@ def contact_figure(probs: np.ndarray, contacts: np.ndarray | None, path: Path | 
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, fontsize=7, markerscale=1.5, frameon=False)
     fig.tight_layout()
     try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+        return write_with_path(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     finally:
         plt.close(fig)

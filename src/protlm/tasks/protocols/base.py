@@ -1,0 +1,250 @@
+"""The protocol interface and registry (biotrainer's ``protocols``, TAPE's registry).
+
+A protocol is what a task *is*: what the data look like, how targets are encoded, the loss, how
+head outputs are decoded, the metrics and the headline metric, and how predictions are written.
+``protlm train / evaluate / predict / benchmark`` (:mod:`protlm.tasks.train`,
+:mod:`protlm.tasks.suite`) only call the methods below; they never ask which protocol they have.
+
+Each protocol is one file of this package, a subclass registered by name::
+
+    @register_protocol
+    class MyProtocol(Protocol):
+        name = "my_protocol"
+        output_level = "protein"     # the heads it takes: those whose levels include this
+        ...
+
+and the package imports every file, so a new protocol is one new file (docs/architecture.md,
+"A new protocol"). :class:`protlm.tasks.protocols.labels.LabelProtocol` implements the whole
+interface for protocols whose targets are labels of proteins or residues (the six biotrainer
+protocols); a new one of that kind only overrides what differs.
+
+The engine's calls, in order (train):
+
+1. ``prepare_tree(tree)`` / ``data_config`` / ``validate(config)`` — reading the config;
+2. ``load_data(config, data_dir)`` → :class:`TaskData` (train / valid / test sets and ``info``:
+   what ``head.json`` must keep to decode outputs: classes, normalisation, …);
+3. ``open_source`` and ``inputs(config, source, dataset)`` — the head's inputs (embeddings);
+4. ``new_head`` → ``fit_state`` → per epoch ``train_batches`` / ``batch_loss`` / ``validation``;
+5. ``predict`` → ``score`` per set; ``headline`` for the results table; ``per_protein`` /
+   ``statistic`` for paired differences; ``prediction_rows`` / ``write_predictions`` for predict.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from protlm.errors import ConfigError
+
+log = logging.getLogger("protlm.tasks")
+
+_PROTOCOLS: dict[str, "Protocol"] = {}
+_DEPRECATED: dict[str, Callable[[dict], str | None]] = {}
+
+
+@dataclass
+class TaskData:
+    """The sets of one task: ``train`` and ``valid`` (early stopping), named ``tests`` (scored,
+    never used for a decision), and ``info`` (kept in head.json: classes, normalisation, …)."""
+
+    train: Any
+    valid: Any
+    tests: dict[str, Any] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        return {"train": len(self.train), "valid": len(self.valid), **{f"test:{k}": len(v) for k, v in self.tests.items()}}
+
+
+@dataclass
+class FitState:
+    """What a protocol needs during training beyond the model (class weights, normalisation, …)."""
+
+    values: dict = field(default_factory=dict)
+
+    def __getitem__(self, key):
+        return self.values[key]
+
+
+class Protocol:
+    """Base class: see the module docstring. Subclasses set the attributes and implement the methods."""
+
+    name: str = ""
+    help: str = ""
+    output_level: str = "protein"  # residue | protein | pair: which heads fit
+    default_head: str = ""
+    data_config: type | None = None  # the dataclass of the ``data:`` section
+    train_defaults: dict = {}  # train: settings that differ from TrainSettings' defaults
+    validation_key: str = "valid_loss"  # the name of the early-stopping value in the history
+    higher_is_better: bool = False  # for the early-stopping value
+    headline_label: str = ""  # the results table's metric column
+    scores_valid: bool = True  # score the early-stopping set too (metrics.json "valid")
+
+    # ------------------------------------------------------------------ config
+
+    def head_names(self) -> list[str]:
+        from protlm.tasks.heads import heads_for
+
+        return heads_for(self.output_level)
+
+    def prepare_tree(self, tree: dict) -> None:
+        """Adjust a raw config tree before it is built (shorthands, defaults)."""
+        train = tree.setdefault("train", {}) if isinstance(tree.get("train", {}), dict) else tree.get("train")
+        if isinstance(train, dict):
+            for key, value in self.train_defaults.items():
+                train.setdefault(key, value)
+
+    def validate(self, config) -> None:
+        """Protocol-specific checks; raise ConfigError naming the field."""
+
+    # ------------------------------------------------------------------ data and inputs
+
+    def load_data(self, config, data_dir) -> TaskData:
+        raise NotImplementedError
+
+    def evaluation_sets(self, head, request: dict, data_dir) -> dict[str, Any]:
+        """Sets to score a trained head on (``protlm evaluate``): ``request`` holds the CLI's choices."""
+        raise NotImplementedError
+
+    def proteins(self, config, data_dir, split: str) -> list[tuple[str, str, str]]:
+        """(id, sequence as written, set name) of the proteins a task uses (``protlm export-fasta``)."""
+        raise ConfigError(f"export-fasta: not offered for the {self.name} protocol")
+
+    def open_source(self, config, cache_dir, embedder=None):
+        """What computes the head's inputs (default: a :class:`~protlm.tasks.features.FeatureSource`)."""
+        from protlm.embed.spec import parse_spec
+        from protlm.tasks.features import FeatureSource
+
+        spec = config.embedder_spec
+        if embedder is not None:  # another embedder (or an HDF5 file) for the same head: the config's layer
+            other = parse_spec(embedder, "--embedder")
+            spec = other if other.options.layer != -1 else other.with_options(layer=spec.options.layer)
+        return FeatureSource(spec, spec.options.layer, cache_dir)
+
+    def inputs(self, config, source, dataset, progress=None):
+        raise NotImplementedError
+
+    def query_inputs(self, config, source, ids: list[str], sequences: list[str]):
+        """Inputs of unlabelled proteins (``protlm predict``), sequences as written."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the head and its training
+
+    def new_head(self, config, dim: int, info: dict) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def check_info(self, config, info: dict, where: str) -> None:
+        """Check what a head.json holds for decoding (classes, normalisation, …) fits the config."""
+
+    def fit_state(self, config, model, train_inputs, info: dict) -> FitState:
+        return FitState()
+
+    def train_batches(self, config, model, train_inputs, rng: np.random.Generator) -> Iterable:
+        raise NotImplementedError
+
+    def batch_loss(self, config, model, batch, state: FitState) -> tuple[torch.Tensor, float] | None:
+        """(loss, weight of this batch in the epoch's mean loss), or None to skip the batch."""
+        raise NotImplementedError
+
+    def validation(self, config, model, valid_inputs, state: FitState) -> float:
+        raise NotImplementedError
+
+    def fit_direct(self, config, model, train_inputs, info: dict) -> dict | None:
+        """Heads without a gradient loop (closed-form fits) are fit here; return a summary, or
+        None for the engine's loop."""
+        return None
+
+    # ------------------------------------------------------------------ outputs
+
+    def predict(self, config, model, inputs, info: dict) -> Any:
+        raise NotImplementedError
+
+    def score(self, config, preds, dataset, info: dict, n_boot: int, seed: int = 0) -> dict:
+        """``{target name: metrics}`` on one set."""
+        raise NotImplementedError
+
+    def headline(self, result: dict) -> dict | None:
+        """``{"value": v, "ci95": [lo, hi]}`` of one target's metrics (the results table's cell)."""
+        raise NotImplementedError
+
+    def per_protein(self, config, preds, dataset, k: int) -> tuple[int, Any]:
+        """(number of proteins, per-protein values) for the paired bootstrap of the headline."""
+        raise NotImplementedError
+
+    def statistic(self, values, idx: np.ndarray) -> float:
+        """The headline computed from the per-protein values of the proteins ``idx``."""
+        raise NotImplementedError
+
+    def prediction_rows(self, head, ids: list[str], sequences: list[str], preds) -> list[dict]:
+        raise NotImplementedError
+
+    def write_predictions(self, head, rows: list[dict], output, options: dict) -> dict:
+        raise NotImplementedError
+
+    def check_output(self, output, overwrite: bool = False, inputs=()) -> None:
+        """Refuse an output ``protlm predict`` cannot write, before any work."""
+        raise NotImplementedError
+
+    def predict_to(self, head, ids: list[str], sequences: list[str], output, options: dict, source) -> dict:
+        """Predict unlabelled proteins and write the protocol's prediction file(s)."""
+        inputs = self.query_inputs(head.config, source, ids, sequences)
+        preds = self.predict(head.config, head.model, inputs, head.info)
+        return self.write_predictions(head, self.prediction_rows(head, ids, sequences, preds), output, options)
+
+    def summary_lines(self, result: dict) -> list[str]:
+        """Human lines of ``{set: {target: metrics}}`` for the CLI."""
+        lines = []
+        for set_name, by_target in result.items():
+            for target, res in by_target.items():
+                h = self.headline(res)
+                if h is None or h.get("value") is None:
+                    text = "–"
+                else:
+                    lo, hi = h["ci95"]
+                    text = f"{self.headline_label} {h['value']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
+                    text += f" (n={res.get('proteins', res.get('chains', '?'))})"
+                lines.append(f"  {set_name:12s} {target:12s} {text}")
+        return lines
+
+
+def register_protocol(cls):
+    """Class decorator: register a protocol by its ``name`` (one instance per protocol)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__}: a protocol needs a name")
+    _PROTOCOLS[cls.name] = cls()
+    return cls
+
+
+def register_deprecated_name(old: str, resolve: Callable[[dict], str | None]) -> None:
+    """An old protocol name: ``resolve(tree)`` gives the new name for a config tree that uses
+    it (or None when the tree does not fit, so the name stays unknown)."""
+    _DEPRECATED[old] = resolve
+
+
+def protocol_names() -> list[str]:
+    return sorted(_PROTOCOLS)
+
+
+def get_protocol(name: str) -> Protocol:
+    proto = _PROTOCOLS.get(name)
+    if proto is None:
+        raise ConfigError(f"config protocol: unknown protocol {name!r}; choose one of {protocol_names()}")
+    return proto
+
+
+def resolve_name(name: Any, tree: dict) -> str:
+    """The protocol a config means: deprecated names are translated with one warning."""
+    if not isinstance(name, str):
+        raise ConfigError(f"config protocol: must be a protocol name ({protocol_names()}), not {name!r}")
+    if name in _DEPRECATED:
+        new = _DEPRECATED[name](tree)
+        if new is not None:
+            log.warning("config protocol: %r for contact prediction is deprecated (in biotrainer's meaning "
+                        "%s is per-residue embeddings → one class per protein); read as %r — write "
+                        "protocol: %s", name, name, new, new)
+            return new
+    return name

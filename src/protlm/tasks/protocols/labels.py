@@ -1,0 +1,607 @@
+"""Protocols whose targets are labels of proteins or residues (biotrainer's six protocols).
+
+:class:`LabelProtocol` implements the whole protocol interface once — data sources, the
+``data:`` section, batching, the multi-target loss (one output per target, losses summed,
+missing labels add nothing), early stopping on the validation loss, metrics with bootstrap CIs
+over proteins, paired differences and prediction files — and delegates everything that depends
+on what a target *is* to a :class:`TargetKind`: per-residue classes, per-protein classes and
+per-protein values are defined here; per-residue values in
+:mod:`protlm.tasks.protocols.residue_to_value`. A protocol file picks a kind and an input level::
+
+    @register_protocol
+    class SequenceToClass(LabelProtocol):
+        name = "sequence_to_class"
+        kind = ProteinClasses()
+        input_level = "pooled"      # mean-pooled features unless the head reads residues
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from protlm.errors import ConfigError, InputError
+from protlm.io.atomic import json_bytes, write_bytes
+from protlm.tasks import metrics as M
+from protlm.tasks.config import DataConfig, SourceConfig, TargetConfig, check_source, need
+from protlm.tasks.data import MISSING_RESIDUE, RARE_TO_X, LabelledSet, encode, load_source, load_task_data, task_proteins
+from protlm.tasks.features import FeatureSet, pooled
+from protlm.tasks.heads import get_head, make_head
+from protlm.tasks.protocols.base import FitState, Protocol, TaskData
+
+
+# --------------------------------------------------------------------------- target kinds
+
+
+class TargetKind:
+    """What one target is: how it is encoded, batched, lost, decoded, scored and written."""
+
+    level = "protein"  # residue | protein
+    regression = False
+    headline_key = "accuracy"
+    headline_label = "accuracy"
+
+    def class_list(self, target: TargetConfig, records) -> list[str] | None:
+        return None
+
+    def encode(self, r, tg: TargetConfig, cls, where: str, unknown_ok: bool):
+        raise NotImplementedError
+
+    def is_missing(self, e) -> bool:
+        raise NotImplementedError
+
+    def batch(self, t: list, idx: list[int], windows: list[slice], width: int, n: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, lg: torch.Tensor, tg: torch.Tensor, weight, norm: tuple[float, float]) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def decode(self, lg_row: torch.Tensor, n: int, norm: tuple[float, float]):
+        raise NotImplementedError
+
+    def score(self, truth: list, pred: list, classes: list | None, n_boot: int, seed: int) -> dict:
+        raise NotImplementedError
+
+    def per_protein(self, truth: list, pred: list):
+        raise NotImplementedError
+
+    def statistic(self, values, idx: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def row(self, p, classes: list | None) -> dict:
+        raise NotImplementedError
+
+    def csv_fields(self, classes: list | None) -> list[str]:
+        raise NotImplementedError
+
+    def normalisation(self, t: list) -> tuple[float, float]:
+        return (0.0, 1.0)
+
+    def csv_row(self, row: dict) -> dict:
+        """A prediction row as a CSV line (the fields of :meth:`csv_fields`)."""
+        return row
+
+
+def _check_classes(cls: list | None, where: str, single_chars: bool) -> None:
+    if cls is None:
+        return
+    need(len(cls) >= 2, where, "need at least two classes")
+    need(len(set(cls)) == len(cls), where, "classes must be distinct")
+    if single_chars:
+        need(all(len(x) == 1 for x in cls), where,
+             "per-residue classes are single characters (one per residue in the label string)")
+
+
+def _sorted_classes(seen: set[str], target: TargetConfig) -> list[str]:
+    seen = seen - set(target.missing)
+    if len(seen) < 2:
+        raise InputError(f"target {target.name!r}: fewer than two classes of label {target.label!r} in the training data")
+    return sorted(seen, key=lambda x: (len(x), int(x)) if x.lstrip("-").isdigit() else (0, x))
+
+
+class ResidueClasses(TargetKind):
+    """One class per residue (a label string, one character per residue; ``-`` = no label)."""
+
+    level = "residue"
+
+    def class_list(self, target, records):
+        if target.classes is not None:
+            return [str(c) for c in target.classes]
+        seen: set[str] = set()
+        for r in records:
+            lab = r.residue_labels.get(target.label)
+            if lab:
+                m = r.mask(target.label)
+                seen.update(ch for ch, keep in zip(lab, m) if keep and ch != MISSING_RESIDUE)
+        return _sorted_classes(seen, target)
+
+    def encode(self, r, tg, cls, where, unknown_ok):
+        lab = r.residue_labels.get(tg.label)
+        arr = np.full(len(r.sequence), -1, dtype=np.int64)
+        if lab is None:
+            return arr
+        if len(lab) != len(r.sequence):
+            raise InputError(f"{where}: label {tg.label!r} has {len(lab)} characters for {len(r.sequence)} residues")
+        mask = r.mask(tg.label)
+        if len(mask) != len(r.sequence):
+            raise InputError(f"{where}: mask of {tg.label!r} has {len(mask)} values for {len(r.sequence)} residues")
+        index = {c: i for i, c in enumerate(cls)}
+        for pos, (ch, keep) in enumerate(zip(lab, mask)):
+            if not keep or ch == MISSING_RESIDUE or ch in tg.missing:
+                continue
+            k = index.get(ch)
+            if k is None:
+                raise InputError(f"{where}: residue {pos + 1} has label {ch!r}, not one of the classes {cls}")
+            arr[pos] = k
+        return arr
+
+    def is_missing(self, e) -> bool:
+        return not (e >= 0).any()
+
+    def batch(self, t, idx, windows, width, n):
+        arr = np.full((len(idx), width), -1, dtype=np.int64)
+        for row, (i, w) in enumerate(zip(idx, windows)):
+            part = t[i][w]
+            arr[row, :len(part)] = part
+        arr[arr >= n] = -1  # a class unseen in training cannot be learned
+        return torch.from_numpy(arr)
+
+    def loss(self, lg, tg, weight, norm):
+        if not (tg >= 0).any():
+            return None
+        return F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tg.reshape(-1), weight=weight, ignore_index=-1)
+
+    def decode(self, lg_row, n, norm):
+        return torch.softmax(lg_row[:n], -1).numpy()
+
+    def score(self, truth, pred, classes, n_boot, seed):
+        yt, yp = [], []
+        for t, p in zip(truth, pred):
+            keep = t >= 0
+            yt.append(t[keep])
+            yp.append(p.argmax(-1)[keep])
+        return M.residue_scores(yt, yp, n_boot=n_boot, seed=seed)
+
+    def per_protein(self, truth, pred):
+        correct = np.array([int((p.argmax(-1)[t >= 0] == t[t >= 0]).sum()) for t, p in zip(truth, pred)])
+        total = np.array([int((t >= 0).sum()) for t in truth])
+        return (len(truth) if total.sum() else 0), (correct, total)
+
+    def statistic(self, values, idx):
+        correct, total = values
+        return correct[idx].sum() / max(total[idx].sum(), 1)
+
+    def row(self, p, classes):
+        return {"prediction": "".join(classes[j] for j in p.argmax(-1)),
+                "confidence": [round(float(v), 4) for v in p.max(-1)]}
+
+    def csv_fields(self, classes):
+        return ["prediction", "mean_confidence"]
+
+    def csv_row(self, row):
+        return {**row, "mean_confidence": round(sum(row["confidence"]) / max(len(row["confidence"]), 1), 4)}
+
+
+class ProteinClasses(TargetKind):
+    """One class per protein (``-1``: no label; a test class unseen in training: index ``len(classes)``)."""
+
+    def class_list(self, target, records):
+        if target.classes is not None:
+            return [str(c) for c in target.classes]
+        return _sorted_classes({str(r.labels[target.label]) for r in records if target.label in r.labels}, target)
+
+    def encode(self, r, tg, cls, where, unknown_ok):
+        value = r.labels.get(tg.label)
+        if value is None or str(value) in tg.missing:
+            return -1
+        k = {c: i for i, c in enumerate(cls)}.get(str(value))
+        if k is None:
+            if unknown_ok:
+                return len(cls)
+            raise InputError(f"{where}: label {tg.label!r} = {value!r} is not one of the classes "
+                             f"({len(cls)}: {cls[:12]}{' …' if len(cls) > 12 else ''}); list it under missing: to "
+                             f"ignore it")
+        return k
+
+    def is_missing(self, e) -> bool:
+        return e < 0
+
+    def batch(self, t, idx, windows, width, n):
+        arr = np.array([t[i] for i in idx], dtype=np.int64)
+        arr[arr >= n] = -1
+        return torch.from_numpy(arr)
+
+    loss = ResidueClasses.loss
+
+    def decode(self, lg_row, n, norm):
+        return torch.softmax(lg_row, -1).numpy()
+
+    def score(self, truth, pred, classes, n_boot, seed):
+        keep = [i for i, v in enumerate(truth) if v >= 0]
+        yt = np.array([truth[i] for i in keep], dtype=np.int64)
+        yp = np.array([int(pred[i].argmax()) for i in keep], dtype=np.int64)
+        res = M.sequence_class_scores(yt, yp, len(classes) + 1, n_boot=n_boot, seed=seed)
+        res["unseen_class_items"] = int((yt >= len(classes)).sum())
+        return res
+
+    def per_protein(self, truth, pred):
+        keep = [i for i, v in enumerate(truth) if v >= 0]
+        return len(keep), (np.array([float(int(pred[i].argmax()) == truth[i]) for i in keep]), keep)
+
+    def statistic(self, values, idx):
+        return values[0][idx].mean()
+
+    def row(self, p, classes):
+        j = int(p.argmax())
+        return {"prediction": classes[j], "probability": float(p[j]),
+                "probabilities": {c: round(float(v), 4) for c, v in zip(classes, p)}}
+
+    def csv_fields(self, classes):
+        return ["prediction", "probability"] + [f"p_{c}" for c in classes]
+
+    def csv_row(self, row):
+        return {**row, **{f"p_{c}": p for c, p in row.get("probabilities", {}).items()}}
+
+
+class ProteinValues(TargetKind):
+    """One number per protein (``NaN``: no value); trained on targets standardised with the
+    training set's mean and spread, predictions de-normalised."""
+
+    regression = True
+    headline_key = "spearman"
+    headline_label = "Spearman ρ"
+
+    def encode(self, r, tg, cls, where, unknown_ok):
+        value = r.labels.get(tg.label)
+        if value is None:
+            return float("nan")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: label {tg.label!r} = {value!r} is not a number") from None
+
+    def is_missing(self, e) -> bool:
+        return math.isnan(e)
+
+    def normalisation(self, t):
+        v = np.array([x for x in t if not math.isnan(x)], dtype=np.float64)
+        return (float(v.mean()), float(v.std()) or 1.0)
+
+    def batch(self, t, idx, windows, width, n):
+        return torch.tensor([t[i] for i in idx], dtype=torch.float32)
+
+    def loss(self, lg, tg, weight, norm):
+        keep = ~torch.isnan(tg)
+        if not keep.any():
+            return None
+        mean, std = norm
+        return F.mse_loss(lg[:, 0][keep], (tg[keep] - mean) / std)
+
+    def decode(self, lg_row, n, norm):
+        mean, std = norm
+        return float(lg_row[0]) * std + mean
+
+    def score(self, truth, pred, classes, n_boot, seed):
+        keep = [i for i, v in enumerate(truth) if not math.isnan(v)]
+        return M.value_scores(np.array([truth[i] for i in keep]), np.array([pred[i] for i in keep]),
+                              n_boot=n_boot, seed=seed)
+
+    def per_protein(self, truth, pred):
+        keep = [i for i, v in enumerate(truth) if not math.isnan(v)]
+        return len(keep), (np.array([truth[i] for i in keep]), np.array([pred[i] for i in keep]), keep)
+
+    def statistic(self, values, idx):
+        return M.spearman(values[0][idx], values[1][idx])
+
+    def row(self, p, classes):
+        return {"value": p}
+
+    def csv_fields(self, classes):
+        return ["value"]
+
+
+# --------------------------------------------------------------------------- the batches
+
+
+def epoch_batches(n: int, batch_size: int, rng: np.random.Generator, lengths: list[int]) -> list[list[int]]:
+    """Shuffled batches of proteins of similar length (less padding), in shuffled order."""
+    order = rng.permutation(n)
+    pool = 50 * batch_size
+    batches = []
+    for start in range(0, n, pool):
+        chunk = sorted(order[start:start + pool].tolist(), key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def feature_batch(x: FeatureSet, idx: list[int], crop: int = 0, rng: np.random.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[slice]]:
+    """Pad the proteins ``idx`` into B × L × D float32 with a mask; ``crop`` > 0 takes a random
+    window. Each protein is read here (in its stored dtype) and copied into the batch."""
+    windows = []
+    for i in idx:
+        n = int(x.lengths[i])
+        if crop and n > crop and rng is not None:
+            s = int(rng.integers(0, n - crop + 1))
+            windows.append(slice(s, s + crop))
+        else:
+            windows.append(slice(0, n))
+    width = max(w.stop - w.start for w in windows)
+    xb = np.zeros((len(idx), width, x.dim), dtype=np.float32)
+    mb = np.zeros((len(idx), width), dtype=np.float32)
+    for row, (i, w) in enumerate(zip(idx, windows)):
+        part = x[i][w]
+        xb[row, :len(part)] = part
+        mb[row, :len(part)] = 1.0
+    return torch.from_numpy(xb), torch.from_numpy(mb), windows
+
+
+def class_weights(kinds: list[TargetKind], enabled: bool, targets: list[list], n_classes: list[int]
+                  ) -> list[torch.Tensor | None]:
+    """Inverse-frequency class weights (mean 1 over the classes present; absent classes 0)."""
+    if not enabled:
+        return [None] * len(n_classes)
+    out = []
+    for t, n in zip(targets, n_classes):
+        labels = np.concatenate([np.atleast_1d(np.asarray(v)) for v in t])
+        counts = np.bincount(labels[(labels >= 0) & (labels < n)], minlength=n).astype(np.float64)
+        w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n, 0.0)
+        out.append(torch.tensor(w / w[counts > 0].mean(), dtype=torch.float32))
+    return out
+
+
+@dataclass
+class Inputs:
+    """A labelled set ready for batching: features (per residue, lazy; or pooled) and targets."""
+
+    x: FeatureSet
+    targets: list[list]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+class LabelProtocol(Protocol):
+    """The protocol interface for label targets; subclasses set ``name``, ``kind``, ``input_level``."""
+
+    kind: TargetKind = ProteinClasses()
+    input_level = "pooled"  # residue: heads always read per-residue embeddings; pooled: unless the head needs them
+    data_config = DataConfig
+    formats_help = "biotrainer, deeploc, prottrans_csv, csv"
+
+    @property
+    def output_level(self) -> str:  # type: ignore[override]
+        return self.kind.level
+
+    @property
+    def regression(self) -> bool:
+        return self.kind.regression
+
+    @property
+    def headline_label(self) -> str:  # type: ignore[override]
+        return self.kind.headline_label
+
+    # ------------------------------------------------------------------ config
+
+    def prepare_tree(self, tree: dict) -> None:
+        data_tree = tree.get("data")
+        if isinstance(data_tree, dict) and isinstance(data_tree.get("train"), dict):
+            data_tree["train"] = [data_tree["train"]]  # one source may be written without a list
+        super().prepare_tree(tree)
+
+    def validate(self, c) -> None:
+        need(not (c.train.class_weights and self.regression), "train.class_weights",
+             "only for classification protocols")
+        need(len(c.targets) >= 1, "targets", "give at least one target")
+        names = [tg.name for tg in c.targets]
+        need(len(set(names)) == len(names), "targets", f"target names must be distinct: {names}")
+        for i, tg in enumerate(c.targets):
+            need(not (self.regression and tg.classes), f"targets[{i}].classes", "a regression target has no classes")
+            _check_classes(tg.classes, f"targets[{i}].classes", self.output_level == "residue")
+        need(len(c.data.train) >= 1, "data.train", "give a training source")
+        for i, src in enumerate(c.data.train):
+            check_source(src, f"data.train[{i}]")
+        if c.data.valid is not None:
+            check_source(c.data.valid, "data.valid")
+        else:
+            need(0 < c.data.valid_fraction < 1, "data.valid_fraction", "must be in (0, 1)")
+        for name, src in c.data.test.items():
+            check_source(src, f"data.test.{name}")
+
+    # ------------------------------------------------------------------ targets
+
+    def class_list(self, target: TargetConfig, records) -> list[str] | None:
+        return self.kind.class_list(target, records)
+
+    def encode_target(self, r, tg: TargetConfig, cls, set_name: str, unknown_ok: bool):
+        return self.kind.encode(r, tg, cls, f"{set_name}: record {r.id!r}", unknown_ok)
+
+    def is_missing(self, e) -> bool:
+        return self.kind.is_missing(e)
+
+    # ------------------------------------------------------------------ data
+
+    def load_data(self, config, data_dir) -> TaskData:
+        train, valid, tests, classes = load_task_data(config, data_dir)
+        norm = [self.kind.normalisation(t) for t in train.targets]
+        return TaskData(train, valid, tests, {"classes": classes, "normalisation": norm})
+
+    def evaluation_sets(self, head, request: dict, data_dir) -> dict[str, LabelledSet]:
+        config = head.config
+        per_residue = self.output_level == "residue"
+        sources: dict[str, SourceConfig] = {}
+        split = request.get("split")
+        if request.get("benchmark"):
+            sources[request["benchmark"] + (f":{split}" if split else "")] = SourceConfig(
+                benchmark=request["benchmark"], split=split)
+        if request.get("file"):
+            sources[Path(request["file"]).stem] = SourceConfig(
+                file=request["file"], format=request.get("format"), label=request.get("label", "target"),
+                kind=request.get("kind", "str"), split=split)
+        if not sources:
+            sources = dict(config.data.test)
+            if not sources:
+                raise ConfigError("give a labelled set: --benchmark NAME or --file PATH --format F "
+                                  "(the head's config names no test sets)")
+        sets = {}
+        for name, src in sources.items():
+            check_source(src, name)
+            sets[name] = encode(load_source(src, data_dir, name, per_residue), config, head.info["classes"], name,
+                                unknown_class_ok=True)
+        return sets
+
+    def proteins(self, config, data_dir, split: str):
+        return task_proteins(config, data_dir, split)
+
+    # ------------------------------------------------------------------ inputs
+
+    def needs_residues(self, config) -> bool:
+        return (self.output_level == "residue" or self.input_level == "residue"
+                or get_head(config.head.type).input == "residues")
+
+    def _features(self, config, x: FeatureSet) -> FeatureSet:
+        return x if self.needs_residues(config) else pooled(x)
+
+    def inputs(self, config, source, dataset: LabelledSet, progress=None) -> Inputs:
+        x = source.features(dataset.ids, dataset.sequences, dataset.hash_sequences, progress, where=dataset.name)
+        return Inputs(self._features(config, x), dataset.targets)
+
+    def query_inputs(self, config, source, ids, sequences) -> Inputs:
+        x = source.features(ids, [s.translate(RARE_TO_X) for s in sequences], sequences)
+        return Inputs(self._features(config, x), [])
+
+    # ------------------------------------------------------------------ the head
+
+    def outputs(self, config, info: dict) -> list[int]:
+        if self.regression:
+            return [1] * len(config.targets)
+        return [len(c) for c in info["classes"]]
+
+    def check_info(self, config, info: dict, where: str) -> None:
+        classes, norm = info["classes"], info["normalisation"]
+        if len(classes) != len(config.targets) or len(norm) != len(config.targets):
+            raise InputError(f"{where}: head.json lists {len(classes)} class lists / {len(norm)} normalisations "
+                             f"for {len(config.targets)} targets")
+        if not self.regression and not all(isinstance(c, list) and c for c in classes):
+            raise InputError(f"{where}: head.json classes must be a non-empty list per target")
+
+    def new_head(self, config, dim: int, info: dict) -> torch.nn.Module:
+        return make_head(config.head, dim, self.outputs(config, info), self.output_level)
+
+    def fit_state(self, config, model, train_inputs: Inputs, info: dict) -> FitState:
+        n_classes = self.outputs(config, info)
+        weights = class_weights([self.kind] * len(n_classes), config.train.class_weights, train_inputs.targets,
+                                n_classes)
+        return FitState({"weights": weights, "norm": [tuple(x) for x in info["normalisation"]],
+                         "n_classes": n_classes, "train": train_inputs})
+
+    def train_batches(self, config, model, train_inputs: Inputs, rng):
+        min_batch = get_head(config.head.type).min_batch
+        lengths = train_inputs.x.lengths.tolist()
+        for idx in epoch_batches(len(train_inputs.x), config.train.batch_size, rng, lengths):
+            if len(idx) < min_batch:
+                continue  # batch norm needs two proteins
+            xb, mb, windows = feature_batch(train_inputs.x, idx, config.train.max_residues, rng)
+            yield idx, xb, mb, windows
+
+    def _loss(self, model, inputs: Inputs, batch, state: FitState) -> torch.Tensor:
+        idx, xb, mb, windows = batch
+        logits = model(xb, mb)
+        total = logits[0].new_zeros(())
+        for k, (lg, t, n) in enumerate(zip(logits, inputs.targets, state["n_classes"])):
+            term = self.kind.loss(lg, self.kind.batch(t, idx, windows, xb.shape[1], n), state["weights"][k],
+                                  state["norm"][k])
+            if term is not None:
+                total = total + term
+        return total
+
+    def batch_loss(self, config, model, batch, state):
+        return self._loss(model, state["train"], batch, state), len(batch[0])
+
+    def validation(self, config, model, valid: Inputs, state: FitState) -> float:
+        model.eval()
+        total, count = 0.0, 0
+        with torch.inference_mode():
+            for idx in eval_batches(valid.x.lengths.tolist(), 64):
+                xb, mb, windows = feature_batch(valid.x, idx)
+                total += self._loss(model, valid, (idx, xb, mb, windows), state).item() * len(idx)
+                count += len(idx)
+        return total / max(count, 1)
+
+    # ------------------------------------------------------------------ outputs
+
+    def predict(self, config, model, inputs: Inputs, info: dict) -> list[list]:
+        """Per target, per protein: class probabilities (L × C or C) or a value (de-normalised)."""
+        x = inputs.x
+        norm = [tuple(v) for v in info["normalisation"]]
+        outs: list[list] = [[None] * len(x) for _ in config.targets]
+        model.eval()
+        with torch.inference_mode():
+            for idx in eval_batches(x.lengths.tolist(), 64):
+                xb, mb, windows = feature_batch(x, idx)
+                for k, lg in enumerate(model(xb, mb)):
+                    for row, i in enumerate(idx):
+                        outs[k][i] = self.kind.decode(lg[row], windows[row].stop - windows[row].start, norm[k])
+        return outs
+
+    def score(self, config, preds, dataset: LabelledSet, info: dict, n_boot: int, seed: int = 0) -> dict:
+        out = {}
+        for k, tg in enumerate(config.targets):
+            classes = info["classes"][k]
+            res = self.kind.score(dataset.targets[k], preds[k], classes, n_boot, seed)
+            if res["proteins"]:  # a set without this target's labels (NEW364 has no 8-state) is not scored
+                out[tg.name] = res
+        return out
+
+    def headline(self, result: dict) -> dict | None:
+        return result.get(self.kind.headline_key)
+
+    def per_protein(self, config, preds, dataset, k: int):
+        return self.kind.per_protein(dataset.targets[k], preds[k])
+
+    def statistic(self, values, idx) -> float:
+        return self.kind.statistic(values, idx)
+
+    def prediction_rows(self, head, ids, sequences, preds) -> list[dict]:
+        rows = []
+        for i, pid in enumerate(ids):
+            for k, tg in enumerate(head.config.targets):
+                rows.append({"id": pid, "target": tg.name, **self.kind.row(preds[k][i], head.info["classes"][k])})
+        return rows
+
+    def write_predictions(self, head, rows: list[dict], output, options: dict) -> dict:
+        output = Path(output)
+        if output.suffix == ".json":
+            data = json_bytes({"head": str(options.get("head", "")), "task": head.config.name, "predictions": rows})
+        else:
+            buf = io.StringIO()
+            fields = ["id", "target"] + self.kind.csv_fields(head.info["classes"][0])
+            writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(self.kind.csv_row(row))
+            data = buf.getvalue().encode()
+        write_bytes(output, data)
+        return {"output": str(output), "proteins": len({r["id"] for r in rows}), "rows": len(rows)}
+
+    def check_output(self, output, overwrite: bool = False, inputs=()) -> None:
+        from protlm.io.outputs import check_output_file
+
+        if Path(output).suffix not in (".csv", ".json"):
+            raise ConfigError(f"--output {output}: give a .csv or .json file name")
+        check_output_file(output, overwrite=overwrite, inputs=list(inputs)[:1])

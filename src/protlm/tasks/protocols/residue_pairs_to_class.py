@@ -1,0 +1,536 @@
+"""``residue_pairs_to_class``: contact prediction — for every residue pair, contact or not
+(CB–CB < 8 Å, CA where CB is missing).
+
+Data: the shared contacts set (``coords_ca_cb.npz``, :mod:`protlm.tasks.contacts.data`), or any
+file in its layout. ``data:`` (:class:`ContactDataConfig`) picks a seeded sample of training
+chains and splits the validation chains in two by a seeded permutation: ``early_stop_chains``
+choose the epoch, the next ``eval_chains`` are reported (the test set ``held_out_valid``) — the
+data set has no test split, so this keeps the reported chains out of every decision. The LM reads
+the whole protein sequence when ``full_sequences`` gives it; its output is cut to the structure
+stretch.
+
+Inputs: per-residue embeddings from any embedder or HDF5 file, through the feature cache
+(:mod:`protlm.tasks.features`) — for the pair MLP and the 2-D ResNet — or an LM's attention maps
+for ``attention_lr`` (ESM's recipe, fit in closed form).
+
+Training (the engine's loop, :func:`protlm.tasks.train.fit_head`): binary cross-entropy on every
+pair with |i − j| ≥ ``min_separation`` whose residues both have coordinates. Chains longer than
+``train.crop`` are cut to a random window each epoch; crops are grouped into optimisation steps by
+``train.pair_budget`` pairs (at most ``train.batch_size`` crops). Early stopping on the mean
+**P@L/5 long range** of the early-stopping chains (higher is better).
+
+Metrics (:mod:`protlm.tasks.contacts.metrics`): precision of the top L/5, L/2, L pairs per
+separation range (short 6–11, medium 12–23, long ≥ 24), mean over proteins, bootstrap CIs; the
+headline is P@L/5 long. Predictions: one ``<id>.npz`` (``probs``: L × L) and a PNG per protein.
+
+The name before protlm 0.4 was ``residues_to_class``, which in biotrainer means per-residue
+embeddings → one class per protein; a contact config with the old name is read as this protocol
+with a deprecation warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from protlm.embed.spec import parse_spec
+from protlm.errors import ConfigError, InputError
+from protlm.io.atomic import write_json, write_npz
+from protlm.io.resources import data_root
+from protlm.tasks.config import need
+from protlm.tasks.contacts.attention import attention_features, load_lm, training_pairs
+from protlm.tasks.contacts.data import (NPZ_NAME, Chain, contact_map, load_chains, locate_stretch, read_full_sequences,
+                                        read_npz, resolve_npz, scored_pairs)
+from protlm.tasks.contacts.metrics import CUTOFFS, RANGES, evaluate_maps, format_table, precision_at
+from protlm.tasks.data import RARE_TO_X
+from protlm.tasks.heads import get_head, make_head
+from protlm.tasks.protocols.base import FitState, Protocol, TaskData, register_deprecated_name, register_protocol
+
+log = logging.getLogger("protlm.tasks")
+
+NAME = "residue_pairs_to_class"
+TARGET = "contacts"
+TEST_SET = "held_out_valid"
+#: ESM fit its regression on 20 proteins; a few dozen keep the fit cheap and stable.
+ATTENTION_TRAIN_CHAINS = 30
+BASELINES = ("onehot", "blosum62")
+REDUNDANCY_CAVEAT = ("chains keep NetSurfP-2.0's 25% identity cull between train and validation, but a few "
+                     "hundred have remote homologs across sets (see ../shared/data/CATALOG.md); no test split "
+                     "exists here, so numbers are on held-out validation chains")
+
+
+@dataclass
+class ContactDataConfig:
+    path: str | None = None  # folder with coords_ca_cb.npz, or the file; --data overrides it
+    full_sequences: str | None = None  # FASTA of whole sequences (id → sequence): the LM reads those
+    train_chains: int = 300  # attention_lr: default 30
+    early_stop_chains: int = 100  # validation chains used to choose the epoch
+    eval_chains: int = 200  # other validation chains (disjoint from the early-stopping ones) to report
+    max_length: int | None = 300  # longer chains are skipped (null: no cap)
+    min_length: int = 30
+    threshold: float = 8.0  # Å
+    min_separation: int = 6  # pairs closer in sequence are not trained on
+    seed: int = 0
+
+
+DATA_KEYS = set(ContactDataConfig.__dataclass_fields__)
+
+
+def _looks_like_contacts(tree: dict) -> str | None:
+    """The old name ``residues_to_class`` in a contact config: its data or its head says so."""
+    data, head = tree.get("data"), tree.get("head")
+    head_type = head.get("type") if isinstance(head, dict) else None
+    if head_type in ("pair_mlp", "resnet2d", "attention_lr"):
+        return NAME
+    if isinstance(data, dict) and data and set(data) <= DATA_KEYS and not {"train", "valid", "test"} & set(data):
+        return NAME
+    return None
+
+
+register_deprecated_name("residues_to_class", _looks_like_contacts)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class ContactInputs:
+    """Chains with their truth and their inputs: embeddings (L × D each) or the LM (attention)."""
+
+    chains: list[Chain]
+    embs: list[np.ndarray] | None
+    lm: object | None
+    threshold: float
+    min_separation: int
+
+    def __post_init__(self):
+        self.truth = [contact_map(c.ca, c.cb, self.threshold) for c in self.chains]
+        self.masks = [scored_pairs(obs, self.min_separation) for _, obs in self.truth]
+
+    def __len__(self) -> int:
+        return len(self.chains)
+
+
+class AttentionSource:
+    """The inputs of ``attention_lr``: an LM loaded with eager attention (what FeatureSource is to
+    the embedding heads)."""
+
+    def __init__(self, spec):
+        self.name = spec.name
+        self.lm = load_lm(spec.name, seed=spec.options.seed)
+
+    @property
+    def dim(self) -> int:
+        return self.lm.n_maps
+
+    def identity(self, checksum: bool = True) -> dict:
+        return {"kind": "attention", "fingerprint": None, "model": self.name, "layer": None, "level": "pair",
+                "dim": self.dim}
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _progress(iterable, desc: str, total: int | None = None):
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, disable=None, dynamic_ncols=True, leave=False)
+
+
+def _crops(n_examples: int, lengths: list[int], crop: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+    out = []
+    for k in rng.permutation(n_examples):
+        n = lengths[k]
+        start = int(rng.integers(0, n - crop + 1)) if n > crop else 0
+        out.append((int(k), start, min(n, start + crop)))
+    return out
+
+
+def _steps(crops: list[tuple[int, int, int]], pair_budget: int, batch_size: int) -> list[list[tuple[int, int, int]]]:
+    steps, cur, pairs = [], [], 0
+    for c in crops:
+        p = (c[2] - c[1]) ** 2 // 2
+        if cur and (pairs + p > pair_budget or len(cur) >= batch_size):
+            steps.append(cur)
+            cur, pairs = [], 0
+        cur.append(c)
+        pairs += p
+    if cur:
+        steps.append(cur)
+    return steps
+
+
+def predict_map(head: nn.Module, emb: np.ndarray, pair_budget: int = 1 << 17) -> np.ndarray:
+    """L × L contact probabilities for one embedding (eval mode, no gradients)."""
+    head.eval()
+    with torch.inference_mode():
+        return torch.sigmoid(head(torch.from_numpy(np.asarray(emb, dtype=np.float32)), pair_budget)).numpy()
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+@register_protocol
+class ResiduePairsToClass(Protocol):
+    name = NAME
+    help = "per-residue embeddings (or attention maps) → contact or not for every residue pair"
+    output_level = "pair"
+    default_head = "pair_mlp"
+    data_config = ContactDataConfig
+    train_defaults = {"epochs": 20, "batch_size": 8, "patience": 3}
+    validation_key = "valid_p_at_l5_long"
+    higher_is_better = True
+    headline_label = "P@L/5 long"
+    scores_valid = False  # the early-stopping chains choose the epoch; the held-out chains are reported
+
+    # ------------------------------------------------------------------ config
+
+    def prepare_tree(self, tree: dict) -> None:
+        head = tree.get("head") if isinstance(tree.get("head"), dict) else {}
+        if head.get("type") == "attention_lr":
+            from protlm.tasks.config import TrainSettings
+
+            train = tree.get("train") or {}
+            defaults = {**TrainSettings().__dict__, **self.train_defaults}  # a saved head.json lists them all
+            extra = sorted(k for k, v in train.items() if k != "seed" and (k not in defaults or v != defaults[k])) \
+                if isinstance(train, dict) else []
+            if extra:
+                raise ConfigError(f"config train.{extra[0]}: attention_lr has no training loop (only train.seed applies)")
+            data = tree.get("data")
+            if isinstance(data, dict) and "train_chains" not in data:
+                tree["data"] = {**data, "train_chains": ATTENTION_TRAIN_CHAINS}
+            elif data is None:
+                tree["data"] = {"train_chains": ATTENTION_TRAIN_CHAINS}
+        tree.setdefault("targets", [{"name": TARGET, "label": TARGET}])
+        super().prepare_tree(tree)
+
+    def validate(self, c) -> None:
+        d = c.data
+        for key in ("train_chains", "early_stop_chains", "eval_chains", "min_length", "min_separation"):
+            need(getattr(d, key) >= 1, f"data.{key}", "must be a positive integer")
+        need(d.max_length is None or d.max_length >= 1, "data.max_length", "must be a positive integer or null")
+        need(d.threshold > 0, "data.threshold", "must be a positive distance in Å")
+        need([t.name for t in c.targets] == [TARGET], "targets", f"contact prediction has one target, {TARGET}")
+        if c.head.type == "attention_lr":
+            need(c.embedder_name not in BASELINES, "embedder",
+                 f"attention_lr needs a transformer LM folder, not the baseline {c.embedder_name!r}")
+
+    # ------------------------------------------------------------------ data
+
+    @staticmethod
+    def npz(config, data_dir) -> Path:
+        if data_dir is not None:
+            root = Path(data_dir)
+            if not (root / NPZ_NAME).is_file() and (root / "contacts" / NPZ_NAME).is_file():
+                root = root / "contacts"  # the benchmark data folder
+            return resolve_npz(root)
+        return resolve_npz(config.data.path or data_root() / "contacts")
+
+    def load_data(self, config, data_dir) -> TaskData:
+        d = config.data
+        npz = self.npz(config, data_dir)
+        full = read_full_sequences(d.full_sequences) if d.full_sequences else None
+        train = load_chains(npz, "train", max_length=d.max_length, min_length=d.min_length,
+                            max_chains=d.train_chains, seed=d.seed, full_sequences=full)
+        valid = load_chains(npz, "valid", max_length=d.max_length, min_length=d.min_length, full_sequences=full)
+        order = np.random.default_rng(d.seed + 1).permutation(len(valid))
+        early = [valid[k] for k in sorted(order[:d.early_stop_chains])]
+        rest = [valid[k] for k in sorted(order[d.early_stop_chains:d.early_stop_chains + d.eval_chains])]
+        if not train:
+            raise InputError(f"{npz}: no training chains between {d.min_length} and {d.max_length} residues")
+        if not early:
+            raise ConfigError("config data.early_stop_chains: no validation chains for early stopping")
+        if not rest:
+            raise InputError(f"{npz}: no validation chains left for evaluation after {len(early)} early-stopping "
+                             "chains; lower data.early_stop_chains")
+        log.info("contacts: %d train chains, %d early-stopping and %d evaluation chains (validation)",
+                 len(train), len(early), len(rest))
+        info = {"classes": [], "normalisation": [],
+                "conventions": {"contact": f"CB-CB < {d.threshold} A (CA where CB is missing)",
+                                "min_separation_trained": d.min_separation},
+                "data": {"npz": str(npz.resolve()), "full_sequences": d.full_sequences,
+                         "train_ids": [c.id for c in train], "early_stop_ids": [c.id for c in early]},
+                "caveat": REDUNDANCY_CAVEAT}
+        return TaskData(train, early, {TEST_SET: rest}, info)
+
+    def evaluation_sets(self, head, request: dict, data_dir) -> dict[str, list[Chain]]:
+        """The held-out validation chains a head was reported on (default), or its training chains
+        (``split: train``); ``max_chains``, ``max_length``, ``include_early_stop`` adjust them."""
+        config, info = head.config, head.info
+        d = config.data
+        split = request.get("split") or "validation"
+        if split not in ("validation", "valid", "train"):
+            raise ConfigError(f"--split must be validation or train for a contact head, not {split!r}")
+        npz = self.npz(config, data_dir) if data_dir is not None else Path(info["data"]["npz"])
+        if data_dir is None and not npz.is_file():
+            npz = self.npz(config, None)
+        max_length = request.get("max_length") or d.max_length
+        n_chains = int(request.get("max_chains") or d.eval_chains)
+        full = read_full_sequences(d.full_sequences) if d.full_sequences else None
+        if split == "train":
+            trained = set(info["data"]["train_ids"])
+            pool = [c for c in load_chains(npz, "train", max_length=max_length, min_length=d.min_length,
+                                           full_sequences=full) if c.id in trained]
+            chains, name = pool[:n_chains], "train"
+        else:
+            # the same seeded order as at training time: by default the first n chains after the
+            # early-stopping ones are exactly the chains train() reported
+            valid = load_chains(npz, "valid", max_length=max_length, min_length=d.min_length, full_sequences=full)
+            order = np.random.default_rng(d.seed + 1).permutation(len(valid))
+            early = set(info["data"]["early_stop_ids"])
+            if request.get("include_early_stop"):
+                picked = list(order[:n_chains])
+            else:
+                picked = [k for k in order if valid[k].id not in early][:n_chains]
+            chains = [valid[k] for k in sorted(picked)]
+            name = "valid_with_early_stop" if request.get("include_early_stop") else TEST_SET
+        if not chains:
+            raise InputError(f"{npz}: no {split} chains to evaluate with these limits")
+        return {name: chains}
+
+    def proteins(self, config, data_dir, split: str):
+        data = self.load_data(config, data_dir)
+        sets = {"train": [("train", data.train)], "valid": [("valid", data.valid)],
+                "test": list(data.tests.items()), "all": [("train", data.train), ("valid", data.valid),
+                                                          *data.tests.items()]}[split]
+        return [(c.id, c.model_input, name) for name, chains in sets for c in chains]
+
+    # ------------------------------------------------------------------ inputs
+
+    def _uses_attention(self, config) -> bool:
+        return get_head(config.head.type).input == "attention"
+
+    def open_source(self, config, cache_dir, embedder=None):
+        spec = parse_spec(embedder, "--embedder") if embedder is not None else config.embedder_spec
+        if spec.options.seed == 0 and config.train.seed:  # random-init:FOLDER draws its weights with train.seed
+            spec = spec.with_options(seed=config.train.seed)
+        if self._uses_attention(config):
+            return AttentionSource(spec)
+        return super().open_source(config, cache_dir, spec)
+
+    def inputs(self, config, source, chains: list[Chain], progress=None) -> ContactInputs:
+        d = config.data
+        if isinstance(source, AttentionSource):
+            return ContactInputs(chains, None, source.lm, d.threshold, d.min_separation)
+        seqs = [c.model_input for c in chains]
+        fs = source.features([c.id for c in chains], seqs, seqs, progress)
+        embs = []
+        for i, c in enumerate(chains):
+            e = np.array(fs[i], dtype=np.float32)  # a writable copy: crops become tensors
+            embs.append(e[c.offset:c.offset + len(c)] if c.full_seq is not None else e)
+        return ContactInputs(chains, embs, None, d.threshold, d.min_separation)
+
+    def query_inputs(self, config, source, ids, sequences) -> ContactInputs:
+        chains = [Chain(id=pid, seq=s.translate(RARE_TO_X), ca=np.full((len(s), 3), np.nan),
+                        cb=np.full((len(s), 3), np.nan)) for pid, s in zip(ids, sequences)]
+        return self.inputs(config, source, chains)
+
+    # ------------------------------------------------------------------ the head and its training
+
+    def new_head(self, config, dim: int, info: dict) -> nn.Module:
+        return make_head(config.head, dim, [1], "pair")
+
+    def fit_direct(self, config, model, train: ContactInputs, info: dict) -> dict | None:
+        if train.lm is None:
+            return None
+        t0 = time.time()
+        hp, seed = config.head, config.train.seed
+        x, y = training_pairs(train.lm, train.chains, min_separation=config.data.min_separation,
+                              max_pairs=hp.max_pairs, seed=seed, threshold=config.data.threshold)
+        logreg = model.fit(x, y, seed=seed)
+        info["training"] = {"pairs": int(len(y)), "contact_fraction": float(y.mean()), "features": int(x.shape[1]),
+                            "layers": train.lm.layers, "heads": train.lm.heads,
+                            "nonzero_weights": int((logreg.coef != 0).sum()), "top_maps": logreg.top_maps(train.lm),
+                            "seconds": time.time() - t0}
+        return {"history": []}
+
+    def fit_state(self, config, model, train: ContactInputs, info: dict) -> FitState:
+        model.norm.set_stats(train.embs)
+        torch.manual_seed(config.train.seed)  # the training stream starts at the seed, after the head's init
+        return FitState({"train": train})
+
+    def train_batches(self, config, model, train: ContactInputs, rng):
+        t = config.train
+        steps = _steps(_crops(len(train), [len(e) for e in train.embs], t.crop, rng), t.pair_budget, t.batch_size)
+        yield from _progress(steps, "epoch")
+
+    def batch_loss(self, config, model, step, state: FitState):
+        train: ContactInputs = state["train"]
+        n_pairs, losses = 0, []
+        for k, a, b in step:
+            m = torch.from_numpy(np.triu(train.masks[k][a:b, a:b]))
+            if not m.any():
+                continue
+            y = torch.from_numpy(train.truth[k][0][a:b, a:b])[m].float()
+            logits = model.train_logits(torch.from_numpy(train.embs[k][a:b]), m)
+            losses.append(nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum"))
+            n_pairs += len(y)
+        if not losses:
+            return None
+        return torch.stack(losses).sum() / n_pairs, n_pairs
+
+    def validation(self, config, model, valid: ContactInputs, state: FitState) -> float:
+        """Mean P@L/5 long range over the early-stopping chains."""
+        vals = [precision_at(predict_map(model, e, config.train.pair_budget), truth[0], truth[1], rng="long",
+                             divisor=5) for e, truth in zip(valid.embs, valid.truth)]
+        vals = [v for v in vals if v is not None]
+        return float(np.mean(vals)) if vals else 0.0
+
+    # ------------------------------------------------------------------ outputs
+
+    def predict(self, config, model, inputs: ContactInputs, info: dict) -> list[np.ndarray]:
+        """Contact probabilities (float32, L × L, symmetric) for each chain's structure stretch."""
+        if inputs.lm is not None:
+            reg = model.regression()
+            return [reg.predict_proba(attention_features(inputs.lm, c)) for c in _progress(inputs.chains, "predict")]
+        return [predict_map(model, e, config.train.pair_budget) for e in _progress(inputs.embs, "predict")]
+
+    def score(self, config, preds, chains: list[Chain], info: dict, n_boot: int, seed: int = 0) -> dict:
+        truth = [contact_map(c.ca, c.cb, config.data.threshold) for c in chains]
+        res = evaluate_maps(preds, [t[0] for t in truth], [t[1] for t in truth], n_boot=n_boot, seed=seed,
+                            ids=[c.id for c in chains])
+        return {TARGET: {**res, "chains": len(chains), "proteins": len(chains)}}
+
+    def headline(self, result: dict) -> dict | None:
+        h = result.get("headline")
+        if not h:
+            return None
+        return {"value": h["value"], "ci95": h["ci"] or [None, None]}
+
+    def per_protein(self, config, preds, chains, k: int):
+        truth = [contact_map(c.ca, c.cb, config.data.threshold) for c in chains]
+        vals = np.array([np.nan if v is None else v for v in
+                         (precision_at(p, t, o, rng="long", divisor=5) for p, (t, o) in zip(preds, truth))])
+        return len(vals), vals
+
+    def statistic(self, values, idx) -> float:
+        v = values[idx]
+        v = v[~np.isnan(v)]
+        return float(v.mean()) if len(v) else float("nan")
+
+    def summary_lines(self, result: dict) -> list[str]:
+        lines = []
+        for set_name, by_target in result.items():
+            for res in by_target.values():
+                lines.append(f"  {set_name}: {res.get('chains')} chains; mean over proteins, "
+                             f"{int(res['ci_level'] * 100)}% bootstrap CI ({res['n_boot']} resamples)")
+                lines += ["    " + line for line in format_table(res).splitlines()]
+                h = res["headline"]
+                ci = f" [{h['ci'][0]:.3f}, {h['ci'][1]:.3f}]" if h.get("ci") else ""
+                value = "—" if h["value"] is None else f"{h['value']:.3f}"
+                lines.append(f"  headline: {h['name']} = {value}{ci}")
+        return lines
+
+    # ------------------------------------------------------------------ prediction files
+
+    def check_output(self, output, overwrite: bool = False, inputs=()) -> None:
+        from protlm.io.outputs import check_output_dir
+
+        out = Path(output)
+        if out.suffix:
+            raise ConfigError(f"--output {out}: a contact head writes one npz (+ png) per protein; give a folder")
+        check_output_dir(out, overwrite=overwrite, inputs=list(inputs), option="--output")
+
+    def predict_to(self, head, ids, sequences, output, options: dict, source) -> dict:
+        """Contact probabilities for every protein: OUT/<id>.npz (+ OUT/<id>.png), OUT/predictions.json.
+
+        Each npz holds ``probs`` (L × L float32, symmetric) and ``sequence``. With ``truth`` (a file
+        in the contacts npz layout) proteins whose id is in it are also scored: the structure stretch
+        is located in the sequence (the stored offset, checked), ``contacts`` (stretch × stretch),
+        ``observed`` and ``offset`` are added to the npz, precision goes into the summary, and the
+        picture compares predicted and true contacts. Proteins longer than ``max_residues`` (or the
+        LM's position limit, for attention) are skipped and listed. File names come from ids through
+        :func:`protlm.io.outputs.safe_names`."""
+        from protlm.io.outputs import safe_names
+
+        config, model = head.config, head.model
+        out_dir = Path(output)
+        max_residues = int(options.get("max_residues") or 3000)
+        pictures = not options.get("no_pictures")
+        truth = options.get("truth")
+        known = _truth_chains(Path(truth) if truth else None, ids)
+        threshold = float(config.data.threshold)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        names = safe_names(ids)
+        lm = getattr(source, "lm", None)
+        limit = lm.family.max_residues if lm is not None else None
+        done, skipped, scored = [], [], []
+        for pid, seq in _progress(list(zip(ids, sequences)), "contacts"):
+            seq = seq.upper()
+            reason = None
+            if len(seq) > max_residues:
+                reason = f"longer than --max-residues {max_residues}"
+            elif limit is not None and len(seq) > limit:
+                reason = f"longer than the LM's position limit ({limit}); attention maps need one window"
+            if reason:
+                skipped.append({"id": pid, "length": len(seq), "reason": reason})
+                log.warning("skipped %s (%d residues): %s", pid, len(seq), reason)
+                continue
+            probs = self.predict(config, model, self.query_inputs(config, source, [pid], [seq]), head.info)[0]
+            arrays = {"probs": probs.astype(np.float32), "sequence": np.array(seq)}
+            npz_path = out_dir / f"{names[pid]}.npz"
+            entry = {"id": pid, "length": len(seq), "npz": str(npz_path)}
+            t = known.get(pid)
+            true_map = None
+            if t is not None:
+                off = locate_stretch(seq, t.seq, t.offset)
+                true_map, observed = contact_map(t.ca, t.cb, threshold)
+                stretch = probs[off:off + len(t), off:off + len(t)]
+                arrays |= {"contacts": true_map, "observed": observed, "offset": np.array(off)}
+                entry["precision"] = {r: {c: precision_at(stretch, true_map, observed, rng=r, divisor=dv)
+                                          for c, dv in CUTOFFS.items()} for r in RANGES}
+                entry["offset"] = off
+                entry["stretch_length"] = len(t)
+                scored.append(entry)
+            write_npz(npz_path, arrays, compressed=True)
+            if pictures:
+                from protlm.tasks.contacts.plot import contact_figure
+
+                png = out_dir / f"{names[pid]}.png"
+                if true_map is not None:
+                    o = entry["offset"]
+                    contact_figure(probs[o:o + len(t), o:o + len(t)], true_map, png, title=pid,
+                                   observed=arrays["observed"])
+                else:
+                    contact_figure(probs, None, png, title=pid)
+                entry["png"] = str(png)
+            done.append(entry)
+        result = {"head": str(options.get("head", "")), "out": str(out_dir), "proteins": len(done),
+                  "scored": len(scored), "skipped": skipped, "predictions": done}
+        write_json(out_dir / "predictions.json", result)
+        lines = [f"predicted contacts for {len(done)} proteins → {out_dir} (npz{'' if not pictures else ' + png'}); "
+                 f"scored against structures: {len(scored)}; skipped: {len(skipped)}"]
+        for p in done:
+            if "precision" in p:
+                v = p["precision"]["long"]["L/5"]
+                lines.append(f"  {p['id']}: {p['length']} residues, structure stretch {p['stretch_length']} from "
+                             f"offset {p['offset']}, P@L/5 long (≥24) = {'—' if v is None else f'{v:.3f}'}")
+        for s in skipped:
+            lines.append(f"  skipped {s['id']} ({s['length']} residues): {s['reason']}")
+        return {**result, "summary": "\n".join(lines)}
+
+
+def _truth_chains(truth: Path | None, ids: list[str]) -> dict[str, Chain]:
+    """Structures of the ids that the truth file holds (others are predicted, not scored)."""
+    if truth is None:
+        return {}
+    npz = resolve_npz(truth)
+    z = read_npz(npz)
+    if "netsurfp_id" not in z:
+        raise InputError(f"{npz}: missing array netsurfp_id (see docs/contacts.md for the layout)")
+    present = set(z["netsurfp_id"].astype(str))
+    wanted = [i for i in ids if i in present]
+    return {c.id: c for c in load_chains(npz, None, ids=wanted)} if wanted else {}
