@@ -86,6 +86,18 @@ def test_best_validation_checkpoint_survives_rotation(shards, tmp_path, monkeypa
     (root / "latest").write_text("best\n")
     tr3 = Trainer(cfg, tmp_path / "run", resume=True, progress=False)
     assert tr3.step == 2
+    monkeypatch.setattr(tr3, "evaluate", lambda: None)
+    tr3.run(until=3)  # rotation must keep the checkpoint just written, not the abandoned step-0000006
+    assert (root / "latest").read_text().strip() == "step-0000003"
+    assert (root / "step-0000003" / "trainer_state.json").is_file()
+    tr4 = Trainer(cfg, tmp_path / "run", resume=True, progress=False)
+    assert tr4.step == 3
+    monkeypatch.setattr(tr4, "evaluate", lambda: None)
+    tr4.run()
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-0000006"]
+    assert (root / "latest").read_text().strip() == "step-0000006"
+    state = json.loads((root / "step-0000006" / "trainer_state.json").read_text())
+    assert state["step"] == 6 and (root / "step-0000006" / "model.safetensors").is_file()
 
 
 def test_lower_lr_and_longer_schedule_are_allowed_on_resume_and_recorded(shards, tmp_path):

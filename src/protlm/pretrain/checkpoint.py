@@ -105,8 +105,11 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, env: Dist
                 os.fsync(fh.fileno())
             os.replace(pointer, root / "latest")
             fsync_dir(root)
-            done = sorted(p for p in root.glob("step-*") if p.is_dir())
-            for old in done[:-keep]:
+            # rotation by write time, never the one just written: after a resume from an earlier
+            # checkpoint (e.g. `best`) the abandoned later step folders go first, not the new one
+            others = sorted((p for p in root.glob("step-*") if p.is_dir() and p != path),
+                            key=lambda p: p.stat().st_mtime_ns)
+            for old in others[:max(len(others) - (keep - 1), 0)]:
                 shutil.rmtree(old, ignore_errors=True)
     barrier(env)
     return path
