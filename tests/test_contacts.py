@@ -502,3 +502,22 @@ def test_attention_maps_for_other_families(tmp_path, arch, vocab, prefix):
     assert np.allclose(maps, full[:, prefix:prefix + len(seq), prefix:prefix + len(seq)], atol=1e-6)
     if arch == "causal":
         assert np.allclose(np.triu(maps[0], 1), 0)  # one-sided: symmetrising makes it a map
+
+
+def test_suite_skips_an_embedder_that_does_not_fit_the_head(tiny_esm, tmp_path):
+    """attention_lr reads attention maps: a baseline embedder given to the whole suite is skipped
+    and listed, not a crash; the LM runs."""
+    from protlm.tasks.suite import run_suite
+
+    data = tmp_path / "data"
+    _tiny_set(data / "coords_ca_cb.npz", n_train=6, n_valid=7)
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "att.yaml").write_text(
+        "name: att\nprotocol: residue_pairs_to_class\nembedder: onehot\n"
+        "data: {train_chains: 4, early_stop_chains: 2, eval_chains: 4, max_length: null}\n"
+        "head: {type: attention_lr}\nevaluate: {n_boot: 20}\n".replace("embedder: onehot", f"embedder: {tiny_esm}"))
+    res = run_suite(suite, [str(tiny_esm), "onehot"], tmp_path / "out", data)
+    assert [r["embedder"] for r in res["results"]] == [str(tiny_esm)]
+    assert res["skipped"][0]["embedder"] == "onehot" and "attention_lr needs" in res["skipped"][0]["reason"]
+    assert "Not run" in (tmp_path / "out" / "results.md").read_text()

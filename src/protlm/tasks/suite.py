@@ -32,7 +32,7 @@ import numpy as np
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes
 from protlm.tasks import metrics as M
-from protlm.tasks.config import SourceConfig, TaskConfig, load_task_config
+from protlm.tasks.config import SourceConfig, TaskConfig, load_task_config, validate
 from protlm.tasks.features import embedder_slug, identity_digest
 from protlm.tasks.protocols import get_protocol
 from protlm.tasks.train import METRICS_JSON, check_source, load_head, train
@@ -103,12 +103,18 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
         files = [f for f in files if load_task_config(f, overrides).protocol in protocols]
         if not files:
             raise InputError(f"--suite {suite}: no configs of protocol {', '.join(protocols)}")
-    results = []
+    results, skipped = [], []
     for path in files:
         base = load_task_config(path, overrides)
         for spec in embedders or [base.embedder]:
             config = load_task_config(path, overrides)
             config.embedder = spec
+            try:
+                validate(config)  # the embedder must fit the protocol and head (attention maps need an LM)
+            except ConfigError as exc:
+                log.warning("%s with %s: skipped (%s)", path.stem, spec, exc)
+                skipped.append({"task": path.stem, "embedder": str(spec), "reason": str(exc)})
+                continue
             add_tests(config, extra.get(path.stem, {}))
             spec = config.embedder_name
             with config.protocol_obj.open_source(config, cache_dir) as source:
@@ -131,14 +137,20 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
             write_bytes(done, json_bytes(doc))
             results.append(doc)
     table = results_table(results)
+    if skipped:
+        table += "\nNot run (the embedder does not fit the task): " + "; ".join(
+            f"{r['task']} × `{r['embedder']}` ({r['reason']})" for r in skipped) + ".\n"
     differences = []
     if pairs:
-        differences = paired_differences(files, pairs, out, data_dir, extra, overrides, cache_dir)
+        not_run = {r["task"] for r in skipped}
+        differences = paired_differences([f for f in files if f.stem not in not_run], pairs, out, data_dir, extra,
+                                         overrides, cache_dir)
         table += "\n" + differences_table(differences)
     write_bytes(out / "results.json", json_bytes({"embedders": embedders, "results": results,
-                                                   "paired_differences": differences}))
+                                                   "paired_differences": differences, "skipped": skipped}))
     write_bytes(out / "results.md", table.encode())
-    return {"out": str(out), "results": results, "table": table, "paired_differences": differences}
+    return {"out": str(out), "results": results, "table": table, "paired_differences": differences,
+            "skipped": skipped}
 
 
 # --------------------------------------------------------------------------- paired differences
