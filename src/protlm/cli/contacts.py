@@ -17,6 +17,8 @@ import argparse
 import os
 from pathlib import Path
 
+from protlm.cli.common import apply_threads, threads_parent
+
 PROTOCOL = "residue_pairs_to_class"
 DEFAULT_DATA = os.path.join(os.environ.get("PROTLM_DATA", "../shared/data"), "contacts")
 
@@ -70,6 +72,7 @@ def _train(args, config, out: Path, data) -> int:
 
 
 def cmd_train(args) -> int:
+    apply_threads(args)
     from protlm.configfile import load_tree
     from protlm.errors import ConfigError
 
@@ -81,6 +84,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_attention(args) -> int:
+    apply_threads(args)
     tree = {
         "name": args.name or f"contacts_attention_{Path(args.model.split(':', 1)[-1]).name}",
         "protocol": PROTOCOL,
@@ -95,6 +99,7 @@ def cmd_attention(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    apply_threads(args)
     from protlm.cli.common import emit as _emit
     from protlm.errors import ConfigError
     from protlm.io.atomic import write_json
@@ -130,6 +135,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    apply_threads(args)
     from protlm.cli.common import emit as _emit
     from protlm.data.alphabet import CleaningPolicy
     from protlm.data.fasta import read_fasta
@@ -157,6 +163,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
+    apply_threads(args)
     from protlm.cli.common import emit as _emit
     from protlm.tasks.suite import run_suite
 
@@ -176,8 +183,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(>=24) separations, mean over proteins, bootstrap CIs. These subcommands are aliases of "
                     "protlm train / evaluate / predict / benchmark with contact-specific flags; see docs/contacts.md.")
     sub = p.add_subparsers(dest="contacts_command", metavar="SUBCOMMAND", required=True)
+    T = [threads_parent()]  # --threads: torch's CPU threads, as for every command
 
-    t = sub.add_parser("train", help="train a contact head from a config (= protlm train)",
+    t = sub.add_parser("train", parents=T, help="train a contact head from a config (= protlm train)",
                        description="Train pair_mlp / resnet2d / attention_lr from a YAML config; writes "
                                    "OUT/head.json, head.safetensors, metrics.json.",
                        epilog="overrides: dotted keys, e.g. train.epochs=5 data.train_chains=100")
@@ -192,7 +200,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     t.set_defaults(func=cmd_train)
 
-    a = sub.add_parser("attention", help="ESM-style contacts from attention maps (fit + evaluate)",
+    a = sub.add_parser("attention", parents=T, help="ESM-style contacts from attention maps (fit + evaluate)",
                        description="Symmetrised, APC-corrected attention maps of every layer and head → "
                                    "logistic regression fit on a few training chains, evaluated on held-out "
                                    "validation chains. Works with any protein LM folder protlm can load; "
@@ -214,7 +222,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     a.set_defaults(func=cmd_attention)
 
-    e = sub.add_parser("evaluate", help="score a saved head on the contacts data (= protlm evaluate)",
+    e = sub.add_parser("evaluate", parents=T, help="score a saved head on the contacts data (= protlm evaluate)",
                        description="Precision of the top L/5, L/2, L predicted contacts per separation range, "
                                    "mean over proteins, with bootstrap CIs.")
     e.add_argument("--head", required=True, help="head folder written by protlm train / contacts train")
@@ -229,7 +237,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     e.set_defaults(func=cmd_evaluate)
 
-    b = sub.add_parser("benchmark", help="run the contact configs of a folder (= protlm benchmark)",
+    b = sub.add_parser("benchmark", parents=T, help="run the contact configs of a folder (= protlm benchmark)",
                        description="Train and score each contact config (protocol residue_pairs_to_class) of a "
                                    "folder with its own embedder through the one benchmark suite; write "
                                    "OUT/results.md and results.json. Paired differences between embedders: "
@@ -244,7 +252,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     b.set_defaults(func=cmd_benchmark)
 
-    r = sub.add_parser("predict", help="contact probabilities per protein (npz) and pictures (= protlm predict)",
+    r = sub.add_parser("predict", parents=T, help="contact probabilities per protein (npz) and pictures (= protlm predict)",
                        description="For every protein of a FASTA file write OUT/<id>.npz (probs: L×L) and "
                                    "OUT/<id>.png. With --truth (coordinates in the contacts npz layout, ids "
                                    "matching), the structure stretch is located in the sequence, scored, and "

@@ -34,7 +34,7 @@ from protlm.errors import InputError
 from protlm.io.atomic import json_bytes, write_bytes, write_with_path
 from protlm.tasks import headfile
 from protlm.tasks.config import TaskConfig, build_task_config
-from protlm.tasks.features import FeatureSource, check_identity
+from protlm.tasks.features import check_identity
 from protlm.tasks.protocols import Protocol, TaskData
 from protlm.tasks.protocols.labels import class_weights, feature_batch
 

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 
 from protlm.tasks.contacts.data import Chain, contact_map, scored_pairs
 from protlm.errors import ConfigError, InputError
-from protlm.models.hf import RANDOM_PREFIX, LoadedLM, load_hf_lm, parse_lm_spec  # noqa: F401 (re-exported)
+from protlm.models.hf import LoadedLM, load_hf_lm
 
 log = logging.getLogger("protlm.tasks")
 

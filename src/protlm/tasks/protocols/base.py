@@ -38,7 +38,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from protlm.embed.spec import parse_spec
 from protlm.errors import ConfigError
+from protlm.tasks.features import FeatureSource
+from protlm.tasks.heads import heads_for
 
 log = logging.getLogger("protlm.tasks")
 
@@ -87,13 +90,13 @@ class Protocol:
     # ------------------------------------------------------------------ config
 
     def head_names(self) -> list[str]:
-        from protlm.tasks.heads import heads_for
-
         return heads_for(self.output_level)
 
     def prepare_tree(self, tree: dict) -> None:
         """Adjust a raw config tree before it is built (shorthands, defaults)."""
-        train = tree.setdefault("train", {}) if isinstance(tree.get("train", {}), dict) else tree.get("train")
+        if tree.get("train") is None:
+            tree["train"] = {}
+        train = tree["train"]
         if isinstance(train, dict):
             for key, value in self.train_defaults.items():
                 train.setdefault(key, value)
@@ -116,9 +119,6 @@ class Protocol:
 
     def open_source(self, config, cache_dir, embedder=None):
         """What computes the head's inputs (default: a :class:`~protlm.tasks.features.FeatureSource`)."""
-        from protlm.embed.spec import parse_spec
-        from protlm.tasks.features import FeatureSource
-
         spec = config.embedder_spec
         if embedder is not None:  # another embedder (or an HDF5 file) for the same head: the config's layer
             other = parse_spec(embedder, "--embedder")
