@@ -46,7 +46,8 @@ def _progress():
             bar.n = info["done"]
             bar.refresh()
         elif kind == "epoch":
-            print(f"  epoch {info['epoch']:3d}  train loss {info['train_loss']:.4f}  valid loss {info['valid_loss']:.4f}",
+            what = info.get("key", "valid_loss").replace("_", " ")  # the protocol's early-stopping value
+            print(f"  epoch {info['epoch']:3d}  train loss {info['train_loss']:.4f}  {what} {info['valid_loss']:.4f}",
                   file=sys.stderr)
         elif kind == "task":
             print(f"{info['task']} with {info['embedder']}", file=sys.stderr)
