@@ -48,6 +48,25 @@ def flops_per_token(arch: str) -> float:
                           hidden=SHAPE["hidden"], ffn=SHAPE["ffn"], **extra) / TYPICAL_LENGTH
 
 
+def unigram_perplexity(shards: Path, n_valid: int) -> float:
+    """Training-split amino-acid frequencies (add-one) scored on every residue of the first
+    ``n_valid`` validation proteins (whole sequences; the models see ≤ 254-residue crops)."""
+    import math
+
+    from protlm.data.alphabet import ALPHABET
+    from protlm.data.shards import ShardedDataset
+
+    train, valid = ShardedDataset(shards, "train"), ShardedDataset(shards, "valid")
+    counts = np.zeros(len(ALPHABET))
+    for i in range(len(train)):
+        counts += np.bincount(train[i], minlength=len(ALPHABET))
+    p = (counts + 1) / (counts + 1).sum()
+    q = np.zeros(len(ALPHABET))
+    for i in range(min(n_valid, len(valid))):
+        q += np.bincount(valid[i], minlength=len(ALPHABET))
+    return math.exp(-(q * np.log(p)).sum() / q.sum())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=os.environ.get("PROTLM_DATA", str(REPO.parent / "shared" / "data")))
@@ -66,6 +85,8 @@ def main() -> int:
     if not (shards / "manifest.json").exists():
         subprocess.run(["nice", protlm, "prepare", str(fasta), "--out", str(shards), "--dedup"], check=True, env=env)
     summary = {}
+    unigram = unigram_perplexity(shards, 128)
+    print(f"unigram baseline perplexity {unigram:.2f}", flush=True)
     for arch in args.families:
         from protlm.models.architectures import ARCHITECTURES
         from protlm.pretrain.metrics import read_metrics
@@ -100,6 +121,7 @@ def main() -> int:
                          "val_ppl": valid["val_ppl"], "val_targets": valid["val_targets"],
                          "first_train_loss": train[0]["loss"], "last_train_loss": train[-1]["loss"]}
         (out / "summary.json").write_text(json.dumps({"budget_tflop": args.budget_tflop, "shape": SHAPE,
+                                                      "unigram_perplexity": unigram,
                                                       "tokens_per_step": TOKENS_PER_STEP, "max_length": MAX_LENGTH,
                                                       "txl": TXL, "families": summary}, indent=2))
     print("| family | objective | parameters | steps | tokens seen | TFLOP | val. loss | val. perplexity | over |")
