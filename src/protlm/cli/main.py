@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare_merge)
 
     p = sub.add_parser("pretrain", help="pretrain a protein LM from prepared shards", parents=[J, T],
-                       description="Train a BERT/ALBERT/ESM-style/causal/T5 protein LM from "
+                       description="Train a BERT/ALBERT/ESM-style/causal/T5/XLNet/Transformer-XL protein LM from "
                                    "`protlm prepare` shards. Single process, or several under "
                                    "torchrun (DDP/FSDP). Writes Hugging Face checkpoints, "
                                    "metrics.jsonl, and OUT/model at the end. Ctrl-C saves a "
