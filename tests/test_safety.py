@@ -511,6 +511,15 @@ def test_cr_only_line_endings_are_named(tmp_path, capsys):
     assert code == 0, err
 
 
+def test_crlf_split_between_blocks_is_not_mistaken_for_cr_only():
+    from protlm.data.fasta import FastaError, _check_not_binary
+
+    _check_not_binary("x.fa.gz", b">a desc\r")  # a first gzip block that ends inside a CRLF
+    _check_not_binary("x.fa", b">a desc\r\nMKV\r\n")
+    with pytest.raises(FastaError, match="carriage return"):
+        _check_not_binary("x.fa", b">a\rMKV\r")
+
+
 def test_full_disk_names_the_file_leaves_no_tmp_and_exits_2(tmp_path, monkeypatch, capsys):
     import protlm.data.prepare as prep
     from protlm.io.atomic import write_bytes

@@ -206,7 +206,8 @@ def count_newlines(block: bytes) -> int:
 def _check_not_binary(path, head: bytes) -> None:
     if b"\x00" in head:
         raise FastaError(f"{path}: does not look like a FASTA file (it contains binary data)")
-    if b"\r" in head and b"\n" not in head:
+    inner = head.rstrip(b"\r")  # a block may end between the \r and the \n of a CRLF
+    if b"\r" in inner and b"\n" not in inner:
         raise FastaError(f"{path}: lines end with a carriage return only (old Mac OS line endings); "
                          "convert them to newlines, e.g. tr '\\r' '\\n' < IN > OUT")
 

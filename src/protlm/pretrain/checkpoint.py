@@ -108,7 +108,7 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, env: Dist
             # rotation by write time, never the one just written: after a resume from an earlier
             # checkpoint (e.g. `best`) the abandoned later step folders go first, not the new one
             others = sorted((p for p in root.glob("step-*") if p.is_dir() and p != path),
-                            key=lambda p: p.stat().st_mtime_ns)
+                            key=lambda p: (p.stat().st_mtime_ns, p.name))  # ties (coarse clocks): by step
             for old in others[:max(len(others) - (keep - 1), 0)]:
                 shutil.rmtree(old, ignore_errors=True)
     barrier(env)
