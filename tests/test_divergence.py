@@ -163,3 +163,22 @@ def test_perplexity_of_a_huge_loss_is_inf_not_an_overflow():
 
     assert _exp(1e4) == math.inf and _exp(1.0) == pytest.approx(math.e)
     assert np.isfinite(_exp(700.0))
+
+
+def test_full_disk_while_publishing_the_final_model(shards, tmp_path, monkeypatch):
+    import shutil
+
+    from protlm.errors import ProtlmError
+
+    data = tiny_config(shards, "esm", phases=[{"steps": 2, "max_length": 96, "tokens_per_batch": 1024}],
+                       eval_every=2, save_every=2)
+    tr = Trainer(load_config(data=data), tmp_path / "run", progress=False)
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copytree", full)
+    with pytest.raises(ProtlmError, match="No space left on device") as err:
+        tr.run()
+    assert str(tmp_path / "run" / "model") in str(err.value) and "step-0000002" in str(err.value)
+    assert not (tmp_path / "run" / ".model.tmp").exists() and not (tmp_path / "run" / "model").exists()

@@ -420,12 +420,21 @@ class Trainer:
         if self.env.is_main:
             import shutil
 
+            from protlm.io.atomic import fsync_dir, fsync_tree
+
             latest = ckpt.latest_checkpoint(self.out)
             tmp = self.out / ".model.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(latest, tmp, ignore=shutil.ignore_patterns("trainer_state.*"))
+            try:
+                shutil.copytree(latest, tmp, ignore=shutil.ignore_patterns("trainer_state.*"))
+                fsync_tree(tmp)
+            except OSError as exc:  # a full disk: no half-copied .model.tmp left, one line naming the folder
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise ProtlmError(f"{final}: cannot write the final model ({getattr(exc, 'strerror', None) or exc}); "
+                                  f"the trained checkpoint {latest} is complete") from None
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
+            fsync_dir(self.out)
         return {"out": str(self.out), "model": str(final), "steps": self.step, "tokens_seen": self.tokens_seen,
                 "params": self.params, "last_eval": last_eval}
 
