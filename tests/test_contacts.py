@@ -521,3 +521,33 @@ def test_suite_skips_an_embedder_that_does_not_fit_the_head(tiny_esm, tmp_path):
     assert [r["embedder"] for r in res["results"]] == [str(tiny_esm)]
     assert res["skipped"][0]["embedder"] == "onehot" and "attention_lr needs" in res["skipped"][0]["reason"]
     assert "Not run" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_a_contact_head_folder_from_before_0_4_is_read(tmp_path):
+    """Contact heads written by protlm 0.3 (their own head.json schema, protocol residues_to_class)
+    load into the one format and predict exactly what the same weights predict."""
+    from protlm.tasks.config import build_task_config
+    from protlm.tasks.train import load_head, predict_file, train
+
+    data = tmp_path / "data"
+    _tiny_set(data / "coords_ca_cb.npz", n_train=6, n_valid=6)
+    config = {"name": "tiny_pair", "protocol": "residue_pairs_to_class", "embedder": "onehot",
+              "data": {"train_chains": 6, "early_stop_chains": 2, "eval_chains": 3, "max_length": None},
+              "head": {"type": "pair_mlp", "hidden": 8},
+              "train": {"epochs": 1, "crop": 24, "pair_budget": 2000, "seed": 0}, "evaluate": {"n_boot": 10}}
+    train(build_task_config(config), tmp_path / "new", data)
+    new = json.loads((tmp_path / "new" / "head.json").read_text())
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "head.safetensors").write_bytes((tmp_path / "new" / "head.safetensors").read_bytes())
+    old_config = {**new["config"], "protocol": "residues_to_class"}
+    (old / "head.json").write_text(json.dumps({
+        "protocol": "residues_to_class", "task": "contact prediction", "protlm_version": "0.3.0", "name": "tiny_pair",
+        "embedder": "onehot", "embedder_seed": 0, "head": new["config"]["head"], "input_dim": new["dim"],
+        "data": new["data"], "config": old_config, "training": {"history": new["history"]}}))
+    head = load_head(old)
+    assert head.config.protocol == "residue_pairs_to_class" and head.dim == 21
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQ"]
+    a = predict_file(head, ["q"], seqs, tmp_path / "pa", {"no_pictures": True})
+    b = predict_file(load_head(tmp_path / "new"), ["q"], seqs, tmp_path / "pb", {"no_pictures": True})
+    assert np.array_equal(np.load(a["predictions"][0]["npz"])["probs"], np.load(b["predictions"][0]["npz"])["probs"])

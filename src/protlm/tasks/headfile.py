@@ -34,6 +34,7 @@ def read_head_json(folder: Path, name: str = "head.json") -> dict:
         raise InputError(f"--head {folder}: cannot read {name} ({exc.strerror})") from None
     if not isinstance(info, dict):
         raise InputError(f"--head {folder}: {name} must hold a JSON object, not a {type(info).__name__}")
+    info = upgrade_contact_head(info)
     for key, kind in (("config", dict), ("classes", list), ("normalisation", list)):
         if not isinstance(info.get(key), kind):
             raise InputError(f"--head {folder}: {name} field {key!r} must be a {kind.__name__}")
@@ -49,6 +50,27 @@ def read_head_json(folder: Path, name: str = "head.json") -> dict:
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)):
             raise InputError(f"--head {folder}: {name} normalisation[{k}] must be two finite numbers")
     return info
+
+
+def upgrade_contact_head(info: dict) -> dict:
+    """A contact head folder written before protlm 0.4 (its own schema: ``input_dim``, the protocol
+    named ``residues_to_class``) in the one head-folder format; other head.json files unchanged.
+    Its weights have the same names and shapes."""
+    if info.get("protocol") != "residues_to_class" or "input_dim" not in info or "classes" in info:
+        return info
+    config = info.get("config")
+    if not isinstance(config, dict):
+        return info
+    config = {**config, "protocol": "residue_pairs_to_class"}
+    if isinstance(info.get("embedder"), str):
+        config["embedder"] = info["embedder"]  # stored as an absolute path for an LM folder
+    train = dict(config.get("train") or {})
+    if isinstance(info.get("embedder_seed"), int):
+        train["seed"] = info["embedder_seed"]
+    config["train"] = train
+    training = info.get("training") if isinstance(info.get("training"), dict) else {}
+    return {**info, "protocol": "residue_pairs_to_class", "config": config, "classes": [], "normalisation": [],
+            "dim": info["input_dim"], "history": training.get("history", [])}
 
 
 def check_head_shape(folder: Path, hidden: int, kernel: int) -> None:
