@@ -62,6 +62,7 @@ import numpy as np
 
 from protlm.data.alphabet import STANDARD
 from protlm.errors import ConfigError, InputError, ProtlmError
+from protlm.io.checksums import sha256_file
 
 log = logging.getLogger("protlm.align")
 
@@ -114,22 +115,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "protlm" / "mmseqs"
-
-
-_FILE_HASHES: dict[tuple, str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, remembered per (path, size, mtime) within the process."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 22):
-                h.update(block)
-        _FILE_HASHES[key] = h.hexdigest()
-    return _FILE_HASHES[key]
 
 
 def run_mmseqs(binary: str, args: Sequence[str], log_path: Path) -> float:
@@ -187,7 +172,7 @@ class TargetDatabase:
         self.binary = find_binary(binary)
         self.threads = max(1, int(threads))
         self.index = index
-        self.sha256 = file_sha256(self.fasta)
+        self.sha256 = sha256_file(self.fasta)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.folder = self.cache_dir / "db" / self.sha256[:16]
         self.prefix = self.folder / "db"

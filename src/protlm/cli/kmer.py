@@ -15,7 +15,8 @@ from pathlib import Path
 
 def cmd_kmer_train(args) -> int:
     from protlm.cli.common import emit as _emit, progress_bar as _progress_bar
-    from protlm.data.fasta import read_fasta, sha256_of
+    from protlm.data.fasta import read_fasta
+    from protlm.io.checksums import sha256_file
     from protlm.embed.baselines import KmerTraining, train_kmer
     from protlm.errors import ConfigError, InputError
 
@@ -35,7 +36,7 @@ def cmd_kmer_train(args) -> int:
     sequences = (r.sequence for r in read_fasta(fasta, rename_duplicates=True))
     if args.max_sequences is not None:
         sequences = itertools.islice(sequences, args.max_sequences)
-    source = {"trained_on": fasta.name, "trained_on_sha256": sha256_of(fasta),
+    source = {"trained_on": fasta.name, "trained_on_sha256": sha256_file(fasta),
               "sample": f"first {args.max_sequences} sequences" if args.max_sequences else "all sequences"}
     bar = _progress_bar(args.max_sequences, "kmer-train: counting", unit="seq")
     bar.unit_divisor = 1000

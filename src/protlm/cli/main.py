@@ -20,7 +20,6 @@ from protlm.cli.common import (add_out, apply_threads, data_parent, emit, json_p
 from protlm.errors import ProtlmError
 
 log = logging.getLogger("protlm")
-_emit = emit  # TEMPORARY (lead): old name until cli/tasks.py and cli/contacts.py land; removed at integration
 
 
 # --------------------------------------------------------------------------- helpers

@@ -13,7 +13,6 @@ are logged, counted in :class:`FastaStats` and skipped instead.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import zlib
@@ -510,9 +509,3 @@ def read_fasta_raw(path: str | os.PathLike) -> Iterator[FastaRecord]:
             yield FastaRecord(rid, _text(body[offsets[i] : offsets[i + 1]]), _header_text(header, source, line), line)
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()

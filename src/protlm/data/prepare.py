@@ -48,8 +48,7 @@ from protlm.data.alphabet import ALPHABET, CleaningPolicy, vocabulary
 from protlm.data.fasta import FastaStats, encode_block, iter_record_blocks, read_fasta, split_block
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import write_bytes, write_json, write_npy
-
-atomic_write_bytes = write_bytes  # TEMPORARY (lead): old name until the tasks refactor lands; removed at integration
+from protlm.io.checksums import xxh3_file
 
 log = logging.getLogger(__name__)
 
@@ -150,15 +149,6 @@ def load_exclusions(paths: Iterable[str | os.PathLike], policy: CleaningPolicy) 
 # --------------------------------------------------------------------------- content hashes
 
 
-def file_hash(path: Path) -> str:
-    """XXH3-128 of a file's bytes (hex); read in 16 MB blocks."""
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
-
-
 def chunk_file_names(index: int) -> list[str]:
     name = chunk_name(index)
     return [f"{name}.{s}.{kind}" for s in SPLITS for kind in ("tokens", "offsets.npy", "ids.txt")] + [
@@ -166,7 +156,7 @@ def chunk_file_names(index: int) -> list[str]:
 
 
 def chunk_hashes(chunk_dir: Path, index: int) -> dict[str, str]:
-    return {n: file_hash(chunk_dir / n) for n in chunk_file_names(index)}
+    return {n: xxh3_file(chunk_dir / n) for n in chunk_file_names(index)}
 
 
 def _chunk_intact(chunk_dir: Path, index: int, expected: dict | None) -> bool:
@@ -823,7 +813,7 @@ def _manifest(out: Path, parts, summaries, kept_keys, total, fingerprint) -> dic
                     "ids": f"chunks/{name}.{split}.ids.txt",
                     "records": len(offsets) - 1,
                     "residues": int(offsets[-1]),
-                    "xxh3_128": {kind: file_hash(chunk_dir / f"{name}.{split}.{ext}")
+                    "xxh3_128": {kind: xxh3_file(chunk_dir / f"{name}.{split}.{ext}")
                                  for kind, ext in (("tokens", "tokens"), ("offsets", "offsets.npy"),
                                                    ("ids", "ids.txt"))},
                 }
@@ -894,7 +884,7 @@ def verify(out: str | os.PathLike, *, hashes: bool = True) -> dict:
             recorded = shard.get("xxh3_128")
             if hashes and recorded:
                 for kind, rel in (("tokens", shard["tokens"]), ("offsets", shard["offsets"]), ("ids", shard["ids"])):
-                    if file_hash(out / rel) != recorded.get(kind):
+                    if xxh3_file(out / rel) != recorded.get(kind):
                         problems.append(f"{out / rel}: content differs from the hash recorded by prepare; "
                                         "prepare again into a new folder")
     if problems:

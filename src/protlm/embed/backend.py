@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from protlm.io.checksums import sha256_file
+
 
 class Backend(abc.ABC):
     """One model family's forward pass; see the module docstring for the contract."""
@@ -80,28 +82,12 @@ class Backend(abc.ABC):
         return f"{self.family}:{self.source}"
 
 
-def files_sha256(paths: list[Path], *, chunk: int = 1 << 22) -> str:
-    """SHA-256 over the bytes of several files (in the order given), for weight fingerprints.
-
-    Cached per (path, size, mtime) in the process, so repeated loads of one model hash once.
-    """
+def files_sha256(paths: list[Path]) -> str:
+    """SHA-256 over several files (their names and digests, in the order given)."""
     h = hashlib.sha256()
     for p in paths:
-        p = Path(p)
-        st = p.stat()
-        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-        digest = _FILE_HASHES.get(key)
-        if digest is None:
-            fh = hashlib.sha256()
-            with open(p, "rb") as f:
-                while block := f.read(chunk):
-                    fh.update(block)
-            digest = _FILE_HASHES[key] = fh.hexdigest()
-        h.update(p.name.encode() + b"\0" + digest.encode())
+        h.update(Path(p).name.encode() + b"\0" + sha256_file(p).encode())
     return h.hexdigest()
-
-
-_FILE_HASHES: dict[tuple, str] = {}
 
 
 def folder_weights_sha256(folder: str | os.PathLike) -> str:

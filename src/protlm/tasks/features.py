@@ -55,6 +55,7 @@ import numpy as np
 
 from protlm.embed.store import hash_key, id_key
 from protlm.errors import InputError
+from protlm.io.checksums import xxh3_file
 
 log = logging.getLogger("protlm.tasks")
 
@@ -77,23 +78,9 @@ def embedder_label(spec) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in base)[:60]
 
 
-_CHECKSUMS: dict[tuple, str] = {}
-
-
 def file_checksum(path: str | Path) -> str:
-    """xxh3-128 of a file's bytes (hex); remembered per (path, size, mtime) within the process."""
-    import xxhash
-
-    path = Path(path)
-    st = path.stat()
-    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-    if memo not in _CHECKSUMS:
-        h = xxhash.xxh3_128()
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 24):
-                h.update(block)
-        _CHECKSUMS[memo] = h.hexdigest()
-    return _CHECKSUMS[memo]
+    """XXH3-128 of an HDF5 feature file (what a head and the suite record of it)."""
+    return xxh3_file(path)
 
 
 def _digest(text: str, n: int = 16) -> str:

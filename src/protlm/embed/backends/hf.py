@@ -36,7 +36,7 @@ def resolve_device(name: str):
 class HFBackend(Backend):
     equal_length_on_cpu = True
 
-    def __init__(self, source: str, options: EmbedOptions):
+    def __init__(self, source: str, options: EmbedOptions, *, family=None, model_class=None):
         import torch
 
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[options.dtype]
@@ -45,7 +45,8 @@ class HFBackend(Backend):
             raise ConfigError(f"--dtype {options.dtype} is meant for GPUs; on a CPU use fp32 (or --int8)")
         if options.int8 and device.type != "cpu":
             raise ConfigError("--int8 (dynamic quantisation) runs on the CPU; use --dtype bf16/fp16 on GPUs")
-        self.lm: LoadedLM = load_hf_lm(source, dtype=dtype, seed=options.seed)
+        self.lm: LoadedLM = load_hf_lm(source, dtype=dtype, seed=options.seed, family=family,
+                                       model_class=model_class)
         self.source = source
         self.options = options
         self.config = self.lm.config
