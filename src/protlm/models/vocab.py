@@ -223,8 +223,16 @@ def save_tokenizer(family: str, folder, model_type: str | None = None) -> None:
     build_tokenizer(family).save_pretrained(folder)
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
+    changed = False
     if config.get("tokenizer_class") == _V5_FAST_CLASS:
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        changed = True
+    if isinstance(config.get("extra_special_tokens"), list):
+        # 5.x writes ProtT5's sentinels as a list under extra_special_tokens; 4.x expects a dict
+        # there and fails; both read the list under additional_special_tokens
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
+        changed = True
+    if changed:
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
