@@ -67,12 +67,69 @@ def unigram_perplexity(shards: Path, n_valid: int) -> float:
     return math.exp(-(q * np.log(p)).sum() / q.sum())
 
 
+def per_protein_losses(run: Path) -> dict[int, tuple[float, int]]:
+    """Validation protein index → (summed loss, targets) of a finished run, with the trainer's
+    own validation batches (same crops, masks and orders as its ``val_loss``)."""
+    import torch
+    import torch.nn.functional as F
+    import yaml
+
+    from protlm.pretrain.batching import BatchPlan
+    from protlm.pretrain.checkpoint import latest_checkpoint
+    from protlm.pretrain.config import load_config
+    from protlm.pretrain.objectives import IGNORE
+    from protlm.pretrain.trainer import Trainer
+
+    config = load_config(data=yaml.safe_load((latest_checkpoint(run) / "protlm_pretrain.yaml").read_text()))
+    tr = Trainer(config, run, resume=True, progress=False)
+    n = min(config.data.valid_sequences, len(tr.valid_data))
+    phase = tr.phase_at(max(tr.step - 1, 0))
+    ph = config.train.phases[phase.index]
+    max_length = config.data.valid_max_length or ph.max_length
+    plan = BatchPlan(tr.valid_data.lengths[:n], max_length=max_length, n_special=tr.vocab.n_special,
+                     tokens_per_batch=ph.tokens_per_batch, max_sequences=ph.max_sequences,
+                     seed=config.train.seed + 1, phase=phase.index)
+    tr.wrapped.eval()
+    out = {}
+    with torch.no_grad():
+        for k in range(plan.batches_per_epoch()):
+            _, _, indices = plan.get(k)
+            rng = np.random.default_rng([config.train.seed, 999, phase.index, k])
+            batch = tr._batch(phase, indices, rng, tr.valid_data, max_length, validation=True)
+            logits = tr._forward(batch).float()
+            labels = batch.eval_labels
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+                                   reduction="none").reshape(labels.shape)
+            for row, idx in enumerate(indices):
+                out[int(idx)] = (float(loss[row].sum()), int((labels[row] != IGNORE).sum()))
+    return out
+
+
+def paired_difference(a: Path, b: Path, resamples: int = 2000) -> dict:
+    """Validation loss of A minus B (nats per target) with a paired bootstrap 95% CI over proteins."""
+    la, lb = per_protein_losses(a), per_protein_losses(b)
+    keys = sorted(la)
+    if sorted(lb) != keys or any(la[k][1] != lb[k][1] for k in keys):
+        raise SystemExit(f"{a} and {b} were not scored on the same targets: no paired comparison")
+    loss_a = np.array([la[k][0] for k in keys])
+    loss_b = np.array([lb[k][0] for k in keys])
+    count = np.array([la[k][1] for k in keys], dtype=np.float64)
+    rng = np.random.default_rng(0)
+    draws = rng.integers(0, len(keys), size=(resamples, len(keys)))
+    diffs = (loss_a[draws].sum(1) - loss_b[draws].sum(1)) / count[draws].sum(1)
+    return {"a": str(a), "b": str(b), "proteins": len(keys), "targets": int(count.sum()),
+            "difference": float((loss_a.sum() - loss_b.sum()) / count.sum()),
+            "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=os.environ.get("PROTLM_DATA", str(REPO.parent / "shared" / "data")))
     ap.add_argument("--out", default=str(REPO / "runs" / "arch_cpu"))
     ap.add_argument("--budget-tflop", type=float, default=1.0, help="training FLOPs per family (default 1 TFLOP)")
     ap.add_argument("--families", nargs="*", default=FAMILIES)
+    ap.add_argument("--paired", nargs="*", default=[], metavar="A:B",
+                    help="after training: paired bootstrap CI of val. loss A − B (families scored on the same targets)")
     args = ap.parse_args()
     fasta = Path(args.data) / "pretraining" / "swissprot_2014_01_go_annotated.random20k_seed0.fasta"
     if not fasta.exists():
@@ -124,6 +181,16 @@ def main() -> int:
                                                       "unigram_perplexity": unigram,
                                                       "tokens_per_step": TOKENS_PER_STEP, "max_length": MAX_LENGTH,
                                                       "txl": TXL, "families": summary}, indent=2))
+    for pair in args.paired:
+        a, b = pair.split(":")
+        d = paired_difference(out / a, out / b)
+        summary.setdefault("_paired", {})[pair] = d
+        print(f"{a} − {b}: {d['difference']:+.4f} nats per target, 95% CI [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] "
+              f"({d['proteins']} proteins, {d['targets']:,} targets, paired bootstrap over proteins)", flush=True)
+    if args.paired:
+        meta = json.loads((out / "summary.json").read_text())
+        meta["paired"] = summary.pop("_paired")
+        (out / "summary.json").write_text(json.dumps(meta, indent=2))
     print("| family | objective | parameters | steps | tokens seen | TFLOP | val. loss | val. perplexity | over |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for arch, s in summary.items():
