@@ -352,7 +352,9 @@ def test_a_journal_of_another_run_is_refused(tmp_path, capsys):
 
     fasta = write_fasta(tmp_path / "in.fa", [("a", "MKT")])
     out = tmp_path / "o.h5"
-    Journal(out).claim({"fingerprint": "blosum62:blosum62", "level": "residue", "key": "id", "output_dtype": "float32"})
+    journal = Journal(out)
+    journal.claim({"fingerprint": "blosum62:blosum62", "level": "residue", "key": "id", "output_dtype": "float32"})
+    journal.write(["b"], ["b"], [np.zeros((3, 21), dtype=np.float32)], None, ["0" * 16])
     assert _embed_cli("--model", "onehot", "--input", str(fasta), "--output", str(out), "--resume") == 2
     assert "unfinished parts of another run" in capsys.readouterr().err
 

@@ -141,7 +141,7 @@ def _parse_attrs(rec: FastaRecord, source: str) -> dict[str, str]:
     return attrs
 
 
-def _split_from_attrs(attrs: dict[str, str], rec: FastaRecord, source: str) -> str:
+def _split_from_attrs(attrs: dict[str, str], rec: FastaRecord, source: str, named_sets: bool = False) -> str:
     """``SET=train`` (+ ``VALIDATION=True`` → valid), ``SET=test``, ``SET=val``, ``SET=pred``; as in
     biotrainer 1.4, any other value names an extra test set (``SET=new364`` → split ``new364``,
     selected with ``split: new364`` in a task config)."""
@@ -149,6 +149,8 @@ def _split_from_attrs(attrs: dict[str, str], rec: FastaRecord, source: str) -> s
     if "SET" not in attrs or not attrs["SET"]:
         raise InputError(f"{where}: header has no SET=train|test attribute")
     split = _SPLIT_NAMES.get(attrs["SET"].lower())
+    if split is None and not named_sets:
+        raise InputError(f"{where}: unknown SET={attrs['SET']!r} (expected train, val or test)")
     if split is None:
         split = attrs["SET"]
         if not all(ch.isalnum() or ch in "-_." for ch in split):
@@ -623,7 +625,7 @@ def load_biotrainer_fasta(
     parsed: list[tuple[FastaRecord, dict[str, str], str]] = []
     for rec in read_fasta(path, policy or CleaningPolicy()):
         attrs = _parse_attrs(rec, source)
-        rec_split = _split_from_attrs(attrs, rec, source)
+        rec_split = _split_from_attrs(attrs, rec, source, named_sets=True)
         if "TARGET" not in attrs and rec_split != "pred":
             raise InputError(f"{source}:{rec.line}: record '{rec.id}': header has no TARGET=")
         parsed.append((rec, attrs, rec_split))

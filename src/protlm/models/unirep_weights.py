@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from protlm.errors import InputError
+from protlm.io.atomic import default_mode, publish_folder
 from protlm.io.checksums import sha256_file
 
 SIZES = (1900, 256, 64)
@@ -174,12 +175,12 @@ def write_folder(size: int, out: str | os.PathLike, *, npz: str | os.PathLike | 
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "README.md").write_text(model_card(size, path, digest, version), encoding="utf-8")
+        for f in tmp.iterdir():
+            default_mode(f)  # safetensors creates 0600 files
         umask = os.umask(0)
         os.umask(umask)
-        for f in tmp.iterdir():
-            f.chmod(0o666 & ~umask)
-        tmp.chmod(0o777 & ~umask)
-        os.replace(tmp, out)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700 folders
+        publish_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
