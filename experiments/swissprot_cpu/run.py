@@ -61,7 +61,7 @@ def train(name: str, arch: str, size: tuple, steps: int, shards: Path, out: Path
         return run
     phase1 = max(1, steps // 10)
     cmd = [str(REPO / ".venv" / "bin" / "protlm"), "pretrain", "--config", str(CONFIG), "--out", str(run),
-           "--data", str(shards), f"model.arch={arch}", f"model.layers={layers}", f"model.hidden={hidden}",
+           "--shards", str(shards), f"model.arch={arch}", f"model.layers={layers}", f"model.hidden={hidden}",
            f"model.heads={heads}", f"model.ffn={ffn}", f"train.phases.0.steps={steps - phase1}",
            f"train.phases.1.steps={phase1}", f"train.eval_every={max(1, steps // 10)}",
            f"train.save_every={max(1, steps // 10)}", f"optimizer.warmup_steps={max(1, steps // 20)}"]

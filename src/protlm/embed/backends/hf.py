@@ -76,11 +76,8 @@ class HFBackend(Backend):
             self._cpu_model = copy.deepcopy(self.model).float().to("cpu")
         return self._cpu_model
 
-    def forward(self, seqs: list[str], *, cpu: bool = False) -> list[np.ndarray]:
-        import torch
-
-        model = self._cpu() if cpu else self.model
-        device = torch.device("cpu") if cpu else torch.device(self.device)
+    def encode_batch(self, seqs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids (right-padded with the pad id) and the attention mask of a batch."""
         encoded = [self.layout.encode(s) for s in seqs]
         width = max(len(e) for e in encoded)
         ids = np.full((len(encoded), width), self.layout.pad_id, dtype=np.int64)
@@ -88,6 +85,14 @@ class HFBackend(Backend):
         for row, e in enumerate(encoded):
             ids[row, :len(e)] = e
             mask[row, :len(e)] = 1
+        return ids, mask
+
+    def forward(self, seqs: list[str], *, cpu: bool = False) -> list[np.ndarray]:
+        import torch
+
+        model = self._cpu() if cpu else self.model
+        device = torch.device("cpu") if cpu else torch.device(self.device)
+        ids, mask = self.encode_batch(seqs)
         ids_t = torch.from_numpy(ids).to(device)
         # Without padding no mask is needed, and SDPA can take its fastest path.
         mask_t = None if mask.all() else torch.from_numpy(mask).to(device)

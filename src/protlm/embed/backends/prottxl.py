@@ -57,11 +57,7 @@ class ProtTXLBackend(HFBackend):
 
         model = self._cpu() if cpu else self.model
         device = torch.device("cpu") if cpu else torch.device(self.device)
-        encoded = [self.layout.encode(s) for s in seqs]
-        width = max(len(e) for e in encoded)
-        ids = np.full((len(encoded), width), self.layout.pad_id, dtype=np.int64)
-        for row, e in enumerate(encoded):
-            ids[row, :len(e)] = e  # right padding: a causal model's real tokens never see it
+        ids, _ = self.encode_batch(seqs)  # right padding: a causal model's real tokens never see it
         hidden = self.hidden(torch.from_numpy(ids).to(device), model).numpy()
         start = len(self.layout.prefix)
         return [hidden[row, start:start + len(s)].copy() for row, s in enumerate(seqs)]
