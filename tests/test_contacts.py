@@ -551,3 +551,37 @@ def test_a_contact_head_folder_from_before_0_4_is_read(tmp_path):
     a = predict_file(head, ["q"], seqs, tmp_path / "pa", {"no_pictures": True})
     b = predict_file(load_head(tmp_path / "new"), ["q"], seqs, tmp_path / "pb", {"no_pictures": True})
     assert np.array_equal(np.load(a["predictions"][0]["npz"])["probs"], np.load(b["predictions"][0]["npz"])["probs"])
+
+
+def test_contacts_read_an_hdf5_embedder_and_the_feature_cache(tmp_path):
+    """Contact heads take an HDF5 file of per-residue embeddings of the full sequences (keyed by
+    chain id) and give the numbers of the embedder that made it; a cached run gives them again."""
+    import h5py
+
+    from protlm.embed import Embedder
+    from protlm.tasks.config import build_task_config
+    from protlm.tasks.train import train
+
+    data = tmp_path / "data"
+    _, full = _tiny_set(data / "coords_ca_cb.npz", n_train=6, n_valid=6)
+    h5 = tmp_path / "onehot.h5"
+    emb = Embedder("onehot")
+    with h5py.File(h5, "w") as f:
+        f.attrs["level"] = "residue"
+        for cid, seq in full.items():
+            f.create_dataset(cid, data=emb.embed([seq])[0])
+    fasta = tmp_path / "full.fasta"
+    fasta.write_text("".join(f">{k}\n{v}\n" for k, v in full.items()))
+    config = {"name": "h5_pair", "protocol": "residue_pairs_to_class", "embedder": "onehot",
+              "data": {"train_chains": 6, "early_stop_chains": 2, "eval_chains": 3, "max_length": None,
+                       "full_sequences": str(fasta)},  # the embedder reads whole sequences, cut to the stretch
+              "head": {"type": "pair_mlp", "hidden": 8},
+              "train": {"epochs": 2, "crop": 24, "pair_budget": 2000, "seed": 0}, "evaluate": {"n_boot": 20}}
+    cache = tmp_path / "cache"
+    direct = train(build_task_config(config), tmp_path / "a", data, cache_dir=cache)
+    cached = train(build_task_config(config), tmp_path / "b", data, cache_dir=cache)
+    from_file = train(build_task_config({**config, "embedder": str(h5)}), tmp_path / "c", data)
+    assert list(cache.iterdir())  # the embeddings went to the cache
+    numbers = [r["test"]["held_out_valid"]["contacts"]["precision"] for r in (direct, cached, from_file)]
+    assert numbers[0] == numbers[1] == numbers[2]
+    assert from_file["embedder_identity"]["kind"] == "hdf5"

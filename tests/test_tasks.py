@@ -493,9 +493,10 @@ def test_the_old_contacts_name_is_read_with_one_warning(caplog):
            "data": {"train_chains": 10, "eval_chains": 5}, "head": {"type": "pair_mlp", "hidden": 8}}
     with caplog.at_level(logging.WARNING, logger="protlm.tasks"):
         cfg = load_task_config(data=old)
+        again = load_task_config(data=old)  # a suite reads a config several times: still one warning
     assert cfg.protocol == "residue_pairs_to_class" and cfg.data.train_chains == 10
     warned = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
-    assert len(warned) == 1 and "residue_pairs_to_class" in warned[0]
+    assert len(warned) == 1 and "residue_pairs_to_class" in warned[0] and again.protocol == cfg.protocol
     assert cfg.train.batch_size == 8 and cfg.train.epochs == 20  # the contact protocol's own defaults
 
 

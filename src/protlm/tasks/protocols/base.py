@@ -47,6 +47,7 @@ log = logging.getLogger("protlm.tasks")
 
 _PROTOCOLS: dict[str, "Protocol"] = {}
 _DEPRECATED: dict[str, Callable[[dict], str | None]] = {}
+_WARNED: set[tuple[str, str]] = set()
 
 
 @dataclass
@@ -243,6 +244,10 @@ def resolve_name(name: Any, tree: dict) -> str:
     if name in _DEPRECATED:
         new = _DEPRECATED[name](tree)
         if new is not None:
+            key = (name, str(tree.get("name")))
+            if key in _WARNED:  # one warning per config, however often a suite reads it
+                return new
+            _WARNED.add(key)
             log.warning("config protocol: %r for contact prediction is deprecated (in biotrainer's meaning "
                         "%s is per-residue embeddings → one class per protein); read as %r — write "
                         "protocol: %s", name, name, new, new)
