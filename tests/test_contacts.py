@@ -381,9 +381,9 @@ def test_resnet2d_trains_through_the_api(tiny_esm, tmp_path):
     assert metrics["chains"] == 3
     head = load_head(tmp_path / "head")
     assert head.config.head.type == "resnet2d"
-    sets = head.protocol.evaluation_sets(head, {"split": "validation"}, data)
+    sets = head.protocol.evaluation_sets(head, {"split": "validation", "max_chains": 3}, data)
     again = evaluate(head, sets, n_boot=50)["held_out_valid"]["contacts"]
-    assert again["per_protein"]["ids"] == metrics["per_protein"]["ids"]  # 3 of the 6 non-early chains
+    assert again["per_protein"]["ids"] == metrics["per_protein"]["ids"]  # a cap of 3: training's 3 of 6 chains
     assert again["precision"]["all"]["L"]["mean"] == pytest.approx(metrics["precision"]["all"]["L"]["mean"])
     torch.randn(100)  # a different global RNG state must not change the result: the seed fixes it
     train(build_task_config(config), tmp_path / "head2", data)
@@ -585,3 +585,56 @@ def test_contacts_read_an_hdf5_embedder_and_the_feature_cache(tmp_path):
     numbers = [r["test"]["held_out_valid"]["contacts"]["precision"] for r in (direct, cached, from_file)]
     assert numbers[0] == numbers[1] == numbers[2]
     assert from_file["embedder_identity"]["kind"] == "hdf5"
+
+
+def test_evaluation_scores_every_chain_unless_capped_and_lists_what_it_drops(tmp_path, monkeypatch, capsys):
+    """Training's limits (a seeded sample, a length cap) stay training's: evaluate scores the whole
+    set, and a cap or a length limit asked for is reported with the chains it concerns."""
+    from protlm.tasks.config import build_task_config
+    from protlm.tasks.train import evaluate, load_head, train
+
+    data = tmp_path / "data"
+    _, full = _tiny_set(data / "coords_ca_cb.npz", n_train=6, n_valid=9)
+    (tmp_path / "full.fasta").write_text("".join(f">{k}\n{v}\n" for k, v in full.items()))
+    monkeypatch.chdir(tmp_path)
+    config = {"name": "sel", "protocol": "residue_pairs_to_class", "embedder": "onehot",
+              "data": {"train_chains": 6, "early_stop_chains": 2, "eval_chains": 3, "max_length": 55,
+                       "full_sequences": "full.fasta"},  # relative to the working directory at training
+              "head": {"type": "pair_mlp", "hidden": 8},
+              "train": {"epochs": 1, "crop": 24, "pair_budget": 2000, "seed": 0}, "evaluate": {"n_boot": 0}}
+    trained = train(build_task_config(config), tmp_path / "head", data)["test"]["held_out_valid"]["contacts"]
+    assert trained["chains"] == 3 and "data.eval_chains = 3" in trained["selection"]["limits"]
+    head = load_head(tmp_path / "head")
+    assert head.info["data"]["full_sequences"] == str((tmp_path / "full.fasta").resolve())
+    monkeypatch.chdir(tmp_path / "data")  # another working directory: the recorded path still works
+
+    every = head.protocol.evaluation_sets(head, {}, None)["held_out_valid"]
+    early = set(head.info["data"]["early_stop_ids"])
+    valid = [c for c in load_chains(data, "valid")]
+    assert sorted(c.id for c in every) == sorted(c.id for c in valid if c.id not in early)  # all 7, any length
+    assert any(len(c.model_input) > 55 for c in every)
+    assert every.selection["sample"] is None and every.selection["dropped"] == []
+    res = evaluate(head, {"held_out_valid": every}, n_boot=0)["held_out_valid"]["contacts"]
+    assert res["chains"] == 7 and res["selection"]["scored_chains"] == 7
+
+    capped = head.protocol.evaluation_sets(head, {"max_chains": 3, "max_length": 55}, None)["held_out_valid"]
+    assert [c.id for c in capped] == trained["per_protein"]["ids"]  # training's limits: the chains it reported
+    assert capped.selection["sample"] == {"max_chains": 3, "seed": 1, "ids": [c.id for c in capped],
+                                          "how": capped.selection["sample"]["how"]}
+    short = head.protocol.evaluation_sets(head, {"max_length": 50}, None)["held_out_valid"]
+    dropped = {d["id"]: d for d in short.selection["dropped"]}
+    assert dropped and set(dropped) == {c.id for c in every if len(c.model_input) > 50}
+    assert all(d["length"] > 50 and "--max-length 50" in d["reason"] for d in dropped.values())
+    res = evaluate(head, {"held_out_valid": short}, n_boot=0)["held_out_valid"]["contacts"]
+    from protlm.tasks.contacts.metrics import format_table
+
+    text = format_table(res)
+    assert f"chains scored: {len(short)} of the set's 7" in text
+    assert all(f"dropped {pid} ({d['length']} residues)" in text for pid, d in dropped.items())
+
+    (tmp_path / "full.fasta").rename(tmp_path / "moved.fasta")
+    with pytest.raises(InputError, match=r"recorded when the head was trained, .*full.fasta, is gone; give it again "
+                                         r"with --full-sequences"):
+        head.protocol.evaluation_sets(head, {}, None)
+    again = head.protocol.evaluation_sets(head, {"full_sequences": str(tmp_path / "moved.fasta")}, None)
+    assert [c.model_input for c in again["held_out_valid"]] == [c.model_input for c in every]

@@ -233,3 +233,65 @@ def write_chains(path: Path | str, chains: list[Chain]) -> Path:
         "offset_in_netsurfp_seq": np.array([c.offset for c in chains], dtype=np.int64),
     }
     return write_with(path, lambda fh: np.savez(fh, **arrays))
+
+
+# --------------------------------------------------------------------------- evaluation sets
+
+
+class ChainSet(list):
+    """Chains to score, with ``selection``: how they were chosen from the set (what a cap left
+    out, which chains were dropped and why) — reported next to the numbers."""
+
+    selection: dict
+
+    def __init__(self, chains=(), selection: dict | None = None):
+        super().__init__(chains)
+        self.selection = selection or {}
+
+
+def select_chains(pool: list[Chain], *, exclude: set[str] | frozenset = frozenset(), max_length: int | None = None,
+                  max_chains: int | None = None, seed: int = 0, sampled: str = "") -> ChainSet:
+    """Every chain of ``pool`` (file order) not in ``exclude``, unless asked otherwise.
+
+    ``max_length`` drops longer chains, each listed with its id, length and why. ``max_chains``
+    keeps a seeded sample: the first ``max_chains`` chains not excluded in a permutation
+    (``numpy.random.default_rng(seed)``) of the chains within the length limit — the rule a
+    contact config's evaluation chains were drawn with, so the same limits and seed give the same
+    chains — listed by id. The result keeps file order.
+    """
+    dropped, fitting = [], []
+    for c in pool:
+        if max_length is not None and len(c.model_input) > int(max_length):
+            if c.id not in exclude:
+                dropped.append({"id": c.id, "length": len(c.model_input),
+                                "reason": f"longer than --max-length {int(max_length)}"})
+        else:
+            fitting.append(c)
+    kept = [c for c in fitting if c.id not in exclude]
+    selection: dict = {"set_chains": sum(c.id not in exclude for c in pool), "scored_chains": 0, "dropped": dropped,
+                       "max_length": None if max_length is None else int(max_length), "sample": None}
+    if max_chains is not None and len(kept) > int(max_chains):
+        order = np.random.default_rng(seed).permutation(len(fitting))
+        picked = sorted([int(k) for k in order if fitting[k].id not in exclude][:int(max_chains)])
+        kept = [fitting[k] for k in picked]
+        selection["sample"] = {"max_chains": int(max_chains), "seed": int(seed), "how": sampled,
+                               "ids": [c.id for c in kept]}
+    selection["scored_chains"] = len(kept)
+    return ChainSet(kept, selection)
+
+
+def selection_lines(selection: dict) -> list[str]:
+    """The CLI summary's account of a :class:`ChainSet`'s selection."""
+    if not selection:
+        return []
+    n, total = selection.get("scored_chains"), selection.get("set_chains")
+    lines = [f"chains scored: {n} of the set's {total}" + ("" if n != total else " (all)")]
+    sample = selection.get("sample")
+    if sample:
+        lines.append(f"capped at {sample['max_chains']} chains (seed {sample['seed']}; {sample['how']}): "
+                     + ", ".join(sample["ids"]))
+    for d in selection.get("dropped") or []:
+        lines.append(f"dropped {d['id']} ({d['length']} residues): {d['reason']}")
+    if selection.get("limits"):
+        lines.append(f"limits: {selection['limits']}")
+    return lines

@@ -159,4 +159,7 @@ def format_table(summary: dict) -> str:
     if chance:
         lines.append("chance (random ranking, the contact density): "
                      + ", ".join(f"{r} {v:.3f}" for r, v in chance.items() if v is not None))
+    from protlm.tasks.contacts.data import selection_lines
+
+    lines += selection_lines(summary.get("selection") or {})
     return "\n".join(lines)

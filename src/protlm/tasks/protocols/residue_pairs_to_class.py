@@ -46,8 +46,8 @@ from protlm.io.atomic import write_json, write_npz
 from protlm.io.resources import data_root
 from protlm.tasks.config import need
 from protlm.tasks.contacts.attention import attention_features, load_lm, training_pairs
-from protlm.tasks.contacts.data import (NPZ_NAME, Chain, contact_map, load_chains, locate_stretch, read_full_sequences,
-                                        read_npz, resolve_npz, scored_pairs)
+from protlm.tasks.contacts.data import (NPZ_NAME, Chain, ChainSet, contact_map, load_chains, locate_stretch,
+                                        read_full_sequences, read_npz, resolve_npz, scored_pairs, select_chains)
 from protlm.tasks.contacts.metrics import CUTOFFS, RANGES, evaluate_maps, format_table, precision_at
 from protlm.tasks.data import RARE_TO_X
 from protlm.tasks.heads import get_head, make_head
@@ -242,13 +242,22 @@ class ResiduePairsToClass(Protocol):
     def load_data(self, config, data_dir) -> TaskData:
         d = config.data
         npz = self.npz(config, data_dir)
-        full = read_full_sequences(d.full_sequences) if d.full_sequences else None
+        full_path = str(Path(d.full_sequences).resolve()) if d.full_sequences else None
+        if full_path is not None and not Path(full_path).is_file():
+            raise InputError(f"config data.full_sequences: {d.full_sequences}: no such file (a FASTA of whole sequences)")
+        full = read_full_sequences(full_path) if full_path else None
         train = load_chains(npz, "train", max_length=d.max_length, min_length=d.min_length,
                             max_chains=d.train_chains, seed=d.seed, full_sequences=full)
         valid = load_chains(npz, "valid", max_length=d.max_length, min_length=d.min_length, full_sequences=full)
         order = np.random.default_rng(d.seed + 1).permutation(len(valid))
         early = [valid[k] for k in sorted(order[:d.early_stop_chains])]
-        rest = [valid[k] for k in sorted(order[d.early_stop_chains:d.early_stop_chains + d.eval_chains])]
+        rest = ChainSet([valid[k] for k in sorted(order[d.early_stop_chains:d.early_stop_chains + d.eval_chains])])
+        rest.selection = {"set_chains": len(valid) - len(early), "scored_chains": len(rest), "dropped": [],
+                          "max_length": d.max_length, "sample": None,
+                          "limits": f"training's report: a seeded sample (data.seed + 1 = {d.seed + 1}) of "
+                                    f"data.eval_chains = {d.eval_chains} validation chains of {d.min_length}-"
+                                    f"{d.max_length if d.max_length is not None else 'any'} residues "
+                                    f"(protlm evaluate scores every chain by default)"}
         if not train:
             raise InputError(f"{npz}: no training chains between {d.min_length} and {d.max_length} residues")
         if not early:
@@ -261,14 +270,22 @@ class ResiduePairsToClass(Protocol):
         info = {"classes": [], "normalisation": [],
                 "conventions": {"contact": f"CB-CB < {d.threshold} A (CA where CB is missing)",
                                 "min_separation_trained": d.min_separation},
-                "data": {"npz": str(npz.resolve()), "full_sequences": d.full_sequences,
+                "data": {"npz": str(npz.resolve()), "full_sequences": full_path,
                          "train_ids": [c.id for c in train], "early_stop_ids": [c.id for c in early]},
                 "caveat": REDUNDANCY_CAVEAT}
         return TaskData(train, early, {TEST_SET: rest}, info)
 
     def evaluation_sets(self, head, request: dict, data_dir) -> dict[str, list[Chain]]:
-        """The held-out validation chains a head was reported on (default), or its training chains
-        (``split: train``); ``max_chains``, ``max_length``, ``include_early_stop`` adjust them."""
+        """Every chain of a set, unless the request caps them (training's limits stay training's).
+
+        Default: all validation chains not used for early stopping (``held_out_valid``), of any
+        length. ``split: train``: the chains the head was trained on. ``include_early_stop``: the
+        early-stopping chains too. ``max_length``: chains longer are dropped and listed (id,
+        length, why). ``max_chains``: a seeded sample (the seed of the head's config; the first
+        chains of the seeded order that training reported from), listed by id. What was chosen
+        goes into the result as ``selection`` (metrics.json and the summary table).
+        ``full_sequences``: the FASTA of whole sequences, replacing the one recorded at training.
+        """
         config, info = head.config, head.info
         d = config.data
         split = request.get("split") or "validation"
@@ -277,26 +294,26 @@ class ResiduePairsToClass(Protocol):
         npz = self.npz(config, data_dir) if data_dir is not None else Path(info["data"]["npz"])
         if data_dir is None and not npz.is_file():
             npz = self.npz(config, None)
-        max_length = request.get("max_length") or d.max_length
-        n_chains = int(request.get("max_chains") or d.eval_chains)
-        full = read_full_sequences(d.full_sequences) if d.full_sequences else None
+        max_length = request.get("max_length")
+        max_chains = request.get("max_chains")
+        if max_chains is not None and int(max_chains) < 1:
+            raise ConfigError(f"--max-chains must be >= 1, not {max_chains}")
+        if max_length is not None and int(max_length) < 1:
+            raise ConfigError(f"--max-length must be >= 1, not {max_length}")
+        full = _full_sequences(request.get("full_sequences"), info, d)
         if split == "train":
             trained = set(info["data"]["train_ids"])
-            pool = [c for c in load_chains(npz, "train", max_length=max_length, min_length=d.min_length,
-                                           full_sequences=full) if c.id in trained]
-            chains, name = pool[:n_chains], "train"
+            pool = [c for c in load_chains(npz, "train", full_sequences=full) if c.id in trained]
+            name, exclude = "train", frozenset()
         else:
-            # the same seeded order as at training time: by default the first n chains after the
-            # early-stopping ones are exactly the chains train() reported
-            valid = load_chains(npz, "valid", max_length=max_length, min_length=d.min_length, full_sequences=full)
-            order = np.random.default_rng(d.seed + 1).permutation(len(valid))
-            early = set(info["data"]["early_stop_ids"])
-            if request.get("include_early_stop"):
-                picked = list(order[:n_chains])
-            else:
-                picked = [k for k in order if valid[k].id not in early][:n_chains]
-            chains = [valid[k] for k in sorted(picked)]
-            name = "valid_with_early_stop" if request.get("include_early_stop") else TEST_SET
+            pool = load_chains(npz, "valid", full_sequences=full)
+            include = bool(request.get("include_early_stop"))
+            exclude = frozenset() if include else frozenset(info["data"]["early_stop_ids"])
+            name = "valid_with_early_stop" if include else TEST_SET
+        how = ("the chains training reported when max_length and min_length are the config's"
+               if split != "train" else "a seeded sample of the trained chains")
+        chains = select_chains(pool, exclude=exclude, max_length=max_length, max_chains=max_chains, seed=d.seed + 1,
+                               sampled=how)
         if not chains:
             raise InputError(f"{npz}: no {split} chains to evaluate with these limits")
         return {name: chains}
@@ -402,7 +419,10 @@ class ResiduePairsToClass(Protocol):
         truth = [contact_map(c.ca, c.cb, config.data.threshold) for c in chains]
         res = evaluate_maps(preds, [t[0] for t in truth], [t[1] for t in truth], n_boot=n_boot, seed=seed,
                             ids=[c.id for c in chains])
-        return {TARGET: {**res, "chains": len(chains), "proteins": len(chains)}}
+        out = {**res, "chains": len(chains), "proteins": len(chains)}
+        if getattr(chains, "selection", None):
+            out["selection"] = chains.selection
+        return {TARGET: out}
 
     def headline(self, result: dict) -> dict | None:
         h = result.get("headline")
@@ -521,6 +541,27 @@ class ResiduePairsToClass(Protocol):
         for s in skipped:
             lines.append(f"  skipped {s['id']} ({s['length']} residues): {s['reason']}")
         return {**result, "summary": "\n".join(lines)}
+
+
+#: What replaces a full-sequence FASTA that is gone (``request["full_sequences"]`` of evaluation_sets).
+FULL_SEQUENCES_OPTION = "--full-sequences"
+
+
+def _full_sequences(given: str | None, info: dict, d) -> dict[str, str] | None:
+    """The whole sequences for evaluation: ``given`` (the request), else the FASTA recorded at
+    training time (an absolute path since protlm 0.4; older heads recorded it as written)."""
+    if given:
+        if not Path(given).is_file():
+            raise InputError(f"{FULL_SEQUENCES_OPTION} {given}: no such file (a FASTA of whole sequences)")
+        return read_full_sequences(given)
+    recorded = (info.get("data") or {}).get("full_sequences") or d.full_sequences
+    if not recorded:
+        return None
+    if not Path(recorded).is_file():
+        raise InputError(f"the full-sequence FASTA recorded when the head was trained, {recorded}, is gone; give it "
+                         f"again with {FULL_SEQUENCES_OPTION} FASTA, or evaluate on a structure set whose seq "
+                         f"holds whole sequences (see docs/contacts.md)")
+    return read_full_sequences(recorded)
 
 
 def _truth_chains(truth: Path | None, ids: list[str]) -> dict[str, Chain]:
