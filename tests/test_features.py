@@ -406,3 +406,63 @@ def test_netsurfp_chains_with_rare_residues_keep_the_writers_hash(tmp_path, caps
     assert in_train, "none of the chains is in the training split"
     for pid in in_train:
         assert hash_key(exported[pid]) == hash_key(raw[pid]), pid
+
+
+# --------------------------------------------------------------------------- pooled cache for per-protein heads
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir())
+
+
+def test_pooled_cache_holds_one_vector_per_protein_and_reuses_per_residue_parts(tmp_path):
+    rng = np.random.default_rng(3)
+    seqs = ["".join(rng.choice(list(AA), int(rng.integers(250, 350)))) for _ in range(12)]
+    ids = [f"p{i}" for i in range(12)]
+    s = _source(tmp_path / "a")
+    s._embedder.dim = 64
+    residues = s.features(ids, seqs)
+    expect = pooled(residues)
+    vec = s.features(ids, seqs, pool="mean")
+    assert s.embedder.calls == [seqs]  # pooled from the per-residue parts already cached: no second embedding
+    assert [vec[i].shape for i in range(12)] == [(1, 64)] * 12
+    assert all(np.array_equal(vec[i], expect[i]) for i in range(12))
+
+    t = _source(tmp_path / "b")  # a per-protein head alone: only the pooled cache is written
+    t._embedder.dim = 64
+    again = t.features(ids, seqs, pool="mean")
+    assert all(np.array_equal(again[i], expect[i]) for i in range(12))
+    (folder,) = (tmp_path / "b").iterdir()
+    assert folder == t.pooled_cache.folder and folder != s.cache.folder
+    mean_len = np.mean([len(q) for q in seqs])
+    ratio = _folder_bytes(s.cache.folder) / _folder_bytes(folder)
+    assert ratio > mean_len / 2, (ratio, mean_len)  # ~L times smaller (a part header is the rest)
+    u = _source(tmp_path / "b")
+    u._embedder.dim = 64
+    u.features(ids, seqs, pool="mean")
+    assert u.embedder.calls == []  # found in the pooled cache
+
+
+def test_per_protein_head_caches_pooled_vectors_and_a_residue_head_per_residue_arrays(tmp_path):
+    rng = np.random.default_rng(5)
+    lines = []
+    for i in range(30):
+        seq = "".join(rng.choice(list(AA), 120))
+        split = "train" if i < 20 else "valid" if i < 25 else "test"
+        s = "SET=train VALIDATION=True" if split == "valid" else f"SET={split}"
+        lines.append(f">s{i} TARGET={'pos' if seq.count('K') > 6 else 'neg'} {s}\n{seq}\n")
+    data = tmp_path / "cls.fasta"
+    data.write_text("".join(lines))
+    src = lambda split: {"file": str(data), "format": "biotrainer", "split": split}  # noqa: E731
+    sizes = {}
+    for head in ("ffn", "light_attention"):
+        cfg = load_task_config(data={
+            "name": "pool", "protocol": "sequence_to_class", "embedder": "onehot",
+            "data": {"train": src("train"), "valid": src("valid"), "test": {"t": src("test")}},
+            "targets": [{"name": "k", "label": "target"}], "head": {"type": head},
+            "train": {"epochs": 1, "lr": 0.01, "batch_size": 16, "bootstrap": 0}})
+        train(cfg, tmp_path / head, cache_dir=tmp_path / f"cache-{head}")
+        (folder,) = (tmp_path / f"cache-{head}").iterdir()
+        sizes[head] = _folder_bytes(folder)
+    # one vector per protein against 120 rows per protein (plus a header per part)
+    assert sizes["light_attention"] / sizes["ffn"] > 60, sizes

@@ -29,6 +29,13 @@ a copy cut short) is skipped with a warning, removed, and its proteins are embed
 keys are the hash of the sequence the embedder was given. With no cache folder
 (``--no-cache``) the parts go to a temporary folder that is removed when the source is closed.
 
+**Pooled cache.** A per-protein head (the FFN, logreg: the mean-pooled embedding) asks for
+``features(..., pool="mean")`` and gets D numbers per protein, cached as such in
+``CACHE/<name>-<digest>/`` with the digest over the same identity plus ``pooled=mean`` — about L
+times smaller than the per-residue cache (tests/test_features.py measures the ratio). A protein
+already in the per-residue cache is pooled from it instead of embedded again. Heads that read residues (CNN, light attention, pair heads) keep the
+per-residue cache.
+
 **Finite values.** Every array is checked once, when it is first read or computed: NaN or inf
 is an :class:`~protlm.errors.InputError` naming the protein and the file, before any head is
 saved or any prediction written.
@@ -304,6 +311,8 @@ class FeatureSource:
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache: FeatureCache | None = None
         self._index: dict[str, tuple] | None = None
+        self.pooled_cache: FeatureCache | None = None
+        self._pooled_index: dict[str, tuple] | None = None
         if self.name.endswith(HDF5_SUFFIXES):
             import h5py
 
@@ -382,20 +391,34 @@ class FeatureSource:
             self.cache = FeatureCache(root / f"{embedder_label(self.name)}-{identity_digest(ident)}")
         return self.cache
 
+    def _pooled(self) -> FeatureCache:
+        if self.pooled_cache is None:
+            folder = self._cache().folder
+            digest = _digest(f"{identity_digest(self.identity())}|pooled=mean")
+            self.pooled_cache = FeatureCache(folder.parent / f"{embedder_label(self.name)}-{digest}")
+        return self.pooled_cache
+
     # ------------------------------------------------------------------ sets
 
     def features(self, ids: list[str], sequences: list[str], written: list[str] | None = None,
-                 progress: Callable[[int, int], None] | None = None, where: str = "") -> FeatureSet:
+                 progress: Callable[[int, int], None] | None = None, where: str = "",
+                 pool: str | None = None) -> FeatureSet:
         """The proteins' per-residue features as a lazy :class:`FeatureSet`, in input order.
 
         ``sequences``: what an embedder is given; ``written``: the sequences as written in the
         input (the HDF5 hash key; default ``sequences``). Missing embeddings are computed (and
-        cached) first.
+        cached) first. ``pool="mean"``: the mean over residues instead (1 × D per protein, in
+        memory), from the pooled cache (module docstring).
         """
+        if pool not in (None, "mean"):
+            raise ValueError(f"pool must be None or 'mean', not {pool!r}")
         written = sequences if written is None else written
         label = f"embedder {self.name}" + (f" ({where})" if where else "")
         if self._h5 is not None:
-            return self._h5_set(ids, sequences, written, label)
+            x = self._h5_set(ids, sequences, written, label)
+            return pooled(x) if pool else x
+        if pool:
+            return self._pooled_features(ids, sequences, progress, label)
         cache = self._cache()
         if self._index is None:
             self._index = cache.index()
@@ -414,7 +437,36 @@ class FeatureSource:
 
         return FeatureSet(list(ids), [loc[2] for loc in locs], dim, read, f"{label}, cache {cache.folder}")
 
-    def _embed(self, cache: FeatureCache, todo: dict[str, tuple[str, str]], progress) -> None:
+    def _pooled_features(self, ids, sequences, progress, label) -> FeatureSet:
+        cache = self._pooled()
+        if self._pooled_index is None:
+            self._pooled_index = cache.index()
+        if self._index is None:
+            self._index = self._cache().index()
+        keys = [hash_key(s) for s in sequences]
+        todo: dict[str, tuple[str, str]] = {}
+        from_residues: dict[str, np.ndarray] = {}
+        for k, pid, s in zip(keys, ids, sequences):
+            if k in self._pooled_index or k in todo or k in from_residues:
+                continue
+            if k in self._index:  # already embedded per residue: pool it, do not embed again
+                a = read_part_slice(*self._index[k])
+                if not np.isfinite(a).all():
+                    raise InputError(f"{label}, cache {self.cache.folder}: the features of protein {pid!r} hold "
+                                     f"NaN or inf values; a broken model or file — refusing to use them")
+                from_residues[k] = a.mean(axis=0, keepdims=True, dtype=np.float32)
+            else:
+                todo[k] = (pid, s)
+        if from_residues:
+            self._pooled_index.update(cache.write(list(from_residues), list(from_residues.values())))
+        if todo:
+            self._embed(cache, todo, progress, pool=True, index=self._pooled_index)
+        vectors = [np.array(read_part_slice(*self._pooled_index[k])) for k in keys]
+        return ArrayFeatures(vectors, list(ids), f"{label}, pooled cache {cache.folder}")
+
+    def _embed(self, cache: FeatureCache, todo: dict[str, tuple[str, str]], progress, pool: bool = False,
+               index: dict | None = None) -> None:
+        index = self._index if index is None else index
         items = list(todo.items())
         total, done = sum(len(s) for _, (_, s) in items), 0
         dim = self.embedder.dim
@@ -431,7 +483,9 @@ class FeatureSource:
                 if not np.isfinite(a).all():
                     raise InputError(f"embedder {self.name}: produced NaN or inf for protein {pid!r}; "
                                      f"a broken model — nothing was cached for it")
-            self._index.update(cache.write([k for k, _ in chunk], arrays))
+            if pool:
+                arrays = [a.mean(axis=0, keepdims=True, dtype=np.float32) for a in arrays]
+            index.update(cache.write([k for k, _ in chunk], arrays))
             del arrays
             done += sum(len(s) for _, (_, s) in chunk)
             if progress is not None:

@@ -474,15 +474,20 @@ class LabelProtocol(Protocol):
         return (self.output_level == "residue" or self.input_level == "residue"
                 or get_head(config.head.type).input == "residues")
 
+    def _pool(self, config) -> dict:
+        """A per-protein head gets (and caches) pooled vectors from the source, not L × D arrays."""
+        return {} if self.needs_residues(config) else {"pool": "mean"}
+
     def _features(self, config, x: FeatureSet) -> FeatureSet:
         return x if self.needs_residues(config) else pooled(x)
 
     def inputs(self, config, source, dataset: LabelledSet, progress=None) -> Inputs:
-        x = source.features(dataset.ids, dataset.sequences, dataset.hash_sequences, progress, where=dataset.name)
+        x = source.features(dataset.ids, dataset.sequences, dataset.hash_sequences, progress, where=dataset.name,
+                            **self._pool(config))
         return Inputs(self._features(config, x), dataset.targets)
 
     def query_inputs(self, config, source, ids, sequences) -> Inputs:
-        x = source.features(ids, [s.translate(RARE_TO_X) for s in sequences], sequences)
+        x = source.features(ids, [s.translate(RARE_TO_X) for s in sequences], sequences, **self._pool(config))
         return Inputs(self._features(config, x), [])
 
     # ------------------------------------------------------------------ the head
