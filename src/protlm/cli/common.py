@@ -59,6 +59,49 @@ def add_out(p: argparse.ArgumentParser, *, required: bool = False, default: str 
     p.add_argument("--out", "--output", dest="out", required=required, default=default, help=help)
 
 
+def add_bootstrap(p: argparse.ArgumentParser, *, default: int | None = None,
+                  help: str = "bootstrap resamples of the confidence intervals (0: none)") -> None:
+    """``--bootstrap N`` (alias ``--n-boot``): resamples of the bootstrap confidence intervals."""
+    p.add_argument("--bootstrap", "--n-boot", dest="bootstrap", type=int, default=default, metavar="N", help=help)
+
+
+def add_tasks(p: argparse.ArgumentParser, *, help: str = "only these task configs (file stems; default: all)") -> None:
+    """``--tasks NAME …`` (alias ``--only``): which task configs of a suite to run."""
+    p.add_argument("--tasks", "--only", dest="tasks", nargs="+", metavar="NAME", help=help)
+
+
+def cache_parent() -> argparse.ArgumentParser:
+    import os
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--cache", default=os.environ.get("PROTLM_CACHE", "runs/cache"),
+                   help="embedding cache folder (default: $PROTLM_CACHE, else runs/cache)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    return p
+
+
+def cache_dir(args) -> str | None:
+    """The embedding cache folder, or None with ``--no-cache``."""
+    return None if getattr(args, "no_cache", False) else getattr(args, "cache", None)
+
+
+def data_dir(args, *, default: bool = True):
+    """``--data``: the folder given (it must exist; contact commands also take the contacts folder or
+    its npz); without it the default data root when that folder exists (``default``), else None."""
+    from pathlib import Path
+
+    from protlm.errors import InputError
+    from protlm.io.resources import data_root
+
+    given = getattr(args, "data", None)
+    if given:
+        if not Path(given).exists():
+            raise InputError(f"--data {given}: no such folder (the benchmark data folder is expected)")
+        return Path(given)
+    root = data_root()
+    return root if default and root.is_dir() else None
+
+
 def emit(args, result: dict, summary: str) -> None:
     """The readable summary on stderr; with ``--json`` the whole result on stdout."""
     print(summary, file=sys.stderr)

@@ -14,5 +14,7 @@
 - :mod:`protlm.tasks.metrics` — Q3/Q8, Q10/Q2, MCC, Spearman, top-1, bootstrap CIs;
 - :mod:`protlm.tasks.headfile` — checked reading of head folders;
 - :mod:`protlm.tasks.train` — the engine: training with early stopping, head folders, evaluate, predict;
+- :mod:`protlm.tasks.commands` — one function per command (train, evaluate, predict, export-fasta,
+  the contact aliases): output checks, the job, the files it writes;
 - :mod:`protlm.tasks.suite` — the benchmark suite (``protlm benchmark``), results table, paired differences.
 """
