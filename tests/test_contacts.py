@@ -638,3 +638,97 @@ def test_evaluation_scores_every_chain_unless_capped_and_lists_what_it_drops(tmp
         head.protocol.evaluation_sets(head, {}, None)
     again = head.protocol.evaluation_sets(head, {"full_sequences": str(tmp_path / "moved.fasta")}, None)
     assert [c.model_input for c in again["held_out_valid"]] == [c.model_input for c in every]
+
+
+# --------------------------------------------------------------------------- a structure set of one's own
+
+
+def _own_set(path: Path, n: int = 5, seed: int = 3) -> tuple[Path, dict[str, str]]:
+    """The docs' recipe: ids, one sequence string per chain, CA and CB stacked (NaN CB: glycine)."""
+    rng = np.random.default_rng(seed)
+    ids = [f"mine{k}" for k in range(n)]
+    seqs = ["".join(rng.choice(list(AA), int(rng.integers(35, 50)))) for _ in ids]
+    walks = [_walk(len(s), rng) for s in seqs]
+    ca = np.concatenate([w[0] for w in walks])
+    cb = np.concatenate([w[1] for w in walks])
+    cb[[0, 7]] = np.nan  # CA stands in
+    np.savez(path, ids=np.array(ids), seq=np.array(seqs), CA=ca, CB=cb)
+    return path, dict(zip(ids, seqs))
+
+
+def test_a_structure_set_of_ones_own_is_evaluated_and_used_as_truth(tmp_path, capsys):
+    from protlm.tasks.config import build_task_config
+    from protlm.tasks.train import evaluate, load_head, train
+
+    data = tmp_path / "data"
+    _tiny_set(data / "coords_ca_cb.npz", n_train=6, n_valid=5)
+    config = {"name": "own", "protocol": "residue_pairs_to_class", "embedder": "onehot",
+              "data": {"train_chains": 6, "early_stop_chains": 2, "eval_chains": 3, "max_length": None},
+              "head": {"type": "pair_mlp", "hidden": 8},
+              "train": {"epochs": 1, "crop": 24, "pair_budget": 2000, "seed": 0}, "evaluate": {"n_boot": 0}}
+    train(build_task_config(config), tmp_path / "head", data)
+    own, seqs = _own_set(tmp_path / "mine.npz")
+    chains = load_chains(own, None)
+    assert [c.id for c in chains] == list(seqs) and [c.seq for c in chains] == list(seqs.values())
+    assert np.array_equal(chains[0].cb[0], chains[0].ca[0]) is False and np.isnan(chains[0].cb[0]).all()
+    head = load_head(tmp_path / "head")
+    sets = head.protocol.evaluation_sets(head, {"file": str(own)}, data)
+    assert list(sets) == ["mine"] and len(sets["mine"]) == 5
+    res = evaluate(head, sets, n_boot=0)["mine"]["contacts"]
+    assert res["chains"] == 5 and res["per_protein"]["ids"] == list(seqs)
+    # --data naming the file (no split array) means the same set
+    assert [c.id for c in head.protocol.evaluation_sets(head, {}, own)["mine"]] == list(seqs)
+
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text("".join(f">{k}\n{'MK' + v}\n" for k, v in list(seqs.items())[:2]))
+    code, out, err = _cli(capsys, "contacts", "predict", "--head", tmp_path / "head", "--input", fasta, "--out",
+                          tmp_path / "pred", "--truth", own, "--no-pictures", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["scored"] == 2 and all(p["offset"] == 2 for p in result["predictions"])
+
+
+def _bad(path: Path, **change) -> Path:
+    rng = np.random.default_rng(0)
+    ca, cb = _walk(20, rng)
+    arrays = {"ids": np.array(["a", "b"]), "seq": np.array(["A" * 12, "C" * 8]), "CA": ca, "CB": cb}
+    for k, v in change.items():
+        if v is None:
+            arrays.pop(k)
+        else:
+            arrays[k] = v
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"CB": None}, "missing array CB"),
+    ({"ids": None, "seq": None}, "missing arrays ids, seq"),
+    ({"CA": np.zeros((19, 3), np.float32)}, "CA has 19 rows, the chains have 20 residues"),
+    ({"CB": np.zeros((20, 2), np.float32)}, r"CB must be a float array of shape \(residues, 3\)"),
+    ({"ids": np.array(["a", "b", "c"])}, "missing array lengths"),
+    ({"ids": np.array(["a", "a"])}, "'a' occurs more than once"),
+    ({"lengths": np.array([10, 10])}, "lengths disagree with the lengths of the seq strings"),
+    ({"seq": np.frombuffer(b"A" * 20, dtype="S1"), "lengths": np.array([12, 9])}, "lengths"),
+    ({"CA": None, "CB": np.where(np.arange(20)[:, None] == 14, np.nan, 1.0).repeat(3, 1).astype(np.float32)},
+     "CB is NaN at chain 'b' residue 3 and the file has no CA"),
+])
+def test_structure_set_errors_are_one_line(tmp_path, change, message):
+    path = _bad(tmp_path / "bad.npz", **change)
+    with pytest.raises(InputError, match=message) as e:
+        load_chains(path, None)
+    assert "\n" not in str(e.value)
+
+
+def test_structure_set_of_bytes_per_residue_and_the_shared_layout_read_alike(tmp_path):
+    rng = np.random.default_rng(1)
+    ca, cb = _walk(20, rng)
+    np.savez(tmp_path / "a.npz", ids=np.array(["a", "b"]), seq=np.array(["A" * 12, "C" * 8]), CA=ca, CB=cb)
+    np.savez(tmp_path / "b.npz", ids=np.array(["a", "b"]), seq=np.frombuffer(b"A" * 12 + b"C" * 8, dtype="S1"),
+             lengths=np.array([12, 8]), CB=cb)  # no NaN in CB: CA may be left out
+    write_chains(tmp_path / "c.npz", [Chain("a", "A" * 12, ca[:12], cb[:12], split="valid"),
+                                      Chain("b", "C" * 8, ca[12:], cb[12:], split="valid")])
+    got = [load_chains(tmp_path / f"{x}.npz", None) for x in "abc"]
+    for chains in got:
+        assert [(c.id, c.seq) for c in chains] == [("a", "A" * 12), ("b", "C" * 8)]
+        assert np.array_equal(chains[1].cb, cb[12:])

@@ -27,8 +27,8 @@ CONTACT_THRESHOLD = 8.0
 #: Pairs closer than this in sequence are trivially close and never scored (the field's convention).
 MIN_SEPARATION = 6
 NPZ_NAME = "coords_ca_cb.npz"
-#: The arrays :func:`load_chains` needs; others in the file (dssp8, pdb_id, …) are optional.
-REQUIRED = ("netsurfp_id", "split", "lengths", "offsets", "seq", "CA", "CB")
+#: The arrays a structure set needs (:func:`read_structures`); others (dssp8, pdb_id, …) are ignored.
+REQUIRED = ("ids or netsurfp_id", "seq", "CB", "CA (where CB has NaN rows)")
 SPLITS = ("train", "valid")
 
 
@@ -145,12 +145,91 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: not a readable npz file ({why})") from None
 
 
-def _open_npz(path: Path) -> dict[str, np.ndarray]:
+#: Names of the id array: ``ids`` (a structure set of your own) or ``netsurfp_id`` (the shared set).
+ID_ARRAYS = ("ids", "netsurfp_id")
+
+
+def read_structures(path: Path | str) -> dict[str, np.ndarray]:
+    """A structure set in the npz layout, checked, as ``ids``, ``split``, ``lengths``,
+    ``offsets``, ``seq`` (S1 per residue), ``CA``, ``CB``, ``stretch_offset`` (docs/contacts.md).
+
+    Required: ids (``ids``, or ``netsurfp_id`` as in the shared set), ``seq`` and ``CB``; ``seq``
+    is either one string per chain or one byte per residue with ``lengths``. Optional: ``CA``
+    (stands in for a NaN CB; NaN in both marks an unobserved residue), ``lengths``, ``offsets``,
+    ``split``, ``offset_in_netsurfp_seq``. Every problem is one :class:`InputError` line.
+    """
+    path = resolve_npz(path)
     z = read_npz(path)
-    missing = [k for k in REQUIRED if k not in z]
+    where = f"{path}"
+    id_name = next((k for k in ID_ARRAYS if k in z), None)
+    missing = [k for k in ("ids", "seq", "CB") if (k == "ids" and id_name is None) or (k != "ids" and k not in z)]
     if missing:
-        raise InputError(f"{path}: missing arrays {', '.join(missing)} (see docs/contacts.md for the layout)")
-    return z
+        raise InputError(f"{where}: missing array{'s' if len(missing) > 1 else ''} {', '.join(missing)} (a structure "
+                         f"set needs ids, seq, CB, and CA where CB is missing; see docs/contacts.md)")
+    ids = np.asarray(z[id_name]).astype(str)
+    id_list = ids.tolist()
+    if ids.ndim != 1:
+        raise InputError(f"{where}: {id_name} must be one id per chain (1-D), got shape {ids.shape}")
+    n = len(ids)
+    if len(set(id_list)) != n:
+        dup = next(i for i in id_list if id_list.count(i) > 1)
+        raise InputError(f"{where}: chain id {dup!r} occurs more than once in {id_name}")
+    seq = np.asarray(z["seq"])
+    if seq.ndim != 1:
+        raise InputError(f"{where}: seq must be 1-D (one string per chain, or one byte per residue), got {seq.shape}")
+    if seq.dtype.kind not in "SU":
+        raise InputError(f"{where}: seq must hold strings (one per chain) or single bytes (S1, one per residue), "
+                         f"not {seq.dtype}")
+    given = np.asarray(z["lengths"]).astype(np.int64) if "lengths" in z else None
+    per_residue = given is not None and given.ndim == 1 and int(given.sum()) == len(seq) and len(seq) != n
+    if not per_residue and len(seq) == n:  # one string per chain
+        strings = seq.astype(str).tolist()
+        lengths = np.array([len(x) for x in strings], dtype=np.int64)
+        if given is not None and not np.array_equal(given, lengths):
+            raise InputError(f"{where}: lengths disagree with the lengths of the seq strings")
+        residues = "".join(strings)
+    elif given is None:
+        raise InputError(f"{where}: missing array lengths (seq holds {len(seq)} entries for {n} ids: give the chain "
+                         f"lengths for one byte per residue, or one seq string per chain)")
+    else:
+        lengths = given
+        residues = seq.tobytes().decode("ascii", "replace") if seq.dtype == np.dtype("S1") else "".join(seq.tolist())
+    if lengths.shape != (n,):
+        raise InputError(f"{where}: lengths has {lengths.size} entries for {n} ids")
+    if (lengths < 1).any():
+        raise InputError(f"{where}: chain {id_list[int(np.argmax(lengths < 1))]!r} has no residues")
+    total = int(lengths.sum())
+    if len(residues) != total:
+        raise InputError(f"{where}: seq holds {len(residues)} residues, lengths add up to {total}")
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    if "offsets" in z and not np.array_equal(np.asarray(z["offsets"]).astype(np.int64), offsets):
+        raise InputError(f"{where}: offsets and lengths disagree (chain k must be rows offsets[k]:offsets[k+1])")
+    cb = np.asarray(z["CB"])
+    ca = np.asarray(z["CA"]) if "CA" in z else None
+    for name, a in (("CB", cb), ("CA", ca)):
+        if a is None:
+            continue
+        if a.ndim != 2 or a.shape[1] != 3 or a.dtype.kind != "f":
+            raise InputError(f"{where}: {name} must be a float array of shape (residues, 3), got {a.dtype} {a.shape}")
+        if len(a) != total:
+            raise InputError(f"{where}: {name} has {len(a)} rows, the chains have {total} residues")
+    bad_cb = np.isnan(cb).any(axis=1)
+    if ca is None:
+        if bad_cb.any():
+            r = int(np.argmax(bad_cb))
+            k = int(np.searchsorted(offsets, r, side="right") - 1)
+            raise InputError(f"{where}: CB is NaN at chain {id_list[k]!r} residue {r - offsets[k] + 1} and the file has no "
+                             f"CA to stand in; add CA (NaN in both marks an unobserved residue)")
+        ca = np.full_like(cb, np.nan)
+    split = np.asarray(z["split"]).astype(str) if "split" in z else np.full(n, "", dtype=str)
+    if split.shape != (n,):
+        raise InputError(f"{where}: split has {split.size} entries for {n} ids")
+    stretch = np.asarray(z.get("offset_in_netsurfp_seq", np.zeros(n))).astype(np.int64)
+    if stretch.shape != (n,):
+        raise InputError(f"{where}: offset_in_netsurfp_seq has {stretch.size} entries for {n} ids")
+    return {"ids": ids, "split": split, "lengths": lengths, "offsets": offsets,
+            "seq": np.frombuffer(residues.encode("ascii", "replace"), dtype="S1"), "CA": ca.astype(np.float32),
+            "CB": cb.astype(np.float32), "stretch_offset": stretch, "has_split": np.array("split" in z)}
 
 
 def read_full_sequences(fasta: Path | str) -> dict[str, str]:
@@ -172,16 +251,14 @@ def load_chains(path: Path | str, split: str | None = "train", *, max_length: in
     (id → sequence) attaches the whole protein sequence; the stored offset is checked against it.
     """
     npz = resolve_npz(path)
-    z = _open_npz(npz)
+    z = read_structures(npz)
     if split == "validation":
         split = "valid"
-    lengths = z["lengths"].astype(np.int64)
-    offsets = z["offsets"].astype(np.int64)
-    names = z["netsurfp_id"].astype(str)
-    splits = z["split"].astype(str)
-    if len(offsets) != len(lengths) + 1 or offsets[-1] != len(z["seq"]) or (np.diff(offsets) != lengths).any():
-        raise InputError(f"{npz}: offsets and lengths disagree (chain k must be rows offsets[k]:offsets[k+1])")
+    lengths, offsets, names, splits = z["lengths"], z["offsets"], z["ids"], z["split"]
     if split is not None and split not in set(splits):
+        if not bool(z["has_split"]):
+            raise InputError(f"{npz}: no split array (a structure set of your own: every chain is scored; "
+                             f"it has no {split} split)")
         raise InputError(f"{npz}: no chains in split {split!r} (the file has {', '.join(sorted(set(splits)))})")
     keep = np.ones(len(lengths), dtype=bool)
     if ids is not None:
@@ -199,13 +276,13 @@ def load_chains(path: Path | str, split: str | None = "train", *, max_length: in
     if max_chains is not None and len(chosen) > max_chains:
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.choice(chosen, size=max_chains, replace=False))
-    stretch_off = z.get("offset_in_netsurfp_seq")
+    stretch_off = z["stretch_offset"]
     seq_bytes = z["seq"]
     chains = []
     for k in chosen:
         a, b = offsets[k], offsets[k + 1]
         seq = seq_bytes[a:b].tobytes().decode("ascii")
-        off = int(stretch_off[k]) if stretch_off is not None else 0
+        off = int(stretch_off[k])
         chain = Chain(id=str(names[k]), seq=seq, ca=z["CA"][a:b], cb=z["CB"][a:b], split=str(splits[k]))
         if full_sequences is not None:
             full = full_sequences.get(chain.id)

@@ -47,7 +47,8 @@ from protlm.io.resources import data_root
 from protlm.tasks.config import need
 from protlm.tasks.contacts.attention import attention_features, load_lm, training_pairs
 from protlm.tasks.contacts.data import (NPZ_NAME, Chain, ChainSet, contact_map, load_chains, locate_stretch,
-                                        read_full_sequences, read_npz, resolve_npz, scored_pairs, select_chains)
+                                        read_full_sequences, read_structures, resolve_npz, scored_pairs,
+                                        select_chains)
 from protlm.tasks.contacts.metrics import CUTOFFS, RANGES, evaluate_maps, format_table, precision_at
 from protlm.tasks.data import RARE_TO_X
 from protlm.tasks.heads import get_head, make_head
@@ -285,21 +286,40 @@ class ResiduePairsToClass(Protocol):
         chains of the seeded order that training reported from), listed by id. What was chosen
         goes into the result as ``selection`` (metrics.json and the summary table).
         ``full_sequences``: the FASTA of whole sequences, replacing the one recorded at training.
+        ``file`` (or ``--data`` naming a file without a ``split`` array): a structure set of one's
+        own (docs/contacts.md), every chain scored, named after the file.
         """
         config, info = head.config, head.info
         d = config.data
         split = request.get("split") or "validation"
         if split not in ("validation", "valid", "train"):
             raise ConfigError(f"--split must be validation or train for a contact head, not {split!r}")
-        npz = self.npz(config, data_dir) if data_dir is not None else Path(info["data"]["npz"])
-        if data_dir is None and not npz.is_file():
-            npz = self.npz(config, None)
         max_length = request.get("max_length")
         max_chains = request.get("max_chains")
         if max_chains is not None and int(max_chains) < 1:
             raise ConfigError(f"--max-chains must be >= 1, not {max_chains}")
         if max_length is not None and int(max_length) < 1:
             raise ConfigError(f"--max-length must be >= 1, not {max_length}")
+        external = request.get("file")
+        if external is None:
+            npz = self.npz(config, data_dir) if data_dir is not None else Path(info["data"]["npz"])
+            if data_dir is None and not npz.is_file():
+                npz = self.npz(config, None)
+            if data_dir is not None and not _has_split(npz):
+                external = npz  # --data names a structure set of one's own (no split array)
+        if external is not None:
+            if request.get("format"):
+                raise ConfigError(f"--format {request['format']}: a contact head reads a structure set (npz, "
+                                  f"see docs/contacts.md); leave --format out")
+            given = request.get("full_sequences")
+            if given and not Path(given).is_file():
+                raise InputError(f"{FULL_SEQUENCES_OPTION} {given}: no such file (a FASTA of whole sequences)")
+            pool = load_chains(external, None, full_sequences=read_full_sequences(given) if given else None)
+            chains = select_chains(pool, max_length=max_length, max_chains=max_chains, seed=d.seed + 1,
+                                   sampled="a seeded permutation of the set's chains")
+            if not chains:
+                raise InputError(f"{external}: no chains to evaluate with these limits")
+            return {Path(external).stem if Path(external).suffix else Path(external).name: chains}
         full = _full_sequences(request.get("full_sequences"), info, d)
         if split == "train":
             trained = set(info["data"]["train_ids"])
@@ -547,6 +567,14 @@ class ResiduePairsToClass(Protocol):
 FULL_SEQUENCES_OPTION = "--full-sequences"
 
 
+def _has_split(npz: Path) -> bool:
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            return "split" in z.files
+    except Exception:  # an unreadable file: read_structures says why
+        return True
+
+
 def _full_sequences(given: str | None, info: dict, d) -> dict[str, str] | None:
     """The whole sequences for evaluation: ``given`` (the request), else the FASTA recorded at
     training time (an absolute path since protlm 0.4; older heads recorded it as written)."""
@@ -569,9 +597,6 @@ def _truth_chains(truth: Path | None, ids: list[str]) -> dict[str, Chain]:
     if truth is None:
         return {}
     npz = resolve_npz(truth)
-    z = read_npz(npz)
-    if "netsurfp_id" not in z:
-        raise InputError(f"{npz}: missing array netsurfp_id (see docs/contacts.md for the layout)")
-    present = set(z["netsurfp_id"].astype(str))
+    present = set(read_structures(npz)["ids"].tolist())
     wanted = [i for i in ids if i in present]
     return {c.id: c for c in load_chains(npz, None, ids=wanted)} if wanted else {}
