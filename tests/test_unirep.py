@@ -271,3 +271,24 @@ def test_int8_and_cpu_half_precision_are_refused():
         resolve("unirep64", EmbedOptions(int8=True))
     with pytest.raises(ConfigError, match="meant for GPUs"):
         resolve("unirep64", EmbedOptions(device="cpu", dtype="bf16"))
+
+
+@needs_weights
+def test_two_threads_give_the_same_states(models):
+    """The step switches thread counts (GEMMs vs gates, few vs many proteins); numbers must not move."""
+    from protlm.models import unirep
+
+    rng = np.random.default_rng(0)
+    seqs = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), size=int(n))) for n in rng.integers(5, 60, 40)]
+    m = models[256]
+    one = m.run(seqs)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = m.run(seqs)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert len(seqs) > unirep.SMALL_BATCH
+    for i in range(len(seqs)):
+        assert np.abs(one.residues(i) - two.residues(i)).max() < 1e-5
