@@ -73,7 +73,8 @@ def cmd_train(args) -> int:
 
 def evaluation_request(args) -> dict:
     """What `protlm evaluate` asks the head's protocol for (it picks what applies)."""
-    return {k: getattr(args, k, None) for k in ("benchmark", "file", "format", "label", "kind", "split",
+    return {k: getattr(args, k, None) for k in ("benchmark", "file", "format", "label", "kind", "seq_column",
+                                                 "label_column", "id_column", "split",
                                                  "max_chains", "include_early_stop", "max_length")}
 
 
@@ -154,8 +155,13 @@ def register(sub) -> None:
     p.add_argument("--benchmark", help="a set of `protlm datasets` (with --data)")
     p.add_argument("--file", help="a labelled file of your own")
     p.add_argument("--format", choices=["biotrainer", "deeploc", "prottrans_csv", "csv"], help="format of --file")
-    p.add_argument("--label", default="target", help="csv: the label name the head was trained on (default target)")
-    p.add_argument("--kind", choices=["float", "int", "str"], default="str", help="csv: label type")
+    p.add_argument("--label-column", metavar="COL", help="csv: the label column (default: label or target)")
+    p.add_argument("--seq-column", metavar="COL", help="csv: the sequence column (default: seq or sequence)")
+    p.add_argument("--id-column", metavar="COL", help="csv: a column of protein ids (default: FILE_row<i>)")
+    p.add_argument("--kind", choices=["float", "int", "str"],
+                   help="csv: label type (default: float for a *_to_value head, else str)")
+    p.add_argument("--label", help="csv: the label name the head was trained on (default: the head's, when it has "
+                                   "one target)")
     p.add_argument("--split", help="keep only records of this split (train, valid, test)")
     p.add_argument("--embedder", help="embed with this instead of the head's embedder (same dimension)")
     add_bootstrap(p, help="bootstrap resamples (default: the head's config; 0: no confidence intervals)")
@@ -193,8 +199,10 @@ def register(sub) -> None:
     add_tasks(p)
     p.add_argument("--embedder", action="append", help="embedder to compare (repeatable); default: each config's own")
     add_out(p, default="runs/benchmark", help="output folder (default runs/benchmark)")
-    p.add_argument("--extra-test", action="append", metavar="TASK:NAME=PATH:FORMAT",
-                   help="score an extra labelled test file (repeatable)")
+    p.add_argument("--extra-test", action="append", metavar="TASK:NAME=PATH:FORMAT[:KEY=VALUE,...]",
+                   help="score an extra labelled test file with the task's heads (repeatable; no retraining); "
+                        "csv options: label_column=, seq_column=, id_column=, kind=float|int|str "
+                        "(e.g. stability:mine=my.csv:csv:seq_column=sequence,label_column=y); docs/tasks.md")
     p.add_argument("--compare", action="append", metavar="A:B",
                    help="paired difference A − B of the headline metric on the same test proteins, with a paired "
                         "bootstrap CI (A, B: two --embedder values; repeatable)")

@@ -471,6 +471,7 @@ def load_deeploc(
     split: str | None = None,
     *,
     policy: CleaningPolicy | None = None,
+    named_sets: bool = False,
 ) -> list[ProteinRecord]:
     """Load a DeepLoc FASTA file.
 
@@ -482,6 +483,11 @@ def load_deeploc(
     (membrane-bound) or ``"S"`` (soluble) and absent for U/? (unknown). ``split`` is taken
     from a ``train``/``test``/``valid`` word in the header, else from the ``split`` argument.
     ``key=value`` words (``reconstructed_seq=...``) are metadata and ignored.
+
+    ``named_sets``: another word names a set of the file's own, as biotrainer's ``SET=new364``
+    (setHARD's ``>P12345 Cell.membrane-M new_test_set`` → split ``new_test_set``, selected with
+    ``split: new_test_set``); one such word per header, letters, digits, ``-``, ``_`` or ``.``.
+    Without it (the benchmark files) such a word is refused.
     """
     source = str(path)
     records: list[ProteinRecord] = []
@@ -494,14 +500,16 @@ def load_deeploc(
             )
         location, membrane = _parse_location(words[0], where)
         rec_split = split
+        own = None
         for word in words[1:]:
             if "=" in word:
                 continue
             named = _SPLIT_NAMES.get(word.lower())
+            if named is None and named_sets and own is None and all(ch.isalnum() or ch in "-_." for ch in word):
+                named = own = word  # a set of the file's own (setHARD's new_test_set)
             if named is None:
-                raise InputError(
-                    f"{where}: unexpected header word {word!r} (expected train, test or key=value)"
-                )
+                expected = "train, test, one set name or key=value" if named_sets else "train, test or key=value"
+                raise InputError(f"{where}: unexpected header word {word!r} (expected {expected})")
             rec_split = named
         labels: dict[str, object] = {"location": location}
         if membrane in ("M", "S"):
@@ -540,13 +548,19 @@ def load_seq_label_csv(
     split: str | None = None,
     *,
     policy: CleaningPolicy | None = None,
+    seq_column: str | None = None,
+    label_column: str | None = None,
+    id_column: str | None = None,
 ) -> list[ProteinRecord]:
-    """Load a TAPE/ProteinBERT/SCOP ``seq,label`` CSV.
+    """Load a TAPE/ProteinBERT/SCOP ``seq,label`` CSV, or any table with a sequence and a label
+    column.
 
     ``labels[task]`` is the label parsed as ``kind`` (``"float"``, ``"int"`` or ``"str"``);
     ids are ``{stem}_row{i}`` with ``stem`` the file name without its last suffix
     (``stability.train_row1``) and ``i`` the 1-based data row. A bad value raises
-    :class:`InputError` naming the row and line.
+    :class:`InputError` naming the row and line. ``seq_column`` / ``label_column`` name the
+    columns (header names, case-insensitive; default ``seq`` or ``sequence``, ``label`` or
+    ``target``); ``id_column`` a column of protein ids (unique) instead of the row ids.
     """
     if kind not in _KINDS:
         raise ConfigError(f"label kind must be one of {', '.join(_KINDS)}, not {kind!r}")
@@ -559,19 +573,38 @@ def load_seq_label_csv(
     except StopIteration:
         raise InputError(f"{source}: file is empty, expected a header 'seq,label'") from None
     columns = [h.strip().lower() for h in header]
-    seq_col = next((columns.index(c) for c in ("seq", "sequence") if c in columns), None)
-    label_col = next((columns.index(c) for c in ("label", "target") if c in columns), None)
+
+    def named(option: str, name: str | None, defaults: tuple[str, ...]) -> int | None:
+        if name is None:
+            return next((columns.index(c) for c in defaults if c in columns), None)
+        if name.strip().lower() not in columns:
+            raise InputError(f"{source}:{header_line}: {option} {name!r} is not a column of the header "
+                             f"{','.join(header)!r}")
+        return columns.index(name.strip().lower())
+
+    seq_col = named("seq_column", seq_column, ("seq", "sequence"))
+    label_col = named("label_column", label_column, ("label", "target"))
+    id_col = named("id_column", id_column, ()) if id_column is not None else None
     if seq_col is None or label_col is None:
         raise InputError(
             f"{source}:{header_line}: header {','.join(header)!r} lacks a seq and a label column "
-            "(expected 'seq,label')"
+            "(expected 'seq,label'; name other columns with seq_column= and label_column=)"
         )
     records: list[ProteinRecord] = []
+    seen: dict[str, int] = {}
     for row, (line, fields) in enumerate(rows, start=1):
         rid = f"{stem}_row{row}"
         where = f"{source}:{line}: row {row} ('{rid}')"
         if len(fields) != len(columns):
             raise InputError(f"{where}: has {len(fields)} fields, the header has {len(columns)}")
+        if id_col is not None:
+            rid = fields[id_col].strip()
+            if not rid:
+                raise InputError(f"{where}: empty id in column {id_column!r}")
+            if rid in seen:
+                raise InputError(f"{source}:{line}: id {rid!r} (column {id_column!r}) repeats row {seen[rid]}")
+            seen[rid] = row
+            where = f"{source}:{line}: row {row} ('{rid}')"
         sequence = _clean_sequence(fields[seq_col], policy, where)
         value = _parse_value(fields[label_col], kind, where, task)
         records.append(ProteinRecord(id=rid, sequence=sequence, labels={task: value}, split=split))

@@ -64,6 +64,9 @@ class SourceConfig:
     format: str | None = None  # biotrainer | deeploc | prottrans_csv | csv
     label: str = "target"  # csv: the label name the column is stored under
     kind: str = "str"  # csv: float | int | str
+    seq_column: str | None = None  # csv: the sequence column (default: seq or sequence)
+    label_column: str | None = None  # csv: the label column (default: label or target)
+    id_column: str | None = None  # csv: a column of protein ids (default: FILE_row<i>)
     split: str | None = None  # keep only records of this split (train | valid | test)
     part: PartConfig | None = None  # keep only one part of the ids, by hash
 
@@ -160,11 +163,36 @@ def check_source(s: SourceConfig, where: str) -> None:
         raise ConfigError(f"config {where}.format: must be one of {list(FILE_FORMATS)}, not {s.format!r}")
     if s.kind not in ("float", "int", "str"):
         raise ConfigError(f"config {where}.kind: must be float, int or str, not {s.kind!r}")
+    for key in ("seq_column", "label_column", "id_column"):
+        if getattr(s, key) is not None and s.format != "csv":
+            raise ConfigError(f"config {where}.{key}: only for format: csv (a seq,label table), not {s.format!r}")
     if s.part is not None:
         if not 0 < s.part.fraction < 1:
             raise ConfigError(f"config {where}.part.fraction: must be in (0, 1)")
         if s.part.take not in ("first", "rest"):
             raise ConfigError(f"config {where}.part.take: must be first or rest, not {s.part.take!r}")
+
+
+SOURCE_OPTIONS = ("seq_column", "label_column", "id_column", "kind", "label", "split")
+
+
+def file_source(config: TaskConfig, file: str, format: str | None, where: str, **given: Any) -> SourceConfig:
+    """A labelled file of a user's to score a head of ``config`` on (``protlm evaluate --file``,
+    ``protlm benchmark --extra-test``). ``given``: :data:`SOURCE_OPTIONS`; ``None`` means not given.
+    A CSV's label is stored under the task's label when it has one target, and parsed as a
+    number for the ``*_to_value`` protocols, unless ``label`` / ``kind`` say otherwise."""
+    unknown = sorted(k for k in given if k not in SOURCE_OPTIONS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown option {unknown[0]!r} (choose from {', '.join(SOURCE_OPTIONS)})")
+    given = {k: v for k, v in given.items() if v is not None}
+    if format == "csv":
+        if "label" not in given and len(config.targets) == 1:
+            given["label"] = config.targets[0].label
+        if "kind" not in given and config.protocol.endswith("_to_value"):
+            given["kind"] = "float"
+    src = SourceConfig(file=file, format=format, **given)
+    check_source(src, where)
+    return src
 
 
 def need(cond: bool, where: str, msg: str) -> None:

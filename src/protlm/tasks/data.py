@@ -85,11 +85,12 @@ def load_source(src: SourceConfig, data_dir: str | Path | None, where: str, per_
         if src.format == "biotrainer":
             records = load_biotrainer_fasta(path, per_residue, policy=KEEP_RARE)
         elif src.format == "deeploc":
-            records = load_deeploc(path, policy=KEEP_RARE)
+            records = load_deeploc(path, policy=KEEP_RARE, named_sets=True)  # setHARD's new_test_set
         elif src.format == "prottrans_csv":
             records = load_prottrans_csv(path, path.stem, policy=KEEP_RARE)
         else:
-            records = load_seq_label_csv(path, src.label, src.kind, policy=KEEP_RARE)
+            records = load_seq_label_csv(path, src.label, src.kind, policy=KEEP_RARE, seq_column=src.seq_column,
+                                         label_column=src.label_column, id_column=src.id_column)
     if src.split is not None:
         records = [r for r in records if r.split == src.split]
     if src.part is not None:

@@ -15,11 +15,18 @@ interrupted suite resumes. A row whose training was cut short by the epoch cap i
 
 Extra test sets are scored without code changes: ``--extra-test TASK:NAME=PATH:FORMAT`` adds
 ``{file: PATH, format: FORMAT}`` to the task's ``data.test`` (formats: see
-:mod:`protlm.tasks.config`).
+:mod:`protlm.tasks.config`); ``TASK:NAME=PATH:csv:label_column=y,seq_column=sequence,kind=float``
+names the columns of a CSV (:func:`protlm.tasks.config.file_source`).
+
+Test sets are not part of what a head depends on: the reuse digest (:func:`head_digest`) is of
+the config without ``data.test``, and each test set has a digest of its own. A finished head
+whose test sets changed is kept; only the new or changed test sets are scored with it, and
+test sets no longer in the config leave its results.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,7 +39,7 @@ import numpy as np
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes
 from protlm.tasks import metrics as M
-from protlm.tasks.config import SourceConfig, TaskConfig, load_task_config, validate
+from protlm.tasks.config import SOURCE_OPTIONS, TaskConfig, file_source, load_task_config, validate
 from protlm.tasks.features import embedder_slug, identity_digest
 from protlm.tasks.protocols import get_protocol
 from protlm.tasks.train import METRICS_JSON, check_source, load_head, train
@@ -54,17 +61,37 @@ def suite_configs(suite: str | Path, names: list[str] | None = None) -> list[Pat
     return files
 
 
-def parse_extra_tests(items: list[str]) -> dict[str, dict[str, SourceConfig]]:
-    out: dict[str, dict[str, SourceConfig]] = {}
+EXTRA_TEST_FORM = "TASK:NAME=PATH:FORMAT[:KEY=VALUE,...]"
+
+
+def parse_extra_tests(items: list[str]) -> dict[str, dict[str, dict]]:
+    """``TASK:NAME=PATH:FORMAT`` or ``TASK:NAME=PATH:csv:label_column=y,seq_column=s,kind=float``
+    → ``{task: {name: {file, format, **options}}}`` (the sources are made per task, with its
+    targets: :func:`add_tests`)."""
+    out: dict[str, dict[str, dict]] = {}
     for item in items:
         try:
             task_name, rest = item.split(":", 1)
             name, spec = rest.split("=", 1)
+            head, _, last = spec.rpartition(":")
+            options: dict[str, str] = {}
+            if "=" in last:  # PATH:FORMAT:KEY=VALUE,...
+                spec = head
+                for pair in last.split(","):
+                    key, value = pair.split("=", 1)
+                    options[key.strip()] = value.strip()
             path, fmt = spec.rsplit(":", 1)
         except ValueError:
-            raise ConfigError(f"--extra-test {item!r}: expected TASK:NAME=PATH:FORMAT, "
-                              f"e.g. secondary_structure:ts115=TS115.csv:prottrans_csv") from None
-        out.setdefault(task_name, {})[name] = SourceConfig(file=path, format=fmt)
+            raise ConfigError(f"--extra-test {item!r}: expected {EXTRA_TEST_FORM}, e.g. "
+                              f"secondary_structure:ts115=TS115.csv:prottrans_csv or "
+                              f"stability:mine=my.csv:csv:seq_column=sequence,label_column=y") from None
+        if not task_name or not name or not path:
+            raise ConfigError(f"--extra-test {item!r}: expected {EXTRA_TEST_FORM}")
+        unknown = sorted(set(options) - set(SOURCE_OPTIONS))
+        if unknown:
+            raise ConfigError(f"--extra-test {item!r}: unknown option {unknown[0]!r} "
+                              f"(choose from {', '.join(SOURCE_OPTIONS)})")
+        out.setdefault(task_name, {})[name] = {"file": path, "format": fmt, **options}
     return out
 
 
@@ -79,10 +106,102 @@ def head_folder(out: Path, task: str, spec, identity: dict) -> Path:
     return folder
 
 
-def config_digest(config: TaskConfig, identity: dict) -> str:
-    """The config with the embedder's name replaced by what made its numbers."""
-    tree = {**config.as_dict(), "embedder": identity_digest(identity)}
+def _digest(tree) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def head_digest(config: TaskConfig, identity: dict) -> str:
+    """What a head depends on: the config without its test sets, with the embedder's name
+    replaced by what made its numbers."""
+    tree = {**config.as_dict(), "embedder": identity_digest(identity)}
+    if isinstance(tree.get("data"), dict):
+        tree["data"] = {k: v for k, v in tree["data"].items() if k != "test"}
+    return _digest(tree)
+
+
+def test_digests(config: TaskConfig) -> dict[str, str] | None:
+    """One digest per test set of the config: its source, and a file's size and modification
+    time (a re-made file is scored again). None: the protocol makes its own test sets."""
+    tests = getattr(config.data, "test", None)
+    if tests is None:
+        return None
+    out = {}
+    for name, src in tests.items():
+        tree = dataclasses.asdict(src)
+        if src.file is not None and Path(src.file).is_file():
+            st = Path(src.file).stat()
+            tree["stat"] = [st.st_size, st.st_mtime_ns]
+        out[name] = _digest(tree)
+    return out
+
+
+_NEW_SOURCE_FIELDS = ("seq_column", "label_column", "id_column")
+
+
+def legacy_digest(config: TaskConfig, identity: dict, tests: list[str]) -> str | None:
+    """The ``config_digest`` protlm wrote before test sets left the digest (0.4 and earlier): the
+    whole config, its test sets restricted to ``tests`` (the ones the old run scored), without the
+    CSV column fields added since. None when the config cannot have made that run."""
+    tree = {**config.as_dict(), "embedder": identity_digest(identity)}
+    data = tree.get("data")
+    if isinstance(data, dict) and "test" in data:
+        if not set(tests) <= set(data["test"]):
+            return None
+        data = tree["data"] = {**data, "test": {k: v for k, v in data["test"].items() if k in tests}}
+        sources = [*data.get("train", []), data.get("valid"), *data["test"].values()]
+        for src in sources:
+            if isinstance(src, dict):
+                if any(src.get(k) is not None for k in _NEW_SOURCE_FIELDS):
+                    return None
+                for k in _NEW_SOURCE_FIELDS:
+                    src.pop(k, None)
+    return _digest(tree)
+
+
+def reusable(previous: dict, config: TaskConfig, identity: dict, digest: str) -> dict[str, str] | None:
+    """The test-set digests a finished head's results were made with, when the head itself
+    (``head_digest``) is what ``config`` would train; None when it must be trained anew."""
+    if "head_digest" in previous:
+        if previous["head_digest"] != digest:
+            return None
+        return previous.get("test_digests") or {}
+    old = previous.get("config_digest")
+    tests = list(previous.get("test", {}))
+    if old is not None and legacy_digest(config, identity, tests) == old:
+        now = test_digests(config) or {}
+        return {k: now[k] for k in tests if k in now}
+    return None
+
+
+def rescore_tests(previous: dict, config: TaskConfig, folder: Path, made_with: dict[str, str], data_dir, source
+                  ) -> dict | None:
+    """A finished head's results for the config's test sets now: kept where a test set is
+    unchanged, scored with the saved head where it is new or changed, dropped where it left the
+    config. None when nothing changed (the results stand as written)."""
+    now = test_digests(config)
+    if now is None or (now == made_with and set(previous.get("test", {})) == set(now)):
+        return None
+    keep = {k for k in now if made_with.get(k) == now[k] and k in previous.get("test", {})}
+    todo = [k for k in now if k not in keep]
+    scored: dict[str, dict] = {}
+    counts = {k: v for k, v in previous.get("proteins", {}).items() if not k.startswith("test:")}
+    if todo:
+        head = load_head(folder)
+        check_source(head, source)
+        protocol = head.protocol
+        head.config.data.test = {k: config.data.test[k] for k in todo}
+        sets = protocol.evaluation_sets(head, {}, data_dir)
+        for k, data in sets.items():
+            log.info("%s: test set %s scored with the saved head (no retraining)", config.name, k)
+            preds = protocol.predict(head.config, head.model, protocol.inputs(head.config, source, data), head.info)
+            scored[k] = protocol.score(head.config, preds, data, head.info, config.n_boot, config.evaluate.seed)
+            counts[f"test:{k}"] = len(data)
+    tests = {}
+    for k in now:
+        tests[k] = previous["test"][k] if k in keep else scored[k]
+        if k in keep and f"test:{k}" in previous.get("proteins", {}):
+            counts[f"test:{k}"] = previous["proteins"][f"test:{k}"]
+    return {**previous, "test": tests, "proteins": counts}
 
 
 def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir: str | Path | None, *,
@@ -120,20 +239,29 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
             with config.protocol_obj.open_source(config, cache_dir) as source:
                 identity = source.identity()
                 folder = head_folder(out, path.stem, spec, identity)
-                digest = config_digest(config, identity)
+                digest = head_digest(config, identity)
                 done = folder / METRICS_JSON
                 if done.is_file():
                     previous = json.loads(done.read_text())
-                    if previous.get("config_digest") == digest:
+                    made_with = reusable(previous, config, identity, digest)
+                    if made_with is not None:
                         log.info("%s with %s: already done, reused", path.stem, spec)
-                        previous["embedder"] = str(spec)
-                        results.append(previous)
+                        doc = rescore_tests(previous, config, folder, made_with, data_dir, source)
+                        if doc is not None or "head_digest" not in previous:
+                            doc = doc or previous
+                            doc.pop("config_digest", None)
+                            doc.update(head_digest=digest, test_digests=test_digests(config) or {})
+                            write_bytes(done, json_bytes(doc))
+                        else:
+                            doc = previous
+                        doc["embedder"] = str(spec)
+                        results.append(doc)
                         continue
                 if progress is not None:
                     progress("task", {"task": path.stem, "embedder": spec})
                 train(config, folder, data_dir, cache_dir, progress, source=source)
             doc = json.loads(done.read_text())
-            doc.update(config_digest=digest, task_file=path.stem)
+            doc.update(head_digest=digest, test_digests=test_digests(config) or {}, task_file=path.stem)
             write_bytes(done, json_bytes(doc))
             results.append(doc)
     table = results_table(results)
@@ -172,11 +300,13 @@ def parse_pairs(items: list[str], embedders: list[str]) -> list[tuple[str, str]]
     return pairs
 
 
-def add_tests(config: TaskConfig, tests: dict[str, SourceConfig]) -> None:
+def add_tests(config: TaskConfig, tests: dict[str, dict]) -> None:
+    """Add ``--extra-test`` files (:func:`parse_extra_tests`) to the config's ``data.test``."""
     if tests and not hasattr(config.data, "test"):
         raise ConfigError(f"--extra-test {config.name}: the {config.protocol} protocol takes no extra test files")
-    for name, src in tests.items():
-        config.data.test[name] = src
+    for name, spec in tests.items():
+        options = {k: v for k, v in spec.items() if k not in ("file", "format")}
+        config.data.test[name] = file_source(config, spec["file"], spec["format"], f"--extra-test {name}", **options)
 
 
 def paired_differences(files: list[Path], pairs: list[tuple[str, str]], out: Path, data_dir, extra, overrides,

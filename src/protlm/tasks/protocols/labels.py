@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes
 from protlm.tasks import metrics as M
-from protlm.tasks.config import DataConfig, SourceConfig, TargetConfig, check_source, need
+from protlm.tasks.config import DataConfig, SourceConfig, TargetConfig, check_source, file_source, need
 from protlm.tasks.data import MISSING_RESIDUE, RARE_TO_X, LabelledSet, encode, load_source, load_task_data, task_proteins
 from protlm.tasks.features import FeatureSet, pooled
 from protlm.tasks.heads import get_head, make_head
@@ -450,9 +450,9 @@ class LabelProtocol(Protocol):
             sources[request["benchmark"] + (f":{split}" if split else "")] = SourceConfig(
                 benchmark=request["benchmark"], split=split)
         if request.get("file"):
-            sources[Path(request["file"]).stem] = SourceConfig(
-                file=request["file"], format=request.get("format"), label=request.get("label", "target"),
-                kind=request.get("kind", "str"), split=split)
+            sources[Path(request["file"]).stem] = file_source(
+                config, request["file"], request.get("format"), "--file", split=split,
+                **{k: request.get(k) for k in ("label", "kind", "seq_column", "label_column", "id_column")})
         if not sources:
             sources = dict(config.data.test)
             if not sources:
