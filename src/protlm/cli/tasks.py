@@ -9,20 +9,18 @@ import sys
 from pathlib import Path
 
 from protlm.cli.common import (add_bootstrap, add_out, add_tasks, apply_threads, cache_dir, cache_parent, data_dir,
-                               data_parent, emit, json_parent, overwrite_parent, threads_parent)
+                               data_parent, emit, json_parent, overwrite_parent, progress_bar, threads_parent)
 
 
 def _progress():
-    from tqdm import tqdm
-
+    """Embedding progress (a bar on a terminal, log lines with rate and time left otherwise), epochs."""
     bars: dict[str, object] = {}
 
     def cb(kind: str, info: dict) -> None:
         if kind == "embed":
             bar = bars.get(info["set"])
             if bar is None:
-                bar = bars[info["set"]] = tqdm(total=info["total"], desc=f"embed {info['set']}", unit="res",
-                                               unit_scale=True, disable=None, file=sys.stderr, leave=False)
+                bar = bars[info["set"]] = progress_bar(info["total"], f"embed {info['set']}", unit="res")
             bar.n = info["done"]
             bar.refresh()
         elif kind == "epoch":
