@@ -73,3 +73,17 @@ def test_a_missing_data_folder_is_one_error(tmp_path, capsys):
                  str(tmp_path / "o.fa")])
     err = capsys.readouterr().err
     assert code == 2 and "--data" in err and "no such folder" in err, err
+
+
+def test_contact_evaluation_flags_reach_the_request():
+    from protlm.cli.main import build_parser
+    from protlm.cli.tasks import evaluation_request
+
+    args = build_parser().parse_args(["evaluate", "--head", "h", "--max-chains", "5", "--max-length", "300",
+                                      "--full-sequences", "f.fa", "--include-early-stop"])
+    req = evaluation_request(args)
+    assert req["max_chains"] == 5 and req["max_length"] == 300 and req["full_sequences"] == "f.fa"
+    assert req["include_early_stop"] is True
+    c = build_parser().parse_args(["contacts", "evaluate", "--head", "h", "--max-length", "300",
+                                   "--full-sequences", "f.fa"])
+    assert c.max_length == 300 and c.full_sequences == "f.fa"

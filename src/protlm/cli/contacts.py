@@ -82,7 +82,8 @@ def cmd_evaluate(args) -> int:
         return contact_metrics(doc["sets"], contact_split_label(args.split, args.include_early_stop), doc["task"],
                                doc["embedder"], head.config.head.type)
 
-    request = {"split": args.split, "max_chains": args.max_chains, "include_early_stop": args.include_early_stop}
+    request = {"split": args.split, "max_chains": args.max_chains, "include_early_stop": args.include_early_stop,
+               "max_length": args.max_length, "full_sequences": args.full_sequences}
     _, metrics = evaluate_command(args.head, request, data_dir=data_dir(args, default=False), n_boot=args.bootstrap,
                                   out=args.out, overwrite=args.overwrite, protocol=PROTOCOL, view=view)
     emit(args, metrics, _summary(metrics, args.out))
@@ -167,7 +168,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--head", required=True, help="head folder written by protlm train / contacts train")
     data(e, "the contacts file the head was trained on")
     e.add_argument("--split", choices=["validation", "train"], default="validation")
-    e.add_argument("--max-chains", type=int, help="chains to score (default: the config's eval_chains)")
+    e.add_argument("--max-chains", type=int, help="score a seeded sample of N chains (default: every chain of the set)")
+    e.add_argument("--max-length", type=int, help="leave out chains longer than N residues, listing them (default: none)")
+    e.add_argument("--full-sequences", metavar="FASTA",
+                   help="whole sequences for the LM to read (default: the FASTA recorded when the head was trained)")
     e.add_argument("--include-early-stop", action="store_true",
                    help="also score the validation chains used for early stopping")
     add_bootstrap(e, help="bootstrap resamples (default: the config's, 1000)")
@@ -198,7 +202,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--input", required=True, help="FASTA file")
     add_out(r, required=True, help="output folder (new or empty; ids become safe, unique file names, listed in "
                                    "OUT/predictions.json)")
-    r.add_argument("--truth", help="coords npz (the contacts data layout) with true structures for some ids")
+    r.add_argument("--truth", help="a structure set (npz; format in docs/contacts.md) with true structures for some ids")
     r.add_argument("--no-pictures", action="store_true", help="write only the npz files")
     r.add_argument("--max-residues", type=int, default=3000,
                    help="skip (and list) longer proteins: an L×L map grows as L² (default 3000)")

@@ -73,7 +73,8 @@ def evaluation_request(args) -> dict:
     """What `protlm evaluate` asks the head's protocol for (it picks what applies)."""
     return {k: getattr(args, k, None) for k in ("benchmark", "file", "format", "label", "kind", "seq_column",
                                                  "label_column", "id_column", "split",
-                                                 "max_chains", "include_early_stop", "max_length")}
+                                                 "max_chains", "include_early_stop", "max_length",
+                                                 "full_sequences")}
 
 
 def cmd_evaluate(args) -> int:
@@ -162,6 +163,13 @@ def register(sub) -> None:
                                    "one target)")
     p.add_argument("--split", help="keep only records of this split (train, valid, test)")
     p.add_argument("--embedder", help="embed with this instead of the head's embedder (same dimension)")
+    g = p.add_argument_group("contact heads (residue_pairs_to_class; docs/contacts.md)")
+    g.add_argument("--max-chains", type=int, help="score a seeded sample of N chains (default: every chain of the set)")
+    g.add_argument("--max-length", type=int, help="leave out chains longer than N residues, listing them (default: none)")
+    g.add_argument("--include-early-stop", action="store_true",
+                   help="also score the validation chains used for early stopping")
+    g.add_argument("--full-sequences", metavar="FASTA",
+                   help="whole sequences for the LM to read (default: the FASTA recorded when the head was trained)")
     add_bootstrap(p, help="bootstrap resamples (default: the head's config; 0: no confidence intervals)")
     add_out(p, help="write the metrics JSON here")
     p.set_defaults(func=cmd_evaluate)
