@@ -12,20 +12,24 @@ seed 0, of the 20k Swiss-Prot speed set), for:
   thread count recorded in its ``meta.json``). Also: the same search one protein at a time for
   the first ``--single`` proteins (the fixed cost of a search, which batching amortises).
   Wall seconds, and the CPU seconds of the ``mmseqs`` processes.
-The machine is shared, so wall seconds depend on the load; CPU seconds (the ``mmseqs``
-processes' user+system time, and this process's for the LMs, all threads) are the comparison.
-
 * **LM embeddings** (``protlm.Embedder(...).embed``): ESM-2 8M and 35M shapes with random weights
   (the speed does not depend on the weights), the committed checkpoints, UniRep when its weights
   are installed, and the k-mer and one-hot baselines; torch at each ``--threads``. A model that
   would take more than ``--lm-budget-s`` (default 300 s) for all proteins is timed on the prefix
   that fits, and its seconds per residue scaled to the sample's mean length (recorded in the JSON).
 
+The machine is shared, so wall seconds depend on the load; CPU seconds (the ``mmseqs``
+processes' user+system time, and this process's for the LMs, all threads) are the comparison.
+``--no-index`` adds the search of the full database without its precomputed index (the
+prefilter then builds its k-mer table for every search, as a plain ``mmseqs search`` on a
+FASTA-made database does).
+
 The sample's proteins are Swiss-Prot entries, so each finds itself in the database: that is the
 realistic case for a protein with a well-studied family, and costs what any hit costs.
 
     .venv/bin/python benchmarks/bench_profile_cost.py [--data DIR] [--proteins 200] [--threads 1 2] \
-        [--db-fractions 1.0 0.1] [--single 5] [--skip-lm] [--plot docs/img/profile_cost.png]
+        [--db-fractions 1.0 0.1] [--single 5] [--no-index] [--lm-budget-s 300] [--skip-lm] \
+        [--plot docs/img/profile_cost.png]
 
 Writes ``benchmarks/results/profile_cost.json`` and the plot, and prints one Markdown table
 (seconds per protein, projected hours for the 20k set, and each row's cost relative to the
@@ -35,6 +39,7 @@ profile search on the full database at the same thread count).
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import json
 import os
@@ -83,6 +88,17 @@ def subset_fasta(full: Path, fraction: float, cache: Path) -> Path:
                 w.write(line)
     os.replace(tmp, out)
     return out
+
+
+def unindexed_view(db, folder: Path):
+    """The same MMseqs2 database without its ``.idx`` files (symlinks), so searches build the k-mer table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in db.folder.iterdir():
+        if f.name.startswith("db") and ".idx" not in f.name:
+            (folder / f.name).symlink_to(f)
+    view = copy.copy(db)
+    view.prefix = folder / "db"
+    return view
 
 
 def time_profiles(seqs, db, threads, single):
@@ -172,8 +188,8 @@ def plot(rows, path: Path, n: int, residues: int) -> None:
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("CPU seconds per protein (log scale)")
-    ax.set_title(f"MMseqs2 profiles (red) vs LM embeddings (blue): {n} Swiss-Prot proteins, "
-                 f"{residues:,} residues, CPU", fontsize=9)
+    ax.set_title(f"MMseqs2 profiles (red) vs LM embeddings (blue)\n{n} Swiss-Prot proteins, "
+                 f"{residues:,} residues, CPU time", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -187,11 +203,18 @@ def main() -> int:
     ap.add_argument("--db-fractions", type=float, nargs="+", default=[1.0, 0.1])
     ap.add_argument("--single", type=int, default=5, help="proteins also searched one at a time")
     ap.add_argument("--skip-lm", action="store_true")
+    ap.add_argument("--no-index", action="store_true",
+                    help="also search the full database without its index (1 thread, no one-at-a-time runs)")
     ap.add_argument("--lm-budget-s", type=float, default=300,
                     help="an LM slower than this for all proteins is timed on a prefix (per residue, scaled)")
     ap.add_argument("--out-json", default=str(REPO / "benchmarks" / "results" / "profile_cost.json"))
     ap.add_argument("--plot", default=str(REPO / "docs" / "img" / "profile_cost.png"))
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from --out-json")
     args = ap.parse_args()
+    if args.replot:
+        saved = json.loads(Path(args.out_json).read_text())
+        plot(saved["rows"], Path(args.plot), saved["proteins"], saved["residues"])
+        return 0
     data = Path(args.data)
     if not (data / SAMPLE).exists() or not (data / SWISSPROT).exists():
         print(f"SKIP: {data / SAMPLE} or {data / SWISSPROT} not found")
@@ -220,6 +243,17 @@ def main() -> int:
             print(f"[profile] db={meta['sequences']:,} threads={th}: {r['s_per_protein']:.3f} s/protein wall, "
                   f"{r['cpu_s_per_protein']:.3f} CPU-s/protein; one at a time {r['one_at_a_time_median_s']}",
                   flush=True)
+        if args.no_index and frac >= 1:
+            view_dir = Path(tempfile.mkdtemp(prefix="bench_profile_noidx_"))
+            try:
+                r = time_profiles(seqs, unindexed_view(db, view_dir), 1, 0)
+            finally:
+                shutil.rmtree(view_dir, ignore_errors=True)
+            rows.append({"kind": "profile", "method": f"MMseqs2 profile, {meta['sequences']:,}-sequence DB, "
+                         f"no precomputed index", "db_sequences": meta["sequences"], "db_fraction": -1,
+                         "threads": 1, **r})
+            print(f"[profile] no index, threads=1: {r['s_per_protein']:.3f} s/protein wall, "
+                  f"{r['cpu_s_per_protein']:.3f} CPU-s/protein", flush=True)
     if not args.skip_lm:
         tmp = Path(tempfile.mkdtemp(prefix="bench_profile_lm_"))
         for label, name in lm_models(tmp, data).items():
