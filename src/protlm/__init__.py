@@ -2,15 +2,21 @@
 
 Layers (one sub-package each, lower layers never import higher ones):
 
+- ``protlm.io``       — atomic writes, the output policy and locks, checksums, resources.
 - ``protlm.data``     — FASTA reading and cleaning, benchmark data loaders, tokenised
   pretraining shards (``protlm prepare``).
-- ``protlm.models``   — vocabularies and the papers' architectures on transformers' classes.
+- ``protlm.align``    — MMseqs2 searches and profiles.
+- ``protlm.models``   — vocabularies, the papers' architectures, UniRep, the one HF loader.
 - ``protlm.pretrain`` — the training engine (``protlm pretrain``).
-- ``protlm.embed``    — embeddings with any protein LM (``protlm embed``); ``protlm.Embedder``.
+- ``protlm.embed``    — every embedder behind one runner (``protlm embed``); ``protlm.Embedder``.
+- ``protlm.tasks``    — protocols, heads, the one training engine and the benchmark suite.
+- ``protlm.analysis`` — projections (``protlm project``).
 - ``protlm.cli``      — the one ``protlm`` command; parses arguments and calls library code.
+
+docs/architecture.md draws the layers and how to add a model family, a protocol or a head.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 from protlm.errors import ProtlmError
 
