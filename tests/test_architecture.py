@@ -164,3 +164,14 @@ def test_a_protein_too_big_for_memory_is_windowed_or_skipped_with_a_record(toy, 
     monkeypatch.setattr(runner, "available_memory", lambda: 2_000)
     list(emb.iter_embed(["big"], ["A" * 400]))
     assert emb.stats.skipped[-1]["id"] == "big" and "GiB" in emb.stats.skipped[-1]["reason"]
+
+
+def test_a_backend_sets_which_proteins_run_alone(toy):
+    emb = Embedder("toy-positions")
+    emb.backend.max_residues = None
+    emb.backend.default_tokens_per_batch = 10_000
+    lengths = [1200, 1200, 30]
+    assert emb.plan(lengths)[:2] == [[0], [1]]  # the default: over 1,000 residues alone
+    emb.backend.default_alone_above = 10_000
+    assert emb.plan(lengths)[0] == [0, 1]
+    assert Embedder("toy-positions", EmbedOptions(alone_above=500)).plan([600, 600])[0] == [0]

@@ -422,8 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", default="mean",
                    help="per-protein vector (--level protein): mean over residues (default), or a family's own "
                         "(unirep: h_avg, h_final, c_final, fusion)")
-    p.add_argument("--alone-above", type=int, default=1000,
-                   help="proteins longer than this many residues are embedded one at a time (default 1000)")
+    p.add_argument("--alone-above", type=int, default=None,
+                   help="proteins longer than this many residues are embedded one at a time (default: the "
+                        "family's; 1000 for transformers, none for profiles and baselines)")
     p.add_argument("--long-policy", choices=["window", "error"], default="window",
                    help="proteins over a model's hard position limit: overlapping windows (default) or an error")
     p.add_argument("--window-overlap", type=int, default=128, help="residues shared by neighbouring windows")

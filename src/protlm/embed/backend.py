@@ -59,6 +59,9 @@ class Backend(abc.ABC):
     #: The runner's batch plan when the user gives none: padded tokens and proteins per batch.
     default_tokens_per_batch: int = 4000
     default_max_sequences: int = 100
+    #: Proteins longer than this run alone (attention memory grows with the batch's longest protein);
+    #: backends whose cost is per protein, not per padded token, raise it.
+    default_alone_above: int = 1000
     #: On a CPU, only proteins of equal length share a batch (padding costs more than it saves there).
     equal_length_on_cpu: bool = False
 

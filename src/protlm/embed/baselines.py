@@ -153,6 +153,7 @@ class BaselineBackend(Backend):
 
     default_tokens_per_batch = 200_000
     default_max_sequences = 100_000
+    default_alone_above = 10_000_000  # context-free: no reason to run long proteins alone
 
     def _embed_codes(self, codes: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -255,12 +255,13 @@ class Embedder:
         exact = self.options.equal_length_batches
         if exact is None:
             exact = b.equal_length_on_cpu and str(b.device) == "cpu"
+        alone = self.options.alone_above or b.default_alone_above
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         extra = b.extra_tokens
         batches, current, width = [], [], 0
         for i in order:
             n = lengths[i]
-            if n > self.options.alone_above or (self.max_residues and n > self.max_residues):
+            if n > alone or (self.max_residues and n > self.max_residues):
                 batches.append([i])
                 continue
             w = max(width, n + extra)

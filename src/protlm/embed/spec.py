@@ -30,7 +30,7 @@ class EmbedOptions:
     int8: bool = False  # dynamic int8 quantisation of the linear layers (CPU)
     tokens_per_batch: int | None = None  # padded tokens per batch; None: the backend's default
     max_sequences: int | None = None  # proteins per batch; None: the backend's default
-    alone_above: int = 1000  # residues; longer proteins are embedded one at a time
+    alone_above: int | None = None  # residues; longer proteins run alone. None: the backend's (1,000 for LMs)
     long_policy: str = "window"  # window | error, for models with a hard position limit
     window_overlap: int = 128  # residues shared by neighbouring windows
     cpu_fallback: bool = True  # a protein that does not fit the GPU is embedded on the CPU
@@ -48,7 +48,7 @@ class EmbedOptions:
             raise ConfigError("--tokens-per-batch and --max-sequences must be positive")
         if self.window_overlap < 0:
             raise ConfigError("--window-overlap must be >= 0")
-        if self.alone_above < 1:
+        if self.alone_above is not None and self.alone_above < 1:
             raise ConfigError("--alone-above must be positive")
 
     def lm_options_set(self) -> list[str]:

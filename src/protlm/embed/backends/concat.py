@@ -42,6 +42,7 @@ class ConcatBackend(Backend):
         self.extra_tokens = max(p.extra_tokens for p in parts)
         self.default_tokens_per_batch = min(p.default_tokens_per_batch for p in parts)
         self.default_max_sequences = min(p.default_max_sequences for p in parts)
+        self.default_alone_above = min(p.default_alone_above for p in parts)
         self.equal_length_on_cpu = any(p.equal_length_on_cpu for p in parts)
         self.device = next((str(p.device) for p in parts if str(p.device) != "cpu"), "cpu")
 

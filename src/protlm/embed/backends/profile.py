@@ -79,6 +79,7 @@ class ProfileBackend(Backend):
     # MMseqs2 is fastest on many queries per search: the runner should hand over big batches.
     default_tokens_per_batch = 50_000_000
     default_max_sequences = 100_000
+    default_alone_above = 10_000_000  # a search costs per query, not per padded residue: keep long ones batched
 
     def __init__(self, source: str, *, threads: int | None = None, chunk: int = 1000, index: bool | None = None,
                  cache: str | None = None, **search):
