@@ -438,7 +438,7 @@ def _scan(w: LayerWeights, proj, n_active: list[int], steps: int, B: int, *, sto
                 break
             proj.prepare(t)
             # few proteins left: the GEMMs are bound by streaming the weights, which one thread
-            # does as fast as several, without the hand-offs (3-4x faster on a busy CPU)
+            # does nearly as fast as several, without the hand-offs (which a busy CPU makes costly)
             gemm_threads = threads if n >= SMALL_BATCH else 1
             if serial and gemm_threads == 1:
                 torch.set_num_threads(1)
