@@ -199,6 +199,8 @@ def test_runner_embeds_with_unirep():
     assert np.abs(out[0] - out[3]).max() < 1e-6
     fused = runner.Embedder("unirep64", EmbedOptions(pooling="fusion")).embed_proteins(seqs)
     assert fused.shape == (4, 192)
+    # long proteins share batches (no attention: running them alone only slows the recurrence)
+    assert runner.Embedder("unirep64").plan([1500, 1400, 100]) == [[0, 1, 2]]
 
 
 @needs_weights

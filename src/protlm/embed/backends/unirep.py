@@ -43,6 +43,9 @@ class UniRepBackend(Backend):
     equal_length_on_cpu = False  # mixed lengths cost nothing (see the module docstring)
     max_residues = None
     poolings = POOLINGS
+    # memory is linear in length and the token budget already bounds a batch; a long protein run
+    # alone would make every step a matrix-vector product (weight streaming)
+    default_alone_above = 10_000_000
 
     def __init__(self, source: str, options: EmbedOptions, model, weights_id: str):
         import torch
