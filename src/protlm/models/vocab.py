@@ -196,14 +196,15 @@ def build_tokenizer(family: str):
 _V5_FAST_CLASS = "TokenizersBackend"
 
 
-def save_tokenizer(family: str, folder, model_type: str | None = None) -> None:
+def save_tokenizer(family: str, folder) -> None:
     """Save the family's tokenizer next to a checkpoint so that transformers 4.x and 5.x load it,
     and tools that pick the model class from the tokenizer class (biotrainer) pick the right one:
 
-    * ESM models (``model_type`` ``esm``): ``EsmTokenizer`` with ``vocab.txt``, as ESM-2 ships;
-    * every other fast tokenizer (causal models on the ESM vocabulary, ProtT5, ...):
+    * every fast tokenizer (ESM-style and causal models on the ESM vocabulary, ProtT5, ...):
       ``tokenizer.json`` labelled ``PreTrainedTokenizerFast`` (transformers 5 would write
-      ``TokenizersBackend``, which 4.x cannot load);
+      ``TokenizersBackend``, which 4.x cannot load). ESM-style checkpoints are not saved as
+      ``EsmTokenizer`` + ``vocab.txt``: that file would be byte for byte the public ESM-2 vocab,
+      and the ids are the same either way (tests compare them);
     * ProtBert/ALBERT: ``BertTokenizer`` (loads in both).
     """
     import json
@@ -211,15 +212,6 @@ def save_tokenizer(family: str, folder, model_type: str | None = None) -> None:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = VOCABS[family]
-    if family == "esm" and model_type == "esm":
-        from transformers import EsmTokenizer
-
-        vocab_file = folder / "vocab.txt"
-        vocab_file.write_text("\n".join(vocab.tokens) + "\n")
-        EsmTokenizer(vocab_file=str(vocab_file), model_max_length=100_000).save_pretrained(folder)
-        (folder / "tokenizer.json").unlink(missing_ok=True)
-        return
     build_tokenizer(family).save_pretrained(folder)
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text())

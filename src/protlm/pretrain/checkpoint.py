@@ -58,7 +58,7 @@ def write_hf_folder(folder: Path, model: torch.nn.Module, state_dict: dict, fami
     extra = legacy_config_keys(config)
     if extra:
         config_path.write_text(json.dumps({**config, **extra}, indent=2, sort_keys=True) + "\n")
-    save_tokenizer(family, folder, config.get("model_type"))
+    save_tokenizer(family, folder)
     (folder / "protlm_pretrain.yaml").write_text(config_yaml)
 
 
