@@ -46,6 +46,21 @@ class HeadConfig:
 
 
 @dataclass
+class ConvHeadConfig(HeadConfig):
+    """Settings of the heads built on a 1-D convolution (CNN, light attention); each sets its defaults."""
+
+    hidden: int = 32
+    kernel: int = 0  # convolution window (odd); 0: the head's default
+    dropout: float = 0.25
+
+    def validate(self) -> None:
+        need(self.hidden >= 1, "head.hidden", "must be >= 1")
+        need(self.kernel == 0 or (self.kernel >= 1 and self.kernel % 2 == 1), "head.kernel",
+             "must be 0 (the head's default) or a positive odd number")
+        need(0 <= self.dropout < 1, "head.dropout", "must be in [0, 1)")
+
+
+@dataclass
 class HeadEntry:
     name: str
     config: type

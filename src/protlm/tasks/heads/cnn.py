@@ -8,21 +8,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from protlm.tasks.heads.base import HeadConfig, need, register_head
+from protlm.tasks.heads.base import ConvHeadConfig, register_head
 
 
 @dataclass
-class Config(HeadConfig):
+class Config(ConvHeadConfig):
     type: str = "cnn"
     hidden: int = 32  # the paper's 32 channels
     kernel: int = 7  # convolution window (odd); 0: the default, 7
-    dropout: float = 0.25
-
-    def validate(self) -> None:
-        need(self.hidden >= 1, "head.hidden", "must be >= 1")
-        need(self.kernel == 0 or (self.kernel >= 1 and self.kernel % 2 == 1), "head.kernel",
-             "must be 0 (the head's default) or a positive odd number")
-        need(0 <= self.dropout < 1, "head.dropout", "must be in [0, 1)")
 
 
 class ResidueCNN(nn.Module):
