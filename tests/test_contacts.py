@@ -732,3 +732,29 @@ def test_structure_set_of_bytes_per_residue_and_the_shared_layout_read_alike(tmp
     for chains in got:
         assert [(c.id, c.seq) for c in chains] == [("a", "A" * 12), ("b", "C" * 8)]
         assert np.array_equal(chains[1].cb, cb[12:])
+
+
+def test_a_configs_own_data_path_wins_over_the_default_data_root(tiny_esm, tmp_path, monkeypatch, capsys):
+    """``protlm train`` without --data: a contact config's ``data.path`` is read, not the default
+    data root (which holds another contacts set here); an explicit --data still overrides it."""
+    mine, other = tmp_path / "mine", tmp_path / "root"
+    _tiny_set(mine / "coords_ca_cb.npz", n_train=6, n_valid=6, seed=0)
+    _tiny_set(other / "contacts" / "coords_ca_cb.npz", n_train=6, n_valid=6, seed=7)
+    monkeypatch.setenv("PROTLM_DATA", str(other))
+    cfg = tmp_path / "pair.yaml"
+    cfg.write_text(f"""name: own_path
+protocol: residue_pairs_to_class
+embedder: {tiny_esm}
+data: {{path: {mine}, train_chains: 4, early_stop_chains: 2, eval_chains: 3, max_length: null, min_length: 10}}
+head: {{type: pair_mlp, hidden: 8}}
+train: {{epochs: 1, patience: 1, crop: 32, pair_budget: 500, seed: 0}}
+evaluate: {{n_boot: 50}}
+""")
+    code, _, err = _cli(capsys, "train", "--config", cfg, "--out", tmp_path / "a", "--no-cache")
+    assert code == 0, err
+    used = json.loads((tmp_path / "a" / "head.json").read_text())["data"]["npz"]
+    assert Path(used) == (mine / "coords_ca_cb.npz").resolve()
+    code, _, err = _cli(capsys, "train", "--config", cfg, "--out", tmp_path / "b", "--no-cache", "--data", other)
+    assert code == 0, err
+    used = json.loads((tmp_path / "b" / "head.json").read_text())["data"]["npz"]
+    assert Path(used) == (other / "contacts" / "coords_ca_cb.npz").resolve()

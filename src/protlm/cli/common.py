@@ -85,21 +85,21 @@ def cache_dir(args) -> str | None:
     return None if getattr(args, "no_cache", False) else getattr(args, "cache", None)
 
 
-def data_dir(args, *, default: bool = True):
-    """``--data``: the folder given (it must exist; contact commands also take the contacts folder or
-    its npz); without it the default data root when that folder exists (``default``), else None."""
+def data_dir(args):
+    """``--data`` as given (it must exist; contact commands also take the contacts folder or its
+    npz), else None. None lets each protocol choose: a label task reads the default data root
+    (``$PROTLM_DATA``, else ``../shared/data``), a contact config its own ``data.path`` first, and
+    ``evaluate`` the data a head was trained on — a default never overrides what a config names."""
     from pathlib import Path
 
     from protlm.errors import InputError
-    from protlm.io.resources import data_root
 
     given = getattr(args, "data", None)
     if given:
         if not Path(given).exists():
             raise InputError(f"--data {given}: no such folder (the benchmark data folder is expected)")
         return Path(given)
-    root = data_root()
-    return root if default and root.is_dir() else None
+    return None
 
 
 def emit(args, result: dict, summary: str) -> None:

@@ -44,7 +44,7 @@ def _summary(metrics: dict, out: str | None) -> str:
 def _train(args, config, out: Path) -> int:
     from protlm.tasks.commands import contact_metrics, train_command
 
-    res = train_command(config, out, overwrite=args.overwrite, data_dir=data_dir(args, default=False),
+    res = train_command(config, out, overwrite=args.overwrite, data_dir=data_dir(args),
                         cache_dir=cache_dir(args))
     metrics = contact_metrics(res["test"], "validation (held out from early stopping)", res["task"], res["embedder"],
                               res["head"])
@@ -84,7 +84,7 @@ def cmd_evaluate(args) -> int:
 
     request = {"split": args.split, "max_chains": args.max_chains, "include_early_stop": args.include_early_stop,
                "max_length": args.max_length, "full_sequences": args.full_sequences}
-    _, metrics = evaluate_command(args.head, request, data_dir=data_dir(args, default=False), n_boot=args.bootstrap,
+    _, metrics = evaluate_command(args.head, request, data_dir=data_dir(args), n_boot=args.bootstrap,
                                   out=args.out, overwrite=args.overwrite, protocol=PROTOCOL, view=view)
     emit(args, metrics, _summary(metrics, args.out))
     return 0
@@ -105,7 +105,7 @@ def cmd_benchmark(args) -> int:
     apply_threads(args)
     from protlm.tasks.suite import run_suite
 
-    res = run_suite(args.suite, [], args.out, data_dir(args, default=False), tasks=args.tasks,
+    res = run_suite(args.suite, [], args.out, data_dir(args), tasks=args.tasks,
                     overrides=args.overrides, protocols=[PROTOCOL], cache_dir=None)
     emit(args, {"out": res["out"], "results": res["results"]}, res["table"] + f"\n→ {Path(args.out) / 'results.md'}")
     return 0

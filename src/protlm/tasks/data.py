@@ -30,6 +30,7 @@ from protlm.data.benchmarks import (load_benchmark, load_biotrainer_fasta, load_
                                     load_seq_label_csv)
 from protlm.data.records import ProteinRecord
 from protlm.errors import ConfigError, InputError
+from protlm.io.resources import data_root
 from protlm.tasks.config import SourceConfig, TaskConfig
 
 log = logging.getLogger("protlm.tasks")
@@ -76,7 +77,10 @@ def load_source(src: SourceConfig, data_dir: str | Path | None, where: str, per_
     ``per_residue`` tells biotrainer files whether TARGET is per residue (else inferred)."""
     if src.benchmark is not None:
         if data_dir is None:
-            raise ConfigError(f"{where}: benchmark {src.benchmark!r} needs --data (the benchmark data folder)")
+            data_dir = data_root()
+            if not data_dir.is_dir():
+                raise ConfigError(f"{where}: benchmark {src.benchmark!r} needs --data (the benchmark data folder; "
+                                  f"the default {data_dir} does not exist)")
         records = load_benchmark(src.benchmark, data_dir, policy=KEEP_RARE)
     else:
         path = Path(src.file)
