@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from protlm.errors import InputError
+from protlm.errors import ConfigError, InputError
 from protlm.tasks.contacts.attention import AttentionLogReg, apc, symmetrize_apc
 from protlm.tasks.contacts.data import (Chain, contact_map, load_chains, locate_stretch, scored_pairs, separation,
                                         to_stretch, write_chains)
@@ -758,3 +758,39 @@ evaluate: {{n_boot: 50}}
     assert code == 0, err
     used = json.loads((tmp_path / "b" / "head.json").read_text())["data"]["npz"]
     assert Path(used) == (other / "contacts" / "coords_ca_cb.npz").resolve()
+
+
+def test_attention_heads_list_chains_over_the_position_limit_instead_of_failing(tmp_path):
+    """An attention_lr head on an LM with absolute positions: evaluation chains longer than its
+    limit are dropped and listed (id, length, why), the others scored; a training set holding
+    one is refused with the config field to change."""
+    from protlm.models.architectures import ModelSpec, build_model
+    from protlm.models.vocab import build_tokenizer
+    from protlm.tasks.config import build_task_config
+    from protlm.tasks.train import evaluate, load_head, train
+
+    lm = tmp_path / "bert52"
+    torch.manual_seed(0)
+    build_model(ModelSpec(arch="bert", preset="tiny", max_positions=52)).save_pretrained(lm)
+    build_tokenizer("protbert").save_pretrained(lm)  # 50 residues + [CLS] + [SEP]
+    data = tmp_path / "data"
+    _tiny_set(data / "coords_ca_cb.npz", n_train=8, n_valid=10)
+    config = {"name": "att", "protocol": "residue_pairs_to_class", "embedder": str(lm),
+              "data": {"train_chains": 4, "early_stop_chains": 2, "eval_chains": 3, "max_length": 50},
+              "head": {"type": "attention_lr"}, "evaluate": {"n_boot": 0}}
+    train(build_task_config(config), tmp_path / "head", data)
+    head = load_head(tmp_path / "head")
+    every = head.protocol.evaluation_sets(head, {}, None)["held_out_valid"]
+    over = {c.id: len(c.model_input) for c in every if len(c.model_input) > 50}
+    assert over and len(over) < len(every)
+    n_before = len(every)
+    res = evaluate(head, {"held_out_valid": every}, n_boot=0)["held_out_valid"]["contacts"]
+    dropped = {d["id"]: d for d in res["selection"]["dropped"]}
+    assert {k: d["length"] for k, d in dropped.items()} == over
+    assert all("position limit (50)" in d["reason"] for d in dropped.values())
+    assert res["chains"] == res["selection"]["scored_chains"] == len(every) == n_before - len(over)
+    assert all(len(c.model_input) <= 50 for c in every)
+
+    config["data"]["max_length"] = None
+    with pytest.raises(ConfigError, match="longer than the LM's position limit .50.*data.max_length <= 50"):
+        train(build_task_config(config), tmp_path / "head2", data)

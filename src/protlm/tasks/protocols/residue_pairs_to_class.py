@@ -361,6 +361,7 @@ class ResiduePairsToClass(Protocol):
     def inputs(self, config, source, chains: list[Chain], progress=None) -> ContactInputs:
         d = config.data
         if isinstance(source, AttentionSource):
+            _fit_position_limit(chains, source.lm.family.max_residues)
             return ContactInputs(chains, None, source.lm, d.threshold, d.min_separation)
         seqs = [c.model_input for c in chains]
         fs = source.features([c.id for c in chains], seqs, seqs, progress)
@@ -565,6 +566,31 @@ class ResiduePairsToClass(Protocol):
 
 #: What replaces a full-sequence FASTA that is gone (``request["full_sequences"]`` of evaluation_sets).
 FULL_SEQUENCES_OPTION = "--full-sequences"
+
+
+def _fit_position_limit(chains: list[Chain], limit: int | None) -> None:
+    """Attention maps need the whole chain in one window: a scored set (a :class:`ChainSet`) loses
+    its chains over the LM's position limit in place, each listed under ``selection["dropped"]``
+    with its length and why, so the numbers say what they cover; a training set with such a chain
+    is refused (lower ``data.max_length``)."""
+    if limit is None:
+        return
+    long = [c for c in chains if len(c.model_input) > limit]
+    if not long:
+        return
+    selection = getattr(chains, "selection", None)
+    if selection is None:
+        raise ConfigError(f"{long[0].id}: {len(long[0].model_input)} residues, longer than the LM's position limit "
+                          f"({limit}); attention maps need one window: set data.max_length <= {limit}")
+    reason = f"longer than the LM's position limit ({limit}); attention maps need one window"
+    for c in long:
+        log.warning("not scored: %s (%d residues): %s", c.id, len(c.model_input), reason)
+    selection.setdefault("dropped", []).extend({"id": c.id, "length": len(c.model_input), "reason": reason}
+                                               for c in long)
+    chains[:] = [c for c in chains if len(c.model_input) <= limit]
+    selection["scored_chains"] = len(chains)
+    if not chains:
+        raise InputError(f"no chain of the set fits the LM's position limit ({limit})")
 
 
 def _has_split(npz: Path) -> bool:
