@@ -138,6 +138,14 @@ def test_adding_a_test_set_keeps_the_heads(value_task, tmp_path):
     assert doc["test"]["own"] == own and doc["test"]["theirs"]["kr"]["proteins"] == 30
     assert doc["proteins"]["test:theirs"] == 30
     assert json.loads(metrics.read_text())["test"]["theirs"] == doc["test"]["theirs"]
+    # head.json names the added set, so `protlm evaluate --head` alone scores the same sets, same numbers
+    head_json = weights.with_name("head.json")
+    assert set(json.loads(head_json.read_text())["config"]["data"]["test"]) == {"own", "theirs"}
+    from protlm.tasks.commands import evaluate_command
+
+    _, again = evaluate_command(weights.parent, {})
+    assert set(again["sets"]) == {"own", "theirs"}
+    assert again["sets"]["theirs"]["kr"]["spearman"]["value"] == doc["test"]["theirs"]["kr"]["spearman"]["value"]
 
     # the same call again: nothing to do, nothing written
     written = metrics.stat().st_mtime_ns
@@ -148,6 +156,7 @@ def test_adding_a_test_set_keeps_the_heads(value_task, tmp_path):
     third = run_suite(suite, [], out, None, progress=progress)
     assert trained == ["kr"] and set(third["results"][0]["test"]) == {"own"}
     assert "test:theirs" not in third["results"][0]["proteins"]
+    assert set(json.loads(head_json.read_text())["config"]["data"]["test"]) == {"own"}
 
     # what the head depends on (training settings) still retrains it
     run_suite(suite, [], out, None, overrides=["train.epochs=2"], progress=progress)

@@ -42,7 +42,7 @@ from protlm.tasks import metrics as M
 from protlm.tasks.config import SOURCE_OPTIONS, TaskConfig, file_source, load_task_config, validate
 from protlm.tasks.features import embedder_slug, identity_digest
 from protlm.tasks.protocols import get_protocol
-from protlm.tasks.train import METRICS_JSON, check_source, load_head, train
+from protlm.tasks.train import HEAD_JSON, METRICS_JSON, check_source, load_head, train
 
 log = logging.getLogger("protlm.tasks")
 
@@ -201,7 +201,19 @@ def rescore_tests(previous: dict, config: TaskConfig, folder: Path, made_with: d
         tests[k] = previous["test"][k] if k in keep else scored[k]
         if k in keep and f"test:{k}" in previous.get("proteins", {}):
             counts[f"test:{k}"] = previous["proteins"][f"test:{k}"]
+    record_tests(folder, config)
     return {**previous, "test": tests, "proteins": counts}
+
+
+def record_tests(folder: Path, config: TaskConfig) -> None:
+    """head.json's config names the test sets its results now hold, so ``protlm evaluate --head``
+    alone scores the same sets (the weights and everything else in head.json are unchanged)."""
+    path = folder / HEAD_JSON
+    info = json.loads(path.read_text())
+    tests = config.as_dict()["data"]["test"]
+    if info.get("config", {}).get("data", {}).get("test") != tests:
+        info["config"]["data"]["test"] = tests
+        write_bytes(path, json_bytes(info))
 
 
 def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir: str | Path | None, *,
