@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -480,20 +481,44 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    previous = _handle_sigterm()
     try:
         return args.func(args)
     except ProtlmError as exc:
         print(f"protlm: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"protlm: interrupted; {_resume_hint(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"protlm: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; {_resume_hint(args)}",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:
         return 0
     except OSError as exc:  # disk full, permissions on output, ...: the user's environment, exit 2
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"protlm: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, ``kill``), raised where the command is, like Ctrl-C: locks are
+    released, temporary files and folders removed, finished parts kept; exit 143."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _handle_sigterm():
+    """Install the SIGTERM handler for the command's duration (the previous one is returned and put
+    back after it; None off the main thread, where Python cannot install one)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 if __name__ == "__main__":  # pragma: no cover
