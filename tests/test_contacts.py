@@ -794,3 +794,20 @@ def test_attention_heads_list_chains_over_the_position_limit_instead_of_failing(
     config["data"]["max_length"] = None
     with pytest.raises(ConfigError, match="longer than the LM's position limit .50.*data.max_length <= 50"):
         train(build_task_config(config), tmp_path / "head2", data)
+
+
+def test_train_max_train_caps_the_training_chains_too(tmp_path):
+    """``train.max_train`` (the suite-wide cap) caps a contact config's training chains as it caps
+    proteins elsewhere: the smaller of it and data.train_chains."""
+    from protlm.tasks.config import build_task_config
+
+    data = tmp_path / "data"
+    _tiny_set(data / "coords_ca_cb.npz", n_train=8, n_valid=6)
+    tree = {"name": "cap", "protocol": "residue_pairs_to_class", "embedder": "onehot",
+            "data": {"train_chains": 6, "early_stop_chains": 2, "eval_chains": 3, "max_length": None},
+            "head": {"type": "pair_mlp", "hidden": 8}}
+    config = build_task_config(tree)
+    assert len(config.protocol_obj.load_data(config, data).train) == 6
+    config = build_task_config({**tree, "train": {"max_train": 3}})
+    capped = config.protocol_obj.load_data(config, data).train
+    assert len(capped) == 3

@@ -13,6 +13,8 @@ thread, under ``nice``.
 
 Writes ``OUT/summary.json`` (per family: steps, tokens seen, FLOPs counted by the trainer,
 final validation loss / perplexity and what they are measured on) and prints a Markdown table.
+``--publish DIR`` copies every trained model folder under 2 MB to ``DIR/<family>`` with a model
+card (README.md) written from the summary; larger ones are listed and left out.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -122,12 +125,77 @@ def paired_difference(a: Path, b: Path, resamples: int = 2000) -> dict:
             "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))]}
 
 
+PUBLISH_LIMIT = 2 * 1024 * 1024
+LOAD = {"mlm": "AutoModelForMaskedLM", "causal": "AutoModelForCausalLM", "plm": "AutoModelForMaskedLM",
+        "span": "AutoModelForSeq2SeqLM"}
+NAMES = {"bert": "BERT (ProtBert layout)", "albert": "ALBERT (ProtAlbert layout, shared layers)",
+         "esm": "pre-LN BERT (ESM-2 layout, rotary; ProteinLM's pre-LN choice)",
+         "causal": "GPT-NeoX causal LM (rotary)", "txl": "Transformer-XL (ProtTXL: relative positions, segment memory)",
+         "xlnet": "XLNet (ProtXLNet: permutation LM, two-stream attention)", "t5": "T5 encoder-decoder (ProtT5 layout)"}
+
+
+def publish(out: Path, dest: Path, summary: dict, budget: float, unigram: float, argv: str) -> None:
+    """Copy each family's model folder (under 2 MB) to ``dest/<family>`` with a model card."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for arch, s in summary.items():
+        model = out / arch / "model"
+        size = sum(f.stat().st_size for f in model.iterdir() if f.is_file())
+        if size > PUBLISH_LIMIT:
+            print(f"not published: {arch} ({size / 2**20:.1f} MB > 2 MB)", flush=True)
+            continue
+        config = json.loads((model / "config.json").read_text())
+        target = dest / arch
+        tmp = dest / f".{arch}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(model, tmp)
+        load = LOAD[s["objective"]]
+        extra = "import protlm  # registers ProtTXL with the Auto classes (no remote code)\n" if arch == "txl" else ""
+        card = f"""# {arch}: the architecture comparison's {NAMES[arch]} model (protlm, CPU scale)
+
+One of seven protein LMs pretrained by `experiments/architectures_cpu/run.py` (issue 13) with the
+**same training compute** ({budget:g} TFLOP per family), the same body (3 layers, 96 wide, 6 heads,
+FFN 384), the same data and the same crops and token budget per step. It is small on purpose: it
+exists to compare architectures at equal compute, not to replace a published model.
+
+| | |
+|---|---|
+| architecture | `{config["architectures"][0]}` (`model_type: {config["model_type"]}`; {s["params"]:,} parameters) |
+| objective | {s["objective"]}: {WHAT[s["objective"]]} |
+| data | 20,000-protein random sample of Swiss-Prot 2014_01 (`../shared/data/pretraining/swissprot_2014_01_go_annotated.random20k_seed0.fasta`), `protlm prepare --dedup`: 19,453 training / 172 validation sequences by id hash |
+| training | {s["steps"]:,} steps of {TOKENS_PER_STEP:,} padded tokens, crops of ≤ {MAX_LENGTH} residues; AdamW, cosine schedule, fp32, one CPU thread |
+| tokens seen | {s["tokens_seen"]:,} |
+| compute | {s["flops_seen"] / 1e12:.1f} TFLOP counted by the trainer ({s["train_s"] / 60:.0f} min of training steps) |
+| validation loss | **{s["val_loss"]:.3f} nats** (perplexity {s["val_ppl"]:.2f}) over {s["val_targets"]:,} {WHAT[s["objective"]]} of the first 128 validation proteins; the unigram baseline's perplexity is {unigram:.2f} |
+
+Only families with the same targets compare on this number: bert, albert and esm (masked
+residues), causal and txl (next residues); xlnet and t5 score other tasks. The comparison, with
+paired bootstrap CIs and the benchmark suite on these checkpoints, is in protlm's docs/results.md.
+
+```python
+{extra}from transformers import AutoTokenizer, {load}
+tok = AutoTokenizer.from_pretrained("{dest.as_posix()}/{arch}")
+model = {load}.from_pretrained("{dest.as_posix()}/{arch}")
+```
+
+Regenerate (the whole comparison; `protlm_pretrain.yaml` here is the exact training config):
+
+```
+{argv}
+```
+"""
+        (tmp / "README.md").write_text(card)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        print(f"published {target} ({size / 2**20:.2f} MB)", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=os.environ.get("PROTLM_DATA", str(REPO.parent / "shared" / "data")))
     ap.add_argument("--out", default=str(REPO / "runs" / "arch_cpu"))
     ap.add_argument("--budget-tflop", type=float, default=1.0, help="training FLOPs per family (default 1 TFLOP)")
     ap.add_argument("--families", nargs="*", default=FAMILIES)
+    ap.add_argument("--publish", metavar="DIR", help="copy each model folder under 2 MB to DIR/<family> with a model card")
     ap.add_argument("--paired", nargs="*", default=[], metavar="A:B",
                     help="after training: paired bootstrap CI of val. loss A − B (families scored on the same targets)")
     args = ap.parse_args()
@@ -191,6 +259,9 @@ def main() -> int:
         meta = json.loads((out / "summary.json").read_text())
         meta["paired"] = summary.pop("_paired")
         (out / "summary.json").write_text(json.dumps(meta, indent=2))
+    if args.publish:
+        publish(out, Path(args.publish), summary, args.budget_tflop, unigram,
+                ".venv/bin/python experiments/architectures_cpu/run.py " + " ".join(sys.argv[1:]))
     print("| family | objective | parameters | steps | tokens seen | TFLOP | val. loss | val. perplexity | over |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for arch, s in summary.items():

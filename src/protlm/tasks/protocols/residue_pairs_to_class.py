@@ -247,8 +247,9 @@ class ResiduePairsToClass(Protocol):
         if full_path is not None and not Path(full_path).is_file():
             raise InputError(f"config data.full_sequences: {d.full_sequences}: no such file (a FASTA of whole sequences)")
         full = read_full_sequences(full_path) if full_path else None
+        cap = min(d.train_chains, config.train.max_train) if config.train.max_train else d.train_chains  # --set train.max_train
         train = load_chains(npz, "train", max_length=d.max_length, min_length=d.min_length,
-                            max_chains=d.train_chains, seed=d.seed, full_sequences=full)
+                            max_chains=cap, seed=d.seed, full_sequences=full)
         valid = load_chains(npz, "valid", max_length=d.max_length, min_length=d.min_length, full_sequences=full)
         order = np.random.default_rng(d.seed + 1).permutation(len(valid))
         early = [valid[k] for k in sorted(order[:d.early_stop_chains])]
