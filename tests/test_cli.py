@@ -374,3 +374,30 @@ def test_progress_is_logged_with_rate_and_eta_when_stderr_is_not_a_terminal(caps
     quiet = common.LogProgress(10, "x", "res", every=30)
     quiet.close()
     assert capsys.readouterr().err == ""
+
+
+def test_suite_progress_gives_each_task_and_set_its_own_bar(capsys, monkeypatch):
+    """A benchmark's second (task, embedder) does not report into the first one's bar (whose total,
+    count and rate belong to another set)."""
+    import protlm.cli.common as common
+    from protlm.cli.tasks import _progress
+
+    now = [0.0]
+    monkeypatch.setattr(common.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(common.sys.stderr, "isatty", lambda: False, raising=False)
+    cb, close = _progress()
+    cb("task", {"task": "loc", "embedder": "a"})
+    cb("embed", {"set": "train", "done": 0, "total": 1000})
+    now[0] = 31.0
+    cb("embed", {"set": "train", "done": 500, "total": 1000})
+    cb("task", {"task": "contacts", "embedder": "a"})
+    cb("embed", {"set": "train", "done": 0, "total": 40})
+    now[0] = 62.0
+    cb("embed", {"set": "train", "done": 20, "total": 40})
+    now[0] = 93.0
+    cb("embed", {"set": "train", "done": 40, "total": 40})
+    close()
+    err = capsys.readouterr().err
+    assert "/1,000 res" in err.split("contacts with a")[0]
+    after = err.split("contacts with a")[1]
+    assert "1,000" not in after and "40/40 res (100%)" in after

@@ -19,6 +19,9 @@ def _progress():
     def cb(kind: str, info: dict) -> None:
         if kind == "embed":
             bar = bars.get(info["set"])
+            if bar is not None and bar.total != info["total"]:  # another set under the same name: a new bar
+                bar.close()
+                bar = None
             if bar is None:
                 bar = bars[info["set"]] = progress_bar(info["total"], f"embed {info['set']}", unit="res")
             bar.n = info["done"]
@@ -27,12 +30,14 @@ def _progress():
             what = info.get("key", "valid_loss").replace("_", " ")  # the protocol's early-stopping value
             print(f"  epoch {info['epoch']:3d}  train loss {info['train_loss']:.4f}  {what} {info['valid_loss']:.4f}",
                   file=sys.stderr)
-        elif kind == "task":
+        elif kind == "task":  # a new (task, embedder): its sets get bars of their own (counts and rates)
+            close()
             print(f"{info['task']} with {info['embedder']}", file=sys.stderr)
 
     def close():
         for bar in bars.values():
             bar.close()
+        bars.clear()
 
     return cb, close
 
