@@ -149,7 +149,12 @@ def publish(out: Path, dest: Path, summary: dict, budget: float, unigram: float,
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(model, tmp)
         load = LOAD[s["objective"]]
-        extra = "import protlm  # registers ProtTXL with the Auto classes (no remote code)\n" if arch == "txl" else ""
+        from protlm.models.architectures import ARCHITECTURES
+
+        vocab = ARCHITECTURES[arch].vocab
+        text = ('" ".join("MKTAYIAKQR")  # ProtTrans vocabulary: residues separated by spaces'
+                if vocab.space_separated else '"MKTAYIAKQR"')
+        extra = "import protlm.models  # registers ProtTXL with the Auto classes (no remote code)\n" if arch == "txl" else ""
         card = f"""# {arch}: the architecture comparison's {NAMES[arch]} model (protlm, CPU scale)
 
 One of seven protein LMs pretrained by `experiments/architectures_cpu/run.py` (issue 13) with the
@@ -160,6 +165,7 @@ exists to compare architectures at equal compute, not to replace a published mod
 | | |
 |---|---|
 | architecture | `{config["architectures"][0]}` (`model_type: {config["model_type"]}`; {s["params"]:,} parameters) |
+| tokenizer | the `{vocab.family}` vocabulary ({len(vocab.tokens)} tokens{"; residues separated by spaces" if vocab.space_separated else ""}) |
 | objective | {s["objective"]}: {WHAT[s["objective"]]} |
 | data | 20,000-protein random sample of Swiss-Prot 2014_01 (`../shared/data/pretraining/swissprot_2014_01_go_annotated.random20k_seed0.fasta`), `protlm prepare --dedup`: 19,453 training / 172 validation sequences by id hash |
 | training | {s["steps"]:,} steps of {TOKENS_PER_STEP:,} padded tokens, crops of ≤ {MAX_LENGTH} residues; AdamW, cosine schedule, fp32, one CPU thread |
@@ -175,7 +181,11 @@ paired bootstrap CIs and the benchmark suite on these checkpoints, is in protlm'
 {extra}from transformers import AutoTokenizer, {load}
 tok = AutoTokenizer.from_pretrained("{dest.as_posix()}/{arch}")
 model = {load}.from_pretrained("{dest.as_posix()}/{arch}")
+ids = tok({text}, return_tensors="pt")["input_ids"]
 ```
+
+`protlm embed --model {dest.as_posix()}/{arch}` gives one {config.get("hidden_size") or config.get("d_model")}-wide row per residue (the
+{"encoder's " if arch == "t5" else ""}last layer).
 
 Regenerate (the whole comparison; `protlm_pretrain.yaml` here is the exact training config):
 
