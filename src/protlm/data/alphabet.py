@@ -22,6 +22,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from protlm.errors import ConfigError
+
 #: The 20 standard amino acids (alphabetical by one-letter code), X, then the rare B Z U O.
 #: A residue's token id in prepared shards is its index here.
 ALPHABET = "ACDEFGHIKLMNPQRSTVWYXBZUO"
@@ -52,7 +54,6 @@ class CleaningPolicy:
 
     def __post_init__(self) -> None:
         if self.rare not in RARE_CHOICES:
-            from protlm.errors import ConfigError
 
             raise ConfigError(f"rare residue policy must be one of {RARE_CHOICES}, not {self.rare!r}")
 

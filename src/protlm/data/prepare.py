@@ -49,6 +49,7 @@ from protlm.data.fasta import FastaStats, encode_block, iter_record_blocks, read
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import write_bytes, write_json, write_npy
 from protlm.io.checksums import xxh3_file
+from protlm.io.outputs import output_lock
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +433,6 @@ def prepare(
         (out / "parts").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{out}: cannot create output folder ({exc.strerror})") from None
-    from protlm.io.outputs import output_lock
 
     # one run per part of a folder at a time (parts of a --shard i/N run may work side by side);
     # the lock files live in OUT/parts/ (.part-i-of-N.lock, .merge.lock)
@@ -566,7 +566,6 @@ def _check_out_options(out: Path, options: PrepareOptions, fingerprint: str) -> 
 
 def merge(out: str | os.PathLike, *, dedup: bool = False, rename_duplicates: bool = False) -> dict:
     """Check that every chunk of every part is done, run the global checks, write the manifest."""
-    from protlm.io.outputs import output_lock
 
     out = Path(out)
     if not out.is_dir():

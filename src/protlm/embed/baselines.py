@@ -59,11 +59,13 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from protlm import __version__
 from protlm.data.alphabet import RARE, STANDARD
 from protlm.embed.backend import Backend, folder_weights_sha256
 from protlm.embed.spec import EmbedOptions
-from protlm.io.atomic import default_mode, publish_folder
 from protlm.errors import ConfigError, InputError
+from protlm.io.atomic import default_mode, publish_folder
+from protlm.io.resources import checkpoint_folder
 
 log = logging.getLogger("protlm.embed")
 
@@ -447,7 +449,6 @@ def train_kmer(sequences: Iterable[str], options: KmerTraining | None = None,
     del counts
     u, s, _ = randomized_svd(matrix, n_components=options.dim, n_iter=5, random_state=options.seed)
     vectors = (u * np.sqrt(s)[None, :]).astype(np.float32)
-    from protlm import __version__
 
     config = {
         "model_type": MODEL_TYPE, "k": K, "dim": options.dim, "window": options.window,
@@ -470,7 +471,6 @@ def train_kmer(sequences: Iterable[str], options: KmerTraining | None = None,
 def default_kmer_folder() -> Path:
     """The committed default model (``checkpoints/protlm-kmer3-swissprot``), found by
     :func:`protlm.io.resources.checkpoint_folder` in a source checkout or the installed package."""
-    from protlm.io.resources import checkpoint_folder
 
     return checkpoint_folder("protlm-kmer3-swissprot")
 

@@ -24,6 +24,8 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from protlm.errors import ConfigError, InputError
+from protlm.io.atomic import default_mode, fsync_dir, fsync_tree
+from protlm.models.vocab import legacy_config_keys, save_tokenizer
 from protlm.pretrain.distributed import DistEnv, barrier, gather_objects
 
 
@@ -42,12 +44,10 @@ def rng_state(env: DistEnv) -> dict:
 def write_hf_folder(folder: Path, model: torch.nn.Module, state_dict: dict, family: str, config_yaml: str) -> None:
     """Write a plain Hugging Face model folder (weights in safetensors, tokenizer files) that
     transformers 4.x and 5.x both load (see :func:`protlm.models.vocab.save_tokenizer`)."""
-    from protlm.models.vocab import legacy_config_keys, save_tokenizer
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    from protlm.io.atomic import default_mode
 
     folder.mkdir(parents=True, exist_ok=True)
     unwrap(model).save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
@@ -68,7 +68,6 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, env: Dist
 
     ``name`` (e.g. ``"best"``): write ``OUT/checkpoints/<name>`` instead of ``step-N``, without
     moving ``latest`` or rotating."""
-    from protlm.io.atomic import fsync_dir, fsync_tree
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd, optim_sd = get_state_dict(unwrap(model), optimizer, options=options)

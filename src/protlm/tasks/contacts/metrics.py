@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from protlm.tasks.contacts.data import selection_lines
 from protlm.tasks.metrics import bootstrap_ci
 
 #: Sequence-separation ranges (inclusive bounds; None = no upper bound). "all" is everything ≥ 6.
@@ -159,7 +160,6 @@ def format_table(summary: dict) -> str:
     if chance:
         lines.append("chance (random ranking, the contact density): "
                      + ", ".join(f"{r} {v:.3f}" for r, v in chance.items() if v is not None))
-    from protlm.tasks.contacts.data import selection_lines
 
     lines += selection_lines(summary.get("selection") or {})
     return "\n".join(lines)

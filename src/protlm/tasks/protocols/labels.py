@@ -29,13 +29,14 @@ import torch.nn.functional as F
 
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes
+from protlm.io.outputs import check_output_file
 from protlm.tasks import metrics as M
 from protlm.tasks.config import DataConfig, SourceConfig, TargetConfig, check_source, file_source, need
-from protlm.tasks.data import MISSING_RESIDUE, RARE_TO_X, LabelledSet, encode, load_source, load_task_data, task_proteins
+from protlm.tasks.data import (MISSING_RESIDUE, RARE_TO_X, LabelledSet, encode, load_source, load_task_data,
+                               task_proteins)
 from protlm.tasks.features import FeatureSet, pooled
 from protlm.tasks.heads import get_head, make_head
 from protlm.tasks.protocols.base import FitState, Protocol, TaskData
-
 
 # --------------------------------------------------------------------------- target kinds
 
@@ -605,7 +606,6 @@ class LabelProtocol(Protocol):
         return {"output": str(output), "proteins": len({r["id"] for r in rows}), "rows": len(rows)}
 
     def check_output(self, output, overwrite: bool = False, inputs=()) -> None:
-        from protlm.io.outputs import check_output_file
 
         if Path(output).suffix not in (".csv", ".json"):
             raise ConfigError(f"--output {output}: give a .csv or .json file name")

@@ -43,12 +43,12 @@ from torch import nn
 from protlm.embed.spec import parse_spec
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import write_json, write_npz
+from protlm.io.outputs import check_output_dir, safe_names
 from protlm.io.resources import data_root
-from protlm.tasks.config import need
+from protlm.tasks.config import TrainSettings, need
 from protlm.tasks.contacts.attention import attention_features, load_lm, training_pairs
 from protlm.tasks.contacts.data import (NPZ_NAME, Chain, ChainSet, contact_map, load_chains, locate_stretch,
-                                        read_full_sequences, read_structures, resolve_npz, scored_pairs,
-                                        select_chains)
+                                        read_full_sequences, read_structures, resolve_npz, scored_pairs, select_chains)
 from protlm.tasks.contacts.metrics import CUTOFFS, RANGES, evaluate_maps, format_table, precision_at
 from protlm.tasks.data import RARE_TO_X
 from protlm.tasks.heads import get_head, make_head
@@ -202,7 +202,6 @@ class ResiduePairsToClass(Protocol):
     def prepare_tree(self, tree: dict) -> None:
         head = tree.get("head") if isinstance(tree.get("head"), dict) else {}
         if head.get("type") == "attention_lr":
-            from protlm.tasks.config import TrainSettings
 
             train = tree.get("train") or {}
             defaults = {**TrainSettings().__dict__, **self.train_defaults}  # a saved head.json lists them all
@@ -479,7 +478,6 @@ class ResiduePairsToClass(Protocol):
     # ------------------------------------------------------------------ prediction files
 
     def check_output(self, output, overwrite: bool = False, inputs=()) -> None:
-        from protlm.io.outputs import check_output_dir
 
         out = Path(output)
         if out.suffix:
@@ -496,7 +494,6 @@ class ResiduePairsToClass(Protocol):
         picture compares predicted and true contacts. Proteins longer than ``max_residues`` (or the
         LM's position limit, for attention) are skipped and listed. File names come from ids through
         :func:`protlm.io.outputs.safe_names`."""
-        from protlm.io.outputs import safe_names
 
         config, model = head.config, head.model
         out_dir = Path(output)
