@@ -58,6 +58,29 @@ def test_runner_refuses_non_finite_output_naming_the_protein(toy, monkeypatch):
         emb.embed(["MKT"])
 
 
+def test_runner_warns_once_when_embeddings_are_the_same_at_every_residue(toy, monkeypatch, caplog):
+    """A collapsed layer (every residue's row nearly equal) is returned, but with one warning
+    naming the embedder and the protein; ordinary embeddings give none."""
+    import logging
+
+    emb = Embedder("toy-positions")
+    with caplog.at_level(logging.WARNING, logger="protlm.embed"):
+        emb.embed(["MKTAYIAKQRQISFVKSHFSRQ" * 2])
+    assert "nearly the same at every residue" not in caplog.text
+
+    def collapsed(seqs, cpu=False):
+        rng = np.random.default_rng(0)
+        return [np.ones((len(s), 3), np.float32) * 5 + rng.normal(0, 1e-5, (len(s), 3)).astype(np.float32)
+                for s in seqs]
+
+    monkeypatch.setattr(emb.backend, "forward", collapsed)
+    with caplog.at_level(logging.WARNING, logger="protlm.embed"):
+        out = emb.embed(["MKTAYIAKQRQISFVKSHFSRQ" * 2, "MSHHWGYGKHNGPEHWHKDFPIAKG"])
+    assert len(out) == 2 and out[0].shape == (44, 3)
+    assert caplog.text.count("nearly the same at every residue") == 1
+    assert "toy-positions: the embeddings of 0 are nearly the same" in caplog.text
+
+
 def test_options_reach_the_runner_through_a_spec(toy):
     emb = Embedder({"name": "toy-positions", "tokens_per_batch": 10, "max_sequences": 1})
     assert emb.plan([3, 3, 3]) == [[0], [1], [2]]

@@ -34,6 +34,8 @@ from protlm.embed.spec import EmbedderSpec, EmbedOptions, parse_spec
 from protlm.errors import ConfigError, InputError
 
 log = logging.getLogger("protlm.embed")
+COLLAPSE_MIN_LENGTH = 20  # proteins at least this long are checked for residue-constant embeddings
+COLLAPSE_RATIO = 1e-3  # spread across residues below this fraction of the values' size: collapsed
 
 
 @dataclass
@@ -107,6 +109,7 @@ class Embedder:
             raise ConfigError(f"--pooling {self.options.pooling}: {self.name} offers "
                               f"{', '.join(getattr(self.backend, 'poolings', ('mean',)))}")
         self.stats = EmbedStats()
+        self._collapse_warned = False
 
     # ------------------------------------------------------------------ what it is
 
@@ -162,7 +165,21 @@ class Embedder:
                 raise InputError(f"{self.name} produced non-finite values (NaN or inf) for protein {pid} "
                                  f"({len(s)} residues); its embeddings cannot be trusted (a broken model or a "
                                  f"precision overflow: try --dtype fp32)")
+            if not pooled and not self._collapse_warned and len(s) >= COLLAPSE_MIN_LENGTH:
+                self._warn_if_collapsed(pid, a)
         return arrays
+
+    def _warn_if_collapsed(self, pid: str, a: np.ndarray) -> None:
+        """Once per embedder: rows that hardly differ from residue to residue carry (almost) no
+        residue information — a collapsed layer (seen with post-LN models stuck at the unigram
+        loss). The numbers are the model's, so they are returned, but not silently."""
+        scale = float(np.abs(a).mean())
+        spread = float(a.std(axis=0).mean())
+        if scale > 0 and spread < COLLAPSE_RATIO * scale:
+            self._collapse_warned = True
+            log.warning("%s: the embeddings of %s are nearly the same at every residue (spread across residues "
+                        "%.1e of their size): this layer carries almost no residue information (a collapsed "
+                        "model?); an earlier --layer may still carry it", self.name, pid, spread / scale)
 
     def _forward(self, ids, seqs, cpu: bool, pooled: bool) -> list[np.ndarray]:
         if pooled:
