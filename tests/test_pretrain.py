@@ -372,6 +372,28 @@ def test_resume_reproduces_the_uninterrupted_run(shards, tmp_path):
         Trainer(changed, tmp_path / "cut", resume=True, progress=False)
 
 
+def test_a_folder_in_use_or_holding_another_runs_output_is_refused(shards, tmp_path):
+    """A second pretraining into the same --out stops at once (the first holds the folder's lock);
+    a fresh run into a folder with another run's metrics but no checkpoint is refused instead of
+    truncating them (found when two jobs trained one folder and the first one's curve was cut)."""
+    from protlm.errors import InputError
+    from protlm.io.outputs import output_lock
+    from protlm.pretrain.trainer import pretrain
+
+    cfg = load_config(data=tiny_config(shards, "esm"))
+    out = tmp_path / "run"
+    out.mkdir()
+    with output_lock(out, what="pretraining output"):  # as a running `protlm pretrain` holds it
+        with pytest.raises(InputError, match="in use by process"):
+            pretrain(cfg, out, progress=False)
+    assert not (out / "metrics.jsonl").exists()
+    (out / "metrics.jsonl").write_text('{"kind": "start", "step": 0}\n{"kind": "train", "step": 5, "loss": 3.0}\n')
+    before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="another run's output"):
+        pretrain(cfg, out, progress=False)
+    assert (out / "metrics.jsonl").read_text() == before
+
+
 def test_curriculum_switches_length_and_budget(shards, tmp_path):
     cfg = load_config(data=tiny_config(shards, "esm", phases=[
         {"steps": 3, "max_length": 48, "tokens_per_batch": 480},

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import logging
 from importlib import resources
 from pathlib import Path
@@ -140,6 +141,8 @@ def _pretrain(out: Path, steps: int) -> dict:
     })
     run_dir = out / "pretrain"
     resume = (run_dir / "checkpoints").is_dir()  # a rerun continues (or finds it finished)
+    if not resume and run_dir.exists():  # killed before its first checkpoint: the demo's own folder starts over
+        shutil.rmtree(run_dir)
     result = pretrain(config, run_dir, resume=resume, progress=False)
     losses = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train_losses = [m["loss"] for m in losses if "loss" in m]

@@ -9,6 +9,7 @@ batch, whatever the split over processes and accumulation steps (the DDP test ch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -24,6 +25,7 @@ import yaml
 from protlm.data.shards import ShardedDataset
 from protlm.errors import ConfigError, ProtlmError
 from protlm.io.atomic import fsync_dir, fsync_tree
+from protlm.io.outputs import output_lock
 from protlm.models.architectures import build_model, count_parameters, get_architecture, unused_parameters
 from protlm.pretrain import checkpoint as ckpt
 from protlm.pretrain.batching import BatchPlan
@@ -85,6 +87,12 @@ class Trainer:
             raise ConfigError(
                 f"{self.out} already holds a checkpoint ({self.existing.name}); pass --resume to continue it "
                 f"or choose another --out"
+            )
+        if self.existing is None and ((self.out / "metrics.jsonl").exists() or (self.out / "model").exists()):
+            raise ConfigError(
+                f"{self.out} already holds another run's output (metrics.jsonl or model/) but no checkpoint to "
+                f"resume: that run stopped before its first checkpoint, or is still running; choose another --out "
+                f"(or remove the folder to start over)"
             )
 
         torch.manual_seed(config.train.seed)
@@ -437,8 +445,14 @@ class Trainer:
 
 
 def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
+    """Train into ``out``. The main process holds the folder's lock for the whole run: a second
+    ``protlm pretrain`` on the same folder stops at once, naming the process that holds it."""
     env = init_distributed()
     try:
-        return Trainer(config, out, resume=resume, progress=progress, env=env).run()
+        with contextlib.ExitStack() as stack:
+            if env.is_main:
+                Path(out).mkdir(parents=True, exist_ok=True)
+                stack.enter_context(output_lock(out, what="pretraining output"))
+            return Trainer(config, out, resume=resume, progress=progress, env=env).run()
     finally:
         destroy(env)
