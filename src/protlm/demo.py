@@ -20,8 +20,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import logging
+import shutil
 from importlib import resources
 from pathlib import Path
 
