@@ -134,6 +134,15 @@ NAMES = {"bert": "BERT (ProtBert layout)", "albert": "ALBERT (ProtAlbert layout,
          "xlnet": "XLNet (ProtXLNet: permutation LM, two-stream attention)", "t5": "T5 encoder-decoder (ProtT5 layout)"}
 
 
+NOTES = {"txl": """
+**Caveat: its last layer has collapsed.** At this recipe (post-LN Transformer-XL, lr 3·10⁻³) the
+last layer's output is nearly the same vector at every residue (per-dimension spread across
+residues ~7·10⁻⁵ for values of size ~0.2; ~0.2 in the first layer), so the model predicts little more than amino-acid
+frequencies and its default (last-layer) embeddings carry almost no residue information —
+`protlm embed` warns about it. Earlier layers (`--layer 1`) keep the residue signal.
+"""}
+
+
 def publish(out: Path, dest: Path, summary: dict, budget: float, unigram: float, argv: str) -> None:
     """Copy each family's model folder (under 2 MB) to ``dest/<family>`` with a model card."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -152,8 +161,8 @@ def publish(out: Path, dest: Path, summary: dict, budget: float, unigram: float,
         from protlm.models.architectures import ARCHITECTURES
 
         vocab = ARCHITECTURES[arch].vocab
-        text = ('" ".join("MKTAYIAKQR")  # ProtTrans vocabulary: residues separated by spaces'
-                if vocab.space_separated else '"MKTAYIAKQR"')
+        text = '" ".join("MKTAYIAKQR")' if vocab.space_separated else '"MKTAYIAKQR"'
+        spaced = "  # ProtTrans vocabulary: residues separated by spaces" if vocab.space_separated else ""
         extra = "import protlm.models  # registers ProtTXL with the Auto classes (no remote code)\n" if arch == "txl" else ""
         card = f"""# {arch}: the architecture comparison's {NAMES[arch]} model (protlm, CPU scale)
 
@@ -181,9 +190,9 @@ paired bootstrap CIs and the benchmark suite on these checkpoints, is in protlm'
 {extra}from transformers import AutoTokenizer, {load}
 tok = AutoTokenizer.from_pretrained("{dest.as_posix()}/{arch}")
 model = {load}.from_pretrained("{dest.as_posix()}/{arch}")
-ids = tok({text}, return_tensors="pt")["input_ids"]
+ids = tok({text}, return_tensors="pt")["input_ids"]{spaced}
 ```
-
+{NOTES.get(arch, "")}
 `protlm embed --model {dest.as_posix()}/{arch}` gives one {config.get("hidden_size") or config.get("d_model")}-wide row per residue (the
 {"encoder's " if arch == "t5" else ""}last layer).
 
