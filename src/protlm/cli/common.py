@@ -65,6 +65,17 @@ def add_bootstrap(p: argparse.ArgumentParser, *, default: int | None = None,
     p.add_argument("--bootstrap", "--n-boot", dest="bootstrap", type=int, default=default, metavar="N", help=help)
 
 
+def add_chain_selection(p) -> None:
+    """How a contact head's evaluation chains are chosen (``protlm evaluate`` and ``protlm contacts
+    evaluate``): a seeded cap, a length cap, the early-stopping chains, the whole sequences."""
+    p.add_argument("--max-chains", type=int, help="score a seeded sample of N chains (default: every chain of the set)")
+    p.add_argument("--max-length", type=int, help="leave out chains longer than N residues, listing them (default: none)")
+    p.add_argument("--include-early-stop", action="store_true",
+                   help="also score the validation chains used for early stopping")
+    p.add_argument("--full-sequences", metavar="FASTA",
+                   help="whole sequences for the LM to read (default: the FASTA recorded when the head was trained)")
+
+
 def add_tasks(p: argparse.ArgumentParser, *, help: str = "only these task configs (file stems; default: all)") -> None:
     """``--tasks NAME …`` (alias ``--only``): which task configs of a suite to run."""
     p.add_argument("--tasks", "--only", dest="tasks", nargs="+", metavar="NAME", help=help)

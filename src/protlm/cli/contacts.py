@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from protlm.cli.common import (add_bootstrap, add_out, add_tasks, apply_threads, cache_dir, cache_parent, data_dir,
-                               emit, json_parent, overwrite_parent, threads_parent)
+from protlm.cli.common import (add_bootstrap, add_chain_selection, add_out, add_tasks, apply_threads, cache_dir,
+                               cache_parent, data_dir, emit, json_parent, overwrite_parent, threads_parent)
 
 PROTOCOL = "residue_pairs_to_class"
 
@@ -168,12 +168,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--head", required=True, help="head folder written by protlm train / contacts train")
     data(e, "the contacts file the head was trained on")
     e.add_argument("--split", choices=["validation", "train"], default="validation")
-    e.add_argument("--max-chains", type=int, help="score a seeded sample of N chains (default: every chain of the set)")
-    e.add_argument("--max-length", type=int, help="leave out chains longer than N residues, listing them (default: none)")
-    e.add_argument("--full-sequences", metavar="FASTA",
-                   help="whole sequences for the LM to read (default: the FASTA recorded when the head was trained)")
-    e.add_argument("--include-early-stop", action="store_true",
-                   help="also score the validation chains used for early stopping")
+    add_chain_selection(e)
     add_bootstrap(e, help="bootstrap resamples (default: the config's, 1000)")
     add_out(e, help="write the metrics JSON here too")
     e.set_defaults(func=cmd_evaluate)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from protlm.cli.common import (add_bootstrap, add_out, add_tasks, apply_threads, cache_dir, cache_parent, data_dir,
-                               data_parent, emit, json_parent, overwrite_parent, progress_bar, threads_parent)
+from protlm.cli.common import (add_bootstrap, add_chain_selection, add_out, add_tasks, apply_threads, cache_dir,
+                               cache_parent, data_dir, data_parent, emit, json_parent, overwrite_parent, progress_bar, threads_parent)
 
 
 def _progress():
@@ -168,13 +168,7 @@ def register(sub) -> None:
                                    "one target)")
     p.add_argument("--split", help="keep only records of this split (train, valid, test)")
     p.add_argument("--embedder", help="embed with this instead of the head's embedder (same dimension)")
-    g = p.add_argument_group("contact heads (residue_pairs_to_class; docs/contacts.md)")
-    g.add_argument("--max-chains", type=int, help="score a seeded sample of N chains (default: every chain of the set)")
-    g.add_argument("--max-length", type=int, help="leave out chains longer than N residues, listing them (default: none)")
-    g.add_argument("--include-early-stop", action="store_true",
-                   help="also score the validation chains used for early stopping")
-    g.add_argument("--full-sequences", metavar="FASTA",
-                   help="whole sequences for the LM to read (default: the FASTA recorded when the head was trained)")
+    add_chain_selection(p.add_argument_group("contact heads (residue_pairs_to_class; docs/contacts.md)"))
     add_bootstrap(p, help="bootstrap resamples (default: the head's config; 0: no confidence intervals)")
     add_out(p, help="write the metrics JSON here")
     p.set_defaults(func=cmd_evaluate)

@@ -36,6 +36,7 @@ from protlm.errors import ConfigError, InputError
 log = logging.getLogger("protlm.embed")
 COLLAPSE_MIN_LENGTH = 20  # proteins at least this long are checked for residue-constant embeddings
 COLLAPSE_RATIO = 1e-3  # spread across residues below this fraction of the values' size: collapsed
+COLLAPSE_CHECKS = 32  # proteins checked per embedder (not every one: the check is off the hot path)
 
 
 @dataclass
@@ -109,7 +110,7 @@ class Embedder:
             raise ConfigError(f"--pooling {self.options.pooling}: {self.name} offers "
                               f"{', '.join(getattr(self.backend, 'poolings', ('mean',)))}")
         self.stats = EmbedStats()
-        self._collapse_warned = False
+        self._collapse_checks = 0  # proteins checked for residue-constant rows (a collapse shows on every one)
 
     # ------------------------------------------------------------------ what it is
 
@@ -165,18 +166,20 @@ class Embedder:
                 raise InputError(f"{self.name} produced non-finite values (NaN or inf) for protein {pid} "
                                  f"({len(s)} residues); its embeddings cannot be trusted (a broken model or a "
                                  f"precision overflow: try --dtype fp32)")
-            if not pooled and not self._collapse_warned and len(s) >= COLLAPSE_MIN_LENGTH:
+            if not pooled and self._collapse_checks < COLLAPSE_CHECKS and len(s) >= COLLAPSE_MIN_LENGTH:
                 self._warn_if_collapsed(pid, a)
         return arrays
 
     def _warn_if_collapsed(self, pid: str, a: np.ndarray) -> None:
-        """Once per embedder: rows that hardly differ from residue to residue carry (almost) no
-        residue information — a collapsed layer (seen with post-LN models stuck at the unigram
-        loss). The numbers are the model's, so they are returned, but not silently."""
+        """Checked on the first proteins, warned at most once: rows that hardly differ from residue
+        to residue carry (almost) no residue information — a collapsed layer (seen with post-LN
+        models stuck at the unigram loss). The numbers are the model's, so they are returned, but
+        not silently."""
+        self._collapse_checks += 1
         scale = float(np.abs(a).mean())
         spread = float(a.std(axis=0).mean())
         if scale > 0 and spread < COLLAPSE_RATIO * scale:
-            self._collapse_warned = True
+            self._collapse_checks = COLLAPSE_CHECKS  # warned: stop checking
             log.warning("%s: the embeddings of %s are nearly the same at every residue (spread across residues "
                         "%.1e of their size): this layer carries almost no residue information (a collapsed "
                         "model?); an earlier --layer may still carry it", self.name, pid, spread / scale)

@@ -90,6 +90,17 @@ class TargetKind:
         return row
 
 
+def residue_mask(r, label: str, given: int, unit: str, where: str) -> list:
+    """The mask of a per-residue label of ``given`` ``unit`` (characters, values), after checking
+    that the label and its mask have one entry per residue."""
+    if given != len(r.sequence):
+        raise InputError(f"{where}: label {label!r} has {given} {unit} for {len(r.sequence)} residues")
+    mask = r.mask(label)
+    if len(mask) != len(r.sequence):
+        raise InputError(f"{where}: mask of {label!r} has {len(mask)} values for {len(r.sequence)} residues")
+    return mask
+
+
 def _check_classes(cls: list | None, where: str, single_chars: bool) -> None:
     if cls is None:
         return
@@ -128,11 +139,7 @@ class ResidueClasses(TargetKind):
         arr = np.full(len(r.sequence), -1, dtype=np.int64)
         if lab is None:
             return arr
-        if len(lab) != len(r.sequence):
-            raise InputError(f"{where}: label {tg.label!r} has {len(lab)} characters for {len(r.sequence)} residues")
-        mask = r.mask(tg.label)
-        if len(mask) != len(r.sequence):
-            raise InputError(f"{where}: mask of {tg.label!r} has {len(mask)} values for {len(r.sequence)} residues")
+        mask = residue_mask(r, tg.label, len(lab), "characters", where)
         index = {c: i for i, c in enumerate(cls)}
         for pos, (ch, keep) in enumerate(zip(lab, mask)):
             if not keep or ch == MISSING_RESIDUE or ch in tg.missing:

@@ -11,10 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from protlm.errors import InputError
 from protlm.tasks import metrics as M
 from protlm.tasks.protocols.base import register_protocol
-from protlm.tasks.protocols.labels import LabelProtocol, TargetKind
+from protlm.tasks.protocols.labels import LabelProtocol, TargetKind, residue_mask
 
 
 class ResidueValues(TargetKind):
@@ -28,11 +27,7 @@ class ResidueValues(TargetKind):
         arr = np.full(len(r.sequence), np.nan, dtype=np.float64)
         if values is None:
             return arr
-        if len(values) != len(r.sequence):
-            raise InputError(f"{where}: label {tg.label!r} has {len(values)} values for {len(r.sequence)} residues")
-        mask = r.mask(tg.label)
-        if len(mask) != len(r.sequence):
-            raise InputError(f"{where}: mask of {tg.label!r} has {len(mask)} values for {len(r.sequence)} residues")
+        mask = residue_mask(r, tg.label, len(values), "values", where)
         keep = np.asarray(mask, dtype=bool)
         arr[keep] = np.asarray(values, dtype=np.float64)[keep]
         return arr
