@@ -138,8 +138,9 @@ NOTES = {"txl": """
 **Caveat: its last layer has collapsed.** At this recipe (post-LN Transformer-XL, lr 3·10⁻³) the
 last layer's output is nearly the same vector at every residue (per-dimension spread across
 residues ~7·10⁻⁵ for values of size ~0.2; ~0.2 in the first layer), so the model predicts little more than amino-acid
-frequencies and its default (last-layer) embeddings carry almost no residue information —
-`protlm embed` warns about it. Earlier layers (`--layer 1`) keep the residue signal.
+frequencies, and its default (last-layer) embeddings differ between residues by ~3·10⁻⁴ of
+their size — too little for heads that take features as they are; `protlm embed` warns about it.
+The first layer (`--layer 1`) keeps the residue signal at full scale.
 """}
 
 

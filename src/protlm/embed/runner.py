@@ -172,17 +172,18 @@ class Embedder:
 
     def _warn_if_collapsed(self, pid: str, a: np.ndarray) -> None:
         """Checked on the first proteins, warned at most once: rows that hardly differ from residue
-        to residue carry (almost) no residue information — a collapsed layer (seen with post-LN
-        models stuck at the unigram loss). The numbers are the model's, so they are returned, but
-        not silently."""
+        to residue give a head almost nothing to tell residues apart — a collapsed layer (seen with
+        post-LN models stuck at the unigram loss). The numbers are the model's, so they are
+        returned, but not silently."""
         self._collapse_checks += 1
         scale = float(np.abs(a).mean())
         spread = float(a.std(axis=0).mean())
         if scale > 0 and spread < COLLAPSE_RATIO * scale:
             self._collapse_checks = COLLAPSE_CHECKS  # warned: stop checking
             log.warning("%s: the embeddings of %s are nearly the same at every residue (spread across residues "
-                        "%.1e of their size): this layer carries almost no residue information (a collapsed "
-                        "model?); an earlier --layer may still carry it", self.name, pid, spread / scale)
+                        "%.1e of their size): a head that takes them as they are will hardly tell residues "
+                        "apart (a collapsed layer?); an earlier --layer may carry the signal at full scale",
+                        self.name, pid, spread / scale)
 
     def _forward(self, ids, seqs, cpu: bool, pooled: bool) -> list[np.ndarray]:
         if pooled:
