@@ -25,6 +25,17 @@ The contract:
   model_type, and any option that changes the numbers: layer, precision…).
 - ``fingerprint()``: a string that changes whenever the numbers would (weights checksum and
   those options). Caches, resume checks and heads use it to refuse a mismatch.
+
+**Torch backends** (every LM: the Hugging Face families, ProtTXL, UniRep) are
+:class:`TorchBackend`s and offer more: their ``module`` (the ``torch.nn.Module`` that holds the
+weights) and one tensor forward, ``forward_tokens(seqs, layers=…, attentions=…, logits=…)``,
+that returns an :class:`LMOutput` — the hidden states of the chosen layers at the residue
+positions (special tokens stripped, zero-padded, with the residue mask), and when asked the
+attention maps and the LM's logits — *with gradients* when grad mode is on and the module's
+parameters require them (fair-esm's ``forward(tokens, repr_layers, need_head_weights)``). The
+numpy ``forward`` the runner calls is that same forward under ``torch.inference_mode()``;
+fine-tuning (:mod:`protlm.tasks.finetune`) calls it in training mode. The numpy baselines
+(one-hot, BLOSUM, k-mer, profiles) stay plain :class:`Backend`s.
 """
 
 from __future__ import annotations
@@ -34,8 +45,12 @@ import hashlib
 import os
 from pathlib import Path
 
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
 import numpy as np
 
+from protlm.errors import ConfigError
 from protlm.io.checksums import sha256_file
 
 
@@ -83,6 +98,79 @@ class Backend(abc.ABC):
     def fingerprint(self) -> str:
         """Changes whenever the numbers would; the default: family + source."""
         return f"{self.family}:{self.source}"
+
+
+@dataclass
+class LMOutput:
+    """What :meth:`TorchBackend.forward_tokens` returns for a batch of B proteins (longest: L residues).
+
+    ``hidden``: asked layer → B × L × D float tensor at the residue positions only (row ``b`` holds
+    protein ``b``'s residues in order, zeros after its end); ``mask``: B × L float, 1 at residues;
+    ``attentions``: B × (layers · heads) × L × L (residue positions) when asked; ``logits``:
+    B × L × V when asked (the LM head's output at each residue position)."""
+
+    hidden: dict[int, Any]
+    mask: Any
+    attentions: Any = None
+    logits: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+class TorchBackend(Backend):
+    """A backend whose forward is a torch module: trainable, and one forward for every output."""
+
+    #: The ``torch.nn.Module`` holding the weights (what fine-tuning trains, peft wraps, DDP shares).
+    module: Any = None
+    #: The layer the numpy ``forward`` returns (−1: the last).
+    layer: int = -1
+
+    @abc.abstractmethod
+    def forward_tokens(self, seqs: Sequence[str], *, layers: Sequence[int] = (-1,), attentions: bool = False,
+                       logits: bool = False, cpu: bool = False) -> LMOutput:
+        """One batch through the module; differentiable when grad mode is on (see LMOutput)."""
+
+    def forward(self, seqs: list[str], *, cpu: bool = False) -> list[np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            out = self.forward_tokens(seqs, layers=(self.layer,), cpu=cpu)
+            hidden = out.hidden[self.layer].float().cpu().numpy()
+        return [hidden[row, :len(s)].copy() for row, s in enumerate(seqs)]
+
+    # ------------------------------------------------------------------ what fine-tuning needs
+
+    def blocks(self) -> list:
+        """The module's layers in order, input side first (``finetune.method: top`` unfreezes the last k)."""
+        raise ConfigError(f"{self.family}: this model family does not list its layers; use finetune.method full "
+                          f"or lora")
+
+    def lora_targets(self) -> list[str]:
+        """Names of the linear layers LoRA adapts by default (``lora_target_modules: auto``)."""
+        raise ConfigError(f"{self.family}: LoRA is not offered for this model family; use finetune.method full "
+                          f"or top")
+
+    def enable_checkpointing(self) -> None:
+        """Recompute activations in the backward pass instead of keeping them (less memory, more time)."""
+        raise ConfigError(f"{self.family}: activation checkpointing is not offered for this model family")
+
+    def save_lm(self, folder) -> None:
+        """Write the module's weights as a model folder that ``--model`` loads (fine-tuned LMs)."""
+        raise ConfigError(f"{self.family}: saving a fine-tuned model is not offered for this model family")
+
+
+def residue_positions(hidden, starts: Sequence[int], lengths: Sequence[int]):
+    """B × T × D token states → (B × L × D residue states zero-padded, B × L mask), row ``b``
+    taking tokens ``starts[b] … starts[b] + lengths[b]``; differentiable."""
+    import torch
+
+    B = hidden.shape[0]
+    L = max(lengths) if len(lengths) else 0
+    pos = torch.arange(L, device=hidden.device)
+    lens = torch.as_tensor(list(lengths), device=hidden.device)
+    mask = (pos[None, :] < lens[:, None])
+    index = (torch.as_tensor(list(starts), device=hidden.device)[:, None] + pos[None, :]).clamp_max(hidden.shape[1] - 1)
+    out = torch.gather(hidden, 1, index[..., None].expand(B, L, hidden.shape[2]))
+    return out * mask[..., None].to(out.dtype), mask.to(torch.float32)
 
 
 def files_sha256(paths: list[Path]) -> str:

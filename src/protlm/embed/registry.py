@@ -4,7 +4,9 @@ A spec's name is matched, in this order, against:
 
 1. an exact registered name (``onehot``, ``blosum62``, ``kmer``, ``unirep1900`` …);
 2. a registered prefix (``profile:DB`` → the ``profile:`` factory gets ``DB``);
-3. a folder's ``config.json`` ``model_type`` (``esm``, ``bert``, ``protlm_kmer`` …);
+3. a folder's marker file (a peft adapter's ``adapter_config.json``; a head folder of a fine-tuned
+   LM reads as its ``lm/`` folder), then its ``config.json`` ``model_type`` (``esm``, ``bert``,
+   ``protlm_kmer`` …);
 4. a hub id ``owner/name``, whose ``config.json`` is fetched and matched as in 3.
 
 Every module of :mod:`protlm.embed.backends` is imported on first use (TAPE's registry), so a new
@@ -37,14 +39,18 @@ class Entry:
 _NAMES: dict[str, Entry] = {}
 _PREFIXES: dict[str, Entry] = {}
 _MODEL_TYPES: dict[str, Entry] = {}
+_MARKERS: dict[str, Entry] = {}
 _loaded = False
 
 
 def register(*, names: tuple[str, ...] = (), prefix: str | None = None, model_types: tuple[str, ...] = (),
-             help: str = "") -> Callable[[Factory], Factory]:
-    """Decorator: ``@register(names=("onehot",), help="…")`` on a factory ``f(source, options) -> Backend``."""
+             marker: str | None = None, help: str = "") -> Callable[[Factory], Factory]:
+    """Decorator: ``@register(names=("onehot",), help="…")`` on a factory ``f(source, options) -> Backend``;
+    ``marker``: a file name whose presence in a folder selects this factory (before config.json)."""
     def deco(factory: Factory) -> Factory:
         entry = Entry(factory, help)
+        if marker:
+            _MARKERS[marker] = entry
         for n in names:
             _NAMES[n] = entry
         if prefix:
@@ -106,6 +112,11 @@ def resolve(source: str, options: EmbedOptions | None = None) -> Backend:
         if not path.is_dir():
             raise InputError(f"--model {source}: not a folder (a model folder, a hub id or one of "
                              f"{', '.join(sorted(names()))} is expected)")
+        for marker, entry in _MARKERS.items():
+            if (path / marker).is_file() and not (path / "config.json").is_file():
+                return entry.factory(source, options)
+        if (path / "head.json").is_file() and (path / "lm").is_dir() and not (path / "config.json").is_file():
+            return resolve(str(path / "lm"), options)  # a head folder of a fine-tuned LM: that LM
         model_type = _folder_model_type(source)
         if model_type is None:
             raise InputError(f"--model {source}: no config.json with a model_type in this folder; is it a "

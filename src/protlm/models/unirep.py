@@ -25,6 +25,12 @@ the n_t running proteins only (no padding is ever computed, and every protein's 
 same in any batch). The first layer's input projection is a 26-row table lookup; deeper layers'
 input projections are one GEMM per block of time steps.
 
+Training (fine-tuning): :meth:`UniRepModel.states` is the differentiable path — the same packed,
+length-sorted walk over time steps, without in-place writes to anything autograd keeps, weight
+normalisation through :meth:`MLSTMLayer.effective` (gradients reach the raw ``w*``, ``g*``, ``b``
+and the embedding), and a hand-written backward pass through time per layer (:class:`_MLSTMScan`;
+autograd's own graph of a dozen tiny nodes per step is several times slower on a CPU).
+
 ``import protlm.models.unirep`` registers ``model_type: unirep`` with ``AutoConfig`` and
 ``AutoModel``, so ``AutoModel.from_pretrained(folder)`` loads a folder written by
 ``protlm import unirep`` without ``trust_remote_code``.
@@ -184,7 +190,8 @@ class UniRepModel(PreTrainedModel):
     """UniRep's embedding, stacked mLSTM layers and next-token head.
 
     Use :meth:`run` for embedding many proteins (fast, batched); :meth:`forward` is the
-    ``transformers``-style call on token ids. Both are inference only (no gradients).
+    ``transformers``-style call on token ids. Both are inference only (no gradients);
+    :meth:`states` is the differentiable path (fine-tuning), with the same numbers.
     """
 
     config_class = UniRepConfig
@@ -332,6 +339,75 @@ class UniRepModel(PreTrainedModel):
         return UniRepOutput(last_hidden_state=hidden[-1], hidden_states=hidden if output_hidden_states else None,
                             logits=logits, h_final=h[inv], c_final=c[inv])
 
+    # ------------------------------------------------------------------ differentiable (training)
+
+    def states(self, seqs: list[str], *, layers=(-1,)) -> dict[int, torch.Tensor]:
+        """Every state of the asked layers, **with gradients** (fine-tuning): layer → B × (L+1) × width.
+
+        Row 0 of protein b is the state after the start token, row k the state after residue k,
+        zeros after its end; rows in the caller's order; keys as asked (0: the token embedding,
+        1…num_layers the mLSTM layers, −1 the last). The numbers are :meth:`run`'s.
+
+        The batch is sorted by length and packed step by step (the proteins still reading at step
+        t are a prefix of it, as in :meth:`run`): one Python loop over time steps, each step two
+        GEMMs over the running proteins only and the gates — no padding work, no per-protein loop,
+        no in-place writes to tensors autograd tracks. Each layer's input projection is one GEMM over every packed step, the
+        first layer's a 26-row table lookup; weight normalisation goes through
+        :meth:`MLSTMLayer.effective`, so gradients reach the raw parameters and the embedding.
+        The backward pass runs a hand-written recurrence (:class:`_MLSTMScan`) instead of
+        autograd's graph of a dozen small nodes per step.
+        """
+        n_layers = self.config.num_layers
+        asked: dict[int, int] = {}
+        for layer in layers:
+            if not -(n_layers + 1) <= layer <= n_layers:
+                raise ValueError(f"layer {layer}: UniRep-{self.config.hidden_size} has layers 0 (embedding) to "
+                                 f"{n_layers}")
+            asked[layer] = layer % (n_layers + 1)
+        B = len(seqs)
+        if B == 0:
+            return {}
+        emb = self.embedding.weight
+        device = emb.device
+        ids = [encode(s) for s in seqs]
+        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+        order = np.argsort(-lengths, kind="stable")
+        steps = int(lengths.max()) + 1
+        sorted_steps = lengths[order] + 1
+        tokens = np.zeros((steps, B), dtype=np.int64)  # time-major, sorted columns, padded with "-"
+        for k, i in enumerate(order):
+            tokens[:len(ids[i]), k] = ids[i]
+        running = np.arange(steps)[:, None] < sorted_steps[None, :]  # steps × B
+        sizes = running.sum(1).tolist()  # n_t: a prefix of the sorted batch at each step
+        running_t = torch.from_numpy(running).to(device)
+        tokens_t = torch.from_numpy(tokens).to(device)
+        packed_tokens = tokens_t[running_t]  # step-major: step t's n_t tokens, then step t+1's
+        inv = torch.from_numpy(np.argsort(order)).to(device)
+
+        def unpack(packed: torch.Tensor) -> torch.Tensor:
+            """Packed rows (Σ n_t × D) → B × steps × D in the caller's order, zeros after each end."""
+            full = packed.new_zeros(steps, B, packed.shape[-1]).masked_scatter(running_t[..., None], packed)
+            return full.transpose(0, 1)[inv]
+
+        out: dict[int, torch.Tensor] = {}
+        if 0 in asked.values():
+            h0 = unpack(emb[packed_tokens])
+            out.update({k: h0 for k, v in asked.items() if v == 0})
+        top = max(asked.values())
+        eps = self.config.weight_norm_eps
+        packed = None
+        for li in range(top):
+            w = self.layers[li].effective(eps)
+            if li == 0:
+                xp = torch.addmm(w.b_in, emb, w.w_in)[packed_tokens]  # the 26-token table, looked up
+            else:
+                xp = torch.addmm(w.b_in, packed, w.w_in)  # every step's input projection, one GEMM
+            packed = _MLSTMScan.apply(xp, w.wmh, w.wh, sizes)
+            if li + 1 in asked.values():
+                full = unpack(packed)
+                out.update({k: full for k, v in asked.items() if v == li + 1})
+        return {k: out[k] for k in asked}
+
     @torch.inference_mode()
     def next_residue_nll(self, seqs: list[str]) -> tuple[float, int]:
         """Summed negative log-likelihood (nats) of every residue given the ones before it, and the count.
@@ -474,6 +550,99 @@ def _scan(w: LayerWeights, proj, n_active: list[int], steps: int, B: int, *, sto
     if store:
         h_sum = states.sum(0, dtype=torch.float32)
     return states, h_sum, h, c
+
+
+class _MLSTMScan(torch.autograd.Function):
+    """One mLSTM layer over packed steps, differentiable, with a hand-written backward pass.
+
+    ``xp``: Σ n_t × 5D, the packed input projections ``[x W_mx | x W_x + b]`` (step t's n_t rows,
+    then step t+1's; n_t non-increasing); ``wmh`` D × D, ``wh`` D × 4D (effective weights);
+    ``sizes``: the n_t. Returns the packed hidden states (Σ n_t × D).
+
+    Forward keeps, per step, what the backward pass needs (``h_{t-1}``, ``x W_mh h``, ``m``, the
+    gates, ``c_t`` and ``tanh c_t``: ~10·D floats per row, the same as autograd would keep);
+    backward walks the steps in reverse, two GEMMs per step for the inputs' gradients, and
+    computes the matrices' gradients at the end as one GEMM each over all packed steps.
+    """
+
+    @staticmethod
+    def forward(ctx, xp: torch.Tensor, wmh: torch.Tensor, wh: torch.Tensor, sizes: list[int]):
+        D = wmh.shape[0]
+        N = xp.shape[0]
+        like = dict(device=xp.device, dtype=xp.dtype)
+        h_prev = torch.empty(N, D, **like)  # h_{t-1} of each packed row
+        hm = torch.empty(N, D, **like)  # h_{t-1} W_mh
+        m = torch.empty(N, D, **like)
+        gates = torch.empty(N, 4 * D, **like)  # σ(i), σ(f), σ(o), tanh(u)
+        c_all = torch.empty(N, D, **like)
+        tc = torch.empty(N, D, **like)  # tanh(c_t)
+        h_all = torch.empty(N, D, **like)
+        h = torch.zeros(sizes[0] if sizes else 0, D, **like)
+        c = torch.zeros_like(h)
+        start = 0
+        for n in sizes:
+            if n == 0:
+                break
+            rows = slice(start, start + n)
+            x = xp[rows]
+            h_prev[rows] = h[:n]
+            torch.mm(h[:n], wmh, out=hm[rows])
+            torch.mul(hm[rows], x[:, :D], out=m[rows])
+            g = gates[rows]
+            torch.addmm(x[:, D:], m[rows], wh, out=g)
+            g[:, :3 * D].sigmoid_()
+            g[:, 3 * D:].tanh_()
+            cn = c_all[rows]
+            torch.mul(g[:, D:2 * D], c[:n], out=cn)
+            cn.addcmul_(g[:, :D], g[:, 3 * D:])
+            torch.tanh(cn, out=tc[rows])
+            torch.mul(g[:, 2 * D:3 * D], tc[rows], out=h_all[rows])
+            h, c = h_all[rows], cn
+            start += n
+        ctx.sizes = list(sizes)
+        ctx.save_for_backward(xp, wmh, wh, h_prev, hm, m, gates, c_all, tc)
+        return h_all
+
+    @staticmethod
+    def backward(ctx, grad_h: torch.Tensor):
+        xp, wmh, wh, h_prev, hm, m, gates, c_all, tc = ctx.saved_tensors
+        sizes = ctx.sizes
+        D = wmh.shape[0]
+        like = dict(dtype=xp.dtype, device=xp.device)
+        grad_h = grad_h.contiguous()
+        gxp = torch.zeros_like(xp)  # [dL/d(x W_mx) | dL/dz]
+        dm_all = torch.zeros(xp.shape[0], D, **like)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
+        dh_next = torch.zeros(0, D, **like)  # dL/dh_t through step t+1 (its n_{t+1} rows)
+        dc_next = torch.zeros(0, D, **like)
+        wmh_t, wh_t = wmh.t(), wh.t()
+        for t in range(len(sizes) - 1, -1, -1):
+            n = sizes[t]
+            if n == 0:
+                continue
+            rows = slice(starts[t], starts[t] + n)
+            g = gates[rows]
+            si, sf, so, u = g[:, :D], g[:, D:2 * D], g[:, 2 * D:3 * D], g[:, 3 * D:]
+            k = dh_next.shape[0]
+            dh = grad_h[rows].clone()
+            dh[:k] += dh_next
+            tct = tc[rows]
+            dc = dh * so * (1 - tct * tct)
+            dc[:k] += dc_next
+            dz = gxp[rows, D:]
+            torch.mul(dc * u, si * (1 - si), out=dz[:, :D])  # σ'(z) = σ(1 − σ)
+            if t > 0:
+                c_prev = c_all[starts[t - 1]:starts[t - 1] + n]
+                torch.mul(dc * c_prev, sf * (1 - sf), out=dz[:, D:2 * D])
+            torch.mul(dh * tct, so * (1 - so), out=dz[:, 2 * D:3 * D])
+            torch.mul(dc * si, 1 - u * u, out=dz[:, 3 * D:])  # tanh' = 1 − tanh²
+            dm = torch.mm(dz, wh_t, out=dm_all[rows])
+            torch.mul(dm, hm[rows], out=gxp[rows, :D])  # dL/d(x W_mx)
+            dh_next = torch.mm(dm * xp[rows, :D], wmh_t) if t > 0 else dh_next
+            dc_next = dc * sf
+        g_wh = torch.mm(m.t(), gxp[:, D:]) if ctx.needs_input_grad[2] else None
+        g_wmh = torch.mm(h_prev.t(), dm_all * xp[:, :D]) if ctx.needs_input_grad[1] else None
+        return gxp, g_wmh, g_wh, None
 
 
 AutoConfig.register("unirep", UniRepConfig)

@@ -124,6 +124,7 @@ class TaskConfig:
     head: Any = None  # the head's Config (protlm.tasks.heads)
     train: TrainSettings = field(default_factory=TrainSettings)
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
+    finetune: Any = None  # protlm.tasks.finetune.FinetuneConfig: train the LM with the head (method != none)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -150,6 +151,11 @@ class TaskConfig:
     @property
     def embedder_name(self) -> str:
         return self.embedder_spec.name
+
+    @property
+    def finetuning(self) -> bool:
+        """The LM trains with the head (``finetune.method`` full, lora or top)."""
+        return self.finetune is not None and self.finetune.active
 
     @property
     def n_boot(self) -> int:
@@ -216,10 +222,19 @@ def validate(c: TaskConfig) -> None:
     need(t.pair_budget >= 1 and t.crop >= 1, "train.pair_budget", "pair_budget and crop must be >= 1")
     need(c.evaluate.n_boot is None or c.evaluate.n_boot >= 0, "evaluate.n_boot", "must be >= 0")
     c.protocol_obj.validate(c)
+    if c.finetuning:
+        from protlm.tasks.heads import get_head
+
+        proto = c.protocol_obj
+        need(proto.output_level != "pair", "finetune.method",
+             f"fine-tuning is offered for the label protocols; {proto.name} (contacts) trains on frozen features "
+             f"in this version")
+        need(get_head(c.head.type).input != "attention", "finetune.method", "an attention-map head reads no embeddings")
 
 
 def build_task_config(tree: dict) -> TaskConfig:
     """A checked TaskConfig from a config tree (YAML as read, or a head.json's ``config``)."""
+    from protlm.tasks.finetune import build_finetune
     from protlm.tasks.heads import build_head_config
     from protlm.tasks.protocols import get_protocol, resolve_name
 
@@ -231,6 +246,7 @@ def build_task_config(tree: dict) -> TaskConfig:
     protocol.prepare_tree(tree)
     tree["data"] = build(protocol.data_config, tree.get("data"), "data") if protocol.data_config else tree.get("data")
     tree["head"] = build_head_config(tree.get("head"), protocol)
+    tree["finetune"] = build_finetune(tree.get("finetune"))
     config = build(TaskConfig, tree, "")
     validate(config)
     return config

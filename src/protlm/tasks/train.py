@@ -30,11 +30,14 @@ import numpy as np
 import torch
 
 from protlm import __version__
-from protlm.errors import InputError
+from protlm.embed.spec import parse_spec
+from protlm.errors import InputError, ProtlmError
 from protlm.io.atomic import json_bytes, write_bytes, write_with_path
 from protlm.tasks import headfile
 from protlm.tasks.config import TaskConfig, build_task_config
-from protlm.tasks.features import check_identity
+from protlm.tasks.features import FeatureSource, check_identity
+from protlm.tasks.finetune import (LM_FOLDER, FinetunedModel, SequenceSource, batch_residues, finetuned_embedder,
+                                   optimizer_for, parameter_counts, save_lm, trainable_lm, trainable_state, warmup_factor)
 from protlm.tasks.protocols import Protocol, TaskData
 from protlm.tasks.protocols.labels import class_weights, feature_batch
 
@@ -52,20 +55,47 @@ def _class_weights(config: TaskConfig, targets: list[list], n_classes: list[int]
 
 
 def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs, dim: int, info: dict,
-             progress: Callable[[int, float, float], None] | None = None):
+             progress: Callable[[int, float, float], None] | None = None, lm=None):
     """Train with early stopping on the protocol's validation value; returns (model, history,
     best_epoch, stopped_by): ``"early_stopping"`` (patience ran out), ``"epoch_cap"``
-    (train.epochs did) or ``"closed_form"`` (a head fit without a loop)."""
+    (train.epochs did) or ``"closed_form"`` (a head fit without a loop).
+
+    ``lm``: a trainable backend (:func:`protlm.tasks.finetune.trainable_lm`) to train with the
+    head; the inputs are then :class:`~protlm.tasks.finetune.SequenceSet`s and the model a
+    :class:`~protlm.tasks.finetune.FinetunedModel` (the LM's own learning rate, warm-up and
+    gradient accumulation to ``finetune.tokens_per_step`` residues)."""
     t = config.train
+    ft = config.finetune if lm is not None else None
     torch.manual_seed(t.seed)
     rng = np.random.default_rng(t.seed)
     model = protocol.new_head(config, dim, info)
-    direct = protocol.fit_direct(config, model, train_inputs, info)
-    if direct is not None:
-        model.eval()
-        return model, direct.get("history", []), 0, "closed_form"
+    if lm is not None:
+        model = FinetunedModel(lm, model, config.embedder_spec.options.layer)
+    else:
+        direct = protocol.fit_direct(config, model, train_inputs, info)
+        if direct is not None:
+            model.eval()
+            return model, direct.get("history", []), 0, "closed_form"
     state = protocol.fit_state(config, model, train_inputs, info)
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    opt = optimizer_for(model, t.lr, t.weight_decay, ft)
+    budget = ft.tokens_per_step if ft is not None else 0
+    warmup = ft.warmup_steps if ft is not None else 0
+    trainable = [p for g in opt.param_groups for p in g["params"]]
+    steps, pending = 0, 0
+
+    def step() -> None:
+        nonlocal steps, pending
+        if budget:  # the gradient of the residue-weighted mean loss over the accumulated batches
+            for p in trainable:
+                if p.grad is not None:
+                    p.grad.div_(pending)
+        if warmup:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * warmup_factor(steps, warmup)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        steps, pending = steps + 1, 0
+
     sign = -1.0 if protocol.higher_is_better else 1.0  # compared as a loss: lower is better
     best, best_state, best_epoch, history, waited = math.inf, None, 0, [], 0
     stopped_by = "epoch_cap"
@@ -78,26 +108,48 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
             if out is None:
                 continue
             loss, weight = out
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            run_loss += loss.item() * weight
+            value = loss.item()
+            if not math.isfinite(value):
+                raise ProtlmError(f"{config.name}: the training loss became {value} in epoch {epoch}; the run "
+                                  f"diverged (lower train.lr{' or finetune.lr' if ft is not None else ''}) — nothing "
+                                  f"was saved")
+            if budget:
+                n = batch_residues(batch)
+                (loss * n).backward()
+                pending += n
+                if pending >= budget:
+                    step()
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if ft is not None:
+                    step()
+                else:
+                    opt.step()
+            run_loss += value * weight
             seen += weight
+        if pending:
+            step()  # the epoch's last, partial accumulation
         value = protocol.validation(config, model, valid_inputs, state)
         history.append({"epoch": epoch, "train_loss": run_loss / max(seen, 1), protocol.validation_key: value,
                         "seconds": time.perf_counter() - t0})
+        if ft is not None:
+            history[-1]["optimizer_steps"] = steps
         if progress is not None:
             progress(epoch, history[-1]["train_loss"], value)
+        if not math.isfinite(value):
+            raise ProtlmError(f"{config.name}: the validation value became {value} in epoch {epoch}; the run "
+                              f"diverged — nothing was saved")
         if sign * value < best - (1e-6 if not protocol.higher_is_better else 0.0):
             best, best_epoch, waited = sign * value, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = trainable_state(model)
         else:
             waited += 1
             if waited >= t.patience:
                 stopped_by = "early_stopping"
                 break
     if best_state is not None:
-        model.load_state_dict(best_state)
+        model.load_state_dict(best_state, strict=lm is None)
     model.eval()
     return model, history, best_epoch, stopped_by
 
@@ -155,6 +207,11 @@ def load_head(folder: str | Path) -> TrainedHead:
     model = protocol.new_head(config, dim, info)
     model.load_state_dict(state)
     model.eval()
+    if config.finetuning:  # the head reads the fine-tuned LM saved beside it
+        if not (folder / LM_FOLDER).is_dir():
+            raise InputError(f"--head {folder}: a head trained with a fine-tuned LM, but its {LM_FOLDER}/ folder is "
+                             f"missing")
+        config.embedder = finetuned_embedder(config.embedder, folder / LM_FOLDER)
     return TrainedHead(config, model, dim, info, folder)
 
 
@@ -189,6 +246,8 @@ def train(config: TaskConfig, out: str | Path, data_dir: str | Path | None = Non
     t0 = time.perf_counter()
     protocol = config.protocol_obj
     data = protocol.load_data(config, data_dir)
+    if config.finetuning:
+        return _finetune(config, protocol, out, data, cache_dir, progress, t0)
     own = source is None
     if own:
         source = protocol.open_source(config, cache_dir)
@@ -249,6 +308,76 @@ def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: Task
     metrics_doc = {"task": config.name, "protocol": config.protocol, "embedder": config.embedder_name,
                    "embedder_identity": identity, "head": config.head.type, "proteins": counts, **stop, **metrics}
     save_head(out, model, info, metrics_doc)
+    return {**metrics_doc, "out": str(out), "seconds": time.perf_counter() - t0}
+
+
+def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData, cache_dir, progress, t0) -> dict:
+    """Train the LM with the head (module docstring of :mod:`protlm.tasks.finetune`), save both,
+    then score the sets with the saved LM through the batch runner, as ``protlm evaluate`` does."""
+    ft = config.finetune
+    spec = config.embedder_spec
+    lm = trainable_lm(spec, ft)
+    base_fingerprint = lm.fingerprint()
+    counts_lm = parameter_counts(lm.module)
+    sequences = SequenceSource(lm.dim, lm.max_residues or 0)
+    tr = protocol.inputs(config, sequences, data.train)
+    va = protocol.inputs(config, sequences, data.valid)
+    dim = int(lm.dim)
+    log.info("%s: fine-tuning %s (%s): %d of %d LM parameters train", config.name, spec.name, ft.method,
+             counts_lm["lm_trained_parameters"], counts_lm["lm_parameters"])
+
+    def epoch_cb(epoch, tl, vl):
+        if progress is not None:
+            progress("epoch", {"epoch": epoch, "train_loss": tl, "valid_loss": vl, "key": protocol.validation_key})
+
+    model, history, best_epoch, stopped_by = fit_head(config, protocol, tr, va, dim, data.info, epoch_cb, lm=lm)
+    cut_short = stopped_by == "epoch_cap" and best_epoch == len(history)
+    if cut_short:
+        log.warning("%s", cut_short_message(config, best_epoch))
+    t_train = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    save_lm(lm, ft, spec.name, out / LM_FOLDER)
+    head = model.head.to("cpu").eval()
+    del model, lm
+    eval_spec = parse_spec(finetuned_embedder(config.embedder, out / LM_FOLDER), "embedder")
+    n_boot, seed = config.n_boot, config.evaluate.seed
+    with FeatureSource(eval_spec.with_options(layer=spec.options.layer), spec.options.layer, cache_dir) as source:
+        identity = source.identity()
+
+        def scored(dataset, name):
+            def bar(done, total):
+                if progress is not None:
+                    progress("embed", {"set": name, "done": done, "total": total})
+
+            inp = protocol.inputs(config, source, dataset, bar)
+            return protocol.score(config, protocol.predict(config, head, inp, data.info), dataset, data.info, n_boot,
+                                  seed)
+
+        metrics = {"valid": scored(data.valid, "valid") if protocol.scores_valid else {},
+                   "test": {name: scored(s, name) for name, s in data.tests.items()}}
+    counts = data.counts()
+    stop = {"best_epoch": best_epoch, "epochs_run": len(history), "epoch_cap": config.train.epochs,
+            "stopped_by": stopped_by, "cut_short": cut_short}
+    finetune = {"method": ft.method, "lm": LM_FOLDER, "base": spec.name, "base_fingerprint": base_fingerprint,
+                **counts_lm}
+    info = {
+        "protlm_version": __version__,
+        "protocol": config.protocol,
+        "config": config.as_dict(),
+        **data.info,
+        "dim": dim,
+        "parameters": sum(p.numel() for p in head.parameters()),
+        "history": history,
+        **stop,
+        "embedder_identity": identity,
+        "finetune": finetune,
+        "proteins": counts,
+        "seconds": {"train": t_train, "score": time.perf_counter() - t0 - t_train},
+    }
+    metrics_doc = {"task": config.name, "protocol": config.protocol, "embedder": config.embedder_name,
+                   "embedder_identity": identity, "finetune": finetune, "head": config.head.type, "proteins": counts,
+                   **stop, **metrics}
+    save_head(out, head, info, metrics_doc)
     return {**metrics_doc, "out": str(out), "seconds": time.perf_counter() - t0}
 
 

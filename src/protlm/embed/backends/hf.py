@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from protlm.embed.backend import Backend, folder_weights_sha256
+from protlm.embed.backend import Backend, LMOutput, TorchBackend, folder_weights_sha256, residue_positions
 from protlm.embed.registry import register
 from protlm.embed.spec import EmbedOptions
 from protlm.errors import ConfigError
@@ -33,7 +33,32 @@ def resolve_device(name: str):
         raise ConfigError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
 
 
-class HFBackend(Backend):
+#: LoRA's default targets per family (``lora_target_modules: auto``): the attention projections
+#: and the attention output, as in biotrainer and Schmirler et al. 2024 (query/key/value/dense for
+#: ESM and BERT-like models, q/k/v/o for T5). XLNet keeps its attention in raw parameters (not
+#: ``nn.Linear``), so its feed-forward layers are adapted instead.
+LORA_AUTO = {
+    "esm": ["query", "key", "value", "attention.output.dense"],
+    "bert": ["query", "key", "value", "attention.output.dense"],
+    "albert": ["query", "key", "value", "attention.dense"],
+    "t5": ["q", "k", "v", "o"],
+    "gpt_neox": ["query_key_value", "attention.dense"],
+    "xlnet": ["layer_1", "layer_2"],
+}
+
+
+def find_blocks(model, n_layers: int) -> list:
+    """The model's repeated layers, input side first: the first ``nn.ModuleList`` of ``n_layers``
+    modules (``encoder.layer`` for ESM/BERT, ``encoder.block`` for T5, ``layer`` for XLNet, …)."""
+    import torch
+
+    for _, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n_layers and n_layers > 0:
+            return list(mod)
+    return []
+
+
+class HFBackend(TorchBackend):
     equal_length_on_cpu = True
 
     def __init__(self, source: str, options: EmbedOptions, *, family=None, model_class=None):
@@ -68,6 +93,17 @@ class HFBackend(Backend):
         self.model = model.to(device)
         self.device = str(device)
         self._cpu_model = self.model if device.type == "cpu" else None
+        self.layer = options.layer
+
+    @property
+    def module(self):  # type: ignore[override]
+        return self.model
+
+    @module.setter
+    def module(self, value) -> None:  # fine-tuning replaces it with its peft wrapper
+        self.model = value
+        if self.device == "cpu":
+            self._cpu_model = value
 
     def _cpu(self):
         if self._cpu_model is None:
@@ -87,22 +123,72 @@ class HFBackend(Backend):
             mask[row, :len(e)] = 1
         return ids, mask
 
-    def forward(self, seqs: list[str], *, cpu: bool = False) -> list[np.ndarray]:
+    def forward_tokens(self, seqs, *, layers=(-1,), attentions=False, logits=False, cpu=False) -> LMOutput:
         import torch
 
+        if logits:
+            raise ConfigError(f"{self.family}: protlm loads the encoder without its LM head; logits are not offered")
         model = self._cpu() if cpu else self.model
         device = torch.device("cpu") if cpu else torch.device(self.device)
         ids, mask = self.encode_batch(seqs)
         ids_t = torch.from_numpy(ids).to(device)
         # Without padding no mask is needed, and SDPA can take its fastest path.
         mask_t = None if mask.all() else torch.from_numpy(mask).to(device)
-        want_all = self.options.layer != -1
-        with torch.inference_mode():
-            out = model(input_ids=ids_t, attention_mask=mask_t, output_hidden_states=want_all)
-            hidden = out.hidden_states[self.options.layer] if want_all else out.last_hidden_state
-            hidden = hidden.float().cpu().numpy()
-        start = len(self.layout.prefix)
-        return [hidden[row, start:start + len(s)].copy() for row, s in enumerate(seqs)]
+        want_all = any(layer != -1 for layer in layers)
+        kwargs = {"output_attentions": True} if attentions else {}
+        out = model(input_ids=ids_t, attention_mask=mask_t, output_hidden_states=want_all, **kwargs)
+        starts, lengths = [len(self.layout.prefix)] * len(seqs), [len(s) for s in seqs]
+        hidden, res_mask = {}, None
+        for layer in layers:
+            h = out.hidden_states[layer] if layer != -1 else out.last_hidden_state
+            hidden[layer], res_mask = residue_positions(h, starts, lengths)
+        maps = None
+        if attentions:
+            if not out.attentions or any(a is None for a in out.attentions):
+                raise ConfigError(f"{self.family}: this model's attention kernel returns no attention maps; load it "
+                                  f"with eager attention")
+            stack = torch.cat(list(out.attentions), dim=1)  # B × (layers·heads) × T × T
+            s0, L = starts[0], max(lengths)
+            maps = stack[:, :, s0:s0 + L, s0:s0 + L]
+        return LMOutput(hidden=hidden, mask=res_mask, attentions=maps)
+
+    # ------------------------------------------------------------------ fine-tuning
+
+    def blocks(self) -> list:
+        if self.family == "albert":
+            raise ConfigError("albert: ALBERT shares one set of weights between all its layers, so there are no "
+                              "last k layers to unfreeze; use finetune.method full or lora")
+        found = find_blocks(self.model, self.lm.layers)
+        if not found:
+            return super().blocks()
+        return found
+
+    def lora_targets(self) -> list[str]:
+        return list(LORA_AUTO.get(self.lm.family.model_type, [])) or self._linear_names()
+
+    def _linear_names(self) -> list[str]:
+        import torch
+
+        blocks = find_blocks(self.model, self.lm.layers)
+        names = sorted({n.split(".")[-1] for b in blocks[:1] for n, m in b.named_modules()
+                        if isinstance(m, torch.nn.Linear)})
+        if not names:
+            return super().lora_targets()
+        return names
+
+    def enable_checkpointing(self) -> None:
+        model = self.lm.model
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            super().enable_checkpointing()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def save_lm(self, folder) -> None:
+        from pathlib import Path
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.lm.model.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
 
     def memory_bytes(self, length: int) -> int:
         # fp32 activations of one layer (hidden + feed-forward + attention projections; SDPA's CPU

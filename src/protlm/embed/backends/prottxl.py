@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from protlm.embed.backend import Backend
+from protlm.embed.backend import Backend, LMOutput, residue_positions
 from protlm.embed.backends.hf import HFBackend
 from protlm.embed.registry import register
 from protlm.embed.spec import EmbedOptions
+from protlm.errors import ConfigError
 from protlm.models.families import Family
 from protlm.models.transfo_xl import ProtTXLModel
 
@@ -35,32 +36,31 @@ class ProtTXLBackend(HFBackend):
     def memory_bytes(self, length: int) -> int:
         return 0  # bounded by segment_length + mem_len whatever the length (the output aside)
 
-    def hidden(self, ids, model) -> "object":
-        """The requested layer for a right-padded id batch, walked segment by segment."""
+    def forward_tokens(self, seqs, *, layers=(-1,), attentions=False, logits=False, cpu=False) -> LMOutput:
+        """The asked layers for a batch, walked segment by segment (memory carries no gradient:
+        Transformer-XL's own training rule)."""
         import torch
 
-        seg = model.config.segment_length
-        want_all = self.options.layer != -1
-        mems = None
-        pieces = []
-        with torch.inference_mode():
-            for start in range(0, ids.shape[1], seg):
-                out = model(input_ids=ids[:, start:start + seg], mems=mems, use_mems=True,
-                            output_hidden_states=want_all)
-                mems = out.mems
-                h = out.hidden_states[self.options.layer] if want_all else out.last_hidden_state
-                pieces.append(h.float().cpu())
-        return torch.cat(pieces, dim=1)
-
-    def forward(self, seqs: list[str], *, cpu: bool = False) -> list[np.ndarray]:
-        import torch
-
+        if attentions or logits:
+            raise ConfigError("prottxl: attention maps and logits are not offered for ProtTXL's segment walk")
         model = self._cpu() if cpu else self.model
         device = torch.device("cpu") if cpu else torch.device(self.device)
         ids, _ = self.encode_batch(seqs)  # right padding: a causal model's real tokens never see it
-        hidden = self.hidden(torch.from_numpy(ids).to(device), model).numpy()
-        start = len(self.layout.prefix)
-        return [hidden[row, start:start + len(s)].copy() for row, s in enumerate(seqs)]
+        ids_t = torch.from_numpy(ids).to(device)
+        seg = model.config.segment_length
+        want_all = any(layer != -1 for layer in layers)
+        mems = None
+        pieces: dict[int, list] = {layer: [] for layer in layers}
+        for start in range(0, ids_t.shape[1], seg):
+            out = model(input_ids=ids_t[:, start:start + seg], mems=mems, use_mems=True, output_hidden_states=want_all)
+            mems = out.mems
+            for layer in layers:
+                pieces[layer].append(out.hidden_states[layer] if layer != -1 else out.last_hidden_state)
+        starts, lengths = [len(self.layout.prefix)] * len(seqs), [len(s) for s in seqs]
+        hidden, mask = {}, None
+        for layer in layers:
+            hidden[layer], mask = residue_positions(torch.cat(pieces[layer], dim=1), starts, lengths)
+        return LMOutput(hidden=hidden, mask=mask)
 
     def describe(self) -> dict:
         return {**super().describe(), "layer": self.options.layer,

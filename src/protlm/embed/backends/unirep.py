@@ -15,20 +15,32 @@ safetensors. The model is :mod:`protlm.models.unirep`.
 
 Batches mix lengths freely: the model sorts them and runs only the proteins still reading at
 each step, so there is no padding work and every protein's numbers are the same in any batch.
+
+Fine-tuning: :class:`UniRepBackend` is a :class:`~protlm.embed.backend.TorchBackend`.
+``forward_tokens`` runs :meth:`UniRepModel.states <protlm.models.unirep.UniRepModel.states>`
+(differentiable) when grad mode is on and a parameter requires grad, else the fast inference path
+(same numbers); ``logits=True`` gives the next-residue head at each residue's state (UniRep keeps
+its head); there are no attention maps. ``blocks()`` are the mLSTM layers (``top`` unfreezes the
+last k); LoRA is not offered (the gates are raw weight-normalised parameters, not ``nn.Linear``),
+nor activation checkpointing (the backward pass keeps ~15·D floats per residue and layer).
+``save_lm(folder)`` writes a folder that ``--model FOLDER`` loads; its fingerprint is that of the
+new weights' values.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 import numpy as np
 
-from protlm.embed.backend import Backend
+from protlm.embed.backend import Backend, LMOutput, TorchBackend
 from protlm.embed.backends.hf import resolve_device
 from protlm.embed.registry import register
 from protlm.embed.spec import EmbedOptions
 from protlm.errors import ConfigError, InputError
-from protlm.models.unirep_weights import load_folder, load_published
+from protlm.models.unirep_weights import CITATION, WEIGHTS_LICENSE, load_folder, load_published
 
 POOLINGS = ("mean", "h_avg", "h_final", "c_final", "fusion")
 
@@ -38,7 +50,7 @@ POOLINGS = ("mean", "h_avg", "h_final", "c_final", "fusion")
 BATCH_PLANS = {1900: (65_536, 128), 256: (262_144, 1024), 64: (524_288, 2048)}
 
 
-class UniRepBackend(Backend):
+class UniRepBackend(TorchBackend):
     family = "unirep"
     model_type = "unirep"
     extra_tokens = 1  # the start token
@@ -51,7 +63,6 @@ class UniRepBackend(Backend):
 
     def __init__(self, source: str, options: EmbedOptions, model, weights_id: str):
         import torch
-
 
         self.source = source
         self.options = options
@@ -76,24 +87,35 @@ class UniRepBackend(Backend):
             raise ConfigError("--int8 is not offered for UniRep: dynamic int8 on the recurrent matrices "
                               "changes the states too much for its speed-up (docs/unirep.md); use fp32")
         self.model = model.to(device=device, dtype=dtype)
-        self._cpu_model = None
+        self._cpu_model = None  # (weights' versions, CPU copy) for the fallback of a GPU backend
         self.device = str(device)
         self.dim = int(cfg.embedding_size) if self.layer == 0 else self.size
         self.weights_id = weights_id
         self.default_tokens_per_batch, self.default_max_sequences = BATCH_PLANS.get(self.size, (131_072, 512))
+
+    @property
+    def module(self):  # type: ignore[override]
+        return self.model
+
+    @module.setter
+    def module(self, value) -> None:
+        self.model = value
+        self._cpu_model = None
 
     # ------------------------------------------------------------------ forward
 
     def _model(self, cpu: bool):
         if not cpu or self.device == "cpu":
             return self.model
-        if self._cpu_model is None:
+        # the CPU copy is remade when the weights have changed since (a fine-tuning step)
+        key = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+        if self._cpu_model is None or self._cpu_model[0] != key:
             import copy
 
             import torch
 
-            self._cpu_model = copy.deepcopy(self.model).to(device="cpu", dtype=torch.float32)
-        return self._cpu_model
+            self._cpu_model = (key, copy.deepcopy(self.model).to(device="cpu", dtype=torch.float32))
+        return self._cpu_model[1]
 
     def _check(self, seqs: list[str]) -> None:
         if any(len(s) == 0 for s in seqs):
@@ -104,11 +126,57 @@ class UniRepBackend(Backend):
         run = self._run(seqs, cpu, keep_states=True)
         return [run.residues(i).astype(np.float32, copy=False) for i in range(len(seqs))]
 
-    def _run(self, seqs, cpu, *, keep_states):
+    def _run(self, seqs, cpu, *, keep_states, layer=None):
         try:
-            return self._model(cpu).run(seqs, layer=self.layer, keep_states=keep_states)
+            return self._model(cpu).run(seqs, layer=self.layer if layer is None else layer, keep_states=keep_states)
         except ValueError as exc:  # a character UniRep has no token for
             raise InputError(f"UniRep: {exc}") from None
+
+    def forward_tokens(self, seqs, *, layers=(-1,), attentions=False, logits=False, cpu=False) -> LMOutput:
+        """The asked layers' states after each residue (B × L × width, zeros after each end; the
+        start token's state is not included), differentiable when grad mode is on and a parameter
+        requires grad. ``logits``: the next-residue head on the last layer's state after each
+        residue (B × L × 25: position k predicts residue k+1, the last one the stop token; class =
+        token id − 1, :data:`~protlm.models.unirep.TARGET_TOKEN_IDS`), and ``extra["start_logits"]``
+        (B × 25: the head on the start token's state, which predicts residue 1)."""
+        import torch
+
+        if attentions:
+            raise ConfigError("unirep: UniRep is a recurrent network (mLSTM); it has no attention maps")
+        self._check(seqs)
+        n = self.n_layers
+        for layer in layers:
+            if not -(n + 1) <= layer <= n:
+                raise ConfigError(f"layer {layer}: UniRep-{self.size} has layers 0 (the token embedding) to {n} "
+                                  f"(the last mLSTM layer; -1 also means it)")
+        asked = {layer: layer % (n + 1) for layer in layers}
+        model = self._model(cpu)
+        device = model.embedding.weight.device
+        lengths = torch.as_tensor([len(s) for s in seqs], device=device)
+        L = int(lengths.max())
+        mask = (torch.arange(L, device=device)[None, :] < lengths[:, None]).to(torch.float32)
+        trainable = torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters())
+        distinct = set(asked.values())
+        if not trainable and not logits and len(distinct) == 1:
+            # inference: the fast path (one layer per run), as plain tensors (not inference-mode ones)
+            (layer,) = distinct
+            run = self._run(seqs, cpu, keep_states=True, layer=layer)
+            inv = torch.from_numpy(np.argsort(run.order))
+            full = run.states[1:L + 1].transpose(0, 1)[inv].to(device)  # a new (normal) tensor
+            return LMOutput(hidden={k: full for k in asked}, mask=mask)
+        want = sorted(distinct | ({n} if logits else set()))
+        try:
+            states = model.states(seqs, layers=want)
+        except ValueError as exc:  # a character UniRep has no token for
+            raise InputError(f"UniRep: {exc}") from None
+        hidden = {k: states[v][:, 1:] for k, v in asked.items()}
+        out = LMOutput(hidden=hidden, mask=mask)
+        if logits:
+            last = states[n]
+            head = model.head(last)
+            out.logits = head[:, 1:] * mask[..., None].to(head.dtype)
+            out.extra["start_logits"] = head[:, 0]
+        return out
 
     def pooled_dim(self, pooling: str) -> int:
         return 3 * self.dim if pooling == "fusion" else self.dim
@@ -141,6 +209,42 @@ class UniRepBackend(Backend):
         run = self._model(cpu).run(["M"], layer=self.layer, keep_states=True)
         return run.all_states(0)[0].astype(np.float64)
 
+    # ------------------------------------------------------------------ fine-tuning
+
+    def blocks(self) -> list:
+        """The mLSTM layers, input side first."""
+        return list(self.model.layers)
+
+    def save_lm(self, folder) -> None:
+        """The current weights as a UniRep model folder (``config.json``, ``model.safetensors``,
+        ``README.md``) that ``--model FOLDER`` loads; the layout of ``protlm import unirep``
+        (:func:`protlm.models.unirep_weights.write_folder`), safetensors only, fp32."""
+        import torch
+        from safetensors.torch import save_file
+
+        from protlm.io.atomic import write_text, write_with_path
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        model = self.model
+        state = {k: v.detach().to(device="cpu", dtype=torch.float32).contiguous()
+                 for k, v in model.state_dict().items()}
+        cfg = model.config.to_dict()
+        for noise in ("_name_or_path", "id2label", "label2id", "chunk_size_feed_forward", "output_attentions",
+                      "output_hidden_states", "return_dict", "problem_type", "is_encoder_decoder", "dtype",
+                      "torch_dtype", "transformers_version"):
+            cfg.pop(noise, None)
+        cfg["model_type"] = "unirep"
+        cfg["architectures"] = ["UniRepModel"]
+        licence = cfg.get("license") or (WEIGHTS_LICENSE if self.source in _SIZES else None)
+        if licence:
+            cfg["license"] = licence
+        cfg["finetuned_from"] = {"model": self.source, "weights_id": self.weights_id}
+        write_with_path(folder / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}),
+                        suffix=".safetensors")
+        write_text(folder / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        write_text(folder / "README.md", _finetuned_card(self.source, self.size, self.n_layers, licence))
+
     # ------------------------------------------------------------------ what it is
 
     def describe(self) -> dict:
@@ -148,6 +252,24 @@ class UniRepBackend(Backend):
 
     def fingerprint(self) -> str:
         return f"unirep:{self.weights_id}|layer={self.layer}|{self.options.dtype}"
+
+
+def _finetuned_card(source: str, size: int, layers: int, licence: str | None) -> str:
+    front = f"---\nlicense: {licence}\ntags: [protein, protein-language-model, unirep, mlstm]\n---\n\n" if licence \
+        else "---\ntags: [protein, protein-language-model, unirep, mlstm]\n---\n\n"
+    terms = (f"\n## Licence\n\nDerived from weights licensed `{licence}`; the same terms apply.\n" if licence else "")
+    return f"""{front}# UniRep-{size}, fine-tuned by protlm
+
+UniRep (Alley et al. 2019): a multiplicative LSTM ({layers} layer{'s' if layers > 1 else ''} of width {size}),
+fine-tuned from `{source}` with protlm. Architecture and conventions: `protlm.models.unirep`
+(docs/unirep.md); embed with `protlm embed --model this_folder`.
+{terms}
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
 
 
 def weights_id(model) -> str:

@@ -35,6 +35,7 @@ from protlm.tasks.config import DataConfig, SourceConfig, TargetConfig, check_so
 from protlm.tasks.data import (MISSING_RESIDUE, RARE_TO_X, LabelledSet, encode, load_source, load_task_data,
                                task_proteins)
 from protlm.tasks.features import FeatureSet, pooled
+from protlm.tasks.finetune import SequenceSet, sequence_batch
 from protlm.tasks.heads import get_head, make_head
 from protlm.tasks.protocols.base import FitState, Protocol, TaskData
 
@@ -337,7 +338,10 @@ def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 def feature_batch(x: FeatureSet, idx: list[int], crop: int = 0, rng: np.random.Generator | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, list[slice]]:
     """Pad the proteins ``idx`` into B × L × D float32 with a mask; ``crop`` > 0 takes a random
-    window. Each protein is read here (in its stored dtype) and copied into the batch."""
+    window. Each protein is read here (in its stored dtype) and copied into the batch. A
+    :class:`~protlm.tasks.finetune.SequenceSet` (fine-tuning) gives a batch of sequences instead."""
+    if isinstance(x, SequenceSet):
+        return sequence_batch(x, idx, crop, rng)
     windows = []
     for i in idx:
         n = int(x.lengths[i])
@@ -479,7 +483,7 @@ class LabelProtocol(Protocol):
     # ------------------------------------------------------------------ inputs
 
     def needs_residues(self, config) -> bool:
-        return (self.output_level == "residue" or self.input_level == "residue"
+        return (self.output_level == "residue" or self.input_level == "residue" or config.finetuning
                 or get_head(config.head.type).input == "residues")
 
     def _pool(self, config) -> dict:

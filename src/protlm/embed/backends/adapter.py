@@ -1,0 +1,78 @@
+"""A LoRA adapter folder (peft's format) as an embedder: its base model with the adapter merged.
+
+``protlm train`` with ``finetune.method: lora`` writes the adapter into the head folder's ``lm/``
+(``adapter_config.json`` + ``adapter_model.safetensors``, the format ``PeftModel.from_pretrained``
+reads). Given such a folder, this backend loads the base model named by
+``base_model_name_or_path`` (a local folder or hub id, through the ordinary backend of its
+family), applies the adapter with peft and merges it into the weights (inference then costs what
+the base model costs). The fingerprint is the base model's and the adapter weights' checksum.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from protlm.embed.backend import Backend, folder_weights_sha256
+from protlm.embed.backends.hf import HFBackend
+from protlm.embed.registry import register
+from protlm.embed.spec import EmbedOptions
+from protlm.errors import ConfigError, InputError
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def read_adapter_config(folder: Path) -> dict:
+    try:
+        cfg = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--model {folder}: {ADAPTER_CONFIG} is not readable JSON ({exc})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("base_model_name_or_path"), str):
+        raise InputError(f"--model {folder}: {ADAPTER_CONFIG} names no base_model_name_or_path")
+    if not any(folder.glob("adapter_model*.safetensors")):
+        raise InputError(f"--model {folder}: no adapter_model.safetensors in this adapter folder (protlm loads "
+                         f"safetensors only)")
+    return cfg
+
+
+class LoRABackend(HFBackend):
+    """The base model's HF backend with a peft LoRA adapter merged into its weights."""
+
+    def __init__(self, folder: str, options: EmbedOptions):
+        from peft import PeftModel
+
+        if options.int8:
+            raise ConfigError("--int8 with a LoRA adapter: merge it first (protlm finetune-merge ADAPTER --out DIR), "
+                              "then embed DIR with --int8")
+        path = Path(folder)
+        cfg = read_adapter_config(path)
+        base = cfg["base_model_name_or_path"]
+        if not Path(base).exists() and base.count("/") != 1:
+            raise InputError(f"--model {folder}: the adapter's base model {base!r} is neither a folder here nor a hub id")
+        super().__init__(base, options)
+        self.base_fingerprint = super().fingerprint()
+        try:
+            peft_model = PeftModel.from_pretrained(self.model, str(path), is_trainable=False)
+        except Exception as exc:  # shapes that do not fit the base, a damaged file
+            raise InputError(f"--model {folder}: the adapter could not be applied to {base} ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+        merged = peft_model.merge_and_unload()
+        merged.eval()
+        self.model = merged
+        self.lm.model = merged
+        if self.device == "cpu":
+            self._cpu_model = merged
+        self.adapter_sha = folder_weights_sha256(path)
+        self.base = base
+        self.source = str(folder)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "base_model": self.base}
+
+    def fingerprint(self) -> str:
+        return f"{self.base_fingerprint}+lora:{self.adapter_sha}"
+
+
+@register(marker=ADAPTER_CONFIG, help="a LoRA adapter folder (peft's format): its base model with the adapter merged")
+def _adapter(source: str, options: EmbedOptions) -> Backend:
+    return LoRABackend(source, options)

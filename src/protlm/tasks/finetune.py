@@ -1,0 +1,319 @@
+"""Fine-tuning the language model with the task: the ``finetune:`` section of a task config.
+
+The papers' second stage used the LM frozen (ProtTrans); ProteinLM and TAPE trained it together
+with the head, and today's practice is parameter-efficient (LoRA, as biotrainer 2.x's
+``finetuning_config`` and Schmirler et al. 2024). One setting chooses::
+
+    finetune:
+      method: lora          # none (frozen: embeddings computed once and cached) | full | lora | top
+      lr: 1.0e-4            # the LM's learning rate (the head keeps train.lr)
+      warmup_steps: 100     # linear warm-up of both learning rates, in optimizer steps
+      tokens_per_step: 0    # gradient accumulation: residues per optimizer step (0: one batch)
+      checkpointing: false  # activation checkpointing (less memory, ~30% more time)
+      top_layers: 1         # method top: the last k layers are trained, the rest frozen
+      lora_r: 8
+      lora_alpha: 16
+      lora_dropout: 0.05
+      lora_target_modules: auto   # or a list of module names; auto: the family's attention projections
+      lora_bias: none       # none | all | lora_only
+
+How it runs (:func:`protlm.tasks.train.train`): the task's sets become
+:class:`SequenceSet`s (sequences, not features); a batch is a :class:`TokenBatch` of
+sequences (cropped to ``train.max_residues`` and to the model's position limit, the crop window
+random in training, the first residues in the early-stopping validation); the model is
+:class:`FinetunedModel` — the backend's trainable forward
+(:meth:`protlm.embed.backend.TorchBackend.forward_tokens`) feeding the head — so every protocol
+and head that trains by gradient works unchanged. LoRA is peft's (``get_peft_model``).
+
+What training writes: the head folder gets ``lm/``, the fine-tuned LM — for ``lora`` the adapter
+in peft's own format (``adapter_config.json`` + ``adapter_model.safetensors``, loadable with
+``PeftModel.from_pretrained`` on the base model without protlm), for ``full``/``top`` a whole
+model folder. Test sets are then scored by embedding them with ``lm/`` through the ordinary
+batch runner (whole proteins, windows over position limits), exactly as ``protlm evaluate`` and
+``protlm predict`` will; ``protlm embed --model HEAD/lm`` (or ``--model HEAD``) embeds with the
+fine-tuned LM and ``protlm finetune-merge`` writes a LoRA model as one standalone folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from protlm.embed.backend import TorchBackend
+from protlm.embed.registry import resolve
+from protlm.embed.spec import EmbedderSpec
+from protlm.errors import ConfigError
+from protlm.tasks.features import FeatureSet
+
+log = logging.getLogger("protlm.tasks")
+
+METHODS = ("none", "full", "lora", "top")
+LORA_BIAS = ("none", "all", "lora_only")
+LM_FOLDER = "lm"
+
+
+@dataclass
+class FinetuneConfig:
+    method: str = "none"  # none | full | lora | top
+    lr: float = 1e-4  # the LM's learning rate (the head's is train.lr)
+    weight_decay: float = 0.0  # the LM's weight decay
+    warmup_steps: int = 0  # optimizer steps of linear warm-up (both learning rates)
+    tokens_per_step: int = 0  # residues per optimizer step (gradient accumulation); 0: one batch per step
+    checkpointing: bool = False  # activation checkpointing in the LM
+    top_layers: int = 1  # method top: how many of the last layers train
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: Any = "auto"  # auto | [module names]
+    lora_bias: str = "none"  # none | all | lora_only
+
+    @property
+    def active(self) -> bool:
+        return self.method != "none"
+
+    def validate(self) -> None:
+        def need(cond: bool, key: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"config finetune.{key}: {msg}")
+
+        need(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}, not {self.method!r}")
+        need(self.lr > 0, "lr", "must be > 0")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        need(self.tokens_per_step >= 0, "tokens_per_step", "must be >= 0")
+        need(self.top_layers >= 1, "top_layers", "must be >= 1")
+        need(self.lora_r >= 1, "lora_r", "must be >= 1")
+        need(self.lora_alpha > 0, "lora_alpha", "must be > 0")
+        need(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
+        need(self.lora_bias in LORA_BIAS, "lora_bias", f"must be one of {', '.join(LORA_BIAS)}")
+        t = self.lora_target_modules
+        need(t == "auto" or (isinstance(t, list) and t and all(isinstance(x, str) and x for x in t)),
+             "lora_target_modules", "must be auto or a list of module names")
+
+
+def build_finetune(tree: Any) -> FinetuneConfig:
+    from protlm.configfile import build
+
+    if tree is None:
+        tree = {}
+    if isinstance(tree, str):  # `finetune: lora` is the method alone
+        tree = {"method": tree}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config finetune: must be a method name or a mapping, not {tree!r}")
+    cfg = build(FinetuneConfig, tree, "finetune")
+    cfg.validate()
+    return cfg
+
+
+# --------------------------------------------------------------------------- inputs and batches
+
+
+class SequenceSet(FeatureSet):
+    """A set's sequences in place of its features (``x[i]`` is the sequence); ``limit``: the
+    longest window the LM takes (its position limit, or ``train.max_residues``), 0 = any."""
+
+    def __init__(self, names: list[str], sequences: list[str], dim: int, limit: int = 0, where: str = "sequences"):
+        super().__init__(list(names), [len(s) for s in sequences], dim, sequences.__getitem__, where)
+        self.sequences = list(sequences)
+        self.limit = int(limit)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.sequences[i]
+
+
+class SequenceSource:
+    """Stands where a :class:`~protlm.tasks.features.FeatureSource` stands when the LM trains:
+    ``features()`` gives the sequences themselves."""
+
+    def __init__(self, dim: int, limit: int = 0):
+        self.dim = dim
+        self.limit = limit
+
+    def features(self, ids, sequences, written=None, progress=None, where: str = "", pool=None) -> SequenceSet:
+        return SequenceSet(list(ids), list(sequences), self.dim, self.limit, where or "sequences")
+
+
+class TokenBatch:
+    """The sequences of one batch (what :class:`FinetunedModel` reads in place of a feature tensor)."""
+
+    def __init__(self, seqs: list[str]):
+        self.seqs = seqs
+        self.shape = (len(seqs), max((len(s) for s in seqs), default=0))
+
+
+def sequence_batch(x: SequenceSet, idx: list[int], crop: int = 0, rng: np.random.Generator | None = None):
+    """(TokenBatch, mask, windows) of the proteins ``idx``: a random window of at most ``crop``
+    residues in training (``rng`` given), the first ``limit`` residues otherwise."""
+    limits = [c for c in (crop, x.limit) if c]
+    cap = min(limits) if limits else 0
+    windows = []
+    for i in idx:
+        n = int(x.lengths[i])
+        if cap and n > cap:
+            s = int(rng.integers(0, n - cap + 1)) if rng is not None else 0
+            windows.append(slice(s, s + cap))
+        else:
+            windows.append(slice(0, n))
+    seqs = [x[i][w] for i, w in zip(idx, windows)]
+    width = max(len(s) for s in seqs)
+    mb = torch.zeros((len(idx), width), dtype=torch.float32)
+    for row, s in enumerate(seqs):
+        mb[row, :len(s)] = 1.0
+    return TokenBatch(seqs), mb, windows
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class FinetunedModel(torch.nn.Module):
+    """The LM's trainable forward feeding the head: ``model(TokenBatch, mask)`` → the head's logits.
+
+    ``lm`` is registered as a submodule, so ``parameters()``, ``train()`` and ``eval()`` cover both;
+    the head runs on the LM's device and its outputs come back to the CPU, where the protocols
+    keep their targets."""
+
+    def __init__(self, backend: TorchBackend, head: torch.nn.Module, layer: int = -1):
+        super().__init__()
+        self.backend = backend
+        self.lm = backend.module
+        self.head = head.to(torch.device(backend.device))
+        self.layer = layer
+
+    def forward(self, xb, mb: torch.Tensor) -> list[torch.Tensor]:
+        if not isinstance(xb, TokenBatch):
+            raise TypeError("FinetunedModel reads TokenBatch inputs (sequences), not features")
+        out = self.backend.forward_tokens(xb.seqs, layers=(self.layer,))
+        x = out.hidden[self.layer]
+        device = x.device
+        return [o.to("cpu") for o in self.head(x.float(), mb.to(device))]
+
+
+# --------------------------------------------------------------------------- preparing the LM
+
+
+def trainable_lm(spec: EmbedderSpec, ft: FinetuneConfig) -> TorchBackend:
+    """The embedder of ``spec`` as a backend made ready for ``ft.method`` (parameters frozen or
+    not, LoRA adapters injected, checkpointing on)."""
+    if spec.options.int8:
+        raise ConfigError("config finetune: an int8 model cannot be trained; drop embedder.int8")
+    backend = resolve(spec.name, spec.options)
+    if not isinstance(backend, TorchBackend):
+        raise ConfigError(f"config finetune.method {ft.method}: embedder {spec.name} is not a torch language model "
+                          f"(one-hot, BLOSUM, k-mers, profiles and HDF5 files have nothing to fine-tune); use "
+                          f"finetune.method none")
+    module = backend.module
+    if ft.checkpointing:
+        backend.enable_checkpointing()
+    for p in module.parameters():
+        p.requires_grad_(ft.method == "full")
+    if ft.method == "top":
+        blocks = backend.blocks()
+        if ft.top_layers > len(blocks):
+            raise ConfigError(f"config finetune.top_layers: {ft.top_layers}, but {spec.name} has {len(blocks)} layers")
+        for block in blocks[-ft.top_layers:]:
+            for p in block.parameters():
+                p.requires_grad_(True)
+    elif ft.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = backend.lora_targets() if ft.lora_target_modules == "auto" else list(ft.lora_target_modules)
+        lcfg = LoraConfig(r=ft.lora_r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout,
+                          target_modules=targets, bias=ft.lora_bias)
+        try:
+            backend.module = get_peft_model(module, lcfg)
+        except ValueError as exc:  # no module of those names
+            raise ConfigError(f"config finetune.lora_target_modules: {str(exc).splitlines()[0][:200]}") from None
+    return backend
+
+
+def parameter_counts(module: torch.nn.Module) -> dict:
+    total = sum(p.numel() for p in module.parameters())
+    trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return {"lm_parameters": int(total), "lm_trained_parameters": int(trained)}
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of what training changes (the best epoch's weights): for a fine-tuned model every
+    parameter that requires grad and the head's buffers (a copy of a frozen LM would only cost
+    memory); for a head alone, its whole state."""
+    if not isinstance(model, FinetunedModel):
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()
+            if k in trained or k.startswith("head.")}
+
+
+def save_lm(backend: TorchBackend, ft: FinetuneConfig, base: str, folder: Path) -> None:
+    """Write the fine-tuned LM to ``folder`` (to ``folder.tmp``, then renamed): peft's adapter
+    format for LoRA (with the base model's absolute path, so plain peft finds it), a whole model
+    folder otherwise."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if ft.method == "lora":
+        module = backend.module
+        base_path = Path(base)
+        for cfg in module.peft_config.values():
+            cfg.base_model_name_or_path = str(base_path.resolve()) if base_path.exists() else base
+        module.save_pretrained(str(tmp), safe_serialization=True)
+    else:
+        backend.save_lm(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def finetuned_embedder(config_embedder: Any, folder: Path) -> dict:
+    """The task config's embedder spec with its name replaced by the fine-tuned LM's folder."""
+    from protlm.embed.spec import parse_spec
+
+    spec = parse_spec(config_embedder, "embedder")
+    return {"name": str(folder), **dataclasses.asdict(spec.options)}
+
+
+def lm_folder_of(path: str | Path) -> Path | None:
+    """``HEAD`` (a head folder of a fine-tuned LM) → ``HEAD/lm``; else None."""
+    path = Path(path)
+    head = path / "head.json"
+    if head.is_file() and (path / LM_FOLDER).is_dir():
+        try:
+            info = json.loads(head.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if isinstance(info, dict) and isinstance(info.get("finetune"), dict):
+            return path / LM_FOLDER
+    return None
+
+
+def warmup_factor(step: int, warmup: int) -> float:
+    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def optimizer_for(model: torch.nn.Module, head_lr: float, head_wd: float, ft: FinetuneConfig | None):
+    """AdamW with the head's and the LM's parameters as two groups (each its own rate)."""
+    if ft is None or not isinstance(model, FinetunedModel):
+        return torch.optim.AdamW(model.parameters(), lr=head_lr, weight_decay=head_wd)
+    lm = [p for p in model.lm.parameters() if p.requires_grad]
+    groups = [{"params": list(model.head.parameters()), "lr": head_lr, "weight_decay": head_wd, "name": "head"}]
+    if lm:
+        groups.append({"params": lm, "lr": ft.lr, "weight_decay": ft.weight_decay, "name": "lm"})
+    opt = torch.optim.AdamW(groups)
+    for g in opt.param_groups:
+        g["base_lr"] = g["lr"]
+    return opt
+
+
+def batch_residues(batch: Sequence) -> int:
+    """Residues in a training batch (its mask's sum), for accumulation to a token budget."""
+    for part in batch:
+        if isinstance(part, torch.Tensor) and part.dim() == 2 and part.dtype == torch.float32:
+            return int(part.sum().item())
+    return 1
+
