@@ -12,6 +12,9 @@ from protlm.cli.common import (add_bootstrap, add_chain_selection, add_out, add_
                                cache_parent, data_dir, data_parent, emit, json_parent, overwrite_parent, progress_bar, threads_parent)
 
 
+FINETUNE_METHODS = ("none", "full", "lora", "top")  # protlm.tasks.finetune.METHODS, without importing torch here
+
+
 def _progress():
     """Embedding progress (a bar on a terminal, log lines with rate and time left otherwise), epochs."""
     bars: dict[str, object] = {}
@@ -53,6 +56,10 @@ def cmd_train(args) -> int:
     config = load_task_config(args.config, args.overrides)
     if args.embedder:
         config.embedder = args.embedder
+    if args.finetune:
+        from protlm.tasks.config import with_finetune
+
+        config = with_finetune(config, args.finetune)
     out = Path(args.out or Path("runs/heads") / config.name)
     cb, close = _progress()
     try:
@@ -64,6 +71,10 @@ def cmd_train(args) -> int:
              + ", ".join(f"{v:,} {k}" for k, v in res["proteins"].items())
              + f"; best epoch {res['best_epoch']} of {res['epochs_run']} (cap {res['epoch_cap']}), "
                f"{res['seconds']:.1f} s"]
+    if res.get("finetune"):
+        f = res["finetune"]
+        lines.append(f"  fine-tuned  {f['method']}: {f['lm_trained_parameters']:,} of {f['lm_parameters']:,} LM "
+                     f"parameters trained; the LM is in {out / f['lm']}")
     if res.get("cut_short"):
         lines.append("  warning: cut short by the epoch cap (best epoch = last epoch): probably under-trained; "
                      "raise train.epochs")
@@ -127,7 +138,7 @@ def cmd_benchmark(args) -> int:
     try:
         res = run_suite(args.suite, args.embedder or [], args.out, data_dir(args), tasks=args.tasks,
                         extra_tests=args.extra_test or [], overrides=args.overrides,
-                        cache_dir=cache_dir(args), progress=cb, compare=args.compare)
+                        cache_dir=cache_dir(args), progress=cb, compare=args.compare, finetune=args.finetune)
     finally:
         close()
     summary = res["table"] + f"\nresults: {Path(res['out']) / 'results.md'} and results.json"
@@ -149,6 +160,9 @@ def register(sub) -> None:
     p.add_argument("--config", required=True, help="task config YAML (see configs/benchmarks/)")
     add_out(p, help="head folder (default: runs/heads/<name>)")
     p.add_argument("--embedder", help="override the config's embedder (LM folder, onehot, blosum62, kmer, or .h5)")
+    p.add_argument("--finetune", choices=FINETUNE_METHODS, metavar="METHOD",
+                   help="train the LM with the head: none (frozen, the default), full, lora or top (the last "
+                        "finetune.top_layers layers); the other settings are finetune.* keys (docs/finetuning.md)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=cmd_train)
 
@@ -210,6 +224,10 @@ def register(sub) -> None:
                         "(e.g. stability:mine=my.csv:csv:seq_column=sequence,label_column=y); docs/tasks.md")
     p.add_argument("--compare", action="append", metavar="A:B",
                    help="paired difference A − B of the headline metric on the same test proteins, with a paired "
-                        "bootstrap CI (A, B: two --embedder values; repeatable)")
+                        "bootstrap CI (A, B: two --embedder values; repeatable; a fine-tuned column is "
+                        "EMBEDDER@METHOD)")
+    p.add_argument("--finetune", action="append", choices=FINETUNE_METHODS, metavar="METHOD",
+                   help="run every (task, embedder) with this fine-tuning method (repeatable: one column per "
+                        "embedder and method, named EMBEDDER@METHOD for methods other than none; none = frozen)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every config")
     p.set_defaults(func=cmd_benchmark)

@@ -255,3 +255,11 @@ def build_task_config(tree: dict) -> TaskConfig:
 def load_task_config(path: str | Path | None = None, overrides: list[str] | None = None,
                      data: dict | None = None) -> TaskConfig:
     return build_task_config(load_tree(path, overrides, data))
+
+
+def with_finetune(config: TaskConfig, method: str) -> TaskConfig:
+    """The config with ``finetune.method`` set (the other finetune settings kept), checked again."""
+    config = dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, method=method))
+    config.finetune.validate()
+    validate(config)
+    return config

@@ -39,7 +39,9 @@ import numpy as np
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes
 from protlm.tasks import metrics as M
-from protlm.tasks.config import SOURCE_OPTIONS, TaskConfig, file_source, load_task_config, validate
+from protlm.tasks.config import (SOURCE_OPTIONS, TaskConfig, file_source, load_task_config, validate,
+                                 with_finetune)
+from protlm.tasks.finetune import METHODS as FINETUNE_METHODS
 from protlm.tasks.features import embedder_slug, identity_digest
 from protlm.tasks.protocols import get_protocol
 from protlm.tasks.train import HEAD_JSON, METRICS_JSON, check_source, load_head, train
@@ -173,8 +175,8 @@ def reusable(previous: dict, config: TaskConfig, identity: dict, digest: str) ->
     return None
 
 
-def rescore_tests(previous: dict, config: TaskConfig, folder: Path, made_with: dict[str, str], data_dir, source
-                  ) -> dict | None:
+def rescore_tests(previous: dict, config: TaskConfig, folder: Path, made_with: dict[str, str], data_dir, source,
+                  cache_dir=None) -> dict | None:
     """A finished head's results for the config's test sets now: kept where a test set is
     unchanged, scored with the saved head where it is new or changed, dropped where it left the
     config. None when nothing changed (the results stand as written)."""
@@ -187,15 +189,23 @@ def rescore_tests(previous: dict, config: TaskConfig, folder: Path, made_with: d
     counts = {k: v for k, v in previous.get("proteins", {}).items() if not k.startswith("test:")}
     if todo:
         head = load_head(folder)
-        check_source(head, source)
         protocol = head.protocol
-        head.config.data.test = {k: config.data.test[k] for k in todo}
-        sets = protocol.evaluation_sets(head, {}, data_dir)
-        for k, data in sets.items():
-            log.info("%s: test set %s scored with the saved head (no retraining)", config.name, k)
-            preds = protocol.predict(head.config, head.model, protocol.inputs(head.config, source, data), head.info)
-            scored[k] = protocol.score(head.config, preds, data, head.info, config.n_boot, config.evaluate.seed)
-            counts[f"test:{k}"] = len(data)
+        own = head.config.finetuning  # a fine-tuned head reads its own LM, not the base model's features
+        if own:
+            source = protocol.open_source(head.config, cache_dir)
+        try:
+            check_source(head, source)
+            head.config.data.test = {k: config.data.test[k] for k in todo}
+            sets = protocol.evaluation_sets(head, {}, data_dir)
+            for k, data in sets.items():
+                log.info("%s: test set %s scored with the saved head (no retraining)", config.name, k)
+                preds = protocol.predict(head.config, head.model, protocol.inputs(head.config, source, data),
+                                         head.info)
+                scored[k] = protocol.score(head.config, preds, data, head.info, config.n_boot, config.evaluate.seed)
+                counts[f"test:{k}"] = len(data)
+        finally:
+            if own:
+                source.close()
     tests = {}
     for k in now:
         tests[k] = previous["test"][k] if k in keep else scored[k]
@@ -216,13 +226,54 @@ def record_tests(folder: Path, config: TaskConfig) -> None:
         write_bytes(path, json_bytes(info))
 
 
+FT_SEP = "@"  # a fine-tuned column: EMBEDDER@METHOD
+
+
+def column(spec: str, method: str | None) -> str:
+    """The results column of an embedder run with a fine-tuning method (none: the embedder's name)."""
+    return str(spec) if method in (None, "none") else f"{spec}{FT_SEP}{method}"
+
+
+def split_column(name: str) -> tuple[str, str | None]:
+    spec, sep, method = name.rpartition(FT_SEP)
+    if sep and method in FINETUNE_METHODS:
+        return spec, method
+    return name, None
+
+
+def configured(path: Path, overrides, spec, method: str | None, extra: dict) -> TaskConfig:
+    """The task config of ``path`` for one column: its embedder, its fine-tuning method, extra tests."""
+    config = load_task_config(path, overrides)
+    if spec is not None:
+        config.embedder = spec
+    validate(config)
+    if method is not None:
+        config = with_finetune(config, method)
+    add_tests(config, extra)
+    return config
+
+
+def head_identity(config: TaskConfig, identity: dict) -> dict:
+    """What names a head's folder: the embedder's identity, and the fine-tuning settings when the
+    LM trains (a fine-tuned head never shares the frozen one's folder)."""
+    if not config.finetuning:
+        return identity
+    ft = json.dumps(dataclasses.asdict(config.finetune), sort_keys=True)
+    return {**identity, "fingerprint": f"{identity.get('fingerprint')}|finetune={ft}"}
+
+
 def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir: str | Path | None, *,
               tasks: list[str] | None = None, extra_tests: list[str] | None = None, overrides: list[str] | None = None,
               cache_dir: str | Path | None = None, progress: Callable[[str, dict], None] | None = None,
-              compare: list[str] | None = None, protocols: list[str] | None = None) -> dict:
-    """Train/score every (task, embedder); ``compare`` (``"A:B"`` items) adds paired differences;
-    ``protocols``: only the configs of these protocols (by their ``protocol:``, not their file name)."""
-    pairs = parse_pairs(compare or [], embedders)
+              compare: list[str] | None = None, protocols: list[str] | None = None,
+              finetune: list[str] | None = None) -> dict:
+    """Train/score every (task, embedder[, fine-tuning method]); ``compare`` (``"A:B"`` items,
+    columns ``EMBEDDER`` or ``EMBEDDER@METHOD``) adds paired differences; ``protocols``: only the
+    configs of these protocols (by their ``protocol:``, not their file name); ``finetune``: the
+    methods to run each pair with (default: each config's own)."""
+    methods = list(dict.fromkeys(finetune)) if finetune else [None]
+    columns = [column(e, m) for e in embedders for m in methods]
+    pairs = parse_pairs(compare or [], columns)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     extra = parse_extra_tests(extra_tests or [])
@@ -237,20 +288,19 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
     results, skipped = [], []
     for path in files:
         base = load_task_config(path, overrides)
-        for spec in embedders or [base.embedder]:
-            config = load_task_config(path, overrides)
-            config.embedder = spec
+        for spec, method in [(e, m) for e in (embedders or [base.embedder]) for m in methods]:
             try:
-                validate(config)  # the embedder must fit the protocol and head (attention maps need an LM)
+                # the embedder must fit the protocol and head (attention maps need an LM, fine-tuning a torch LM)
+                config = configured(path, overrides, spec, method, extra.get(path.stem, {}))
             except ConfigError as exc:
-                log.warning("%s with %s: skipped (%s)", path.stem, spec, exc)
-                skipped.append({"task": path.stem, "embedder": str(spec), "reason": str(exc)})
+                log.warning("%s with %s: skipped (%s)", path.stem, column(spec, method), exc)
+                skipped.append({"task": path.stem, "embedder": column(spec, method), "reason": str(exc)})
                 continue
-            add_tests(config, extra.get(path.stem, {}))
+            name = column(config.embedder_name, config.finetune.method)
             spec = config.embedder_name
             with config.protocol_obj.open_source(config, cache_dir) as source:
-                identity = source.identity()
-                folder = head_folder(out, path.stem, spec, identity)
+                identity = head_identity(config, source.identity())
+                folder = head_folder(out, path.stem, name, identity)
                 digest = head_digest(config, identity)
                 done = folder / METRICS_JSON
                 if done.is_file():
@@ -258,7 +308,7 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
                     made_with = reusable(previous, config, identity, digest)
                     if made_with is not None:
                         log.info("%s with %s: already done, reused", path.stem, spec)
-                        doc = rescore_tests(previous, config, folder, made_with, data_dir, source)
+                        doc = rescore_tests(previous, config, folder, made_with, data_dir, source, cache_dir)
                         if doc is not None or "head_digest" not in previous:
                             doc = doc or previous
                             doc.pop("config_digest", None)
@@ -266,14 +316,15 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
                             write_bytes(done, json_bytes(doc))
                         else:
                             doc = previous
-                        doc["embedder"] = str(spec)
+                        doc["embedder"] = name
                         results.append(doc)
                         continue
                 if progress is not None:
-                    progress("task", {"task": path.stem, "embedder": spec})
+                    progress("task", {"task": path.stem, "embedder": name})
                 train(config, folder, data_dir, cache_dir, progress, source=source)
             doc = json.loads(done.read_text())
             doc.update(head_digest=digest, test_digests=test_digests(config) or {}, task_file=path.stem)
+            doc["embedder"] = name
             write_bytes(done, json_bytes(doc))
             results.append(doc)
     table = results_table(results)
@@ -286,7 +337,7 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
         differences = paired_differences([f for f in files if f.stem not in not_run], pairs, out, data_dir, extra,
                                          overrides, cache_dir)
         table += "\n" + differences_table(differences)
-    write_bytes(out / "results.json", json_bytes({"embedders": embedders, "results": results,
+    write_bytes(out / "results.json", json_bytes({"embedders": embedders, "columns": columns, "results": results,
                                                    "paired_differences": differences, "skipped": skipped}))
     write_bytes(out / "results.md", table.encode())
     return {"out": str(out), "results": results, "table": table, "paired_differences": differences,
@@ -333,16 +384,20 @@ def paired_differences(files: list[Path], pairs: list[tuple[str, str]], out: Pat
         tests = protocol.load_data(config, data_dir).tests
         needed = sorted({e for pair in pairs for e in pair})
         stats: dict[str, dict] = {}
-        for spec in needed:
-            config.embedder = spec
-            with protocol.open_source(config, cache_dir) as source:
-                head = load_head(head_folder(out, path.stem, spec, source.identity()))
+        for name in needed:
+            spec, method = split_column(name)
+            cfg = configured(path, overrides, spec, method, extra.get(path.stem, {}))
+            with protocol.open_source(cfg, cache_dir) as base_source:
+                folder = head_folder(out, path.stem, name, head_identity(cfg, base_source.identity()))
+            head = load_head(folder)
+            # a fine-tuned head reads its own LM (load_head points its embedder at HEAD/lm)
+            with protocol.open_source(head.config, cache_dir) as source:
                 check_source(head, source)
-                stats[spec] = {}
+                stats[name] = {}
                 for set_name, data in tests.items():
                     preds = protocol.predict(head.config, head.model, protocol.inputs(head.config, source, data),
                                              head.info)
-                    stats[spec][set_name] = [protocol.per_protein(head.config, preds, data, k)
+                    stats[name][set_name] = [protocol.per_protein(head.config, preds, data, k)
                                              for k in range(len(head.config.targets))]
         for set_name in tests:
             for k, target in enumerate(config.targets):
