@@ -64,7 +64,7 @@ def cmd_train(args) -> int:
     cb, close = _progress()
     try:
         res = train_command(config, out, overwrite=args.overwrite, data_dir=data_dir(args), cache_dir=cache_dir(args),
-                            progress=cb)
+                            progress=cb, resume=args.resume)
     finally:
         close()
     lines = [f"trained {config.head.type} head for {config.name} ({config.protocol}) on {config.embedder_name}: "
@@ -163,6 +163,9 @@ def register(sub) -> None:
     p.add_argument("--finetune", choices=FINETUNE_METHODS, metavar="METHOD",
                    help="train the LM with the head: none (frozen, the default), full, lora or top (the last "
                         "finetune.top_layers layers); the other settings are finetune.* keys (docs/finetuning.md)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted fine-tuning run in --out exactly where its last checkpoint left it "
+                        "(the same weights as an uninterrupted run)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=cmd_train)
 

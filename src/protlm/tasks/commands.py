@@ -9,6 +9,7 @@ refused (``protlm contacts …`` takes contact heads only).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -16,8 +17,9 @@ from protlm.data.alphabet import CleaningPolicy
 from protlm.data.fasta import read_fasta
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes
-from protlm.io.outputs import check_output_dir, check_output_file
+from protlm.io.outputs import check_output_dir, check_output_file, output_lock
 from protlm.tasks.config import TaskConfig, build_task_config
+from protlm.tasks.finetune import STATE_FOLDER
 from protlm.tasks.train import HEAD_JSON, HEAD_WEIGHTS, TrainedHead, evaluate, load_head, predict_file, train
 
 CONTACTS = "residue_pairs_to_class"
@@ -67,11 +69,28 @@ def attention_config(model: str, *, name: str | None = None, train_chains: int =
 
 
 def train_command(config: TaskConfig, out: str | Path, *, overwrite: bool = False, data_dir=None, cache_dir=None,
-                  progress: Callable[[str, dict], None] | None = None) -> dict:
+                  progress: Callable[[str, dict], None] | None = None, resume: bool = False) -> dict:
     """``protlm train``: the head folder is checked before any embedding or training (an existing
     head needs ``overwrite``; the folder must be writable), then trained and written."""
-    check_output_dir(out, overwrite=overwrite, marker=HEAD_JSON)
-    return train(config, Path(out), data_dir, cache_dir, progress)
+    out = Path(out)
+    if resume and overwrite:
+        raise ConfigError("--resume continues an interrupted run, --overwrite starts again: give one")
+    if resume:
+        if not config.finetuning:
+            raise ConfigError("--resume: only fine-tuning runs (finetune.method full, lora or top) keep a resume "
+                              "checkpoint; a head on frozen embeddings trains again from its cached features")
+        if (out / HEAD_JSON).exists():
+            raise InputError(f"--out {out}: the run is already finished (head.json is written); nothing to resume")
+        if not (out / STATE_FOLDER).is_dir() and not (out / (STATE_FOLDER + ".old")).is_dir():
+            raise InputError(f"--out {out}: no interrupted fine-tuning run to resume ({STATE_FOLDER}/ is missing)")
+    else:
+        check_output_dir(out, overwrite=overwrite, marker=HEAD_JSON)
+    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out, "head folder"):
+        if overwrite:
+            for name in (STATE_FOLDER, STATE_FOLDER + ".old", STATE_FOLDER + ".tmp"):
+                shutil.rmtree(out / name, ignore_errors=True)
+        return train(config, out, data_dir, cache_dir, progress, resume=resume)
 
 
 def evaluate_command(head_dir: str | Path, request: dict, *, data_dir=None, embedder: str | None = None,

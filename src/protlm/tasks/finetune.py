@@ -9,7 +9,8 @@ with the head, and today's practice is parameter-efficient (LoRA, as biotrainer 
       lr: 1.0e-4            # the LM's learning rate (the head keeps train.lr)
       warmup_steps: 100     # linear warm-up of both learning rates, in optimizer steps
       tokens_per_step: 0    # gradient accumulation: residues per optimizer step (0: one batch)
-      checkpointing: false  # activation checkpointing (less memory, ~30% more time)
+      checkpointing: false  # activation checkpointing (less memory, more time)
+      checkpoint_steps: 200 # optimizer steps between resume checkpoints (also one per epoch)
       top_layers: 1         # method top: the last k layers are trained, the rest frozen
       lora_r: 8
       lora_alpha: 16
@@ -39,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +70,7 @@ class FinetuneConfig:
     warmup_steps: int = 0  # optimizer steps of linear warm-up (both learning rates)
     tokens_per_step: int = 0  # residues per optimizer step (gradient accumulation); 0: one batch per step
     checkpointing: bool = False  # activation checkpointing in the LM
+    checkpoint_steps: int = 200  # optimizer steps between resume checkpoints (and one at every epoch's end)
     top_layers: int = 1  # method top: how many of the last layers train
     lora_r: int = 8
     lora_alpha: int = 16
@@ -90,6 +93,7 @@ class FinetuneConfig:
         need(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         need(self.tokens_per_step >= 0, "tokens_per_step", "must be >= 0")
         need(self.top_layers >= 1, "top_layers", "must be >= 1")
+        need(self.checkpoint_steps >= 1, "checkpoint_steps", "must be >= 1")
         need(self.lora_r >= 1, "lora_r", "must be >= 1")
         need(self.lora_alpha > 0, "lora_alpha", "must be > 0")
         need(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
@@ -317,3 +321,108 @@ def batch_residues(batch: Sequence) -> int:
             return int(part.sum().item())
     return 1
 
+
+
+# --------------------------------------------------------------------------- exact resume
+
+STATE_FOLDER = "finetune-state"
+
+
+class RunState:
+    """The checkpoint of a fine-tuning run, for an exact resume after a kill (even ``kill -9``).
+
+    ``OUT/finetune-state/`` holds ``state.safetensors`` (the trained parameters, the optimizer's
+    moments, the best epoch's weights, torch's RNG state) and ``state.json`` (epoch, batches done
+    in it, the numpy RNG state at the epoch's start, optimizer steps, history, early-stopping
+    counters, and ``run``: a digest of the config and the base model, so a resume with other
+    settings is refused). It is written at the end of every epoch and every ``every`` optimizer
+    steps (never inside a gradient accumulation), to a new folder that replaces the old one by
+    renames; it is removed when the head folder is complete. A resume replays the epoch's batch
+    order from the saved RNG state and skips the batches already done, so it reproduces the
+    uninterrupted run's weights.
+    """
+
+    def __init__(self, out: Path, run_id: str, every: int = 200):
+        self.folder = Path(out) / STATE_FOLDER
+        self.run_id = run_id
+        self.every = every
+
+    def exists(self) -> bool:
+        return self.folder.is_dir() or self.folder.with_name(STATE_FOLDER + ".old").is_dir()
+
+    def clear(self) -> None:
+        for name in (STATE_FOLDER, STATE_FOLDER + ".old", STATE_FOLDER + ".tmp"):
+            shutil.rmtree(self.folder.with_name(name), ignore_errors=True)
+
+    def save(self, model: torch.nn.Module, opt, best_state: dict | None, meta: dict) -> None:
+        from safetensors.torch import save_file
+
+        from protlm.io.atomic import json_bytes
+
+        tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in trainable_state(model).items()}
+        if best_state is not None:
+            tensors.update({f"best.{k}": v.contiguous().cpu() for k, v in best_state.items()})
+        opt_state = opt.state_dict()
+        for idx, st in opt_state["state"].items():
+            for key, value in st.items():
+                tensors[f"opt.{idx}.{key}"] = torch.as_tensor(value).contiguous().cpu()
+        tensors["rng.torch"] = torch.get_rng_state()
+        groups = [{k: v for k, v in g.items()} for g in opt_state["param_groups"]]
+        doc = {**meta, "run": self.run_id, "param_groups": groups, "has_best": best_state is not None}
+        tmp = self.folder.with_name(STATE_FOLDER + ".tmp")
+        old = self.folder.with_name(STATE_FOLDER + ".old")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_bytes(json_bytes(doc))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if self.folder.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+            self.folder.rename(old)
+        tmp.rename(self.folder)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, model: torch.nn.Module, opt) -> dict:
+        """Restore the model's trained parameters and the optimizer; returns the saved meta with
+        ``best_state`` (or None) and ``torch_rng``."""
+        from safetensors.torch import load_file
+
+        folder = self.folder if self.folder.is_dir() else self.folder.with_name(STATE_FOLDER + ".old")
+        try:
+            doc = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+            tensors = load_file(str(folder / "state.safetensors"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--resume: the fine-tuning checkpoint in {folder} is not readable ({exc}); start again "
+                              f"with --overwrite") from None
+        if doc.get("run") != self.run_id:
+            raise ConfigError(f"--resume: {folder} was written by a run with another config or base model; start "
+                              f"again with --overwrite (or resume with the same settings)")
+        own = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        missing = set(trainable_state(model)) - set(own)
+        if missing:
+            raise ConfigError(f"--resume: the checkpoint in {folder} lacks {len(missing)} trained tensors; start again "
+                              f"with --overwrite")
+        model.load_state_dict(own, strict=False)
+        state: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = value
+        opt.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
+        doc["best_state"] = ({k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+                             if doc.get("has_best") else None)
+        doc["torch_rng"] = tensors["rng.torch"]
+        return doc
+
+
+def run_digest(config, base_fingerprint: str) -> str:
+    import hashlib
+
+    tree = config.as_dict()
+    if isinstance(tree.get("data"), dict):  # test sets are scored after training: not part of the run
+        tree["data"] = {k: v for k, v in tree["data"].items() if k != "test"}
+    tree.pop("evaluate", None)
+    text = json.dumps({"config": tree, "base": base_fingerprint}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]

@@ -36,7 +36,7 @@ from protlm.io.atomic import json_bytes, write_bytes, write_with_path
 from protlm.tasks import headfile
 from protlm.tasks.config import TaskConfig, build_task_config
 from protlm.tasks.features import FeatureSource, check_identity
-from protlm.tasks.finetune import (LM_FOLDER, FinetunedModel, SequenceSource, batch_residues, finetuned_embedder,
+from protlm.tasks.finetune import (LM_FOLDER, STATE_FOLDER, FinetunedModel, RunState, run_digest, SequenceSource, batch_residues, finetuned_embedder,
                                    optimizer_for, parameter_counts, save_lm, trainable_lm, trainable_state, warmup_factor)
 from protlm.tasks.protocols import Protocol, TaskData
 from protlm.tasks.protocols.labels import class_weights, feature_batch
@@ -55,7 +55,8 @@ def _class_weights(config: TaskConfig, targets: list[list], n_classes: list[int]
 
 
 def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs, dim: int, info: dict,
-             progress: Callable[[int, float, float], None] | None = None, lm=None):
+             progress: Callable[[int, float, float], None] | None = None, lm=None, run_state=None,
+             resume: bool = False):
     """Train with early stopping on the protocol's validation value; returns (model, history,
     best_epoch, stopped_by): ``"early_stopping"`` (patience ran out), ``"epoch_cap"``
     (train.epochs did) or ``"closed_form"`` (a head fit without a loop).
@@ -63,7 +64,9 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
     ``lm``: a trainable backend (:func:`protlm.tasks.finetune.trainable_lm`) to train with the
     head; the inputs are then :class:`~protlm.tasks.finetune.SequenceSet`s and the model a
     :class:`~protlm.tasks.finetune.FinetunedModel` (the LM's own learning rate, warm-up and
-    gradient accumulation to ``finetune.tokens_per_step`` residues)."""
+    gradient accumulation to ``finetune.tokens_per_step`` residues). ``run_state``: a
+    :class:`~protlm.tasks.finetune.RunState` written at every epoch's end and every
+    ``run_state.every`` optimizer steps; ``resume``: continue from it exactly."""
     t = config.train
     ft = config.finetune if lm is not None else None
     torch.manual_seed(t.seed)
@@ -100,10 +103,36 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
     best, best_state, best_epoch, history, waited = math.inf, None, 0, [], 0
     stopped_by = "epoch_cap"
     t0 = time.perf_counter()
-    for epoch in range(1, t.epochs + 1):
+    first_epoch, skip, run_loss, seen, done = 1, 0, 0.0, 0.0, False
+    epoch_rng = rng.bit_generator.state
+    if resume and run_state is not None and run_state.exists():
+        saved = run_state.load(model, opt)
+        first_epoch, skip, steps = saved["epoch"], saved["batch"], saved["steps"]
+        best = math.inf if saved["best"] is None else saved["best"]
+        best_epoch, history, waited = saved["best_epoch"], saved["history"], saved["waited"]
+        best_state, stopped_by, done = saved["best_state"], saved["stopped_by"], saved["done"]
+        run_loss, seen = saved["run_loss"], saved["seen"]
+        rng.bit_generator.state = epoch_rng = saved["epoch_rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        log.info("%s: resumed at epoch %d, batch %d (%d optimizer steps done)", config.name, first_epoch, skip, steps)
+
+    def checkpoint(epoch: int, batch: int, finished: bool = False) -> None:
+        run_state.save(model, opt, best_state, {
+            "epoch": epoch, "batch": batch, "steps": steps, "best": None if math.isinf(best) else best,
+            "best_epoch": best_epoch,
+            "history": history, "waited": waited, "stopped_by": stopped_by, "done": finished,
+            "run_loss": run_loss, "seen": seen, "epoch_rng": epoch_rng})
+
+    for epoch in range(first_epoch, t.epochs + 1):
+        if done:
+            break
         model.train()
-        run_loss, seen = 0.0, 0.0
-        for batch in protocol.train_batches(config, model, train_inputs, rng):
+        if skip == 0:
+            run_loss, seen = 0.0, 0.0
+            epoch_rng = rng.bit_generator.state
+        for b, batch in enumerate(protocol.train_batches(config, model, train_inputs, rng)):
+            if b < skip:
+                continue  # done before the resume: replayed only to move the batch order's RNG along
             out = protocol.batch_loss(config, model, batch, state)
             if out is None:
                 continue
@@ -113,21 +142,27 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
                 raise ProtlmError(f"{config.name}: the training loss became {value} in epoch {epoch}; the run "
                                   f"diverged (lower train.lr{' or finetune.lr' if ft is not None else ''}) — nothing "
                                   f"was saved")
+            stepped = False
             if budget:
                 n = batch_residues(batch)
                 (loss * n).backward()
                 pending += n
                 if pending >= budget:
                     step()
+                    stepped = True
             else:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if ft is not None:
                     step()
+                    stepped = True
                 else:
                     opt.step()
             run_loss += value * weight
             seen += weight
+            if stepped and run_state is not None and steps % run_state.every == 0:
+                checkpoint(epoch, b + 1)
+        skip = 0
         if pending:
             step()  # the epoch's last, partial accumulation
         value = protocol.validation(config, model, valid_inputs, state)
@@ -147,7 +182,10 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
             waited += 1
             if waited >= t.patience:
                 stopped_by = "early_stopping"
-                break
+                done = True
+        if run_state is not None:
+            epoch_rng = rng.bit_generator.state
+            checkpoint(epoch + 1, 0, done)
     if best_state is not None:
         model.load_state_dict(best_state, strict=lm is None)
     model.eval()
@@ -238,7 +276,7 @@ def cut_short_message(config: TaskConfig, best_epoch: int) -> str:
 
 
 def train(config: TaskConfig, out: str | Path, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-          progress: Callable[[str, dict], None] | None = None, source=None) -> dict:
+          progress: Callable[[str, dict], None] | None = None, source=None, resume: bool = False) -> dict:
     """Train the head a config describes, score it on validation and test sets, save the folder.
 
     ``source``: the inputs to use (default: the protocol's, made from ``config.embedder``); left open."""
@@ -247,7 +285,7 @@ def train(config: TaskConfig, out: str | Path, data_dir: str | Path | None = Non
     protocol = config.protocol_obj
     data = protocol.load_data(config, data_dir)
     if config.finetuning:
-        return _finetune(config, protocol, out, data, cache_dir, progress, t0)
+        return _finetune(config, protocol, out, data, cache_dir, progress, t0, resume)
     own = source is None
     if own:
         source = protocol.open_source(config, cache_dir)
@@ -311,7 +349,8 @@ def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: Task
     return {**metrics_doc, "out": str(out), "seconds": time.perf_counter() - t0}
 
 
-def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData, cache_dir, progress, t0) -> dict:
+def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData, cache_dir, progress, t0,
+              resume: bool = False) -> dict:
     """Train the LM with the head (module docstring of :mod:`protlm.tasks.finetune`), save both,
     then score the sets with the saved LM through the batch runner, as ``protlm evaluate`` does."""
     ft = config.finetune
@@ -330,7 +369,13 @@ def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData,
         if progress is not None:
             progress("epoch", {"epoch": epoch, "train_loss": tl, "valid_loss": vl, "key": protocol.validation_key})
 
-    model, history, best_epoch, stopped_by = fit_head(config, protocol, tr, va, dim, data.info, epoch_cb, lm=lm)
+    run_state = RunState(out, run_digest(config, base_fingerprint), ft.checkpoint_steps)
+    if run_state.exists() and not resume:
+        raise InputError(f"--out {out}: holds an interrupted fine-tuning run ({STATE_FOLDER}/); pass --resume to "
+                         f"continue it, or --overwrite to start again")
+    out.mkdir(parents=True, exist_ok=True)
+    model, history, best_epoch, stopped_by = fit_head(config, protocol, tr, va, dim, data.info, epoch_cb, lm=lm,
+                                                      run_state=run_state, resume=resume)
     cut_short = stopped_by == "epoch_cap" and best_epoch == len(history)
     if cut_short:
         log.warning("%s", cut_short_message(config, best_epoch))
@@ -378,6 +423,7 @@ def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData,
                    "embedder_identity": identity, "finetune": finetune, "head": config.head.type, "proteins": counts,
                    **stop, **metrics}
     save_head(out, head, info, metrics_doc)
+    run_state.clear()  # the head folder is whole: the resume checkpoint has done its work
     return {**metrics_doc, "out": str(out), "seconds": time.perf_counter() - t0}
 
 
