@@ -1,0 +1,118 @@
+"""Fine-tuning survives kill -9 and SIGTERM: ``protlm train --resume`` gives the uninterrupted run's weights."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from protlm.models.architectures import ModelSpec, build_model
+from protlm.models.vocab import build_tokenizer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_tasks import _config, _random_seq, _ss_label, _write_biotrainer  # noqa: E402
+
+PROTLM = [sys.executable, "-m", "protlm.cli.main"]
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ft_resume")
+    torch.manual_seed(0)
+    lm = root / "esm"
+    build_model(ModelSpec(arch="esm", preset="tiny")).save_pretrained(lm)
+    build_tokenizer("esm").save_pretrained(lm)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(60):
+        seq = _random_seq(rng, int(rng.integers(30, 90)))
+        rows.append((f"p{i}", seq, _ss_label(seq), "train" if i < 40 else "valid" if i < 50 else "test", None))
+    data = _write_biotrainer(root / "ss.fasta", rows)
+    cfg = _config(data, "residue_to_class", "cnn", [{"name": "q3", "label": "target", "classes": ["H", "E", "C"]}],
+                  epochs=4, patience=10, batch_size=4, max_residues=40)
+    cfg["embedder"] = str(lm)
+    cfg["finetune"] = {"method": "full", "lr": 1e-3, "checkpoint_steps": 1, "warmup_steps": 3}
+    (root / "task.yaml").write_text(yaml.safe_dump(cfg))
+    return root
+
+
+def _train(root: Path, out: str, *extra: str, wait: bool = True):
+    cmd = [*PROTLM, "train", "--config", str(root / "task.yaml"), "--out", str(root / out), "--threads", "1", *extra]
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {f: load_file(str(folder / f)) for f in ("lm/model.safetensors", "head.safetensors")}
+
+
+def _interrupt(root: Path, out: str, sig: int) -> subprocess.Popen:
+    """Start a run and send ``sig`` once its checkpoint is inside the second epoch (mid-epoch)."""
+    proc = _train(root, out, wait=False)
+    state = root / out / "finetune-state" / "state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        try:
+            text = state.read_text()
+        except OSError:
+            text = ""
+        if '"epoch": 2' in text and '"batch": 0' not in text:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before it could be interrupted: {proc.stderr.read()[-500:]}")
+        time.sleep(0.02)
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+    return proc
+
+
+def test_kill9_then_resume_gives_the_uninterrupted_weights(task):
+    whole = _train(task, "whole")
+    assert whole.returncode == 0, whole.stderr[-800:]
+    proc = _interrupt(task, "killed", signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (task / "killed" / "head.json").exists()
+    refused = _train(task, "killed")  # without --resume the interrupted run is not silently started again
+    assert refused.returncode == 2 and "--resume" in refused.stderr and "Traceback" not in refused.stderr
+    resumed = _train(task, "killed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-800:]
+    # the resumed run starts inside epoch 2: epoch 1 is not trained (or reported) again
+    assert "epoch   1 " not in resumed.stderr and "epoch   2 " in resumed.stderr
+    a, b = _weights(task / "whole"), _weights(task / "killed")
+    for name in a:
+        assert set(a[name]) == set(b[name])
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), (name, key)
+    assert not (task / "killed" / "finetune-state").exists()  # removed once the head folder is whole
+    again = _train(task, "killed", "--resume")
+    assert again.returncode == 2 and "already finished" in again.stderr
+
+
+def test_sigterm_keeps_the_checkpoint_and_exits_143(task):
+    proc = _interrupt(task, "termed", signal.SIGTERM)
+    assert proc.returncode == 143, proc.stderr.read()[-500:]
+    assert (task / "termed" / "finetune-state" / "state.json").is_file()
+    assert not (task / "termed" / "finetune-state.tmp").exists()
+
+
+def test_resume_with_other_settings_is_refused(task, tmp_path):
+    proc = _interrupt(task, "changed", signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    cfg = yaml.safe_load((task / "task.yaml").read_text())
+    cfg["finetune"]["lr"] = 5e-4
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([*PROTLM, "train", "--config", str(other), "--out", str(task / "changed"), "--resume"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "another config" in res.stderr and "Traceback" not in res.stderr
