@@ -130,6 +130,17 @@ def cmd_export_fasta(args) -> int:
     return 0
 
 
+def cmd_finetune_merge(args) -> int:
+    from protlm.io.outputs import check_output_dir
+    from protlm.tasks.finetune import merge_adapter
+
+    check_output_dir(args.out, overwrite=args.overwrite, inputs=[args.adapter])
+    res = merge_adapter(args.adapter, args.out)
+    emit(args, res, f"merged the LoRA adapter {res['adapter']} into {res['base']} → {res['out']} (a standalone model "
+                    f"folder: --model {res['out']}, or transformers' from_pretrained)")
+    return 0
+
+
 def cmd_benchmark(args) -> int:
     apply_threads(args)
     from protlm.tasks.suite import run_suite
@@ -199,6 +210,14 @@ def register(sub) -> None:
             help="predictions: .csv or .json (a contact head: a folder for one npz + png per protein)")
     p.add_argument("--embedder", help="embed with this instead of the head's embedder (same dimension)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("finetune-merge", parents=[J, O], help="merge a LoRA adapter into its base model",
+                       description="Write a LoRA fine-tuned LM (an adapter folder, or the head folder of a "
+                                   "`protlm train --finetune lora` run) as one standalone Hugging Face model folder, "
+                                   "the adapter merged into the base weights.")
+    p.add_argument("adapter", help="adapter folder (adapter_config.json) or a head folder with lm/")
+    add_out(p, required=True, help="model folder to write")
+    p.set_defaults(func=cmd_finetune_merge)
 
     p = sub.add_parser("export-fasta", parents=[J, D, O], help="write the proteins a task config uses as FASTA",
                        description="Write the proteins of a task config — after max_train, the splits and dropping "

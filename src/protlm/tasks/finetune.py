@@ -426,3 +426,32 @@ def run_digest(config, base_fingerprint: str) -> str:
     tree.pop("evaluate", None)
     text = json.dumps({"config": tree, "base": base_fingerprint}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+# --------------------------------------------------------------------------- merge
+
+
+def merge_adapter(source: str | Path, out: str | Path) -> dict:
+    """``protlm finetune-merge``: a LoRA adapter (or a head folder holding one) merged into its
+    base model, written as one standalone model folder (``from_pretrained`` loads it without peft)."""
+    from protlm.embed.backends.adapter import ADAPTER_CONFIG, LoRABackend
+    from protlm.embed.spec import EmbedOptions
+    from protlm.errors import InputError
+
+    source = Path(source)
+    folder = lm_folder_of(source) or source
+    if not (folder / ADAPTER_CONFIG).is_file():
+        if (folder / "config.json").is_file():
+            raise InputError(f"finetune-merge {source}: already a whole model folder (a full or top fine-tune); use "
+                             f"it as it is with --model {folder}")
+        raise InputError(f"finetune-merge {source}: not a LoRA adapter folder ({ADAPTER_CONFIG}) nor a head folder "
+                         f"holding one in {LM_FOLDER}/")
+    backend = LoRABackend(str(folder), EmbedOptions(device="cpu"))
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    backend.save_lm(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return {"out": str(out), "adapter": str(folder), "base": backend.base, "fingerprint": backend.fingerprint()}
