@@ -28,7 +28,9 @@ the other (the order rotated each slot), ``--warmup`` untimed slots, then ``--st
   residue states re-padded for the head: the same loss and gradients as one padded forward
   (prototype of a ``FinetunedModel.forward`` change);
 * ``protlm_split_bf16``: both;
-* ``protlm_sorted`` / ``protlm_sorted_bf16``: the same proteins regrouped into length-sorted
+* ``protlm_single`` / ``protlm_single_bf16`` (not run by default): the split with no padding at
+  all (one protein per micro-batch: no mask, SDPA's fast path);
+* ``protlm_sorted`` / ``protlm_sorted_bf16`` (the latter not run by default): the same proteins regrouped into length-sorted
   batches (what protlm's ``epoch_batches`` does with its pools of 50 × batch; here the pool is
   the timed proteins), unchanged step (/ with bf16). Not the same batches as the reference:
   compared on total residues / total time over the same proteins;
@@ -47,7 +49,8 @@ the frozen weights' gradients) per second / fp32 ceiling.
 Part 3 — peak memory of one forward + backward of one ``--memory-length``-residue protein, LoRA
 vs full, activation checkpointing off/on, protlm and the reference, each in a fresh child
 process: the peak RSS of the step (``VmHWM`` reset through ``/proc/self/clear_refs`` right before
-the step) minus the RSS before it, and the child's absolute peak (``ru_maxrss``).
+the step, after a 20-residue warm-up step) and that minus the RSS before the step. (``ru_maxrss``
+is not used: Linux carries the parent's peak across fork + exec.)
 
     nice .venv/bin/python benchmarks/bench_finetune.py --out /tmp/bench_finetune.json \\
         [--threads 2] [--batch 8] [--steps 5] [--warmup 2] [--compile] [--no-memory] [--quick]
@@ -82,7 +85,8 @@ LORA = dict(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["query", "key
 N_CLASSES = 3
 STANDARD = set("ACDEFGHIKLMNPQRSTVWY")
 ALL_VARIANTS = ("reference", "protlm", "protlm_bf16", "protlm_split", "protlm_split_bf16", "protlm_sorted",
-                "protlm_sorted_bf16")
+                "protlm_sorted_bf16", "protlm_single", "protlm_single_bf16")
+DEFAULT_VARIANTS = ALL_VARIANTS[:6]
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16",
              "amx_tile", "amx_int8", "avx512_fp16")
 
@@ -408,12 +412,19 @@ def hwm_now() -> int:
 def memory_child(folder: str, impl: str, method: str, ckpt: bool, seq: str, threads: int) -> None:
     torch.set_num_threads(threads)
     labels = [np.random.default_rng(0).integers(0, N_CLASSES, len(seq))]
+    short = seq[:20]
+
+    def fwd_bwd_short():
+        fwd_bwd(short, [labels[0][:20]])
     if impl == "protlm":
         model, _ = protlm_model(folder, method=method, checkpointing=ckpt)
         model.train()
 
-        def fwd_bwd():
-            protlm_loss(model, [seq], labels).backward()
+        def fwd_bwd(s=seq, lab=labels):
+            protlm_loss(model, [s], lab).backward()
+
+        def zero():
+            model.zero_grad(set_to_none=True)
     else:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoTokenizer, EsmModel
@@ -426,12 +437,19 @@ def memory_child(folder: str, impl: str, method: str, ckpt: bool, seq: str, thre
         head = torch.nn.Linear(SHAPE["hidden"], N_CLASSES)
         lm.train()
 
-        def fwd_bwd():
-            enc = tok([seq], return_tensors="pt")
+        def fwd_bwd(s=seq, lab=labels):
+            enc = tok([s], return_tensors="pt")
             logits = head(lm(**enc).last_hidden_state)
             y = torch.full(enc["input_ids"].shape, -100, dtype=torch.long)
-            y[0, 1:1 + len(seq)] = torch.from_numpy(labels[0])
+            y[0, 1:1 + len(s)] = torch.from_numpy(lab[0])
             F.cross_entropy(logits.reshape(-1, N_CLASSES), y.reshape(-1), ignore_index=-100).backward()
+
+        def zero():
+            lm.zero_grad(set_to_none=True)
+            head.zero_grad(set_to_none=True)
+    load_peak = hwm_now()
+    fwd_bwd_short()  # first-call costs (oneDNN primitives, thread pool, lazy inits) outside the measurement
+    zero()
     gc.collect()
     before = rss_now()
     reset = True
@@ -443,9 +461,11 @@ def memory_child(folder: str, impl: str, method: str, ckpt: bool, seq: str, thre
     fwd_bwd()
     dt = time.perf_counter() - t
     peak = hwm_now() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    trained = sum(p.numel() for p in (model.parameters() if impl == "protlm" else list(lm.parameters()) + list(head.parameters()))
+                  if p.requires_grad)
     print(json.dumps({"impl": impl, "method": method, "checkpointing": ckpt, "length": len(seq), "seconds": dt,
-                      "rss_before_bytes": before, "step_peak_bytes": peak, "step_delta_bytes": peak - before,
-                      "hwm_reset": reset, "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "trainable_parameters": trained, "load_peak_bytes": load_peak, "rss_before_bytes": before,
+                      "step_peak_bytes": peak, "step_delta_bytes": peak - before, "hwm_reset": reset}))
 
 
 def run_child(args: list[str], timeout: float) -> dict:
@@ -507,6 +527,8 @@ def speed(folder: str, variants: list[str], warm: list, timed: list, sorted_warm
         "protlm_split_bf16": lambda: protlm_method(folder, bf16=True, split_tol=split_tol),
         "protlm_sorted": lambda: protlm_method(folder),
         "protlm_sorted_bf16": lambda: protlm_method(folder, bf16=True),
+        "protlm_single": lambda: protlm_method(folder, split_tol=0.0),
+        "protlm_single_bf16": lambda: protlm_method(folder, bf16=True, split_tol=0.0),
     }
     steppers = {v: makers[v]() for v in variants}
     trainable = {v: s.trainable for v, s in steppers.items()}
@@ -566,7 +588,8 @@ def main() -> int:
     ap.add_argument("--min-len", type=int, default=50)
     ap.add_argument("--max-len", type=int, default=500)
     ap.add_argument("--split-tol", type=float, default=0.1, help="padding allowed per micro-batch in the split variants")
-    ap.add_argument("--variants", nargs="+", default=list(ALL_VARIANTS), choices=ALL_VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=ALL_VARIANTS)
+    ap.add_argument("--skip-speed", action="store_true", help="skip parts 1/2 (e.g. only --compile or memory)")
     ap.add_argument("--compile", action="store_true", help="also try torch.compile (child process, time-limited)")
     ap.add_argument("--compile-limit", type=float, default=120.0, help="seconds allowed for the first compiled step")
     ap.add_argument("--no-memory", action="store_true", help="skip part 3 (peak memory)")
@@ -645,7 +668,7 @@ def main() -> int:
     print("ceilings (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in ceil_start.items()), flush=True)
 
     results: dict = {}
-    for threads in args.threads:
+    for threads in ([] if args.skip_speed else args.threads):
         torch.set_num_threads(threads)
         print(f"\n== {threads} thread(s)", flush=True)
         num = numerics(folder, *timed[0], args.split_tol)
@@ -685,8 +708,9 @@ def main() -> int:
                     if "error" in r:
                         print(f"  {impl} {method} ckpt={ckpt}: {r}", flush=True)
                     else:
-                        print(f"  {impl} {method} ckpt={ckpt}: step peak {r['step_delta_bytes'] / 2**20:.0f} MiB above "
-                              f"{r['rss_before_bytes'] / 2**20:.0f} MiB, {r['seconds']:.1f} s", flush=True)
+                        print(f"  {impl} {method} ckpt={ckpt}: peak {r['step_peak_bytes'] / 2**20:.0f} MiB, "
+                              f"{r['step_delta_bytes'] / 2**20:.0f} MiB above {r['rss_before_bytes'] / 2**20:.0f} MiB, "
+                              f"{r['seconds']:.1f} s", flush=True)
 
     ceil_end = ceilings(rows)
     ceil = {k: max(ceil_start[k], ceil_end[k]) for k in ceil_start}
@@ -725,15 +749,16 @@ def main() -> int:
         print(f"\ntorch.compile: {comp}")
     if memory:
         print(f"\n### peak memory, one forward+backward, {args.memory_length} residues, {args.threads[-1]} threads\n")
-        print("| impl | method | checkpointing | step peak above RSS before (MiB) | RSS before (MiB) | process peak (MiB) | seconds |")
-        print("|---|---|---|---:|---:|---:|---:|")
+        print("| impl | method | checkpointing | peak RSS during the step (MiB) | step peak above RSS before (MiB) | "
+              "RSS before (MiB) | trainable params | seconds |")
+        print("|---|---|---|---:|---:|---:|---:|---:|")
         for r in memory:
             if "error" in r:
                 print(f"| {r['impl']} | {r['method']} | {r['checkpointing']} | error: {r['error']} | | | |")
                 continue
             print(f"| {r['impl']} | {r['method']} | {'on' if r['checkpointing'] else 'off'} | "
-                  f"{r['step_delta_bytes'] / 2**20:.0f} | {r['rss_before_bytes'] / 2**20:.0f} | "
-                  f"{r['ru_maxrss_bytes'] / 2**20:.0f} | {r['seconds']:.2f} |")
+                  f"{r['step_peak_bytes'] / 2**20:.0f} | {r['step_delta_bytes'] / 2**20:.0f} | "
+                  f"{r['rss_before_bytes'] / 2**20:.0f} | {r['trainable_parameters']:,} | {r['seconds']:.2f} |")
     doc = {"benchmark": "finetune", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": info,
            "threads": args.threads, "model": folder if args.model else "random-weight ESM-2 35M shape",
            "shape": SHAPE, "lora": LORA, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,

@@ -116,3 +116,34 @@ def test_resume_with_other_settings_is_refused(task, tmp_path):
     res = subprocess.run([*PROTLM, "train", "--config", str(other), "--out", str(task / "changed"), "--resume"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "another config" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_two_process_ddp_equals_one_process_accumulating_two_batches(task, tmp_path):
+    """torchrun with 2 processes (gloo) and one batch per process per step gives the weights of one
+    process accumulating two batches per step (dropout off: it is the only thing that differs)."""
+    cfg = yaml.safe_load((task / "task.yaml").read_text())
+    cfg["head"] = {"type": "cnn", "dropout": 0.0}
+    cfg["embedder"] = {"name": cfg["embedder"], "device": "cpu"}
+    cfg["train"]["epochs"] = 2
+    cfg["finetune"] = {"method": "lora", "lr": 1e-3, "lora_dropout": 0.0, "warmup_steps": 2}
+    one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    one.write_text(yaml.safe_dump({**cfg, "finetune": {**cfg["finetune"], "batches_per_step": 2}}))
+    two.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    a = subprocess.run([*PROTLM, "train", "--config", str(one), "--out", str(tmp_path / "A"), "--threads", "1"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert a.returncode == 0, a.stderr[-800:]
+    b = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                        "protlm.cli.main", "train", "--config", str(two), "--out", str(tmp_path / "B"), "--threads",
+                        "1"], capture_output=True, text=True, timeout=300, env=env)
+    assert b.returncode == 0, b.stderr[-800:]
+    assert b.stderr.count("epoch   1 ") == 1  # process 0 reports, once
+    from safetensors.torch import load_file
+
+    for name in ("lm/adapter_model.safetensors", "head.safetensors"):
+        x, y = load_file(str(tmp_path / "A" / name)), load_file(str(tmp_path / "B" / name))
+        assert set(x) == set(y)
+        for key in x:
+            torch.testing.assert_close(x[key], y[key], rtol=0, atol=1e-6)
+    moved = load_file(str(tmp_path / "B" / "lm" / "adapter_model.safetensors"))
+    assert any(float(v.abs().max()) > 0 for k, v in moved.items() if "lora_B" in k)  # the adapters trained

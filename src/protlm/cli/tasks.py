@@ -67,6 +67,8 @@ def cmd_train(args) -> int:
                             progress=cb, resume=args.resume)
     finally:
         close()
+    if "rank" in res:  # a torchrun process other than 0: process 0 reports
+        return 0
     lines = [f"trained {config.head.type} head for {config.name} ({config.protocol}) on {config.embedder_name}: "
              + ", ".join(f"{v:,} {k}" for k, v in res["proteins"].items())
              + f"; best epoch {res['best_epoch']} of {res['epochs_run']} (cap {res['epoch_cap']}), "

@@ -9,6 +9,7 @@ refused (``protlm contacts …`` takes contact heads only).
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -20,7 +21,8 @@ from protlm.io.atomic import json_bytes, write_bytes
 from protlm.io.outputs import check_output_dir, check_output_file, output_lock
 from protlm.tasks.config import TaskConfig, build_task_config
 from protlm.tasks.finetune import STATE_FOLDER
-from protlm.tasks.train import HEAD_JSON, HEAD_WEIGHTS, TrainedHead, evaluate, load_head, predict_file, train
+from protlm.tasks.train import (HEAD_JSON, HEAD_WEIGHTS, TrainedHead, distributed_run, evaluate, load_head, predict_file,
+                                 train)
 
 CONTACTS = "residue_pairs_to_class"
 
@@ -73,6 +75,8 @@ def train_command(config: TaskConfig, out: str | Path, *, overwrite: bool = Fals
     """``protlm train``: the head folder is checked before any embedding or training (an existing
     head needs ``overwrite``; the folder must be writable), then trained and written."""
     out = Path(out)
+    if config.finetuning and distributed_run() and int(os.environ.get("RANK", "0")) != 0:
+        return train(config, out, data_dir, cache_dir, None, resume=resume)  # process 0 checks, locks and writes
     if resume and overwrite:
         raise ConfigError("--resume continues an interrupted run, --overwrite starts again: give one")
     if resume:

@@ -8,7 +8,8 @@ with the head, and today's practice is parameter-efficient (LoRA, as biotrainer 
       method: lora          # none (frozen: embeddings computed once and cached) | full | lora | top
       lr: 1.0e-4            # the LM's learning rate (the head keeps train.lr)
       warmup_steps: 100     # linear warm-up of both learning rates, in optimizer steps
-      tokens_per_step: 0    # gradient accumulation: residues per optimizer step (0: one batch)
+      batches_per_step: 1   # gradient accumulation: batches (per process) per optimizer step
+      tokens_per_step: 0    # ... and at least this many residues (0: no residue budget)
       checkpointing: false  # activation checkpointing (less memory, more time)
       checkpoint_steps: 200 # optimizer steps between resume checkpoints (also one per epoch)
       top_layers: 1         # method top: the last k layers are trained, the rest frozen
@@ -68,7 +69,8 @@ class FinetuneConfig:
     lr: float = 1e-4  # the LM's learning rate (the head's is train.lr)
     weight_decay: float = 0.0  # the LM's weight decay
     warmup_steps: int = 0  # optimizer steps of linear warm-up (both learning rates)
-    tokens_per_step: int = 0  # residues per optimizer step (gradient accumulation); 0: one batch per step
+    batches_per_step: int = 1  # batches (per process) accumulated into one optimizer step
+    tokens_per_step: int = 0  # and at least this many residues (gradient accumulation to a budget); 0: no budget
     checkpointing: bool = False  # activation checkpointing in the LM
     checkpoint_steps: int = 200  # optimizer steps between resume checkpoints (and one at every epoch's end)
     top_layers: int = 1  # method top: how many of the last layers train
@@ -92,6 +94,7 @@ class FinetuneConfig:
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         need(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         need(self.tokens_per_step >= 0, "tokens_per_step", "must be >= 0")
+        need(self.batches_per_step >= 1, "batches_per_step", "must be >= 1")
         need(self.top_layers >= 1, "top_layers", "must be >= 1")
         need(self.checkpoint_steps >= 1, "checkpoint_steps", "must be >= 1")
         need(self.lora_r >= 1, "lora_r", "must be >= 1")
@@ -228,7 +231,8 @@ def trainable_lm(spec: EmbedderSpec, ft: FinetuneConfig) -> TorchBackend:
     elif ft.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        targets = backend.lora_targets() if ft.lora_target_modules == "auto" else list(ft.lora_target_modules)
+        auto = backend.lora_targets()  # a ConfigError for a family without LoRA (UniRep), whatever the targets
+        targets = auto if ft.lora_target_modules == "auto" else list(ft.lora_target_modules)
         lcfg = LoraConfig(r=ft.lora_r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout,
                           target_modules=targets, bias=ft.lora_bias)
         try:
@@ -354,7 +358,7 @@ class RunState:
         for name in (STATE_FOLDER, STATE_FOLDER + ".old", STATE_FOLDER + ".tmp"):
             shutil.rmtree(self.folder.with_name(name), ignore_errors=True)
 
-    def save(self, model: torch.nn.Module, opt, best_state: dict | None, meta: dict) -> None:
+    def save(self, model: torch.nn.Module, opt, best_state: dict | None, meta: dict, torch_rngs: list) -> None:
         from safetensors.torch import save_file
 
         from protlm.io.atomic import json_bytes
@@ -366,7 +370,8 @@ class RunState:
         for idx, st in opt_state["state"].items():
             for key, value in st.items():
                 tensors[f"opt.{idx}.{key}"] = torch.as_tensor(value).contiguous().cpu()
-        tensors["rng.torch"] = torch.get_rng_state()
+        for r, value in enumerate(torch_rngs):  # one per torchrun process (dropout differs between them)
+            tensors[f"rng.torch.{r}"] = value
         groups = [{k: v for k, v in g.items()} for g in opt_state["param_groups"]]
         doc = {**meta, "run": self.run_id, "param_groups": groups, "has_best": best_state is not None}
         tmp = self.folder.with_name(STATE_FOLDER + ".tmp")
@@ -384,7 +389,7 @@ class RunState:
         tmp.rename(self.folder)
         shutil.rmtree(old, ignore_errors=True)
 
-    def load(self, model: torch.nn.Module, opt) -> dict:
+    def load(self, model: torch.nn.Module, opt, rank: int = 0) -> dict:
         """Restore the model's trained parameters and the optimizer; returns the saved meta with
         ``best_state`` (or None) and ``torch_rng``."""
         from safetensors.torch import load_file
@@ -413,7 +418,10 @@ class RunState:
         opt.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
         doc["best_state"] = ({k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
                              if doc.get("has_best") else None)
-        doc["torch_rng"] = tensors["rng.torch"]
+        if f"rng.torch.{rank}" not in tensors:
+            raise ConfigError(f"--resume: {folder} was written by a run with fewer processes; resume with as many "
+                              f"processes as it had ({sum(k.startswith('rng.torch.') for k in tensors)})")
+        doc["torch_rng"] = tensors[f"rng.torch.{rank}"]
         return doc
 
 
@@ -434,7 +442,7 @@ def run_digest(config, base_fingerprint: str) -> str:
 def merge_adapter(source: str | Path, out: str | Path) -> dict:
     """``protlm finetune-merge``: a LoRA adapter (or a head folder holding one) merged into its
     base model, written as one standalone model folder (``from_pretrained`` loads it without peft)."""
-    from protlm.embed.backends.adapter import ADAPTER_CONFIG, LoRABackend
+    from protlm.embed.backends.adapter import ADAPTER_CONFIG, adapter_backend
     from protlm.embed.spec import EmbedOptions
     from protlm.errors import InputError
 
@@ -446,7 +454,7 @@ def merge_adapter(source: str | Path, out: str | Path) -> dict:
                              f"it as it is with --model {folder}")
         raise InputError(f"finetune-merge {source}: not a LoRA adapter folder ({ADAPTER_CONFIG}) nor a head folder "
                          f"holding one in {LM_FOLDER}/")
-    backend = LoRABackend(str(folder), EmbedOptions(device="cpu"))
+    backend = adapter_backend(str(folder), EmbedOptions(device="cpu"))
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

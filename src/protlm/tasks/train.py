@@ -32,12 +32,14 @@ import torch
 from protlm import __version__
 from protlm.embed.spec import parse_spec
 from protlm.errors import InputError, ProtlmError
+from protlm.pretrain.distributed import all_reduce_sum, barrier, destroy, gather_objects, init_distributed
 from protlm.io.atomic import json_bytes, write_bytes, write_with_path
 from protlm.tasks import headfile
 from protlm.tasks.config import TaskConfig, build_task_config
 from protlm.tasks.features import FeatureSource, check_identity
-from protlm.tasks.finetune import (LM_FOLDER, STATE_FOLDER, FinetunedModel, RunState, run_digest, SequenceSource, batch_residues, finetuned_embedder,
-                                   optimizer_for, parameter_counts, save_lm, trainable_lm, trainable_state, warmup_factor)
+from protlm.tasks.finetune import (LM_FOLDER, STATE_FOLDER, FinetunedModel, RunState, SequenceSource, batch_residues,
+                                   finetuned_embedder, optimizer_for, parameter_counts, run_digest, save_lm,
+                                   trainable_lm, trainable_state, warmup_factor)
 from protlm.tasks.protocols import Protocol, TaskData
 from protlm.tasks.protocols.labels import class_weights, feature_batch
 
@@ -56,22 +58,26 @@ def _class_weights(config: TaskConfig, targets: list[list], n_classes: list[int]
 
 def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs, dim: int, info: dict,
              progress: Callable[[int, float, float], None] | None = None, lm=None, run_state=None,
-             resume: bool = False):
+             resume: bool = False, env=None):
     """Train with early stopping on the protocol's validation value; returns (model, history,
     best_epoch, stopped_by): ``"early_stopping"`` (patience ran out), ``"epoch_cap"``
     (train.epochs did) or ``"closed_form"`` (a head fit without a loop).
 
     ``lm``: a trainable backend (:func:`protlm.tasks.finetune.trainable_lm`) to train with the
     head; the inputs are then :class:`~protlm.tasks.finetune.SequenceSet`s and the model a
-    :class:`~protlm.tasks.finetune.FinetunedModel` (the LM's own learning rate, warm-up and
-    gradient accumulation to ``finetune.tokens_per_step`` residues). ``run_state``: a
+    :class:`~protlm.tasks.finetune.FinetunedModel`, with the LM's own learning rate, warm-up and
+    gradient accumulation (:func:`_finetune_epoch`). ``run_state``: a
     :class:`~protlm.tasks.finetune.RunState` written at every epoch's end and every
-    ``run_state.every`` optimizer steps; ``resume``: continue from it exactly."""
+    ``run_state.every`` optimizer steps; ``resume``: continue from it exactly. ``env``: the
+    torchrun processes (:class:`protlm.pretrain.distributed.DistEnv`) sharing the batches."""
     t = config.train
     ft = config.finetune if lm is not None else None
+    world, rank = (env.world, env.rank) if env is not None else (1, 0)
     torch.manual_seed(t.seed)
     rng = np.random.default_rng(t.seed)
     model = protocol.new_head(config, dim, info)
+    if rank:
+        torch.manual_seed(t.seed + 7919 * rank)  # dropout differs between processes; the initial weights do not
     if lm is not None:
         model = FinetunedModel(lm, model, config.embedder_spec.options.layer)
     else:
@@ -81,96 +87,63 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
             return model, direct.get("history", []), 0, "closed_form"
     state = protocol.fit_state(config, model, train_inputs, info)
     opt = optimizer_for(model, t.lr, t.weight_decay, ft)
-    budget = ft.tokens_per_step if ft is not None else 0
-    warmup = ft.warmup_steps if ft is not None else 0
-    trainable = [p for g in opt.param_groups for p in g["params"]]
-    steps, pending = 0, 0
-
-    def step() -> None:
-        nonlocal steps, pending
-        if budget:  # the gradient of the residue-weighted mean loss over the accumulated batches
-            for p in trainable:
-                if p.grad is not None:
-                    p.grad.div_(pending)
-        if warmup:
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * warmup_factor(steps, warmup)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        steps, pending = steps + 1, 0
+    acc = Accumulator(opt, ft, protocol, world) if ft is not None else None
 
     sign = -1.0 if protocol.higher_is_better else 1.0  # compared as a loss: lower is better
     best, best_state, best_epoch, history, waited = math.inf, None, 0, [], 0
     stopped_by = "epoch_cap"
     t0 = time.perf_counter()
-    first_epoch, skip, run_loss, seen, done = 1, 0, 0.0, 0.0, False
+    first_epoch, skip, done = 1, 0, False
+    totals = [0.0, 0.0]  # this process's summed training loss and its weight, in the current epoch
     epoch_rng = rng.bit_generator.state
     if resume and run_state is not None and run_state.exists():
-        saved = run_state.load(model, opt)
-        first_epoch, skip, steps = saved["epoch"], saved["batch"], saved["steps"]
+        saved = run_state.load(model, opt, rank)
+        first_epoch, skip, acc.steps = saved["epoch"], saved["batch"], saved["steps"]
         best = math.inf if saved["best"] is None else saved["best"]
         best_epoch, history, waited = saved["best_epoch"], saved["history"], saved["waited"]
         best_state, stopped_by, done = saved["best_state"], saved["stopped_by"], saved["done"]
-        run_loss, seen = saved["run_loss"], saved["seen"]
+        totals = list(saved["totals"][rank] if "totals" in saved else [saved["run_loss"], saved["seen"]])
         rng.bit_generator.state = epoch_rng = saved["epoch_rng"]
         torch.set_rng_state(saved["torch_rng"])
-        log.info("%s: resumed at epoch %d, batch %d (%d optimizer steps done)", config.name, first_epoch, skip, steps)
+        log.info("%s: resumed at epoch %d, batch %d (%d optimizer steps done)", config.name, first_epoch, skip,
+                 acc.steps)
 
     def checkpoint(epoch: int, batch: int, finished: bool = False) -> None:
-        run_state.save(model, opt, best_state, {
-            "epoch": epoch, "batch": batch, "steps": steps, "best": None if math.isinf(best) else best,
-            "best_epoch": best_epoch,
-            "history": history, "waited": waited, "stopped_by": stopped_by, "done": finished,
-            "run_loss": run_loss, "seen": seen, "epoch_rng": epoch_rng})
+        rngs = gather_objects(torch.get_rng_state(), env) if env is not None else [torch.get_rng_state()]
+        all_totals = gather_objects(list(totals), env) if env is not None else [list(totals)]
+        if rank == 0:
+            run_state.save(model, opt, best_state, {
+                "epoch": epoch, "batch": batch, "steps": acc.steps, "best": None if math.isinf(best) else best,
+                "best_epoch": best_epoch, "history": history, "waited": waited, "stopped_by": stopped_by,
+                "done": finished, "totals": all_totals, "epoch_rng": epoch_rng}, rngs)
+        if env is not None:
+            barrier(env)
+
+    def on_step(epoch: int, batch: int) -> None:
+        if run_state is not None and acc.steps % run_state.every == 0:
+            checkpoint(epoch, batch)
 
     for epoch in range(first_epoch, t.epochs + 1):
         if done:
             break
         model.train()
         if skip == 0:
-            run_loss, seen = 0.0, 0.0
+            totals = [0.0, 0.0]
             epoch_rng = rng.bit_generator.state
-        for b, batch in enumerate(protocol.train_batches(config, model, train_inputs, rng)):
-            if b < skip:
-                continue  # done before the resume: replayed only to move the batch order's RNG along
-            out = protocol.batch_loss(config, model, batch, state)
-            if out is None:
-                continue
-            loss, weight = out
-            value = loss.item()
-            if not math.isfinite(value):
-                raise ProtlmError(f"{config.name}: the training loss became {value} in epoch {epoch}; the run "
-                                  f"diverged (lower train.lr{' or finetune.lr' if ft is not None else ''}) — nothing "
-                                  f"was saved")
-            stepped = False
-            if budget:
-                n = batch_residues(batch)
-                (loss * n).backward()
-                pending += n
-                if pending >= budget:
-                    step()
-                    stepped = True
-            else:
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if ft is not None:
-                    step()
-                    stepped = True
-                else:
-                    opt.step()
-            run_loss += value * weight
-            seen += weight
-            if stepped and run_state is not None and steps % run_state.every == 0:
-                checkpoint(epoch, b + 1)
+        batches = protocol.train_batches(config, model, train_inputs, rng)
+        if ft is None:
+            _head_epoch(config, protocol, model, opt, batches, state, totals, epoch)
+        else:
+            _finetune_epoch(config, protocol, model, acc, batches, state, totals, epoch, skip, rank, world,
+                            lambda b: on_step(epoch, b))
         skip = 0
-        if pending:
-            step()  # the epoch's last, partial accumulation
-        value = protocol.validation(config, model, valid_inputs, state)
+        run_loss, seen = (all_reduce_sum(totals, env) if env is not None else totals)
+        value = protocol.validation(config, model, valid_inputs, state)  # every process: the same decision
         history.append({"epoch": epoch, "train_loss": run_loss / max(seen, 1), protocol.validation_key: value,
                         "seconds": time.perf_counter() - t0})
         if ft is not None:
-            history[-1]["optimizer_steps"] = steps
-        if progress is not None:
+            history[-1]["optimizer_steps"] = acc.steps
+        if progress is not None and rank == 0:
             progress(epoch, history[-1]["train_loss"], value)
         if not math.isfinite(value):
             raise ProtlmError(f"{config.name}: the validation value became {value} in epoch {epoch}; the run "
@@ -184,12 +157,126 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
                 stopped_by = "early_stopping"
                 done = True
         if run_state is not None:
+            totals = [0.0, 0.0]
             epoch_rng = rng.bit_generator.state
             checkpoint(epoch + 1, 0, done)
     if best_state is not None:
         model.load_state_dict(best_state, strict=lm is None)
     model.eval()
     return model, history, best_epoch, stopped_by
+
+
+def _finite(config: TaskConfig, loss: torch.Tensor, epoch: int, finetuning: bool) -> float:
+    value = loss.item()
+    if not math.isfinite(value):
+        raise ProtlmError(f"{config.name}: the training loss became {value} in epoch {epoch}; the run diverged (lower "
+                          f"train.lr{' or finetune.lr' if finetuning else ''}) — nothing was saved")
+    return value
+
+
+def _head_epoch(config, protocol, model, opt, batches, state, totals, epoch) -> None:
+    """One epoch of a head on frozen features: one AdamW step per batch."""
+    for batch in batches:
+        out = protocol.batch_loss(config, model, batch, state)
+        if out is None:
+            continue
+        loss, weight = out
+        value = _finite(config, loss, epoch, False)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        totals[0] += value * weight
+        totals[1] += weight
+
+
+def _finetune_epoch(config, protocol, model, acc, batches, state, totals, epoch, skip, rank, world, on_step) -> None:
+    """One epoch with the LM in the loop. Batch ``b`` of the epoch's order belongs to process
+    ``b % world``; an optimizer step follows every ``world × finetune.batches_per_step`` batches
+    (and, with ``tokens_per_step``, once that many residues are gathered), so two processes with one
+    batch per step equal one process accumulating two."""
+    since = 0  # batches (of every process) since the last optimizer step: the same count everywhere
+    for b, batch in enumerate(batches):
+        if b < skip:
+            continue  # done before the resume: replayed only to move the batch order's RNG along
+        if b % world == rank:
+            out = protocol.batch_loss(config, model, batch, state)
+            if out is not None:
+                loss, weight = out
+                value = _finite(config, loss, epoch, True)
+                acc.add(loss, weight, batch)
+                totals[0] += value * weight
+                totals[1] += weight
+        since += 1
+        if since >= world * acc.batches_per_step and acc.ready():
+            acc.step()
+            since = 0
+            on_step(b + 1)
+    if since:
+        acc.step()  # the epoch's last, partial accumulation
+
+
+class Accumulator:
+    """Gradient accumulation and the optimizer step of fine-tuning, across torchrun processes.
+
+    Each batch's loss is weighted by what it is a mean over — residues for per-residue protocols,
+    proteins otherwise — and the step divides the summed gradients by the summed weights of every
+    batch of every process since the last step: the gradient of the mean loss over all of them,
+    whatever the batch sizes and the number of processes. Gradients are summed over the processes
+    with one all-reduce per step (gloo on CPU, NCCL on GPUs)."""
+
+    def __init__(self, opt, ft, protocol: Protocol, world: int):
+        self.opt = opt
+        self.params = [p for g in opt.param_groups for p in g["params"]]
+        self.world = world
+        self.per_residue = protocol.output_level == "residue"
+        self.batches_per_step = ft.batches_per_step
+        self.budget = ft.tokens_per_step
+        self.warmup = ft.warmup_steps
+        self.steps = 0
+        self.weight = 0.0
+        self.residues = 0
+
+    def add(self, loss: torch.Tensor, weight: float, batch) -> None:
+        residues = batch_residues(batch)
+        w = residues if self.per_residue else weight
+        (loss * w).backward()
+        self.weight += w
+        self.residues += residues
+
+    def ready(self) -> bool:
+        if not self.budget:
+            return True
+        residues = self.residues
+        if self.world > 1:
+            t = torch.tensor([float(residues)], dtype=torch.float64)
+            torch.distributed.all_reduce(t)
+            residues = int(t.item())
+        return residues >= self.budget
+
+    def step(self) -> None:
+        total = self.weight
+        if self.world > 1:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+            flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([total], dtype=grads[0].dtype,
+                                                                              device=grads[0].device)])
+            torch.distributed.all_reduce(flat)
+            total = float(flat[-1].item())
+            offset = 0
+            for p, g in zip(self.params, grads):
+                n = g.numel()
+                p.grad = flat[offset:offset + n].view_as(p).clone()
+                offset += n
+        if total > 0:
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.div_(total)
+            if self.warmup:
+                for g in self.opt.param_groups:
+                    g["lr"] = g["base_lr"] * warmup_factor(self.steps, self.warmup)
+            self.opt.step()
+            self.steps += 1
+        self.opt.zero_grad(set_to_none=True)
+        self.weight, self.residues = 0.0, 0
 
 
 # --------------------------------------------------------------------------- files
@@ -349,12 +436,21 @@ def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: Task
     return {**metrics_doc, "out": str(out), "seconds": time.perf_counter() - t0}
 
 
+def distributed_run() -> bool:
+    """Started by torchrun with several processes (WORLD_SIZE > 1)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData, cache_dir, progress, t0,
               resume: bool = False) -> dict:
     """Train the LM with the head (module docstring of :mod:`protlm.tasks.finetune`), save both,
     then score the sets with the saved LM through the batch runner, as ``protlm evaluate`` does."""
     ft = config.finetune
     spec = config.embedder_spec
+    env = init_distributed("cpu" if spec.options.device == "cpu" else "auto") if distributed_run() else None
+    torch.manual_seed(config.train.seed)  # LoRA's initial adapters: the same in every run and every process
     lm = trainable_lm(spec, ft)
     base_fingerprint = lm.fingerprint()
     counts_lm = parameter_counts(lm.module)
@@ -375,7 +471,12 @@ def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData,
                          f"continue it, or --overwrite to start again")
     out.mkdir(parents=True, exist_ok=True)
     model, history, best_epoch, stopped_by = fit_head(config, protocol, tr, va, dim, data.info, epoch_cb, lm=lm,
-                                                      run_state=run_state, resume=resume)
+                                                      run_state=run_state, resume=resume, env=env)
+    if env is not None:
+        barrier(env)
+        destroy(env)
+        if env.rank != 0:
+            return {"rank": env.rank}  # process 0 saves and scores
     cut_short = stopped_by == "epoch_cap" and best_epoch == len(history)
     if cut_short:
         log.warning("%s", cut_short_message(config, best_epoch))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from protlm.embed.backend import Backend, folder_weights_sha256
 from protlm.embed.backends.hf import HFBackend
+from protlm.embed.backends.prottxl import ProtTXLBackend
 from protlm.embed.registry import register
 from protlm.embed.spec import EmbedOptions
 from protlm.errors import ConfigError, InputError
@@ -73,6 +74,22 @@ class LoRABackend(HFBackend):
         return f"{self.base_fingerprint}+lora:{self.adapter_sha}"
 
 
+class LoRATXLBackend(LoRABackend, ProtTXLBackend):
+    """A ProtTXL base (its segment walk with memory) with the adapter merged."""
+
+
+def adapter_backend(folder: str, options: EmbedOptions) -> LoRABackend:
+    """The backend of an adapter folder: its base model's family decides the forward pass."""
+    base = Path(read_adapter_config(Path(folder))["base_model_name_or_path"])
+    model_type = None
+    if (base / "config.json").is_file():
+        try:
+            model_type = json.loads((base / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            model_type = None
+    return (LoRATXLBackend if model_type == "prottxl" else LoRABackend)(folder, options)
+
+
 @register(marker=ADAPTER_CONFIG, help="a LoRA adapter folder (peft's format): its base model with the adapter merged")
 def _adapter(source: str, options: EmbedOptions) -> Backend:
-    return LoRABackend(source, options)
+    return adapter_backend(source, options)
