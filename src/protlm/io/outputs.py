@@ -146,15 +146,16 @@ def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, inputs
 
 
 @contextmanager
-def output_lock(target: str | os.PathLike, what: str = "output", name: str | None = None):
+def output_lock(target: str | os.PathLike, what: str = "output", name: str | None = None, beside: bool = False):
     """Hold a lock while a command writes ``target``: ``.<file>.lock`` next to a file, or
-    ``.protlm.lock`` (or ``name``) inside a folder. A second command on the same output stops at
+    ``.protlm.lock`` (or ``name``) inside a folder (``beside``: ``.<folder>.lock`` next to it, for a
+    folder whose contents are a model that others copy whole). A second command on the same output stops at
     once with one line naming the process (pid, host) that holds it. The lock is an OS file lock
     (the ``filelock`` package): it is released when its process ends, even by ``kill -9``."""
     from filelock import FileLock, Timeout
 
     target = Path(target)
-    if target.is_dir():
+    if target.is_dir() and not beside:
         lock_path = target / (name or ".protlm.lock")
     else:
         lock_path = target.with_name(name or f".{target.name}.lock")

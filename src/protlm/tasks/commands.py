@@ -90,7 +90,7 @@ def train_command(config: TaskConfig, out: str | Path, *, overwrite: bool = Fals
     else:
         check_output_dir(out, overwrite=overwrite, marker=HEAD_JSON)
     out.mkdir(parents=True, exist_ok=True)
-    with output_lock(out, "head folder"):
+    with output_lock(out, "head folder", beside=True):
         if overwrite:
             for name in (STATE_FOLDER, STATE_FOLDER + ".old", STATE_FOLDER + ".tmp"):
                 shutil.rmtree(out / name, ignore_errors=True)

@@ -61,7 +61,7 @@ def find_blocks(model, n_layers: int) -> list:
 class HFBackend(TorchBackend):
     equal_length_on_cpu = True
 
-    def __init__(self, source: str, options: EmbedOptions, *, family=None, model_class=None):
+    def __init__(self, source: str, options: EmbedOptions, *, family=None, model_class=None, attention: str = "sdpa"):
         import torch
 
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[options.dtype]
@@ -70,8 +70,9 @@ class HFBackend(TorchBackend):
             raise ConfigError(f"--dtype {options.dtype} is meant for GPUs; on a CPU use fp32 (or --int8)")
         if options.int8 and device.type != "cpu":
             raise ConfigError("--int8 (dynamic quantisation) runs on the CPU; use --dtype bf16/fp16 on GPUs")
+        # attention "eager" returns attention maps (forward_tokens(attentions=True)); SDPA is faster
         self.lm: LoadedLM = load_hf_lm(source, dtype=dtype, seed=options.seed, family=family,
-                                       model_class=model_class)
+                                       model_class=model_class, attention=attention)
         self.source = source
         self.options = options
         self.config = self.lm.config
@@ -94,6 +95,18 @@ class HFBackend(TorchBackend):
         self.device = str(device)
         self._cpu_model = self.model if device.type == "cpu" else None
         self.layer = options.layer
+
+    @property
+    def layers(self) -> int:
+        return self.lm.layers
+
+    @property
+    def heads(self) -> int:
+        return self.lm.heads
+
+    @property
+    def n_maps(self) -> int:
+        return self.lm.n_maps
 
     @property
     def module(self):  # type: ignore[override]

@@ -29,19 +29,22 @@ import sys
 import numpy as np
 
 from protlm.tasks.contacts.data import Chain, contact_map, scored_pairs
+from protlm.embed.backends.hf import HFBackend
+from protlm.embed.spec import EmbedOptions
 from protlm.errors import ConfigError, InputError
-from protlm.models.hf import LoadedLM, load_hf_lm
 
 log = logging.getLogger("protlm.tasks")
 
-def load_lm(spec: str, *, seed: int = 0) -> LoadedLM:
-    """Load a protein LM (any family protlm knows) with eager attention, on the CPU, in eval mode.
+def load_lm(spec: str, *, seed: int = 0) -> HFBackend:
+    """A protein LM (any Hugging Face family protlm knows) as its embedder backend with eager
+    attention, on the CPU: the maps come from the backend's one forward
+    (``forward_tokens(attentions=True)``), the same call that embeds and fine-tunes.
 
     ``random-init:PATH`` builds the model of PATH's config with random weights (torch seed
     ``seed``): the floor that shows how much of a result comes from training rather than from the
     architecture and the APC/regression pipeline.
     """
-    return load_hf_lm(spec, attention="eager", seed=seed)
+    return HFBackend(spec, EmbedOptions(device="cpu", seed=seed), attention="eager")
 
 
 def apc(x: np.ndarray) -> np.ndarray:
@@ -60,28 +63,25 @@ def symmetrize_apc(maps: np.ndarray) -> np.ndarray:
     return apc(maps + np.swapaxes(maps, -1, -2)).astype(np.float32, copy=False)
 
 
-def attention_maps(lm: LoadedLM, sequence: str) -> np.ndarray:
+def attention_maps(lm: HFBackend, sequence: str) -> np.ndarray:
     """Raw attention maps of every layer × head for the residues: (layers·heads) × L × L."""
     import torch
 
-    if lm.family.max_residues and len(sequence) > lm.family.max_residues:
-        raise InputError(f"a sequence of {len(sequence)} residues is longer than {lm.name}'s position limit "
-                         f"({lm.family.max_residues}); attention maps need one window over the whole protein")
-    ids = lm.layout.encode(sequence)
-    if (ids < 0).any():
+    if lm.max_residues and len(sequence) > lm.max_residues:
+        raise InputError(f"a sequence of {len(sequence)} residues is longer than {lm.source}'s position limit "
+                         f"({lm.max_residues}); attention maps need one window over the whole protein")
+    if (lm.layout.encode(sequence) < 0).any():
         bad = sorted({c for c in sequence if lm.layout.lut[ord(c)] < 0})
-        raise InputError(f"residues {''.join(bad)!r} are not in {lm.name}'s vocabulary")
-    with torch.inference_mode():
-        out = lm.model(input_ids=torch.from_numpy(ids)[None], output_attentions=True)
-    att = out.attentions
-    if att is None or len(att) == 0 or att[0] is None:
-        raise InputError(f"{lm.name} does not return attention maps (output_attentions) in eager mode")
-    maps = torch.cat([a[0] for a in att], dim=0).float().numpy()  # (layers·heads) × T × T
-    start = len(lm.layout.prefix)
-    return maps[:, start:start + len(sequence), start:start + len(sequence)]
+        raise InputError(f"residues {''.join(bad)!r} are not in {lm.source}'s vocabulary")
+    try:
+        with torch.inference_mode():
+            maps = lm.forward_tokens([sequence], attentions=True).attentions
+    except ConfigError:
+        raise InputError(f"{lm.source} does not return attention maps (output_attentions) in eager mode") from None
+    return maps[0].float().numpy()
 
 
-def attention_features(lm: LoadedLM, chain: Chain) -> np.ndarray:
+def attention_features(lm: HFBackend, chain: Chain) -> np.ndarray:
     """L × L × C pair features for the chain's structure stretch (the LM reads the full sequence)."""
     seq = chain.model_input
     feats = symmetrize_apc(attention_maps(lm, seq))
@@ -97,7 +97,7 @@ def _progress(iterable, desc: str, total: int | None = None):
     return tqdm(iterable, desc=desc, total=total, file=sys.stderr, disable=None, dynamic_ncols=True, leave=False)
 
 
-def training_pairs(lm: LoadedLM, chains: list[Chain], *, min_separation: int = 6, max_pairs: int | None = None,
+def training_pairs(lm: HFBackend, chains: list[Chain], *, min_separation: int = 6, max_pairs: int | None = None,
                    seed: int = 0, threshold: float = 8.0) -> tuple[np.ndarray, np.ndarray]:
     """Feature rows and labels of every scored pair (i < j, |i − j| ≥ min_sep) of the chains, subsampled."""
     xs, ys = [], []
@@ -175,7 +175,7 @@ class AttentionLogReg:
         obj.intercept = float(state["intercept"][0])
         return obj
 
-    def top_maps(self, lm: LoadedLM, k: int = 5) -> list[dict]:
+    def top_maps(self, lm: HFBackend, k: int = 5) -> list[dict]:
         """The layer/head maps with the largest weights: which heads carry contact information."""
         order = np.argsort(-np.abs(self.coef))[:k]
         return [{"layer": int(c // lm.heads), "head": int(c % lm.heads), "weight": float(self.coef[c])}

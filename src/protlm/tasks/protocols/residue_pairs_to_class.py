@@ -361,7 +361,7 @@ class ResiduePairsToClass(Protocol):
     def inputs(self, config, source, chains: list[Chain], progress=None) -> ContactInputs:
         d = config.data
         if isinstance(source, AttentionSource):
-            _fit_position_limit(chains, source.lm.family.max_residues)
+            _fit_position_limit(chains, source.lm.max_residues)
             return ContactInputs(chains, None, source.lm, d.threshold, d.min_separation)
         seqs = [c.model_input for c in chains]
         fs = source.features([c.id for c in chains], seqs, seqs, progress)
@@ -505,7 +505,7 @@ class ResiduePairsToClass(Protocol):
         out_dir.mkdir(parents=True, exist_ok=True)
         names = safe_names(ids)
         lm = getattr(source, "lm", None)
-        limit = lm.family.max_residues if lm is not None else None
+        limit = lm.max_residues if lm is not None else None
         done, skipped, scored = [], [], []
         for pid, seq in _progress(list(zip(ids, sequences)), "contacts"):
             seq = seq.upper()
