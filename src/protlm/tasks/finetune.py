@@ -71,6 +71,7 @@ class FinetuneConfig:
     warmup_steps: int = 0  # optimizer steps of linear warm-up (both learning rates)
     batches_per_step: int = 1  # batches (per process) accumulated into one optimizer step
     tokens_per_step: int = 0  # and at least this many residues (gradient accumulation to a budget); 0: no budget
+    tokens_per_batch: int = 0  # padded residues the LM runs at once; bigger batches are cut (same gradient); 0: any
     checkpointing: bool = False  # activation checkpointing in the LM
     checkpoint_steps: int = 200  # optimizer steps between resume checkpoints (and one at every epoch's end)
     top_layers: int = 1  # method top: how many of the last layers train
@@ -95,6 +96,7 @@ class FinetuneConfig:
         need(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         need(self.tokens_per_step >= 0, "tokens_per_step", "must be >= 0")
         need(self.batches_per_step >= 1, "batches_per_step", "must be >= 1")
+        need(self.tokens_per_batch >= 0, "tokens_per_batch", "must be >= 0")
         need(self.top_layers >= 1, "top_layers", "must be >= 1")
         need(self.checkpoint_steps >= 1, "checkpoint_steps", "must be >= 1")
         need(self.lora_r >= 1, "lora_r", "must be >= 1")
@@ -316,6 +318,46 @@ def optimizer_for(model: torch.nn.Module, head_lr: float, head_wd: float, ft: Fi
     for g in opt.param_groups:
         g["base_lr"] = g["lr"]
     return opt
+
+
+def split_batch(batch: tuple, parts: int = 2) -> list[tuple]:
+    """A training batch ``(idx, TokenBatch, mask, windows)`` cut into ``parts`` batches of
+    consecutive proteins (each padded only to its own longest protein)."""
+    idx, tokens, mb, windows = batch
+    n = len(idx)
+    bounds = [round(k * n / parts) for k in range(parts + 1)]
+    out = []
+    for a, b in zip(bounds, bounds[1:]):
+        if b <= a:
+            continue
+        seqs = tokens.seqs[a:b]
+        width = max(len(x) for x in seqs)
+        out.append((idx[a:b], TokenBatch(seqs), mb[a:b, :width], windows[a:b]))
+    return out
+
+
+def to_budget(batch: tuple, tokens: int) -> list[tuple]:
+    """The batch cut into consecutive pieces of at most ``tokens`` padded residues (0: whole)."""
+    if not tokens or not isinstance(batch[1], TokenBatch):
+        return [batch]
+    seqs = batch[1].seqs
+    pieces, start, width = [], 0, 0
+    for i, s in enumerate(seqs):
+        width_i = max(width, len(s))
+        if i > start and width_i * (i - start + 1) > tokens:
+            pieces.append((start, i))
+            start, width_i = i, len(s)
+        width = width_i
+    pieces.append((start, len(seqs)))
+    if len(pieces) == 1:
+        return [batch]
+    idx, tb, mb, windows = batch
+    out = []
+    for a, b in pieces:
+        part = tb.seqs[a:b]
+        w = max(len(x) for x in part)
+        out.append((idx[a:b], TokenBatch(part), mb[a:b, :w], windows[a:b]))
+    return out
 
 
 def batch_residues(batch: Sequence) -> int:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from protlm import __version__
+from protlm.embed.runner import is_oom
 from protlm.embed.spec import parse_spec
 from protlm.errors import InputError, ProtlmError
 from protlm.pretrain.distributed import all_reduce_sum, barrier, destroy, gather_objects, init_distributed
@@ -39,7 +40,7 @@ from protlm.tasks.config import TaskConfig, build_task_config
 from protlm.tasks.features import FeatureSource, check_identity
 from protlm.tasks.finetune import (LM_FOLDER, STATE_FOLDER, FinetunedModel, RunState, SequenceSource, batch_residues,
                                    finetuned_embedder, optimizer_for, parameter_counts, run_digest, save_lm,
-                                   trainable_lm, trainable_state, warmup_factor)
+                                   split_batch, to_budget, trainable_lm, trainable_state, warmup_factor)
 from protlm.tasks.protocols import Protocol, TaskData
 from protlm.tasks.protocols.labels import class_weights, feature_batch
 
@@ -199,13 +200,28 @@ def _finetune_epoch(config, protocol, model, acc, batches, state, totals, epoch,
         if b < skip:
             continue  # done before the resume: replayed only to move the batch order's RNG along
         if b % world == rank:
-            out = protocol.batch_loss(config, model, batch, state)
-            if out is not None:
-                loss, weight = out
-                value = _finite(config, loss, epoch, True)
-                acc.add(loss, weight, batch)
-                totals[0] += value * weight
-                totals[1] += weight
+            pending = to_budget(batch, acc.tokens_per_batch)
+            while pending:
+                piece = pending.pop(0)
+                try:
+                    out = protocol.batch_loss(config, model, piece, state)
+                except (RuntimeError, MemoryError) as exc:
+                    if not is_oom(exc):
+                        raise
+                    if len(piece[0]) == 1:
+                        raise ProtlmError(f"{config.name}: one protein of {len(piece[1].seqs[0])} residues does not "
+                                          f"fit in memory for training; crop it (train.max_residues), or use "
+                                          f"finetune.checkpointing or method lora") from None
+                    log.warning("%s: out of memory on a batch of %d proteins; split in halves (the gradient is the "
+                                "same)", config.name, len(piece[0]))
+                    pending = split_batch(piece) + pending
+                    continue
+                if out is not None:
+                    loss, weight = out
+                    value = _finite(config, loss, epoch, True)
+                    acc.add(loss, weight, piece)
+                    totals[0] += value * weight
+                    totals[1] += weight
         since += 1
         if since >= world * acc.batches_per_step and acc.ready():
             acc.step()
@@ -230,6 +246,7 @@ class Accumulator:
         self.world = world
         self.per_residue = protocol.output_level == "residue"
         self.batches_per_step = ft.batches_per_step
+        self.tokens_per_batch = ft.tokens_per_batch
         self.budget = ft.tokens_per_step
         self.warmup = ft.warmup_steps
         self.steps = 0
