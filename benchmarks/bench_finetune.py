@@ -48,10 +48,14 @@ training FLOPs counted as 2 × forward (the frozen weights get no gradient); the
 convention is in the JSON too.
 
 Part 3 — peak memory of one forward + backward of one ``--memory-length``-residue protein, LoRA
-vs full, activation checkpointing off/on, protlm and the reference, each in a fresh child
+vs full, activation checkpointing off/on, protlm and the reference (and protlm's LoRA with
+``lora_dropout: 0`` and with the bf16 prototype, checkpointing off), each in a fresh child
 process: the peak RSS of the step (``VmHWM`` reset through ``/proc/self/clear_refs`` right before
 the step, after a 20-residue warm-up step) and that minus the RSS before the step. (``ru_maxrss``
-is not used: Linux carries the parent's peak across fork + exec.)
+is not used: Linux carries the parent's peak across fork + exec; the children run with a fixed
+glibc mmap threshold, so freed tensors leave the RSS at once), and the bytes autograd saves for
+the backward (saved-tensor hooks; weights excluded; with checkpointing only what is saved outside
+the checkpointed layers).
 
     nice .venv/bin/python benchmarks/bench_finetune.py --out /tmp/bench_finetune.json \\
         [--threads 2] [--batch 8] [--steps 5] [--warmup 2] [--compile] [--no-memory] [--quick]
@@ -418,7 +422,10 @@ def memory_child(folder: str, impl: str, method: str, ckpt: bool, seq: str, thre
     def fwd_bwd_short():
         fwd_bwd(short, [labels[0][:20]])
     if impl == "protlm":
-        model, _ = protlm_model(folder, method=method, checkpointing=ckpt)
+        bf16 = method.endswith("_bf16")
+        if method == "lora_nodropout":
+            LORA["lora_dropout"] = 0.0
+        model, _ = protlm_model(folder, method=method.split("_")[0], checkpointing=ckpt, bf16=bf16)
         model.train()
 
         def fwd_bwd(s=seq, lab=labels):
@@ -458,21 +465,36 @@ def memory_child(folder: str, impl: str, method: str, ckpt: bool, seq: str, thre
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     except OSError:
         reset = False
+    params = model.parameters() if impl == "protlm" else list(lm.parameters()) + list(head.parameters())
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    saved: dict = {}
+
+    def pack(x):  # what autograd keeps for the backward (outside checkpointed regions), weights excluded
+        try:
+            st = x.untyped_storage()
+            if st.data_ptr() not in param_ptrs:
+                saved[st.data_ptr()] = st.nbytes()
+        except (RuntimeError, NotImplementedError):
+            pass
+        return x
+
     t = time.perf_counter()
-    fwd_bwd()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        fwd_bwd()
     dt = time.perf_counter() - t
     peak = hwm_now() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     trained = sum(p.numel() for p in (model.parameters() if impl == "protlm" else list(lm.parameters()) + list(head.parameters()))
                   if p.requires_grad)
     print(json.dumps({"impl": impl, "method": method, "checkpointing": ckpt, "length": len(seq), "seconds": dt,
                       "trainable_parameters": trained, "load_peak_bytes": load_peak, "rss_before_bytes": before,
-                      "step_peak_bytes": peak, "step_delta_bytes": peak - before, "hwm_reset": reset}))
+                      "step_peak_bytes": peak, "step_delta_bytes": peak - before, "hwm_reset": reset,
+                      "saved_activation_bytes": sum(saved.values())}))
 
 
-def run_child(args: list[str], timeout: float) -> dict:
+def run_child(args: list[str], timeout: float, env: dict | None = None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve())] + args
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired as exc:
         return {"error": f"timed out after {timeout:.0f} s", "stdout_tail": (exc.stdout or b"")[-500:].decode(errors="replace")
                 if isinstance(exc.stdout, bytes) else str(exc.stdout or "")[-500:]}
@@ -708,20 +730,22 @@ def main() -> int:
         seq = long[0][:args.memory_length] if long else "".join(rng.choice(sorted(STANDARD), args.memory_length))
         sf = tmp / "long.txt"
         sf.write_text(seq)
-        for impl in ("protlm", "reference"):
-            for method in ("lora", "full"):
-                for ckpt in ("0", "1"):
-                    r = run_child(["--child", "memory", folder, impl, method, ckpt, str(sf), str(args.threads[-1])],
-                                  timeout=300)
-                    r.setdefault("impl", impl), r.setdefault("method", method), r.setdefault("checkpointing", ckpt == "1")
-                    memory.append(r)
-                    if "error" in r:
-                        print(f"  {impl} {method} ckpt={ckpt}: {r}", flush=True)
-                    else:
-                        print(f"  {impl} {method} ckpt={ckpt}: peak {r['step_peak_bytes'] / 2**20:.0f} MiB, "
-                              f"{r['step_delta_bytes'] / 2**20:.0f} MiB above {r['rss_before_bytes'] / 2**20:.0f} MiB, "
-                              f"{r['seconds']:.1f} s", flush=True)
-
+        configs = [(impl, method, ckpt) for impl in ("protlm", "reference") for method in ("lora", "full")
+                   for ckpt in ("0", "1")]
+        configs[4:4] = [("protlm", "lora_nodropout", "0"), ("protlm", "lora_bf16", "0")]
+        for impl, method, ckpt in configs:
+            # a fixed mmap threshold: glibc returns every freed block ≥ 64 KiB at once, so
+            # the RSS peak follows the live tensors (not the dynamic threshold's history)
+            r = run_child(["--child", "memory", folder, impl, method, ckpt, str(sf), str(args.threads[-1])],
+                          timeout=300, env={"MALLOC_MMAP_THRESHOLD_": "65536"})
+            r.setdefault("impl", impl), r.setdefault("method", method), r.setdefault("checkpointing", ckpt == "1")
+            memory.append(r)
+            if "error" in r:
+                print(f"  {impl} {method} ckpt={ckpt}: {r}", flush=True)
+            else:
+                print(f"  {impl} {method} ckpt={ckpt}: peak {r['step_peak_bytes'] / 2**20:.0f} MiB, "
+                      f"{r['step_delta_bytes'] / 2**20:.0f} MiB above {r['rss_before_bytes'] / 2**20:.0f} MiB, "
+                      f"{r['seconds']:.1f} s", flush=True)
 
     # ---------------------------------------------------------------- report
     print("\npadding fractions: " + ", ".join(f"{k} {v:.1%}" for k, v in padding.items() if isinstance(v, float)))
@@ -754,15 +778,16 @@ def main() -> int:
     if memory:
         print(f"\n### peak memory, one forward+backward, {args.memory_length} residues, {args.threads[-1]} threads\n")
         print("| impl | method | checkpointing | peak RSS during the step (MiB) | step peak above RSS before (MiB) | "
-              "RSS before (MiB) | trainable params | seconds |")
-        print("|---|---|---|---:|---:|---:|---:|---:|")
+              "RSS before (MiB) | saved activations (MiB) | trainable params | seconds |")
+        print("|---|---|---|---:|---:|---:|---:|---:|---:|")
         for r in memory:
             if "error" in r:
                 print(f"| {r['impl']} | {r['method']} | {r['checkpointing']} | error: {r['error']} | | | |")
                 continue
             print(f"| {r['impl']} | {r['method']} | {'on' if r['checkpointing'] else 'off'} | "
                   f"{r['step_peak_bytes'] / 2**20:.0f} | {r['step_delta_bytes'] / 2**20:.0f} | "
-                  f"{r['rss_before_bytes'] / 2**20:.0f} | {r['trainable_parameters']:,} | {r['seconds']:.2f} |")
+                  f"{r['rss_before_bytes'] / 2**20:.0f} | {r['saved_activation_bytes'] / 2**20:.0f} | "
+                  f"{r['trainable_parameters']:,} | {r['seconds']:.2f} |")
     doc = {"benchmark": "finetune", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": info,
            "threads": args.threads, "model": folder if args.model else "random-weight ESM-2 35M shape",
            "shape": SHAPE, "lora": LORA, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,

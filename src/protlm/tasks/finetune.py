@@ -418,18 +418,22 @@ class RunState:
         doc = {**meta, "run": self.run_id, "param_groups": groups, "has_best": best_state is not None}
         tmp = self.folder.with_name(STATE_FOLDER + ".tmp")
         old = self.folder.with_name(STATE_FOLDER + ".old")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(tensors, str(tmp / "state.safetensors"))
-        (tmp / "state.json").write_bytes(json_bytes(doc))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if self.folder.is_dir():
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_file(tensors, str(tmp / "state.safetensors"))
+            (tmp / "state.json").write_bytes(json_bytes(doc))
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            if self.folder.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+                self.folder.rename(old)
+            tmp.rename(self.folder)
             shutil.rmtree(old, ignore_errors=True)
-            self.folder.rename(old)
-        tmp.rename(self.folder)
-        shutil.rmtree(old, ignore_errors=True)
+        except BaseException:  # Ctrl-C, SIGTERM, a full disk: the last whole checkpoint (or .old) stays
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def load(self, model: torch.nn.Module, opt, rank: int = 0) -> dict:
         """Restore the model's trained parameters and the optimizer; returns the saved meta with

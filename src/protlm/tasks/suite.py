@@ -241,15 +241,15 @@ def split_column(name: str) -> tuple[str, str | None]:
     return name, None
 
 
-def configured(path: Path, overrides, spec, method: str | None, extra: dict) -> TaskConfig:
-    """The task config of ``path`` for one column: its embedder, its fine-tuning method, extra tests."""
+def configured(path: Path, overrides, spec, method: str | None) -> TaskConfig:
+    """The task config of ``path`` for one column: its embedder and its fine-tuning method, checked
+    (a ConfigError when the embedder does not fit the protocol, the head or the method)."""
     config = load_task_config(path, overrides)
     if spec is not None:
         config.embedder = spec
     validate(config)
     if method is not None:
         config = with_finetune(config, method)
-    add_tests(config, extra)
     return config
 
 
@@ -291,11 +291,12 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
         for spec, method in [(e, m) for e in (embedders or [base.embedder]) for m in methods]:
             try:
                 # the embedder must fit the protocol and head (attention maps need an LM, fine-tuning a torch LM)
-                config = configured(path, overrides, spec, method, extra.get(path.stem, {}))
+                config = configured(path, overrides, spec, method)
             except ConfigError as exc:
                 log.warning("%s with %s: skipped (%s)", path.stem, column(spec, method), exc)
                 skipped.append({"task": path.stem, "embedder": column(spec, method), "reason": str(exc)})
                 continue
+            add_tests(config, extra.get(path.stem, {}))
             name = column(config.embedder_name, config.finetune.method)
             spec = config.embedder_name
             with config.protocol_obj.open_source(config, cache_dir) as source:
@@ -386,7 +387,7 @@ def paired_differences(files: list[Path], pairs: list[tuple[str, str]], out: Pat
         stats: dict[str, dict] = {}
         for name in needed:
             spec, method = split_column(name)
-            cfg = configured(path, overrides, spec, method, extra.get(path.stem, {}))
+            cfg = configured(path, overrides, spec, method)
             with protocol.open_source(cfg, cache_dir) as base_source:
                 folder = head_folder(out, path.stem, name, head_identity(cfg, base_source.identity()))
             head = load_head(folder)

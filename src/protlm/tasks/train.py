@@ -33,8 +33,8 @@ from protlm import __version__
 from protlm.embed.runner import is_oom
 from protlm.embed.spec import parse_spec
 from protlm.errors import InputError, ProtlmError
-from protlm.pretrain.distributed import all_reduce_sum, barrier, destroy, gather_objects, init_distributed
 from protlm.io.atomic import json_bytes, write_bytes, write_with_path
+from protlm.io.processes import all_reduce_sum, barrier, destroy, gather_objects, init_distributed
 from protlm.tasks import headfile
 from protlm.tasks.config import TaskConfig, build_task_config
 from protlm.tasks.features import FeatureSource, check_identity
@@ -70,7 +70,7 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
     gradient accumulation (:func:`_finetune_epoch`). ``run_state``: a
     :class:`~protlm.tasks.finetune.RunState` written at every epoch's end and every
     ``run_state.every`` optimizer steps; ``resume``: continue from it exactly. ``env``: the
-    torchrun processes (:class:`protlm.pretrain.distributed.DistEnv`) sharing the batches."""
+    torchrun processes (:class:`protlm.io.processes.DistEnv`) sharing the batches."""
     t = config.train
     ft = config.finetune if lm is not None else None
     world, rank = (env.world, env.rank) if env is not None else (1, 0)
