@@ -30,10 +30,13 @@ the other (the order rotated each slot), ``--warmup`` untimed slots, then ``--st
 * ``protlm_split_bf16``: both;
 * ``protlm_single`` / ``protlm_single_bf16`` (not run by default): the split with no padding at
   all (one protein per micro-batch: no mask, SDPA's fast path);
-* ``protlm_sorted`` / ``protlm_sorted_bf16`` (the latter not run by default): the same proteins regrouped into length-sorted
-  batches (what protlm's ``epoch_batches`` does with its pools of 50 × batch; here the pool is
+* ``protlm_sorted`` / ``protlm_sorted_bf16`` (the latter not run by default): the same proteins
+  regrouped into length-sorted batches (what protlm's ``epoch_batches`` does with its pools of 50 × batch; here the pool is
   the timed proteins), unchanged step (/ with bf16). Not the same batches as the reference:
   compared on total residues / total time over the same proteins;
+* ``src_split`` / ``src_bf16`` / ``src_split_bf16`` (not run by default; only where src's
+  ``FinetunedModel`` takes ``max_padding`` / ``precision``): the candidates as src implements
+  them (``max_padding = --split-tol``), to check src against the prototypes;
 * ``--compile``: ``protlm`` with the LM under ``torch.compile`` (in a child process with a time
   limit on the first, compiling step, ``--compile-limit`` s; skipped when it runs out).
 
@@ -42,9 +45,9 @@ Also measured in the same run: the matmul ceilings (2048³ and the model's own (
 change against fp32 on the same batch and weights (LoRA dropout off); SDPA forward+backward on a
 padded batch's shape with and without the padding mask, and whether transformers drops an
 all-ones mask itself (candidate (c)); padding fractions (random, split, sorted batches, and
-protlm's 50 × batch pools over the whole length distribution). MFU = 3 × forward FLOPs of the
-real tokens (2·N_body + 4·layers·width·L per token) per second / fp32 ceiling, with LoRA's
-training FLOPs counted as 2 × forward (the frozen weights get no gradient); the guide's 3 ×
+protlm's 50 × batch pools over the whole length distribution). MFU = training FLOPs of the real
+tokens per second / fp32 ceiling, the forward counted as 2·N_body + 4·layers·width·L per token
+and LoRA's training as 2 × forward (the frozen weights get no gradient); the guide's 3 × forward
 convention is in the JSON too.
 
 Part 3 — peak memory of one forward + backward of one ``--memory-length``-residue protein, LoRA
@@ -57,8 +60,13 @@ glibc mmap threshold, so freed tensors leave the RSS at once), and the bytes aut
 the backward (saved-tensor hooks; weights excluded; with checkpointing only what is saved outside
 the checkpointed layers).
 
-    nice .venv/bin/python benchmarks/bench_finetune.py --out /tmp/bench_finetune.json \\
-        [--threads 2] [--batch 8] [--steps 5] [--warmup 2] [--compile] [--no-memory] [--quick]
+    .venv/bin/python benchmarks/bench_finetune.py --threads 1 --out /tmp/bench_finetune.json \\
+        [--batch 8] [--steps 5] [--warmup 2] [--variants ...] [--compile] [--no-memory] [--quick]
+
+About 6.5 minutes with 1 thread and the defaults. On a shared 2-core machine whose other core is
+busy, 2 OpenMP threads stall (steps 2–10× slower than with 1 thread, erratic): use ``--threads 1``
+there. ``--compile`` adds a child process that compiles for minutes; ``--skip-speed`` runs only
+the parts asked for besides it (memory, compile).
 
 Prints Markdown tables and writes ``--out`` (default ``benchmarks/results/finetune.json``).
 """
@@ -90,7 +98,7 @@ LORA = dict(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["query", "key
 N_CLASSES = 3
 STANDARD = set("ACDEFGHIKLMNPQRSTVWY")
 ALL_VARIANTS = ("reference", "protlm", "protlm_bf16", "protlm_split", "protlm_split_bf16", "protlm_sorted",
-                "protlm_sorted_bf16", "protlm_single", "protlm_single_bf16")
+                "protlm_sorted_bf16", "protlm_single", "protlm_single_bf16", "src_split", "src_bf16", "src_split_bf16")
 DEFAULT_VARIANTS = ALL_VARIANTS[:6]
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16",
              "amx_tile", "amx_int8", "avx512_fp16")
@@ -247,8 +255,18 @@ def reference_method(folder: str):
     return step
 
 
+def src_has_options() -> bool:
+    """Whether src's FinetunedModel takes ``max_padding`` and ``precision`` (the src_* variants)."""
+    import inspect
+
+    from protlm.tasks.finetune import FinetunedModel
+
+    params = inspect.signature(FinetunedModel.__init__).parameters
+    return "max_padding" in params and "precision" in params
+
+
 def protlm_model(folder: str, method: str = "lora", checkpointing: bool = False, bf16: bool = False,
-                 split_tol: float | None = None):
+                 split_tol: float | None = None, src_options: dict | None = None):
     """(FinetunedModel or the prototype subclass, FinetuneConfig) as protlm's fit_head builds it."""
     from protlm.embed.spec import parse_spec
     from protlm.tasks.finetune import FinetuneConfig, FinetunedModel, trainable_lm
@@ -290,7 +308,10 @@ def protlm_model(folder: str, method: str = "lora", checkpointing: bool = False,
     backend = trainable_lm(parse_spec({"name": folder, "device": "cpu"}), ft)
     head = make_head(LogregConfig(), backend.dim, [N_CLASSES], "residue")
     plain = not bf16 and split_tol is None
-    model = FinetunedModel(backend, head, -1) if plain else PrototypeModel(backend, head, -1)
+    if src_options is not None:  # src's own implementation of the candidates
+        model = FinetunedModel(backend, head, -1, **src_options)
+    else:
+        model = FinetunedModel(backend, head, -1) if plain else PrototypeModel(backend, head, -1)
     return model, ft
 
 
@@ -307,10 +328,11 @@ def protlm_loss(model, seqs: list[str], labels: list[np.ndarray]) -> torch.Tenso
     return F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tg.reshape(-1), ignore_index=-1)
 
 
-def protlm_method(folder: str, *, bf16: bool = False, split_tol: float | None = None, compile_: bool = False):
+def protlm_method(folder: str, *, bf16: bool = False, split_tol: float | None = None, compile_: bool = False,
+                  src_options: dict | None = None):
     from protlm.tasks.finetune import optimizer_for
 
-    model, ft = protlm_model(folder, bf16=bf16, split_tol=split_tol)
+    model, ft = protlm_model(folder, bf16=bf16, split_tol=split_tol, src_options=src_options)
     if compile_:
         model.backend.module = torch.compile(model.backend.module, dynamic=True)
     opt = optimizer_for(model, 1e-3, 0.0, ft)
@@ -552,6 +574,9 @@ def speed(folder: str, variants: list[str], warm: list, timed: list, sorted_warm
         "protlm_sorted_bf16": lambda: protlm_method(folder, bf16=True),
         "protlm_single": lambda: protlm_method(folder, split_tol=0.0),
         "protlm_single_bf16": lambda: protlm_method(folder, bf16=True, split_tol=0.0),
+        "src_split": lambda: protlm_method(folder, src_options={"max_padding": split_tol}),
+        "src_bf16": lambda: protlm_method(folder, src_options={"precision": "bf16"}),
+        "src_split_bf16": lambda: protlm_method(folder, src_options={"max_padding": split_tol, "precision": "bf16"}),
     }
     steppers = {v: makers[v]() for v in variants}
     trainable = {v: s.trainable for v, s in steppers.items()}
@@ -571,8 +596,11 @@ def speed(folder: str, variants: list[str], warm: list, timed: list, sorted_warm
             last[v] = dt
             if not warmup:
                 lengths = [len(s) for s in seqs]
+                tol = split_tol if "split" in v else 0.0 if "single" in v else None  # (src: ≈ the same groups)
+                groups = split_groups(lengths, tol) if tol is not None else [list(range(len(lengths)))]
                 samples[v].append({"slot": k, "s": dt, "residues": sum(lengths),
-                                   "padded": len(lengths) * max(lengths), "fwd_flops": forward_flops(lengths),
+                                   "padded": len(lengths) * max(lengths),
+                                   "computed": sum(len(g) * max(lengths[i] for i in g) for g in groups), "fwd_flops": forward_flops(lengths),
                                    "loss": loss})
         print(f"  slot {j + 1}/{n_slots}{' (warm-up)' if warmup else ''}: "
               + ", ".join(f"{v} {last[v]:.2f}s" for v in variants), flush=True)
@@ -595,7 +623,9 @@ def summarise(samples: dict, peak_fp32: float, peak_bf16: float) -> dict:
                "mfu_fp32_ceiling": 2 * sum(r["fwd_flops"] for r in runs) / total_s / (peak_fp32 * 1e9),
                "mfu_bf16_ceiling": 2 * sum(r["fwd_flops"] for r in runs) / total_s / (peak_bf16 * 1e9),
                "mfu_fp32_ceiling_3x_convention": 3 * sum(r["fwd_flops"] for r in runs) / total_s / (peak_fp32 * 1e9),
-               "padding_fraction": 1 - total_res / sum(r["padded"] for r in runs), "steps": len(runs)}
+               "padding_fraction": 1 - total_res / sum(r["padded"] for r in runs),
+               "computed_padding_fraction": 1 - total_res / sum(r.get("computed", r["padded"]) for r in runs),
+               "steps": len(runs)}
         if "sorted" not in v:  # the same batch in the same slot as the reference: paired ratios
             row["ratio_paired_median"] = statistics.median(r0["s"] / r["s"] for r0, r in zip(ref, runs))
             row["ratio_paired_min"] = min(r0["s"] / r["s"] for r0, r in zip(ref, runs))
@@ -640,6 +670,9 @@ def main() -> int:
         args.batch, args.steps, args.warmup, args.max_len, args.memory_length = 4, 2, 1, 150, 200
     if "reference" not in args.variants:
         args.variants = ["reference"] + args.variants
+    if any(v.startswith("src_") for v in args.variants) and not src_has_options():
+        print("SKIP src_* variants: this src's FinetunedModel takes no max_padding / precision")
+        args.variants = [v for v in args.variants if not v.startswith("src_")]
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench_finetune_"))
     folder = args.model or str(make_model(tmp / "esm2_35M_shape"))
@@ -756,13 +789,14 @@ def main() -> int:
               + f"; bf16/fp32 = {ceil['bf16_2048'] / ceil['fp32_2048']:.2f}× (2048³), "
               f"{ceil['bf16_model_gemm'] / ceil['fp32_model_gemm']:.2f}× (model GEMM {rows}×480·480×1920)\n")
         print("| variant | tokens/s (total) | tokens/s (median step) | × reference (total) | × reference (paired median, min–max) "
-              "| padding | MFU (2×fwd / fp32 ceil.) |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+              "| batch padding | padding computed | MFU (2×fwd / fp32 ceil.) |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for v, row in res["table"].items():
             paired = (f"{row['ratio_paired_median']:.2f}× ({row['ratio_paired_min']:.2f}–{row['ratio_paired_max']:.2f})"
                       if "ratio_paired_median" in row else "—")
             print(f"| {v} | {row['tokens_per_s_total']:.0f} | {row['tokens_per_s_median']:.0f} | "
                   f"{row['ratio_total_vs_reference']:.2f}× | {paired} | {row['padding_fraction']:.1%} | "
+                  f"{row['computed_padding_fraction']:.1%} | "
                   f"{100 * row['mfu_fp32_ceiling']:.1f}% |")
         print("\nbf16 / split numerics vs fp32 (same batch, same weights, dropout off):")
         for k, v in res["numerics"].items():

@@ -684,3 +684,50 @@ def test_token_budget_and_oom_halving_keep_the_gradient(tmp_path, models, data, 
         np.testing.assert_allclose(c[k].numpy(), w[k].numpy(), atol=1e-4, rtol=0, err_msg=k)
         np.testing.assert_allclose(h[k].numpy(), w[k].numpy(), atol=1e-4, rtol=0, err_msg=k)
     assert whole["test"] and cut["test"] and halved["test"]
+
+
+def test_length_groups_give_the_whole_batch_numbers(models):
+    """On a CPU a batch runs through the LM as pieces of similar length (max_padding): the head's
+    inputs and the gradients equal those of the whole padded batch."""
+    from protlm.embed.spec import parse_spec
+    from protlm.tasks.finetune import FinetuneConfig, FinetunedModel, TokenBatch, length_groups, trainable_lm
+    from protlm.tasks.heads.base import make_head
+    from protlm.tasks.heads.cnn import Config as CnnConfig
+
+    assert length_groups([10, 100, 11, 98, 12], 0.1) == [[0, 2, 4], [3, 1]]
+    assert length_groups([10, 100], 1.0) == [[0, 1]]
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "MKT", "ACDEFGHIKLMNPQRSTVWY", "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEV"]
+    mb = torch.zeros(len(seqs), max(map(len, seqs)))
+    for i, s in enumerate(seqs):
+        mb[i, :len(s)] = 1
+    grads = []
+    for padding in (1.0, 0.1):
+        torch.manual_seed(0)
+        backend = trainable_lm(parse_spec({"name": str(models["esm"]), "device": "cpu"}), FinetuneConfig(method="full"))
+        torch.manual_seed(1)
+        model = FinetunedModel(backend, make_head(CnnConfig(type="cnn", dropout=0.0), backend.dim, [3], "residue"),
+                               -1, padding)
+        model.eval()
+        out = model(TokenBatch(seqs), mb)[0]
+        (out * mb[..., None]).sum().backward()
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = grads
+    torch.testing.assert_close(a * mb[..., None], b * mb[..., None], rtol=0, atol=1e-5)
+    assert set(ga) == set(gb)
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_trains_where_the_cpu_has_it_and_is_refused_otherwise(tmp_path, models, data):
+    from protlm.tasks.finetune import bf16_capable
+
+    ok, why = bf16_capable("cpu")
+    if ok:
+        res = _train(data, tmp_path / "bf16", models["esm"], {"method": "lora", "precision": "bf16"}, epochs=1)
+        assert res["test"]["held_out"]
+    else:
+        with pytest.raises(ConfigError, match="no bf16 instructions"):
+            _train(data, tmp_path / "bf16", models["esm"], {"method": "lora", "precision": "bf16"}, epochs=1)
+        assert why
+    with pytest.raises(ConfigError, match="precision"):
+        _train(data, tmp_path / "u", models["unirep"], {"method": "full", "precision": "bf16"}, epochs=1)

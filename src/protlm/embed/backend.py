@@ -123,6 +123,8 @@ class TorchBackend(Backend):
     module: Any = None
     #: The layer the numpy ``forward`` returns (−1: the last).
     layer: int = -1
+    #: Whether the forward runs under bf16 autocast (fine-tuning's ``precision: bf16``).
+    autocast_bf16: bool = True
 
     @abc.abstractmethod
     def forward_tokens(self, seqs: Sequence[str], *, layers: Sequence[int] = (-1,), attentions: bool = False,

@@ -12,6 +12,8 @@ with the head, and today's practice is parameter-efficient (LoRA, as biotrainer 
       tokens_per_step: 0    # ... and at least this many residues (0: no residue budget)
       checkpointing: false  # activation checkpointing (less memory, more time)
       checkpoint_steps: 200 # optimizer steps between resume checkpoints (also one per epoch)
+      max_padding: 0.1      # CPU: a batch runs through the LM as pieces of similar length (same numbers)
+      precision: fp32       # or bf16: autocast, where the CPU (avx512_bf16 / amx_bf16) or GPU has it
       top_layers: 1         # method top: the last k layers are trained, the rest frozen
       lora_r: 8
       lora_alpha: 16
@@ -61,6 +63,7 @@ log = logging.getLogger("protlm.tasks")
 METHODS = ("none", "full", "lora", "top")
 LORA_BIAS = ("none", "all", "lora_only")
 LM_FOLDER = "lm"
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -72,6 +75,8 @@ class FinetuneConfig:
     batches_per_step: int = 1  # batches (per process) accumulated into one optimizer step
     tokens_per_step: int = 0  # and at least this many residues (gradient accumulation to a budget); 0: no budget
     tokens_per_batch: int = 0  # padded residues the LM runs at once; bigger batches are cut (same gradient); 0: any
+    max_padding: float = 0.1  # CPU: a batch runs as pieces of similar length, each at most this share padding
+    precision: str = "fp32"  # fp32 | bf16 (autocast; on a CPU only where it has bf16 instructions)
     checkpointing: bool = False  # activation checkpointing in the LM
     checkpoint_steps: int = 200  # optimizer steps between resume checkpoints (and one at every epoch's end)
     top_layers: int = 1  # method top: how many of the last layers train
@@ -97,6 +102,8 @@ class FinetuneConfig:
         need(self.tokens_per_step >= 0, "tokens_per_step", "must be >= 0")
         need(self.batches_per_step >= 1, "batches_per_step", "must be >= 1")
         need(self.tokens_per_batch >= 0, "tokens_per_batch", "must be >= 0")
+        need(0 <= self.max_padding <= 1, "max_padding", "must be in [0, 1] (1: run every batch whole)")
+        need(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
         need(self.top_layers >= 1, "top_layers", "must be >= 1")
         need(self.checkpoint_steps >= 1, "checkpoint_steps", "must be >= 1")
         need(self.lora_r >= 1, "lora_r", "must be >= 1")
@@ -182,27 +189,86 @@ def sequence_batch(x: SequenceSet, idx: list[int], crop: int = 0, rng: np.random
 # --------------------------------------------------------------------------- the model
 
 
+def length_groups(lengths: Sequence[int], max_padding: float) -> list[list[int]]:
+    """Positions grouped by length (shortest first): a group grows while its padded size stays
+    within ``1 / (1 − max_padding)`` of its residues, i.e. at most that share is padding."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    limit = 1.0 / (1.0 - max_padding) if max_padding < 1 else float("inf")
+    groups: list[list[int]] = []
+    for i in order:
+        if groups:
+            g = groups[-1]
+            real = sum(lengths[j] for j in g) + lengths[i]
+            if (len(g) + 1) * lengths[i] <= limit * real:
+                g.append(i)
+                continue
+        groups.append([i])
+    return groups
+
+
+def bf16_capable(device: str) -> tuple[bool, str]:
+    """Whether bf16 autocast is fast here, and the reason when it is not (read from the CPU's flags)."""
+    if device.startswith("cuda"):
+        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return ok, "" if ok else "this GPU has no bf16 support"
+    flags = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        return True, ""
+    return False, ("this CPU has no bf16 instructions (avx512_bf16 / amx_bf16); bf16 would run emulated, slower "
+                   "than fp32: use finetune.precision fp32")
+
+
 class FinetunedModel(torch.nn.Module):
     """The LM's trainable forward feeding the head: ``model(TokenBatch, mask)`` → the head's logits.
 
     ``lm`` is registered as a submodule, so ``parameters()``, ``train()`` and ``eval()`` cover both;
     the head runs on the LM's device and its outputs come back to the CPU, where the protocols
-    keep their targets."""
+    keep their targets. On a CPU, a batch of a family that pays for padding (the transformers) is run
+    through the LM as pieces of similar length (``max_padding``), re-padded for the head: the same
+    numbers and one backward pass, without the padding's work (benchmarks/bench_finetune.py).
+    ``precision: bf16`` runs the LM under bf16 autocast (the head and the loss stay fp32)."""
 
-    def __init__(self, backend: TorchBackend, head: torch.nn.Module, layer: int = -1):
+    def __init__(self, backend: TorchBackend, head: torch.nn.Module, layer: int = -1, max_padding: float = 1.0,
+                 precision: str = "fp32"):
         super().__init__()
         self.backend = backend
         self.lm = backend.module
         self.head = head.to(torch.device(backend.device))
         self.layer = layer
+        cpu = torch.device(backend.device).type == "cpu"
+        self.max_padding = max_padding if (cpu and getattr(backend, "equal_length_on_cpu", False)) else 1.0
+        self.precision = precision
+
+    def _states(self, seqs: list[str]) -> torch.Tensor:
+        groups = length_groups([len(s) for s in seqs], self.max_padding) if self.max_padding < 1 else [list(
+            range(len(seqs)))]
+        if len(groups) == 1:
+            return self.backend.forward_tokens(seqs, layers=(self.layer,)).hidden[self.layer]
+        width = max(len(s) for s in seqs)
+        parts, order = [], []
+        for g in groups:
+            h = self.backend.forward_tokens([seqs[i] for i in g], layers=(self.layer,)).hidden[self.layer]
+            parts.append(torch.nn.functional.pad(h, (0, 0, 0, width - h.shape[1])))
+            order += g
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(parts, 0).index_select(0, inverse.to(parts[0].device))
 
     def forward(self, xb, mb: torch.Tensor) -> list[torch.Tensor]:
         if not isinstance(xb, TokenBatch):
             raise TypeError("FinetunedModel reads TokenBatch inputs (sequences), not features")
-        out = self.backend.forward_tokens(xb.seqs, layers=(self.layer,))
-        x = out.hidden[self.layer]
-        device = x.device
-        return [o.to("cpu") for o in self.head(x.float(), mb.to(device))]
+        device = torch.device(self.backend.device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            x = self._states(xb.seqs)
+        return [o.to("cpu") for o in self.head(x.float(), mb.to(x.device))]
 
 
 # --------------------------------------------------------------------------- preparing the LM
@@ -218,6 +284,13 @@ def trainable_lm(spec: EmbedderSpec, ft: FinetuneConfig) -> TorchBackend:
         raise ConfigError(f"config finetune.method {ft.method}: embedder {spec.name} is not a torch language model "
                           f"(one-hot, BLOSUM, k-mers, profiles and HDF5 files have nothing to fine-tune); use "
                           f"finetune.method none")
+    if ft.precision == "bf16":
+        ok, why = bf16_capable(backend.device)
+        if not backend.autocast_bf16:
+            ok, why = False, (f"{backend.family}'s trainable forward computes in fp32 (a hand-written recurrent "
+                              f"scan); use finetune.precision fp32")
+        if not ok:
+            raise ConfigError(f"config finetune.precision bf16: {why}")
     module = backend.module
     if ft.checkpointing:
         backend.enable_checkpointing()

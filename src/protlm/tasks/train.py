@@ -80,7 +80,7 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
     if rank:
         torch.manual_seed(t.seed + 7919 * rank)  # dropout differs between processes; the initial weights do not
     if lm is not None:
-        model = FinetunedModel(lm, model, config.embedder_spec.options.layer)
+        model = FinetunedModel(lm, model, config.embedder_spec.options.layer, ft.max_padding, ft.precision)
     else:
         direct = protocol.fit_direct(config, model, train_inputs, info)
         if direct is not None:

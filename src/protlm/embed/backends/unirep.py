@@ -60,6 +60,8 @@ class UniRepBackend(TorchBackend):
     # memory is linear in length and the token budget already bounds a batch; a long protein run
     # alone would make every step a matrix-vector product (weight streaming)
     default_alone_above = 10_000_000
+    # the differentiable scan (models/unirep.py, _MLSTMScan) computes in its parameters' dtype, fp32
+    autocast_bf16 = False
 
     def __init__(self, source: str, options: EmbedOptions, model, weights_id: str):
         import torch
