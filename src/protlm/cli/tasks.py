@@ -29,6 +29,16 @@ def _progress():
                 bar = bars[info["set"]] = progress_bar(info["total"], f"embed {info['set']}", unit="res")
             bar.n = info["done"]
             bar.refresh()
+        elif kind == "train":  # inside a fine-tuning epoch: proteins done, with rate and time left
+            key = f"epoch {info['epoch']}"
+            bar = bars.get(key)
+            if bar is None:
+                bar = bars[key] = progress_bar(info["total"], f"fine-tune epoch {info['epoch']}", unit="prot")
+            bar.n = info["done"]
+            bar.refresh()
+            if info["done"] >= info["total"]:
+                bar.close()
+                bars.pop(key, None)
         elif kind == "epoch":
             what = info.get("key", "valid_loss").replace("_", " ")  # the protocol's early-stopping value
             print(f"  epoch {info['epoch']:3d}  train loss {info['train_loss']:.4f}  {what} {info['valid_loss']:.4f}",

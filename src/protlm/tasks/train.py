@@ -59,7 +59,7 @@ def _class_weights(config: TaskConfig, targets: list[list], n_classes: list[int]
 
 def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs, dim: int, info: dict,
              progress: Callable[[int, float, float], None] | None = None, lm=None, run_state=None,
-             resume: bool = False, env=None):
+             resume: bool = False, env=None, tick: Callable[[int, int, int], None] | None = None):
     """Train with early stopping on the protocol's validation value; returns (model, history,
     best_epoch, stopped_by): ``"early_stopping"`` (patience ran out), ``"epoch_cap"``
     (train.epochs did) or ``"closed_form"`` (a head fit without a loop).
@@ -70,7 +70,8 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
     gradient accumulation (:func:`_finetune_epoch`). ``run_state``: a
     :class:`~protlm.tasks.finetune.RunState` written at every epoch's end and every
     ``run_state.every`` optimizer steps; ``resume``: continue from it exactly. ``env``: the
-    torchrun processes (:class:`protlm.io.processes.DistEnv`) sharing the batches."""
+    torchrun processes (:class:`protlm.io.processes.DistEnv`) sharing the batches. ``tick(epoch,
+    proteins done, proteins in the set)`` reports progress inside a fine-tuning epoch."""
     t = config.train
     ft = config.finetune if lm is not None else None
     world, rank = (env.world, env.rank) if env is not None else (1, 0)
@@ -136,7 +137,8 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
             _head_epoch(config, protocol, model, opt, batches, state, totals, epoch)
         else:
             _finetune_epoch(config, protocol, model, acc, batches, state, totals, epoch, skip, rank, world,
-                            lambda b: on_step(epoch, b))
+                            lambda b: on_step(epoch, b),
+                            (lambda n: tick(epoch, n, len(train_inputs))) if tick is not None and rank == 0 else None)
         skip = 0
         run_loss, seen = (all_reduce_sum(totals, env) if env is not None else totals)
         value = protocol.validation(config, model, valid_inputs, state)  # every process: the same decision
@@ -190,13 +192,16 @@ def _head_epoch(config, protocol, model, opt, batches, state, totals, epoch) -> 
         totals[1] += weight
 
 
-def _finetune_epoch(config, protocol, model, acc, batches, state, totals, epoch, skip, rank, world, on_step) -> None:
+def _finetune_epoch(config, protocol, model, acc, batches, state, totals, epoch, skip, rank, world, on_step,
+                    tick=None) -> None:
     """One epoch with the LM in the loop. Batch ``b`` of the epoch's order belongs to process
     ``b % world``; an optimizer step follows every ``world × finetune.batches_per_step`` batches
     (and, with ``tokens_per_step``, once that many residues are gathered), so two processes with one
     batch per step equal one process accumulating two."""
     since = 0  # batches (of every process) since the last optimizer step: the same count everywhere
+    proteins = 0
     for b, batch in enumerate(batches):
+        proteins += len(batch[0])
         if b < skip:
             continue  # done before the resume: replayed only to move the batch order's RNG along
         if b % world == rank:
@@ -223,6 +228,8 @@ def _finetune_epoch(config, protocol, model, acc, batches, state, totals, epoch,
                     totals[0] += value * weight
                     totals[1] += weight
         since += 1
+        if tick is not None:
+            tick(proteins)
         if since >= world * acc.batches_per_step and acc.ready():
             acc.step()
             since = 0
@@ -487,8 +494,12 @@ def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData,
         raise InputError(f"--out {out}: holds an interrupted fine-tuning run ({STATE_FOLDER}/); pass --resume to "
                          f"continue it, or --overwrite to start again")
     out.mkdir(parents=True, exist_ok=True)
+    def tick(epoch, done, total):
+        if progress is not None:
+            progress("train", {"epoch": epoch, "done": done, "total": total})
+
     model, history, best_epoch, stopped_by = fit_head(config, protocol, tr, va, dim, data.info, epoch_cb, lm=lm,
-                                                      run_state=run_state, resume=resume, env=env)
+                                                      run_state=run_state, resume=resume, env=env, tick=tick)
     if env is not None:
         barrier(env)
         destroy(env)
