@@ -20,7 +20,10 @@ the other (the order rotated each slot), ``--warmup`` untimed slots, then ``--st
   ``tokenizer(batch, padding=True)`` → ``last_hidden_state`` → head → CE (``-100`` at
   <cls>/<eos>/padding) → backward → AdamW — what a user writes by hand;
 * ``protlm``: ``trainable_lm`` + ``FinetunedModel`` (logreg head) + ``optimizer_for``, batches
-  built with ``sequence_batch``, the loss as the residue protocol computes it — today's src;
+  built with ``sequence_batch``, the loss as the residue protocol computes it — src as ``fit_head``
+  builds it with the config's defaults (``finetune.max_padding`` 0.1 on a CPU, fp32);
+* ``protlm_whole``: the same with ``max_padding: 1`` (every batch through the LM whole, padded:
+  protlm before the length groups);
 * ``protlm_bf16``: the same with the LM's forward under ``torch.autocast("cpu", bfloat16)``
   (prototype: a ``FinetunedModel`` subclass here; head and loss in fp32);
 * ``protlm_split``: the same batch run as length-grouped micro-batches inside ``forward`` (sorted
@@ -98,7 +101,7 @@ LORA = dict(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["query", "key
 N_CLASSES = 3
 STANDARD = set("ACDEFGHIKLMNPQRSTVWY")
 ALL_VARIANTS = ("reference", "protlm", "protlm_bf16", "protlm_split", "protlm_split_bf16", "protlm_sorted",
-                "protlm_sorted_bf16", "protlm_single", "protlm_single_bf16", "src_split", "src_bf16", "src_split_bf16")
+                "protlm_sorted_bf16", "protlm_single", "protlm_single_bf16", "src_split", "src_bf16", "src_split_bf16", "protlm_whole")
 DEFAULT_VARIANTS = ALL_VARIANTS[:6]
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16",
              "amx_tile", "amx_int8", "avx512_fp16")
@@ -311,7 +314,8 @@ def protlm_model(folder: str, method: str = "lora", checkpointing: bool = False,
     if src_options is not None:  # src's own implementation of the candidates
         model = FinetunedModel(backend, head, -1, **src_options)
     else:
-        model = FinetunedModel(backend, head, -1) if plain else PrototypeModel(backend, head, -1)
+        model = (FinetunedModel(backend, head, -1, ft.max_padding, ft.precision) if plain
+                 else PrototypeModel(backend, head, -1))
     return model, ft
 
 
@@ -574,6 +578,7 @@ def speed(folder: str, variants: list[str], warm: list, timed: list, sorted_warm
         "protlm_sorted_bf16": lambda: protlm_method(folder, bf16=True),
         "protlm_single": lambda: protlm_method(folder, split_tol=0.0),
         "protlm_single_bf16": lambda: protlm_method(folder, bf16=True, split_tol=0.0),
+        "protlm_whole": lambda: protlm_method(folder, src_options={"max_padding": 1.0}),
         "src_split": lambda: protlm_method(folder, src_options={"max_padding": split_tol}),
         "src_bf16": lambda: protlm_method(folder, src_options={"precision": "bf16"}),
         "src_split_bf16": lambda: protlm_method(folder, src_options={"max_padding": split_tol, "precision": "bf16"}),
