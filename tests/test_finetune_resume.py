@@ -147,3 +147,31 @@ def test_two_process_ddp_equals_one_process_accumulating_two_batches(task, tmp_p
             torch.testing.assert_close(x[key], y[key], rtol=0, atol=1e-6)
     moved = load_file(str(tmp_path / "B" / "lm" / "adapter_model.safetensors"))
     assert any(float(v.abs().max()) > 0 for k, v in moved.items() if "lora_B" in k)  # the adapters trained
+
+
+def test_an_interrupted_suite_cell_continues_where_it_stopped(task, tmp_path):
+    """`protlm benchmark` run again after a SIGTERM continues the fine-tuning cell from its
+    checkpoint and ends with the weights of `protlm train` uninterrupted."""
+    whole = _train(task, "suite_whole")
+    assert whole.returncode == 0, whole.stderr[-800:]
+    out = tmp_path / "suite"
+    cmd = [*PROTLM, "benchmark", "--suite", str(task / "task.yaml"), "--out", str(out), "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        states = list(out.glob("*/*/finetune-state/state.json"))
+        text = states[0].read_text() if states else ""
+        if '"epoch": 2' in text and '"batch": 0' not in text:
+            break
+        assert proc.poll() is None, proc.stderr.read()[-500:]
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-800:]
+    assert "continuing the interrupted fine-tuning run" in again.stderr
+    (cell,) = [p for p in out.glob("*/*") if (p / "head.json").is_file()]
+    a, b = _weights(task / "suite_whole"), _weights(cell)
+    for name in a:
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), (name, key)

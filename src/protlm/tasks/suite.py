@@ -42,6 +42,7 @@ from protlm.tasks import metrics as M
 from protlm.tasks.config import (SOURCE_OPTIONS, TaskConfig, file_source, load_task_config, validate,
                                  with_finetune)
 from protlm.tasks.finetune import METHODS as FINETUNE_METHODS
+from protlm.tasks.finetune import STATE_FOLDER
 from protlm.tasks.features import embedder_slug, identity_digest
 from protlm.tasks.protocols import get_protocol
 from protlm.tasks.train import HEAD_JSON, METRICS_JSON, check_source, load_head, train
@@ -322,7 +323,12 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
                         continue
                 if progress is not None:
                     progress("task", {"task": path.stem, "embedder": name})
-                train(config, folder, data_dir, cache_dir, progress, source=source)
+                # a fine-tuning cell killed mid-run continues from its checkpoint (the same weights)
+                interrupted = any((folder / name).is_dir() for name in (STATE_FOLDER, STATE_FOLDER + ".old"))
+                if interrupted:
+                    log.warning("%s with %s: continuing the interrupted fine-tuning run in %s", path.stem, name,
+                                folder)
+                train(config, folder, data_dir, cache_dir, progress, source=source, resume=interrupted)
             doc = json.loads(done.read_text())
             doc.update(head_digest=digest, test_digests=test_digests(config) or {}, task_file=path.stem)
             doc["embedder"] = name
