@@ -544,10 +544,20 @@ class RunState:
         return doc
 
 
+def changed_settings(section) -> dict:
+    """The fields of a settings dataclass that differ from their defaults: what names a run, so a
+    setting added later with a default that keeps the old behaviour leaves old runs resumable."""
+    default = type(section)()
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
+            if getattr(section, f.name) != getattr(default, f.name)}
+
+
 def run_digest(config, base_fingerprint: str) -> str:
     import hashlib
 
     tree = config.as_dict()
+    tree["train"] = changed_settings(config.train)
+    tree["finetune"] = changed_settings(config.finetune)
     if isinstance(tree.get("data"), dict):  # test sets are scored after training: not part of the run
         tree["data"] = {k: v for k, v in tree["data"].items() if k != "test"}
     tree.pop("evaluate", None)

@@ -42,7 +42,7 @@ from protlm.tasks import metrics as M
 from protlm.tasks.config import (SOURCE_OPTIONS, TaskConfig, file_source, load_task_config, validate,
                                  with_finetune)
 from protlm.tasks.finetune import METHODS as FINETUNE_METHODS
-from protlm.tasks.finetune import STATE_FOLDER
+from protlm.tasks.finetune import STATE_FOLDER, changed_settings
 from protlm.tasks.features import embedder_slug, identity_digest
 from protlm.tasks.protocols import get_protocol
 from protlm.tasks.train import HEAD_JSON, METRICS_JSON, check_source, load_head, train
@@ -119,7 +119,18 @@ def head_digest(config: TaskConfig, identity: dict) -> str:
     tree = {**config.as_dict(), "embedder": identity_digest(identity)}
     if isinstance(tree.get("data"), dict):
         tree["data"] = {k: v for k, v in tree["data"].items() if k != "test"}
+    _finetune_part(tree, config)
     return _digest(tree)
+
+
+def _finetune_part(tree: dict, config: TaskConfig) -> None:
+    """A frozen head's digest has no fine-tuning part (the digests of v0.4 heads stay valid); a
+    fine-tuned one has the settings that differ from the defaults (a setting added later with its
+    old behaviour as default keeps finished cells)."""
+    if config.finetuning:
+        tree["finetune"] = changed_settings(config.finetune)
+    else:
+        tree.pop("finetune", None)
 
 
 def test_digests(config: TaskConfig) -> dict[str, str] | None:
@@ -146,6 +157,7 @@ def legacy_digest(config: TaskConfig, identity: dict, tests: list[str]) -> str |
     whole config, its test sets restricted to ``tests`` (the ones the old run scored), without the
     CSV column fields added since. None when the config cannot have made that run."""
     tree = {**config.as_dict(), "embedder": identity_digest(identity)}
+    _finetune_part(tree, config)
     data = tree.get("data")
     if isinstance(data, dict) and "test" in data:
         if not set(tests) <= set(data["test"]):
@@ -259,7 +271,7 @@ def head_identity(config: TaskConfig, identity: dict) -> dict:
     LM trains (a fine-tuned head never shares the frozen one's folder)."""
     if not config.finetuning:
         return identity
-    ft = json.dumps(dataclasses.asdict(config.finetune), sort_keys=True)
+    ft = json.dumps(changed_settings(config.finetune), sort_keys=True, default=str)
     return {**identity, "fingerprint": f"{identity.get('fingerprint')}|finetune={ft}"}
 
 
