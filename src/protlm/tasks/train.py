@@ -438,26 +438,39 @@ def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: Task
 
     metrics = {"valid": scored(va, data.valid) if protocol.scores_valid else {},
                "test": {name: scored(te[name], s) for name, s in data.tests.items()}}
+    metrics_doc = write_head(out, config, data, dim, model, (history, best_epoch, stopped_by, cut_short), identity,
+                             metrics, {"embed": t_embed, "train": t_train})
+    return {**metrics_doc, "out": str(out), "seconds": time.perf_counter() - t0}
+
+
+def write_head(out: Path, config: TaskConfig, data: TaskData, dim: int, head, run: tuple, identity: dict,
+               metrics: dict, seconds: dict, finetune: dict | None = None) -> dict:
+    """Write the head folder (head.json, head.safetensors, metrics.json) of a finished training
+    ``run`` = (history, best epoch, what stopped it, cut short?); returns metrics.json's document."""
+    history, best_epoch, stopped_by, cut_short = run
     counts = data.counts()
     stop = {"best_epoch": best_epoch, "epochs_run": len(history), "epoch_cap": config.train.epochs,
             "stopped_by": stopped_by, "cut_short": cut_short}
+    extra = {"finetune": finetune} if finetune is not None else {}
     info = {
         "protlm_version": __version__,
         "protocol": config.protocol,
         "config": config.as_dict(),
         **data.info,
         "dim": dim,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in head.parameters()),
         "history": history,
         **stop,
         "embedder_identity": identity,
+        **extra,
         "proteins": counts,
-        "seconds": {"embed": t_embed, "train": t_train},
+        "seconds": seconds,
     }
     metrics_doc = {"task": config.name, "protocol": config.protocol, "embedder": config.embedder_name,
-                   "embedder_identity": identity, "head": config.head.type, "proteins": counts, **stop, **metrics}
-    save_head(out, model, info, metrics_doc)
-    return {**metrics_doc, "out": str(out), "seconds": time.perf_counter() - t0}
+                   "embedder_identity": identity, **extra, "head": config.head.type, "proteins": counts, **stop,
+                   **metrics}
+    save_head(out, head, info, metrics_doc)
+    return metrics_doc
 
 
 def distributed_run() -> bool:
@@ -529,29 +542,10 @@ def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData,
 
         metrics = {"valid": scored(data.valid, "valid") if protocol.scores_valid else {},
                    "test": {name: scored(s, name) for name, s in data.tests.items()}}
-    counts = data.counts()
-    stop = {"best_epoch": best_epoch, "epochs_run": len(history), "epoch_cap": config.train.epochs,
-            "stopped_by": stopped_by, "cut_short": cut_short}
     finetune = {"method": ft.method, "lm": LM_FOLDER, "base": spec.name, "base_fingerprint": base_fingerprint,
                 **counts_lm}
-    info = {
-        "protlm_version": __version__,
-        "protocol": config.protocol,
-        "config": config.as_dict(),
-        **data.info,
-        "dim": dim,
-        "parameters": sum(p.numel() for p in head.parameters()),
-        "history": history,
-        **stop,
-        "embedder_identity": identity,
-        "finetune": finetune,
-        "proteins": counts,
-        "seconds": {"train": t_train, "score": time.perf_counter() - t0 - t_train},
-    }
-    metrics_doc = {"task": config.name, "protocol": config.protocol, "embedder": config.embedder_name,
-                   "embedder_identity": identity, "finetune": finetune, "head": config.head.type, "proteins": counts,
-                   **stop, **metrics}
-    save_head(out, head, info, metrics_doc)
+    metrics_doc = write_head(out, config, data, dim, head, (history, best_epoch, stopped_by, cut_short), identity,
+                             metrics, {"train": t_train, "score": time.perf_counter() - t0 - t_train}, finetune)
     run_state.clear()  # the head folder is whole: the resume checkpoint has done its work
     return {**metrics_doc, "out": str(out), "seconds": time.perf_counter() - t0}
 
