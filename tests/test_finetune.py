@@ -731,3 +731,30 @@ def test_bf16_trains_where_the_cpu_has_it_and_is_refused_otherwise(tmp_path, mod
         assert why
     with pytest.raises(ConfigError, match="precision"):
         _train(data, tmp_path / "u", models["unirep"], {"method": "full", "precision": "bf16"}, epochs=1)
+
+
+def test_predict_never_writes_into_the_head_it_reads(lora_head, tmp_path, capsys):
+    """issue 24 item 10: `predict --out HEAD/head.json --overwrite` overwrote the head it read."""
+    from protlm.cli.main import main
+
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    before = (lora_head / "head.json").read_bytes()
+    for target in ("head.json", "lm/adapter_config.json", "preds.csv"):
+        code = main(["predict", "--head", str(lora_head), "--input", str(fasta), "--out", str(lora_head / target),
+                     "--overwrite"])
+        err = capsys.readouterr().err
+        assert code == 2 and "inside the head folder" in err and "Traceback" not in err
+    assert (lora_head / "head.json").read_bytes() == before and not (lora_head / "preds.csv").exists()
+
+
+def test_a_config_name_never_leaves_the_runs_folder(tmp_path, monkeypatch):
+    """issue 24 item 11: `protlm train` without --out built the folder from `name: ../../x`."""
+    from protlm.cli.common import safe_folder_name
+
+    for name in ("../../../x", "/etc/passwd", "..", "a/b"):
+        safe = safe_folder_name(name)
+        assert "/" not in safe and not safe.startswith(".") and safe
+        monkeypatch.chdir(tmp_path)
+        assert (Path("runs/heads") / safe).resolve().is_relative_to((tmp_path / "runs" / "heads").resolve())
+    assert safe_folder_name("secondary_structure") == "secondary_structure"

@@ -189,3 +189,10 @@ def progress_bar(total: int | None, desc: str, unit: str = "B"):
 
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024, file=sys.stderr,
                 dynamic_ncols=True)
+
+
+def safe_folder_name(name: str) -> str:
+    """A config's ``name`` as one folder name: no path separators, no leading dots (``../x`` or
+    ``/etc`` never leave the runs folder)."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name)).lstrip(".")
+    return safe or "task"

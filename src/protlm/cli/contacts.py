@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 
 from protlm.cli.common import (add_bootstrap, add_chain_selection, add_out, add_tasks, apply_threads, cache_dir,
-                               cache_parent, data_dir, emit, json_parent, overwrite_parent, threads_parent)
+                               cache_parent, data_dir, emit, json_parent, overwrite_parent, threads_parent, safe_folder_name)
 
 PROTOCOL = "residue_pairs_to_class"
 
@@ -61,7 +61,7 @@ def cmd_train(args) -> int:
     if not Path(args.config).is_file():
         raise ConfigError(f"--config {args.config}: no such file")
     config = contact_config(load_tree(args.config, args.overrides))
-    return _train(args, config, Path(args.out) if args.out else Path("runs") / config.name)
+    return _train(args, config, Path(args.out) if args.out else Path("runs") / safe_folder_name(config.name))
 
 
 def cmd_attention(args) -> int:

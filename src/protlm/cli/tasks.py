@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 from protlm.cli.common import (add_bootstrap, add_chain_selection, add_out, add_tasks, apply_threads, cache_dir,
-                               cache_parent, data_dir, data_parent, emit, json_parent, overwrite_parent, progress_bar, threads_parent)
+                               cache_parent, data_dir, data_parent, emit, json_parent, overwrite_parent, progress_bar, threads_parent, safe_folder_name)
 
 
-FINETUNE_METHODS = ("none", "full", "lora", "top")  # protlm.tasks.finetune.METHODS, without importing torch here
+FINETUNE_METHODS = ("none", "full", "lora", "top")
+  # protlm.tasks.finetune.METHODS, without importing torch here
 
 
 def _progress():
@@ -70,7 +71,7 @@ def cmd_train(args) -> int:
         from protlm.tasks.config import with_finetune
 
         config = with_finetune(config, args.finetune)
-    out = Path(args.out or Path("runs/heads") / config.name)
+    out = Path(args.out or Path("runs/heads") / safe_folder_name(config.name))
     cb, close = _progress()
     try:
         res = train_command(config, out, overwrite=args.overwrite, data_dir=data_dir(args), cache_dir=cache_dir(args),

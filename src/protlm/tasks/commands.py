@@ -135,6 +135,9 @@ def predict_command(head_dir: str | Path, fasta: str | Path, out: str | Path, *,
     if options.get("max_residues") is not None and options["max_residues"] < 1:
         raise ConfigError("--max-residues must be >= 1")
     head = open_head(head_dir, protocol, "protlm predict")
+    if Path(out).resolve().is_relative_to(Path(head_dir).resolve()):
+        raise InputError(f"--output {out}: is inside the head folder {head_dir} that this command reads; write the "
+                         f"predictions somewhere else")
     head.protocol.check_output(out, overwrite=overwrite, inputs=[fasta, head_dir])
     records = list(read_fasta(fasta, CleaningPolicy(rare="keep")))
     if not records:
