@@ -433,3 +433,19 @@ def test_hash_keys_keep_rare_residues_like_the_task_readers(tmp_path):
     assert _embed_cli("--model", "onehot", "--input", str(fasta), "--output", str(out), "--key", "hash") == 0
     with h5py.File(out) as f:
         assert hash_key(seq) in f  # what protlm's feature reader looks up
+
+
+def test_an_id_that_names_the_hdf5_root_is_refused_not_dropped(tmp_path, capsys):
+    """issue 24 item 9: a record with id '.' was silently missing from the output (it names the root group)."""
+    from protlm.cli.main import main
+
+    fasta = tmp_path / "dot.fa"
+    fasta.write_text(">a\nMKTAYIAK\n>.\nMKTAYIAKQR\n")
+    code = main(["embed", "--model", "onehot", "--input", str(fasta), "--out", str(tmp_path / "o.h5")])
+    err = capsys.readouterr().err
+    assert code == 2 and "'.'" in err and "--key hash" in err and "Traceback" not in err
+    assert not (tmp_path / "o.h5").exists()
+    code = main(["embed", "--model", "onehot", "--input", str(fasta), "--out", str(tmp_path / "h.h5"), "--key", "hash"])
+    assert code == 0
+    with h5py.File(tmp_path / "h.h5") as f:
+        assert sorted(f[k].attrs["original_id"] for k in f) == [".", "a"]

@@ -53,6 +53,9 @@ def build_keys(ids: list[str], mode: str, raw: dict[str, str] | None = None) -> 
     for pid in ids:
         if mode == "id":
             key = id_key(pid)
+            if key.strip(".") == "":  # "." is the file's root group in HDF5: such a protein would vanish
+                raise InputError(f"id {pid!r} cannot be an HDF5 dataset name ('.' and '..' name groups); rename "
+                                 f"the record, or use --key hash")
             if key in owner:
                 raise InputError(f"ids {owner[key]!r} and {pid!r} both become dataset name {key!r} "
                                  f"(HDF5 names cannot contain '/'); rename one, or use --key hash")
