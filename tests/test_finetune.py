@@ -758,3 +758,15 @@ def test_a_config_name_never_leaves_the_runs_folder(tmp_path, monkeypatch):
         monkeypatch.chdir(tmp_path)
         assert (Path("runs/heads") / safe).resolve().is_relative_to((tmp_path / "runs" / "heads").resolve())
     assert safe_folder_name("secondary_structure") == "secondary_structure"
+
+
+def test_an_absurd_bootstrap_is_refused_before_any_work(lora_head, tmp_path, capsys):
+    """issue 24 item 15: --bootstrap 10^12 ended in a MemoryError traceback (for train: after training)."""
+    from protlm.cli.main import main
+
+    code = main(["evaluate", "--head", str(lora_head), "--bootstrap", str(10 ** 12)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--bootstrap must be in [0, 100,000]" in err and "Traceback" not in err
+    with pytest.raises(ConfigError, match="train.bootstrap"):
+        load_task_config(data={"protocol": "sequence_to_class", "embedder": "onehot", "head": {"type": "ffn"},
+                               "data": {"train": {"benchmark": "deeploc_train"}}, "train": {"bootstrap": 10 ** 12}})

@@ -19,7 +19,7 @@ from protlm.data.fasta import read_fasta
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes
 from protlm.io.outputs import check_output_dir, check_output_file, output_lock
-from protlm.tasks.config import TaskConfig, build_task_config
+from protlm.tasks.config import MAX_BOOTSTRAP, TaskConfig, build_task_config
 from protlm.tasks.finetune import STATE_FOLDER
 from protlm.tasks.train import (HEAD_JSON, HEAD_WEIGHTS, TrainedHead, distributed_run, evaluate, load_head, predict_file,
                                  train)
@@ -28,8 +28,9 @@ CONTACTS = "residue_pairs_to_class"
 
 
 def check_bootstrap(n_boot: int | None) -> None:
-    if n_boot is not None and n_boot < 0:
-        raise ConfigError(f"--bootstrap must be >= 0 (0: no confidence intervals), not {n_boot}")
+    if n_boot is not None and not 0 <= n_boot <= MAX_BOOTSTRAP:
+        raise ConfigError(f"--bootstrap must be in [0, {MAX_BOOTSTRAP:,}] (0: no confidence intervals), "
+                          f"not {n_boot}")
 
 
 def open_head(folder: str | Path, protocol: str | None = None, command: str = "protlm evaluate") -> TrainedHead:
