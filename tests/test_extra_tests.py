@@ -191,3 +191,14 @@ def test_suites_finished_before_test_sets_left_the_digest_are_reused(value_task,
                     progress=lambda kind, info: trained.append(kind) if kind == "task" else None)
     assert trained == [] and set(res["results"][0]["test"]) == {"own", "theirs"}
     assert "head_digest" in json.loads(metrics.read_text())
+
+
+def test_an_extra_test_named_like_a_config_test_set_is_refused(value_task, tmp_path):
+    """issue 24 item 4: `--extra-test kr:own=…` silently replaced the config's own test set `own`."""
+    from protlm.tasks.suite import run_suite
+
+    suite, theirs = value_task
+    with pytest.raises(ConfigError, match="already has a test set named 'own'"):
+        run_suite(suite, [], tmp_path / "out", None,
+                  extra_tests=[f"kr:own={theirs}:csv:seq_column=Sequence,label_column=y"])
+    assert not list((tmp_path / "out").glob("kr/*/metrics.json"))

@@ -387,6 +387,9 @@ def add_tests(config: TaskConfig, tests: dict[str, dict]) -> None:
     if tests and not hasattr(config.data, "test"):
         raise ConfigError(f"--extra-test {config.name}: the {config.protocol} protocol takes no extra test files")
     for name, spec in tests.items():
+        if name in config.data.test:
+            raise ConfigError(f"--extra-test {config.name}:{name}=…: the config already has a test set named {name!r}; "
+                              f"give the extra one another name (it would replace it)")
         options = {k: v for k, v in spec.items() if k not in ("file", "format")}
         config.data.test[name] = file_source(config, spec["file"], spec["format"], f"--extra-test {name}", **options)
 
