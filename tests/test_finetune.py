@@ -770,3 +770,17 @@ def test_an_absurd_bootstrap_is_refused_before_any_work(lora_head, tmp_path, cap
     with pytest.raises(ConfigError, match="train.bootstrap"):
         load_task_config(data={"protocol": "sequence_to_class", "embedder": "onehot", "head": {"type": "ffn"},
                                "data": {"train": {"benchmark": "deeploc_train"}}, "train": {"bootstrap": 10 ** 12}})
+
+
+def test_predict_reads_an_empty_device_as_empty_and_help_shows_percent(lora_head, tmp_path, capsys):
+    """issue 24 item 18: `predict --input /dev/null` said "no such file"; `--help` showed "95%%"."""
+    from protlm.cli.main import main
+
+    code = main(["predict", "--head", str(lora_head), "--input", "/dev/null", "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no such file" not in err and "empty" in err
+    for command in ("evaluate", "benchmark"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert "95% CI" in out and "%%" not in out

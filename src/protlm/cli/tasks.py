@@ -194,7 +194,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", parents=[J, T, D, O, C], help="score a trained head on a labelled set",
-                       description="Metrics with bootstrap 95%% CIs of a trained head on a labelled set: a "
+                       description="Metrics with bootstrap 95% CIs of a trained head on a labelled set: a "
                                    "benchmark name, a file, or (default) the test sets of the head's config.")
     p.add_argument("--head", required=True, help="folder written by protlm train")
     p.add_argument("--benchmark", help="a set of `protlm datasets` (with --data)")
@@ -247,7 +247,7 @@ def register(sub) -> None:
     p = sub.add_parser("benchmark", parents=[J, T, D, C], help="run a suite of task configs with several embedders; "
                                                                 "results table",
                        description="Train and score one head per (task config, embedder); write OUT/results.md "
-                                   "and results.json (headline metric with bootstrap 95%% CI per test set). "
+                                   "and results.json (headline metric with bootstrap 95% CI per test set). "
                                    "Finished pairs are reused when rerun.")
     p.add_argument("--suite", default="configs/benchmarks", help="folder of task configs, or one config")
     add_tasks(p)

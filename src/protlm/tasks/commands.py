@@ -127,8 +127,10 @@ def predict_command(head_dir: str | Path, fasta: str | Path, out: str | Path, *,
                     protocol: str | None = None) -> dict:
     """``protlm predict``: every protein of a FASTA file (sequences as written: an HDF5 embedder is
     looked up by their hash) through the head; the protocol writes the predictions."""
-    if not Path(fasta).is_file():
+    if not Path(fasta).exists():
         raise InputError(f"--input {fasta}: no such file (a FASTA file is expected)")
+    if Path(fasta).is_dir():
+        raise InputError(f"--input {fasta}: is a folder (a FASTA file is expected)")
     options = dict(options or {})
     truth = options.get("truth")
     if truth and not Path(truth).exists():
