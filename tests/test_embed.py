@@ -449,3 +449,14 @@ def test_an_id_that_names_the_hdf5_root_is_refused_not_dropped(tmp_path, capsys)
     assert code == 0
     with h5py.File(tmp_path / "h.h5") as f:
         assert sorted(f[k].attrs["original_id"] for k in f) == [".", "a"]
+
+
+def test_the_api_refuses_uncleaned_sequences_with_one_clear_error():
+    """issue 24 item 18: lower case reached the HF backends' embedding table as a bare IndexError."""
+    import protlm
+
+    emb = protlm.Embedder(str(REPO / "checkpoints" / "protlm-swissprot-masked-xs"))
+    for bad, shown in (("mktay", "akmty"), ("MKTA\u00e9", "\u00e9")):
+        with pytest.raises(InputError, match=f"no token for: {shown!r}"):
+            emb.embed([bad])
+    assert emb.embed(["MKTAY"])[0].shape[0] == 5

@@ -13,7 +13,7 @@ import numpy as np
 from protlm.embed.backend import Backend, LMOutput, TorchBackend, folder_weights_sha256, residue_positions
 from protlm.embed.registry import register
 from protlm.embed.spec import EmbedOptions
-from protlm.errors import ConfigError
+from protlm.errors import ConfigError, InputError
 from protlm.models.families import FAMILIES
 from protlm.models.hf import RANDOM_PREFIX, LoadedLM, load_hf_lm
 
@@ -127,7 +127,18 @@ class HFBackend(TorchBackend):
 
     def encode_batch(self, seqs: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids (right-padded with the pad id) and the attention mask of a batch."""
-        encoded = [self.layout.encode(s) for s in seqs]
+        encoded = []
+        for s in seqs:
+            try:
+                e = self.layout.encode(s)
+            except UnicodeEncodeError:
+                e = None
+            if e is None or (e < 0).any():
+                bad = sorted({c for c in s if not c.isascii() or self.layout.lut[ord(c)] < 0})
+                raise InputError(f"{self.source}: a sequence holds characters the model has no token for: "
+                                 f"{''.join(bad)!r} (the API takes cleaned sequences: upper case, the 20 residues, "
+                                 f"X, B/Z/U/O; protlm.data.alphabet cleans them, as the CLI does)")
+            encoded.append(e)
         width = max(len(e) for e in encoded)
         ids = np.full((len(encoded), width), self.layout.pad_id, dtype=np.int64)
         mask = np.zeros((len(encoded), width), dtype=np.int64)
