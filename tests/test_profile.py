@@ -207,3 +207,21 @@ def test_alignment_columns_by_hand():
     np.testing.assert_allclose(f[:, 22], np.log10(1 + np.array([2, 3, 2, 2])) / 3, rtol=1e-6)
     # info: a column with one residue type carries log2(20) bits → 1.0
     assert f[0, 21] == pytest.approx(1.0) and f[1, 21] < 1.0
+
+
+@needs_mmseqs
+def test_a_damaged_cache_part_is_removed_and_searched_again(tiny, caplog):
+    """issue 24 item 13: a truncated part-*.npz crashed every later run with a traceback."""
+    seqs = [tiny["query"], tiny["lonely"]]
+    db = mm.TargetDatabase(tiny["with"], cache_dir=tiny["root"] / "damaged_cache", threads=1)
+    one = mm.SearchParams(iterations=1)
+    first = mm.ProfileBuilder(db, one, threads=1, chunk=1)
+    out = first.features(seqs)
+    parts = sorted(first.store.glob("part-*.npz"))
+    assert len(parts) == 2
+    parts[0].write_bytes(parts[0].read_bytes()[: parts[0].stat().st_size // 2])  # a copy cut short
+    again = mm.ProfileBuilder(db, one, threads=1, chunk=1)
+    redo = again.features(seqs)
+    assert again.stats["searched"] == 1 and again.stats["reused"] == 1
+    assert "damaged part" in caplog.text
+    np.testing.assert_array_equal(np.concatenate(redo), np.concatenate(out))

@@ -54,6 +54,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -357,9 +358,19 @@ class ProfileBuilder:
             self._index = {}
             if self.store.is_dir():
                 for part in sorted(self.store.glob("part-*.npz")):
-                    with np.load(part) as z:
-                        for k in z.files:
-                            self._index[k] = part
+                    try:
+                        with np.load(part, allow_pickle=False) as z:
+                            names = list(z.files)
+                            for k in names:  # read every array once: a part cut short fails here, not later
+                                z[k]
+                    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                        # a part cut short (full disk, a killed copy): its proteins are searched again
+                        log.warning("profile cache %s: removing a damaged part (%s); its proteins will be searched "
+                                    "again", part, type(exc).__name__)
+                        part.unlink(missing_ok=True)
+                        continue
+                    for k in names:
+                        self._index[k] = part
         return self._index
 
     def _get(self, key: str) -> np.ndarray:
