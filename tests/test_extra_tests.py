@@ -5,6 +5,7 @@ on (adding one to a finished suite scores it with the saved heads, no retraining
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +203,33 @@ def test_an_extra_test_named_like_a_config_test_set_is_refused(value_task, tmp_p
         run_suite(suite, [], tmp_path / "out", None,
                   extra_tests=[f"kr:own={theirs}:csv:seq_column=Sequence,label_column=y"])
     assert not list((tmp_path / "out").glob("kr/*/metrics.json"))
+
+
+def test_a_training_file_rewritten_in_place_trains_the_head_again(value_task, tmp_path):
+    """issue 24 item 3: the suite reused heads after the training file was rewritten at the same path."""
+    from protlm.tasks.config import load_task_config
+    from protlm.tasks.suite import run_suite
+
+    suite, _ = value_task
+    train_file = Path(load_task_config(suite / "kr.yaml").data.train[0].file)
+    original = train_file.read_bytes()
+    out = tmp_path / "out"
+    trained = []
+
+    def count(kind, info):
+        if kind == "task":
+            trained.append(info)
+
+    try:
+        run_suite(suite, [], out, None, progress=count)
+        run_suite(suite, [], out, None, progress=count)
+        assert len(trained) == 1  # unchanged: reused
+        lines = original.decode().splitlines()
+        header, rows = lines[0], lines[1:]
+        labels = [r.split(",")[-1] for r in rows]
+        shuffled = [",".join(r.split(",")[:-1] + [labels[(i + 7) % len(rows)]]) for i, r in enumerate(rows)]
+        train_file.write_text("\n".join([header, *shuffled]) + "\n")
+        run_suite(suite, [], out, None, progress=count)
+        assert len(trained) == 2  # other labels at the same path: trained again
+    finally:
+        train_file.write_bytes(original)

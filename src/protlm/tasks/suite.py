@@ -38,6 +38,7 @@ import numpy as np
 
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes
+from protlm.io.checksums import xxh3_file
 from protlm.tasks import metrics as M
 from protlm.tasks.config import (SOURCE_OPTIONS, TaskConfig, file_source, load_task_config, validate,
                                  with_finetune)
@@ -119,8 +120,24 @@ def head_digest(config: TaskConfig, identity: dict) -> str:
     tree = {**config.as_dict(), "embedder": identity_digest(identity)}
     if isinstance(tree.get("data"), dict):
         tree["data"] = {k: v for k, v in tree["data"].items() if k != "test"}
+        contents = training_file_digests(config)
+        if contents:  # a training file rewritten in place (same path, other labels) trains the head again
+            tree["data"]["file_contents"] = contents
     _finetune_part(tree, config)
     return _digest(tree)
+
+
+def training_file_digests(config: TaskConfig) -> list[str]:
+    """XXH3 of the content of every file the training and validation sets are read from (sets of
+    ``protlm datasets`` are read from the shared data folder, whose files do not change)."""
+    data = config.data
+    sources = [*(getattr(data, "train", None) or []), getattr(data, "valid", None)]
+    out = []
+    for src in sources:
+        path = getattr(src, "file", None)
+        if path is not None and Path(path).is_file():
+            out.append(xxh3_file(path))
+    return out
 
 
 def _finetune_part(tree: dict, config: TaskConfig) -> None:
