@@ -520,3 +520,22 @@ def test_embedder_spec_with_options_reaches_the_embedder(tmp_path, ss_file):
         load_task_config(data={**base, "embedder": {"name": "checkpoints/x", "layer": 1}, "layer": 2})
     res = train(cfg, tmp_path / "head")
     assert res["embedder"] == "onehot"
+
+
+def test_an_hdf5_entry_made_from_another_sequence_is_refused(tmp_path, ss_file):
+    """issue 24 item 1: an id-keyed HDF5 file embedded from other sequences of the same lengths was used
+    without a word although each entry records the sequence it was made from."""
+    from protlm.cli.main import main
+
+    cfg = load_task_config(data=_config(ss_file, "residue_to_class", "logreg",
+                                        [{"name": "q3", "label": "target", "classes": list("HEC")}], epochs=2))
+    train(cfg, tmp_path / "head")
+    (tmp_path / "same.fa").write_text(">a\nMKV\n")
+    (tmp_path / "other.fa").write_text(">a\nGGG\n")
+    for name in ("same", "other"):
+        assert main(["embed", "--model", "onehot", "--input", str(tmp_path / f"{name}.fa"),
+                     "--out", str(tmp_path / f"{name}.h5")]) == 0
+    head = load_head(tmp_path / "head")
+    assert predict(head, ["a"], ["MKV"], embedder=str(tmp_path / "same.h5"))[0]["prediction"]
+    with pytest.raises(InputError, match="embedded from another sequence"):
+        predict(head, ["a"], ["MKV"], embedder=str(tmp_path / "other.h5"))

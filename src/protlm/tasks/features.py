@@ -60,7 +60,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from protlm.embed.store import hash_key, id_key
+from protlm.embed.store import hash_key, id_key, sequence_digest
 from protlm.errors import InputError
 from protlm.io.checksums import xxh3_file
 
@@ -503,6 +503,14 @@ class FeatureSource:
                     if len(shape) != 2 or shape[0] != len(seq) or shape[1] != dim:
                         raise InputError(f"{label}: {key!r} has shape {shape}, but protein {pid!r} has {len(seq)} "
                                          f"residues and the file {dim} dimensions (made from another sequence?)")
+                    # found by id: the entry must have been made from this protein's sequence (as given
+                    # to the embedder, or as written), when the file records which
+                    digest = str(h5[key].attrs.get("sequence_digest", ""))
+                    if digest and digest not in (sequence_digest(seq), sequence_digest(raw),
+                                                 sequence_digest(raw.upper())):
+                        raise InputError(f"{label}: the entry {key!r} was embedded from another sequence than "
+                                         f"protein {pid!r}'s (its sequence_digest differs); embed the task's "
+                                         f"sequences (protlm export-fasta writes them)")
                     names.append(key)
                     lengths.append(len(seq))
                     break
