@@ -406,7 +406,7 @@ def test_bootstrap_option(tiny_head, tmp_path, capsys):
     head, data, _, _ = tiny_head
     code, _, err = _cli(capsys, "evaluate", "--head", head, "--file", data, "--format", "biotrainer",
                         "--split", "test", "--bootstrap", "-5")
-    _one_error(code, err, "--bootstrap must be >= 0")
+    _one_error(code, err, "--bootstrap must be in [0, 100,000]")
     code, out, err = _cli(capsys, "evaluate", "--head", head, "--file", data, "--format", "biotrainer",
                           "--split", "test", "--bootstrap", "0", "--json")
     assert code == 0, err
