@@ -434,12 +434,8 @@ def to_budget(batch: tuple, tokens: int) -> list[tuple]:
 
 
 def batch_residues(batch: Sequence) -> int:
-    """Residues in a training batch (its mask's sum), for accumulation to a token budget."""
-    for part in batch:
-        if isinstance(part, torch.Tensor) and part.dim() == 2 and part.dtype == torch.float32:
-            return int(part.sum().item())
-    return 1
-
+    """Residues in a training batch ``(idx, TokenBatch, mask, windows)``: its mask's sum."""
+    return int(batch[2].sum().item())
 
 
 # --------------------------------------------------------------------------- exact resume
@@ -504,8 +500,10 @@ class RunState:
                 self.folder.rename(old)
             tmp.rename(self.folder)
             shutil.rmtree(old, ignore_errors=True)
-        except BaseException:  # Ctrl-C, SIGTERM, a full disk: the last whole checkpoint (or .old) stays
+        except BaseException:  # Ctrl-C, SIGTERM, a full disk: the last whole checkpoint stays in place
             shutil.rmtree(tmp, ignore_errors=True)
+            if not self.folder.is_dir() and old.is_dir():
+                old.rename(self.folder)
             raise
 
     def load(self, model: torch.nn.Module, opt, rank: int = 0) -> dict:

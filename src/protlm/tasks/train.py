@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -475,8 +476,6 @@ def write_head(out: Path, config: TaskConfig, data: TaskData, dim: int, head, ru
 
 def distributed_run() -> bool:
     """Started by torchrun with several processes (WORLD_SIZE > 1)."""
-    import os
-
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -522,7 +521,6 @@ def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData,
     if cut_short:
         log.warning("%s", cut_short_message(config, best_epoch))
     t_train = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
     save_lm(lm, ft, spec.name, out / LM_FOLDER)
     head = model.head.to("cpu").eval()
     del model, lm
