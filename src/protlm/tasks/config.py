@@ -234,6 +234,9 @@ def validate(c: TaskConfig) -> None:
              f"fine-tuning is offered for the label protocols; {proto.name} (contacts) trains on frozen features "
              f"in this version")
         need(get_head(c.head.type).input != "attention", "finetune.method", "an attention-map head reads no embeddings")
+        need(c.embedder_spec.options.pooling == "mean", "embedder.pooling",
+             f"{c.embedder_spec.options.pooling}: a fine-tuned LM's head reads per-residue states; leave pooling "
+             f"at mean to fine-tune")
 
 
 def build_task_config(tree: dict) -> TaskConfig:

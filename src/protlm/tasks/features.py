@@ -61,7 +61,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from protlm.embed.store import hash_key, id_key, sequence_digest
-from protlm.errors import InputError
+from protlm.errors import ConfigError, InputError
 from protlm.io.checksums import xxh3_file
 
 log = logging.getLogger("protlm.tasks")
@@ -313,6 +313,10 @@ class FeatureSource:
         self._index: dict[str, tuple] | None = None
         self.pooled_cache: FeatureCache | None = None
         self._pooled_index: dict[str, tuple] | None = None
+        options = getattr(spec, "options", None)
+        # the spec's per-protein pooling: "mean" over residues (computed here), or a backend's own
+        # (UniRep's h_avg, h_final, c_final, fusion), which only a per-protein head can read
+        self.pooling: str = getattr(options, "pooling", "mean") or "mean"
         if self.name.endswith(HDF5_SUFFIXES):
             import h5py
 
@@ -356,6 +360,8 @@ class FeatureSource:
                 raise InputError(f"embedder {self.name}: dataset {first!r} has shape {shape}; per-residue "
                                  f"datasets are L × D")
             return int(shape[-1])
+        if self.pooling != "mean":  # only per-protein vectors come from this source (features())
+            return int(self.embedder.protein_dim)
         return int(self.embedder.dim)
 
     def identity(self, checksum: bool = True) -> dict:
@@ -414,6 +420,10 @@ class FeatureSource:
             raise ValueError(f"pool must be None or 'mean', not {pool!r}")
         written = sequences if written is None else written
         label = f"embedder {self.name}" + (f" ({where})" if where else "")
+        if self.pooling != "mean" and not pool:
+            raise ConfigError(f"{label}: pooling {self.pooling} gives one vector per protein, but this task's "
+                              f"head or protocol reads per-residue embeddings; leave pooling at mean (or use a "
+                              f"per-protein head: ffn, logreg)")
         if self._h5 is not None:
             x = self._h5_set(ids, sequences, written, label)
             return pooled(x) if pool else x
@@ -442,14 +452,14 @@ class FeatureSource:
         if self._pooled_index is None:
             self._pooled_index = cache.index()
         if self._index is None:
-            self._index = self._cache().index()
+            self._index = self._cache().index() if self.pooling == "mean" else {}
         keys = [hash_key(s) for s in sequences]
         todo: dict[str, tuple[str, str]] = {}
         from_residues: dict[str, np.ndarray] = {}
         for k, pid, s in zip(keys, ids, sequences):
             if k in self._pooled_index or k in todo or k in from_residues:
                 continue
-            if k in self._index:  # already embedded per residue: pool it, do not embed again
+            if k in self._index and self.pooling == "mean":  # already embedded per residue: pool it, do not embed again
                 a = read_part_slice(*self._index[k])
                 if not np.isfinite(a).all():
                     raise InputError(f"{label}, cache {self.cache.folder}: the features of protein {pid!r} hold "
@@ -478,12 +488,15 @@ class FeatureSource:
                 size += len(items[stop][1][1]) * dim * 4
                 stop += 1
             chunk = items[start:stop]
-            arrays = self.embedder.embed([s for _, (_, s) in chunk])
+            if pool and self.pooling != "mean":  # the backend's own per-protein vectors (1 × D' each)
+                arrays = list(self.embedder.embed_proteins([s for _, (_, s) in chunk])[:, None, :])
+            else:
+                arrays = self.embedder.embed([s for _, (_, s) in chunk])
             for (_, (pid, s)), a in zip(chunk, arrays):
                 if not np.isfinite(a).all():
                     raise InputError(f"embedder {self.name}: produced NaN or inf for protein {pid!r}; "
                                      f"a broken model — nothing was cached for it")
-            if pool:
+            if pool and self.pooling == "mean":
                 arrays = [a.mean(axis=0, keepdims=True, dtype=np.float32) for a in arrays]
             index.update(cache.write([k for k, _ in chunk], arrays))
             del arrays
