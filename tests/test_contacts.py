@@ -712,6 +712,12 @@ def _bad(path: Path, **change) -> Path:
     ({"seq": np.frombuffer(b"A" * 20, dtype="S1"), "lengths": np.array([12, 9])}, "lengths"),
     ({"CA": None, "CB": np.where(np.arange(20)[:, None] == 14, np.nan, 1.0).repeat(3, 1).astype(np.float32)},
      "CB is NaN at chain 'b' residue 3 and the file has no CA"),
+    # issue 24 #7: an infinite coordinate was scored as an observed residue with no contacts
+    ({"CB": np.where(np.arange(20)[:, None] == 13, np.inf, 1.0).repeat(3, 1).astype(np.float32)},
+     "bad.npz: CB is infinite at chain 'b' residue 2"),
+    ({"CA": np.where(np.arange(20)[:, None] == 0, -np.inf, 1.0).repeat(3, 1).astype(np.float32)},
+     "CA is infinite at chain 'a' residue 1"),
+    ({"seq": np.array(["A" * 12, "CC-CCCCC"])}, "bad.npz: seq of chain 'b' has '-' at residue 3"),
 ])
 def test_structure_set_errors_are_one_line(tmp_path, change, message):
     path = _bad(tmp_path / "bad.npz", **change)
@@ -811,3 +817,11 @@ def test_train_max_train_caps_the_training_chains_too(tmp_path):
     config = build_task_config({**tree, "train": {"max_train": 3}})
     capped = config.protocol_obj.load_data(config, data).train
     assert len(capped) == 3
+
+
+def test_a_full_sequence_that_does_not_hold_the_chain_names_file_and_chain(tmp_path):
+    path = _bad(tmp_path / "set.npz")
+    with pytest.raises(InputError, match=r"set.npz: chain 'b': the structure's residues are not a stretch"):
+        load_chains(path, None, full_sequences={"a": "M" + "A" * 12, "b": "MKW"})
+    with pytest.raises(InputError, match=r"set.npz: no full sequence for chain 'b'"):
+        load_chains(path, None, full_sequences={"a": "A" * 12})

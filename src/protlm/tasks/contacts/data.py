@@ -214,6 +214,19 @@ def read_structures(path: Path | str) -> dict[str, np.ndarray]:
             raise InputError(f"{where}: {name} must be a float array of shape (residues, 3), got {a.dtype} {a.shape}")
         if len(a) != total:
             raise InputError(f"{where}: {name} has {len(a)} rows, the chains have {total} residues")
+    for name, a in (("CB", cb), ("CA", ca)):
+        if a is not None and np.isinf(a).any():  # inf is no coordinate and no "unobserved" mark (NaN is)
+            r = int(np.argmax(np.isinf(a).any(axis=1)))
+            k = int(np.searchsorted(offsets, r, side="right") - 1)
+            raise InputError(f"{where}: {name} is infinite at chain {id_list[k]!r} residue {r - offsets[k] + 1}; "
+                             f"coordinates must be finite (NaN marks an unobserved residue)")
+    letters = np.frombuffer(residues.encode("ascii", "replace"), dtype=np.uint8)
+    bad = ~(((letters >= 65) & (letters <= 90)) | ((letters >= 97) & (letters <= 122)))
+    if bad.any():
+        r = int(np.argmax(bad))
+        k = int(np.searchsorted(offsets, r, side="right") - 1)
+        raise InputError(f"{where}: seq of chain {id_list[k]!r} has {residues[r]!r} at residue {r - offsets[k] + 1}; "
+                         f"a structure's sequence holds one letter per residue")
     bad_cb = np.isnan(cb).any(axis=1)
     if ca is None:
         if bad_cb.any():
@@ -287,8 +300,11 @@ def load_chains(path: Path | str, split: str | None = "train", *, max_length: in
         if full_sequences is not None:
             full = full_sequences.get(chain.id)
             if full is None:
-                raise InputError(f"no full sequence for chain {chain.id!r} in the given FASTA")
-            chain.offset = locate_stretch(full, seq, off)
+                raise InputError(f"{npz}: no full sequence for chain {chain.id!r} in the given FASTA")
+            try:
+                chain.offset = locate_stretch(full, seq, off)
+            except InputError as e:
+                raise InputError(f"{npz}: chain {chain.id!r}: {e}") from None
             chain.full_seq = full
         chains.append(chain)
     return chains
