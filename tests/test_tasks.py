@@ -213,7 +213,39 @@ def test_multitask_with_missing_labels(tmp_path):
     assert test["q10"]["proteins"] == len(rest)
     assert test["q2"]["proteins"] == sum("membrane" in r.labels for r in rest) < len(rest)
     assert test["q10"]["accuracy"]["value"] > 0.85
+    # what was left out is said, with why (issue 24 #8): here the proteins without a membrane label
+    assert test["q2"]["not_scored"] == {"proteins": len(rest) - test["q2"]["proteins"], "why": "no 'membrane' label"}
+    assert "not_scored" not in test["q10"]
+    from protlm.tasks.suite import results_table
+
+    table = results_table([{**res, "protocol": "sequence_to_class", "task": "multi", "head": "ffn"}])
+    assert f"multi / q2 / test: rest: {len(rest) - test['q2']['proteins']} protein(s) not scored" in table
     assert len(load_deeploc(path)) == 300
+
+
+def test_a_set_without_a_targets_labels_and_wholly_masked_proteins_are_reported(tmp_path, ss_file):
+    """CB513 has two proteins whose mask is all zeros, setHARD no Q2 labels: the results say what
+    was not scored and why instead of leaving a row out (issue 24 #8)."""
+    from protlm.tasks.protocols.base import get_protocol
+
+    path = tmp_path / "ss.fasta"
+    lines = ss_file.read_text().splitlines()
+    out = []
+    for h, seq in zip(lines[::2], lines[1::2]):
+        if h.startswith(">p150 "):  # a test protein with nothing to score
+            h = h.split(" MASK=")[0] + " MASK=" + "0" * len(seq)
+        out += [h, seq]
+    path.write_text("\n".join(out) + "\n")
+    cfg = load_task_config(data=_config(path, "residue_to_class", "logreg",
+                                        [{"name": "q3", "label": "target", "classes": list("HEC")},
+                                         {"name": "q8", "label": "q8", "classes": list("HEC")}], epochs=2))
+    res = train(cfg, tmp_path / "head")
+    held = res["test"]["held_out"]
+    assert held["q3"]["proteins"] == 24 and held["q3"]["not_scored"]["proteins"] == 1
+    assert "every residue masked" in held["q3"]["not_scored"]["why"]
+    assert held["q8"] == {"proteins": 0, "not_scored": {"proteins": 25, "why": "no protein of the set has a 'q8' label"}}
+    lines = "\n".join(get_protocol("residue_to_class").summary_lines({"held_out": held}))
+    assert "q8" in lines and "no protein of the set has a 'q8' label" in lines
 
 
 def test_predict_round_trip_matches_evaluate(tmp_path, ss_file):

@@ -483,6 +483,7 @@ def results_table(results: list[dict]) -> str:
             embedders.append(r["embedder"])
     rows: dict[tuple, dict[str, str]] = {}
     meta: dict[tuple, str] = {}
+    notes: dict[str, None] = {}  # what was left out of a row, and why (ordered, once each)
     for r in results:
         proto = r["protocol"]
         for set_name, by_target in [("valid", r["valid"]), *[(f"test: {k}", v) for k, v in r["test"].items()]]:
@@ -491,6 +492,10 @@ def results_table(results: list[dict]) -> str:
                 rows.setdefault(key, {})[r["embedder"]] = _cell(res, proto) + (" †" if r.get("cut_short") else "")
                 n = res.get("proteins")
                 meta[key] = f"{get_protocol(proto).headline_label}, n={n}"
+                gone = res.get("not_scored")
+                if gone:
+                    notes.setdefault(f"{r['task']} / {target} / {set_name}: {gone['proteins']} protein(s) not scored, "
+                                     f"{gone['why']}", None)
     lines = ["| task | target | set | head | metric | " + " | ".join(f"`{e}`" for e in embedders) + " |",
              "|---|---|---|---|---|" + "---|" * len(embedders)]
     for key in sorted(rows, key=lambda k: (k[0], k[1], k[2] != "valid", k[2])):
@@ -499,10 +504,16 @@ def results_table(results: list[dict]) -> str:
     lines.append("")
     lines.append("Values: the headline metric with its bootstrap 95% CI over proteins; "
                  "`valid` is the early-stopping split, the `test:` rows were never used for a decision.")
-    short = sorted({f"{r['task']} × `{r['embedder']}` (epoch {r.get('best_epoch')} of {r.get('epoch_cap')})"
-                    for r in results if r.get("cut_short")})
+    if notes:
+        lines.append("")
+        lines.append("Not scored (n counts the scored proteins): " + "; ".join(notes) + ".")
+    criterion = {"valid_loss": "validation loss", "valid_p_at_l5_long": "validation P@L/5 (long range)"}
+    short = sorted({f"{r['task']} × `{r['embedder']}` (epoch {r.get('best_epoch')} of {r.get('epoch_cap')}, best "
+                    f"{criterion.get(get_protocol(r['protocol']).validation_key, get_protocol(r['protocol']).validation_key)}"
+                    f" in the last epoch)" for r in results if r.get("cut_short")})
     if short:
         lines.append("")
-        lines.append("† cut short: training ended at the epoch cap with the best validation loss in the last epoch, "
-                     "so the head is probably under-trained (raise `train.epochs`): " + "; ".join(short) + ".")
+        lines.append("† cut short: training ended at the epoch cap with the best value of the early-stopping "
+                     "criterion in the last epoch, so the head is probably under-trained (raise `train.epochs`): "
+                     + "; ".join(short) + ".")
     return "\n".join(lines) + "\n"

@@ -208,6 +208,9 @@ class Protocol:
                     lo, hi = h["ci95"]
                     text = f"{self.headline_label} {h['value']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
                     text += f" (n={res.get('proteins', res.get('chains', '?'))})"
+                gone = res.get("not_scored")
+                if gone:
+                    text += f"; not scored: {gone['proteins']} protein(s), {gone['why']}"
                 lines.append(f"  {set_name:12s} {target:12s} {text}")
         return lines
 

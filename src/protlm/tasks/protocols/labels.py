@@ -581,8 +581,18 @@ class LabelProtocol(Protocol):
         for k, tg in enumerate(config.targets):
             classes = info["classes"][k]
             res = self.kind.score(dataset.targets[k], preds[k], classes, n_boot, seed)
-            if res["proteins"]:  # a set without this target's labels (NEW364 has no 8-state) is not scored
-                out[tg.name] = res
+            # what was not scored is said, with why: proteins without a scored label of this target
+            # (CB513 has two whose mask is all zeros), or a set with none at all (setHARD has no Q2)
+            left = len(dataset.targets[k]) + dataset.dropped - int(res["proteins"])  # dropped: none of the labels
+            why = (f"no scored residue (every residue masked or without a {tg.label!r} label)"
+                   if self.kind.level == "residue" else f"no {tg.label!r} label")
+            if not res["proteins"]:
+                out[tg.name] = {"proteins": 0, "not_scored": {"proteins": left, "why": f"no protein of the set has a "
+                                                                                         f"{tg.label!r} label"}}
+                continue
+            if left:
+                res["not_scored"] = {"proteins": left, "why": why}
+            out[tg.name] = res
         return out
 
     def headline(self, result: dict) -> dict | None:
