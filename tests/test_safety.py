@@ -597,3 +597,86 @@ def test_tampered_contact_head_is_one_line(contact_head, tmp_path, capsys, edit,
     fasta.write_text(">a\nMKTAYIAKQRQISFVKSHF\n")
     code, _, err = _cli(capsys, "contacts", "predict", "--head", head, "--input", fasta, "--out", tmp_path / "o")
     _one_error(code, err, message)
+
+
+# --------------------------------------------------------------------------- issue 24 #12, #19
+
+
+def test_a_head_reads_only_the_data_files_it_was_trained_with(tiny_head, tmp_path, capsys):
+    """A tampered head.json's test file is refused before it is read, and nothing of it is echoed;
+    a test file changed since training is refused, not scored as if it were the same set."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:secret-line\nmore\n")
+
+    def elsewhere(info):
+        info["config"]["data"]["test"]["t"].update(file=str(secret), format="csv")
+        return info
+
+    head = _tampered(tiny_head, tmp_path, elsewhere)
+    code, out, err = _cli(capsys, "evaluate", "--head", head)
+    line = _one_error(code, err, "names a file the head was not trained with")
+    assert "secret-line" not in err + out
+    # the same file, changed after training
+    import shutil
+
+    head2 = tmp_path / "h2"
+    shutil.copytree(tiny_head[0], head2)
+    data = tmp_path / "cls.fasta"
+    data.write_text(tiny_head[1].read_text())
+    info = json.loads((head2 / "head.json").read_text())
+    for src in [*info["config"]["data"]["train"], info["config"]["data"]["valid"],
+                *info["config"]["data"]["test"].values()]:
+        src["file"] = str(data)
+    info["data_files"] = {str(data.resolve()): info["data_files"][str(tiny_head[1].resolve())]}
+    (head2 / "head.json").write_text(json.dumps(info))
+    code, out, err = _cli(capsys, "evaluate", "--head", head2)
+    assert code == 0, err  # unchanged: scored
+    data.write_text(data.read_text().replace("TARGET=pos", "TARGET=neg", 3))
+    code, _, err = _cli(capsys, "evaluate", "--head", head2)
+    _one_error(code, err, "changed since the head was trained")
+    code, _, err = _cli(capsys, "evaluate", "--head", head2, "--file", data, "--format", "biotrainer")
+    assert code == 0, err  # as a new set, on request
+    assert line
+
+
+def test_a_csv_header_that_is_not_column_names_is_not_echoed(tmp_path):
+    from protlm.data.benchmarks import load_seq_label_csv
+
+    path = tmp_path / "x.csv"
+    path.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(InputError) as e:
+        load_seq_label_csv(path, "t")
+    assert "root:x" not in str(e.value) and "does not read as column names" in str(e.value)
+    path.write_text("sequence_,value\nMKV,1\n")
+    with pytest.raises(InputError, match="columns sequence_, value"):
+        load_seq_label_csv(path, "t")
+
+
+def test_relative_data_paths_are_read_from_the_configs_folder(tmp_path, monkeypatch, caplog):
+    """biotrainer's rule: a config run from another working directory finds its data."""
+    from protlm.tasks.config import load_task_config
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "d.fasta").write_text(">a TARGET=x SET=train\nMKV\n")
+    (folder / "task.yaml").write_text(
+        "name: t\nprotocol: sequence_to_class\nembedder: onehot\n"
+        "data: {train: {file: d.fasta, format: biotrainer, split: train}, "
+        "valid: {file: ./d.fasta, format: biotrainer, split: valid}, test: {own: {file: sub/../d.fasta, format: biotrainer}}}\n"
+        "targets: [{name: c, label: target}]\nhead: {type: logreg}\n")
+    (folder / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = load_task_config(folder / "task.yaml")
+    assert Path(cfg.data.train[0].file) == folder / "d.fasta"
+    assert Path(cfg.data.valid.file).resolve() == folder / "d.fasta"
+    assert Path(cfg.data.test["own"].file).resolve() == folder / "d.fasta"
+    # an override is the user's, from the working directory
+    (tmp_path / "mine.fasta").write_text(">b TARGET=y SET=train\nMKW\n")
+    cfg = load_task_config(folder / "task.yaml", ["data.valid.file=mine.fasta"])
+    assert cfg.data.valid.file == "mine.fasta"
+    # protlm 0.4's rule still finds a file only in the working directory, with a warning
+    (folder / "task.yaml").write_text((folder / "task.yaml").read_text().replace("file: d.fasta", "file: cwd.fasta"))
+    (tmp_path / "cwd.fasta").write_text(">c TARGET=x SET=train\nMKV\n")
+    cfg = load_task_config(folder / "task.yaml")
+    assert Path(cfg.data.train[0].file) == tmp_path / "cwd.fasta"
+    assert "not beside the config" in caplog.text

@@ -141,6 +141,17 @@ def _parse_attrs(rec: FastaRecord, source: str) -> dict[str, str]:
     return attrs
 
 
+def _header_words(header: list[str]) -> str:
+    """A CSV header for a message: its column names when they look like column names, else only
+    how many fields the first line has — a message never echoes what may be another file's content
+    (a tampered head, a wrong path)."""
+    names = [h.strip() for h in header]
+    if names and len(names) <= 30 and all(0 < len(h) <= 40 and all(c.isalnum() or c in "_- ." for c in h)
+                                          for h in names):
+        return "columns " + ", ".join(names)
+    return f"the first line has {len(names)} field(s) and does not read as column names"
+
+
 def _split_from_attrs(attrs: dict[str, str], rec: FastaRecord, source: str, named_sets: bool = False) -> str:
     """``SET=train`` (+ ``VALIDATION=True`` → valid), ``SET=test``, ``SET=val``, ``SET=pred``; as in
     biotrainer 1.4, any other value names an extra test set (``SET=new364`` → split ``new364``,
@@ -379,7 +390,7 @@ def load_prottrans_csv(
         if col not in columns:
             raise InputError(
                 f"{source}:{header_line}: header has no column {col!r} "
-                f"(found {', '.join(columns)}; expected {', '.join(_PROTTRANS_COLUMNS)})"
+                f"({_header_words(columns)}; expected {', '.join(_PROTTRANS_COLUMNS)})"
             )
         index[col] = columns.index(col)
 
@@ -579,7 +590,7 @@ def load_seq_label_csv(
             return next((columns.index(c) for c in defaults if c in columns), None)
         if name.strip().lower() not in columns:
             raise InputError(f"{source}:{header_line}: {option} {name!r} is not a column of the header "
-                             f"{','.join(header)!r}")
+                             f"({_header_words(header)})")
         return columns.index(name.strip().lower())
 
     seq_col = named("seq_column", seq_column, ("seq", "sequence"))
@@ -587,7 +598,7 @@ def load_seq_label_csv(
     id_col = named("id_column", id_column, ()) if id_column is not None else None
     if seq_col is None or label_col is None:
         raise InputError(
-            f"{source}:{header_line}: header {','.join(header)!r} lacks a seq and a label column "
+            f"{source}:{header_line}: the header ({_header_words(header)}) lacks a seq and a label column "
             "(expected 'seq,label'; name other columns with seq_column= and label_column=)"
         )
     records: list[ProteinRecord] = []

@@ -40,12 +40,15 @@ several sources, which are joined.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protlm.configfile import build, load_tree
+from protlm.configfile import build, load_tree, parse_overrides, set_dotted
 from protlm.errors import ConfigError
+
+log = logging.getLogger("protlm.tasks")
 
 FILE_FORMATS = ("biotrainer", "deeploc", "prottrans_csv", "csv")
 #: Bootstrap resamples at most: 100,000 pins a 95% CI's ends to ~0.1% of their spread; more only
@@ -261,7 +264,50 @@ def build_task_config(tree: dict) -> TaskConfig:
 
 def load_task_config(path: str | Path | None = None, overrides: list[str] | None = None,
                      data: dict | None = None) -> TaskConfig:
-    return build_task_config(load_tree(path, overrides, data))
+    """The config file (or tree ``data``) with ``key=value`` overrides, checked. Relative data paths
+    written in a config file are read from the file's own folder (:func:`resolve_data_paths`);
+    those given as overrides, from the working directory."""
+    tree = load_tree(path, None, data)
+    if path is not None and data is None:
+        resolve_data_paths(tree, Path(path).resolve().parent, str(path))
+    for key, value in parse_overrides(overrides or []):
+        set_dotted(tree, key, value)
+    return build_task_config(tree)
+
+
+def resolve_data_paths(tree: dict, folder: Path, where: str) -> None:
+    """Make the relative paths of a config file's ``data:`` section absolute, read from the
+    config's own folder (as biotrainer does), so a config runs from any working directory and a
+    head records where its data is. A path found only relative to the working directory (protlm
+    0.4's rule) is still used, with a warning."""
+    data = tree.get("data")
+    if not isinstance(data, dict):
+        return
+
+    def fix(value, key: str):
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            return value
+        mine, theirs = folder / value, Path.cwd() / value
+        if mine.exists() or not theirs.exists():
+            return str(mine)
+        log.warning("config %s: %s %s is not beside the config (%s) but is in the working directory; reading it "
+                    "from there (relative paths are read from the config's folder)", where, key, value, mine)
+        return str(theirs.resolve())
+
+    def source(src, key: str):
+        if isinstance(src, dict) and "file" in src:
+            src["file"] = fix(src["file"], f"{key}.file")
+
+    train = data.get("train")
+    for i, src in enumerate(train if isinstance(train, list) else [train]):
+        source(src, f"data.train[{i}]" if isinstance(train, list) else "data.train")
+    source(data.get("valid"), "data.valid")
+    if isinstance(data.get("test"), dict):
+        for name, src in data["test"].items():
+            source(src, f"data.test.{name}")
+    for key in ("path", "full_sequences"):  # the contacts protocol's structure set and FASTA
+        if key in data:
+            data[key] = fix(data[key], f"data.{key}")
 
 
 def with_finetune(config: TaskConfig, method: str) -> TaskConfig:
@@ -270,3 +316,24 @@ def with_finetune(config: TaskConfig, method: str) -> TaskConfig:
     config.finetune.validate()
     validate(config)
     return config
+
+
+def data_files(config: TaskConfig) -> dict[str, str]:
+    """Absolute path → XXH3 of the content of every file the config's data section reads (training,
+    validation and test sets; ``benchmark:`` sets come from the shared data folder and are not
+    files of the user's). A head records them: its own test sets are the files it names, unchanged."""
+    from protlm.io.checksums import xxh3_file
+
+    data = config.data
+    train = getattr(data, "train", None) or []
+    sources = [*(train if isinstance(train, list) else [train]), getattr(data, "valid", None),
+               *(getattr(data, "test", None) or {}).values()]
+    out: dict[str, str] = {}
+    for src in sources:
+        path = getattr(src, "file", None)
+        if path is not None and Path(path).is_file():
+            key = str(Path(path).resolve())
+            if key not in out:
+                out[key] = xxh3_file(path)
+    return out
+

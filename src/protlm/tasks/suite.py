@@ -40,7 +40,7 @@ from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes
 from protlm.io.checksums import xxh3_file
 from protlm.tasks import metrics as M
-from protlm.tasks.config import (SOURCE_OPTIONS, TaskConfig, file_source, load_task_config, validate,
+from protlm.tasks.config import (SOURCE_OPTIONS, TaskConfig, data_files, file_source, load_task_config, validate,
                                  with_finetune)
 from protlm.tasks.finetune import METHODS as FINETUNE_METHODS
 from protlm.tasks.finetune import STATE_FOLDER, changed_settings
@@ -226,6 +226,8 @@ def rescore_tests(previous: dict, config: TaskConfig, folder: Path, made_with: d
         try:
             check_source(head, source)
             head.config.data.test = {k: config.data.test[k] for k in todo}
+            if head.info.get("data_files") is not None:  # the config's test files now, as record_tests writes
+                head.info["data_files"] = {**head.info["data_files"], **data_files(config)}
             sets = protocol.evaluation_sets(head, {}, data_dir)
             for k, data in sets.items():
                 log.info("%s: test set %s scored with the saved head (no retraining)", config.name, k)
@@ -251,8 +253,11 @@ def record_tests(folder: Path, config: TaskConfig) -> None:
     path = folder / HEAD_JSON
     info = json.loads(path.read_text())
     tests = config.as_dict()["data"]["test"]
-    if info.get("config", {}).get("data", {}).get("test") != tests:
+    files = {**info["data_files"], **data_files(config)} if info.get("data_files") is not None else None
+    if info.get("config", {}).get("data", {}).get("test") != tests or files != info.get("data_files"):
         info["config"]["data"]["test"] = tests
+        if files is not None:
+            info["data_files"] = files
         write_bytes(path, json_bytes(info))
 
 

@@ -37,7 +37,7 @@ from protlm.errors import InputError, ProtlmError
 from protlm.io.atomic import json_bytes, write_bytes, write_with_path
 from protlm.io.processes import all_reduce_sum, barrier, destroy, gather_objects, init_distributed
 from protlm.tasks import headfile
-from protlm.tasks.config import TaskConfig, build_task_config
+from protlm.tasks.config import TaskConfig, build_task_config, data_files
 from protlm.tasks.features import FeatureSource, check_identity
 from protlm.tasks.finetune import (LM_FOLDER, STATE_FOLDER, FinetunedModel, RunState, SequenceSource, batch_residues,
                                    finetuned_embedder, optimizer_for, parameter_counts, run_digest, save_lm,
@@ -465,6 +465,7 @@ def write_head(out: Path, config: TaskConfig, data: TaskData, dim: int, head, ru
         "embedder_identity": identity,
         **extra,
         "proteins": counts,
+        "data_files": data_files(config),
         "seconds": seconds,
     }
     metrics_doc = {"task": config.name, "protocol": config.protocol, "embedder": config.embedder_name,

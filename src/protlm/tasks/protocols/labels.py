@@ -374,6 +374,30 @@ def class_weights(kinds: list[TargetKind], enabled: bool, targets: list[list], n
     return out
 
 
+def check_head_files(head, sources: dict) -> None:
+    """A head's own test sets are the files it recorded when it was trained, unchanged: a head.json
+    that names another file (tampered, or edited by hand) or a file changed since is refused before
+    the file is read (nothing of it is parsed or echoed). Heads from before protlm 0.5 record no
+    files and are not checked."""
+    recorded = head.info.get("data_files")
+    if recorded is None:
+        return
+    from protlm.io.checksums import xxh3_file
+
+    for name, src in sources.items():
+        if src.file is None:
+            continue
+        path = Path(src.file)
+        key = str(path.resolve())
+        if key not in recorded:
+            raise InputError(f"--head {head.folder}: test set {name!r} names a file the head was not trained with "
+                             f"({path}); a head's own test sets are the files it recorded — evaluate another file "
+                             f"with --file PATH --format F")
+        if path.is_file() and xxh3_file(path) != recorded[key]:
+            raise InputError(f"--head {head.folder}: test set {name!r} ({path}) changed since the head was trained "
+                             f"(its content digest differs); evaluate it as a new set with --file PATH --format F")
+
+
 @dataclass
 class Inputs:
     """A labelled set ready for batching: features (per residue, lazy; or pooled) and targets."""
@@ -470,6 +494,7 @@ class LabelProtocol(Protocol):
             if not sources:
                 raise ConfigError("give a labelled set: --benchmark NAME or --file PATH --format F "
                                   "(the head's config names no test sets)")
+            check_head_files(head, sources)
         sets = {}
         for name, src in sources.items():
             check_source(src, name)
