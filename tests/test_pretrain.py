@@ -505,3 +505,17 @@ def test_activation_checkpointing_gives_the_same_losses(arch, shards, tmp_path):
     la = [r["loss"] for r in read_metrics(tmp_path / "a") if r["kind"] == "train"]
     lb = [r["loss"] for r in read_metrics(tmp_path / "b") if r["kind"] == "train"]
     assert np.allclose(la, lb, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch, override", [("esm", "model.hidden=48"), ("esm", "optimizer.name=lamb"),
+                                            ("xlnet", "model.layers=3"), ("txl", "model.hidden=48")])
+def test_resume_with_another_model_shape_or_optimizer_is_one_line(shards, tmp_path, arch, override):
+    """Issue 24 #14: a changed shape or optimizer name gave a size mismatch / KeyError traceback;
+    it is the one-line "config differs" refusal, given before any weight is loaded."""
+    data = tiny_config(shards, arch, phases=[{"steps": 2, "max_length": 64, "tokens_per_batch": 512}], save_every=1)
+    if arch != "esm":
+        data["model"]["max_positions"] = 64
+    Trainer(load_config(data=data), tmp_path / "run", progress=False).run(until=1)
+    changed = load_config(data=data, overrides=[override])
+    with pytest.raises(ConfigError, match=f"config differs from the checkpoint's in {override.split('=')[0]}"):
+        Trainer(changed, tmp_path / "run", resume=True, progress=False)

@@ -118,6 +118,7 @@ class Trainer:
         self.best_val = float(best[1].get("val_loss", math.inf)) if best else math.inf
         self.config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)
         if self.existing is not None:
+            self._refuse_other_config()  # before any weight is loaded into a model of another shape
             state = ckpt.load_checkpoint(self.existing, self.wrapped, self.optimizer, self.scheduler, self.env)
             changes = self._resume_changes(state)
             # every resume with changed settings, in order: kept in each later checkpoint
@@ -232,6 +233,24 @@ class Trainer:
         self.flops_seen += flops
         return {"loss": mean_loss, "targets": global_targets, "tokens": tokens, "padded": padded,
                 "flops": flops, "grad_norm": grad_norm, "lr": lr}
+
+    def _refuse_other_config(self) -> None:
+        """The one-line "config differs" refusal of :func:`resume_changes` for a changed model shape,
+        architecture or optimizer, given before loading the checkpoint (whose weights and optimizer
+        state would otherwise fail with a size mismatch or a KeyError)."""
+        import json
+
+        try:
+            state = json.loads((self.existing / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            return  # load_checkpoint names the damaged checkpoint
+        if not isinstance(state, dict) or state.get("fingerprint") == self.config.fingerprint():
+            return
+        try:
+            old = load_config(data=yaml.safe_load((self.existing / "protlm_pretrain.yaml").read_text()))
+        except (OSError, yaml.YAMLError, ProtlmError) as exc:
+            raise ConfigError(f"--resume: cannot read the config {self.existing} was trained with ({exc})") from None
+        resume_changes(old, self.config, int(state.get("step", 0)))
 
     def _resume_changes(self, state: dict) -> dict:
         """Compare the config with the checkpoint's; apply the allowed changes (see
