@@ -519,3 +519,29 @@ def test_resume_with_another_model_shape_or_optimizer_is_one_line(shards, tmp_pa
     changed = load_config(data=data, overrides=[override])
     with pytest.raises(ConfigError, match=f"config differs from the checkpoint's in {override.split('=')[0]}"):
         Trainer(changed, tmp_path / "run", resume=True, progress=False)
+
+
+def test_sigterm_during_pretraining_exits_143_with_a_checkpoint(shards, tmp_path, monkeypatch, capsys):
+    """Issue 24 #18: pretrain exited 130 on SIGTERM (the README and every other command: 143)."""
+    import os
+    import signal
+
+    import yaml
+
+    from protlm.cli.main import main
+
+    data = tiny_config(shards, "esm", phases=[{"steps": 6, "max_length": 64, "tokens_per_batch": 512}], save_every=3)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    step = Trainer.train_step
+
+    def stop_after_two(self):
+        out = step(self)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", stop_after_two)
+    code = main(["pretrain", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 143 and "terminated" in err and "Traceback" not in err, err
+    assert (tmp_path / "run" / "checkpoints" / "step-0000002").is_dir()

@@ -23,3 +23,10 @@ class FastaError(InputError):
 
 class ConfigError(ProtlmError):
     """A configuration value or command-line option is invalid."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, ``kill``), raised where the command is, like Ctrl-C: locks are
+    released, temporary files and folders removed, finished parts kept; the CLI exits 143 (130 for
+    Ctrl-C)."""
+

@@ -18,7 +18,7 @@ from pathlib import Path
 from protlm import __version__
 from protlm.cli.common import (add_out, apply_threads, data_parent, emit, json_parent, overwrite_parent,
                                progress_bar, threads_parent)
-from protlm.errors import ProtlmError
+from protlm.errors import ProtlmError, Terminated
 
 log = logging.getLogger("protlm")
 
@@ -500,11 +500,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's stop, ``kill``), raised where the command is, like Ctrl-C: locks are
-    released, temporary files and folders removed, finished parts kept; exit 143."""
 
 
 def _on_sigterm(signum, frame):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import yaml
 
 from protlm.data.shards import ShardedDataset
-from protlm.errors import ConfigError, ProtlmError
+from protlm.errors import ConfigError, ProtlmError, Terminated
 from protlm.io.atomic import fsync_dir, fsync_tree
 from protlm.io.outputs import output_lock
 from protlm.models.architectures import build_model, count_parameters, get_architecture, unused_parameters
@@ -439,8 +439,8 @@ class Trainer:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
             self.metrics.close()
-        if interrupted:
-            raise KeyboardInterrupt
+        if interrupted:  # the CLI exits 143 for SIGTERM, 130 for Ctrl-C, as every other command
+            raise Terminated() if self._stop_signal == signal.SIGTERM else KeyboardInterrupt()
         final = self.out / "model"
         if self.env.is_main:
             import shutil
