@@ -680,3 +680,18 @@ def test_relative_data_paths_are_read_from_the_configs_folder(tmp_path, monkeypa
     cfg = load_task_config(folder / "task.yaml")
     assert Path(cfg.data.train[0].file) == tmp_path / "cwd.fasta"
     assert "not beside the config" in caplog.text
+
+
+@pytest.mark.parametrize("command, hint", [
+    (["embed", "--model", "onehot", "--output", "{tmp}/o.h5"], "(rename them in the file)"),
+    (["inspect"], "use --rename-duplicates to keep both"),
+])
+def test_a_duplicate_id_suggests_only_a_flag_the_command_takes(tmp_path, capsys, command, hint):
+    """Issue 24 #18: embed/predict/evaluate suggested --rename-duplicates, which they do not accept."""
+    fasta = tmp_path / "dup.fa"
+    fasta.write_text(">a\nMKV\n>a\nMKW\n")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    args = args[:1] + (["--input", str(fasta)] if args[0] == "embed" else [str(fasta)]) + args[1:]
+    code, _, err = _cli(capsys, *args)
+    line = _one_error(code, err, "duplicate id 'a'", hint)
+    assert ("--rename-duplicates" in line) == ("--rename-duplicates" in hint)

@@ -485,7 +485,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ProtlmError as exc:
-        print(f"protlm: error: {exc}", file=sys.stderr)
+        from protlm.data.fasta import DuplicateIdError
+
+        hint = ""
+        if isinstance(exc, DuplicateIdError):  # only commands that take the flag suggest it
+            hint = ("; use --rename-duplicates to keep both (as ID_2, ID_3, …)" if hasattr(args, "rename_duplicates")
+                    else " (rename them in the file)")
+        print(f"protlm: error: {exc}{hint}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         print(f"protlm: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; {_resume_hint(args)}",

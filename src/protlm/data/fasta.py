@@ -473,14 +473,17 @@ def read_fasta(
         raise FastaError(f"{source}: no FASTA records (the file holds only blank lines)")
 
 
+class DuplicateIdError(FastaError):
+    """Two records with one id. Commands that can rename them (``--rename-duplicates``) say so."""
+
+
 def _unique_id(rid: str, line: int, seen: dict, source: str, rename: bool, stats) -> str:
     if rid not in seen:
         seen[rid] = line
         return rid
     if not rename:
-        raise FastaError(
-            f"{source}:{line}: duplicate id '{rid}' (first seen at line {seen[rid]}); "
-            "use --rename-duplicates to keep both"
+        raise DuplicateIdError(
+            f"{source}:{line}: duplicate id '{rid}' (first seen at line {seen[rid]}); ids must be unique"
         )
     k = 2
     while f"{rid}_{k}" in seen:
