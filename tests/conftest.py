@@ -10,6 +10,14 @@ process uses one thread.
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# the commands' default embedding cache is the user's cache folder: tests keep theirs in a temporary one
+if "PROTLM_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["PROTLM_CACHE"] = tempfile.mkdtemp(prefix="protlm-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["PROTLM_CACHE"], True)
 
 
 def pytest_configure(config):

@@ -695,3 +695,26 @@ def test_a_duplicate_id_suggests_only_a_flag_the_command_takes(tmp_path, capsys,
     code, _, err = _cli(capsys, *args)
     line = _one_error(code, err, "duplicate id 'a'", hint)
     assert ("--rename-duplicates" in line) == ("--rename-duplicates" in hint)
+
+
+def test_a_full_disk_in_the_embedding_cache_names_the_cache(tiny_head, tmp_path, monkeypatch, capsys):
+    """Issue 24 #18/#19: "No space left on device" named no path for the caches; the default
+    cache is the user's cache folder ($XDG_CACHE_HOME), not the working directory."""
+    import protlm.tasks.features as features
+    from protlm.cli.common import default_feature_cache
+
+    monkeypatch.delenv("PROTLM_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_feature_cache() == str(tmp_path / "xdg" / "protlm" / "features")
+    monkeypatch.setenv("PROTLM_CACHE", str(tmp_path / "mine"))
+    assert default_feature_cache() == str(tmp_path / "mine")
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(features.os, "fsync", full)
+    cache = tmp_path / "cache"
+    code, _, err = _cli(capsys, "predict", "--head", tiny_head[0], "--input", tiny_head[2], "--output",
+                        tmp_path / "p.csv", "--cache", cache)
+    line = _one_error(code, err, "No space left on device", f"embedding cache {cache}")
+    assert line and not [p for p in cache.rglob("*") if p.is_file()]  # no temporary part left

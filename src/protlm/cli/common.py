@@ -81,12 +81,23 @@ def add_tasks(p: argparse.ArgumentParser, *, help: str = "only these task config
     p.add_argument("--tasks", "--only", dest="tasks", nargs="+", metavar="NAME", help=help)
 
 
-def cache_parent() -> argparse.ArgumentParser:
+def default_feature_cache() -> str:
+    """$PROTLM_CACHE, else the user's cache folder ($XDG_CACHE_HOME, else ~/.cache) /protlm/features —
+    not the working directory, so a checkout or a project folder does not fill with embeddings."""
     import os
+    from pathlib import Path
 
+    if os.environ.get("PROTLM_CACHE"):
+        return os.environ["PROTLM_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "protlm" / "features")
+
+
+def cache_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--cache", default=os.environ.get("PROTLM_CACHE", "runs/cache"),
-                   help="embedding cache folder (default: $PROTLM_CACHE, else runs/cache)")
+    p.add_argument("--cache", default=default_feature_cache(),
+                   help="embedding cache folder (default: $PROTLM_CACHE, else $XDG_CACHE_HOME/protlm/features, "
+                        "else ~/.cache/protlm/features)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     return p
 

@@ -180,6 +180,9 @@ class FeatureCache:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.folder / name)
+        except OSError as exc:  # a full disk: name the cache (what to free or move), keep what is cached
+            raise InputError(f"embedding cache {self.folder}: cannot write ({exc.strerror or exc}); free space there "
+                             f"or give another --cache (the parts already written are kept)") from None
         finally:
             tmp.unlink(missing_ok=True)
         out, offset, item = {}, start, np.dtype(dtype).itemsize
