@@ -401,3 +401,29 @@ def test_suite_progress_gives_each_task_and_set_its_own_bar(capsys, monkeypatch)
     assert "/1,000 res" in err.split("contacts with a")[0]
     after = err.split("contacts with a")[1]
     assert "1,000" not in after and "40/40 res (100%)" in after
+
+
+def test_progress_a_person_can_trust(capsys, monkeypatch):
+    """Issue 24 #19: a set's end line gives its own rate and time (not the time until the whole
+    task closes); a small set gets one line; head training prints each epoch's time and at most
+    how long is left to the epoch cap."""
+    import protlm.cli.common as common
+    from protlm.cli.tasks import _progress
+
+    now = [0.0]
+    monkeypatch.setattr(common.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(common.sys.stderr, "isatty", lambda: False, raising=False)
+    cb, close = _progress()
+    cb("embed", {"set": "train", "done": 0, "total": 900})
+    now[0] = 2.0
+    cb("embed", {"set": "train", "done": 900, "total": 900})  # done after 2 s: 450 res/s
+    now[0] = 3600.0  # the task goes on (training) for an hour before the bars are closed
+    cb("epoch", {"epoch": 1, "train_loss": 0.5, "valid_loss": 0.4, "key": "valid_loss", "seconds": 12.0,
+                 "elapsed": 12.0, "cap": 11, "first": 1})
+    cb("epoch", {"epoch": 11, "train_loss": 0.5, "valid_loss": 0.4, "key": "valid_loss", "seconds": 12.0,
+                 "elapsed": 132.0, "cap": 11, "first": 1})
+    close()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "protlm: embed train: 900/900 res (100%), 450 res/s (done in 2s)", err
+    assert "(12s; at most 2m00s left, to epoch 11)" in err[1]
+    assert err[2].endswith("(12s)") and len(err) == 3

@@ -146,13 +146,14 @@ def apply_threads(args) -> None:
 
 class LogProgress:
     """Progress for a stderr that is not a terminal (a log file, a batch job): one line every
-    ``every`` seconds with the count, the rate and the time left, and one at the end of a job that
-    logged any (short jobs stay quiet)."""
+    ``every`` seconds with the count, the rate and the time left, and one at the end of every job
+    that counted anything (a short job's only line: what it did, how fast, in how long)."""
 
     def __init__(self, total: int | None, desc: str, unit: str, every: float = 30.0):
         self.total, self.desc, self.unit, self.every = total, desc, unit, every
         self.n = 0
         self.logged = False
+        self.closed = False
         self._t0 = self._last = time.monotonic()
 
     def update(self, k: int = 1) -> None:
@@ -167,7 +168,7 @@ class LogProgress:
         rate = self.n / elapsed
         if self.total:
             left = (self.total - self.n) / rate if rate > 0 else float("inf")
-            eta = f", {_duration(left)} left" if left != float("inf") else ""
+            eta = f", {_duration(left)} left" if left != float("inf") and self.n < self.total else ""
             return (f"{self.desc}: {self.n:,}/{self.total:,} {self.unit} ({100 * self.n / self.total:.0f}%), "
                     f"{rate:,.0f} {self.unit}/s{eta}")
         return f"{self.desc}: {self.n:,} {self.unit}, {rate:,.0f} {self.unit}/s"
@@ -180,7 +181,8 @@ class LogProgress:
             print(f"protlm: {self._line()}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self.logged:
+        if self.n > 0 and not self.closed:
+            self.closed = True
             print(f"protlm: {self._line()} (done in {_duration(time.monotonic() - self._t0)})", file=sys.stderr,
                   flush=True)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from protlm.cli.common import (add_bootstrap, add_chain_selection, add_out, add_tasks, apply_threads, cache_dir,
+from protlm.cli.common import (_duration, add_bootstrap, add_chain_selection, add_out, add_tasks, apply_threads, cache_dir,
                                cache_parent, data_dir, data_parent, emit, json_parent, overwrite_parent, progress_bar, threads_parent, safe_folder_name)
 
 
@@ -30,6 +30,9 @@ def _progress():
                 bar = bars[info["set"]] = progress_bar(info["total"], f"embed {info['set']}", unit="res")
             bar.n = info["done"]
             bar.refresh()
+            if info["done"] >= info["total"]:  # the set is embedded: its rate and time end here
+                bar.close()
+                bars.pop(info["set"], None)
         elif kind == "train":  # inside a fine-tuning epoch: proteins done, with rate and time left
             key = f"epoch {info['epoch']}"
             bar = bars.get(key)
@@ -42,8 +45,13 @@ def _progress():
                 bars.pop(key, None)
         elif kind == "epoch":
             what = info.get("key", "valid_loss").replace("_", " ")  # the protocol's early-stopping value
-            print(f"  epoch {info['epoch']:3d}  train loss {info['train_loss']:.4f}  {what} {info['valid_loss']:.4f}",
-                  file=sys.stderr)
+            line = f"  epoch {info['epoch']:3d}  train loss {info['train_loss']:.4f}  {what} {info['valid_loss']:.4f}"
+            if info.get("seconds") is not None:  # time per epoch, and at most what is left to the epoch cap
+                ran = info["epoch"] - info.get("first", 1) + 1
+                left = (info["cap"] - info["epoch"]) * info["elapsed"] / max(ran, 1)
+                line += f"  ({_duration(info['seconds'])}"
+                line += f"; at most {_duration(left)} left, to epoch {info['cap']})" if left > 0 else ")"
+            print(line, file=sys.stderr)
         elif kind == "task":  # a new (task, embedder): its sets get bars of their own (counts and rates)
             close()
             print(f"{info['task']} with {info['embedder']}", file=sys.stderr)

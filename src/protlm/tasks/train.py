@@ -148,7 +148,10 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
         if ft is not None:
             history[-1]["optimizer_steps"] = acc.steps
         if progress is not None and rank == 0:
-            progress(epoch, history[-1]["train_loss"], value)
+            before = history[-2]["seconds"] if len(history) > 1 else 0.0
+            progress(epoch, history[-1]["train_loss"], value,
+                     {"seconds": history[-1]["seconds"] - before, "elapsed": history[-1]["seconds"],
+                      "cap": t.epochs, "first": first_epoch})
         if not math.isfinite(value):
             raise ProtlmError(f"{config.name}: the validation value became {value} in epoch {epoch}; the run "
                               f"diverged — nothing was saved")
@@ -422,9 +425,10 @@ def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: Task
     dim = int(source.dim)
     identity = source.identity()
 
-    def epoch_cb(epoch, tl, vl):
+    def epoch_cb(epoch, tl, vl, timing=None):
         if progress is not None:
-            progress("epoch", {"epoch": epoch, "train_loss": tl, "valid_loss": vl, "key": protocol.validation_key})
+            progress("epoch", {"epoch": epoch, "train_loss": tl, "valid_loss": vl, "key": protocol.validation_key,
+                               **(timing or {})})
 
     model, history, best_epoch, stopped_by = fit_head(config, protocol, tr, va, dim, data.info, epoch_cb)
     # the cap, not early stopping, ended training while the validation value was still improving
@@ -498,9 +502,10 @@ def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData,
     log.info("%s: fine-tuning %s (%s): %d of %d LM parameters train", config.name, spec.name, ft.method,
              counts_lm["lm_trained_parameters"], counts_lm["lm_parameters"])
 
-    def epoch_cb(epoch, tl, vl):
+    def epoch_cb(epoch, tl, vl, timing=None):
         if progress is not None:
-            progress("epoch", {"epoch": epoch, "train_loss": tl, "valid_loss": vl, "key": protocol.validation_key})
+            progress("epoch", {"epoch": epoch, "train_loss": tl, "valid_loss": vl, "key": protocol.validation_key,
+                               **(timing or {})})
 
     run_state = RunState(out, run_digest(config, base_fingerprint), ft.checkpoint_steps)
     if run_state.exists() and not resume:
