@@ -294,3 +294,23 @@ def test_two_threads_give_the_same_states(models):
     assert len(seqs) > unirep.SMALL_BATCH
     for i in range(len(seqs)):
         assert np.abs(one.residues(i) - two.residues(i)).max() < 1e-5
+
+
+@needs_weights
+def test_import_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """Issue 24 #16: a full disk gave a SafetensorError traceback."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from protlm.cli.main import main
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })')
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = tmp_path / "u"
+    assert main(["import", "unirep", "--size", "64", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"protlm: error: --out {out}: cannot write the model folder (No space left on device)" in err
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []

@@ -181,8 +181,15 @@ def write_folder(size: int, out: str | os.PathLike, *, npz: str | os.PathLike | 
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700 folders
         publish_folder(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        from safetensors import SafetensorError
+
+        if isinstance(exc, (OSError, SafetensorError)):  # a full disk, a read-only folder: one line, nothing left
+            why = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            if "StorageFull" in why or "No space left" in why:
+                why = "No space left on device"
+            raise InputError(f"--out {out}: cannot write the model folder ({why}); nothing was written") from None
         raise
     n_params = sum(int(np.prod(v.shape)) for v in arrays.values())
     return {"out": str(out), "size": size, "layers": model.config.num_layers, "parameters": n_params,
