@@ -17,9 +17,14 @@ path, comma-separated:
 | ``cache`` | folder for the database, its index and finished searches | ``$PROTLM_MMSEQS_CACHE`` or ``~/.cache/protlm/mmseqs`` |
 
 e.g. ``profile:uniref50.fasta.gz,s=7.5,iterations=3``. The fingerprint holds the database's
-SHA-256, the search parameters, the MMseqs2 version and the feature version, so caches never mix
-profiles of different searches; ``threads``, ``chunk`` and ``cache`` do not change the numbers
-and are not in it.
+SHA-256 (and ``upper-cased`` where its lower-case residues are upper-cased for the search), the
+search parameters, the MMseqs2 version and the feature version, so caches never mix profiles of
+different searches; ``threads``, ``chunk`` and ``cache`` do not change the numbers and are not in
+it.
+
+``max_residues`` is MMseqs2's longest sequence (65,535): the runner searches a longer protein in
+overlapping windows (``--long-policy window``, the default) or refuses it up front, by name
+(``--long-policy error``), and its batch-mates are searched either way.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import os
 
 import numpy as np
 
+from protlm.align import mmseqs
 from protlm.align.mmseqs import (COLUMNS, DIM, FEATURES_VERSION, ProfileBuilder, SearchParams, TargetDatabase,
                                  find_binary)
 from protlm.embed.backend import Backend
@@ -90,12 +96,15 @@ class ProfileBackend(Backend):
         self.builder = ProfileBuilder(self.db, self.params, threads=self.threads, chunk=chunk)
         self.source = f"profile:{source}"
         self.dim = DIM
+        # MMseqs2's --max-seq-len: the runner windows longer proteins (or refuses them, by name)
+        self.max_residues = mmseqs.MAX_RESIDUES
 
     def forward(self, seqs: list[str], *, cpu: bool = False) -> list[np.ndarray]:
         return self.builder.features(seqs)
 
     def describe(self) -> dict:
         return {**super().describe(), "database": str(self.db.fasta), "database_sha256": self.db.sha256,
+                "database_uppercased": self.db.uppercased,
                 "iterations": self.params.iterations, "sensitivity": self.params.sensitivity,
                 "evalue": self.params.evalue, "max_seqs": self.params.max_seqs,
                 "mmseqs_version": self.builder.version, "columns": ",".join(COLUMNS),
