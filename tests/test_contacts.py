@@ -825,3 +825,31 @@ def test_a_full_sequence_that_does_not_hold_the_chain_names_file_and_chain(tmp_p
         load_chains(path, None, full_sequences={"a": "M" + "A" * 12, "b": "MKW"})
     with pytest.raises(InputError, match=r"set.npz: no full sequence for chain 'b'"):
         load_chains(path, None, full_sequences={"a": "A" * 12})
+
+
+def test_compare_two_contact_heads_on_a_set_of_ones_own(tmp_path, capsys):
+    """Issue 24 #19: two contact heads on a new structure set: the paired P@L/5 difference with its
+    CI and each chain's values, without a script."""
+    import csv as csv_module
+
+    from protlm.tasks.config import build_task_config
+    from protlm.tasks.train import train
+
+    data = tmp_path / "data"
+    _tiny_set(data / "coords_ca_cb.npz", n_train=6, n_valid=5)
+    for emb in ("onehot", "blosum62"):
+        config = {"name": emb, "protocol": "residue_pairs_to_class", "embedder": emb,
+                  "data": {"train_chains": 6, "early_stop_chains": 2, "eval_chains": 3, "max_length": None},
+                  "head": {"type": "pair_mlp", "hidden": 8},
+                  "train": {"epochs": 1, "crop": 24, "pair_budget": 2000, "seed": 0}, "evaluate": {"n_boot": 0}}
+        train(build_task_config(config), tmp_path / emb, data)
+    own, seqs = _own_set(tmp_path / "mine.npz")
+    code, out, err = _cli(capsys, "compare", "--head", tmp_path / "onehot", "--head", tmp_path / "blosum62",
+                          "--file", own, "--per-protein", tmp_path / "per.csv", "--json", "--bootstrap", "100")
+    assert code == 0, err
+    (row,) = json.loads(out)["differences"]
+    assert row["set"] == "mine" and row["proteins"] == 5 and row["metric"].startswith("P@L/5")
+    rows = list(csv_module.DictReader((tmp_path / "per.csv").open()))
+    assert [r["id"] for r in rows] == list(seqs)
+    mean = lambda key: np.nanmean([float(r[key]) for r in rows])  # noqa: E731
+    assert row["difference"] == pytest.approx(mean("p_at_l5_long_A") - mean("p_at_l5_long_B"))

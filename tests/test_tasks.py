@@ -610,3 +610,38 @@ def test_a_backend_pooling_in_the_task_config_reaches_the_head(tmp_path, seq_fil
     with pytest.raises(ConfigError, match="embedder.pooling"):
         load_task_config(data={**base, "embedder": {"name": "unirep64", "pooling": "fusion"},
                                "finetune": {"method": "full"}})
+
+
+def test_compare_two_heads_paired_difference_and_per_protein_rows(tmp_path, ss_file, capsys):
+    """Issue 24 #19: comparing two heads on a set needed a script; `protlm compare` gives the
+    paired difference with its CI and each protein's values for both heads."""
+    import csv as csv_module
+
+    from protlm.tasks.commands import evaluate_command
+
+    heads = {}
+    for emb in ("onehot", "blosum62"):
+        cfg = load_task_config(data={**_config(ss_file, "residue_to_class", "logreg",
+                                               [{"name": "q3", "label": "target", "classes": list("HEC")}], epochs=3),
+                                     "embedder": emb})
+        train(cfg, tmp_path / emb)
+        heads[emb] = tmp_path / emb
+    code = main(["compare", "--head", str(heads["onehot"]), "--head", str(heads["blosum62"]), "--json",
+                 "--per-protein", str(tmp_path / "per.csv"), "--out", str(tmp_path / "cmp.json"),
+                 "--bootstrap", "200"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    doc = json.loads(out.out)
+    (row,) = doc["differences"]
+    a = evaluate_command(heads["onehot"], {})[1]["sets"]["held_out"]["q3"]["accuracy"]["value"]
+    b = evaluate_command(heads["blosum62"], {})[1]["sets"]["held_out"]["q3"]["accuracy"]["value"]
+    assert row["a"] == pytest.approx(a) and row["b"] == pytest.approx(b)
+    assert row["difference"] == pytest.approx(a - b) and row["ci95"][0] <= row["difference"] <= row["ci95"][1]
+    assert "| held_out | q3 | accuracy |" in out.err and json.loads((tmp_path / "cmp.json").read_text())["a"]
+    rows = list(csv_module.DictReader((tmp_path / "per.csv").open()))
+    assert len(rows) == 25 and {"id", "accuracy_A", "accuracy_B", "residues_A"} <= set(rows[0])
+    total = sum(int(r["residues_A"]) for r in rows)
+    assert sum(float(r["accuracy_A"]) * int(r["residues_A"]) for r in rows) / total == pytest.approx(a)
+    # one head, or heads of two protocols, are refused in one line
+    assert main(["compare", "--head", str(heads["onehot"])]) == 2
+    assert "give exactly two heads" in capsys.readouterr().err

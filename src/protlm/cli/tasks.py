@@ -129,6 +129,23 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    apply_threads(args)
+    from protlm.errors import ConfigError
+    from protlm.tasks.compare import compare_command, compare_table
+
+    if len(args.head) != 2:
+        raise ConfigError(f"--head: give exactly two heads (A and B), not {len(args.head)}")
+    result = compare_command(args.head[0], args.head[1], evaluation_request(args), data_dir=data_dir(args),
+                             cache_dir=cache_dir(args), n_boot=args.bootstrap, out=args.out,
+                             per_protein=args.per_protein, overwrite=args.overwrite)
+    summary = compare_table(result)
+    if args.per_protein:
+        summary += f"per protein: {args.per_protein} ({len(result['proteins']):,} rows)\n"
+    emit(args, {k: v for k, v in result.items() if k != "proteins"}, summary.rstrip("\n"))
+    return 0
+
+
 def cmd_predict(args) -> int:
     apply_threads(args)
     from protlm.tasks.commands import predict_command
@@ -221,6 +238,29 @@ def register(sub) -> None:
     add_bootstrap(p, help="bootstrap resamples (default: the head's config; 0: no confidence intervals)")
     add_out(p, help="write the metrics JSON here")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", parents=[J, T, D, O, C], help="two heads on the same proteins: paired difference",
+                       description="The headline metric of head A minus head B on the same proteins, with a paired "
+                                   "bootstrap 95% CI over proteins (the same resamples for both), per set and "
+                                   "target; --per-protein writes each protein's values for both. Any two heads of "
+                                   "one protocol (contact heads too) on the heads' own test sets, a benchmark set, "
+                                   "or a file of your own.")
+    p.add_argument("--head", action="append", required=True, metavar="DIR",
+                   help="head folder; give it twice: A, then B")
+    p.add_argument("--benchmark", help="a set of `protlm datasets` (with --data)")
+    p.add_argument("--file", help="a labelled file of your own (contact heads: a structure set, npz)")
+    p.add_argument("--format", choices=["biotrainer", "deeploc", "prottrans_csv", "csv"], help="format of --file")
+    p.add_argument("--label-column", metavar="COL", help="csv: the label column (default: label or target)")
+    p.add_argument("--seq-column", metavar="COL", help="csv: the sequence column (default: seq or sequence)")
+    p.add_argument("--id-column", metavar="COL", help="csv: a column of protein ids (default: FILE_row<i>)")
+    p.add_argument("--kind", choices=["float", "int", "str"], help="csv: label type")
+    p.add_argument("--label", help="csv: the label name the heads were trained on")
+    p.add_argument("--split", help="keep only records of this split (train, valid, test)")
+    add_chain_selection(p.add_argument_group("contact heads (residue_pairs_to_class; docs/contacts.md)"))
+    add_bootstrap(p, default=1000, help="bootstrap resamples of the paired CI (default 1000)")
+    add_out(p, help="write the differences as JSON here")
+    p.add_argument("--per-protein", metavar="CSV", help="write one row per protein with both heads' values")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("predict", parents=[J, T, O, C], help="predict with a trained head on a FASTA file",
                        description="Per-residue state strings (with confidences) or per-protein labels with "

@@ -180,6 +180,10 @@ class Protocol:
         """The headline computed from the per-protein values of the proteins ``idx``."""
         raise NotImplementedError
 
+    def per_protein_table(self, config, preds, dataset, k: int) -> tuple[list[str], dict[str, list]]:
+        """(ids, named columns): one row per scored protein of target ``k`` (``protlm compare --per-protein``)."""
+        raise NotImplementedError
+
     def prediction_rows(self, head, ids: list[str], sequences: list[str], preds) -> list[dict]:
         raise NotImplementedError
 

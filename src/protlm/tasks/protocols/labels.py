@@ -74,6 +74,10 @@ class TargetKind:
     def per_protein(self, truth: list, pred: list):
         raise NotImplementedError
 
+    def per_protein_table(self, truth: list, pred: list, ids: list[str]) -> tuple[list[str], dict[str, list]]:
+        """(ids, named columns) of the scored proteins, one value each (``protlm compare --per-protein``)."""
+        raise NotImplementedError
+
     def statistic(self, values, idx: np.ndarray) -> float:
         raise NotImplementedError
 
@@ -183,6 +187,12 @@ class ResidueClasses(TargetKind):
         total = np.array([int((t >= 0).sum()) for t in truth])
         return (len(truth) if total.sum() else 0), (correct, total)
 
+    def per_protein_table(self, truth, pred, ids):
+        correct, total = self.per_protein(truth, pred)[1]
+        keep = [i for i in range(len(ids)) if total[i] > 0]
+        return [ids[i] for i in keep], {"residues": [int(total[i]) for i in keep],
+                                        "accuracy": [float(correct[i] / total[i]) for i in keep]}
+
     def statistic(self, values, idx):
         correct, total = values
         return correct[idx].sum() / max(total[idx].sum(), 1)
@@ -243,6 +253,10 @@ class ProteinClasses(TargetKind):
     def per_protein(self, truth, pred):
         keep = [i for i, v in enumerate(truth) if v >= 0]
         return len(keep), (np.array([float(int(pred[i].argmax()) == truth[i]) for i in keep]), keep)
+
+    def per_protein_table(self, truth, pred, ids):
+        hits, keep = self.per_protein(truth, pred)[1]
+        return [ids[i] for i in keep], {"correct": [int(h) for h in hits]}
 
     def statistic(self, values, idx):
         return values[0][idx].mean()
@@ -305,6 +319,10 @@ class ProteinValues(TargetKind):
     def per_protein(self, truth, pred):
         keep = [i for i, v in enumerate(truth) if not math.isnan(v)]
         return len(keep), (np.array([truth[i] for i in keep]), np.array([pred[i] for i in keep]), keep)
+
+    def per_protein_table(self, truth, pred, ids):
+        t, p, keep = self.per_protein(truth, pred)[1]
+        return [ids[i] for i in keep], {"truth": [float(x) for x in t], "prediction": [float(x) for x in p]}
 
     def statistic(self, values, idx):
         return M.spearman(values[0][idx], values[1][idx])
@@ -625,6 +643,9 @@ class LabelProtocol(Protocol):
 
     def per_protein(self, config, preds, dataset, k: int):
         return self.kind.per_protein(dataset.targets[k], preds[k])
+
+    def per_protein_table(self, config, preds, dataset, k: int):
+        return self.kind.per_protein_table(dataset.targets[k], preds[k], list(dataset.ids))
 
     def statistic(self, values, idx) -> float:
         return self.kind.statistic(values, idx)

@@ -457,6 +457,11 @@ class ResiduePairsToClass(Protocol):
                          (precision_at(p, t, o, rng="long", divisor=5) for p, (t, o) in zip(preds, truth))])
         return len(vals), vals
 
+    def per_protein_table(self, config, preds, chains, k: int):
+        vals = self.per_protein(config, preds, chains, k)[1]
+        return [c.id for c in chains], {"residues": [len(c) for c in chains],
+                                        "p_at_l5_long": [float(v) for v in vals]}
+
     def statistic(self, values, idx) -> float:
         v = values[idx]
         v = v[~np.isnan(v)]

@@ -70,6 +70,14 @@ class ResidueValues(TargetKind):
     def statistic(self, values, idx):
         return M.spearman(np.concatenate([values[i][0] for i in idx]), np.concatenate([values[i][1] for i in idx]))
 
+    def per_protein_table(self, truth, pred, ids):
+        keep = [i for i, t in enumerate(truth) if (~np.isnan(t)).any()]
+        rho = []
+        for i in keep:
+            ok = ~np.isnan(truth[i])
+            rho.append(float(M.spearman(truth[i][ok], pred[i][ok])) if ok.sum() > 1 else float("nan"))
+        return [ids[i] for i in keep], {"residues": [int((~np.isnan(truth[i])).sum()) for i in keep], "spearman": rho}
+
     def row(self, p, classes):
         return {"values": [round(float(v), 4) for v in p]}
 
