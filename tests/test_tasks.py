@@ -645,3 +645,38 @@ def test_compare_two_heads_paired_difference_and_per_protein_rows(tmp_path, ss_f
     # one head, or heads of two protocols, are refused in one line
     assert main(["compare", "--head", str(heads["onehot"])]) == 2
     assert "give exactly two heads" in capsys.readouterr().err
+
+
+def test_prediction_csv_holds_every_class_targets_probabilities(tmp_path, capsys):
+    """Issue 21 #6: the CSV took its probability columns from the first class target only, so a
+    second target's probabilities were silently dropped."""
+    import csv as csv_module
+
+    rng = np.random.default_rng(5)
+    path = tmp_path / "loc.fasta"
+    path.write_text("".join(f">q{i} {'Nucleus' if i % 2 else 'Extracellular'}-{'M' if i % 3 else 'S'}\n"
+                            f"{''.join(rng.choice(list(AA), 40))}\n" for i in range(60)))
+    cfg = load_task_config(data={
+        "name": "multi", "protocol": "sequence_to_class", "embedder": "onehot",
+        "data": {"train": {"file": str(path), "format": "deeploc"}, "valid_fraction": 0.2},
+        "targets": [{"name": "q10", "label": "location"}, {"name": "q2", "label": "membrane"}],
+        "head": {"type": "ffn"}, "train": {"epochs": 2, "bootstrap": 10}})
+    train(cfg, tmp_path / "head")
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">x\nMKVLAAGIWKK\n")
+    assert main(["predict", "--head", str(tmp_path / "head"), "--input", str(fasta), "--output",
+                 str(tmp_path / "p.csv")]) == 0
+    rows = list(csv_module.DictReader((tmp_path / "p.csv").open()))
+    by_target = {r["target"]: r for r in rows}
+    assert by_target["q2"]["p_M"] and by_target["q2"]["p_S"] and by_target["q10"]["p_Nucleus"]
+    assert float(by_target["q2"]["p_M"]) + float(by_target["q2"]["p_S"]) == pytest.approx(1, abs=1e-3)
+
+
+def test_a_file_without_identity_on_a_head_without_one_names_no_none(tmp_path, ss_file):
+    """Issue 21 #6: "cannot check it matches the head's None"."""
+    from protlm.tasks.features import check_identity
+
+    trained = {"kind": "hdf5", "fingerprint": None, "model": None, "file": "/x/train.h5", "dim": 20}
+    used = {"kind": "hdf5", "fingerprint": None, "model": None, "file": "/x/test.h5", "dim": 20}
+    text = check_identity(trained, used, "embedder /x/test.h5")
+    assert "None" not in text and "/x/train.h5" in text

@@ -293,8 +293,12 @@ def check_identity(trained: dict | None, used: dict, where: str) -> str | None:
             raise InputError(f"{where}: made by {mb!r} (layer {lb}), but the head was trained on {ma!r} (layer {la}); "
                              f"embed with the head's embedder (protlm embed records a weights fingerprint)")
         return None
-    return (f"{where}: says nothing about the model that made it (no fingerprint or model attribute); "
-            f"cannot check it matches the head's {trained.get('model')!r} — only the width was checked")
+    made = trained.get("model") or trained.get("file") or "embedder"
+    if not (used.get("fingerprint") or used.get("model")):
+        return (f"{where}: says nothing about the model that made it (no fingerprint or model attribute); "
+                f"cannot check it matches the head's {made!r} — only the width was checked")
+    return (f"{where}: the head records no fingerprint or model of what it was trained on (an HDF5 file without "
+            f"them: {made!r}); cannot check the inputs match — only the width was checked")
 
 
 # --------------------------------------------------------------------------- the source

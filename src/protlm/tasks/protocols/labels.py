@@ -663,7 +663,9 @@ class LabelProtocol(Protocol):
             data = json_bytes({"head": str(options.get("head", "")), "task": head.config.name, "predictions": rows})
         else:
             buf = io.StringIO()
-            fields = ["id", "target"] + self.kind.csv_fields(head.info["classes"][0])
+            fields = ["id", "target"]  # every target's columns (two class targets have two sets of classes)
+            for classes in head.info["classes"]:
+                fields += [f for f in self.kind.csv_fields(classes) if f not in fields]
             writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
             writer.writeheader()
             for row in rows:
