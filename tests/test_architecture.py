@@ -198,3 +198,16 @@ def test_a_backend_sets_which_proteins_run_alone(toy):
     emb.backend.default_alone_above = 10_000
     assert emb.plan(lengths)[0] == [0, 1]
     assert Embedder("toy-positions", EmbedOptions(alone_above=500)).plan([600, 600])[0] == [0]
+
+
+def test_registries_refuse_a_second_owner_of_a_name():
+    """Issue 21 #4: a registry silently overwrote a name registered by another module (TAPE's refuses)."""
+    import torch
+
+    from protlm.tasks.heads.base import register_head
+    from protlm.tasks.protocols.base import Protocol, register_protocol
+
+    with pytest.raises(ValueError, match="head 'ffn' is registered already"):
+        register_head("ffn", config=object, levels=("protein",))(lambda cfg, dim, outputs, level: torch.nn.Identity())
+    with pytest.raises(ValueError, match="protocol 'sequence_to_class' is registered already"):
+        register_protocol(type("Other", (Protocol,), {"name": "sequence_to_class"}))

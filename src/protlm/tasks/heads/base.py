@@ -75,6 +75,10 @@ class HeadEntry:
 _HEADS: dict[str, HeadEntry] = {}
 
 
+def _qualname(obj) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
 def register_head(name: str, *, config: type, levels: tuple[str, ...], input: str = "any", min_batch: int = 1,
                   help: str = "", legacy_keys: dict | None = None):
     """Decorator on a head factory ``f(cfg, dim, outputs, level) -> nn.Module`` (module docstring)."""
@@ -83,6 +87,9 @@ def register_head(name: str, *, config: type, levels: tuple[str, ...], input: st
         raise ValueError(f"head {name}: levels must be drawn from {LEVELS} and input one of {INPUTS}")
 
     def deco(factory):
+        old = _HEADS.get(name)
+        if old is not None and _qualname(old.factory) != _qualname(factory):  # TAPE's registry refuses too
+            raise ValueError(f"head {name!r} is registered already (by {_qualname(old.factory)}); choose another name")
         _HEADS[name] = HeadEntry(name, config, factory, tuple(levels), input, min_batch, help,
                                  dict(legacy_keys or {}))
         return factory

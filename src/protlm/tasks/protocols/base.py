@@ -223,6 +223,10 @@ def register_protocol(cls):
     """Class decorator: register a protocol by its ``name`` (one instance per protocol)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__}: a protocol needs a name")
+    old = _PROTOCOLS.get(cls.name)
+    if old is not None and (type(old).__module__, type(old).__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"protocol {cls.name!r} is registered already (by {type(old).__module__}."
+                         f"{type(old).__qualname__}); choose another name")
     _PROTOCOLS[cls.name] = cls()
     return cls
 
