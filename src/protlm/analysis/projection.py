@@ -681,10 +681,11 @@ def token_embedding_matrix(model_path: str | Path) -> tuple[list[str], np.ndarra
     20 standard amino acids: ``(letters, 20 × D float32)``. The row of each letter is found with
     the model's own tokenizer (:func:`protlm.models.families.token_layout`), so ESM, ProtBert,
     ProtT5 and protlm's own vocabularies all work."""
+    from protlm.io.resources import model_source
     from protlm.models.hf import load_hf_lm
 
     model = str(model_path)
-    lm = load_hf_lm(model, what="--token-embeddings")
+    lm = load_hf_lm(model_source(model, "--token-embeddings"), what="--token-embeddings")
     layout, encoder = lm.layout, lm.model
     weight = encoder.get_input_embeddings().weight.detach().float().numpy()
     letters = list(STANDARD_AA)

@@ -146,11 +146,13 @@ def apply_threads(args) -> None:
 
 class LogProgress:
     """Progress for a stderr that is not a terminal (a log file, a batch job): one line every
-    ``every`` seconds with the count, the rate and the time left, and one at the end of every job
-    that counted anything (a short job's only line: what it did, how fast, in how long)."""
+    ``every`` seconds with the count, the rate and the time left, and one at the end of a job that
+    logged any — or, with ``summary``, of every job that counted anything (a short stage's only
+    line: what it did, how fast, in how long; the benchmark's embedding sets)."""
 
-    def __init__(self, total: int | None, desc: str, unit: str, every: float = 30.0):
+    def __init__(self, total: int | None, desc: str, unit: str, every: float = 30.0, summary: bool = False):
         self.total, self.desc, self.unit, self.every = total, desc, unit, every
+        self.summary = summary
         self.n = 0
         self.logged = False
         self.closed = False
@@ -181,7 +183,7 @@ class LogProgress:
             print(f"protlm: {self._line()}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self.n > 0 and not self.closed:
+        if (self.logged or (self.summary and self.n > 0)) and not self.closed:
             self.closed = True
             print(f"protlm: {self._line()} (done in {_duration(time.monotonic() - self._t0)})", file=sys.stderr,
                   flush=True)
@@ -194,10 +196,11 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def progress_bar(total: int | None, desc: str, unit: str = "B"):
-    """A tqdm bar on a terminal; log lines with rate and time left otherwise."""
+def progress_bar(total: int | None, desc: str, unit: str = "B", summary: bool = False):
+    """A tqdm bar on a terminal; log lines with rate and time left otherwise (``summary``: a line at
+    the end even of a short job)."""
     if not sys.stderr.isatty():
-        return LogProgress(total, desc, unit)
+        return LogProgress(total, desc, unit, summary=summary)
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024, file=sys.stderr,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from protlm.cli.common import (add_bootstrap, add_chain_selection, add_out, add_tasks, apply_threads, cache_dir,
                                cache_parent, data_dir, emit, json_parent, overwrite_parent, threads_parent, safe_folder_name)
+from protlm.io.resources import suite_path
 
 PROTOCOL = "residue_pairs_to_class"
 
@@ -180,7 +181,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "protlm benchmark --embedder A --embedder B --compare A:B. Finished runs made "
                                    "from the same config are reused.",
                        epilog="overrides apply to every config, e.g. data.train_chains=50 train.epochs=2")
-    b.add_argument("--suite", default="configs/benchmarks", help="folder of configs (or one file)")
+    b.add_argument("--suite", default="configs/benchmarks", type=suite_path,
+                   help="folder of configs, or one file (default: configs/benchmarks here, else the recipes "
+                        "installed with protlm)")
     add_out(b, default="runs/contacts_benchmark", help="output folder (default runs/contacts_benchmark)")
     data(b, "each config's data.path, else $PROTLM_DATA/contacts")
     add_tasks(b, help="config file stems to run (default: all)")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from protlm.cli.common import (_duration, add_bootstrap, add_chain_selection, add_out, add_tasks, apply_threads, cache_dir,
                                cache_parent, data_dir, data_parent, emit, json_parent, overwrite_parent, progress_bar, threads_parent, safe_folder_name)
+from protlm.io.resources import suite_path
 
 
 FINETUNE_METHODS = ("none", "full", "lora", "top")
@@ -27,7 +28,8 @@ def _progress():
                 bar.close()
                 bar = None
             if bar is None:
-                bar = bars[info["set"]] = progress_bar(info["total"], f"embed {info['set']}", unit="res")
+                bar = bars[info["set"]] = progress_bar(info["total"], f"embed {info['set']}", unit="res",
+                                                       summary=True)
             bar.n = info["done"]
             bar.refresh()
             if info["done"] >= info["total"]:  # the set is embedded: its rate and time end here
@@ -297,7 +299,9 @@ def register(sub) -> None:
                        description="Train and score one head per (task config, embedder); write OUT/results.md "
                                    "and results.json (headline metric with bootstrap 95% CI per test set). "
                                    "Finished pairs are reused when rerun.")
-    p.add_argument("--suite", default="configs/benchmarks", help="folder of task configs, or one config")
+    p.add_argument("--suite", default="configs/benchmarks", type=suite_path,
+                   help="folder of task configs, or one config (default: configs/benchmarks here, else the "
+                        "recipes installed with protlm)")
     add_tasks(p)
     p.add_argument("--embedder", action="append", help="embedder to compare (repeatable); default: each config's own")
     add_out(p, default="runs/benchmark", help="output folder (default runs/benchmark)")

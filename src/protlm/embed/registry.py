@@ -4,10 +4,12 @@ A spec's name is matched, in this order, against:
 
 1. an exact registered name (``onehot``, ``blosum62``, ``kmer``, ``unirep1900`` …);
 2. a registered prefix (``profile:DB`` → the ``profile:`` factory gets ``DB``);
-3. a folder's marker file (a peft adapter's ``adapter_config.json``; a head folder of a fine-tuned
-   LM reads as its ``lm/`` folder), then its ``config.json`` ``model_type`` (``esm``, ``bert``,
-   ``protlm_kmer`` …);
-4. a hub id ``owner/name``, whose ``config.json`` is fetched and matched as in 3.
+3. a folder (relative to the working directory, else a bundled checkpoint, ``checkpoints/NAME`` or
+   ``NAME``: :func:`protlm.io.resources.model_source`): its marker file (a peft adapter's
+   ``adapter_config.json``; a head folder of a fine-tuned LM reads as its ``lm/`` folder), then its
+   ``config.json`` ``model_type`` (``esm``, ``bert``, ``protlm_kmer`` …);
+4. a hub id ``owner/name``, whose ``config.json`` is fetched and matched as in 3 (an unreachable
+   hub fails at once unless the id is in the local cache: :func:`protlm.io.resources.check_hub`).
 
 Every module of :mod:`protlm.embed.backends` is imported on first use (TAPE's registry), so a new
 family is one file there that calls :func:`register`.
@@ -25,6 +27,7 @@ from typing import Callable
 from protlm.embed.backend import Backend
 from protlm.embed.spec import EmbedOptions
 from protlm.errors import InputError
+from protlm.io.resources import model_source
 
 #: A factory builds a backend from the source (the name, the prefix's argument, or the folder) and options.
 Factory = Callable[[str, EmbedOptions], Backend]
@@ -98,10 +101,12 @@ def _folder_model_type(source: str) -> str | None:
 
 def resolve(source: str, options: EmbedOptions | None = None) -> Backend:
     """The backend for ``source`` (see the module docstring), built with ``options``."""
+    source = str(source)
+    if ":" not in source:  # no prefix: a folder here, a bundled checkpoint or a hub id (protlm.io.resources)
+        source = model_source(source)  # before the backends' imports, so an unreachable hub fails at once
     _load_backends()
     options = options or EmbedOptions()
     options.validate()
-    source = str(source)
     if source in _NAMES:
         return _NAMES[source].factory(source, options)
     for prefix, entry in _PREFIXES.items():

@@ -14,6 +14,7 @@ from protlm.embed.backend import Backend, LMOutput, TorchBackend, folder_weights
 from protlm.embed.registry import register
 from protlm.embed.spec import EmbedOptions
 from protlm.errors import ConfigError, InputError
+from protlm.io.resources import model_source
 from protlm.models.families import FAMILIES
 from protlm.models.hf import RANDOM_PREFIX, LoadedLM, load_hf_lm
 
@@ -246,4 +247,4 @@ def _hf(source: str, options: EmbedOptions) -> Backend:
 
 @register(prefix=RANDOM_PREFIX, help="random-init:FOLDER — FOLDER's architecture with random weights (seed option)")
 def _random_init(source: str, options: EmbedOptions) -> Backend:
-    return HFBackend(RANDOM_PREFIX + source, options)
+    return HFBackend(RANDOM_PREFIX + model_source(source), options)
