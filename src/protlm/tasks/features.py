@@ -36,6 +36,11 @@ times smaller than the per-residue cache (tests/test_features.py measures the ra
 already in the per-residue cache is pooled from it instead of embedded again. Heads that read residues (CNN, light attention, pair heads) keep the
 per-residue cache.
 
+**Stored precision.** The per-residue cache stores float16 by default (half of float32's disk
+and page cache; a part with a value beyond float16's range stays float32), ``PROTLM_CACHE_DTYPE=
+float32`` stores float32; each has its own folder. The pooled cache is float32 (means are taken in
+float32 from the embedder's output).
+
 **Finite values.** Every array is checked once, when it is first read or computed: NaN or inf
 is an :class:`~protlm.errors.InputError` naming the protein and the file, before any head is
 saved or any prediction written.
@@ -74,6 +79,20 @@ PART_PROTEINS = 256  # proteins per cache part at most
 STALE_TEMP_SECONDS = 24 * 3600  # temporary files older than this are a killed writer's leftovers
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
+#: How the per-residue cache stores features: float16 (half the disk and page cache of float32; a
+#: UniRep-1900 NetSurfP cache is 21 GB in float32, which a 24 GB machine reads from disk every
+#: epoch), or float32 (``PROTLM_CACHE_DTYPE=float32``: exact). A chunk with a value beyond
+#: float16's range (±65,504) is stored in float32. docs/benchmarks.md measures that the heads'
+#: test numbers do not move.
+CACHE_DTYPES = ("float16", "float32")
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def cache_dtype() -> str:
+    value = os.environ.get("PROTLM_CACHE_DTYPE", "float16")
+    if value not in CACHE_DTYPES:
+        raise ConfigError(f"PROTLM_CACHE_DTYPE={value!r}: choose float16 (the default) or float32")
+    return value
 
 
 # --------------------------------------------------------------------------- names and checksums
@@ -320,6 +339,7 @@ class FeatureSource:
         self._index: dict[str, tuple] | None = None
         self.pooled_cache: FeatureCache | None = None
         self._pooled_index: dict[str, tuple] | None = None
+        self._store = cache_dtype()  # how the per-residue cache stores what is embedded
         options = getattr(spec, "options", None)
         # the spec's per-protein pooling: "mean" over residues (computed here), or a backend's own
         # (UniRep's h_avg, h_final, c_final, fusion), which only a per-protein head can read
@@ -401,7 +421,10 @@ class FeatureSource:
                 self._temp = Path(tempfile.mkdtemp(prefix="protlm-features-"))
                 root = self._temp
             ident = self.identity()
-            self.cache = FeatureCache(root / f"{embedder_label(self.name)}-{identity_digest(ident)}")
+            digest = identity_digest(ident)  # float32: the folder name of protlm 0.4's caches
+            if self._store == "float16":
+                digest = _digest(f"{digest}|store=float16")
+            self.cache = FeatureCache(root / f"{embedder_label(self.name)}-{digest}")
         return self.cache
 
     def _pooled(self) -> FeatureCache:
@@ -505,6 +528,9 @@ class FeatureSource:
                                      f"a broken model — nothing was cached for it")
             if pool and self.pooling == "mean":
                 arrays = [a.mean(axis=0, keepdims=True, dtype=np.float32) for a in arrays]
+            elif not pool and self._store == "float16" and all(
+                    float(np.abs(a).max(initial=0.0)) <= FLOAT16_MAX for a in arrays):
+                arrays = [a.astype(np.float16) for a in arrays]
             index.update(cache.write([k for k, _ in chunk], arrays))
             del arrays
             done += sum(len(s) for _, (_, s) in chunk)
