@@ -263,8 +263,9 @@ def test_export_fasta_writes_the_task_proteins(tmp_path, task_file, capsys):
     assert main(["export-fasta", "--config", str(cfg_path), "--out", str(out)]) == 2  # exists: needs --overwrite
     assert "protlm: error:" in capsys.readouterr().err
     assert main(["export-fasta", "--config", str(cfg_path), "--out", str(out), "--overwrite"]) == 0
-    sets = [ln.split("set=")[1] for ln in out.read_text().splitlines() if ln.startswith(">")]
-    assert sets.count("train") == 25 and sets.count("valid") == 15 and sets.count("held_out") == 15
+    # biotrainer 2.x's header: SET=train|val|test (or a named test set)
+    sets = [ln.split("SET=")[1] for ln in out.read_text().splitlines() if ln.startswith(">")]
+    assert sets.count("train") == 25 and sets.count("val") == 15 and sets.count("held_out") == 15
 
 
 # --------------------------------------------------------------------------- cache: concurrency, torn parts, fingerprint

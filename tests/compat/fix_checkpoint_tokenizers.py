@@ -40,7 +40,7 @@ def fix(folder: Path) -> None:
         config_path.write_text(json.dumps({**config, **extra}, indent=2, sort_keys=True) + "\n")
     for name in TOKENIZER_FILES:
         (folder / name).unlink(missing_ok=True)
-    save_tokenizer(ARCHITECTURES[arch].vocab.family, folder)
+    save_tokenizer(ARCHITECTURES[arch].vocab.family, folder, model_type=config.get("model_type"))
     assert sha(weights) == before, f"{weights} changed"
     files = sorted(p.name for p in folder.iterdir())
     print(f"{folder}: {arch}, tokenizer {json.loads((folder / 'tokenizer_config.json').read_text())['tokenizer_class']}, "

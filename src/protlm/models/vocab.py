@@ -196,23 +196,55 @@ def build_tokenizer(family: str):
 _V5_FAST_CLASS = "TokenizersBackend"
 
 
-def save_tokenizer(family: str, folder) -> None:
-    """Save the family's tokenizer next to a checkpoint so that transformers 4.x and 5.x load it,
-    and tools that pick the model class from the tokenizer class (biotrainer) pick the right one:
+def esm_vocab_txt(family: str = "esm") -> str:
+    """``vocab.txt`` of a family's vocabulary, one token per line in id order (what
+    ``EsmTokenizer`` reads), generated from :data:`VOCABS`."""
+    return "".join(t + "\n" for t in VOCABS[family].tokens)
 
-    * every fast tokenizer (ESM-style and causal models on the ESM vocabulary, ProtT5, ...):
+
+def build_esm_tokenizer(folder):
+    """An ``EsmTokenizer`` on the ESM vocabulary, its ``vocab.txt`` written into ``folder``."""
+    from pathlib import Path
+
+    from transformers import EsmTokenizer
+
+    vocab_file = Path(folder) / "vocab.txt"
+    vocab_file.write_text(esm_vocab_txt())
+    return EsmTokenizer(vocab_file=str(vocab_file), model_max_length=100_000)
+
+
+def save_tokenizer(family: str, folder, model_type: str | None = None) -> None:
+    """Save the family's tokenizer next to a checkpoint so that transformers 4.x and 5.x load it,
+    and tools that pick the model class from the tokenizer class pick the right one.
+
+    biotrainer 2.1.1 (``biotrainer/embedding/services/embedding_service_factory.py``,
+    ``_determine_tokenizer_and_model``) loads a local folder with ``AutoTokenizer`` and chooses
+    by the tokenizer's class name: ``t5`` → T5EncoderModel, ``esm`` → EsmModel, ``bert`` →
+    BertForMaskedLM, anything else → T5EncoderModel. So:
+
+    * an ESM model (``model_type == "esm"``): ``EsmTokenizer`` + ``vocab.txt`` (generated from
+      :data:`VOCABS`; the same ids as the fast tokenizer, tests compare them) → biotrainer's
+      EsmModel;
+    * every other fast tokenizer (the causal model on the ESM vocabulary, ProtT5, XLNet):
       ``tokenizer.json`` labelled ``PreTrainedTokenizerFast`` (transformers 5 would write
-      ``TokenizersBackend``, which 4.x cannot load). ESM-style checkpoints are not saved as
-      ``EsmTokenizer`` + ``vocab.txt``: that file would be byte for byte the public ESM-2 vocab,
-      and the ids are the same either way (tests compare them);
+      ``TokenizersBackend``, which 4.x cannot load). Never ``EsmTokenizer`` for a non-ESM model:
+      biotrainer would then build a random EsmModel from a GPT-NeoX config;
     * ProtBert/ALBERT: ``BertTokenizer`` (loads in both).
+
+    ``model_type`` is the checkpoint's ``config.json`` ``model_type``; without it an ``esm``
+    family vocabulary is saved the fast way (it may belong to a causal model).
     """
     import json
     from pathlib import Path
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    build_tokenizer(family).save_pretrained(folder)
+    if family == "esm" and model_type == "esm":
+        for stale in ("tokenizer.json",):
+            (folder / stale).unlink(missing_ok=True)
+        build_esm_tokenizer(folder).save_pretrained(folder)
+    else:
+        build_tokenizer(family).save_pretrained(folder)
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     changed = False

@@ -154,10 +154,19 @@ def predict_command(head_dir: str | Path, fasta: str | Path, out: str | Path, *,
 
 def export_fasta(config: TaskConfig, out: str | Path, *, overwrite: bool = False, data_dir=None, split: str = "all",
                  inputs=()) -> dict:
-    """``protlm export-fasta``: the proteins a task config uses, ``>id set=NAME`` one line each."""
+    """``protlm export-fasta``: the proteins a task config uses, ``>id SET=NAME`` one line each.
+
+    The header is biotrainer 2.x's: an upper-case ``SET=`` (biotrainer_core's FASTA parser reads
+    ``[A-Z_]+=value`` only), ``val`` for the validation set, ``train``, and a test set's own name
+    (biotrainer treats any other SET value as a named test set). No ``TARGET=``: the file lists
+    the sequences to embed (``protlm embed``, ``--key hash``), not a training file.
+    protlm's :func:`protlm.data.benchmarks.load_biotrainer_fasta` reads this form and the older
+    ones (``set=valid``, ``SET=train VALIDATION=True``)."""
     check_output_file(out, overwrite=overwrite, inputs=list(inputs), option="--out", create_parent=True)
     proteins = config.protocol_obj.proteins(config, data_dir, split)
-    write_bytes(Path(out), "".join(f">{pid} set={name}\n{seq}\n" for pid, seq, name in proteins).encode())
+    biotrainer_set = {"valid": "val"}
+    write_bytes(Path(out), "".join(f">{pid} SET={biotrainer_set.get(name, name)}\n{seq}\n"
+                                   for pid, seq, name in proteins).encode())
     counts: dict[str, int] = {}
     for _, _, name in proteins:
         counts[name] = counts.get(name, 0) + 1
