@@ -21,8 +21,9 @@ ALLOWED = {
     "embed": {"models", "data", "align", "io"},
     "tasks": {"embed", "models", "data", "align", "io"},
     "analysis": {"tasks", "embed", "models", "data", "io"},
+    "predictors": {"tasks", "embed", "models", "data", "io"},
     "demo": {"analysis", "tasks", "embed", "pretrain", "models", "data", "align", "io"},
-    "cli": {"demo", "analysis", "tasks", "embed", "pretrain", "models", "data", "align", "io"},
+    "cli": {"demo", "predictors", "analysis", "tasks", "embed", "pretrain", "models", "data", "align", "io"},
 }
 
 

@@ -463,7 +463,7 @@ RESUME_BY_RERUN = ("prepare", "prepare-merge", "benchmark", "demo")  # finished 
 
 def _resume_hint(args) -> str:
     command = getattr(args, "command", None)
-    if command in RESUME_WITH_FLAG:
+    if command in RESUME_WITH_FLAG or (command == "predict" and getattr(args, "head", None) is None):
         return "finished work is kept; rerun the same command with --resume to continue"
     if command in RESUME_BY_RERUN or (command == "contacts" and getattr(args, "contacts_command", "") == "benchmark"):
         return "finished work is kept; rerun the same command to continue (finished parts are reused)"

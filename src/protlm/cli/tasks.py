@@ -150,12 +150,46 @@ def cmd_compare(args) -> int:
 
 def cmd_predict(args) -> int:
     apply_threads(args)
+    if args.head is None:  # the shipped predictors into a folder (protlm.predictors.job)
+        return _predict_shipped(args)
+    if args.tasks or args.resume:
+        from protlm.errors import ConfigError
+
+        raise ConfigError(f"{'--tasks' if args.tasks else '--resume'} is for the shipped predictors (no --head); "
+                          f"--head DIR predicts with that one head")
     from protlm.tasks.commands import predict_command
 
     result = predict_command(args.head, args.input, args.out, overwrite=args.overwrite, embedder=args.embedder,
                              cache_dir=cache_dir(args))
     emit(args, result, result.pop("summary"))
     return 1 if result.get("skipped") else 0
+
+
+def _predict_shipped(args) -> int:
+    from protlm.errors import ConfigError
+
+    if args.embedder:
+        raise ConfigError("--embedder goes with --head: the shipped predictors embed with the model they were "
+                          "trained on (their model cards name it)")
+    from protlm.predictors.job import predict_folder
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = progress_bar(total, "predict", unit="res", summary=True)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        result = predict_folder(args.input, args.out, args.tasks, overwrite=args.overwrite, resume=args.resume,
+                                cache_dir=cache_dir(args), progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    emit(args, result, result.pop("summary"))
+    return 0
 
 
 def cmd_export_fasta(args) -> int:
@@ -264,14 +298,24 @@ def register(sub) -> None:
     p.add_argument("--per-protein", metavar="CSV", help="write one row per protein with both heads' values")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("predict", parents=[J, T, O, C], help="predict with a trained head on a FASTA file",
-                       description="Per-residue state strings (with confidences) or per-protein labels with "
-                                   "probabilities, or values, for every protein of a FASTA file; CSV or JSON.")
-    p.add_argument("--head", required=True, help="folder written by protlm train")
+    p = sub.add_parser("predict", parents=[J, T, O, C], help="predict with the shipped predictors, or a trained "
+                                                              "head, on a FASTA file",
+                       description="Without --head: the predictors shipped with protlm (secondary structure, "
+                                   "localization, stability, SCOP class; docs/predictors.md), all or those of "
+                                   "--tasks, into the folder --out: predictions.csv, predictions.json, index.html "
+                                   "and one HTML report per protein. With --head DIR: that head's per-residue "
+                                   "state strings (with confidences) or per-protein labels with probabilities, or "
+                                   "values, for every protein; --out is a CSV or JSON file.")
+    p.add_argument("--head", help="folder written by protlm train (default: the shipped predictors)")
     p.add_argument("--input", required=True, help="FASTA or gzipped FASTA")
     add_out(p, required=True,
-            help="predictions: .csv or .json (a contact head: a folder for one npz + png per protein)")
-    p.add_argument("--embedder", help="embed with this instead of the head's embedder (same dimension)")
+            help="without --head: a folder (new or empty); with --head: .csv or .json (a contact head: a folder "
+                 "for one npz + png per protein)")
+    add_tasks(p, help="shipped predictors to run (names or short names: ss, loc, membrane, scop, stability; "
+                      "default: all)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run into --out (shipped predictors): finished proteins are kept")
+    p.add_argument("--embedder", help="with --head: embed with this instead of the head's embedder (same model)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("finetune-merge", parents=[J, O], help="merge a LoRA adapter into its base model",

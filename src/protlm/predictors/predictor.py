@@ -1,0 +1,271 @@
+"""Shipped predictors: trained heads that come with protlm, each with a model card.
+
+A shipped predictor is a head folder written by ``protlm train`` (``head.json``,
+``head.safetensors``, ``metrics.json``), copied unchanged into
+``protlm/predictors/heads/<name>-<embedder>/`` (e.g. ``secondary_structure-unirep64``; the hyphen
+also keeps setuptools from taking the data folder for a Python package)
+with two more files: ``card.json`` (the model card as data: task, data and split, embedder and
+its fingerprint, test numbers with CIs copied from ``metrics.json``, the command that trained it,
+the licences, and the SHA-256 of the head's files) and ``MODEL_CARD.md`` (the same, to read).
+
+:class:`Predictor` loads one of them (or any head folder) once and keeps it, with its embedder:
+``Predictor.load("secondary_structure").predict(ids, sequences)``. Loading goes through
+:func:`protlm.tasks.train.load_head` (every size checked, no pickle) and
+:func:`protlm.tasks.train.check_source` (the embedder that will compute the inputs must be the one
+the head was trained on: the fingerprint of its weights, not only its width), and a shipped
+head's files must have the digests its card records. Predictors on one embedder share one
+:class:`~protlm.tasks.features.FeatureSource` (:func:`load_many`), so a protein is embedded once
+for all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from protlm.errors import ConfigError, InputError
+
+HEADS = Path(__file__).resolve().parent / "heads"
+CARD_JSON, CARD_MD = "card.json", "MODEL_CARD.md"
+HEAD_FILES = ("head.json", "head.safetensors", "metrics.json")
+
+#: Short names a person may type for a shipped predictor (``--tasks ss loc``).
+ALIASES = {"ss": "secondary_structure", "q3": "secondary_structure", "q8": "secondary_structure",
+           "loc": "localization", "q10": "localization", "membrane": "localization", "q2": "localization",
+           "scop": "scop_class"}
+
+#: Protocols a predictor may have: the label protocols (contacts write maps, not labels).
+PROTOCOLS = ("residue_to_class", "residue_to_value", "residues_to_class", "residues_to_value",
+             "sequence_to_class", "sequence_to_value")
+
+#: What a sequence may hold: the 20 amino acids, X, and the rare B/O/U/Z (given to the embedder as X).
+_VALID = re.compile(r"^[ACDEFGHIKLMNPQRSTVWYXBOUZ]+$")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folders() -> dict[str, Path]:
+    """Every shipped predictor's name (its card's) and folder under ``heads/``."""
+    if not HEADS.is_dir():
+        return {}
+    out = {}
+    for p in sorted(HEADS.iterdir()):  # folders with a card (not __init__.py, __pycache__)
+        if (p / CARD_JSON).is_file():
+            out[json.loads((p / CARD_JSON).read_text())["name"]] = p
+    return out
+
+
+def folder(name: str) -> Path:
+    """The head folder of a shipped predictor (name or alias)."""
+    return folders()[resolve(name)]
+
+
+def names() -> list[str]:
+    """The shipped predictors' names."""
+    return sorted(folders())
+
+
+def resolve(name: str) -> str:
+    """A shipped predictor's name from a name or an alias; one error line listing them otherwise."""
+    key = name.strip().lower().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key not in names():
+        raise ConfigError(f"--tasks {name}: no such predictor; choose from {', '.join(names())} "
+                          f"(or the short names {', '.join(sorted(ALIASES))})")
+    return key
+
+
+def card(name: str) -> dict:
+    """The model card (``card.json``) of a shipped predictor."""
+    return json.loads((folder(name) / CARD_JSON).read_text())
+
+
+def available() -> dict[str, dict]:
+    """Every shipped predictor's name with its model card."""
+    return {n: card(n) for n in names()}
+
+
+def check_card(where: Path, info: dict) -> None:
+    """A shipped head's files are the ones its card describes (digests), and the card names the
+    embedder the head records."""
+    for fname, digest in info.get("files", {}).items():
+        path = where / fname
+        if not path.is_file() or sha256_file(path) != digest:
+            raise InputError(f"predictor {where.name}: {fname} differs from the file its model card describes "
+                             f"(SHA-256); the head was changed after it was shipped — reinstall protlm")
+    head = json.loads((where / "head.json").read_text())
+    trained = (head.get("embedder_identity") or {}).get("fingerprint")
+    if trained != info.get("embedder", {}).get("fingerprint"):
+        raise InputError(f"predictor {where.name}: head.json records embedder fingerprint {trained!r}, its model "
+                         f"card {info.get('embedder', {}).get('fingerprint')!r}")
+
+
+def clean_sequences(ids: list[str], sequences: list[str]) -> list[str]:
+    """Sequences upper-cased and checked (one error line for an empty one or a foreign letter)."""
+    if len(ids) != len(sequences):
+        raise InputError(f"{len(ids)} ids but {len(sequences)} sequences")
+    out = []
+    for pid, seq in zip(ids, sequences):
+        s = "".join(str(seq).split()).upper().rstrip("*")
+        if not s:
+            raise InputError(f"protein {pid!r}: empty sequence")
+        if not _VALID.match(s):
+            bad = sorted(set(s) - set("ACDEFGHIKLMNPQRSTVWYXBOUZ"))
+            raise InputError(f"protein {pid!r}: not a protein sequence (characters {''.join(bad)!r})")
+        out.append(s)
+    return out
+
+
+class Predictor:
+    """One trained head, loaded once and kept with its embedder (a server holds one of these).
+
+    ``Predictor.load(name)``: a shipped predictor by name or alias (:func:`available`), or a head
+    folder written by ``protlm train``. ``predict(ids, sequences)``: one dict per protein:
+    ``{"id", "length", "predictor", "targets": {target: row}}``, where a row is what
+    ``protlm predict --head`` writes for that target (``prediction`` and ``confidence`` per
+    residue, ``prediction``/``probability``/``probabilities`` per protein, or ``value``), and a
+    per-residue class target also gets ``classes`` and ``probabilities`` (L × C, rounded to 4
+    decimals).
+    """
+
+    def __init__(self, name: str, head, folder: Path, card: dict | None, source, own_source: bool):
+        self.name, self.head, self.folder, self.card = name, head, folder, card
+        self.source = source
+        self._own_source = own_source
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, name: str | Path, *, cache_dir=None, embedder: str | None = None, source=None) -> "Predictor":
+        """``name``: a shipped predictor (name or alias) or a head folder. ``embedder``: another
+        embedder spec for the head (refused unless it is the same model); ``source``: a
+        :class:`~protlm.tasks.features.FeatureSource` to share with other predictors."""
+        from protlm.tasks.train import check_source, load_head
+
+        where = Path(name)
+        info = None
+        if (where / "head.json").is_file():
+            pname = where.name
+            if (where / CARD_JSON).is_file():
+                info = json.loads((where / CARD_JSON).read_text())
+                pname = info.get("name", pname)
+                check_card(where, info)
+        else:
+            pname = resolve(str(name))
+            where = folder(pname)
+            info = json.loads((where / CARD_JSON).read_text())
+            check_card(where, info)
+        head = load_head(where)
+        if head.config.protocol not in PROTOCOLS:
+            raise ConfigError(f"predictor {pname}: a {head.config.protocol} head; predictors are per-residue or "
+                              f"per-protein label heads (contact maps: protlm contacts predict)")
+        own = source is None
+        if own:
+            source = head.protocol.open_source(head.config, cache_dir, embedder)
+        try:
+            check_source(head, source)  # the embedder's fingerprint against the head's record
+        except BaseException:
+            if own:
+                source.close()
+            raise
+        return cls(pname, head, where, info, source, own)
+
+    @property
+    def identity(self) -> str:
+        """The predictor's name, its weights' digest and its embedder's fingerprint."""
+        weights = (self.card or {}).get("files", {}).get("head.safetensors") or sha256_file(
+            self.folder / "head.safetensors")
+        fp = (self.head.info.get("embedder_identity") or {}).get("fingerprint")
+        return f"{self.name}@{weights[:16]}|{fp}"
+
+    @property
+    def targets(self) -> list[str]:
+        return [t.name for t in self.head.config.targets]
+
+    @property
+    def output_level(self) -> str:
+        return self.head.protocol.output_level
+
+    def close(self) -> None:
+        if self._own_source and self.source is not None:
+            self.source.close()
+        self.source = None
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ predicting
+
+    def predict(self, ids: list[str], sequences: list[str]) -> list[dict]:
+        """One dict per protein, in input order (see the class docstring)."""
+        import numpy as np
+
+        if self.source is None:
+            raise InputError(f"predictor {self.name}: closed")
+        ids = [str(i) for i in ids]
+        sequences = clean_sequences(ids, list(sequences))
+        if not ids:
+            return []
+        head, protocol = self.head, self.head.protocol
+        preds = protocol.predict(head.config, head.model, protocol.query_inputs(head.config, self.source, ids,
+                                                                                 sequences), head.info)
+        rows = protocol.prediction_rows(head, ids, sequences, preds)  # what protlm predict --head writes
+        targets = head.config.targets
+        out = []
+        for i, (pid, seq) in enumerate(zip(ids, sequences)):
+            res = {"id": pid, "length": len(seq), "predictor": self.name, "targets": {}}
+            for k, tg in enumerate(targets):
+                row = {key: v for key, v in rows[i * len(targets) + k].items() if key not in ("id", "target")}
+                p = preds[k][i]
+                if protocol.output_level == "residue" and isinstance(p, np.ndarray) and p.ndim == 2:
+                    row["classes"] = list(head.info["classes"][k])
+                    row["probabilities"] = np.round(p.astype(np.float64), 4).tolist()
+                res["targets"][tg.name] = row
+            out.append(res)
+        return out
+
+
+def load_many(names_: list[str], *, cache_dir=None) -> list[Predictor]:
+    """Shipped predictors, one :class:`FeatureSource` per embedder shared by all on it (a protein
+    is embedded once for every task on that embedder)."""
+    from protlm.tasks.train import load_head
+
+    sources: dict[str, object] = {}
+    out: list[Predictor] = []
+    try:
+        for n in names_:
+            pname = resolve(n)
+            head = load_head(folder(pname))
+            spec = head.config.embedder_spec
+            key = repr(spec)
+            if key not in sources:
+                sources[key] = head.protocol.open_source(head.config, cache_dir)
+            out.append(Predictor.load(pname, source=sources[key]))
+    except BaseException:
+        for s in sources.values():
+            s.close()
+        raise
+    for p in out:
+        p._sources = list(sources.values())  # noqa: SLF001 — closed by close_all
+    return out
+
+
+def close_all(predictors: list[Predictor]) -> None:
+    seen = set()
+    for p in predictors:
+        for s in getattr(p, "_sources", []):
+            if id(s) not in seen:
+                seen.add(id(s))
+                s.close()
+        p.close()

