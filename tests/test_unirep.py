@@ -271,8 +271,8 @@ def test_int8_and_cpu_half_precision_are_refused():
 
     with pytest.raises(ConfigError, match="int8 is not offered"):
         resolve("unirep64", EmbedOptions(int8=True))
-    with pytest.raises(ConfigError, match="meant for GPUs"):
-        resolve("unirep64", EmbedOptions(device="cpu", dtype="bf16"))
+    with pytest.raises(ConfigError, match="fp16 is for GPUs"):
+        resolve("unirep64", EmbedOptions(device="cpu", dtype="fp16"))
 
 
 @needs_weights

@@ -411,7 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", choices=["id", "hash"], default="id",
                    help="dataset names: FASTA id ('/'→'_'), or biotrainer's SHA-256 sequence hash")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="model precision (bf16/fp16: GPU)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "auto"], default="fp32",
+                   help="model precision: bf16 (GPUs; CPUs with avx512_bf16/amx_bf16), fp16 (GPUs), auto (the fastest "
+                        "accurate one here)")
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of linear layers (CPU)")
     p.add_argument("--float16", action="store_true", help="store embeddings as float16 (half the disk)")
     p.add_argument("--compress", action="store_true",

@@ -19,14 +19,16 @@ from typing import Any
 from protlm.configfile import build
 from protlm.errors import ConfigError
 
-DTYPES = ("fp32", "bf16", "fp16")
+#: auto: the fastest accurate precision of the device (bf16 where it has fast bf16, else fp32;
+#: protlm.embed.precision). Backends resolve it, and record the precision that ran.
+DTYPES = ("fp32", "bf16", "fp16", "auto")
 
 
 @dataclass
 class EmbedOptions:
     layer: int = -1  # index into the hidden states: -1 last layer, 0 the embedding layer output
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "fp32"  # fp32 | bf16 | fp16 (bf16/fp16: GPU)
+    dtype: str = "fp32"  # fp32 | bf16 (GPUs, CPUs with avx512_bf16/amx_bf16) | fp16 (GPUs) | auto
     int8: bool = False  # dynamic int8 quantisation of the linear layers (CPU)
     tokens_per_batch: int | None = None  # padded tokens per batch; None: the backend's default
     max_sequences: int | None = None  # proteins per batch; None: the backend's default
@@ -56,7 +58,7 @@ class EmbedOptions:
         out = []
         if self.layer != -1:
             out.append("--layer")
-        if self.dtype != "fp32":
+        if self.dtype not in ("fp32", "auto"):  # auto: fp32 for an embedder without a precision
             out.append("--dtype")
         if self.int8:
             out.append("--int8")

@@ -143,7 +143,8 @@ class LayerWeights:
     wmh: torch.Tensor  # (D, D)
     wh: torch.Tensor  # (D, 4D)
     hidden: int
-    quantized: object | None = None  # (packed W_mh, packed W_h) for the int8 path
+    quantized: object | None = None  # (W_mh, W_h) as callables ``x -> x @ W`` for the int8 / bf16 paths
+    w_in_bf16: torch.Tensor | None = None  # W_in in bf16 for the bf16 path's block projections
 
 
 @dataclass
@@ -206,6 +207,7 @@ class UniRepModel(PreTrainedModel):
             for i in range(config.num_layers))
         self.head = nn.Linear(config.hidden_size, config.num_targets)
         self._int8 = False
+        self._bf16 = False
         self.post_init()
 
     def _init_weights(self, module):  # the published weights replace everything; a fresh model is random
@@ -245,11 +247,20 @@ class UniRepModel(PreTrainedModel):
         self._int8 = True
         return self
 
+    def gemm_bf16(self, enabled: bool = True) -> "UniRepModel":
+        """bf16 GEMMs in the fast inference path (:meth:`run`): the recurrent products and the
+        deeper layers' input projections take bf16 inputs and weights (fp32 accumulation, the
+        result rounded to bf16 and brought back to fp32); the states, gates and sums stay fp32.
+        For CPUs with bf16 instructions (avx512_bf16 / amx_bf16); ``protlm.embed.precision``
+        decides whether it is accurate enough to offer."""
+        self._bf16 = bool(enabled)
+        return self
+
     # ------------------------------------------------------------------ fast batched inference
 
     def _weights(self) -> list[LayerWeights]:
         """Effective (weight-normalised) matrices, cached until a parameter changes."""
-        key = (self._int8,) + tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+        key = (self._int8, self._bf16) + tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
         cached = getattr(self, "_weights_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -259,6 +270,10 @@ class UniRepModel(PreTrainedModel):
             if self._int8:
                 for w in out:
                     w.quantized = (_pack_int8(w.wmh), _pack_int8(w.wh))
+            elif self._bf16:
+                for w in out:
+                    w.quantized = (_Bf16Gemm(w.wmh), _Bf16Gemm(w.wh))
+                    w.w_in_bf16 = w.w_in.to(torch.bfloat16)
         self._weights_cache = (key, out)
         return out
 
@@ -464,11 +479,26 @@ class _BlockProjection:
         if not self.start <= t < self.start + self.block:
             self.start = t
             x = self.inputs[t:t + self.block]  # block × B × D_in (rows past a protein's end are zeros)
-            self.cache = torch.addmm(self.w.b_in, x.reshape(-1, x.shape[-1]), self.w.w_in).view(
-                x.shape[0], x.shape[1], -1)
+            flat = x.reshape(-1, x.shape[-1])
+            w_bf16 = self.w.w_in_bf16
+            if w_bf16 is not None:  # bf16 GEMM, fp32 result
+                self.cache = torch.mm(flat.to(torch.bfloat16), w_bf16).float().add_(self.w.b_in).view(
+                    x.shape[0], x.shape[1], -1)
+            else:
+                self.cache = torch.addmm(self.w.b_in, flat, self.w.w_in).view(x.shape[0], x.shape[1], -1)
 
     def __call__(self, t: int, n: int) -> torch.Tensor:
         return self.cache[t - self.start, :n]
+
+
+class _Bf16Gemm:
+    """``x @ w`` with bf16 inputs and weight (fp32 accumulation), the result as fp32."""
+
+    def __init__(self, w: torch.Tensor):
+        self.w = w.to(torch.bfloat16).contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.mm(x.to(torch.bfloat16), self.w).float()
 
 
 def _pack_int8(w: torch.Tensor):

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from protlm.embed.backend import TorchBackend
+from protlm.embed.precision import bf16_capable as probe_bf16
 from protlm.embed.registry import resolve
 from protlm.embed.spec import EmbedderSpec
 from protlm.errors import ConfigError
@@ -207,23 +208,11 @@ def length_groups(lengths: Sequence[int], max_padding: float) -> list[list[int]]
 
 
 def bf16_capable(device: str) -> tuple[bool, str]:
-    """Whether bf16 autocast is fast here, and the reason when it is not (read from the CPU's flags)."""
-    if device.startswith("cuda"):
-        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return ok, "" if ok else "this GPU has no bf16 support"
-    flags = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    if flags & {"avx512_bf16", "amx_bf16"}:
-        return True, ""
-    return False, ("this CPU has no bf16 instructions (avx512_bf16 / amx_bf16); bf16 would run emulated, slower "
-                   "than fp32: use finetune.precision fp32")
+    """Whether bf16 autocast is fast here, and the reason when it is not (protlm.embed.precision's probe)."""
+    ok, why = probe_bf16(device)
+    if ok or device.startswith("cuda"):
+        return ok, why
+    return ok, f"{why}: use finetune.precision fp32"
 
 
 class FinetunedModel(torch.nn.Module):

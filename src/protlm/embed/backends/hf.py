@@ -8,9 +8,12 @@ Family conventions (tokenisation, special tokens, rare residues, position limits
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from protlm.embed.backend import Backend, LMOutput, TorchBackend, folder_weights_sha256, residue_positions
+from protlm.embed.precision import quantize_int8, resolve_dtype
 from protlm.embed.registry import register
 from protlm.embed.spec import EmbedOptions
 from protlm.errors import ConfigError, InputError
@@ -65,12 +68,16 @@ class HFBackend(TorchBackend):
     def __init__(self, source: str, options: EmbedOptions, *, family=None, model_class=None, attention: str = "sdpa"):
         import torch
 
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[options.dtype]
         device = resolve_device(options.device)
-        if dtype != torch.float32 and device.type == "cpu":
-            raise ConfigError(f"--dtype {options.dtype} is meant for GPUs; on a CPU use fp32 (or --int8)")
         if options.int8 and device.type != "cpu":
             raise ConfigError("--int8 (dynamic quantisation) runs on the CPU; use --dtype bf16/fp16 on GPUs")
+        # --dtype auto resolved here; describe() and fingerprint() record what actually ran
+        options = replace(options, dtype=resolve_dtype(options.dtype, device, int8=options.int8))
+        # bf16 on a CPU: the fp32 model under bf16 autocast (as fast as casting the weights, closer to
+        # fp32: layer norms and softmax stay fp32; docs/benchmarks.md "CPU precision"). GPUs: cast.
+        self.cpu_autocast = device.type == "cpu" and options.dtype == "bf16"
+        dtype = torch.float32 if self.cpu_autocast else {"fp32": torch.float32, "bf16": torch.bfloat16,
+                                                          "fp16": torch.float16}[options.dtype]
         # attention "eager" returns attention maps (forward_tokens(attentions=True)); SDPA is faster
         self.lm: LoadedLM = load_hf_lm(source, dtype=dtype, seed=options.seed, family=family,
                                        model_class=model_class, attention=attention)
@@ -91,7 +98,7 @@ class HFBackend(TorchBackend):
                               f"(valid: {-n_layers - 1} … {n_layers}; 0 is the embedding layer, -1 the last)")
         model = self.lm.model
         if options.int8:
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            model = quantize_int8(model)
         self.model = model.to(device)
         self.device = str(device)
         self._cpu_model = self.model if device.type == "cpu" else None
@@ -161,18 +168,21 @@ class HFBackend(TorchBackend):
         mask_t = None if mask.all() else torch.from_numpy(mask).to(device)
         want_all = any(layer != -1 for layer in layers)
         kwargs = {"output_attentions": True} if attentions else {}
-        out = model(input_ids=ids_t, attention_mask=mask_t, output_hidden_states=want_all, **kwargs)
+        autocast = self.cpu_autocast and device.type == "cpu"
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(input_ids=ids_t, attention_mask=mask_t, output_hidden_states=want_all, **kwargs)
         starts, lengths = [len(self.layout.prefix)] * len(seqs), [len(s) for s in seqs]
         hidden, res_mask = {}, None
         for layer in layers:
             h = out.hidden_states[layer] if layer != -1 else out.last_hidden_state
-            hidden[layer], res_mask = residue_positions(h, starts, lengths)
+            hidden[layer], res_mask = residue_positions(h.float() if autocast else h, starts, lengths)
         maps = None
         if attentions:
             if not out.attentions or any(a is None for a in out.attentions):
                 raise ConfigError(f"{self.family}: this model's attention kernel returns no attention maps; load it "
                                   f"with eager attention")
-            stack = torch.cat(list(out.attentions), dim=1)  # B × (layers·heads) × T × T
+            # B × (layers·heads) × T × T
+            stack = torch.cat([a.float() if autocast else a for a in out.attentions], dim=1)
             s0, L = starts[0], max(lengths)
             maps = stack[:, :, s0:s0 + L, s0:s0 + L]
         return LMOutput(hidden=hidden, mask=res_mask, attentions=maps)
