@@ -230,7 +230,11 @@ def _block_keys(folder: Path, index: int) -> set[str]:
 def test_full_changes_every_lm_weight_and_saves_a_model_folder(tmp_path, models, data):
     out = tmp_path / "head"
     res = _train(data, out, models["esm"], {"method": "full", "lr": 1e-3})
-    base = {k.removeprefix("esm."): v for k, v in load_file(str(models["esm"] / "model.safetensors")).items()}
+    from protlm.models.folder import canonical_key
+
+    config = json.loads((models["esm"] / "config.json").read_text())  # the fine-tuned LM is saved canonically
+    base = {n.removeprefix("esm."): v for k, v in load_file(str(models["esm"] / "model.safetensors")).items()
+            for n in canonical_key(k, config)}
     tuned = load_file(str(out / "lm" / "model.safetensors"))
     assert (out / "lm" / "config.json").is_file() and not (out / "lm" / "adapter_config.json").exists()
     assert set(tuned) <= set(base)
@@ -612,7 +616,11 @@ def test_accumulating_to_the_whole_set_equals_one_big_batch(tmp_path, models, da
 
 
 def test_lm_has_its_own_learning_rate_and_warmup(tmp_path, models, data):
-    base = {k.removeprefix("esm."): v for k, v in load_file(str(models["esm"] / "model.safetensors")).items()}
+    from protlm.models.folder import canonical_key
+
+    config = json.loads((models["esm"] / "config.json").read_text())  # the fine-tuned LM is saved canonically
+    base = {n.removeprefix("esm."): v for k, v in load_file(str(models["esm"] / "model.safetensors")).items()
+            for n in canonical_key(k, config)}
 
     def lm_moved(d: Path) -> float:
         tuned = load_file(str(d / "lm" / "model.safetensors"))

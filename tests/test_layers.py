@@ -22,8 +22,9 @@ ALLOWED = {
     "tasks": {"embed", "models", "data", "align", "io"},
     "analysis": {"tasks", "embed", "models", "data", "io"},
     "predictors": {"tasks", "embed", "models", "data", "io"},
+    "serve": {"predictors", "tasks", "embed", "models", "data", "io"},
     "demo": {"analysis", "tasks", "embed", "pretrain", "models", "data", "align", "io"},
-    "cli": {"demo", "predictors", "analysis", "tasks", "embed", "pretrain", "models", "data", "align", "io"},
+    "cli": {"demo", "serve", "predictors", "analysis", "tasks", "embed", "pretrain", "models", "data", "align", "io"},
 }
 
 

@@ -304,7 +304,7 @@ def cmd_merge(args) -> int:
 #: Modules that add their own subcommands (``register(subparsers)``); they import heavy
 #: libraries only inside their command functions, so ``protlm --help`` stays fast.
 COMMAND_MODULES: tuple[str, ...] = ("protlm.cli.kmer", "protlm.cli.project", "protlm.cli.tasks", "protlm.cli.contacts",
-                                    "protlm.cli.importer", "protlm.cli.export")
+                                    "protlm.cli.importer", "protlm.cli.export", "protlm.cli.serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -220,9 +220,10 @@ class HFBackend(TorchBackend):
     def save_lm(self, folder) -> None:
         from pathlib import Path
 
+        from protlm.models.folder import save_hf_model
+
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.lm.model.save_pretrained(folder, safe_serialization=True)
+        save_hf_model(self.lm.model, folder)  # the canonical layout (no gamma/beta, per-layer inv_freq)
         self.tokenizer.save_pretrained(folder)
 
     def memory_bytes(self, length: int) -> int:
