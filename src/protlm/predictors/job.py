@@ -23,7 +23,6 @@ costs only the heads.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -35,6 +34,7 @@ from typing import Callable
 from protlm import __version__
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes, write_text, write_with
+from protlm.io.checksums import sha256_file
 from protlm.io.outputs import check_output_dir, output_lock, safe_names
 from protlm.predictors import predictor as P
 from protlm.predictors import report
@@ -47,13 +47,6 @@ OUTPUTS = ("predictions.csv", "predictions.json", "index.html")
 CSV_FIELDS = ["id", "length", "predictor", "target", "prediction", "probability", "mean_confidence", "confidence",
               "probabilities", "value"]
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def chunks(lengths: list[int], max_proteins: int = CHUNK_PROTEINS, max_residues: int = CHUNK_RESIDUES
@@ -167,7 +160,7 @@ def predict_folder(fasta: str | Path, out: str | Path, tasks: list[str] | None =
         # per-residue heads first: the per-protein heads on the same embedder then pool those
         # embeddings from the cache instead of embedding again
         order = sorted(predictors, key=lambda p: not p.head.protocol.needs_residues(p.head.config))
-        manifest = {"protlm_version": __version__, "input": str(fasta), "input_sha256": _sha256(fasta),
+        manifest = {"protlm_version": __version__, "input": str(fasta), "input_sha256": sha256_file(fasta),
                     "proteins": len(ids), "residues": sum(lengths),
                     "predictors": {p.name: p.identity for p in predictors},
                     "chunking": {"max_proteins": max_proteins, "max_residues": max_residues}}

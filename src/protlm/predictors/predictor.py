@@ -20,12 +20,12 @@ for all of them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
 
 from protlm.errors import ConfigError, InputError
+from protlm.io.checksums import sha256_file
 
 HEADS = Path(__file__).resolve().parent / "heads"
 CARD_JSON, CARD_MD = "card.json", "MODEL_CARD.md"
@@ -43,13 +43,6 @@ PROTOCOLS = ("residue_to_class", "residue_to_value", "residues_to_class", "resid
 #: What a sequence may hold: the 20 amino acids, X, and the rare B/O/U/Z (given to the embedder as X).
 _VALID = re.compile(r"^[ACDEFGHIKLMNPQRSTVWYXBOUZ]+$")
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def folders() -> dict[str, Path]:
