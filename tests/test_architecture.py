@@ -211,3 +211,13 @@ def test_registries_refuse_a_second_owner_of_a_name():
         register_head("ffn", config=object, levels=("protein",))(lambda cfg, dim, outputs, level: torch.nn.Identity())
     with pytest.raises(ValueError, match="protocol 'sequence_to_class' is registered already"):
         register_protocol(type("Other", (Protocol,), {"name": "sequence_to_class"}))
+
+
+def test_the_embedder_registry_refuses_a_second_owner_of_a_name():
+    from protlm.embed.registry import _load_backends, register
+
+    _load_backends()
+    with pytest.raises(ValueError, match="embedder name 'onehot' is registered already"):
+        register(names=("onehot",))(lambda source, options: None)
+    with pytest.raises(ValueError, match="embedder model_type 'esm' is registered already"):
+        register(model_types=("esm",))(lambda source, options: None)

@@ -85,7 +85,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from protlm.data.alphabet import STANDARD
+from protlm.data.alphabet import RARE_TO_X, STANDARD
 from protlm.errors import ConfigError, InputError, ProtlmError
 from protlm.io.atomic import publish_folder, write_json, write_text, write_npz
 from protlm.io.checksums import sha256_file
@@ -106,7 +106,6 @@ INDEX_MIN_SEQUENCES = 20_000
 MAX_RESIDUES = 65_535
 #: Work folders of a pre-owner-name protlm (``work-XXXXXXXX``) older than this are removed (seconds).
 STALE_UNOWNED_S = 2 * 86_400
-_RARE_TO_X = str.maketrans("BZUO", "XXXX")
 _CODE = np.full(256, 22, dtype=np.int8)  # 0..19 residue, 20 deletion, 21 not covered, 22 X/other
 for _i, _a in enumerate(STANDARD):
     _CODE[ord(_a)] = _i
@@ -572,7 +571,7 @@ def search_chunk(queries: Sequence[str], db: TargetDatabase, params: SearchParam
     """One MMseqs2 run for all ``queries`` → one ``L × 43`` array per query, in order."""
     workdir.mkdir(parents=True, exist_ok=True)
     logp = workdir / "mmseqs.log"
-    cleaned = [q.upper().translate(_RARE_TO_X) for q in queries]
+    cleaned = [q.upper().translate(RARE_TO_X) for q in queries]
     with open(workdir / "q.fasta", "w") as f:
         for i, q in enumerate(cleaned):
             f.write(f">q{i}\n{q}\n")

@@ -29,6 +29,8 @@ from protlm.errors import ConfigError
 ALPHABET = "ACDEFGHIKLMNPQRSTVWYXBZUO"
 STANDARD = ALPHABET[:20]
 RARE = "BZUO"
+#: B/Z/U/O → X (what ProtTrans and ESM do): the one table every reader and embedder uses
+RARE_TO_X = str.maketrans(RARE, "X" * len(RARE))
 UNKNOWN = "X"
 
 WHITESPACE = b" \t\r\n\v\f"

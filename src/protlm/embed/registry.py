@@ -52,16 +52,22 @@ def register(*, names: tuple[str, ...] = (), prefix: str | None = None, model_ty
     ``marker``: a file name whose presence in a folder selects this factory (before config.json)."""
     def deco(factory: Factory) -> Factory:
         entry = Entry(factory, help)
-        if marker:
-            _MARKERS[marker] = entry
-        for n in names:
-            _NAMES[n] = entry
-        if prefix:
-            _PREFIXES[prefix] = entry
-        for t in model_types:
-            _MODEL_TYPES[t] = entry
+        slots = [(_MARKERS, marker, "marker")] if marker else []
+        slots += [(_NAMES, n, "name") for n in names] + ([(_PREFIXES, prefix, "prefix")] if prefix else [])
+        slots += [(_MODEL_TYPES, t, "model_type") for t in model_types]
+        for table, key, what in slots:  # a second owner of a name is refused (TAPE's registry does too)
+            old = table.get(key)
+            if old is not None and _qualname(old.factory) != _qualname(factory):
+                raise ValueError(f"embedder {what} {key!r} is registered already (by {_qualname(old.factory)}); "
+                                 f"choose another")
+        for table, key, _ in slots:
+            table[key] = entry
         return factory
     return deco
+
+
+def _qualname(obj) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
 def _load_backends() -> None:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from protlm.data.alphabet import RARE_TO_X
 from protlm.errors import InputError
 
-RARE_TO_X = str.maketrans("UZOB", "XXXX")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from protlm.data.alphabet import CleaningPolicy
+from protlm.data.alphabet import RARE_TO_X, CleaningPolicy  # noqa: F401 (RARE_TO_X: used by the protocols)
 from protlm.data.benchmarks import (load_benchmark, load_biotrainer_fasta, load_deeploc, load_prottrans_csv,
                                     load_seq_label_csv)
 from protlm.data.records import ProteinRecord
@@ -37,7 +37,6 @@ log = logging.getLogger("protlm.tasks")
 
 MISSING_RESIDUE = "-"
 KEEP_RARE = CleaningPolicy(rare="keep")
-RARE_TO_X = str.maketrans("BOUZ", "XXXX")
 
 
 @dataclass
