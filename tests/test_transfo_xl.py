@@ -25,9 +25,9 @@ SMALL = dict(vocab_size=30, d_model=32, n_layer=3, n_head=4, d_inner=64)
 RECURRENCE = {"segment_length": 24, "mem_len": 24}  # engine tests: proteins of up to 96 tokens span 4 segments
 
 
-def _model(segment_length, mem_len, seed=0, cls=ProtTXLForCausalLM, state=None):
+def _model(segment_length, mem_len, seed=0, cls=ProtTXLForCausalLM, state=None, pre_lnorm=False):
     torch.manual_seed(seed)
-    model = cls(ProtTXLConfig(**SMALL, segment_length=segment_length, mem_len=mem_len))
+    model = cls(ProtTXLConfig(**SMALL, segment_length=segment_length, mem_len=mem_len, pre_lnorm=pre_lnorm))
     if state is not None:
         model.load_state_dict(state)
     return model
@@ -47,23 +47,25 @@ def shards(tmp_path_factory) -> Path:
     return make_shards(tmp_path_factory.mktemp("txl"))
 
 
-def test_segments_with_enough_memory_equal_the_whole_sequence():
+@pytest.mark.parametrize("pre_lnorm", [False, True])
+def test_segments_with_enough_memory_equal_the_whole_sequence(pre_lnorm):
     ids = torch.randint(5, 30, (2, 41))
-    whole = _model(100, 100).eval()
+    whole = _model(100, 100, pre_lnorm=pre_lnorm).eval()
     reference = whole(ids).logits
-    walker = _model(7, 100, state=whole.state_dict()).eval()
+    walker = _model(7, 100, state=whole.state_dict(), pre_lnorm=pre_lnorm).eval()
     walked, mems = _walk(walker, ids, 7)  # 6 segments, the memory holds everything before
     assert torch.allclose(walked, reference, atol=1e-5)
     assert torch.allclose(walker(ids).logits, reference, atol=1e-5)  # the same recurrence in one forward
     assert len(mems) == 3 and mems[0].shape == (2, 41, 32)
-    short = _model(7, 5, state=whole.state_dict()).eval()  # a shorter memory forgets: different numbers
+    short = _model(7, 5, state=whole.state_dict(), pre_lnorm=pre_lnorm).eval()  # a shorter memory forgets: different numbers
     assert not torch.allclose(short(ids).logits, reference, atol=1e-3)
     assert torch.allclose(short(ids[:, :7]).logits, reference[:, :7], atol=1e-5)  # the first segment agrees
 
 
-def test_in_forward_recurrence_equals_the_segment_walk_with_gradients():
+@pytest.mark.parametrize("pre_lnorm", [False, True])
+def test_in_forward_recurrence_equals_the_segment_walk_with_gradients(pre_lnorm):
     ids = torch.randint(5, 30, (3, 30))
-    model = _model(8, 5).train()  # dropout 0: train mode only switches memory bookkeeping
+    model = _model(8, 5, pre_lnorm=pre_lnorm).train()  # dropout 0: train mode only switches memory bookkeeping
     walked, _ = _walk(model, ids, 8)
     walked.square().sum().backward()
     walk_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -184,3 +186,73 @@ def test_training_flops_count_bounded_attention():
     assert per_token[0] == pytest.approx(per_token[1]) == pytest.approx(per_token[2])  # linear in length
     esm = [forward_flops(np.array([n]), **{**shape, "arch": "esm"}) / n for n in (128, 1024)]
     assert esm[1] > esm[0]  # full attention grows with length
+
+
+# ----------------------------------------------------------------- issue 25: the collapsed last layer
+
+CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "architectures-xs" / "txl"
+
+
+def test_pre_lnorm_defaults_to_the_old_post_ln_model():
+    """A config.json without ``pre_lnorm`` (every checkpoint before the flag) is the post-LN model:
+    no new tensors, and the committed 24-TFLOP checkpoint gives the numbers it gave before the
+    flag existed (recorded with the pre-flag code; a check of the same code against the old file
+    found every hidden state and logit bit-identical)."""
+    assert ProtTXLConfig().pre_lnorm is False
+    assert ProtTXLConfig.from_dict({k: v for k, v in ProtTXLConfig(**SMALL).to_dict().items()
+                                    if k != "pre_lnorm"}).pre_lnorm is False
+    assert not any("final_norm" in n for n in _model(8, 8).state_dict())
+    assert any("final_norm" in n for n in _model(8, 8, pre_lnorm=True).state_dict())
+    if not (CHECKPOINT / "model.safetensors").exists():
+        pytest.skip(f"{CHECKPOINT} not present")
+    assert "pre_lnorm" not in json.loads((CHECKPOINT / "config.json").read_text())
+    model = ProtTXLModel.from_pretrained(CHECKPOINT).eval()
+    assert model.config.pre_lnorm is False and model.final_norm is None
+    ids = torch.tensor([[2] + [5 + (i * 7) % 20 for i in range(150)] + [3]])
+    with torch.no_grad():
+        states = model(ids, output_hidden_states=True).hidden_states
+    expected = {1: [[-1.1394339799880981, 0.19832883775234222, -0.47731420397758484],
+                    [-1.4981485605239868, -0.5644857883453369, -0.5697770714759827],
+                    [-1.7555596828460693, -0.42623692750930786, -0.5099057555198669]],
+                3: [[-0.5010563731193542, 0.009889522567391396, 0.004423615522682667],
+                    [-0.5011113882064819, 0.00962881650775671, 0.004416691139340401],
+                    [-0.5011680722236633, 0.009699917398393154, 0.004424459300935268]]}
+    for layer, values in expected.items():
+        got = states[layer][0, [1, 77, 150], :3].double()
+        assert torch.allclose(got, torch.tensor(values, dtype=torch.float64), rtol=0, atol=1e-6), layer
+
+
+def _spread_after_training(pre_lnorm: bool, steps: int = 40) -> float:
+    """A 3-layer ProtTXL trained on i.i.d. residues (skewed frequencies) at the comparison's lr
+    3e-3 with warm-up: the residue spread (std across residues / mean |value|, protlm embed's
+    collapse ratio) of its last layer."""
+    torch.manual_seed(0)
+    config = ProtTXLConfig(vocab_size=30, d_model=48, n_layer=3, n_head=4, d_inner=192, segment_length=32,
+                           mem_len=32, pre_lnorm=pre_lnorm)
+    model = ProtTXLForCausalLM(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.98), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(1)
+    freq = torch.rand(20, generator=gen) ** 2 + 0.05
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = 3e-3 * min(1.0, (step + 1) / 10)
+        ids = 5 + torch.multinomial(freq, 8 * 64, replacement=True, generator=gen).view(8, 64)
+        model(ids, labels=ids).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        ids = 5 + torch.multinomial(freq, 64, replacement=True, generator=gen)[None]
+        h = model.transformer(ids).last_hidden_state[0]
+    return float(h.std(0).mean() / h.abs().mean())
+
+
+def test_pre_lnorm_keeps_the_last_layer_from_collapsing():
+    """The collapse of issue 25 in seconds: the post-LN model's last layer goes residue-constant
+    (below protlm embed's 1e-3 warning ratio; ~1e-4 here), the pre-LN one keeps > 5x that ratio
+    (~1e-2 here) — docs/results.md, "ProtTXL's collapsed last layer"."""
+    from protlm.embed.runner import COLLAPSE_RATIO
+
+    assert _spread_after_training(False) < COLLAPSE_RATIO
+    assert _spread_after_training(True) > 5 * COLLAPSE_RATIO

@@ -36,7 +36,10 @@ FAMILIES = ["bert", "albert", "esm", "causal", "txl", "xlnet", "t5"]
 TOKENS_PER_STEP = 4096
 MAX_LENGTH = 256
 TYPICAL_LENGTH = 240
-TXL = {"segment_length": 128, "mem_len": 128}  # a 256-token crop is read as two segments with memory
+# a 256-token crop is read as two segments with memory; pre-LN blocks: the post-LN ProtTXL of the first
+# comparison collapsed its last layer (docs/results.md, "ProtTXL's collapsed last layer"; checkpoints/
+# architectures-xs/txl is that run, architectures-xs/txl-preln the fixed one)
+TXL = {"segment_length": 128, "mem_len": 128, "pre_lnorm": True}
 WHAT = {"mlm": "masked residues (15%, all masked)", "causal": "next residues", "plm": "permuted-order targets (1/6, spans ≤ 5)",
         "span": "corrupted residues (15%, decoder)"}
 

@@ -51,6 +51,13 @@ class ProtTXLConfig(PreTrainedConfig):
     segment_length: tokens per segment (the paper's ``tgt_len``); mem_len: hidden states kept per
     layer (the paper's ``mem_len``); clamp_len: relative distances above it use its encoding
     (-1: no clamping); dropout / dropatt: residual and attention-probability dropout.
+
+    pre_lnorm: ``False`` (the default, and what every ``config.json`` without the key means) is
+    the paper's post-LayerNorm block, ``LN(x + f(x))``; ``True`` is the pre-LayerNorm block
+    ``x + f(LN(x))`` (the paper code's ``pre_lnorm`` option) with one final LayerNorm on the last
+    layer's output. At protlm's CPU scale the post-LN model's last layer collapsed to a
+    residue-constant vector (docs/results.md, "ProtTXL's collapsed last layer"); pre-LN keeps the
+    embedding in an additive residual stream.
     """
 
     model_type = "prottxl"
@@ -69,6 +76,7 @@ class ProtTXLConfig(PreTrainedConfig):
     dropout: float = 0.0
     dropatt: float = 0.0
     layer_norm_eps: float = 1e-5
+    pre_lnorm: bool = False
     initializer_range: float = 0.02
     pad_token_id: int | None = 0
     bos_token_id: int | None = 2
@@ -152,6 +160,7 @@ class ProtTXLLayer(GradientCheckpointingLayer):
         self.drop = nn.Dropout(config.dropout)
         self.dropatt = nn.Dropout(config.dropatt)
         self.scale = 1.0 / math.sqrt(d)
+        self.pre_lnorm = bool(config.pre_lnorm)
 
     def forward(self, hidden: torch.Tensor, memory: torch.Tensor | None, pos_emb: torch.Tensor,
                 plan: _Plan) -> torch.Tensor:
@@ -159,7 +168,11 @@ class ProtTXLLayer(GradientCheckpointingLayer):
         bsz, length, dm = hidden.shape
         n, seg, mem, h, d = plan.n_seg, plan.seg, plan.mem, self.n_head, self.d_head
         pad = n * seg - length
-        cur = F.pad(hidden, (0, 0, 0, pad)).view(bsz, n, seg, dm)
+        # pre-LN: queries, keys and values read the normalised stream; the memory (like the
+        # layer's input) is kept raw and normalised here with the segment, so the walk with
+        # ``mems`` and the one-forward recurrence give the same numbers and gradients.
+        x = self.attn_norm(hidden) if self.pre_lnorm else hidden
+        cur = F.pad(x, (0, 0, 0, pad)).view(bsz, n, seg, dm)
         if mem:
             # Memory slot m of segment s is the detached layer input at position s·S - mem + m
             # (earlier calls' memory first); slots before the start are zeros and masked.
@@ -171,6 +184,8 @@ class ProtTXLLayer(GradientCheckpointingLayer):
             offset = source.shape[1] - length - mem  # = prev: index of the call's first token, minus mem
             needed = offset + (n - 1) * seg + mem
             windows = source[:, offset:needed].unfold(1, mem, seg).permute(0, 1, 3, 2)  # (B, n, mem, D)
+            if self.pre_lnorm:
+                windows = self.attn_norm(windows)
             keys_in = torch.cat([windows, cur], dim=2)
         else:
             keys_in = cur
@@ -185,6 +200,9 @@ class ProtTXLLayer(GradientCheckpointingLayer):
         scores = scores.masked_fill(plan.mask[None, :, None], torch.finfo(scores.dtype).min)
         probs = self.dropatt(torch.softmax(scores.float(), dim=-1).to(v.dtype))
         attended = torch.einsum("bnhij,bnjhd->bnihd", probs, v).reshape(bsz, n * seg, h * d)[:, :length]
+        if self.pre_lnorm:
+            out = hidden + self.drop(self.o(attended))
+            return out + self.drop(self.ff_out(self.drop(F.relu(self.ff_in(self.ff_norm(out))))))
         out = self.attn_norm(hidden + self.drop(self.o(attended)))
         ff = self.drop(self.ff_out(self.drop(F.relu(self.ff_in(out)))))
         return self.ff_norm(out + ff)
@@ -213,6 +231,9 @@ class ProtTXLModel(ProtTXLPreTrainedModel):
         self.emb_scale = math.sqrt(config.d_model)
         self.drop = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList([ProtTXLLayer(config) for _ in range(config.n_layer)])
+        # pre-LN only: the residual stream is never normalised inside the blocks (absent from
+        # post-LN models, so their checkpoints hold exactly the same tensors as before).
+        self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.pre_lnorm else None
         self.post_init()
 
     def get_input_embeddings(self):
@@ -266,6 +287,9 @@ class ProtTXLModel(ProtTXLPreTrainedModel):
                 new_mems.append(past[:, -self.config.mem_len:])
             hidden = layer(hidden, memory, pos_emb, plan)
             states.append(hidden)
+        if self.final_norm is not None:
+            hidden = self.final_norm(hidden)
+            states[-1] = hidden  # as GPT-2 does: the last entry is what the LM head reads
         if use_mems and not self.config.mem_len:
             new_mems = self.init_mems(bsz)
         return ProtTXLOutput(last_hidden_state=hidden, mems=new_mems if use_mems else None,
