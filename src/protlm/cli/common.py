@@ -177,6 +177,8 @@ class LogProgress:
 
     def _maybe_log(self) -> None:
         now = time.monotonic()
+        if self.total and self.n >= self.total and (self.summary or self.logged):
+            return  # finished: close() gives the one end line (with the time it took)
         if now - self._last >= self.every:
             self._last = now
             self.logged = True
