@@ -680,3 +680,16 @@ def test_a_file_without_identity_on_a_head_without_one_names_no_none(tmp_path, s
     used = {"kind": "hdf5", "fingerprint": None, "model": None, "file": "/x/test.h5", "dim": 20}
     text = check_identity(trained, used, "embedder /x/test.h5")
     assert "None" not in text and "/x/train.h5" in text
+
+
+def test_features_of_the_same_model_in_another_precision_are_named_so():
+    """A head trained on fp32 features refuses bf16 ones, saying that the precision differs (it
+    said "the same width is not the same model")."""
+    from protlm.errors import InputError
+    from protlm.tasks.features import check_identity
+
+    trained = {"fingerprint": "esm:38e8|layer=-1|fp32", "model": "m", "dim": 8}
+    with pytest.raises(InputError, match="made by the head's model in bf16, but the head was trained on its fp32"):
+        check_identity(trained, {"fingerprint": "esm:38e8|layer=-1|bf16", "model": "m", "dim": 8}, "embedder m")
+    with pytest.raises(InputError, match="the same width is not the same model"):
+        check_identity(trained, {"fingerprint": "esm:99ff|layer=-1|bf16", "model": "m", "dim": 8}, "embedder m")

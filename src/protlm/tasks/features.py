@@ -291,6 +291,18 @@ def identity_digest(identity: dict) -> str:
     return _digest(f"{identity.get('fingerprint')}|layer={identity.get('layer')}")
 
 
+_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+
+
+def _precision_of(fingerprint: str) -> tuple[str, str] | None:
+    """(the fingerprint without its precision part, the precision) when it names one."""
+    parts = str(fingerprint).split("|")
+    found = [p for p in parts if p in _PRECISIONS]
+    if len(found) != 1:
+        return None
+    return "|".join(p for p in parts if p not in _PRECISIONS), found[0]
+
+
 def check_identity(trained: dict | None, used: dict, where: str) -> str | None:
     """Refuse features of another model than the head was trained on; returns a warning text when
     the identity cannot be checked (an old head, a file without model attributes)."""
@@ -301,6 +313,11 @@ def check_identity(trained: dict | None, used: dict, where: str) -> str | None:
     a, b = trained.get("fingerprint"), used.get("fingerprint")
     if a and b:
         if a != b:
+            pa, pb = _precision_of(a), _precision_of(b)
+            if pa and pb and pa[0] == pb[0]:  # the same model and options, another precision
+                raise InputError(f"{where}: made by the head's model in {pb[1]}, but the head was trained on its "
+                                 f"{pa[1]} features; embed with that precision (--dtype / --int8 as the head's "
+                                 f"embedder) or train a head on {pb[1]} features")
             raise InputError(f"{where}: made by {used.get('model')!r} (fingerprint {b}), but the head was trained "
                              f"on {trained.get('model')!r} (fingerprint {a}); the same width is not the same model "
                              f"— embed with the head's embedder")
