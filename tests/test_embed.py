@@ -460,3 +460,15 @@ def test_the_api_refuses_uncleaned_sequences_with_one_clear_error():
         with pytest.raises(InputError, match=f"no token for: {shown!r}"):
             emb.embed([bad])
     assert emb.embed(["MKTAY"])[0].shape[0] == 5
+
+
+def test_a_skipped_protein_is_refused_with_the_runners_reason(monkeypatch):
+    """Embedder.embed said "out of memory" for any protein the runner skipped; it gives the
+    reason the runner recorded."""
+    from protlm.embed.runner import Embedder
+    from protlm.errors import InputError
+
+    e = Embedder("checkpoints/protlm-swissprot-masked-xs")
+    monkeypatch.setattr(Embedder, "_memory_plan", lambda self, pid, seq: ("skip", 0))
+    with pytest.raises(InputError, match=r"1 protein\(s\) could not be embedded .*more than this machine has available"):
+        e.embed(["MKTAYIAKQR"])

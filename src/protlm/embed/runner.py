@@ -351,9 +351,11 @@ class Embedder:
             for i, a in zip(b_ids, arrays):
                 out[int(i)] = a
         missing = [i for i, a in enumerate(out) if a is None]
-        if missing:
+        if missing:  # the reason the runner recorded for that protein (not always memory)
+            reasons = {d["id"]: d["reason"] for d in self.stats.skipped}
+            why = reasons.get(str(missing[0]), "skipped by the runner")
             raise InputError(f"{len(missing)} protein(s) could not be embedded (first: index {missing[0]}, "
-                             f"{len(seqs[missing[0]])} residues): out of memory")
+                             f"{len(seqs[missing[0]])} residues): {why}")
         return out  # type: ignore[return-value]
 
     def embed(self, sequences: Iterable[str]) -> list[np.ndarray]:
