@@ -79,8 +79,27 @@ def test_esm_checkpoint_is_what_biotrainer_maps_to_esmmodel(written):
     assert biotrainer_choice(written["t5"]) == "T5EncoderModel"  # the ProtT5 encoder: right by default
     # the causal model shares ESM's vocabulary but must never say EsmTokenizer (a random EsmModel)
     assert biotrainer_choice(written["causal"]) != "EsmModel"
+    # the committed xs checkpoints keep the fast tokenizer: the repository holds no copy of ESM-2's
+    # vocab.txt (byte-identical to the shared data's); a copy given ESM's tokenizer files by protlm's
+    # own save_tokenizer (what `protlm pretrain` writes) is what biotrainer maps to EsmModel
     for folder in COMMITTED_ESM:
-        assert biotrainer_choice(folder) == "EsmModel", folder.name
+        assert not (folder / "vocab.txt").exists(), folder.name
+        assert biotrainer_choice(_esm_tokenizer_copy(folder, written["esm"].parent / f"bt-{folder.name}")) == \
+            "EsmModel", folder.name
+
+
+def _esm_tokenizer_copy(folder: Path, dest: Path) -> Path:
+    """A copy of a committed ESM folder with ESM's own tokenizer files (docs/interop.md's recipe)."""
+    import shutil
+
+    from protlm.models.vocab import save_tokenizer
+
+    if not dest.exists():
+        shutil.copytree(folder, dest)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (dest / name).unlink(missing_ok=True)
+        save_tokenizer("esm", dest, model_type="esm")
+    return dest
 
 
 def test_esm_tokenizer_ids_equal_the_fast_tokenizer(written):
@@ -275,10 +294,10 @@ def _check(folder: Path, fasta: Path) -> dict:
 
 
 @needs_biotrainer
-def test_biotrainer_embeds_an_esm_checkpoint_with_esmmodel(fasta):
+def test_biotrainer_embeds_an_esm_checkpoint_with_esmmodel(fasta, tmp_path):
     """biotrainer builds EsmModel with protlm's weights: the residue rows equal `protlm embed`'s.
     It still keeps the <cls>/<eos>/padding rows of every EsmTokenizer folder (docs/interop.md)."""
-    res = _check(COMMITTED_ESM[0], fasta)
+    res = _check(_esm_tokenizer_copy(COMMITTED_ESM[0], tmp_path / "esm"), fasta)
     assert res["model_class"] == "EsmModel" and res["tokenizer_class"] == "EsmTokenizer", res.get("error")
     assert res["residue_rows_equal"] and res["max_abs_diff"] <= 1e-4 and res["min_cosine"] > 0.99999
 
