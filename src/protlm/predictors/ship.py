@@ -134,7 +134,7 @@ def card_markdown(c: dict) -> str:
              f"`{c['embedder']['fingerprint']}`: checked when the predictor is loaded; inputs from any other model "
              f"are refused.", "",
              f"**Training data.** {c['training_data']}.", "", f"**Split.** {c['split']}.", "",
-             f"**Proteins.** " + ", ".join(f"{k} {v:,}" for k, v in (c.get("proteins") or {}).items()) + ".", "",
+             "**Proteins.** " + ", ".join(f"{k} {v:,}" for k, v in (c.get("proteins") or {}).items()) + ".", "",
              "**Test results** (bootstrap 95% CIs over proteins; copied from the head's `metrics.json`):", "",
              "| test set | target | metric | value | 95% CI | proteins |", "|---|---|---|---:|---|---:|"]
     for set_name, targets in (c.get("test") or {}).items():

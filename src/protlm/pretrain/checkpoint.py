@@ -32,7 +32,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import fsync_dir, fsync_tree
-from protlm.models.folder import canonical_key, canonical_weights, save_hf_model, unwrap  # noqa: F401 (re-exported)
+from protlm.models.folder import save_hf_model, unwrap
 from protlm.models.vocab import save_tokenizer
 from protlm.pretrain.distributed import DistEnv, barrier, gather_objects
 

@@ -21,6 +21,7 @@ from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes
 from protlm.io.outputs import check_output_file
 from protlm.tasks import metrics as M
+from protlm.tasks.config import MAX_BOOTSTRAP
 from protlm.tasks.train import TrainedHead, check_source
 
 
@@ -120,8 +121,8 @@ def compare_command(head_a, head_b, request: dict, *, data_dir=None, cache_dir=N
     per-protein rows to ``per_protein`` (CSV) when given."""
     from protlm.tasks.commands import open_head
 
-    if n_boot < 1 or n_boot > M_MAX_BOOT:
-        raise ConfigError(f"--bootstrap must be in [1, {M_MAX_BOOT:,}] for a paired CI, not {n_boot}")
+    if n_boot < 1 or n_boot > MAX_BOOTSTRAP:
+        raise ConfigError(f"--bootstrap must be in [1, {MAX_BOOTSTRAP:,}] for a paired CI, not {n_boot}")
     inputs = [request.get("file"), data_dir, head_a, head_b]
     for path, suffix in ((out, ".json"), (per_protein, ".csv")):
         if path is not None:
@@ -137,5 +138,3 @@ def compare_command(head_a, head_b, request: dict, *, data_dir=None, cache_dir=N
         write_bytes(Path(out), json_bytes(doc))
     return result
 
-
-from protlm.tasks.config import MAX_BOOTSTRAP as M_MAX_BOOT  # noqa: E402
