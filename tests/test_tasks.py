@@ -328,6 +328,57 @@ def test_suite_table_and_resume(tmp_path, ss_file, seq_files):
     assert "Paired differences" in (tmp_path / "out" / "results.md").read_text()
 
 
+def test_suite_compare_reads_stored_per_protein_values(tmp_path, ss_file, seq_files, monkeypatch):
+    """Issue 21 #3: a head keeps its test sets' per-protein values (per_protein.json), so the
+    suite's paired differences need no second prediction; the rows equal re-predicting exactly."""
+    import yaml
+
+    from protlm.tasks import suite as S
+
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "ss.yaml").write_text(yaml.safe_dump(_config(ss_file, "residue_to_class", "cnn",
+                                                          [{"name": "q3", "label": "target", "classes": list("HEC")}],
+                                                          epochs=2)))
+    (suite / "val.yaml").write_text(yaml.safe_dump(_config(seq_files["value"], "sequence_to_value", "ffn",
+                                                           [{"name": "v", "label": "target"}], epochs=2)))
+    (suite / "cls.yaml").write_text(yaml.safe_dump(_config(seq_files["class"], "sequence_to_class", "ffn",
+                                                           [{"name": "charge", "label": "target"}], epochs=2)))
+    out = tmp_path / "out"
+    S.run_suite(suite, ["onehot", "blosum62"], out, None)
+    folders = sorted(out.glob("*/*/per_protein.json"))
+    assert len(folders) == 6
+    doc = json.loads(folders[0].read_text())
+    assert set(doc["sets"]) == {"held_out"} and doc["sets"]["held_out"]["proteins"] > 0
+
+    calls = []
+    real = S.predicted_values
+    monkeypatch.setattr(S, "predicted_values", lambda *a, **k: calls.append(a) or real(*a, **k))
+    stored = S.run_suite(suite, ["onehot", "blosum62"], out, None, compare=["onehot:blosum62"])
+    assert calls == []  # nothing predicted again
+    assert len(stored["paired_differences"]) == 3
+
+    # a new extra test set: the reused heads score it and keep its values beside the old set's
+    extra = tmp_path / "extra.fasta"
+    extra.write_text("".join(ln + "\n" for ln in ss_file.read_text().splitlines()[:20]))
+    args = dict(compare=["onehot:blosum62"], extra_tests=[f"ss:mine={extra}:biotrainer"])
+    res = S.run_suite(suite, ["onehot", "blosum62"], out, None, **args)
+    sets = json.loads(next((out / "ss").glob("onehot*/per_protein.json")).read_text())["sets"]
+    assert set(sets) == {"held_out", "mine"} and sets["mine"]["proteins"] == 10
+    assert {r["set"] for r in res["paired_differences"] if r["task"] == "t_residue_to_class_cnn"} == {"held_out",
+                                                                                                     "mine"}
+    assert calls == []
+
+    for f in out.glob("*/*/per_protein.json"):  # heads made before protlm kept the values: predicted again
+        f.unlink()
+    again = S.run_suite(suite, ["onehot", "blosum62"], out, None, **args)
+    assert len(calls) == 6
+    assert again["paired_differences"] == res["paired_differences"]  # exactly the same rows
+    assert len(list(out.glob("*/*/per_protein.json"))) == 6  # and kept for the next comparison
+    S.run_suite(suite, ["onehot", "blosum62"], out, None, **args)
+    assert len(calls) == 6
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -689,3 +740,31 @@ def test_features_of_the_same_model_in_another_precision_are_named_so():
         check_identity(trained, {"fingerprint": "esm:38e8|layer=-1|bf16", "model": "m", "dim": 8}, "embedder m")
     with pytest.raises(InputError, match="the same width is not the same model"):
         check_identity(trained, {"fingerprint": "esm:99ff|layer=-1|bf16", "model": "m", "dim": 8}, "embedder m")
+
+
+def _leaves(v) -> list:
+    if isinstance(v, tuple) or (isinstance(v, list) and v and not np.isscalar(v[0])):
+        return [x for y in v for x in _leaves(y)]
+    return [np.asarray(v)]
+
+
+def test_per_protein_values_round_trip_exactly():
+    """Every protocol's per-protein values survive per_protein.json bit for bit (dtype, shape, ragged lists)."""
+    from protlm.tasks import perprotein as P
+
+    rng = np.random.default_rng(0)
+    ragged = [(rng.random(n).astype(np.float32), rng.random(n).astype(np.float32)) for n in (3, 1, 7)]
+    cases = [(5, (np.arange(5), np.arange(5) + 3)),  # residue classes: correct, total
+             (4, (np.array([1.0, 0.0, 1.0, 1.0]), [0, 2, 3, 5])),  # protein classes: hits, kept indices
+             (3, (rng.random(3), rng.random(3).astype(np.float32), [0, 1, 2])),  # protein values
+             (3, ragged),  # residue values: (truth, prediction) per protein
+             (2, np.array([0.25, np.nan])),  # contacts: P@L/5 per chain
+             (0, [])]
+    for n, values in cases:
+        doc = json.loads(json.dumps(P.encode(n, values)))
+        m, back = P.decode(doc)
+        assert m == n
+        for a, b in zip(_leaves(values), _leaves(back), strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+    with pytest.raises(TypeError):
+        P.encode(1, np.array(["x"]))

@@ -40,6 +40,7 @@ from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes
 from protlm.io.checksums import xxh3_file
 from protlm.tasks import metrics as M
+from protlm.tasks import perprotein
 from protlm.tasks.config import (SOURCE_OPTIONS, TaskConfig, data_files, file_source, load_task_config, validate,
                                  with_finetune)
 from protlm.tasks.finetune import METHODS as FINETUNE_METHODS
@@ -216,6 +217,7 @@ def rescore_tests(previous: dict, config: TaskConfig, folder: Path, made_with: d
     keep = {k for k in now if made_with.get(k) == now[k] and k in previous.get("test", {})}
     todo = [k for k in now if k not in keep]
     scored: dict[str, dict] = {}
+    paired: dict[str, dict] = {}
     counts = {k: v for k, v in previous.get("proteins", {}).items() if not k.startswith("test:")}
     if todo:
         head = load_head(folder)
@@ -234,15 +236,20 @@ def rescore_tests(previous: dict, config: TaskConfig, folder: Path, made_with: d
                 preds = protocol.predict(head.config, head.model, protocol.inputs(head.config, source, data),
                                          head.info)
                 scored[k] = protocol.score(head.config, preds, data, head.info, config.n_boot, config.evaluate.seed)
+                paired[k] = perprotein.set_values(protocol, head.config, preds, data)
                 counts[f"test:{k}"] = len(data)
         finally:
             if own:
                 source.close()
     tests = {}
+    stored = perprotein.read(folder)
     for k in now:
         tests[k] = previous["test"][k] if k in keep else scored[k]
         if k in keep and f"test:{k}" in previous.get("proteins", {}):
             counts[f"test:{k}"] = previous["proteins"][f"test:{k}"]
+        if k in keep and k in stored:
+            paired[k] = stored[k]
+    perprotein.write(folder, paired)  # the sets the results now hold, no others
     record_tests(folder, config)
     return {**previous, "test": tests, "proteins": counts}
 
@@ -425,25 +432,18 @@ def paired_differences(files: list[Path], pairs: list[tuple[str, str]], out: Pat
         config = load_task_config(path, overrides)
         add_tests(config, extra.get(path.stem, {}))
         protocol = config.protocol_obj
-        tests = protocol.load_data(config, data_dir).tests
         needed = sorted({e for pair in pairs for e in pair})
-        stats: dict[str, dict] = {}
+        folders = {}
         for name in needed:
             spec, method = split_column(name)
             cfg = configured(path, overrides, spec, method)
             with protocol.open_source(cfg, cache_dir) as base_source:
-                folder = head_folder(out, path.stem, name, head_identity(cfg, base_source.identity()))
-            head = load_head(folder)
-            # a fine-tuned head reads its own LM (load_head points its embedder at HEAD/lm)
-            with protocol.open_source(head.config, cache_dir) as source:
-                check_source(head, source)
-                stats[name] = {}
-                for set_name, data in tests.items():
-                    preds = protocol.predict(head.config, head.model, protocol.inputs(head.config, source, data),
-                                             head.info)
-                    stats[name][set_name] = [protocol.per_protein(head.config, preds, data, k)
-                                             for k in range(len(head.config.targets))]
-        for set_name in tests:
+                folders[name] = head_folder(out, path.stem, name, head_identity(cfg, base_source.identity()))
+        stats = stored_values(folders, len(config.targets))
+        if stats is None:  # a head without stored values (made before protlm kept them): predict its test sets
+            tests = protocol.load_data(config, data_dir).tests
+            stats = {name: predicted_values(folders[name], tests, cache_dir) for name in needed}
+        for set_name in stats[needed[0]]:
             for k, target in enumerate(config.targets):
                 for a, b in pairs:
                     n, va = stats[a][set_name][k]
@@ -458,6 +458,54 @@ def paired_differences(files: list[Path], pairs: list[tuple[str, str]], out: Pat
                                  "difference": diff, "ci95": [lo, hi], "proteins": n,
                                  "decided": "A better" if lo > 0 else "B better" if hi < 0 else "not decided"})
     return rows
+
+
+def predicted_values(folder: Path, tests: dict, cache_dir) -> dict[str, list]:
+    """``{set: [(n, values) per target]}`` of the head in ``folder``, predicted now; kept in the
+    folder (per_protein.json) when these are the sets its metrics.json reports, so the next
+    comparison reads them."""
+    head = load_head(folder)
+    protocol = head.protocol
+    entries = {}
+    # a fine-tuned head reads its own LM (load_head points its embedder at HEAD/lm)
+    with protocol.open_source(head.config, cache_dir) as source:
+        check_source(head, source)
+        for set_name, data in tests.items():
+            preds = protocol.predict(head.config, head.model, protocol.inputs(head.config, source, data), head.info)
+            entries[set_name] = perprotein.set_values(protocol, head.config, preds, data)
+    try:
+        reported = json.loads((folder / METRICS_JSON).read_text()).get("test", {})
+    except (OSError, ValueError):
+        reported = {}
+    if reported and set(reported) == set(entries):
+        perprotein.write(folder, entries)
+    return {k: [perprotein.decode(t) for t in v["targets"]] for k, v in entries.items()}
+
+
+def stored_values(folders: dict[str, Path], n_targets: int) -> dict[str, dict] | None:
+    """The per-protein values every head of ``folders`` wrote when it scored its test sets
+    (:mod:`protlm.tasks.perprotein`), decoded: ``{column: {set: [(n, values) per target]}}``.
+    None unless every head holds them for the same sets — the sets its metrics.json reports —
+    with the same number of proteins (then the caller predicts again)."""
+    out: dict[str, dict] = {}
+    shape = None
+    for name, folder in folders.items():
+        try:
+            reported = json.loads((folder / METRICS_JSON).read_text()).get("test", {})
+        except (OSError, ValueError):
+            return None
+        stored = perprotein.read(folder)
+        if not reported or set(stored) != set(reported):
+            return None
+        this = {k: (stored[k].get("proteins"), len(stored[k].get("targets", []))) for k in reported}
+        if any(t != n_targets for _, t in this.values()) or (shape is not None and this != shape):
+            return None
+        shape = this
+        try:  # in the order the results report the sets (the config's)
+            out[name] = {k: [perprotein.decode(t) for t in stored[k]["targets"]] for k in reported}
+        except (KeyError, TypeError, ValueError):
+            return None
+    return out
 
 
 def differences_table(rows: list[dict]) -> str:

@@ -13,7 +13,8 @@ epoch's weights are kept), and test sets are only scored, never used for a decis
 A trained head is a folder, the same for every protocol and head: ``head.json`` (the config,
 what decoding needs — classes, normalisation, … —, the input width, the embedder's identity,
 the training history, protlm's version), ``head.safetensors`` (the weights, never pickle) and
-``metrics.json`` (validation and test metrics with bootstrap CIs). Each file is written to a
+``metrics.json`` (validation and test metrics with bootstrap CIs), and ``per_protein.json`` (the
+test sets' per-protein values, :mod:`protlm.tasks.perprotein`). Each file is written to a
 temporary name and renamed.
 """
 
@@ -36,7 +37,7 @@ from protlm.embed.spec import parse_spec
 from protlm.errors import InputError, ProtlmError
 from protlm.io.atomic import json_bytes, write_bytes, write_with_path
 from protlm.io.processes import all_reduce_sum, barrier, destroy, gather_objects, init_distributed
-from protlm.tasks import headfile
+from protlm.tasks import headfile, perprotein
 from protlm.tasks.config import TaskConfig, build_task_config, data_files
 from protlm.tasks.features import FeatureSource, check_identity
 from protlm.tasks.finetune import (LM_FOLDER, STATE_FOLDER, FinetunedModel, RunState, SequenceSource, batch_residues,
@@ -310,13 +311,18 @@ class Accumulator:
 # --------------------------------------------------------------------------- files
 
 
-def save_head(out: Path, model, info: dict, metrics: dict) -> None:
+def save_head(out: Path, model, info: dict, metrics: dict, per_protein: dict | None = None) -> None:
+    """metrics.json is written last: a folder holding it is whole."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     write_with_path(out / HEAD_WEIGHTS, lambda tmp: save_file(state, tmp))
     write_bytes(out / HEAD_JSON, json_bytes(info))
+    if per_protein is not None:
+        perprotein.write(out, per_protein)
+    else:
+        (out / perprotein.PER_PROTEIN_JSON).unlink(missing_ok=True)  # never values of an earlier head
     write_bytes(out / METRICS_JSON, json_bytes(metrics))
 
 
@@ -438,20 +444,26 @@ def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: Task
     t_train = time.perf_counter() - t0 - t_embed
     n_boot, seed = config.n_boot, config.evaluate.seed
 
-    def scored(inp, dataset):
-        return protocol.score(config, protocol.predict(config, model, inp, data.info), dataset, data.info, n_boot, seed)
+    paired: dict[str, dict] = {}
+
+    def scored(inp, dataset, name=None):
+        preds = protocol.predict(config, model, inp, data.info)
+        if name is not None:  # a test set: its per-protein values too (paired comparisons read them)
+            paired[name] = perprotein.set_values(protocol, config, preds, dataset)
+        return protocol.score(config, preds, dataset, data.info, n_boot, seed)
 
     metrics = {"valid": scored(va, data.valid) if protocol.scores_valid else {},
-               "test": {name: scored(te[name], s) for name, s in data.tests.items()}}
+               "test": {name: scored(te[name], s, name) for name, s in data.tests.items()}}
     metrics_doc = write_head(out, config, data, dim, model, (history, best_epoch, stopped_by, cut_short), identity,
-                             metrics, {"embed": t_embed, "train": t_train})
+                             metrics, {"embed": t_embed, "train": t_train}, per_protein=paired)
     return {**metrics_doc, "out": str(out), "seconds": time.perf_counter() - t0}
 
 
 def write_head(out: Path, config: TaskConfig, data: TaskData, dim: int, head, run: tuple, identity: dict,
-               metrics: dict, seconds: dict, finetune: dict | None = None) -> dict:
-    """Write the head folder (head.json, head.safetensors, metrics.json) of a finished training
-    ``run`` = (history, best epoch, what stopped it, cut short?); returns metrics.json's document."""
+               metrics: dict, seconds: dict, finetune: dict | None = None, per_protein: dict | None = None) -> dict:
+    """Write the head folder (head.json, head.safetensors, per_protein.json, metrics.json) of a
+    finished training ``run`` = (history, best epoch, what stopped it, cut short?); returns
+    metrics.json's document."""
     history, best_epoch, stopped_by, cut_short = run
     counts = data.counts()
     stop = {"best_epoch": best_epoch, "epochs_run": len(history), "epoch_cap": config.train.epochs,
@@ -475,7 +487,7 @@ def write_head(out: Path, config: TaskConfig, data: TaskData, dim: int, head, ru
     metrics_doc = {"task": config.name, "protocol": config.protocol, "embedder": config.embedder_name,
                    "embedder_identity": identity, **extra, "head": config.head.type, "proteins": counts, **stop,
                    **metrics}
-    save_head(out, head, info, metrics_doc)
+    save_head(out, head, info, metrics_doc, per_protein)
     return metrics_doc
 
 
@@ -535,21 +547,26 @@ def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData,
     with FeatureSource(eval_spec.with_options(layer=spec.options.layer), spec.options.layer, cache_dir) as source:
         identity = source.identity()
 
-        def scored(dataset, name):
+        paired: dict[str, dict] = {}
+
+        def scored(dataset, name, test=False):
             def bar(done, total):
                 if progress is not None:
                     progress("embed", {"set": name, "done": done, "total": total})
 
             inp = protocol.inputs(config, source, dataset, bar)
-            return protocol.score(config, protocol.predict(config, head, inp, data.info), dataset, data.info, n_boot,
-                                  seed)
+            preds = protocol.predict(config, head, inp, data.info)
+            if test:
+                paired[name] = perprotein.set_values(protocol, config, preds, dataset)
+            return protocol.score(config, preds, dataset, data.info, n_boot, seed)
 
         metrics = {"valid": scored(data.valid, "valid") if protocol.scores_valid else {},
-                   "test": {name: scored(s, name) for name, s in data.tests.items()}}
+                   "test": {name: scored(s, name, test=True) for name, s in data.tests.items()}}
     finetune = {"method": ft.method, "lm": LM_FOLDER, "base": spec.name, "base_fingerprint": base_fingerprint,
                 **counts_lm}
     metrics_doc = write_head(out, config, data, dim, head, (history, best_epoch, stopped_by, cut_short), identity,
-                             metrics, {"train": t_train, "score": time.perf_counter() - t0 - t_train}, finetune)
+                             metrics, {"train": t_train, "score": time.perf_counter() - t0 - t_train}, finetune,
+                             per_protein=paired)
     run_state.clear()  # the head folder is whole: the resume checkpoint has done its work
     return {**metrics_doc, "out": str(out), "seconds": time.perf_counter() - t0}
 
