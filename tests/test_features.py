@@ -491,3 +491,55 @@ def test_the_cache_stores_float16_unless_told_or_out_of_range(tmp_path, monkeypa
     monkeypatch.setenv("PROTLM_CACHE_DTYPE", "float64")
     with pytest.raises(Exception, match="PROTLM_CACHE_DTYPE='float64'"):
         _source(tmp_path)
+
+
+# --------------------------------------------------------------------------- per-protein files (issue 21 #1)
+
+
+def test_per_protein_files_feed_per_protein_heads(tmp_path, task_file, capsys):
+    """protlm's .per_protein.h5 and a biotrainer-style reduced file (hash keys, 1-D datasets, no
+    attributes) train a per-protein head exactly as the embedder itself does (its mean-pooled
+    vectors); a per-residue head is refused with one line."""
+    import h5py
+    import yaml
+
+    from protlm.errors import ConfigError
+
+    cfg_path = tmp_path / "t.yaml"
+    cfg_path.write_text(yaml.safe_dump(_cfg(task_file)))
+    fasta, h5 = tmp_path / "all.fasta", tmp_path / "all.h5"
+    assert main(["export-fasta", "--config", str(cfg_path), "--out", str(fasta)]) == 0
+    assert main(["embed", "--model", "onehot", "--input", str(fasta), "--output", str(h5), "--key", "hash",
+                 "--level", "protein"]) == 0
+    capsys.readouterr()
+    (per_protein,) = list(tmp_path.glob("all*.h5"))
+    reduced = tmp_path / "reduced_embeddings_file.h5"  # biotrainer's layout: hash → D, no attributes
+    with h5py.File(per_protein, "r") as src, h5py.File(reduced, "w") as dst:
+        assert src.attrs["level"] == "protein"
+        for key in src:
+            dst.create_dataset(key, data=src[key][()])
+
+    # a per-protein label (the first residue's state), the same proteins and splits as the task file
+    lines = task_file.read_text().splitlines()
+    seq_file = tmp_path / "seq.fasta"
+    seq_file.write_text("".join(f"{h.split(' TARGET=')[0]} TARGET={h.split('TARGET=')[1][0]} "
+                                f"{h.split('TARGET=')[1].split(' ', 1)[1]}\n{s}\n"
+                                for h, s in zip(lines[::2], lines[1::2])))
+
+    def per_protein_cfg(embedder):
+        c = _cfg(seq_file, embedder)
+        c.update(protocol="sequence_to_class", head={"type": "ffn"}, targets=[{"name": "first", "label": "target"}])
+        return load_task_config(data=c)
+
+    results = {}
+    for name, emb in (("embedder", "onehot"), ("protlm", str(per_protein)), ("biotrainer", str(reduced))):
+        results[name] = train(per_protein_cfg(emb), tmp_path / name, cache_dir=tmp_path / "cache")
+        assert results[name]["proteins"]["train"] == 60
+    ref = results["embedder"]["test"]
+    assert results["protlm"]["test"] == ref and results["biotrainer"]["test"] == ref
+    assert (tmp_path / "protlm" / "head.safetensors").read_bytes() == \
+        (tmp_path / "embedder" / "head.safetensors").read_bytes()
+    assert json.loads((tmp_path / "biotrainer" / "head.json").read_text())["embedder_identity"]["level"] == "protein"
+
+    with pytest.raises(ConfigError, match="one vector per protein"):
+        train(load_task_config(data=_cfg(task_file, str(reduced))), tmp_path / "residue_head")

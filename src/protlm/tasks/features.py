@@ -2,7 +2,9 @@
 
 ``embedder`` in a task config is any ``--model`` of ``protlm embed`` (an LM folder or hub id,
 or a baseline: ``onehot``, ``blosum62``, ``kmer`` …), or an HDF5 file of per-residue embeddings
-(``protlm embed --level residue``, or another tool's file in the same layout).
+(``protlm embed --level residue``, or another tool's file in the same layout), or — for
+per-protein heads — an HDF5 file of one vector per protein (``protlm embed --level protein``'s
+``.per_protein.h5``, or biotrainer's reduced embeddings), used as they are.
 
 **Lazy sets.** :meth:`FeatureSource.features` returns a :class:`FeatureSet`: the lengths and
 the location of each protein's L × D array (an HDF5 dataset, or a slice of a cache part), read
@@ -274,6 +276,21 @@ class ArrayFeatures(FeatureSet):
         super().__init__(names, [len(a) for a in arrays], dim, arrays.__getitem__, where)
 
 
+def file_level(h5, name: str) -> str:
+    """"residue" or "protein": what an HDF5 embedding file holds — its ``level`` attribute
+    (``protlm embed`` writes it), else the shape of its first dataset (biotrainer's reduced files:
+    one D-vector per protein; its per-residue files: L × D)."""
+    level = h5.attrs.get("level")
+    if isinstance(level, bytes):
+        level = level.decode("utf-8", "replace")
+    if level is None:
+        first = next(iter(h5.keys()), None)
+        level = "protein" if first is not None and getattr(h5[first], "ndim", 2) == 1 else "residue"
+    if level not in ("residue", "protein"):
+        raise InputError(f"embedder {name}: level attribute {str(level)[:40]!r}; expected residue or protein")
+    return str(level)
+
+
 def pooled(x: FeatureSet) -> ArrayFeatures:
     """The mean over residues of each protein (1 × D float32), computed one protein at a time."""
     return ArrayFeatures([x[i].mean(axis=0, keepdims=True, dtype=np.float32) for i in range(len(x))], x.names,
@@ -361,6 +378,7 @@ class FeatureSource:
         # the spec's per-protein pooling: "mean" over residues (computed here), or a backend's own
         # (UniRep's h_avg, h_final, c_final, fusion), which only a per-protein head can read
         self.pooling: str = getattr(options, "pooling", "mean") or "mean"
+        self.file_level = "residue"  # what an HDF5 file holds (file_level): per residue, or one vector per protein
         if self.name.endswith(HDF5_SUFFIXES):
             import h5py
 
@@ -370,9 +388,7 @@ class FeatureSource:
                 self._h5 = h5py.File(self.name, "r")
             except OSError:
                 raise InputError(f"embedder {self.name}: not a readable HDF5 file") from None
-            if self._h5.attrs.get("level", "residue") != "residue":
-                raise InputError(f"embedder {self.name}: holds per-protein vectors; the heads need per-residue "
-                                 f"embeddings (protlm embed --level residue)")
+            self.file_level = file_level(self._h5, self.name)
 
     # ------------------------------------------------------------------ what it is
 
@@ -400,9 +416,10 @@ class FeatureSource:
             if first is None:
                 raise InputError(f"embedder {self.name}: the HDF5 file is empty")
             shape = self._h5[first].shape
-            if len(shape) != 2:
-                raise InputError(f"embedder {self.name}: dataset {first!r} has shape {shape}; per-residue "
-                                 f"datasets are L × D")
+            want = 1 if self.file_level == "protein" else 2
+            if len(shape) != want:
+                raise InputError(f"embedder {self.name}: dataset {first!r} has shape {shape}; "
+                                 + ("per-protein datasets are D" if want == 1 else "per-residue datasets are L × D"))
             return int(shape[-1])
         if self.pooling != "mean":  # only per-protein vectors come from this source (features())
             return int(self.embedder.protein_dim)
@@ -422,7 +439,7 @@ class FeatureSource:
                     return v.item() if isinstance(v, np.generic) else v
 
                 self._identity = {"kind": "hdf5", "fingerprint": attr("fingerprint") or None,
-                                  "model": attr("model") or None, "layer": attr("layer"), "level": "residue",
+                                  "model": attr("model") or None, "layer": attr("layer"), "level": self.file_level,
                                   "dim": self.dim, "file": self.name}
             else:
                 self._identity = {"kind": "embedder", "fingerprint": self.embedder.fingerprint(),
@@ -471,6 +488,12 @@ class FeatureSource:
             raise ConfigError(f"{label}: pooling {self.pooling} gives one vector per protein, but this task's "
                               f"head or protocol reads per-residue embeddings; leave pooling at mean (or use a "
                               f"per-protein head: ffn, logreg)")
+        if self._h5 is not None and self.file_level == "protein":
+            if not pool:
+                raise ConfigError(f"{label}: holds one vector per protein, but this task's head or protocol reads "
+                                  f"per-residue embeddings; use a per-protein head (ffn, logreg) with this file, or "
+                                  f"a per-residue file (protlm embed --level residue)")
+            return self._h5_set(ids, sequences, written, label, per_protein=True)
         if self._h5 is not None:
             x = self._h5_set(ids, sequences, written, label)
             return pooled(x) if pool else x
@@ -555,7 +578,9 @@ class FeatureSource:
                 progress(done, total)
             start = stop
 
-    def _h5_set(self, ids, sequences, written, label) -> FeatureSet:
+    def _h5_set(self, ids, sequences, written, label, per_protein: bool = False) -> FeatureSet:
+        """The proteins' entries of the HDF5 file (found by sequence hash, then by id); a
+        per-protein file's D-vectors come as 1 × D arrays, as pooled features do."""
         h5 = self._h5
         dim = self.dim
         names, lengths = [], []
@@ -563,7 +588,10 @@ class FeatureSource:
             for key in (hash_key(raw), id_key(pid)):
                 if key in h5:
                     shape = h5[key].shape
-                    if len(shape) != 2 or shape[0] != len(seq) or shape[1] != dim:
+                    if per_protein and shape != (dim,):
+                        raise InputError(f"{label}: {key!r} has shape {shape}; the file's per-protein vectors have "
+                                         f"{dim} dimensions")
+                    if not per_protein and (len(shape) != 2 or shape[0] != len(seq) or shape[1] != dim):
                         raise InputError(f"{label}: {key!r} has shape {shape}, but protein {pid!r} has {len(seq)} "
                                          f"residues and the file {dim} dimensions (made from another sequence?)")
                     # found by id: the entry must have been made from this protein's sequence (as given
@@ -575,7 +603,7 @@ class FeatureSource:
                                          f"protein {pid!r}'s (its sequence_digest differs); embed the task's "
                                          f"sequences (protlm export-fasta writes them)")
                     names.append(key)
-                    lengths.append(len(seq))
+                    lengths.append(1 if per_protein else len(seq))
                     break
             else:
                 raise InputError(f"{label}: no embedding for protein {pid!r} (neither its id nor its sequence hash "
@@ -583,9 +611,12 @@ class FeatureSource:
                                  f"the task's sequences first (protlm export-fasta writes them)")
 
         def read(i: int) -> np.ndarray:
-            return h5[names[i]][()]
+            a = h5[names[i]][()]
+            return a.reshape(1, -1).astype(np.float32) if per_protein else a
 
-        return FeatureSet(list(ids), lengths, dim, read, label)
+        x = FeatureSet(list(ids), lengths, dim, read, label)
+        # per-protein heads hold their inputs in memory (as pooled features): read and checked once
+        return ArrayFeatures([x[i] for i in range(len(x))], list(ids), label) if per_protein else x
 
     def get(self, ids: list[str], sequences: list[str], progress: Callable[[int, int], None] | None = None,
             written: list[str] | None = None) -> list[np.ndarray]:
