@@ -11,11 +11,11 @@ import os
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from protlm import __version__
 from protlm.data.alphabet import CleaningPolicy
 from protlm.data.fasta import read_fasta
+from protlm.embed.pooling import mean_vector
 from protlm.embed.runner import Embedder
 from protlm.embed.spec import EmbedderSpec, EmbedOptions
 from protlm.embed.store import (Journal, assemble, build_keys, check_resumable, existing_sequences, merge_files,
@@ -125,7 +125,7 @@ def _embed_locked(model, input_path, output: Path, outputs: dict[str, Path], jou
             if pooled:
                 protein = [a for _, _, a in ok]
             else:
-                protein = [a.mean(axis=0).astype(np.float32) for _, _, a in ok] if level != "residue" else None
+                protein = [mean_vector(a) for _, _, a in ok] if level != "residue" else None
             journal.write([k for k, _, _ in ok], [i for _, i, _ in ok], residue, protein,
                           [sequence_digest(seq_of[k]) for k, _, _ in ok])
         done_res += sum(len(seq_of[key_of[i]]) for i in b_ids)

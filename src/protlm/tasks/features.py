@@ -67,6 +67,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from protlm.embed.pooling import mean_vector
 from protlm.embed.store import hash_key, id_key, sequence_digest
 from protlm.errors import ConfigError, InputError
 from protlm.io.checksums import xxh3_file
@@ -293,7 +294,7 @@ def file_level(h5, name: str) -> str:
 
 def pooled(x: FeatureSet) -> ArrayFeatures:
     """The mean over residues of each protein (1 × D float32), computed one protein at a time."""
-    return ArrayFeatures([x[i].mean(axis=0, keepdims=True, dtype=np.float32) for i in range(len(x))], x.names,
+    return ArrayFeatures([mean_vector(x[i])[None, :] for i in range(len(x))], x.names,
                          x._where)
 
 
@@ -534,7 +535,7 @@ class FeatureSource:
                 if not np.isfinite(a).all():
                     raise InputError(f"{label}, cache {self.cache.folder}: the features of protein {pid!r} hold "
                                      f"NaN or inf values; a broken model or file — refusing to use them")
-                from_residues[k] = a.mean(axis=0, keepdims=True, dtype=np.float32)
+                from_residues[k] = mean_vector(a)[None, :]
             else:
                 todo[k] = (pid, s)
         if from_residues:
@@ -567,7 +568,7 @@ class FeatureSource:
                     raise InputError(f"embedder {self.name}: produced NaN or inf for protein {pid!r}; "
                                      f"a broken model — nothing was cached for it")
             if pool and self.pooling == "mean":
-                arrays = [a.mean(axis=0, keepdims=True, dtype=np.float32) for a in arrays]
+                arrays = [mean_vector(a)[None, :] for a in arrays]
             elif not pool and self._store == "float16" and all(
                     float(np.abs(a).max(initial=0.0)) <= FLOAT16_MAX for a in arrays):
                 arrays = [a.astype(np.float16) for a in arrays]
