@@ -495,6 +495,45 @@ def test_two_process_training_matches_one_process(parallel, shards, tmp_path):
     assert next(r for r in m2 if r["kind"] == "start")["world"] == 2
 
 
+def test_fsdp_under_torchrun_shards_and_offloads_with_one_process(shards, tmp_path):
+    """`torchrun --nproc_per_node 1` with train.parallel: fsdp used to train unsharded (and ignore
+    train.cpu_offload); now it shards with a one-process group, with the same losses as a plain
+    run. cpu_offload is refused with one line without torchrun, and on a CPU (nothing to offload:
+    FSDP's offload crashed there with a traceback)."""
+    import yaml
+
+    data = tiny_config(shards, "esm", phases=[{"steps": 3, "max_length": 96, "tokens_per_batch": 768}],
+                       save_every=3, eval_every=3)
+    fsdp = json.loads(json.dumps(data))
+    fsdp["train"].update(parallel="fsdp")
+    offload = json.loads(json.dumps(fsdp))
+    offload["train"]["cpu_offload"] = True
+    (tmp_path / "offload.yaml").write_text(yaml.safe_dump(offload))
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(fsdp))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r1 = subprocess.run([sys.executable, "-m", "protlm.cli.main", "pretrain", "--config", str(tmp_path / "plain.yaml"),
+                         "--out", str(tmp_path / "plain")], capture_output=True, text=True, env=env)
+    assert r1.returncode == 0, r1.stderr
+    r2 = _torchrun(["pretrain", "--config", str(tmp_path / "fsdp.yaml"), "--out", str(tmp_path / "fsdp")], 1)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    m1, m2 = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "fsdp")
+    assert next(r for r in m1 if r["kind"] == "start")["parallel"] == "none"
+    assert next(r for r in m2 if r["kind"] == "start")["parallel"] == "fsdp"
+    l1 = [r["loss"] for r in m1 if r["kind"] == "train"]
+    l2 = [r["loss"] for r in m2 if r["kind"] == "train"]
+    assert len(l1) == 3 and np.allclose(l1, l2, rtol=0, atol=1e-5), (l1, l2)
+    r3 = subprocess.run([sys.executable, "-m", "protlm.cli.main", "pretrain", "--config",
+                         str(tmp_path / "offload.yaml"), "--out", str(tmp_path / "offload")], capture_output=True,
+                        text=True, env=env)
+    assert r3.returncode == 2 and "train.cpu_offload" in r3.stderr and "torchrun" in r3.stderr
+    assert "Traceback" not in r3.stderr and not (tmp_path / "offload").exists()
+    r4 = _torchrun(["pretrain", "--config", str(tmp_path / "offload.yaml"), "--out", str(tmp_path / "offload")], 1)
+    assert r4.returncode != 0 and "train.cpu_offload" in r4.stderr and "host memory" in r4.stderr
+    # torchrun prints its own ChildFailedError traceback for a failed worker; protlm's worker none
+    assert "src/protlm/" not in r4.stderr and "RuntimeError" not in r4.stderr
+
+
 @pytest.mark.parametrize("arch", ["esm", "t5"])
 def test_activation_checkpointing_gives_the_same_losses(arch, shards, tmp_path):
     plain = load_config(data=tiny_config(shards, arch, phases=[{"steps": 3, "max_length": 96, "tokens_per_batch": 1024}]))

@@ -21,6 +21,7 @@ class DistEnv:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    group: bool = False  # a process group of one (torchrun --nproc_per_node 1 with FSDP)
 
     @property
     def is_main(self) -> bool:
@@ -28,10 +29,17 @@ class DistEnv:
 
     @property
     def distributed(self) -> bool:
-        return self.world > 1
+        return self.world > 1 or self.group
 
 
-def init_distributed(device: str = "auto") -> DistEnv:
+def launched_by_torchrun() -> bool:
+    """torchrun (or another launcher that sets the rendezvous variables) started this process."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ)
+
+
+def init_distributed(device: str = "auto", one_process_group: bool = False) -> DistEnv:
+    """The process group of a torchrun job. ``one_process_group``: a group even for one
+    process, when torchrun started it (FSDP shards — and offloads — on one device too)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -39,9 +47,10 @@ def init_distributed(device: str = "auto") -> DistEnv:
     dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    group = world == 1 and one_process_group and launched_by_torchrun()
+    if (world > 1 or group) and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistEnv(rank=rank, world=world, local_rank=local_rank, device=dev)
+    return DistEnv(rank=rank, world=world, local_rank=local_rank, device=dev, group=group)
 
 
 def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:

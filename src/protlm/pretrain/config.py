@@ -70,7 +70,7 @@ class TrainConfig:
     phases: list[PhaseConfig] = field(default_factory=lambda: [PhaseConfig()])
     grad_accum: int = 1
     precision: str = "fp32"  # fp32 | bf16 | fp16 (bf16/fp16 are autocast, meant for GPUs)
-    parallel: str = "ddp"  # ddp | fsdp (only matters with more than one process)
+    parallel: str = "ddp"  # ddp | fsdp (DDP only with several processes; FSDP under torchrun, also with one)
     activation_checkpointing: bool = False
     cpu_offload: bool = False  # FSDP parameter/gradient/optimizer offload to host memory
     compile: bool = False  # torch.compile the model (worth it for long runs; slow to start)

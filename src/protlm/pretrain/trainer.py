@@ -103,6 +103,9 @@ class Trainer:
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision)
         if self.autocast_dtype is not None and self.env.device.type != "cuda" and config.train.precision == "fp16":
             raise ConfigError("config train.precision: fp16 needs a CUDA device; use fp32 (or bf16) on CPU")
+        if config.train.cpu_offload and self.env.device.type != "cuda":
+            raise ConfigError("config train.cpu_offload: moves a GPU's parameters, gradients and optimizer state to "
+                              "host memory; on the CPU they are in host memory already (leave it off)")
         fsdp_mp = self.autocast_dtype if (config.train.parallel == "fsdp" and self.env.distributed) else None
         self.wrapped = wrap_model(self.model, config.train, self.env, fsdp_mp)
         self.forward_module = torch.compile(self.wrapped, dynamic=True) if config.train.compile else self.wrapped
@@ -377,6 +380,7 @@ class Trainer:
         if self.env.is_main:
             self.metrics.write({"kind": "start", "step": self.step, "params": self.params["total"],
                                 "params_non_embedding": self.params["non_embedding"], "world": self.env.world,
+                                "parallel": self.config.train.parallel if self.env.distributed else "none",
                                 "device": str(self.env.device), "peak_flops": self.peak_flops,
                                                 "resumed_from": str(self.existing) if self.existing else None,
                                 **({"config_changes": self.config_changes} if self.config_changes else {})})
@@ -466,8 +470,15 @@ class Trainer:
 def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
     """Train into ``out``. The main process holds the folder's lock for the whole run: a second
     ``protlm pretrain`` on the same folder stops at once, naming the process that holds it."""
-    env = init_distributed()
+    fsdp = config.train.parallel == "fsdp"
+    env = init_distributed(one_process_group=fsdp)
     try:
+        if fsdp and not env.distributed:
+            if config.train.cpu_offload:
+                raise ConfigError("train.cpu_offload: FSDP's offload needs torchrun's process group, also on one "
+                                  "device: run `torchrun --nproc_per_node 1 -m protlm.cli.main pretrain …`")
+            log.warning("train.parallel: fsdp in one process without torchrun: the model is trained unsharded "
+                        "(start it with torchrun, even --nproc_per_node 1, to shard it)")
         with contextlib.ExitStack() as stack:
             if env.is_main:
                 Path(out).mkdir(parents=True, exist_ok=True)
