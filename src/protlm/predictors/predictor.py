@@ -2,11 +2,18 @@
 
 A shipped predictor is a head folder written by ``protlm train`` (``head.json``,
 ``head.safetensors``, ``metrics.json``), copied unchanged into
-``protlm/predictors/heads/<name>-<embedder>/`` (e.g. ``secondary_structure-unirep64``; the hyphen
+``protlm/predictors/heads/<task>-<embedder>/`` (e.g. ``secondary_structure-unirep64``; the hyphen
 also keeps setuptools from taking the data folder for a Python package)
 with two more files: ``card.json`` (the model card as data: task, data and split, embedder and
 its fingerprint, test numbers with CIs copied from ``metrics.json``, the command that trained it,
 the licences, and the SHA-256 of the head's files) and ``MODEL_CARD.md`` (the same, to read).
+
+A shipped predictor is one (task, embedder): its name is ``TASK@EMBEDDER``
+(``secondary_structure@unirep1900``), and on the default embedder (:data:`DEFAULT_EMBEDDER`,
+UniRep-64) the task alone (``secondary_structure``), the name it has always had. :func:`resolve`
+reads either form with a short name for the task (``ss@unirep1900``, ``ss``); ``protlm predict``
+without ``--tasks`` runs the default embedder's set (:func:`default_names`). The card's ``name``
+is the predictor's name and its ``embedder.name`` the embedder, so the pair is read from the card.
 
 :class:`Predictor` loads one of them (or any head folder) once and keeps it, with its embedder:
 ``Predictor.load("secondary_structure").predict(ids, sequences)``. Loading goes through
@@ -31,7 +38,11 @@ HEADS = Path(__file__).resolve().parent / "heads"
 CARD_JSON, CARD_MD = "card.json", "MODEL_CARD.md"
 HEAD_FILES = ("head.json", "head.safetensors", "metrics.json")
 
-#: Short names a person may type for a shipped predictor (``--tasks ss loc``).
+#: The embedder of the default set: its predictors are named by their task alone, and they are
+#: what ``protlm predict`` runs without ``--tasks`` (the fast set; others are chosen by name).
+DEFAULT_EMBEDDER = "unirep64"
+
+#: Short names a person may type for a shipped predictor's task (``--tasks ss loc``, ``ss@unirep1900``).
 ALIASES = {"ss": "secondary_structure", "q3": "secondary_structure", "q8": "secondary_structure",
            "loc": "localization", "q10": "localization", "membrane": "localization", "q2": "localization",
            "scop": "scop_class"}
@@ -45,8 +56,21 @@ _VALID = re.compile(r"^[ACDEFGHIKLMNPQRSTVWYXBOUZ]+$")
 
 
 
+def predictor_name(task: str, embedder: str) -> str:
+    """The name of the shipped predictor of ``task`` on ``embedder``: the task alone on the
+    default embedder, else ``TASK@EMBEDDER``."""
+    return task if embedder == DEFAULT_EMBEDDER else f"{task}@{embedder}"
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(task, embedder) of a predictor's name (``secondary_structure@unirep1900`` →
+    ``("secondary_structure", "unirep1900")``; no ``@``: the default embedder)."""
+    task, _, embedder = name.partition("@")
+    return task, embedder or DEFAULT_EMBEDDER
+
+
 def folders() -> dict[str, Path]:
-    """Every shipped predictor's name (its card's) and folder under ``heads/``."""
+    """Every shipped predictor's name and folder under ``heads/``."""
     if not HEADS.is_dir():
         return {}
     out = {}
@@ -57,22 +81,56 @@ def folders() -> dict[str, Path]:
 
 
 def folder(name: str) -> Path:
-    """The head folder of a shipped predictor (name or alias)."""
+    """The head folder of a shipped predictor (name or short name)."""
     return folders()[resolve(name)]
 
 
-def names() -> list[str]:
-    """The shipped predictors' names."""
-    return sorted(folders())
+def names(embedder: str | None = None) -> list[str]:
+    """The shipped predictors' names (``TASK`` on the default embedder, ``TASK@EMBEDDER`` on
+    another), every embedder's or those on ``embedder``."""
+    return sorted(n for n in folders() if embedder is None or split_name(n)[1] == embedder)
+
+
+def default_names() -> list[str]:
+    """The default set: every predictor on :data:`DEFAULT_EMBEDDER` (``protlm predict`` without ``--tasks``)."""
+    return names(DEFAULT_EMBEDDER)
+
+
+def embedders() -> dict[str, list[str]]:
+    """Each embedder with shipped predictors: the tasks it has them for (the default embedder first)."""
+    out: dict[str, list[str]] = {}
+    for n in names():
+        task, emb = split_name(n)
+        out.setdefault(emb, []).append(task)
+    return dict(sorted(out.items(), key=lambda kv: (kv[0] != DEFAULT_EMBEDDER, kv[0])))
+
+
+def _parse(name: str) -> tuple[str, str]:
+    """(task, embedder) of what a person typed: short names for the task, loose spelling of a shipped
+    embedder (``UniRep-1900``), no ``@``: the default embedder."""
+    task, _, embedder = name.strip().lower().partition("@")
+    task = task.strip().replace("-", "_")
+    task = ALIASES.get(task, task)
+    embedder = embedder.strip() or DEFAULT_EMBEDDER
+    loose = {e.replace("-", "").replace("_", ""): e for e in embedders()}
+    return task, loose.get(embedder.replace("-", "").replace("_", ""), embedder)
+
+
+def not_shipped(name: str) -> str:
+    """Why ``name`` is no shipped predictor, and what is: the message of one error line."""
+    task, embedder = _parse(name)
+    on = [e for e, tasks in embedders().items() if task in tasks]
+    why = f"{task} is shipped on {', '.join(on)} (not {embedder})" if on else "no such predictor"
+    return (f"{why}; shipped: {', '.join(names())} (TASK@EMBEDDER; without @: {DEFAULT_EMBEDDER}; short names "
+            f"for TASK: {', '.join(sorted(ALIASES))})")
 
 
 def resolve(name: str) -> str:
-    """A shipped predictor's name from a name or an alias; one error line listing them otherwise."""
-    key = name.strip().lower().replace("-", "_")
-    key = ALIASES.get(key, key)
+    """A shipped predictor's name from ``TASK`` or ``TASK@EMBEDDER``, the task by its name or a
+    short name (``ss@unirep1900``); one error line listing what is shipped otherwise."""
+    key = predictor_name(*_parse(name))
     if key not in names():
-        raise ConfigError(f"--tasks {name}: no such predictor; choose from {', '.join(names())} "
-                          f"(or the short names {', '.join(sorted(ALIASES))})")
+        raise ConfigError(f"--tasks {name}: {not_shipped(name)}")
     return key
 
 
@@ -82,7 +140,7 @@ def card(name: str) -> dict:
 
 
 def available() -> dict[str, dict]:
-    """Every shipped predictor's name with its model card."""
+    """Every shipped predictor's name with its model card (``card["embedder"]["name"]``: its embedder)."""
     return {n: card(n) for n in names()}
 
 
@@ -95,7 +153,11 @@ def check_card(where: Path, info: dict) -> None:
             raise InputError(f"predictor {where.name}: {fname} differs from the file its model card describes "
                              f"(SHA-256); the head was changed after it was shipped — reinstall protlm")
     head = json.loads((where / "head.json").read_text())
-    trained = (head.get("embedder_identity") or {}).get("fingerprint")
+    ident = head.get("embedder_identity") or {}
+    if "name" in info and split_name(info["name"])[1] != ident.get("model"):
+        raise InputError(f"predictor {where.name}: its model card names it {info['name']!r}, but head.json was "
+                         f"trained on {ident.get('model')!r} (a predictor's name is TASK@EMBEDDER)")
+    trained = ident.get("fingerprint")
     if trained != info.get("embedder", {}).get("fingerprint"):
         raise InputError(f"predictor {where.name}: head.json records embedder fingerprint {trained!r}, its model "
                          f"card {info.get('embedder', {}).get('fingerprint')!r}")
@@ -120,9 +182,10 @@ def clean_sequences(ids: list[str], sequences: list[str]) -> list[str]:
 class Predictor:
     """One trained head, loaded once and kept with its embedder (a server holds one of these).
 
-    ``Predictor.load(name)``: a shipped predictor by name or alias (:func:`available`), or a head
+    ``Predictor.load(name)``: a shipped predictor by name or short name (``ss``,
+    ``ss@unirep1900``; :func:`available`), or a head
     folder written by ``protlm train``. ``predict(ids, sequences)``: one dict per protein:
-    ``{"id", "length", "predictor", "targets": {target: row}}``, where a row is what
+    ``{"id", "length", "predictor", "embedder", "targets": {target: row}}``, where a row is what
     ``protlm predict --head`` writes for that target (``prediction`` and ``confidence`` per
     residue, ``prediction``/``probability``/``probabilities`` per protein, or ``value``), and a
     per-residue class target also gets ``classes`` and ``probabilities`` (L × C, rounded to 4
@@ -180,6 +243,11 @@ class Predictor:
         return f"{self.name}@{weights[:16]}|{fp}"
 
     @property
+    def embedder(self) -> str | None:
+        """The embedder the head was trained on (``unirep64``, ``unirep1900``, …), as head.json records it."""
+        return (self.head.info.get("embedder_identity") or {}).get("model")
+
+    @property
     def targets(self) -> list[str]:
         return [t.name for t in self.head.config.targets]
 
@@ -217,7 +285,7 @@ class Predictor:
         targets = head.config.targets
         out = []
         for i, (pid, seq) in enumerate(zip(ids, sequences)):
-            res = {"id": pid, "length": len(seq), "predictor": self.name, "targets": {}}
+            res = {"id": pid, "length": len(seq), "predictor": self.name, "embedder": self.embedder, "targets": {}}
             for k, tg in enumerate(targets):
                 row = {key: v for key, v in rows[i * len(targets) + k].items() if key not in ("id", "target")}
                 p = preds[k][i]

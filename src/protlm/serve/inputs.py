@@ -136,9 +136,10 @@ def _checked(ids: list[str], sequences: list[str], source: str, limits: Limits) 
 
 
 def parse_tasks(values: list[str]) -> list[str]:
-    """Predictor names from form values (each may hold several, split by commas or spaces);
-    all shipped predictors when none are given."""
-    from protlm.predictors.predictor import ALIASES, names, resolve
+    """Predictor names (``TASK`` or ``TASK@EMBEDDER``, as ``protlm predict --tasks``) from form
+    values (each may hold several, split by commas or spaces); the default set (the UniRep-64
+    predictors, as ``protlm predict``) when none are given."""
+    from protlm.predictors.predictor import default_names, not_shipped, resolve
 
     out: list[str] = []
     for v in values:
@@ -148,8 +149,7 @@ def parse_tasks(values: list[str]) -> list[str]:
             try:
                 name = resolve(t)
             except ConfigError:
-                raise SubmitError(f"tasks: no predictor {t[:40]!r}; choose from {', '.join(names())} (or the short "
-                                  f"names {', '.join(sorted(ALIASES))})") from None
+                raise SubmitError(f"tasks: no predictor {t[:40]!r}: {not_shipped(t[:40])}") from None
             if name not in out:
                 out.append(name)
-    return out or names()
+    return out or default_names()
