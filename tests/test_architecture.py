@@ -221,3 +221,76 @@ def test_the_embedder_registry_refuses_a_second_owner_of_a_name():
         register(names=("onehot",))(lambda source, options: None)
     with pytest.raises(ValueError, match="embedder model_type 'esm' is registered already"):
         register(model_types=("esm",))(lambda source, options: None)
+
+
+# --------------------------------------------------------------------------- plug-in packages (issue 21 #4)
+
+
+PLUGIN = __import__("pathlib").Path(__file__).parent / "toys" / "plugin_pkg"
+
+
+def _protlm(args, tmp_path, plugin: bool = True):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PROTLM_CACHE": str(tmp_path / "cache")}
+    if plugin:
+        env["PYTHONPATH"] = os.pathsep.join([str(PLUGIN), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "protlm.cli.main", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+
+
+def test_an_out_of_tree_plugin_package_adds_an_embedder_and_a_label_format(tmp_path):
+    """A package installed beside protlm (its dist-info names a module under the protlm.plugins
+    entry-point group) adds an embedder and a label file format that every command takes; a
+    plug-in that fails to import is one warning line, and protlm goes on."""
+    import yaml
+
+    rng = np.random.default_rng(0)
+    lines, fasta = [], []
+    for i in range(120):
+        rich = i % 2 == 0
+        pool = "AILMFVW" * 3 + "KDSTGN" if rich else "KDSTGNQE" * 3 + "AL"
+        seq = "".join(rng.choice(list(pool), int(rng.integers(30, 80))))
+        split = "train" if i < 80 else "valid" if i < 100 else "test"
+        lines.append(f"p{i}\t{seq}\t{'oily' if rich else 'polar'}\t{split}")
+        fasta.append(f">p{i}\n{seq}\n")
+    (tmp_path / "set.tsv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "in.fa").write_text("".join(fasta[:5]))
+    src = lambda split: {"file": "set.tsv", "format": "toy_tsv", "split": split}  # noqa: E731
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({
+        "name": "oily", "protocol": "sequence_to_class", "embedder": "toy-composition",
+        "data": {"train": src("train"), "valid": src("valid"), "test": {"held_out": src("test")}},
+        "targets": [{"name": "oily", "label": "target"}], "head": {"type": "ffn"},
+        "train": {"epochs": 30, "lr": 0.01, "batch_size": 16, "patience": 5, "bootstrap": 50}}))
+
+    r = _protlm(["embed", "--model", "toy-composition", "--input", "in.fa", "--output", "toy.h5"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(tmp_path / "toy.h5") as f:
+        assert len(f) == 5 and all(f[k].shape[1] == 2 for k in f)
+    broken = [ln for ln in r.stderr.splitlines() if "broken" in ln]
+    assert len(broken) == 1 and "failed to load and is skipped" in broken[0] and "Traceback" not in r.stderr
+
+    r = _protlm(["train", "--config", "cfg.yaml", "--out", "head"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    metrics = __import__("json").loads((tmp_path / "head" / "metrics.json").read_text())
+    assert metrics["test"]["held_out"]["oily"]["accuracy"]["value"] > 0.8
+
+    # an unknown name says which plug-in failed to load (the name may have been its)
+    r = _protlm(["embed", "--model", "toy-nothing", "--input", "in.fa", "--output", "y.h5"], tmp_path)
+    assert r.returncode == 2 and "plug-in(s) that failed to load: broken" in r.stderr
+
+    # without the package: the names are unknown, with one line each
+    r = _protlm(["embed", "--model", "toy-composition", "--input", "in.fa", "--output", "x.h5"], tmp_path,
+                plugin=False)
+    assert r.returncode == 2 and "not an embedder name" in r.stderr and "Traceback" not in r.stderr
+    r = _protlm(["train", "--config", "cfg.yaml", "--out", "head2", "embedder=onehot"], tmp_path, plugin=False)
+    assert r.returncode == 2 and "toy_tsv" in r.stderr and "biotrainer" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_plugin_cannot_take_a_builtin_name():
+    from protlm.tasks.formats import register_format
+
+    with pytest.raises(ValueError, match="registered already"):
+        register_format("biotrainer")(lambda path, source, per_residue=None: [])

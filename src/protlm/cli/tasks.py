@@ -238,7 +238,8 @@ def _add_labelled_set(p) -> None:
     """The set a head is scored on (``protlm evaluate`` and ``protlm compare``: evaluation_request)."""
     p.add_argument("--benchmark", help="a set of `protlm datasets` (with --data)")
     p.add_argument("--file", help="a labelled file of your own (contact heads: a structure set, npz)")
-    p.add_argument("--format", choices=["biotrainer", "deeploc", "prottrans_csv", "csv"], help="format of --file")
+    p.add_argument("--format", metavar="FMT", help="format of --file: biotrainer, deeploc, prottrans_csv, csv, or a "
+                                                   "plug-in's (protlm.tasks.formats)")
     p.add_argument("--label-column", metavar="COL", help="csv: the label column (default: label or target)")
     p.add_argument("--seq-column", metavar="COL", help="csv: the sequence column (default: seq or sequence)")
     p.add_argument("--id-column", metavar="COL", help="csv: a column of protein ids (default: FILE_row<i>)")

@@ -72,13 +72,15 @@ def _qualname(obj) -> str:
 
 def _load_backends() -> None:
     global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    import protlm.embed.backends as pkg
+    if not _loaded:
+        _loaded = True
+        import protlm.embed.backends as pkg
 
-    for info in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"{pkg.__name__}.{info.name}")
+        for info in pkgutil.iter_modules(pkg.__path__):
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
+    from protlm.plugins import load_plugins
+
+    load_plugins()  # out-of-tree embedders (protlm.plugins entry points), after the built-in ones; once
 
 
 def names() -> dict[str, str]:
@@ -140,5 +142,7 @@ def resolve(source: str, options: EmbedOptions | None = None) -> Backend:
         hub = _MODEL_TYPES.get("__hub__")
         if hub is not None:
             return hub.factory(source, options)
+    from protlm.plugins import hint
+
     raise InputError(f"--model {source}: not an embedder name ({', '.join(sorted(names()))}), no such folder, "
-                     f"and not a hub id of the form owner/name")
+                     f"and not a hub id of the form owner/name{hint()}")

@@ -50,7 +50,6 @@ from protlm.errors import ConfigError
 
 log = logging.getLogger("protlm.tasks")
 
-FILE_FORMATS = ("biotrainer", "deeploc", "prottrans_csv", "csv")
 #: Bootstrap resamples at most: 100,000 pins a 95% CI's ends to ~0.1% of their spread; more only
 #: costs memory and time (a resample table of 10^12 rows ended runs with a MemoryError).
 MAX_BOOTSTRAP = 100_000
@@ -171,8 +170,10 @@ class TaskConfig:
 def check_source(s: SourceConfig, where: str) -> None:
     if (s.benchmark is None) == (s.file is None):
         raise ConfigError(f"config {where}: give exactly one of benchmark: or file:")
-    if s.file is not None and s.format not in FILE_FORMATS:
-        raise ConfigError(f"config {where}.format: must be one of {list(FILE_FORMATS)}, not {s.format!r}")
+    if s.file is not None:
+        from protlm.tasks.formats import get_format
+
+        get_format(s.format, "--format" if where.startswith("--") else f"config {where}.format")
     if s.kind not in ("float", "int", "str"):
         raise ConfigError(f"config {where}.kind: must be float, int or str, not {s.kind!r}")
     for key in ("seq_column", "label_column", "id_column"):

@@ -25,18 +25,17 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from protlm.data.alphabet import RARE_TO_X, CleaningPolicy  # noqa: F401 (RARE_TO_X: used by the protocols)
-from protlm.data.benchmarks import (load_benchmark, load_biotrainer_fasta, load_deeploc, load_prottrans_csv,
-                                    load_seq_label_csv)
+from protlm.data.alphabet import RARE_TO_X  # noqa: F401 (RARE_TO_X: used by the protocols)
+from protlm.data.benchmarks import load_benchmark
 from protlm.data.records import ProteinRecord
 from protlm.errors import ConfigError, InputError
 from protlm.io.resources import data_root
 from protlm.tasks.config import SourceConfig, TaskConfig
+from protlm.tasks.formats import KEEP_RARE, get_format
 
 log = logging.getLogger("protlm.tasks")
 
 MISSING_RESIDUE = "-"
-KEEP_RARE = CleaningPolicy(rare="keep")
 
 
 @dataclass
@@ -85,15 +84,7 @@ def load_source(src: SourceConfig, data_dir: str | Path | None, where: str, per_
         path = Path(src.file)
         if not path.is_file():
             raise InputError(f"{where}: {path}: no such file")
-        if src.format == "biotrainer":
-            records = load_biotrainer_fasta(path, per_residue, policy=KEEP_RARE)
-        elif src.format == "deeploc":
-            records = load_deeploc(path, policy=KEEP_RARE, named_sets=True)  # setHARD's new_test_set
-        elif src.format == "prottrans_csv":
-            records = load_prottrans_csv(path, path.stem, policy=KEEP_RARE)
-        else:
-            records = load_seq_label_csv(path, src.label, src.kind, policy=KEEP_RARE, seq_column=src.seq_column,
-                                         label_column=src.label_column, id_column=src.id_column)
+        records = get_format(src.format, f"{where}.format").loader(path, src, per_residue)
     if src.split is not None:
         records = [r for r in records if r.split == src.split]
     if src.part is not None:

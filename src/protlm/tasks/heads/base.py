@@ -97,18 +97,29 @@ def register_head(name: str, *, config: type, levels: tuple[str, ...], input: st
     return deco
 
 
+def _plugins() -> None:
+    from protlm.plugins import load_plugins
+
+    load_plugins()
+
+
 def head_names() -> list[str]:
+    _plugins()
     return sorted(_HEADS)
 
 
 def get_head(name: str) -> HeadEntry:
+    _plugins()
     entry = _HEADS.get(name)
     if entry is None:
-        raise ConfigError(f"config head.type: unknown head {name!r}; choose one of {head_names()}")
+        from protlm.plugins import hint
+
+        raise ConfigError(f"config head.type: unknown head {name!r}; choose one of {head_names()}{hint()}")
     return entry
 
 
 def heads_for(level: str) -> list[str]:
+    _plugins()
     return [n for n, e in sorted(_HEADS.items()) if level in e.levels]
 
 
@@ -120,6 +131,7 @@ def build_head_config(tree: Any, protocol, where: str = "head") -> HeadConfig:
         raise ConfigError(f"config {where}: must be a mapping with type and the head's settings, not {tree!r}")
     tree = dict(tree)
     kind = tree.get("type") or protocol.default_head
+    _plugins()
     allowed = protocol.head_names()
     if kind not in _HEADS or kind not in allowed:
         raise ConfigError(f"config {where}.type: {kind!r} does not fit {protocol.name}; choose one of {allowed}")

@@ -238,13 +238,19 @@ def register_deprecated_name(old: str, resolve: Callable[[dict], str | None]) ->
 
 
 def protocol_names() -> list[str]:
+    from protlm.plugins import load_plugins
+
+    load_plugins()
     return sorted(_PROTOCOLS)
 
 
 def get_protocol(name: str) -> Protocol:
+    from protlm.plugins import hint, load_plugins
+
+    load_plugins()
     proto = _PROTOCOLS.get(name)
     if proto is None:
-        raise ConfigError(f"config protocol: unknown protocol {name!r}; choose one of {protocol_names()}")
+        raise ConfigError(f"config protocol: unknown protocol {name!r}; choose one of {protocol_names()}{hint()}")
     return proto
 
 

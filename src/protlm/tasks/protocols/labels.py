@@ -436,7 +436,6 @@ class LabelProtocol(Protocol):
     kind: TargetKind = ProteinClasses()
     input_level = "pooled"  # residue: heads always read per-residue embeddings; pooled: unless the head needs them
     data_config = DataConfig
-    formats_help = "biotrainer, deeploc, prottrans_csv, csv"
 
     @property
     def output_level(self) -> str:  # type: ignore[override]
