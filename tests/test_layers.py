@@ -8,11 +8,12 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "protlm"
 
-BASE = {"errors", "protlm", "configfile"}  # `from protlm import __version__`, errors, the config dialect
+BASE = {"errors", "protlm", "configfile", "plugins"}  # `from protlm import __version__`, errors, the config dialect, plug-ins
 #: layer → the protlm packages it may import (besides BASE); docs/architecture.md
 ALLOWED = {
     "errors": set(),
     "configfile": set(),
+    "plugins": set(),
     "io": set(),
     "data": {"io"},
     "align": {"data", "io"},
