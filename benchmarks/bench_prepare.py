@@ -16,12 +16,23 @@ Configurations:
 * ``protlm plain wN``: the same on an uncompressed copy written to a temp folder;
 * ``reference``: the straightforward per-character loop a user would write (gzip.open, dict
   lookup per residue, bytearray per split). Its token output is checked byte for byte
-  (SHA-256 of the concatenated train / valid tokens) against protlm's.
+  (SHA-256 of the concatenated train / valid tokens) against protlm's;
+* with ``--compare-ref REV``: ``protlm@REV ...``, the same ``prepare`` runs with the protlm
+  source of git revision ``REV`` (``git archive`` into the temp folder, first on
+  ``PYTHONPATH``), interleaved with the working tree's. Every output file of the two
+  (manifest without its creation time, part file without its seconds) must have the same
+  SHA-256.
+
+Besides wall time, each child reports its CPU time (user + sys of itself, its threads and its
+joined worker processes, ``getrusage``): on a loaded machine MB per CPU-second is the figure
+that does not depend on what else runs.
 
 Usage::
 
     .venv/bin/python benchmarks/bench_prepare.py [--data DIR] [--repeats 3] [--workers 1 2]
-        [--out-json benchmarks/results/prepare.json] [--quick]
+        [--out-json benchmarks/results/prepare.json] [--quick] [--compare-ref REV]
+        [--no-reference] [--no-plain] [--no-gunzip]
+    .venv/bin/python benchmarks/bench_prepare.py --stages 5 [--compare-ref REV]   # CPU by stage only
 """
 
 from __future__ import annotations
@@ -111,7 +122,27 @@ def _protlm_facts(manifest: dict, out: str) -> dict:
         }
     facts["chunks"] = manifest["chunks"]
     facts["records_read"] = manifest["counts"]["records_read"]
+    facts["files_sha256"] = output_file_hashes(Path(out))
     return facts
+
+
+def output_file_hashes(out: Path) -> dict[str, str]:
+    """SHA-256 of every file of a prepared folder; the manifest without ``created`` and the part
+    files without ``seconds`` (the only fields that differ between identical runs)."""
+    hashes = {}
+    for p in sorted(out.rglob("*")):
+        if not p.is_file() or p.name.endswith(".lock"):
+            continue
+        rel = str(p.relative_to(out))
+        if p.name == "manifest.json" or (p.parent.name == "parts" and p.suffix == ".json"):
+            doc = json.loads(p.read_text())
+            doc.pop("created", None)
+            doc.pop("seconds", None)
+            data = json.dumps(doc, sort_keys=True).encode()
+        else:
+            data = p.read_bytes()
+        hashes[rel] = hashlib.sha256(data).hexdigest()
+    return hashes
 
 
 def reference_prepare(path: str, out: str, valid_fraction: float = 0.01, salt: str = "protlm") -> dict:
@@ -185,6 +216,90 @@ def reference_prepare(path: str, out: str, valid_fraction: float = 0.01, salt: s
     }
 
 
+def _cpu_s() -> float:
+    """User + sys seconds of this process (all its threads) and of its joined children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _stage_profile(path: str, out: str) -> dict:
+    """One ``prepare(path, out, workers=1)`` with its stages wrapped: CPU seconds of the calling
+    thread (``getrusage(RUSAGE_THREAD)``), so the reader thread's work (read, SHA-256, inflate)
+    and the main thread's are told apart, and the wall seconds spent waiting in ``fsync``."""
+    import functools
+
+    import protlm.data.prepare as P
+
+    stages: dict[str, list] = {}
+
+    def thread_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_THREAD)
+        return r.ru_utime + r.ru_stime
+
+    def add(label: str, cpu: float, wall: float | None = None) -> None:
+        st = stages.setdefault(label, [0.0, 0.0, 0])
+        st[0] += cpu
+        st[1] += wall or 0.0
+        st[2] += 1
+
+    def wrap(name: str, label: str, generator: bool = False) -> None:
+        f = getattr(P, name)
+        if generator:
+            @functools.wraps(f)
+            def g(*a, **k):
+                it = f(*a, **k)
+                while True:
+                    c0 = thread_cpu()
+                    try:
+                        x = next(it)
+                    except StopIteration:
+                        add(label, thread_cpu() - c0)
+                        return
+                    add(label, thread_cpu() - c0)
+                    yield x
+        else:
+            @functools.wraps(f)
+            def g(*a, **k):
+                c0 = thread_cpu()
+                try:
+                    return f(*a, **k)
+                finally:
+                    add(label, thread_cpu() - c0)
+        setattr(P, name, g)
+
+    if hasattr(P, "cut_record_blocks"):
+        wrap("iter_file_blocks", "reader thread: read + SHA-256 + inflate", generator=True)
+        wrap("cut_record_blocks", "main: cut the input into chunks", generator=True)
+    else:  # protlm before issue 23 (--compare-ref): one thread does it all
+        wrap("iter_record_blocks", "main: read + SHA-256 + inflate + cut into chunks", generator=True)
+    wrap("process_chunk", "main: process_chunk, all of it")
+    wrap("encode_block", "main: encode_block (parse, clean, tokenise)")
+    wrap("byte_counts", "main: residue counts")
+    wrap("sequence_hashes", "main: sequence hashes (XXH3-128 per record)")
+    wrap("id_hashes", "main: id hashes (XXH3-64 per record)")
+    wrap("merge", "main: merge (duplicates, manifest)")
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        c0, t0 = thread_cpu(), time.perf_counter()
+        real_fsync(fd)
+        add("fsync", thread_cpu() - c0, time.perf_counter() - t0)
+
+    os.fsync = fsync
+    c0, t0 = thread_cpu(), time.perf_counter()
+    p0 = _cpu_s()
+    P.prepare(path, out, P.PrepareOptions(), workers=1)
+    wall, process_cpu, main_cpu = time.perf_counter() - t0, _cpu_s() - p0, thread_cpu() - c0
+    os.fsync = real_fsync
+    return {
+        "wall_s": wall,
+        "process_cpu_s": process_cpu,
+        "main_thread_cpu_s": main_cpu,
+        "stages": {k: {"cpu_s": v[0], "wait_s": v[1] if k == "fsync" else None, "calls": v[2]}
+                   for k, v in sorted(stages.items(), key=lambda kv: -kv[1][0])},
+    }
+
+
 def _child_main(spec: dict) -> None:
     """Run one configuration; write timings, peak RSS and output facts to spec['result']."""
     kind, path = spec["kind"], spec["path"]
@@ -194,6 +309,7 @@ def _child_main(spec: dict) -> None:
     import protlm.data.prepare  # noqa: F401
 
     rss_start_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cpu0 = _cpu_s()
     t0 = time.perf_counter()
     if kind == "gunzip":
         facts = _gunzip(path, spec["lib"])
@@ -203,15 +319,19 @@ def _child_main(spec: dict) -> None:
         facts = _protlm(path, spec["workers"], spec["out"])
     elif kind == "reference":
         facts = reference_prepare(path, spec["out"])
+    elif kind == "stages":
+        facts = _stage_profile(path, spec["out"])
     else:
         raise ValueError(kind)
     wall = time.perf_counter() - t0
+    cpu = _cpu_s() - cpu0
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if kind == "protlm":
         facts = _protlm_facts(facts["manifest"], spec["out"])
     result = {
         "wall_s": wall,
+        "cpu_s": cpu,
         "rss_start_mb": rss_start_kb / 1024,
         "rss_main_mb": self_kb / 1024,
         "rss_worker_mb": children_kb / 1024 if children_kb else None,
@@ -228,9 +348,13 @@ def run_child(spec: dict, tmp: Path) -> dict:
     result_path.unlink(missing_ok=True)
     spec = {**spec, "result": str(result_path)}
     started = time.perf_counter()
+    env = None
+    if spec.get("pythonpath"):
+        env = {**os.environ, "PYTHONPATH": spec["pythonpath"]}
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
         cwd=REPO,
+        env=env,
     )
     if proc.returncode != 0:
         raise SystemExit(f"benchmark child {spec['kind']} failed with exit code {proc.returncode}")
@@ -254,6 +378,16 @@ def gunzip_to(src: Path, dst: Path, limit: int | None) -> int:
             out.write(data)
             written += len(data)
     return written
+
+
+def export_revision(rev: str, dest: Path) -> Path:
+    """``src/`` of git revision ``rev`` of this repository, written under ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", rev, "src/protlm"], cwd=REPO, capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"--compare-ref {rev}: git archive failed: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest / "src"
 
 
 def machine_info() -> dict:
@@ -308,6 +442,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run on the first ~{QUICK_BYTES // 1_000_000} MB of the input only")
     p.add_argument("--tmp", type=Path, default=None, help="folder for temporary files (default: system temp)")
+    p.add_argument("--compare-ref", metavar="REV",
+                   help="also run prepare with the protlm source of git revision REV, interleaved, and "
+                        "check that every output file is identical")
+    p.add_argument("--no-reference", action="store_true", help="skip the per-character reference loop")
+    p.add_argument("--no-plain", action="store_true", help="skip the runs on the uncompressed copy")
+    p.add_argument("--no-gunzip", action="store_true", help="skip the raw gunzip and read timings")
+    p.add_argument("--stages", type=int, default=0, metavar="N",
+                   help="only profile: N runs of prepare .gz, workers=1, CPU seconds by stage and thread "
+                        "(written to --out-json, default benchmarks/results/prepare_stages.json)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -331,9 +474,64 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="protlm-bench-prepare-", dir=args.tmp))
     try:
+        if args.stages:
+            return _run_stages(args, source, tmp)
         return _run(args, source, tmp, script_started)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_stages(args, source: Path, tmp: Path) -> int:
+    info = machine_info()
+    variants = [("working tree", None)]
+    if args.compare_ref:
+        variants.append((f"protlm@{args.compare_ref}", str(export_revision(args.compare_ref, tmp / "ref"))))
+    print(f"# protlm prepare: CPU by stage, {args.stages} runs of each of {[v for v, _ in variants]} "
+          f"on {source}, workers=1")
+    runs: dict[str, list] = {name: [] for name, _ in variants}
+    for r in range(args.stages):
+        for name, pythonpath in variants if r % 2 == 0 else variants[::-1]:
+            out = tmp / f"out-{r}"
+            spec = {"kind": "stages", "path": str(source), "workers": 1, "out": str(out), "pythonpath": pythonpath}
+            res = run_child(spec, tmp)
+            shutil.rmtree(out, ignore_errors=True)
+            runs[name].append(res["facts"])
+            print(f"  run {r + 1}/{args.stages} {name}: {res['facts']['wall_s']:.2f} s wall, "
+                  f"{res['facts']['process_cpu_s']:.2f} CPU-s", flush=True)
+    med = statistics.median
+    names = [name for name, _ in variants]
+    labels: list[str] = []
+    for name in names:
+        labels += [k for k in runs[name][0]["stages"] if k not in labels]
+
+    def cell(name: str, label: str) -> str:
+        values = [r["stages"][label]["cpu_s"] for r in runs[name] if label in r["stages"]]
+        return f"{med(values):.3f}" if values else "—"
+
+    lines = ["| stage | " + " | ".join(f"CPU s, {n}" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label in labels:
+        lines.append(f"| {label} | " + " | ".join(cell(n, label) for n in names) + " |")
+    lines.append("| main thread, all | " + " | ".join(f"{med(r['main_thread_cpu_s'] for r in runs[n]):.3f}"
+                                                     for n in names) + " |")
+    lines.append("| process, all threads | " + " | ".join(f"{med(r['process_cpu_s'] for r in runs[n]):.3f}"
+                                                         for n in names) + " |")
+    lines.append("| fsync: wall seconds waiting | " + " | ".join(
+        f"{med(r['stages']['fsync']['wait_s'] for r in runs[n]):.3f}" for n in names) + " |")
+    lines.append("| wall s | " + " | ".join(f"{med(r['wall_s'] for r in runs[n]):.2f}" for n in names) + " |")
+    table = "\n".join(lines)
+    print()
+    print(table)
+    print("\n- medians; stages nest (process_chunk contains encode_block, the counts and the hashes); "
+          "the reader thread runs beside the main thread")
+    out_json = args.out_json
+    if out_json == REPO / "benchmarks" / "results" / "prepare.json":
+        out_json = REPO / "benchmarks" / "results" / "prepare_stages.json"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps({"benchmark": "prepare_stages", "machine": info, "input": str(source),
+                                    "compare_ref": args.compare_ref, "runs": runs, "table_markdown": table},
+                                   indent=2) + "\n")
+    print(f"\nwrote {out_json}")
+    return 0
 
 
 def _run(args, source: Path, tmp: Path, script_started: float) -> int:
@@ -357,19 +555,29 @@ def _run(args, source: Path, tmp: Path, script_started: float) -> int:
           f"{mb:.2f} MB uncompressed, {gz.stat().st_size / 1e6:.2f} MB gzip; "
           f"plain copy written in {time.perf_counter() - t:.1f} s\n")
 
-    configs = [
-        {"name": "gunzip zlib (stdlib)", "kind": "gunzip", "lib": "zlib", "path": str(gz), "workers": 1},
-        {"name": "gunzip isal", "kind": "gunzip", "lib": "isal", "path": str(gz), "workers": 1},
-        {"name": "read plain copy", "kind": "read", "path": str(plain), "workers": 1},
-    ]
-    for w in args.workers:
-        configs.append({"name": f"protlm prepare .gz, workers={w}", "kind": "protlm", "path": str(gz),
-                        "workers": w, "input": "gz"})
-    for w in args.workers:
-        configs.append({"name": f"protlm prepare plain, workers={w}", "kind": "protlm",
-                        "path": str(plain), "workers": w, "input": "plain"})
-    configs.append({"name": "reference Python loop (.gz)", "kind": "reference", "path": str(gz),
-                    "workers": 1})
+    ref_src = None
+    if args.compare_ref:
+        ref_src = export_revision(args.compare_ref, tmp / "ref")
+        print(f"--compare-ref {args.compare_ref}: protlm source exported to {ref_src}\n")
+    configs = []
+    if not args.no_gunzip:
+        configs += [
+            {"name": "gunzip zlib (stdlib)", "kind": "gunzip", "lib": "zlib", "path": str(gz), "workers": 1},
+            {"name": "gunzip isal", "kind": "gunzip", "lib": "isal", "path": str(gz), "workers": 1},
+            {"name": "read plain copy", "kind": "read", "path": str(plain), "workers": 1},
+        ]
+    inputs = [("gz", ".gz", gz)] + ([] if args.no_plain else [("plain", "plain", plain)])
+    for inp, label, path in inputs:
+        for w in args.workers:
+            configs.append({"name": f"protlm prepare {label}, workers={w}", "kind": "protlm", "path": str(path),
+                            "workers": w, "input": inp})
+            if ref_src is not None:
+                configs.append({"name": f"protlm@{args.compare_ref} prepare {label}, workers={w}",
+                                "kind": "protlm", "path": str(path), "workers": w, "input": inp,
+                                "pythonpath": str(ref_src), "ref_of": f"protlm prepare {label}, workers={w}"})
+    if not args.no_reference:
+        configs.append({"name": "reference Python loop (.gz)", "kind": "reference", "path": str(gz),
+                        "workers": 1})
     runs: dict[str, list[dict]] = {c["name"]: [] for c in configs}
     reference_single = False
 
@@ -379,31 +587,41 @@ def _run(args, source: Path, tmp: Path, script_started: float) -> int:
             if c["kind"] == "reference" and reference_single:
                 continue
             out = tmp / f"out-{r}"
-            spec = {k: c[k] for k in ("kind", "path", "workers") if k in c}
+            spec = {k: c[k] for k in ("kind", "path", "workers", "pythonpath") if k in c}
             if "lib" in c:
                 spec["lib"] = c["lib"]
             spec["out"] = str(out)
             res = run_child(spec, tmp)
             shutil.rmtree(out, ignore_errors=True)  # a fresh output folder per run
             runs[c["name"]].append(res)
-            print(f"  repeat {r + 1}/{args.repeats}  {c['name']:<36} {res['wall_s']:8.2f} s", flush=True)
+            print(f"  repeat {r + 1}/{args.repeats}  {c['name']:<44} {res['wall_s']:8.2f} s wall "
+                  f"{res['cpu_s']:8.2f} s CPU", flush=True)
             if c["kind"] == "reference" and res["wall_s"] > REFERENCE_REPEAT_LIMIT_S and args.repeats > 1:
                 reference_single = True
                 print(f"  (reference took > {REFERENCE_REPEAT_LIMIT_S:.0f} s: it runs once, not repeated)")
     plain.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ checks
-    ref_name = configs[-1]["name"]
-    ref_facts = runs[ref_name][0]["facts"]
-    checks = {}
+    ref_name = "reference Python loop (.gz)"
+    ref_facts = runs[ref_name][0]["facts"] if ref_name in runs else None
+    checks = {}  # protlm's tokens vs the reference loop's
     for c in configs:
-        if c["kind"] != "protlm":
+        if c["kind"] != "protlm" or ref_facts is None:
             continue
         for res in runs[c["name"]]:
             f = res["facts"]
             same = all(f[s]["sha256"] == ref_facts[s]["sha256"] and f[s]["records"] == ref_facts[s]["records"]
                        for s in ("train", "valid"))
             checks.setdefault(c["name"], []).append(same)
+    same_files = {}  # every output file vs the --compare-ref revision's, same input and workers
+    for c in configs:
+        if "ref_of" not in c:
+            continue
+        ref_hashes = runs[c["name"]][0]["facts"]["files_sha256"]
+        for res in runs[c["ref_of"]] + runs[c["name"]]:
+            hashes = res["facts"]["files_sha256"]
+            diff = sorted(k for k in set(hashes) | set(ref_hashes) if hashes.get(k) != ref_hashes.get(k))
+            same_files.setdefault(c["ref_of"], []).append(diff)
     for c in configs:
         if c["kind"] in ("gunzip", "read"):
             for res in runs[c["name"]]:
@@ -411,12 +629,14 @@ def _run(args, source: Path, tmp: Path, script_started: float) -> int:
                     raise SystemExit(f"{c['name']}: read {res['facts']['uncompressed_bytes']} bytes, "
                                      f"expected {n_bytes}")
     all_same = all(all(v) for v in checks.values())
+    files_same = all(not d for diffs in same_files.values() for d in diffs)
 
     # ------------------------------------------------------------------ summary
     summary = {}
     for c in configs:
         rs = runs[c["name"]]
         wall = statistics.median(x["wall_s"] for x in rs)
+        cpu = statistics.median(x["cpu_s"] for x in rs)
         workers_rss = [x["rss_worker_mb"] for x in rs if x["rss_worker_mb"] is not None]
         summary[c["name"]] = {
             "kind": c["kind"],
@@ -424,61 +644,90 @@ def _run(args, source: Path, tmp: Path, script_started: float) -> int:
             "runs": len(rs),
             "wall_s_median": wall,
             "wall_s_all": [x["wall_s"] for x in rs],
+            "cpu_s_median": cpu,
+            "cpu_s_all": [x["cpu_s"] for x in rs],
             "mb_per_s": mb / wall,
             "mb_per_s_per_worker": mb / wall / c["workers"],
+            "mb_per_cpu_s": mb / cpu if cpu else None,
             "rss_start_mb": max(x["rss_start_mb"] for x in rs),
             "peak_rss_main_mb": max(x["rss_main_mb"] for x in rs),
             "peak_rss_worker_mb": max(workers_rss) if workers_rss else None,
         }
-    ref_wall = summary[ref_name]["wall_s_median"]
-    isal_wall = summary["gunzip isal"]["wall_s_median"]
-    zlib_wall = summary["gunzip zlib (stdlib)"]["wall_s_median"]
+    ref_wall = summary[ref_name]["wall_s_median"] if ref_name in summary else None
     for name, s in summary.items():
-        s["speedup_vs_reference"] = ref_wall / s["wall_s_median"]
-        if s["kind"] == "protlm":
+        s["speedup_vs_reference"] = ref_wall / s["wall_s_median"] if ref_wall else None
+        if s["kind"] == "protlm" and name in checks:
             s["tokens_equal_reference"] = all(checks[name])
+        if name in same_files:
+            s["files_equal_compare_ref"] = not any(same_files[name])
+    for c in configs:
+        if "ref_of" in c:  # the working tree against the revision, same run: the ratios that count
+            new, old = summary[c["ref_of"]], summary[c["name"]]
+            new["cpu_ratio_vs_compare_ref"] = new["cpu_s_median"] / old["cpu_s_median"]
+            new["wall_ratio_vs_compare_ref"] = new["wall_s_median"] / old["wall_s_median"]
 
-    header = ("| configuration | runs | wall s (median) | MB/s | MB/s per worker | "
-              "peak RSS main MB | peak RSS worker MB | × vs reference |")
-    lines = [header, "|" + "---|" * 8]
+    header = ("| configuration | runs | wall s (median) | MB/s | MB/s per worker | CPU s (median) | "
+              "MB per CPU-s | peak RSS main MB | peak RSS worker MB | × vs reference |")
+    lines = [header, "|" + "---|" * 10]
     for name, s in summary.items():
         runs_txt = str(s["runs"]) + (" (single)" if s["kind"] == "reference" and reference_single else "")
         lines.append(
             f"| {name} | {runs_txt} | {s['wall_s_median']:.2f} | {s['mb_per_s']:.1f} | "
-            f"{s['mb_per_s_per_worker']:.1f} | {s['peak_rss_main_mb']:.0f} | "
-            f"{fmt(s['peak_rss_worker_mb'], 0)} | {s['speedup_vs_reference']:.1f} |"
+            f"{s['mb_per_s_per_worker']:.1f} | {s['cpu_s_median']:.2f} | {fmt(s['mb_per_cpu_s'], 1)} | "
+            f"{s['peak_rss_main_mb']:.0f} | {fmt(s['peak_rss_worker_mb'], 0)} | "
+            f"{fmt(s['speedup_vs_reference'], 1)} |"
         )
     table = "\n".join(lines)
     notes = []
     if reference_single:
         notes.append(f"reference: one run on the whole file (> {REFERENCE_REPEAT_LIMIT_S:.0f} s), not repeated")
-    notes.append(f"isal vs zlib gunzip: {zlib_wall / isal_wall:.2f}x faster ({isal_wall:.2f} s vs {zlib_wall:.2f} s)")
+    if not args.no_gunzip:
+        isal_wall = summary["gunzip isal"]["wall_s_median"]
+        zlib_wall = summary["gunzip zlib (stdlib)"]["wall_s_median"]
+        notes.append(f"isal vs zlib gunzip: {zlib_wall / isal_wall:.2f}x faster ({isal_wall:.2f} s vs "
+                     f"{zlib_wall:.2f} s); isal gunzip CPU {summary['gunzip isal']['cpu_s_median']:.2f} s")
     for w in args.workers:
-        g = summary[f"protlm prepare .gz, workers={w}"]["wall_s_median"]
-        p = summary[f"protlm prepare plain, workers={w}"]["wall_s_median"]
-        notes.append(
-            f"workers={w}: isal gunzip = {100 * isal_wall / g:.0f}% of prepare .gz wall; "
-            f".gz - plain = {g - p:+.2f} s"
-        )
+        g = summary[f"protlm prepare .gz, workers={w}"]
+        line = f"workers={w}: prepare .gz {g['cpu_s_median']:.2f} CPU-s"
+        if not args.no_plain:
+            p = summary[f"protlm prepare plain, workers={w}"]
+            line += f", .gz - plain = {g['wall_s_median'] - p['wall_s_median']:+.2f} s wall"
+        if not args.no_gunzip:
+            line += f"; isal gunzip = {100 * summary['gunzip isal']['wall_s_median'] / g['wall_s_median']:.0f}% of its wall"
+        notes.append(line)
     if len(args.workers) > 1:
         w0, w1 = args.workers[0], args.workers[-1]
-        for inp in ("gz", "plain"):
-            a = summary[f"protlm prepare {'.gz' if inp == 'gz' else 'plain'}, workers={w0}"]["wall_s_median"]
-            b = summary[f"protlm prepare {'.gz' if inp == 'gz' else 'plain'}, workers={w1}"]["wall_s_median"]
+        for inp, label in (("gz", ".gz"), ("plain", "plain")):
+            if inp == "plain" and args.no_plain:
+                continue
+            a = summary[f"protlm prepare {label}, workers={w0}"]["wall_s_median"]
+            b = summary[f"protlm prepare {label}, workers={w1}"]["wall_s_median"]
             notes.append(f"{inp}: workers={w1} vs workers={w0}: {a / b:.2f}x")
-    notes.append(
-        "tokens: protlm's train/valid token files (concatenated in chunk order) "
-        + ("are byte-identical to the reference's in every run" if all_same
-           else "DIFFER from the reference's (see JSON)")
-        + f" (train {ref_facts['train']['records']} records / {ref_facts['train']['residues']} residues, "
-        f"valid {ref_facts['valid']['records']} / {ref_facts['valid']['residues']})"
-    )
+    for c in configs:
+        if "ref_of" in c:
+            new = summary[c["ref_of"]]
+            notes.append(
+                f"{c['ref_of']} vs {c['name']}: CPU {new['cpu_ratio_vs_compare_ref']:.2f}x, "
+                f"wall {new['wall_ratio_vs_compare_ref']:.2f}x (< 1: the working tree is faster); output files "
+                + ("identical (SHA-256 of each)" if new["files_equal_compare_ref"] else
+                   f"DIFFER: {sorted({f for d in same_files[c['ref_of']] for f in d})[:5]}")
+            )
+    if ref_facts is not None:
+        notes.append(
+            "tokens: protlm's train/valid token files (concatenated in chunk order) "
+            + ("are byte-identical to the reference's in every run" if all_same
+               else "DIFFER from the reference's (see JSON)")
+            + f" (train {ref_facts['train']['records']} records / {ref_facts['train']['residues']} residues, "
+            f"valid {ref_facts['valid']['records']} / {ref_facts['valid']['residues']})"
+        )
+    start_rss = min(s["rss_start_mb"] for s in summary.values())
     notes.append("peak RSS: child's getrusage RUSAGE_SELF (main) and RUSAGE_CHILDREN (largest worker); "
-                 f"a child right after its imports: {summary['gunzip isal']['rss_start_mb']:.0f} MB")
+                 f"a child right after its imports: {start_rss:.0f} MB")
+    notes.append("CPU s: user + sys of the child (all threads) and its joined workers (getrusage)")
     total = time.perf_counter() - script_started
     notes.append(f"total benchmark runtime: {total:.0f} s")
 
-    print(f"\n## protlm prepare vs a per-character Python loop — {mb:.2f} MB of FASTA"
+    print(f"\n## protlm prepare{' vs a per-character Python loop' if ref_facts else ''} — {mb:.2f} MB of FASTA"
           f"{' (QUICK)' if args.quick else ''}, median of {args.repeats}, "
           f"cpus={info['cpu_count']}\n")
     print(table)
@@ -497,7 +746,9 @@ def _run(args, source: Path, tmp: Path, script_started: float) -> int:
         "reference_single_run": reference_single,
         "results": summary,
         "reference_output": ref_facts,
-        "tokens_equal_reference": all_same,
+        "tokens_equal_reference": all_same if ref_facts is not None else None,
+        "compare_ref": args.compare_ref,
+        "files_equal_compare_ref": files_same if args.compare_ref else None,
         "raw_runs": {name: [{k: v for k, v in x.items() if k != "facts"} for x in rs] for name, rs in runs.items()},
         "table_markdown": table,
         "notes": notes,
@@ -506,7 +757,7 @@ def _run(args, source: Path, tmp: Path, script_started: float) -> int:
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     args.out_json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out_json}")
-    return 0 if all_same else 1
+    return 0 if all_same and files_same else 1
 
 
 if __name__ == "__main__":

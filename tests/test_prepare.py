@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import itertools
 import json
 import os
 import random
+import subprocess
+import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -13,10 +19,12 @@ import pytest
 
 import protlm.data.fasta as fasta_mod
 import protlm.data.prepare as prep
+import protlm.data.shards as shards
 from protlm.data.alphabet import ALPHABET
 from protlm.data.prepare import LENGTH_EDGES, PrepareOptions, merge, prepare
 from protlm.data.shards import ShardedDataset
-from protlm.errors import ConfigError, InputError
+from protlm.errors import ConfigError, FastaError, InputError
+from protlm.io.checksums import xxh3_file
 
 N_RECORDS = 2500
 CHUNK_MB = 0.05
@@ -253,6 +261,107 @@ def test_bad_shard_spec(corpus, tmp_path):
         with pytest.raises(ConfigError, match="--shard"):
             prepare(fasta, tmp_path / "o", opts(), shard=spec)
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- reading and hashes
+
+
+def test_small_reads_and_gzip_give_identical_chunks(corpus, reference, tmp_path, monkeypatch):
+    # reads of 97 bytes: records, and the '\n>' where a chunk is cut, span the reader's pieces
+    fasta, _ = corpus
+    out, manifest = reference
+    gz = tmp_path / "in.fasta.gz"
+    gz.write_bytes(gzip.compress(fasta.read_bytes()))
+    monkeypatch.setattr(fasta_mod, "READ_SIZE", 97)
+    for src in (fasta, gz):
+        seen: list[int] = []
+        o = tmp_path / f"out-{src.name}"
+        m = prepare(src, o, opts(), progress=seen.append)
+        assert chunk_files(o) == chunk_files(out)
+        assert m["splits"] == manifest["splits"]
+        assert sum(seen) == src.stat().st_size  # progress counts the bytes of the file read
+        assert part(o)["source"]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+def test_block_cuts_do_not_depend_on_how_the_input_arrives(corpus):
+    # the input in pieces cut at random places (a '\n>' split between two pieces included)
+    # gives the blocks of the whole text in one piece
+    fasta, _ = corpus
+    data = fasta.read_bytes()[:60_000]
+    rng = random.Random(4)
+    newline_cuts = [i + 1 for i in range(len(data) - 1) if data[i : i + 2] == b"\n>"]
+    for target in (1, 50, 997, 20_000, 10**6):
+        whole = list(fasta_mod.cut_record_blocks([data], "x", target))
+        assert b"".join(b for b, _ in whole) == data
+        for _ in range(5):
+            at = sorted(set(rng.sample(range(1, len(data)), 40) + rng.sample(newline_cuts, 10)))
+            pieces = [data[a:b] for a, b in zip([0] + at, at + [len(data)])]
+            assert list(fasta_mod.cut_record_blocks(pieces, "x", target)) == whole, target
+
+
+def test_recorded_hashes_are_the_files_hashes(reference):
+    # the hashes are computed from the bytes as they are written, not read back
+    out, manifest = reference
+    for k in range(manifest["chunks"]):
+        done = json.loads((out / "chunks" / f"{prep.chunk_name(k)}.done.json").read_text())
+        assert list(done["files"]) == prep.chunk_file_names(k)
+        assert done["files"] == {n: xxh3_file(out / "chunks" / n) for n in prep.chunk_file_names(k)}
+    assert prep.verify(out)["hashes_checked"]
+
+
+def test_manifest_hashes_of_chunks_rewritten_by_merge(corpus, tmp_path):
+    fasta, _ = corpus
+    m = prepare(fasta, tmp_path / "o", opts(), dedup=True)
+    assert m["counts"]["duplicates_removed"] > 0
+    assert list((tmp_path / "o" / "chunks").glob("*.merged.json"))
+    prep.verify(tmp_path / "o")  # the manifest names the rewritten files' hashes, not the first ones
+
+
+def test_truncated_gzip_is_one_clear_error(corpus, tmp_path):
+    fasta, _ = corpus
+    data = gzip.compress(fasta.read_bytes())
+    gz = tmp_path / "in.fasta.gz"
+    gz.write_bytes(data[: len(data) // 2])
+    threads = threading.active_count()
+    with pytest.raises(FastaError, match="truncated gzip"):
+        prepare(gz, tmp_path / "o", opts())
+    assert threading.active_count() == threads  # the reader thread has stopped
+    assert not (tmp_path / "o" / "manifest.json").exists()
+    assert no_temp_files(tmp_path / "o")
+
+
+def test_read_ahead_raises_the_producers_error_and_stops_its_thread():
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("boom")
+
+    got = []
+    with pytest.raises(ValueError, match="boom"):
+        for x in fasta_mod.read_ahead(failing(), depth=1):
+            got.append(x)
+    assert got == [1, 2]
+
+    closed = []
+
+    def endless():
+        try:
+            yield from itertools.count()
+        finally:
+            closed.append(True)
+
+    threads = threading.active_count()
+    ahead = fasta_mod.read_ahead(endless(), depth=2)
+    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
+    ahead.close()
+    assert closed == [True] and threading.active_count() == threads
+
+
+def test_shards_module_does_not_import_prepare():
+    # the format is defined by the reader; prepare imports it (no import circle)
+    code = "import sys, protlm.data.shards; sys.exit('protlm.data.prepare' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    assert (prep.FORMAT, prep.FORMAT_VERSION, prep.SPLITS) == (shards.FORMAT, shards.FORMAT_VERSION, shards.SPLITS)
 
 
 # --------------------------------------------------------------------------- resume

@@ -1,6 +1,7 @@
 """``protlm prepare``: FASTA(.gz) → tokenised pretraining shards.
 
-Layout of an output folder (format ``protlm-shards`` v1, read by :mod:`protlm.data.shards`)::
+Layout of an output folder (format ``protlm-shards`` v1, defined and read by
+:mod:`protlm.data.shards`)::
 
     OUT/manifest.json                 written last, by the merge step
     OUT/chunks/c000007.train.tokens   uint8 token ids (index into ALPHABET), records back to back
@@ -15,7 +16,9 @@ How the work is cut: the input is read as one stream and cut into chunks of whol
 of about ``chunk_mb`` MB of FASTA text. Chunk boundaries depend only on the input bytes and
 ``chunk_mb``, so a chunk's files can be reused by a resumed or re-sharded run: a chunk is
 skipped when its ``done.json`` names the same content hash and options. ``--shard i/N``
-processes the chunks with ``index % N == i``; ``merge`` joins the parts.
+processes the chunks with ``index % N == i``; ``merge`` joins the parts. A background thread
+reads the input, computes its SHA-256 and inflates it (all three release the GIL) while the
+main thread cuts the chunks and, with one worker, encodes them.
 
 Split: a record goes to validation when the 64-bit XXH3 hash of its id (seeded by the salt),
 as a fraction of 2**64, is below ``valid_fraction``: the split of an id does not depend on
@@ -30,12 +33,13 @@ the first occurrence in file order).
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +49,16 @@ import xxhash
 
 from protlm import __version__
 from protlm.data.alphabet import ALPHABET, CleaningPolicy, vocabulary
-from protlm.data.fasta import FastaStats, encode_block, iter_record_blocks, read_fasta, split_block
+from protlm.data.fasta import (
+    FastaStats,
+    cut_record_blocks,
+    encode_block,
+    iter_file_blocks,
+    read_ahead,
+    read_fasta,
+    split_block,
+)
+from protlm.data.shards import FORMAT, FORMAT_VERSION, SPLITS, check_shard, load_manifest
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import write_bytes, write_json, write_npy
 from protlm.io.checksums import xxh3_file
@@ -53,9 +66,6 @@ from protlm.io.outputs import output_lock
 
 log = logging.getLogger(__name__)
 
-FORMAT = "protlm-shards"
-FORMAT_VERSION = 1
-SPLITS = ("train", "valid")
 SUB_BLOCK = 1 << 22  # records are encoded 4 MB at a time: bounded temporary arrays
 LENGTH_EDGES = [0, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000]
 KEY_DTYPE = np.dtype(
@@ -214,10 +224,20 @@ def sequence_hashes(tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
 
 
+_PAIR_STEP = 1 << 18  # byte pairs per bincount call: its int64 copy of them stays 2 MB
+
+
 def byte_counts(arr: np.ndarray) -> np.ndarray:
-    """Occurrences of each byte value (256,), counting byte pairs: 2x faster than bincount."""
+    """Occurrences of each byte value (256,), counting byte pairs: 2x faster than bincount.
+
+    ``np.bincount`` copies its input to int64 first; counting 2**18 pairs at a time keeps
+    that copy small and cache-resident instead of 4x the input in fresh memory."""
     even = len(arr) - len(arr) % 2
-    pairs = np.bincount(arr[:even].view(np.uint16), minlength=65536).reshape(256, 256)
+    pairs16 = arr[:even].view(np.uint16)
+    pairs = np.zeros(65536, dtype=np.int64)
+    for i in range(0, len(pairs16), _PAIR_STEP):
+        pairs += np.bincount(pairs16[i : i + _PAIR_STEP], minlength=65536)
+    pairs = pairs.reshape(256, 256)
     counts = pairs.sum(axis=0) + pairs.sum(axis=1)
     if even < len(arr):
         counts[arr[-1]] += 1
@@ -237,16 +257,26 @@ class _SplitWriter:
         self.tokens = open(self.tmp["tokens"], "wb")
         self.ids = open(self.tmp["ids"], "wb")
         self.lengths: list[np.ndarray] = []
+        # XXH3-128 of each file, fed with the bytes as they are written (same digest as
+        # xxh3_file of the finished file, without reading it back)
+        self.hashers = {"tokens": xxhash.xxh3_128(), "ids": xxhash.xxh3_128(), "offsets": xxhash.xxh3_128()}
 
     def write(self, tokens: np.ndarray, lengths: np.ndarray, ids: list[bytes]) -> None:
         if not len(lengths):
             return
+        id_lines = b"\n".join(ids) + b"\n"
         try:
             self.tokens.write(tokens.data)
-            self.ids.write(b"\n".join(ids) + b"\n")
+            self.ids.write(id_lines)
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror or str(exc), str(self.final["tokens"])) from None
+        self.hashers["tokens"].update(tokens.data)
+        self.hashers["ids"].update(id_lines)
         self.lengths.append(lengths)
+
+    def file_hashes(self) -> dict[str, str]:
+        """``{file name: XXH3-128}`` of the three files (after :meth:`commit`)."""
+        return {self.final[k].name: self.hashers[k].hexdigest() for k in ("tokens", "offsets", "ids")}
 
     def commit(self) -> dict:
         try:
@@ -258,8 +288,11 @@ class _SplitWriter:
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
+        npy = io.BytesIO()
+        np.save(npy, offsets, allow_pickle=False)
+        self.hashers["offsets"].update(npy.getbuffer())
         with open(self.tmp["offsets"], "wb") as fh:
-            np.save(fh, offsets, allow_pickle=False)
+            fh.write(npy.getbuffer())
             fh.flush()
             os.fsync(fh.fileno())
         for fh in (self.tokens, self.ids):
@@ -349,8 +382,11 @@ def process_chunk(
         raise
     all_keys = np.concatenate(keys) if keys else np.zeros(0, KEY_DTYPE)
     write_npy(chunk_dir / f"{name}.keys.npy", all_keys)
+    files = {n: h for w in writers.values() for n, h in w.file_hashes().items()}
+    files[f"{name}.keys.npy"] = xxh3_file(chunk_dir / f"{name}.keys.npy")
     summary: dict = {
-        "files": chunk_hashes(chunk_dir, job.index),  # checked when a rerun reuses the chunk
+        # checked when a rerun reuses the chunk; in chunk_file_names' order
+        "files": {n: files[n] for n in chunk_file_names(job.index)},
         "chunk": job.index,
         "fingerprint": fingerprint,
         "block_hash": job.block_hash,
@@ -480,18 +516,42 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _read_input(path: Path, sha, progress) -> Iterator[bytes]:
+    """The decompressed content of ``path``. A background thread reads, hashes (SHA-256 into
+    ``sha``) and inflates it while this thread works on the blocks before; ``progress(n)`` is
+    called in this thread, with the bytes of the file read since the last call."""
+
+    def produce() -> Iterator[tuple[bytes | None, int]]:
+        raw = 0
+
+        def tap(b: bytes) -> None:
+            nonlocal raw
+            sha.update(b)
+            raw += len(b)
+
+        for chunk in iter_file_blocks(path, on_raw=tap):
+            n, raw = raw, 0
+            yield chunk, n
+        yield None, raw  # the file's last reads may come after its last data
+
+    ahead = read_ahead(produce())
+    try:
+        for chunk, n in ahead:
+            if n and progress is not None:
+                progress(n)
+            if chunk is not None:
+                yield chunk
+    finally:
+        ahead.close()
+
+
 def _prepare_part(input_path: Path, out: Path, options: PrepareOptions, exclusions: Exclusions, fingerprint: str,
                   workers: int, shard_i: int, shard_n: int, progress) -> dict:
 
     source_hash = hashlib.sha256()
-
-    def on_raw(b: bytes) -> None:
-        source_hash.update(b)
-        if progress is not None:
-            progress(len(b))
-
     target = max(1, int(options.chunk_mb * 1e6))
-    blocks = iter_record_blocks(input_path, target_size=target, on_raw=on_raw)
+    chunks = _read_input(input_path, source_hash, progress)
+    blocks = cut_record_blocks(chunks, input_path, target)
     started = time.perf_counter()
     summaries: list[dict] = []
     reused = 0
@@ -505,7 +565,7 @@ def _prepare_part(input_path: Path, out: Path, options: PrepareOptions, exclusio
             if index % shard_n != shard_i:
                 continue
             mine.append(index)
-            bh = xxhash.xxh3_128_hexdigest(block)
+            bh = xxhash.xxh3_128_hexdigest(block)  # 36 GB/s: not worth moving off this thread
             done = _chunk_done(out, index, fingerprint, bh)
             if done is not None:
                 reused += 1
@@ -514,20 +574,24 @@ def _prepare_part(input_path: Path, out: Path, options: PrepareOptions, exclusio
             yield _ChunkJob(index, block, first_line, bh)
 
     init_args = (str(out), str(input_path), options, exclusions, fingerprint)
-    if workers == 1:
-        _init_worker(*init_args)
-        for job in jobs():
-            summaries.append(_process_chunk(job))
-    else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init_args) as pool:
-            in_flight = []
+    try:
+        if workers == 1:
+            _init_worker(*init_args)
             for job in jobs():
-                in_flight.append(pool.submit(_process_chunk, job))
-                # bounded: memory holds at most ~2 blocks per worker, whatever the input size
-                while len(in_flight) >= 2 * workers:
-                    summaries.append(in_flight.pop(0).result())
-            for fut in in_flight:
-                summaries.append(fut.result())
+                summaries.append(_process_chunk(job))
+        else:
+            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init_args) as pool:
+                pool.submit(int).result()  # fork the workers now, before the reader thread starts
+                in_flight = []
+                for job in jobs():
+                    in_flight.append(pool.submit(_process_chunk, job))
+                    # bounded: memory holds at most ~2 blocks per worker, whatever the input size
+                    while len(in_flight) >= 2 * workers:
+                        summaries.append(in_flight.pop(0).result())
+                for fut in in_flight:
+                    summaries.append(fut.result())
+    finally:
+        chunks.close()  # stops the reader thread when a chunk failed
     part = {
         "shard": [shard_i, shard_n],
         "total_chunks": total_chunks,
@@ -660,11 +724,12 @@ def _merge(out: Path, *, dedup: bool, rename_duplicates: bool) -> dict:
     valid_in_train = int((valid & train_groups[group]).sum())
 
     drop = ~is_first if dedup else np.zeros(len(allkeys), dtype=bool)
+    bounds = np.concatenate(([0], np.cumsum(sizes))).tolist()
     for k in range(total):
-        sel = chunk_of == k
+        sel = slice(bounds[k], bounds[k + 1])  # the keys are in chunk order
         _rewrite_chunk(chunk_dir, k, allkeys[sel], drop[sel], renames.get(k, {}), dedup)
 
-    manifest = _manifest(out, parts, summaries, allkeys[~drop], total, fingerprint)
+    manifest = _manifest(out, parts, summaries, allkeys["length"][~drop], total, fingerprint)
     manifest["counts"].update(
         duplicate_ids_renamed=sum(len(v) for v in renames.values()),
         duplicate_sequences=n_dups,
@@ -683,10 +748,13 @@ def _sequence_groups(seq_hash: np.ndarray) -> np.ndarray:
     """Group id per record: equal 128-bit sequence hashes get the same group."""
     if not len(seq_hash):
         return np.zeros(0, dtype=np.int64)
-    order = np.argsort(seq_hash[:, 0])
-    sorted_h = seq_hash[order]
-    same_hi = sorted_h[1:, 0] == sorted_h[:-1, 0]
-    if (same_hi & (sorted_h[1:, 1] != sorted_h[:-1, 1])).any():
+    hi = np.ascontiguousarray(seq_hash[:, 0])  # a field of the packed keys: sort a compact copy
+    order = np.argsort(hi)
+    sorted_hi = hi[order]
+    same_hi = sorted_hi[1:] == sorted_hi[:-1]
+    pairs = np.flatnonzero(same_hi)  # only these neighbours need their second halves compared
+    lo = seq_hash[:, 1]
+    if (lo[order[pairs]] != lo[order[pairs + 1]]).any():
         # equal first halves with different second halves (a 64-bit collision): full sort
         order = np.lexsort((seq_hash[:, 1], seq_hash[:, 0]))
         sorted_h = seq_hash[order]
@@ -714,8 +782,8 @@ def _read_ids(chunk_dir: Path, k: int, split: str) -> list[bytes]:
 
 def _duplicate_ids(out, allkeys, chunk_of, pos_in_chunk, rename: bool, source: str) -> dict:
     """Find records whose id occurred before; return {chunk: {(split, index): new_id}}."""
-    h = allkeys["id_hash"]
-    order = np.argsort(h, kind="stable")
+    h = np.ascontiguousarray(allkeys["id_hash"])  # a field of the packed keys: sort a compact copy
+    order = np.argsort(h)  # any order of equal hashes: only the set of candidates is used
     hs = h[order]
     same = np.flatnonzero(hs[1:] == hs[:-1])
     if len(same) == 0:
@@ -790,7 +858,7 @@ def _rewrite_chunk(chunk_dir: Path, k: int, keys, drop, renames: dict, dedup: bo
     write_json(marker, {"dropped": int(drop.sum()), "renamed": len(renames), "dedup": dedup})
 
 
-def _manifest(out: Path, parts, summaries, kept_keys, total, fingerprint) -> dict:
+def _manifest(out: Path, parts, summaries, kept_lengths, total, fingerprint) -> dict:
     part0 = parts[0]
     options = dict(part0["options"])
     policy = CleaningPolicy(options["rare"])
@@ -800,6 +868,15 @@ def _manifest(out: Path, parts, summaries, kept_keys, total, fingerprint) -> dic
     }
     splits = {}
     chunk_dir = out / "chunks"
+
+    def file_hash(k: int, file_name: str) -> str:
+        # the hash recorded when the chunk was written (or checked when it was reused), unless
+        # a merge has rewritten the chunk's files since
+        recorded = (summaries[k].get("files") or {}).get(file_name)
+        if recorded and not (chunk_dir / f"{chunk_name(k)}.merged.json").exists():
+            return recorded
+        return xxh3_file(chunk_dir / file_name)
+
     for split in SPLITS:
         files = []
         for k in range(total):
@@ -812,7 +889,7 @@ def _manifest(out: Path, parts, summaries, kept_keys, total, fingerprint) -> dic
                     "ids": f"chunks/{name}.{split}.ids.txt",
                     "records": len(offsets) - 1,
                     "residues": int(offsets[-1]),
-                    "xxh3_128": {kind: xxh3_file(chunk_dir / f"{name}.{split}.{ext}")
+                    "xxh3_128": {kind: file_hash(k, f"{name}.{split}.{ext}")
                                  for kind, ext in (("tokens", "tokens"), ("offsets", "offsets.npy"),
                                                    ("ids", "ids.txt"))},
                 }
@@ -822,7 +899,7 @@ def _manifest(out: Path, parts, summaries, kept_keys, total, fingerprint) -> dic
             "residues": sum(f["residues"] for f in files),
             "shards": files,
         }
-    lengths = kept_keys["length"].astype(np.int64)
+    lengths = kept_lengths.astype(np.int64)
     hist, _ = np.histogram(lengths, bins=LENGTH_EDGES + [max(LENGTH_EDGES[-1] + 1, int(lengths.max(initial=0)) + 1)])
     residue_counts = np.zeros(len(ALPHABET), dtype=np.int64)
     for s in summaries:
@@ -866,8 +943,6 @@ def verify(out: str | os.PathLike, *, hashes: bool = True) -> dict:
     """Check a prepared folder against its manifest: every shard file present, token files as
     long as their offsets say, offsets well formed, and (``hashes``) every file's XXH3-128 equal
     to the one recorded by prepare. Raises :class:`InputError` naming the damaged files."""
-    from protlm.data.shards import check_shard, load_manifest
-
     out = Path(out)
     manifest = load_manifest(out)
     problems: list[str] = []

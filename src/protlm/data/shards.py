@@ -8,8 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from protlm.data.alphabet import ALPHABET
-from protlm.data.prepare import FORMAT, FORMAT_VERSION, SPLITS
 from protlm.errors import InputError
+
+#: The format of a prepared folder, written by :mod:`protlm.data.prepare` and read here.
+FORMAT = "protlm-shards"
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid")
 
 _DECODE = np.frombuffer(ALPHABET.encode(), dtype=np.uint8)
 
