@@ -71,7 +71,7 @@ def test_bf16_is_refused_with_one_line_where_the_cpu_lacks_it(esm, no_bf16):
     with pytest.raises(ConfigError) as exc:
         Embedder(str(esm), EmbedOptions(device="cpu", dtype="bf16"))
     msg = str(exc.value)
-    assert "no bf16 instructions" in msg and "--dtype fp32" in msg and "\n" not in msg
+    assert "no bf16 instructions" in msg and "use fp32" in msg and msg.startswith("dtype: bf16") and "\n" not in msg
 
 
 def test_cli_exits_2_without_a_traceback_where_bf16_is_missing(esm, no_bf16, tmp_path, capsys):
@@ -179,3 +179,31 @@ def test_unirep_bf16_gemms_are_close_to_fp32_and_auto_follows_the_measured_width
 def test_unirep_bf16_is_refused_where_the_cpu_lacks_it(tmp_path, no_bf16):
     with pytest.raises(ConfigError, match="no bf16 instructions"):
         Embedder(str(_unirep(tmp_path, 64)), EmbedOptions(device="cpu", dtype="bf16"))
+
+
+def test_option_errors_name_the_setting_as_the_user_gave_it():
+    """Issue 21 #3: library messages named CLI flags (a YAML user was told about --dtype). An
+    option error names the flag only when it was typed, else the config field, else the name."""
+    from protlm.embed.spec import EmbedOptions, parse_spec
+    from protlm.errors import cli_flags
+
+    cli_flags([])
+    with pytest.raises(ConfigError) as lib:
+        EmbedOptions(dtype="fp64").validate()
+    assert str(lib.value).startswith("dtype: must be one of") and "--" not in str(lib.value)
+    with pytest.raises(ConfigError) as yaml_:
+        parse_spec({"name": "onehot", "tokens_per_batch": 0}, "embedder")
+    assert str(yaml_.value) == "config embedder.tokens_per_batch: must be positive, not 0"
+    try:
+        cli_flags(["embed", "--tokens-per-batch=0", "--model", "onehot"])
+        with pytest.raises(ConfigError) as cli:
+            EmbedOptions(tokens_per_batch=0).validate()
+        assert str(cli.value) == "--tokens-per-batch: must be positive, not 0"
+        with pytest.raises(ConfigError) as other:  # typed flags don't rename a setting the file gave
+            parse_spec({"name": "onehot", "window_overlap": -1}, "embedder")
+        assert str(other.value).startswith("config embedder.window_overlap:")
+    finally:
+        cli_flags([])
+    with pytest.raises(ConfigError) as fp16:
+        precision.resolve_dtype("fp16", "cpu")
+    assert str(fp16.value).startswith("dtype: fp16 is for GPUs") and "--" not in str(fp16.value)

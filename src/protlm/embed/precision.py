@@ -7,7 +7,8 @@
   none, from torch's own CPU probe.
 * **Resolution** (:func:`resolve_dtype`): ``--dtype auto`` → bf16 where the device has it (and the
   backend measured it faster), else fp32; ``bf16`` on a CPU without the instructions and ``fp16``
-  on any CPU are refused with one line (:class:`~protlm.errors.ConfigError`, exit 2); ``--int8``
+  on any CPU are refused with one line (:class:`~protlm.errors.ConfigError` naming ``dtype`` as the
+  user gave it: ``--dtype`` or the config field; exit 2); ``--int8``
   is its own precision and does not combine with bf16.
 * **int8** (:func:`quantize_int8`): dynamic int8 of the ``nn.Linear`` layers with
   ``torch.ao.quantization.quantize_dynamic``. torch marks that API deprecated in favour of
@@ -96,15 +97,15 @@ def resolve_dtype(requested: str, device, *, int8: bool = False, auto_bf16: bool
     if requested == "fp32" or kind != "cpu":
         return requested
     if requested == "fp16":
-        raise ConfigError("--dtype fp16 is for GPUs (CPUs have no fast fp16 matmuls); on a CPU use --dtype bf16 "
-                          "(CPUs with avx512_bf16 / amx_bf16), fp32, auto or --int8")
+        raise ConfigError("fp16 is for GPUs (CPUs have no fast fp16 matmuls); on a CPU use bf16 (CPUs with "
+                          "avx512_bf16 / amx_bf16), fp32, auto, or int8 quantisation", option="dtype")
     if int8:
-        raise ConfigError(f"--int8 and --dtype {requested} are two precisions; choose one (--dtype auto picks the "
-                          f"fastest accurate precision of this machine)")
+        raise ConfigError(f"{requested} and int8 are two precisions; choose one (dtype auto picks the fastest "
+                          f"accurate precision of this machine)", option="dtype")
     ok, why = cpu_bf16()
     if not ok:
-        raise ConfigError(f"--dtype {requested}: {why}; use --dtype fp32 (or --dtype auto, which picks the "
-                          f"fastest accurate precision of this machine)")
+        raise ConfigError(f"{requested}: {why}; use fp32 (or auto, which picks the fastest accurate precision of "
+                          f"this machine)", option="dtype")
     return requested
 
 

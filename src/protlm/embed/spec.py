@@ -42,16 +42,15 @@ class EmbedOptions:
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
-            raise ConfigError(f"--dtype must be one of {sorted(DTYPES)}, not {self.dtype!r}")
+            raise ConfigError(f"must be one of {sorted(DTYPES)}, not {self.dtype!r}", option="dtype")
         if self.long_policy not in ("window", "error"):
-            raise ConfigError(f"--long-policy must be window or error, not {self.long_policy!r}")
-        if (self.tokens_per_batch is not None and self.tokens_per_batch < 1) or (
-                self.max_sequences is not None and self.max_sequences < 1):
-            raise ConfigError("--tokens-per-batch and --max-sequences must be positive")
+            raise ConfigError(f"must be window or error, not {self.long_policy!r}", option="long_policy")
+        for name in ("tokens_per_batch", "max_sequences", "alone_above"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"must be positive, not {value!r}", option=name)
         if self.window_overlap < 0:
-            raise ConfigError("--window-overlap must be >= 0")
-        if self.alone_above is not None and self.alone_above < 1:
-            raise ConfigError("--alone-above must be positive")
+            raise ConfigError(f"must be >= 0, not {self.window_overlap!r}", option="window_overlap")
 
     def lm_options_set(self) -> list[str]:
         """Options that only mean something for a model with layers and a precision, if set."""
@@ -105,5 +104,8 @@ def parse_spec(value: Any, where: str = "embedder", defaults: EmbedOptions | Non
     else:
         raise ConfigError(f"config {where}: must be an embedder name or a mapping with name and options, "
                           f"not {value!r}")
-    spec.options.validate()
+    try:
+        spec.options.validate()
+    except ConfigError as exc:
+        raise exc.at(where) from None  # a file's setting is named by its field (embedder.dtype)
     return spec
