@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from protlm.cli.main import main
-from protlm.errors import InputError
+from protlm.errors import ConfigError, InputError
 
 SHIPPED = {"secondary_structure", "localization", "stability", "scop_class"}  # the default (UniRep-64) set
 SS_1900 = "secondary_structure@unirep1900"
@@ -92,7 +92,6 @@ def test_every_shipped_predictor_has_a_card_that_matches_its_head():
 
 
 def test_names_and_aliases():
-    from protlm.errors import ConfigError
     from protlm.predictors import embedders, names, resolve
 
     assert resolve("ss") == "secondary_structure" and resolve("membrane") == "localization"
@@ -130,6 +129,13 @@ def test_ship_makes_a_predictor_in_one_command(tmp_path, capsys):
         assert err.count("\n") == 1 and err.startswith("ship: error: ") and needle in err, err
     assert ship_main([str(tmp_path), "ss", "--command", "x"]) == 2
     assert "no head.json" in capsys.readouterr().err
+    # shipping onto a shipped predictor is refused unless asked; replacing it leaves one whole folder
+    with pytest.raises(ConfigError, match="shipped there already"):
+        ship(src, "ss", "another command", dest_root=tmp_path / "heads")
+    assert json.loads((dest / "card.json").read_text())["command"] == card["command"]
+    ship(src, "ss", "another command", dest_root=tmp_path / "heads", overwrite=True)
+    assert json.loads((dest / "card.json").read_text())["command"] == "another command"
+    assert sorted(p.name for p in (tmp_path / "heads").iterdir()) == ["secondary_structure-unirep1900"]
 
 
 # --------------------------------------------------------------------------- predicting

@@ -19,6 +19,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from protlm.errors import ConfigError, ProtlmError
@@ -176,7 +177,7 @@ def card_markdown(c: dict) -> str:
     return "\n".join(lines)
 
 
-def ship(src: Path, name: str, command: str, dest_root: Path = HEADS) -> Path:
+def ship(src: Path, name: str, command: str, dest_root: Path = HEADS, overwrite: bool = False) -> Path:
     """Copy the head in ``src`` into ``dest_root/TASK-EMBEDDER/`` with its model card; ``name``:
     ``TASK`` or ``TASK@EMBEDDER`` (a short name for the task is fine). Returns the folder."""
     src = Path(src)
@@ -202,12 +203,28 @@ def ship(src: Path, name: str, command: str, dest_root: Path = HEADS) -> Path:
         raise ConfigError(f"{src}: training was cut short by the epoch cap (best epoch = last epoch); train it "
                           f"to early stopping before shipping it")
     dest = dest_root / f"{task}-{embedder}"
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in HEAD_FILES:
-        shutil.copyfile(src / f, dest / f)
-    c = make_card(task, dest, command)
-    (dest / CARD_JSON).write_text(json.dumps(c, indent=2, ensure_ascii=False) + "\n")
-    (dest / CARD_MD).write_text(card_markdown(c))
+    if dest.exists() and not overwrite:
+        raise ConfigError(f"{dest}: a predictor is shipped there already; pass --overwrite to replace it")
+    # built whole in a temporary folder beside it, then renamed into place: never half a predictor
+    dest_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest_root))
+    try:
+        for f in HEAD_FILES:
+            shutil.copyfile(src / f, tmp / f)
+        c = make_card(task, tmp, command)
+        (tmp / CARD_JSON).write_text(json.dumps(c, indent=2, ensure_ascii=False) + "\n")
+        (tmp / CARD_MD).write_text(card_markdown(c))
+        tmp.chmod(0o755)
+        old = None
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            dest.rename(old)
+        tmp.rename(dest)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -217,9 +234,10 @@ def main(argv=None) -> int:
     ap.add_argument("name", metavar="TASK[@EMBEDDER]",
                     help=f"the task ({', '.join(sorted(TASKS))}); @EMBEDDER checks head.json's embedder")
     ap.add_argument("--command", required=True, help="the exact command that trained the head")
+    ap.add_argument("--overwrite", action="store_true", help="replace a predictor shipped under the same name")
     args = ap.parse_args(argv)
     try:
-        dest = ship(args.head, args.name, args.command)
+        dest = ship(args.head, args.name, args.command, overwrite=args.overwrite)
     except ProtlmError as exc:
         print(f"ship: error: {exc}", file=sys.stderr)
         return 2
