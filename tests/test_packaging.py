@@ -305,4 +305,5 @@ def test_installed_wheel_unknown_model_fails_fast(wheel_install, env):
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("protlm: error: --model nobody/no-such-protein-model"), proc.stderr
-    assert seconds < 5, seconds
+    # fast: not a hub timeout with retries (tens of seconds); the bound leaves room for a loaded machine
+    assert seconds < 20, seconds
