@@ -11,8 +11,8 @@ import pytest
 
 from protlm.cli.main import main
 from protlm.data.alphabet import STANDARD
-from protlm.embed.baselines import (RESIDUES, KmerEmbedder, KmerTraining, blosum62, default_kmer_folder,
-                                    train_kmer)
+from protlm.embed.backends.baselines import KmerBackend, blosum62
+from protlm.models.kmer import RESIDUES, KmerModel, KmerTraining, default_kmer_folder, train_kmer
 from protlm.embed import EmbedOptions, load_embedder
 from protlm.embed.registry import names as embedder_names
 from protlm.errors import ConfigError, InputError
@@ -96,7 +96,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_cooccurrences_are_same_frame_within_the_window_and_never_span_proteins():
-    from protlm.embed.baselines import CooccurrenceCounter, kmer_indices, residue_codes
+    from protlm.models.kmer import CooccurrenceCounter, kmer_indices, residue_codes
 
     counter = CooccurrenceCounter(window=2)
     for seq in ["AAACCCGGG", "DDDEEE", "AXAKKK"]:
@@ -114,7 +114,7 @@ def test_cooccurrences_are_same_frame_within_the_window_and_never_span_proteins(
 
 
 def test_ppmi_is_the_smoothed_formula():
-    from protlm.embed.baselines import ppmi
+    from protlm.models.kmer import ppmi
 
     counts = np.array([[0, 6, 2], [6, 2, 0], [2, 0, 10]])
     got = ppmi(counts)
@@ -166,7 +166,7 @@ def test_save_load_round_trip(tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["model_type"] == "protlm_kmer" and cfg["k"] == 3 and cfg["dim"] == 8 and cfg["window"] == 3
     assert (folder / "vocab.txt").read_text().split() == model.kmers
-    loaded = KmerEmbedder.load(folder)
+    loaded = KmerModel.load(folder)
     stored = model.vectors.astype(np.float16).astype(np.float32)  # float16 on disk
     np.testing.assert_array_equal(loaded.vectors, stored)
     for x, y in zip(loaded.forward(PROTEINS), model.forward(PROTEINS)):
@@ -183,12 +183,12 @@ def test_load_embedder_dispatch(tmp_path):
     assert {"onehot", "blosum62", "kmer"} <= set(embedder_names())
     folder = train_kmer(_grammar_corpus(), KmerTraining(dim=8, window=3)).save(tmp_path / "km")
     by_path = load_embedder(str(folder))
-    assert isinstance(by_path.backend, KmerEmbedder) and by_path.dim == 8 and by_path.name == str(folder)
+    assert isinstance(by_path.backend, KmerBackend) and by_path.dim == 8 and by_path.name == str(folder)
     default = load_embedder("kmer")
-    assert isinstance(default.backend, KmerEmbedder) and default.dim == 64
+    assert isinstance(default.backend, KmerBackend) and default.dim == 64
     assert default_kmer_folder().name == "protlm-kmer3-swissprot"
-    cfg = default.config
-    assert cfg["model_type"] == "protlm_kmer" and cfg["kmers"] == len(default.kmers) <= 8000
+    cfg = default.model.config
+    assert cfg["model_type"] == "protlm_kmer" and cfg["kmers"] == len(default.model.kmers) <= 8000
 
 
 def test_unknown_names_and_missing_paths_give_one_clear_error(tmp_path):
@@ -201,9 +201,9 @@ def test_unknown_names_and_missing_paths_give_one_clear_error(tmp_path):
 
 
 def test_missing_default_kmer_model_is_one_input_error(monkeypatch, tmp_path):
-    import protlm.embed.baselines as baselines
+    import protlm.models.kmer as kmer
 
-    monkeypatch.setattr(baselines, "default_kmer_folder", lambda: tmp_path / "absent")
+    monkeypatch.setattr(kmer, "default_kmer_folder", lambda: tmp_path / "absent")
     with pytest.raises(InputError, match="default k-mer model .* is missing"):
         load_embedder("kmer")
 

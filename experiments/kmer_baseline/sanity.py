@@ -17,13 +17,14 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from protlm.data.alphabet import STANDARD
-from protlm.embed.baselines import KmerEmbedder, blosum62
+from protlm.embed.backends.baselines import blosum62
+from protlm.models.kmer import KmerModel
 
 QUERIES = ["LLL", "KKK", "EEE", "GGG", "PPP", "CGC", "WWW", "HHH"]
 
 
 def main(folder: str, pairs: int = 20000) -> dict:
-    model = KmerEmbedder.load(folder)
+    model = KmerModel.load(folder)
     kmers = model.kmers
     unit = model.vectors / np.maximum(np.linalg.norm(model.vectors, axis=1, keepdims=True), 1e-12)
     row = {k: i for i, k in enumerate(kmers)}

@@ -28,12 +28,15 @@ from pathlib import Path
 from protlm.data.prepare import PrepareOptions, prepare
 from protlm.data.stats import fasta_statistics
 from protlm.errors import InputError
+from protlm.io.atomic import write_json
 from protlm.io.resources import bundled
 
 log = logging.getLogger(__name__)
 
 PYHMMER_PROTEOME = ("pyhmmer", "tests/data/seqs/938293.PRJEB85.HG003687.faa")
 SWISSPROT_20K = "pretraining/swissprot_2014_01_go_annotated.random20k_seed0.fasta"
+#: The demo's report, written into ``out`` at the end (the dict :func:`run_demo` returns, as JSON).
+REPORT_NAME = "demo_report.json"
 
 
 def embedded_proteome() -> Path:
@@ -53,7 +56,8 @@ CHECKPOINT = ("checkpoints", "protlm-swissprot-masked-xs")
 
 def run_demo(out: str | Path, data: str | Path | None = None, workers: int = 1, progress=None, *,
              pretrain_steps: int = 40, max_proteins: int = 1000, max_train: int = 2000, stage=None) -> dict:
-    """Run the demo into ``out``; ``stage(name)`` is called as each step starts."""
+    """Run the demo into ``out``; ``stage(name)`` is called as each step starts. The report it returns
+    is also written to ``out/demo_report.json`` (:data:`REPORT_NAME`, atomically)."""
     stage = stage or (lambda name: None)
     out = Path(out)
     checkpoint = bundled(*CHECKPOINT)
@@ -109,6 +113,7 @@ def run_demo(out: str | Path, data: str | Path | None = None, workers: int = 1, 
     if data is not None:
         stage("supervised heads: secondary structure and localization vs one-hot")
         report["heads"] = _heads(out, data, lms, max_train)
+    write_json(out / REPORT_NAME, report)
     return report
 
 

@@ -1,7 +1,7 @@
 """``protlm kmer-train``: train the ProtVec-like 3-mer baseline embedder on a FASTA corpus.
 
 The model folder it writes is a ``--model`` for ``protlm embed`` and for tasks; the method and
-its conventions are in :mod:`protlm.embed.baselines` and docs/embedding.md.
+its conventions are in :mod:`protlm.models.kmer` and docs/embedding.md.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def cmd_kmer_train(args) -> int:
     from protlm.cli.common import emit as _emit, progress_bar as _progress_bar
     from protlm.data.fasta import read_fasta
     from protlm.io.checksums import sha256_file
-    from protlm.embed.baselines import KmerTraining, train_kmer
+    from protlm.models.kmer import KmerTraining, train_kmer
     from protlm.errors import ConfigError, InputError
 
     options = KmerTraining(dim=args.dim, window=args.window, min_count=args.min_count, seed=args.seed)

@@ -37,7 +37,7 @@ from protlm.align import mmseqs
 from protlm.align.mmseqs import (COLUMNS, DIM, FEATURES_VERSION, ProfileBuilder, SearchParams, TargetDatabase,
                                  find_binary)
 from protlm.embed.backend import Backend
-from protlm.embed.baselines import refuse_lm_options
+from protlm.embed.backends.baselines import refuse_lm_options
 from protlm.embed.registry import register
 from protlm.embed.spec import EmbedOptions
 from protlm.errors import ConfigError, InputError

@@ -1,25 +1,9 @@
-"""The papers' baseline embedders: one-hot, BLOSUM62 and a context-free 3-mer embedding.
+"""The k-mer model: ProtVec-like context-free 3-mer vectors, their training and their folder.
 
-ProtTrans and ProteinLM compare LM embeddings against inputs that need no language model. Here
-they are embedder backends like any other (:mod:`protlm.embed.backend`; registered in
-:mod:`protlm.embed.backends.baselines`), so every task and ``protlm embed --model
-onehot|blosum62|kmer`` compare them on equal terms.
+The embedder that serves it (``protlm embed --model kmer`` or a model folder) is
+:mod:`protlm.embed.backends.baselines`; ``protlm kmer-train`` calls :func:`train_kmer`.
 
-Residue columns (one-hot and BLOSUM62): ``ACDEFGHIKLMNPQRSTVWYX``, protlm's alphabet order
-(:data:`protlm.data.alphabet.STANDARD`) followed by X. Sequences arrive cleaned (upper case,
-20 standard residues + X); B/Z/U/O, should they appear, are read as X as the cleaning policy
-does, and any other letter is an error.
-
-- ``onehot`` (D = 21): a 1 in the residue's column; X has its own column, so "unknown" is a
-  feature rather than an all-zero row.
-- ``blosum62`` (D = 21): the residue's row of NCBI's BLOSUM62 matrix restricted to the same 21
-  columns (the X row and column are NCBI's, e.g. X–X = -1); raw integer scores, not rescaled.
-  The values are NCBI's published matrix (a public table, embedded below): neither biopython
-  nor pyhmmer (whose builders accept ``score_matrix="BLOSUM62"``) exposes its values.
-- ``kmer`` (D = 64 for the committed model): ProtVec-like context-free 3-mer vectors,
-  trained by :func:`train_kmer` (``protlm kmer-train``).
-
-**k-mer training.** ProtVec (Asgari & Mofrad 2015) trained skip-gram on 3-mers. Skip-gram with
+**Training.** ProtVec (Asgari & Mofrad 2015) trained skip-gram on 3-mers. Skip-gram with
 negative sampling implicitly factorises a shifted PMI matrix (Levy & Goldberg 2014), and the
 explicit route, PPMI with context-distribution smoothing (context counts raised to 0.75) then a
 truncated SVD, matches it on similarity tasks (Levy, Goldberg & Dagan 2015). That route is
@@ -38,18 +22,20 @@ deterministic and runs in minutes on one CPU core, so it is what we implement:
 no centred 3-mer, take the nearest full one (the first and last 3-mer), so no position is padded.
 A 3-mer that contains X, or was never seen in training, gives the zero vector ("no information";
 it is not a learned UNK), and so does every residue of a protein shorter than 3 residues.
-Per protein: the mean over residues, as for every embedder.
+
+**Residue codes** (:func:`residue_codes`): ``ACDEFGHIKLMNPQRSTVWYX``, protlm's alphabet order
+(:data:`protlm.data.alphabet.STANDARD`) followed by X. Sequences arrive cleaned (upper case,
+20 standard residues + X); B/Z/U/O, should they appear, are read as X as the cleaning policy
+does, and any other letter is an error. The one-hot and BLOSUM62 embedders use the same columns.
 
 A trained model is a folder: ``config.json`` (``model_type: protlm_kmer``, k, dim, window, the
 corpus and counts), ``vocab.txt`` (one 3-mer per line, row order) and ``model.safetensors``
-(tensor ``vectors``, float16). :mod:`protlm.embed.backends.baselines` registers it.
+(tensor ``vectors``, float16).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
 import shutil
 import time
@@ -61,61 +47,21 @@ import numpy as np
 
 from protlm import __version__
 from protlm.data.alphabet import RARE, STANDARD
-from protlm.embed.backend import Backend, folder_weights_sha256
-from protlm.embed.spec import EmbedOptions
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import default_mode, publish_folder
 from protlm.io.resources import checkpoint_folder
 
-log = logging.getLogger("protlm.embed")
-
-#: Column order of the one-hot and BLOSUM62 embeddings: the 20 standard residues, then X.
+#: Residue columns (the 20 standard residues, then X) of the k-mer model, one-hot and BLOSUM62.
 RESIDUES = STANDARD + "X"
 X_CODE = 20
 
-# NCBI's BLOSUM62 (ftp.ncbi.nih.gov/blast/matrices/BLOSUM62), as published.
-_BLOSUM62_NCBI = """
-   A  R  N  D  C  Q  E  G  H  I  L  K  M  F  P  S  T  W  Y  V  B  Z  X  *
-A  4 -1 -2 -2  0 -1 -1  0 -2 -1 -1 -1 -1 -2 -1  1  0 -3 -2  0 -2 -1  0 -4
-R -1  5  0 -2 -3  1  0 -2  0 -3 -2  2 -1 -3 -2 -1 -1 -3 -2 -3 -1  0 -1 -4
-N -2  0  6  1 -3  0  0  0  1 -3 -3  0 -2 -3 -2  1  0 -4 -2 -3  3  0 -1 -4
-D -2 -2  1  6 -3  0  2 -1 -1 -3 -4 -1 -3 -3 -1  0 -1 -4 -3 -3  4  1 -1 -4
-C  0 -3 -3 -3  9 -3 -4 -3 -3 -1 -1 -3 -1 -2 -3 -1 -1 -2 -2 -1 -3 -3 -2 -4
-Q -1  1  0  0 -3  5  2 -2  0 -3 -2  1  0 -3 -1  0 -1 -2 -1 -2  0  3 -1 -4
-E -1  0  0  2 -4  2  5 -2  0 -3 -3  1 -2 -3 -1  0 -1 -3 -2 -2  1  4 -1 -4
-G  0 -2  0 -1 -3 -2 -2  6 -2 -4 -4 -2 -3 -3 -2  0 -2 -2 -3 -3 -1 -2 -1 -4
-H -2  0  1 -1 -3  0  0 -2  8 -3 -3 -1 -2 -1 -2 -1 -2 -2  2 -3  0  0 -1 -4
-I -1 -3 -3 -3 -1 -3 -3 -4 -3  4  2 -3  1  0 -3 -2 -1 -3 -1  3 -3 -3 -1 -4
-L -1 -2 -3 -4 -1 -2 -3 -4 -3  2  4 -2  2  0 -3 -2 -1 -2 -1  1 -4 -3 -1 -4
-K -1  2  0 -1 -3  1  1 -2 -1 -3 -2  5 -1 -3 -1  0 -1 -3 -2 -2  0  1 -1 -4
-M -1 -1 -2 -3 -1  0 -2 -3 -2  1  2 -1  5  0 -2 -1 -1 -1 -1  1 -3 -1 -1 -4
-F -2 -3 -3 -3 -2 -3 -3 -3 -1  0  0 -3  0  6 -4 -2 -2  1  3 -1 -3 -3 -1 -4
-P -1 -2 -2 -1 -3 -1 -1 -2 -2 -3 -3 -1 -2 -4  7 -1 -1 -4 -3 -2 -2 -1 -2 -4
-S  1 -1  1  0 -1  0  0  0 -1 -2 -2  0 -1 -2 -1  4  1 -3 -2 -2  0  0  0 -4
-T  0 -1  0 -1 -1 -1 -1 -2 -2 -1 -1 -1 -1 -2 -1  1  5 -2 -2  0 -1 -1  0 -4
-W -3 -3 -4 -4 -2 -2 -3 -2 -2 -3 -2 -3 -1  1 -4 -3 -2 11  2 -3 -4 -3 -2 -4
-Y -2 -2 -2 -3 -2 -1 -2 -3  2 -1 -1 -2 -1  3 -3 -2 -2  2  7 -1 -3 -2 -1 -4
-V  0 -3 -3 -3 -1 -2 -2 -3 -3  3  1 -2  1 -1 -2 -2  0 -3 -1  4 -3 -2 -1 -4
-B -2 -1  3  4 -3  0  1 -1  0 -3 -4  0 -3 -3 -2  0 -1 -4 -3 -3  4  1 -1 -4
-Z -1  0  0  1 -3  3  4 -2  0 -3 -3  1 -1 -3 -1  0 -1 -3 -2 -2  1  4 -1 -4
-X  0 -1 -1 -1 -2 -1 -1 -1 -1 -1 -1 -1 -1 -1 -2  0  0 -2 -1 -1 -1 -1 -1 -4
-* -4 -4 -4 -4 -4 -4 -4 -4 -4 -4 -4 -4 -4 -4 -4 -4 -4 -4 -4 -4 -4 -4 -4  1
-"""
+K = 3
+N_KMERS = len(STANDARD) ** K  # 8,000 3-mers over the standard residues
+MODEL_TYPE = "protlm_kmer"
+SMOOTHING = 0.75
 
 
-def _parse_ncbi(text: str) -> dict[tuple[str, str], int]:
-    lines = [ln.split() for ln in text.strip("\n").splitlines()]
-    cols = lines[0]
-    return {(row[0], c): int(v) for row in lines[1:] for c, v in zip(cols, row[1:])}
-
-
-def blosum62(letters: str = RESIDUES) -> np.ndarray:
-    """BLOSUM62 scores among ``letters`` (any of NCBI's 24 symbols), as an int array."""
-    scores = _parse_ncbi(_BLOSUM62_NCBI)
-    return np.array([[scores[(a, b)] for b in letters] for a in letters], dtype=np.int64)
-
-
-# --------------------------------------------------------------------------- residues
+# --------------------------------------------------------------------------- residues and 3-mers
 
 
 def _code_table() -> np.ndarray:
@@ -144,58 +90,6 @@ def residue_codes(seq: str) -> np.ndarray:
     return codes
 
 
-# --------------------------------------------------------------------------- common interface
-
-
-class BaselineBackend(Backend):
-    """Shared base: subclasses implement ``_embed_codes`` (L codes → L × D float32).
-
-    Baselines are cheap and context-free, so the runner gives them large batches of any lengths.
-    """
-
-    default_tokens_per_batch = 200_000
-    default_max_sequences = 100_000
-    default_alone_above = 10_000_000  # context-free: no reason to run long proteins alone
-
-    def _embed_codes(self, codes: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def forward(self, seqs: list[str], *, cpu: bool = False) -> list[np.ndarray]:
-        """Per-residue embeddings, L × D float32 each, in input order."""
-        return [self._embed_codes(residue_codes(s)) for s in seqs]
-
-
-class TableBackend(BaselineBackend):
-    """A fixed residue → vector table (one-hot, BLOSUM62): row ``code`` of ``table``."""
-
-    def __init__(self, name: str, table: np.ndarray) -> None:
-        self.source = self.family = name
-        self.model_type = f"protlm_{name}"
-        self.table = np.ascontiguousarray(table, dtype=np.float32)
-        self.dim = int(self.table.shape[1])
-
-    def _embed_codes(self, codes: np.ndarray) -> np.ndarray:
-        return self.table[codes]
-
-
-def onehot_table() -> np.ndarray:
-    """One-hot over ``ACDEFGHIKLMNPQRSTVWYX`` (D = 21; X has its own column)."""
-    return np.eye(len(RESIDUES))
-
-
-def blosum62_table() -> np.ndarray:
-    """Each residue's BLOSUM62 row over ``ACDEFGHIKLMNPQRSTVWYX`` (D = 21, raw scores)."""
-    return blosum62(RESIDUES)
-
-
-# --------------------------------------------------------------------------- k-mers
-
-K = 3
-N_KMERS = len(STANDARD) ** K  # 8,000 3-mers over the standard residues
-MODEL_TYPE = "protlm_kmer"
-SMOOTHING = 0.75
-
-
 def kmer_string(index: int) -> str:
     """The 3-mer with row-major index ``index`` over STANDARD (AAA = 0, AAC = 1, …, YYY = 7999)."""
     a, rest = divmod(index, 400)
@@ -217,18 +111,17 @@ def kmer_indices(codes: np.ndarray) -> np.ndarray:
     return idx
 
 
-class KmerEmbedder(BaselineBackend):
+# --------------------------------------------------------------------------- the model
+
+
+class KmerModel:
     """Context-free 3-mer vectors (see the module docstring for training and conventions)."""
 
-    family = "kmer"
-    model_type = MODEL_TYPE
-
-    def __init__(self, kmers: list[str], vectors: np.ndarray, config: dict, name: str = "kmer",
+    def __init__(self, kmers: list[str], vectors: np.ndarray, config: dict,
                  folder: str | os.PathLike | None = None) -> None:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(kmers):
             raise InputError(f"k-mer model: {len(kmers)} k-mers but vectors of shape {vectors.shape}")
-        self.name = self.source = name
         self.folder = Path(folder) if folder is not None else None
         self.kmers = list(kmers)
         self.vectors = vectors
@@ -250,7 +143,8 @@ class KmerEmbedder(BaselineBackend):
         idx = kmer_indices(residue_codes(kmer))
         return self._table[self._row[idx[0]]] if idx[0] >= 0 else self._table[-1]
 
-    def _embed_codes(self, codes: np.ndarray) -> np.ndarray:
+    def residue_vectors(self, codes: np.ndarray) -> np.ndarray:
+        """L × D float32 for one protein given as :func:`residue_codes`."""
         idx = kmer_indices(codes)
         if len(idx) == 0:
             return np.zeros((len(codes), self.dim), dtype=np.float32)
@@ -258,6 +152,10 @@ class KmerEmbedder(BaselineBackend):
         # residue i is the centre of 3-mer i-1; the two ends take the nearest full 3-mer
         rows = np.concatenate([rows[:1], rows, rows[-1:]])
         return self._table[rows]
+
+    def forward(self, seqs: list[str]) -> list[np.ndarray]:
+        """Per-residue vectors, L × D float32 each, of cleaned sequences, in input order."""
+        return [self.residue_vectors(residue_codes(s)) for s in seqs]
 
     # ---------------------------------------------------------------- files
 
@@ -288,7 +186,7 @@ class KmerEmbedder(BaselineBackend):
         return folder
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, name: str | None = None) -> "KmerEmbedder":
+    def load(cls, folder: str | os.PathLike) -> "KmerModel":
         """Load a folder written by :meth:`save` (``protlm kmer-train``)."""
         from safetensors.numpy import load_file
 
@@ -304,12 +202,7 @@ class KmerEmbedder(BaselineBackend):
         if config.get("model_type") != MODEL_TYPE or int(config.get("k", 0)) != K:
             raise InputError(f"--model {folder}: not a protlm 3-mer model (model_type {config.get('model_type')!r}, "
                              f"k {config.get('k')!r})")
-        return cls(kmers, vectors, config, name=name or str(folder), folder=folder)
-
-    def fingerprint(self) -> str:
-        if self.folder is not None:
-            return f"kmer:{folder_weights_sha256(self.folder)}"
-        return "kmer:in-memory-" + hashlib.sha256(self.vectors.tobytes()).hexdigest()[:16]
+        return cls(kmers, vectors, config, folder=folder)
 
 
 def is_kmer_folder(path: str | os.PathLike) -> bool:
@@ -321,7 +214,14 @@ def is_kmer_folder(path: str | os.PathLike) -> bool:
         return False
 
 
-# --------------------------------------------------------------------------- k-mer training
+def default_kmer_folder() -> Path:
+    """The committed default model (``checkpoints/protlm-kmer3-swissprot``), found by
+    :func:`protlm.io.resources.checkpoint_folder` in a source checkout or the installed package."""
+
+    return checkpoint_folder("protlm-kmer3-swissprot")
+
+
+# --------------------------------------------------------------------------- training
 
 
 class CooccurrenceCounter:
@@ -416,7 +316,7 @@ class KmerTraining:
 
 
 def train_kmer(sequences: Iterable[str], options: KmerTraining | None = None,
-               progress: Callable[[int], None] | None = None, source: dict | None = None) -> KmerEmbedder:
+               progress: Callable[[int], None] | None = None, source: dict | None = None) -> KmerModel:
     """Train 3-mer vectors: co-occurrence counts → PPMI (smoothing 0.75) → randomized SVD.
 
     ``progress(n)`` is called with the number of sequences read; ``source`` (e.g. the corpus
@@ -462,23 +362,4 @@ def train_kmer(sequences: Iterable[str], options: KmerTraining | None = None,
         "seconds_counting": round(seconds_counting, 1), "seconds": round(time.perf_counter() - t0, 1),
         "protlm_version": __version__,
     }
-    return KmerEmbedder([kmer_string(int(i)) for i in keep], vectors, config)
-
-
-# --------------------------------------------------------------------------- defaults
-
-
-def default_kmer_folder() -> Path:
-    """The committed default model (``checkpoints/protlm-kmer3-swissprot``), found by
-    :func:`protlm.io.resources.checkpoint_folder` in a source checkout or the installed package."""
-
-    return checkpoint_folder("protlm-kmer3-swissprot")
-
-
-def refuse_lm_options(name: str, options: EmbedOptions | None) -> None:
-    """LM-only options (a layer, a precision, int8) mean nothing here: say so instead of ignoring them."""
-    if options is None:
-        return
-    if options.lm_options_set():
-        raise ConfigError(f"--model {name} is a baseline embedder: it has no layers or precision "
-                          f"({'/'.join(options.lm_options_set())} apply to language models)")
+    return KmerModel([kmer_string(int(i)) for i in keep], vectors, config)
