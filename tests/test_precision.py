@@ -83,7 +83,30 @@ def test_cli_exits_2_without_a_traceback_where_bf16_is_missing(esm, no_bf16, tmp
                "--device", "cpu", "--dtype", "bf16"])
     err = capsys.readouterr().err
     assert rc == 2 and "no bf16 instructions" in err and "Traceback" not in err
+    assert "protlm: error: --dtype: bf16" in err  # typed on the command line: named as the flag
     assert not (tmp_path / "o.h5").exists()
+
+
+def test_a_config_file_setting_is_not_named_as_a_flag(esm, tmp_path, capsys):
+    """Issue 21 #3: `protlm train --config` with `embedder: {dtype: fp16}` told a YAML user about
+    --dtype; now the message names the setting, not a flag they never typed."""
+    import yaml
+
+    from protlm.cli.main import main
+
+    data = tmp_path / "t.fasta"
+    data.write_text("".join(f">p{i} TARGET={'HEC'[i % 3] * 12} SET={'train' if i < 6 else 'test'}\nMKTAYIAKQRQI\n"
+                            for i in range(8)))
+    cfg = tmp_path / "t.yaml"
+    src = lambda split: {"file": str(data), "format": "biotrainer", "split": split}  # noqa: E731
+    cfg.write_text(yaml.safe_dump({"name": "t", "protocol": "residue_to_class",
+                                   "embedder": {"name": str(esm), "dtype": "fp16", "device": "cpu"},
+                                   "data": {"train": src("train"), "valid": src("train"),
+                                            "test": {"t": src("test")}},
+                                   "targets": [{"name": "q3", "label": "target", "classes": list("HEC")}]}))
+    rc = main(["train", "--config", str(cfg), "--out", str(tmp_path / "head")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "fp16 is for GPUs" in err and "--dtype" not in err and "Traceback" not in err
 
 
 def test_fp16_and_int8_with_bf16_are_refused_on_a_cpu(esm, with_bf16):

@@ -14,7 +14,7 @@ import signal
 import sys
 
 from protlm import __version__
-from protlm.errors import ProtlmError, Terminated
+from protlm.errors import ProtlmError, Terminated, cli_flags
 
 log = logging.getLogger("protlm")
 
@@ -71,6 +71,7 @@ def _resume_hint(args) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    cli_flags(sys.argv[1:] if argv is None else [str(a) for a in argv])  # option errors name the flags typed
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="protlm: %(levelname)s: %(message)s",
