@@ -4,7 +4,7 @@ protlm splits an embedder in two (biotrainer's ``EmbedderInterface``, ESM's ``to
 runner): a **backend** knows one model family — how to turn a batch of cleaned protein
 sequences into per-residue arrays — and the **batch runner**
 (:class:`protlm.embed.runner.Embedder`) does everything else, identically for every family:
-length sorting, token-budget plans, equal-length CPU batches, out-of-memory halving → CPU
+length sorting, token-budget plans, equal-length or packed CPU batches, out-of-memory halving → CPU
 fallback → skip-with-record, overlapping windows over a position limit, statistics and the
 crash-safe journal of ``protlm embed``.
 
@@ -36,6 +36,14 @@ parameters require them (fair-esm's ``forward(tokens, repr_layers, need_head_wei
 numpy ``forward`` the runner calls is that same forward under ``torch.inference_mode()``;
 fine-tuning (:mod:`protlm.tasks.finetune`) calls it in training mode. The numpy baselines
 (one-hot, BLOSUM, k-mer, profiles) stay plain :class:`Backend`s.
+
+**Packed batches** (optional): a backend that sets ``packed_batches`` runs a batch of proteins
+of mixed lengths in its numpy ``forward`` without computing any padding — the proteins
+concatenated along the token axis, attention per protein (:mod:`protlm.embed.packed`) — so the
+runner plans batches by real tokens and lets any lengths share one. Such a backend also offers
+``forward_packed(seqs, layers=…)``, an inference-only twin of ``forward_tokens`` returning the same
+:class:`LMOutput` (hidden states only). The Hugging Face backend does this on a CPU for ESM and
+BERT-like encoders (:class:`protlm.embed.backends.hf.HFBackend`).
 """
 
 from __future__ import annotations
@@ -79,6 +87,9 @@ class Backend(abc.ABC):
     default_alone_above: int = 1000
     #: On a CPU, only proteins of equal length share a batch (padding costs more than it saves there).
     equal_length_on_cpu: bool = False
+    #: ``forward`` packs a batch of mixed lengths with no padding computed (see the module
+    #: docstring): the runner's token budget then counts real tokens, and lengths need not be equal.
+    packed_batches: bool = False
 
     @abc.abstractmethod
     def forward(self, seqs: list[str], *, cpu: bool = False) -> list[np.ndarray]:

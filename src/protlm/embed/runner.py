@@ -5,7 +5,10 @@ tokens removed); ``embed_proteins`` the per-protein vectors (the mean over resid
 backend's own pooling). The batching follows the ProtTrans embedder's idea, made exact: proteins
 sorted by length, cut into batches by a budget of padded tokens (and a cap on sequences),
 proteins longer than ``alone_above`` residues alone; on a CPU, for backends that ask for it, only
-proteins of equal length share a batch.
+proteins of equal length share a batch. A backend that packs its batches (``packed_batches``:
+proteins concatenated along the token axis, attention per protein, no padding computed —
+:mod:`protlm.embed.packed`; the Hugging Face ESM and BERT encoders on a CPU) gets batches of any
+lengths, cut by a budget of real tokens instead.
 
 Failures never drop a protein silently. An out-of-memory error splits the batch in halves, down
 to one protein; a single protein that does not fit the device moves to the CPU
@@ -263,35 +266,41 @@ class Embedder:
     # ------------------------------------------------------------------ batching
 
     def plan(self, lengths: list[int]) -> list[list[int]]:
-        """Batches of indices: longest first, by padded-token budget and sequence cap.
+        """Batches of indices: longest first, by token budget and sequence cap.
 
-        On a CPU, backends with ``equal_length_on_cpu`` only batch proteins of the same length:
-        there a padded batch was slower than one protein at a time for the transformer encoders
-        (the attention mask takes SDPA off its fastest kernel and the padding is wasted work;
-        docs/benchmarks.md), while equal lengths need neither.
+        The budget counts padded tokens (batch size × the longest protein's tokens), or real
+        tokens for a backend that packs its batches (``packed_batches``: no padding is computed).
+        On a CPU, backends with ``equal_length_on_cpu`` that do not pack only batch proteins of
+        the same length: there a padded batch was slower than one protein at a time for the
+        transformer encoders (the attention mask takes SDPA off its fastest kernel and the padding
+        is wasted work; docs/benchmarks.md), while equal lengths need neither. An explicit
+        ``equal_length_batches`` (true or false) turns packing off.
         """
         b = self.backend
         budget = self.options.tokens_per_batch or b.default_tokens_per_batch
         cap = self.options.max_sequences or b.default_max_sequences
         exact = self.options.equal_length_batches
+        packed = exact is None and bool(getattr(b, "packed_batches", False))
         if exact is None:
-            exact = b.equal_length_on_cpu and str(b.device) == "cpu"
+            exact = not packed and b.equal_length_on_cpu and str(b.device) == "cpu"
         alone = self.options.alone_above or b.default_alone_above
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         extra = b.extra_tokens
-        batches, current, width = [], [], 0
+        batches, current, width, tokens = [], [], 0, 0
         for i in order:
             n = lengths[i]
             if n > alone or (self.max_residues and n > self.max_residues):
                 batches.append([i])
                 continue
             w = max(width, n + extra)
-            if current and (w * (len(current) + 1) > budget or len(current) + 1 > cap
+            cost = tokens + n + extra if packed else w * (len(current) + 1)
+            if current and (cost > budget or len(current) + 1 > cap
                             or (exact and lengths[current[0]] != n)):
                 batches.append(current)
-                current, w = [], n + extra
+                current, w, tokens = [], n + extra, 0
             current.append(i)
             width = w
+            tokens += n + extra
         if current:
             batches.append(current)
         return batches
