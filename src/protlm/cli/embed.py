@@ -103,7 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compress", action="store_true",
                    help="gzip-compressed HDF5 datasets, as biotrainer writes them (smaller, slower to write)")
     p.add_argument("--tokens-per-batch", type=int, default=None,
-                   help="tokens per batch, padding included (packed CPU batches have none; default: the model family's, 4000 for transformers)")
+                   help="tokens per batch, padding included (packed CPU batches have none; default: the model "
+                        "family's, 4000 for transformers)")
     p.add_argument("--max-sequences", type=int, default=None,
                    help="proteins per batch (default: the model family's, 100 for transformers)")
     p.add_argument("--pooling", default="mean",

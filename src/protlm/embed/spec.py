@@ -30,7 +30,7 @@ class EmbedOptions:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "fp32"  # fp32 | bf16 (GPUs, CPUs with avx512_bf16/amx_bf16) | fp16 (GPUs) | auto
     int8: bool = False  # dynamic int8 quantisation of the linear layers (CPU)
-    tokens_per_batch: int | None = None  # tokens per batch, padding included (packed batches: none); None: the backend's default
+    tokens_per_batch: int | None = None  # tokens per batch, padding included (packed: none); None: the backend's
     max_sequences: int | None = None  # proteins per batch; None: the backend's default
     alone_above: int | None = None  # residues; longer proteins run alone. None: the backend's (1,000 for LMs)
     long_policy: str = "window"  # window | error, for models with a hard position limit
