@@ -325,6 +325,8 @@ evaluate: {{n_boot: 200}}
     meta = json.loads((head / "head.json").read_text())
     assert meta["protocol"] == "residue_pairs_to_class" and meta["config"]["head"]["type"] == "pair_mlp"
     assert len(meta["data"]["train_ids"]) == 10 and len(meta["data"]["early_stop_ids"]) == 3
+    # the engine keeps no label-protocol fields for a protocol that has none (issue 21 #2)
+    assert "classes" not in meta and "normalisation" not in meta
     assert (head / "head.safetensors").is_file() and (head / "metrics.json").is_file()
     assert not list(head.glob(".*"))  # no temp files left behind
 

@@ -35,28 +35,35 @@ def read_head_json(folder: Path, name: str = "head.json") -> dict:
     if not isinstance(info, dict):
         raise InputError(f"--head {folder}: {name} must hold a JSON object, not a {type(info).__name__}")
     info = upgrade_contact_head(info)
-    for key, kind in (("config", dict), ("classes", list), ("normalisation", list)):
-        if not isinstance(info.get(key), kind):
-            raise InputError(f"--head {folder}: {name} field {key!r} must be a {kind.__name__}")
+    if not isinstance(info.get("config"), dict):
+        raise InputError(f"--head {folder}: {name} field 'config' must be a dict")
     dim = info.get("dim")
     if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
         raise InputError(f"--head {folder}: {name} field 'dim' must be an integer in [1, {MAX_DIM}], not {dim!r}")
+    return info  # what decoding needs (classes, normalisation, …) the head's protocol checks (check_info)
+
+
+def check_label_info(info: dict, where: str) -> None:
+    """The label protocols' part of head.json: ``classes`` (per target: a list of 1 to
+    MAX_CLASSES labels, or null for a value target) and ``normalisation`` (two finite numbers
+    per target), checked before any size is taken from them."""
+    for key in ("classes", "normalisation"):
+        if not isinstance(info.get(key), list):
+            raise InputError(f"{where}: head.json field {key!r} must be a list")
     for k, cls in enumerate(info["classes"]):
         if cls is not None and (not isinstance(cls, list) or not 1 <= len(cls) <= MAX_CLASSES):  # None: a value target
-            raise InputError(f"--head {folder}: {name} classes[{k}] must be null or a list of 1 to {MAX_CLASSES} "
-                             f"labels")
+            raise InputError(f"{where}: head.json classes[{k}] must be null or a list of 1 to {MAX_CLASSES} labels")
     for k, pair in enumerate(info["normalisation"]):
         if (not isinstance(pair, list) or len(pair) != 2
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)):
-            raise InputError(f"--head {folder}: {name} normalisation[{k}] must be two finite numbers")
-    return info
+            raise InputError(f"{where}: head.json normalisation[{k}] must be two finite numbers")
 
 
 def upgrade_contact_head(info: dict) -> dict:
     """A contact head folder written before protlm 0.4 (its own schema: ``input_dim``, the protocol
     named ``residues_to_class``) in the one head-folder format; other head.json files unchanged.
     Its weights have the same names and shapes."""
-    if info.get("protocol") != "residues_to_class" or "input_dim" not in info or "classes" in info:
+    if info.get("protocol") != "residues_to_class" or "input_dim" not in info or "dim" in info:
         return info
     config = info.get("config")
     if not isinstance(config, dict):
@@ -69,8 +76,8 @@ def upgrade_contact_head(info: dict) -> dict:
         train["seed"] = info["embedder_seed"]
     config["train"] = train
     training = info.get("training") if isinstance(info.get("training"), dict) else {}
-    return {**info, "protocol": "residue_pairs_to_class", "config": config, "classes": [], "normalisation": [],
-            "dim": info["input_dim"], "history": training.get("history", [])}
+    return {**info, "protocol": "residue_pairs_to_class", "config": config, "dim": info["input_dim"],
+            "history": training.get("history", [])}
 
 
 def check_head_shape(folder: Path, hidden: int, kernel: int) -> None:

@@ -338,14 +338,6 @@ class TrainedHead:
     def protocol(self) -> Protocol:
         return self.config.protocol_obj
 
-    @property
-    def classes(self) -> list:
-        return self.info["classes"]
-
-    @property
-    def norm(self) -> list[tuple[float, float]]:
-        return [tuple(x) for x in self.info["normalisation"]]
-
 
 def load_head(folder: str | Path) -> TrainedHead:
     """A head folder written by :func:`train` (weights read with safetensors, never pickle; every

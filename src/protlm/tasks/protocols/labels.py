@@ -36,6 +36,7 @@ from protlm.tasks.data import (MISSING_RESIDUE, RARE_TO_X, LabelledSet, encode, 
                                task_proteins)
 from protlm.tasks.features import FeatureSet, pooled
 from protlm.tasks.finetune import SequenceSet, sequence_batch
+from protlm.tasks.headfile import check_label_info
 from protlm.tasks.heads import get_head, make_head
 from protlm.tasks.protocols.base import FitState, Protocol, TaskData
 
@@ -552,6 +553,7 @@ class LabelProtocol(Protocol):
         return [len(c) for c in info["classes"]]
 
     def check_info(self, config, info: dict, where: str) -> None:
+        check_label_info(info, where)
         classes, norm = info["classes"], info["normalisation"]
         if len(classes) != len(config.targets) or len(norm) != len(config.targets):
             raise InputError(f"{where}: head.json lists {len(classes)} class lists / {len(norm)} normalisations "

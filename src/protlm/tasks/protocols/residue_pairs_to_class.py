@@ -268,8 +268,7 @@ class ResiduePairsToClass(Protocol):
                              "chains; lower data.early_stop_chains")
         log.info("contacts: %d train chains, %d early-stopping and %d evaluation chains (validation)",
                  len(train), len(early), len(rest))
-        info = {"classes": [], "normalisation": [],
-                "conventions": {"contact": f"CB-CB < {d.threshold} A (CA where CB is missing)",
+        info = {"conventions": {"contact": f"CB-CB < {d.threshold} A (CA where CB is missing)",
                                 "min_separation_trained": d.min_separation},
                 "data": {"npz": str(npz.resolve()), "full_sequences": full_path,
                          "train_ids": [c.id for c in train], "early_stop_ids": [c.id for c in early]},
