@@ -265,7 +265,7 @@ def test_int8_and_cpu_half_precision_are_refused():
     from protlm.embed.registry import resolve
     from protlm.embed.spec import EmbedOptions
 
-    with pytest.raises(ConfigError, match="int8 is not offered"):
+    with pytest.raises(ConfigError, match="int8: not offered for UniRep"):
         resolve("unirep64", EmbedOptions(int8=True))
     with pytest.raises(ConfigError, match="fp16 is for GPUs"):
         resolve("unirep64", EmbedOptions(device="cpu", dtype="fp16"))

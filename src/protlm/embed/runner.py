@@ -110,8 +110,8 @@ class Embedder:
         self.backend: Backend = resolve(self.spec.name, self.options)
         self.name = self.spec.name
         if self.options.pooling not in getattr(self.backend, "poolings", ("mean",)):
-            raise ConfigError(f"--pooling {self.options.pooling}: {self.name} offers "
-                              f"{', '.join(getattr(self.backend, 'poolings', ('mean',)))}")
+            raise ConfigError(f"{self.options.pooling}: {self.name} offers "
+                              f"{', '.join(getattr(self.backend, 'poolings', ('mean',)))}", option="pooling")
         self.stats = EmbedStats()
         self._collapse_checks = 0  # proteins checked for residue-constant rows (a collapse shows on every one)
 

@@ -41,11 +41,11 @@ def resolve_device(name: str):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is available here")
+        raise ConfigError(f"{name}: no CUDA device is available here", option="device")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"{name!r}: expected auto, cpu, cuda or cuda:N", option="device") from None
 
 
 #: LoRA's default targets per family (``lora_target_modules: auto``): the attention projections
@@ -81,7 +81,7 @@ class HFBackend(TorchBackend):
 
         device = resolve_device(options.device)
         if options.int8 and device.type != "cpu":
-            raise ConfigError("--int8 (dynamic quantisation) runs on the CPU; use --dtype bf16/fp16 on GPUs")
+            raise ConfigError("dynamic int8 quantisation runs on the CPU; use dtype bf16/fp16 on GPUs", option="int8")
         # --dtype auto resolved here; describe() and fingerprint() record what actually ran
         options = replace(options, dtype=resolve_dtype(options.dtype, device, int8=options.int8))
         # bf16 on a CPU: the fp32 model under bf16 autocast (as fast as casting the weights, closer to
@@ -105,8 +105,8 @@ class HFBackend(TorchBackend):
         self.dim = self.lm.width
         n_layers = self.lm.layers
         if not (-n_layers - 1 <= options.layer <= n_layers):
-            raise ConfigError(f"--layer {options.layer}: the model has {n_layers} layers "
-                              f"(valid: {-n_layers - 1} … {n_layers}; 0 is the embedding layer, -1 the last)")
+            raise ConfigError(f"{options.layer}: the model has {n_layers} layers (valid: {-n_layers - 1} … "
+                              f"{n_layers}; 0 is the embedding layer, -1 the last)", option="layer")
         model = self.lm.model
         if options.int8:
             model = quantize_int8(model)

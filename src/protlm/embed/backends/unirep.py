@@ -80,19 +80,19 @@ class UniRepBackend(TorchBackend):
         self.size = int(cfg.hidden_size)
         self.n_layers = int(cfg.num_layers)
         if not -(self.n_layers + 1) <= options.layer <= self.n_layers:
-            raise ConfigError(f"--layer {options.layer}: UniRep-{self.size} has layers 0 (the token embedding) to "
-                              f"{self.n_layers} (the last mLSTM layer; -1 also means it)")
+            raise ConfigError(f"{options.layer}: UniRep-{self.size} has layers 0 (the token embedding) to "
+                              f"{self.n_layers} (the last mLSTM layer; -1 also means it)", option="layer")
         self.layer = options.layer % (self.n_layers + 1)
         if options.pooling not in POOLINGS:
-            raise ConfigError(f"--pooling {options.pooling}: UniRep offers {', '.join(POOLINGS)}")
+            raise ConfigError(f"{options.pooling}: UniRep offers {', '.join(POOLINGS)}", option="pooling")
         if self.layer == 0 and options.pooling in ("c_final", "fusion"):
-            raise ConfigError(f"--pooling {options.pooling} needs an mLSTM cell state; --layer 0 is the token "
-                              f"embedding (use --layer 1 or more)")
+            raise ConfigError(f"{options.pooling} needs an mLSTM cell state; layer 0 is the token embedding (use "
+                              f"layer 1 or more)", option="pooling")
         device = resolve_device(options.device)
         if options.int8:
             # measured (benchmarks/bench_unirep.py --int8): errors compound through the recurrence
-            raise ConfigError("--int8 is not offered for UniRep: dynamic int8 on the recurrent matrices "
-                              "changes the states too much for its speed-up (docs/unirep.md); use fp32 or bf16")
+            raise ConfigError("not offered for UniRep: dynamic int8 on the recurrent matrices changes the states "
+                              "too much for its speed-up (docs/unirep.md); use fp32 or bf16", option="int8")
         # --dtype auto resolved here; describe() and fingerprint() record what actually ran
         options = replace(options, dtype=resolve_dtype(options.dtype, device,
                                                        auto_bf16=self.size >= AUTO_BF16_MIN_WIDTH))
@@ -200,7 +200,7 @@ class UniRepBackend(TorchBackend):
         """Per-protein vectors: ``mean`` (over the L residue states) or UniRep's ``h_avg`` (over all
         L+1 states), ``h_final``, ``c_final``, ``fusion`` (``[h_avg, h_final, c_final]``)."""
         if pooling not in POOLINGS:
-            raise ConfigError(f"--pooling {pooling}: UniRep offers {', '.join(POOLINGS)}")
+            raise ConfigError(f"{pooling}: UniRep offers {', '.join(POOLINGS)}", option="pooling")
         self._check(seqs)
         run = self._run(seqs, cpu, keep_states=False)
         steps = (run.lengths + 1).astype(np.float64)[:, None]
