@@ -30,7 +30,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Callable
 
@@ -519,13 +518,7 @@ def differences_table(rows: list[dict]) -> str:
 
 
 def _cell(res: dict, protocol: str) -> str:
-    m = get_protocol(protocol).headline(res)
-    if not m or m.get("value") is None or (isinstance(m["value"], float) and math.isnan(m["value"])):
-        return "–"
-    lo, hi = m["ci95"]
-    if lo is None:
-        return f"{m['value']:.3f}"
-    return f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]"
+    return get_protocol(protocol).headline_text(res)
 
 
 def results_table(results: list[dict]) -> str:

@@ -32,6 +32,7 @@ The engine's calls, in order (train):
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -171,6 +172,18 @@ class Protocol:
     def headline(self, result: dict) -> dict | None:
         """``{"value": v, "ci95": [lo, hi]}`` of one target's metrics (the results table's cell)."""
         raise NotImplementedError
+
+    def headline_text(self, result: dict) -> str:
+        """The results table's cell for one target's metrics: ``value [lo, hi]`` of :meth:`headline`
+        by default ("–" when there is none); a protocol whose headline is not one number with a CI
+        overrides this, and the suite asks nothing else of its metrics."""
+        m = self.headline(result)
+        if not m or m.get("value") is None or (isinstance(m["value"], float) and math.isnan(m["value"])):
+            return "–"
+        lo, hi = m.get("ci95") or (None, None)
+        if lo is None:
+            return f"{m['value']:.3f}"
+        return f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
     def per_protein(self, config, preds, dataset, k: int) -> tuple[int, Any]:
         """(number of proteins, per-protein values) for the paired bootstrap of the headline."""
