@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from protlm.embed.backend import Backend
+from protlm.embed.pooling import mean_vector
 from protlm.embed.registry import resolve
 from protlm.embed.spec import EmbedderSpec, EmbedOptions, parse_spec
 from protlm.errors import ConfigError, InputError
@@ -377,7 +378,7 @@ class Embedder:
         if self.options.pooling != "mean":
             vectors = self._collect(seqs, pooled=True)
         else:
-            vectors = [a.mean(axis=0) for a in self._collect(seqs, pooled=False)]
+            vectors = [mean_vector(a) for a in self._collect(seqs, pooled=False)]
         if not vectors:
             return np.zeros((0, self.protein_dim), dtype=np.float32)
         return np.stack(vectors).astype(np.float32)
