@@ -22,7 +22,8 @@ from protlm.errors import InputError
 from protlm.tasks.config import load_task_config
 from protlm.tasks.data import load_task_data
 from protlm.tasks.features import FeatureCache, FeatureSource, pooled
-from protlm.tasks.train import _batch, load_head, predict, train
+from protlm.tasks.protocols.labels import feature_batch as _batch
+from protlm.tasks.train import load_head, predict, train
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
 RARE = "BOUZ"

@@ -472,11 +472,11 @@ def test_cnn_padded_batch_equals_one_protein_alone():
 
 
 def test_class_weights_are_inverse_frequency(tmp_path):
-    from protlm.tasks.train import _class_weights
+    from protlm.tasks.protocols.labels import class_weights
 
     cfg = load_task_config(data={"protocol": "sequence_to_class", "embedder": "onehot", "head": {"type": "ffn"},
                                  "data": {"train": {"benchmark": "x"}}, "train": {"class_weights": True}})
-    w = _class_weights(cfg, [[0, 0, 0, 1, -1]], [3])[0].numpy()
+    w = class_weights([], cfg.train.class_weights, [[0, 0, 0, 1, -1]], [3])[0].numpy()
     # counts 3, 1, 0: weights ∝ 1/count, an absent class gets 0, mean over present classes = 1
     assert w[2] == 0.0 and w[1] == pytest.approx(3 * w[0]) and (w[0] + w[1]) / 2 == pytest.approx(1.0)
 

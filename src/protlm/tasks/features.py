@@ -394,10 +394,6 @@ class FeatureSource:
     # ------------------------------------------------------------------ what it is
 
     @property
-    def is_file(self) -> bool:
-        return self._h5 is not None
-
-    @property
     def embedder(self):
         if self._embedder is None:
             from protlm.embed.runner import Embedder
@@ -618,12 +614,6 @@ class FeatureSource:
         x = FeatureSet(list(ids), lengths, dim, read, label)
         # per-protein heads hold their inputs in memory (as pooled features): read and checked once
         return ArrayFeatures([x[i] for i in range(len(x))], list(ids), label) if per_protein else x
-
-    def get(self, ids: list[str], sequences: list[str], progress: Callable[[int, int], None] | None = None,
-            written: list[str] | None = None) -> list[np.ndarray]:
-        """Per-residue embeddings in input order, all read into memory as float32 (small sets only)."""
-        fs = self.features(ids, sequences, written, progress)
-        return [np.asarray(fs[i], dtype=np.float32) for i in range(len(fs))]
 
     def close(self) -> None:
         if self._h5 is not None:

@@ -44,16 +44,10 @@ from protlm.tasks.finetune import (LM_FOLDER, STATE_FOLDER, FinetunedModel, RunS
                                    finetuned_embedder, optimizer_for, parameter_counts, run_digest, save_lm,
                                    split_batch, to_budget, trainable_lm, trainable_state, warmup_factor)
 from protlm.tasks.protocols import Protocol, TaskData
-from protlm.tasks.protocols.labels import class_weights, feature_batch
 
 log = logging.getLogger("protlm.tasks")
 
 HEAD_JSON, HEAD_WEIGHTS, METRICS_JSON = "head.json", "head.safetensors", "metrics.json"
-_batch = feature_batch  # the padded feature batch every residue/protein protocol uses
-
-
-def _class_weights(config: TaskConfig, targets: list[list], n_classes: list[int]):
-    return class_weights([], config.train.class_weights, targets, n_classes)
 
 
 # --------------------------------------------------------------------------- training
@@ -379,7 +373,6 @@ def check_source(head: TrainedHead, source) -> None:
         log.warning("%s", warning)
 
 
-_check_source = check_source
 
 
 def cut_short_message(config: TaskConfig, best_epoch: int) -> str:
