@@ -14,13 +14,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
-
 from protlm.analysis.projection import (ProjectionParams, check_size, h5_index, project_proteins, read_h5_vectors,
                                         read_labels, stratified_subsample)
 from protlm.data.benchmarks import load_benchmark
 from protlm.data.fasta import read_fasta
 from protlm.embed.runner import Embedder
+from protlm.embed.store import file_attr, open_embeddings
 from protlm.errors import ConfigError, InputError
 from protlm.io.resources import data_root
 
@@ -134,8 +133,7 @@ def project_protein_map(req: ProteinMapRequest, params: ProjectionParams) -> dic
 
 
 def _h5_model(path: str) -> str:
-    with h5py.File(path, "r") as f:
-        model = f.attrs.get("model", Path(path).stem)
-    return model.decode() if isinstance(model, bytes) else str(model)
+    with open_embeddings(path, "--embeddings") as f:
+        return str(file_attr(f, "model", Path(path).stem))
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protlm.embed.store import file_level, open_embeddings
 from protlm.io.atomic import write_bytes, write_json
 from protlm.errors import ConfigError, InputError
 
@@ -184,15 +185,7 @@ def _as_matrix(embeddings: np.ndarray) -> np.ndarray:
 
 
 def _open_h5(path: str | Path):
-    import h5py
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such file")
-    try:
-        return h5py.File(p, "r")
-    except OSError:
-        raise InputError(f"{p}: not a readable HDF5 file") from None
+    return open_embeddings(path, "--embeddings")
 
 
 def h5_index(path: str | Path) -> dict[str, str]:
@@ -203,7 +196,7 @@ def h5_index(path: str | Path) -> dict[str, str]:
 
     index: dict[str, str] = {}
     with _open_h5(path) as f:
-        if f.attrs.get("level") == "residue":
+        if file_level(f, str(path)) == "residue":
             raise InputError(f"{path}: holds per-residue embeddings; project the per-protein file "
                              "(protlm embed --level protein, or OUT.per_protein.h5 of --level both)")
         for key in f.keys():

@@ -150,6 +150,44 @@ class Journal:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- reading
+
+
+def open_embeddings(path: str | os.PathLike, what: str = "embeddings"):
+    """An HDF5 embedding file opened read-only (``h5py.File``; use it as a context manager), or one
+    error line: no such file, or not HDF5. Every reader of embedding files opens them here."""
+    import h5py
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what} {p}: no such file")
+    try:
+        return h5py.File(p, "r")
+    except OSError:
+        raise InputError(f"{what} {p}: not a readable HDF5 file") from None
+
+
+def file_attr(h5, key: str, default=None):
+    """A file attribute as a Python value (bytes decoded, numpy scalars unwrapped)."""
+    v = h5.attrs.get(key, default)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def file_level(h5, name: str) -> str:
+    """"residue" or "protein": what an embedding file holds — its ``level`` attribute (``protlm
+    embed`` writes it), else the shape of its first dataset (biotrainer's reduced files: one
+    D-vector per protein; its per-residue files: L × D)."""
+    level = file_attr(h5, "level")
+    if level is None:
+        first = next(iter(h5.keys()), None)
+        level = "protein" if first is not None and getattr(h5[first], "ndim", 2) == 1 else "residue"
+    if level not in ("residue", "protein"):
+        raise InputError(f"embedder {name}: level attribute {str(level)[:40]!r}; expected residue or protein")
+    return str(level)
+
+
 def existing_keys(path: Path) -> set[str]:
     return set(existing_sequences(path))
 

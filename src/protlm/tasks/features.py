@@ -68,7 +68,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from protlm.embed.pooling import mean_vector
-from protlm.embed.store import hash_key, id_key, sequence_digest
+from protlm.embed.store import file_attr, file_level, hash_key, id_key, open_embeddings, sequence_digest
 from protlm.errors import ConfigError, InputError
 from protlm.io.checksums import xxh3_file
 
@@ -277,21 +277,6 @@ class ArrayFeatures(FeatureSet):
         super().__init__(names, [len(a) for a in arrays], dim, arrays.__getitem__, where)
 
 
-def file_level(h5, name: str) -> str:
-    """"residue" or "protein": what an HDF5 embedding file holds — its ``level`` attribute
-    (``protlm embed`` writes it), else the shape of its first dataset (biotrainer's reduced files:
-    one D-vector per protein; its per-residue files: L × D)."""
-    level = h5.attrs.get("level")
-    if isinstance(level, bytes):
-        level = level.decode("utf-8", "replace")
-    if level is None:
-        first = next(iter(h5.keys()), None)
-        level = "protein" if first is not None and getattr(h5[first], "ndim", 2) == 1 else "residue"
-    if level not in ("residue", "protein"):
-        raise InputError(f"embedder {name}: level attribute {str(level)[:40]!r}; expected residue or protein")
-    return str(level)
-
-
 def pooled(x: FeatureSet) -> ArrayFeatures:
     """The mean over residues of each protein (1 × D float32), computed one protein at a time."""
     return ArrayFeatures([mean_vector(x[i])[None, :] for i in range(len(x))], x.names,
@@ -381,14 +366,7 @@ class FeatureSource:
         self.pooling: str = getattr(options, "pooling", "mean") or "mean"
         self.file_level = "residue"  # what an HDF5 file holds (file_level): per residue, or one vector per protein
         if self.name.endswith(HDF5_SUFFIXES):
-            import h5py
-
-            if not Path(self.name).is_file():
-                raise InputError(f"embedder {self.name}: no such HDF5 file")
-            try:
-                self._h5 = h5py.File(self.name, "r")
-            except OSError:
-                raise InputError(f"embedder {self.name}: not a readable HDF5 file") from None
+            self._h5 = open_embeddings(self.name, "embedder")
             self.file_level = file_level(self._h5, self.name)
 
     # ------------------------------------------------------------------ what it is
@@ -427,17 +405,10 @@ class FeatureSource:
         file's checksum (a pass over the whole file), which checking a head does not need."""
         if self._identity is None:
             if self._h5 is not None:
-                attrs = self._h5.attrs
-
-                def attr(key):
-                    v = attrs.get(key)
-                    if isinstance(v, bytes):
-                        v = v.decode("utf-8", "replace")
-                    return v.item() if isinstance(v, np.generic) else v
-
-                self._identity = {"kind": "hdf5", "fingerprint": attr("fingerprint") or None,
-                                  "model": attr("model") or None, "layer": attr("layer"), "level": self.file_level,
-                                  "dim": self.dim, "file": self.name}
+                h5 = self._h5
+                self._identity = {"kind": "hdf5", "fingerprint": file_attr(h5, "fingerprint") or None,
+                                  "model": file_attr(h5, "model") or None, "layer": file_attr(h5, "layer"),
+                                  "level": self.file_level, "dim": self.dim, "file": self.name}
             else:
                 self._identity = {"kind": "embedder", "fingerprint": self.embedder.fingerprint(),
                                   "model": self.name, "layer": self.layer, "level": "residue", "dim": self.dim}
