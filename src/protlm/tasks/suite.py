@@ -368,12 +368,13 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
                 if interrupted:
                     log.warning("%s with %s: continuing the interrupted fine-tuning run in %s", path.stem, name,
                                 folder)
-                train(config, folder, data_dir, cache_dir, progress, source=source, resume=interrupted)
-            doc = json.loads(done.read_text())
-            doc.update(head_digest=digest, test_digests=test_digests(config) or {}, task_file=path.stem)
-            doc["embedder"] = name
-            write_bytes(done, json_bytes(doc))
-            results.append(doc)
+                # what the suite keeps beside the metrics goes into metrics.json as it is written, once
+                record = {"head_digest": digest, "test_digests": test_digests(config) or {}, "task_file": path.stem,
+                          "embedder": name}
+                result = train(config, folder, data_dir, cache_dir, progress, source=source, resume=interrupted,
+                               record=record)
+            if "task" in result:  # not a torchrun worker other than process 0 (it saves and scores nothing)
+                results.append({k: v for k, v in result.items() if k not in ("out", "seconds")})
     table = results_table(results)
     if skipped:
         table += "\nNot run (the embedder does not fit the task): " + "; ".join(

@@ -382,27 +382,31 @@ def cut_short_message(config: TaskConfig, best_epoch: int) -> str:
 
 
 def train(config: TaskConfig, out: str | Path, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-          progress: Callable[[str, dict], None] | None = None, source=None, resume: bool = False) -> dict:
+          progress: Callable[[str, dict], None] | None = None, source=None, resume: bool = False,
+          record: dict | None = None) -> dict:
     """Train the head a config describes, score it on validation and test sets, save the folder.
 
-    ``source``: the inputs to use (default: the protocol's, made from ``config.embedder``); left open."""
+    ``source``: the inputs to use (default: the protocol's, made from ``config.embedder``); left open.
+    ``record``: fields the caller keeps in metrics.json beside the metrics (the suite's digests),
+    written with it once. Returns metrics.json's document (plus ``out`` and ``seconds``)."""
     out = Path(out)
     t0 = time.perf_counter()
     protocol = config.protocol_obj
     data = protocol.load_data(config, data_dir)
     if config.finetuning:
-        return _finetune(config, protocol, out, data, cache_dir, progress, t0, resume)
+        return _finetune(config, protocol, out, data, cache_dir, progress, t0, resume, record)
     own = source is None
     if own:
         source = protocol.open_source(config, cache_dir)
     try:
-        return _train(config, protocol, out, source, data, progress, t0)
+        return _train(config, protocol, out, source, data, progress, t0, record)
     finally:
         if own:
             source.close()
 
 
-def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: TaskData, progress, t0) -> dict:
+def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: TaskData, progress, t0,
+           record: dict | None = None) -> dict:
     def inputs(dataset, name):
         def bar(done, total):
             if progress is not None:
@@ -440,12 +444,13 @@ def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: Task
     metrics = {"valid": scored(va, data.valid) if protocol.scores_valid else {},
                "test": {name: scored(te[name], s, name) for name, s in data.tests.items()}}
     metrics_doc = write_head(out, config, data, dim, model, (history, best_epoch, stopped_by, cut_short), identity,
-                             metrics, {"embed": t_embed, "train": t_train}, per_protein=paired)
+                             metrics, {"embed": t_embed, "train": t_train}, per_protein=paired, record=record)
     return {**metrics_doc, "out": str(out), "seconds": time.perf_counter() - t0}
 
 
 def write_head(out: Path, config: TaskConfig, data: TaskData, dim: int, head, run: tuple, identity: dict,
-               metrics: dict, seconds: dict, finetune: dict | None = None, per_protein: dict | None = None) -> dict:
+               metrics: dict, seconds: dict, finetune: dict | None = None, per_protein: dict | None = None,
+               record: dict | None = None) -> dict:
     """Write the head folder (head.json, head.safetensors, per_protein.json, metrics.json) of a
     finished training ``run`` = (history, best epoch, what stopped it, cut short?); returns
     metrics.json's document."""
@@ -471,7 +476,7 @@ def write_head(out: Path, config: TaskConfig, data: TaskData, dim: int, head, ru
     }
     metrics_doc = {"task": config.name, "protocol": config.protocol, "embedder": config.embedder_name,
                    "embedder_identity": identity, **extra, "head": config.head.type, "proteins": counts, **stop,
-                   **metrics}
+                   **metrics, **(record or {})}
     save_head(out, head, info, metrics_doc, per_protein)
     return metrics_doc
 
@@ -482,7 +487,7 @@ def distributed_run() -> bool:
 
 
 def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData, cache_dir, progress, t0,
-              resume: bool = False) -> dict:
+              resume: bool = False, record: dict | None = None) -> dict:
     """Train the LM with the head (module docstring of :mod:`protlm.tasks.finetune`), save both,
     then score the sets with the saved LM through the batch runner, as ``protlm evaluate`` does."""
     ft = config.finetune
@@ -551,7 +556,7 @@ def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData,
                 **counts_lm}
     metrics_doc = write_head(out, config, data, dim, head, (history, best_epoch, stopped_by, cut_short), identity,
                              metrics, {"train": t_train, "score": time.perf_counter() - t0 - t_train}, finetune,
-                             per_protein=paired)
+                             per_protein=paired, record=record)
     run_state.clear()  # the head folder is whole: the resume checkpoint has done its work
     return {**metrics_doc, "out": str(out), "seconds": time.perf_counter() - t0}
 
