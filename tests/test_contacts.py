@@ -855,3 +855,31 @@ def test_compare_two_contact_heads_on_a_set_of_ones_own(tmp_path, capsys):
     assert [r["id"] for r in rows] == list(seqs)
     mean = lambda key: np.nanmean([float(r[key]) for r in rows])  # noqa: E731
     assert row["difference"] == pytest.approx(mean("p_at_l5_long_A") - mean("p_at_l5_long_B"))
+
+
+def test_a_pair_head_must_declare_the_pair_interface():
+    """Issue 21 #2: the contact protocol called pair heads by duck typing (a missing method failed
+    mid-training); a pair-level head that does not subclass PairHead/FittedPairHead is one line."""
+    from dataclasses import dataclass
+
+    from torch import nn
+
+    from protlm.errors import ConfigError
+    from protlm.tasks.config import load_task_config
+    from protlm.tasks.heads import HeadConfig, register_head
+
+    @dataclass
+    class Config(HeadConfig):
+        type: str = "toy_plain_pair"
+
+    @register_head("toy_plain_pair", config=Config, levels=("pair",), input="residues")
+    def build(cfg, dim, outputs, level):
+        return nn.Linear(dim, 1)
+
+    cfg = load_task_config(data={"name": "t", "protocol": "residue_pairs_to_class", "embedder": "onehot",
+                                 "head": {"type": "toy_plain_pair"}})
+    with pytest.raises(ConfigError, match="subclasses protlm.tasks.heads.PairHead"):
+        cfg.protocol_obj.new_head(cfg, 21, {})
+    assert cfg.protocol_obj.new_head(load_task_config(data={"name": "t", "protocol": "residue_pairs_to_class",
+                                                           "embedder": "onehot", "head": {"type": "pair_mlp"}}),
+                                     21, {}) is not None

@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from protlm.tasks.heads.base import (HeadConfig, HeadEntry, build_head_config, get_head, head_names, heads_for,
-                                     make_head, masked_mean, register_head, Standardize)
+from protlm.tasks.heads.base import (FittedPairHead, HeadConfig, HeadEntry, PairHead, Standardize, build_head_config,
+                                     get_head, head_names, heads_for, make_head, masked_mean, register_head)
 
 for _m in pkgutil.iter_modules(__path__):
     if _m.name != "base":
@@ -28,5 +28,5 @@ def build_head(kind: str, dim: int, outputs: list[int], *, per_residue: bool, **
     return entry.factory(cfg, dim, outputs, "residue" if per_residue else "protein")
 
 
-__all__ = ["HeadConfig", "HeadEntry", "build_head", "build_head_config", "get_head", "head_names", "heads_for",
-           "make_head", "masked_mean", "register_head"]
+__all__ = ["FittedPairHead", "HeadConfig", "HeadEntry", "PairHead", "Standardize", "build_head", "build_head_config",
+           "get_head", "head_names", "heads_for", "make_head", "masked_mean", "register_head"]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from protlm.tasks.contacts.attention import AttentionLogReg
-from protlm.tasks.heads.base import HeadConfig, need, register_head
+from protlm.tasks.heads.base import FittedPairHead, HeadConfig, need, register_head
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Config(HeadConfig):
         need(self.max_iter >= 1 and self.max_pairs >= 1, "head.max_pairs", "max_iter and max_pairs must be >= 1")
 
 
-class AttentionLR(nn.Module):
+class AttentionLR(FittedPairHead):
     """The fitted regression as buffers (mean, scale, coef, intercept), float64."""
 
     def __init__(self, n_features: int, cfg: Config):

@@ -178,3 +178,37 @@ class Standardize(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+# --------------------------------------------------------------------------- the pair heads' interface
+
+
+class PairHead(torch.nn.Module):
+    """What ``residue_pairs_to_class`` asks of a trained pair head on embeddings (pair_mlp, resnet2d):
+
+    - :meth:`set_stats`: fix the input standardisation on the training chains' embeddings;
+    - :meth:`train_logits` ``(emb L × D, m L × L bool)``: logits of the scored pairs ``m`` of one crop;
+    - ``forward(emb L × D, pair_budget)``: the L × L logits of a whole chain (symmetric).
+
+    A pair head subclasses this (or :class:`FittedPairHead`); the protocol refuses any other module
+    with one line, instead of failing on a missing attribute mid-training.
+    """
+
+    norm: Standardize
+
+    def set_stats(self, embeddings) -> None:
+        self.norm.set_stats(embeddings)
+
+    def train_logits(self, emb: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class FittedPairHead(torch.nn.Module):
+    """A pair head fitted in closed form on attention features (attention_lr): ``fit(x, y, seed)``
+    returns the fitted regression, ``regression()`` the one its saved state makes."""
+
+    def fit(self, x, y, seed: int = 0):
+        raise NotImplementedError
+
+    def regression(self):
+        raise NotImplementedError

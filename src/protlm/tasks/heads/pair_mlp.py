@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from protlm.tasks.heads.base import HeadConfig, Standardize, need, register_head
+from protlm.tasks.heads.base import HeadConfig, PairHead, Standardize, need, register_head
 
 PAIR_FEATURES = ("concat", "absdiff", "product")
 
@@ -35,7 +35,7 @@ class Config(HeadConfig):
              f"must include concat and be drawn from {list(PAIR_FEATURES)}, not {list(self.features)}")
 
 
-class PairMLP(nn.Module):
+class PairMLP(PairHead):
     """ProteinLM's pair head: [e_i, e_j (, |e_i − e_j|, e_i ⊙ e_j)] → hidden → logit."""
 
     def __init__(self, dim: int, hidden: int = 128, dropout: float = 0.1,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from protlm.tasks.heads.base import HeadConfig, Standardize, need, register_head
+from protlm.tasks.heads.base import HeadConfig, PairHead, Standardize, need, register_head
 
 #: Initial output bias: the log-odds of a ~3% contact rate among scored pairs, so training
 #: starts from the base rate instead of spending its first steps learning it.
@@ -50,7 +50,7 @@ class _Block(nn.Module):
         return x + self.c2(self.drop(torch.relu(self.c1(torch.relu(x)))))
 
 
-class ResNet2D(nn.Module):
+class ResNet2D(PairHead):
     """TAPE-style 2-D ResNet over outer-concatenated, projected residue embeddings."""
 
     def __init__(self, dim: int, proj: int = 32, channels: int = 32, blocks: int = 4, kernel: int = 3,

@@ -51,7 +51,7 @@ from protlm.tasks.contacts.data import (NPZ_NAME, Chain, ChainSet, contact_map, 
                                         read_full_sequences, read_structures, resolve_npz, scored_pairs, select_chains)
 from protlm.tasks.contacts.metrics import CUTOFFS, RANGES, evaluate_maps, format_table, precision_at
 from protlm.tasks.data import RARE_TO_X
-from protlm.tasks.heads import get_head, make_head
+from protlm.tasks.heads import FittedPairHead, PairHead, get_head, make_head
 from protlm.tasks.protocols.base import FitState, Protocol, TaskData, register_deprecated_name, register_protocol
 
 log = logging.getLogger("protlm.tasks")
@@ -378,7 +378,11 @@ class ResiduePairsToClass(Protocol):
     # ------------------------------------------------------------------ the head and its training
 
     def new_head(self, config, dim: int, info: dict) -> nn.Module:
-        return make_head(config.head, dim, [1], "pair")
+        head = make_head(config.head, dim, [1], "pair")
+        if not isinstance(head, (PairHead, FittedPairHead)):  # the declared interface, not duck typing
+            raise ConfigError(f"config head.type: {config.head.type!r} builds a {type(head).__name__}; a pair head "
+                              f"subclasses protlm.tasks.heads.PairHead (or FittedPairHead)")
+        return head
 
     def fit_direct(self, config, model, train: ContactInputs, info: dict) -> dict | None:
         if train.lm is None:
@@ -395,7 +399,7 @@ class ResiduePairsToClass(Protocol):
         return {"history": []}
 
     def fit_state(self, config, model, train: ContactInputs, info: dict) -> FitState:
-        model.norm.set_stats(train.embs)
+        model.set_stats(train.embs)
         torch.manual_seed(config.train.seed)  # the training stream starts at the seed, after the head's init
         return FitState({"train": train})
 
