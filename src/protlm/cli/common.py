@@ -76,9 +76,10 @@ def add_chain_selection(p) -> None:
                    help="whole sequences for the LM to read (default: the FASTA recorded when the head was trained)")
 
 
-def add_tasks(p: argparse.ArgumentParser, *, help: str = "only these task configs (file stems; default: all)") -> None:
-    """``--tasks NAME …`` (alias ``--only``): which task configs of a suite to run."""
-    p.add_argument("--tasks", "--only", dest="tasks", nargs="+", metavar="NAME", help=help)
+def add_tasks(p: argparse.ArgumentParser, *, help: str = "only these task configs (file stems; default: all)",
+              metavar: str = "NAME") -> None:
+    """``--tasks NAME …`` (alias ``--only``): which task configs of a suite (or predictors) to run."""
+    p.add_argument("--tasks", "--only", dest="tasks", nargs="+", metavar=metavar, help=help)
 
 
 def default_feature_cache() -> str:

@@ -315,8 +315,9 @@ def register(sub) -> None:
             help="without --head: a folder (new or empty); with --head: .csv or .json (a contact head: a folder "
                  "for one npz + png per protein)")
     add_tasks(p, help="shipped predictors to run, each TASK or TASK@EMBEDDER (TASK: a name or short name: ss, "
-                      "loc, membrane, scop, stability; @unirep1900: the predictor on UniRep-1900 where one is "
-                      "shipped; no @: UniRep-64); default: the four UniRep-64 predictors")
+                      "loc, membrane, scop, stability; @unirep256 / @unirep1900: the predictor on that UniRep where "
+                      "one is shipped; no @: UniRep-64); default: the four UniRep-64 predictors",
+              metavar="TASK[@EMBEDDER]")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run into --out (shipped predictors): finished proteins are kept")
     p.add_argument("--embedder", help="with --head: embed with this instead of the head's embedder (same model)")
