@@ -298,7 +298,7 @@ def register(sub) -> None:
     p = sub.add_parser("predict", parents=[J, T, O, C], help="predict with the shipped predictors, or a trained "
                                                               "head, on a FASTA file",
                        description="Without --head: the predictors shipped with protlm (secondary structure, "
-                                   "localization, stability, SCOP class on UniRep-64, some also on UniRep-1900; "
+                                   "localization, stability, SCOP class on UniRep-64, some also on UniRep-256 or -1900; "
                                    "docs/predictors.md), the UniRep-64 ones or those of --tasks, into "
                                    "the folder --out: predictions.csv, predictions.json, index.html and one HTML "
                                    "report per protein. With --head DIR: that head's per-residue state strings "
