@@ -106,6 +106,8 @@ def main() -> int:
     ap.add_argument("--proteins", type=int, default=400, help="proteins for protlm's runner throughput")
     ap.add_argument("--sizes", default="1900,256,64")
     ap.add_argument("--int8", action="store_true", help="also measure dynamic int8 on the 1900 model")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time protlm with bf16 GEMMs (fp32 states; --dtype bf16) on the same proteins")
     ap.add_argument("--demo", action="store_true", help="time 1,000 proteins of 250-350 residues, unirep64/256")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "unirep.json"))
     args = ap.parse_args()
@@ -147,6 +149,19 @@ def main() -> int:
             row["max_abs_diff_h_avg_vs_jax"] = float(np.abs(jx["h_avg"] - h_avg).max())
             row["speedup_vs_jax_cold"] = jx["cold_s"] / row["protlm_pooled_s"]
             row["speedup_vs_jax_warm"] = jx["warm_s"] / row["protlm_pooled_s"]
+        if args.bf16:  # the same call with the GEMMs in bf16 (what --dtype bf16 / auto runs on such a CPU)
+            model.gemm_bf16(True)
+            model.run(small[:2], keep_states=False)
+            t = time.perf_counter()
+            run16 = model.run(small, keep_states=False)
+            row["protlm_bf16_pooled_s"] = time.perf_counter() - t
+            model.gemm_bf16(False)
+            h16 = run16.h_sum.numpy() / (np.array([len(s) for s in small]) + 1)[:, None]
+            cos = (h16 * h_avg).sum(1) / (np.linalg.norm(h16, axis=1) * np.linalg.norm(h_avg, axis=1))
+            row["bf16_h_avg_min_cosine_vs_fp32"] = float(cos.min())
+            if args.jax_python:
+                row["bf16_speedup_vs_jax_cold"] = jx["cold_s"] / row["protlm_bf16_pooled_s"]
+                row["bf16_speedup_vs_jax_warm"] = jx["warm_s"] / row["protlm_bf16_pooled_s"]
         # the runner, per-residue states, its default batch plan, on the larger set
         emb = Embedder(f"unirep{size}", EmbedOptions())
         t = time.perf_counter()
