@@ -196,7 +196,7 @@ def h5_index(path: str | Path) -> dict[str, str]:
 
     index: dict[str, str] = {}
     with _open_h5(path) as f:
-        if file_level(f, str(path)) == "residue":
+        if file_level(f, f"--embeddings {path}") == "residue":
             raise InputError(f"{path}: holds per-residue embeddings; project the per-protein file "
                              "(protlm embed --level protein, or OUT.per_protein.h5 of --level both)")
         for key in f.keys():

@@ -175,7 +175,7 @@ def file_attr(h5, key: str, default=None):
     return v.item() if isinstance(v, np.generic) else v
 
 
-def file_level(h5, name: str) -> str:
+def file_level(h5, where: str) -> str:
     """"residue" or "protein": what an embedding file holds — its ``level`` attribute (``protlm
     embed`` writes it), else the shape of its first dataset (biotrainer's reduced files: one
     D-vector per protein; its per-residue files: L × D)."""
@@ -184,7 +184,7 @@ def file_level(h5, name: str) -> str:
         first = next(iter(h5.keys()), None)
         level = "protein" if first is not None and getattr(h5[first], "ndim", 2) == 1 else "residue"
     if level not in ("residue", "protein"):
-        raise InputError(f"embedder {name}: level attribute {str(level)[:40]!r}; expected residue or protein")
+        raise InputError(f"{where}: level attribute {str(level)[:40]!r}; expected residue or protein")
     return str(level)
 
 

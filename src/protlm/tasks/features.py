@@ -367,7 +367,7 @@ class FeatureSource:
         self.file_level = "residue"  # what an HDF5 file holds (file_level): per residue, or one vector per protein
         if self.name.endswith(HDF5_SUFFIXES):
             self._h5 = open_embeddings(self.name, "embedder")
-            self.file_level = file_level(self._h5, self.name)
+            self.file_level = file_level(self._h5, f"embedder {self.name}")
 
     # ------------------------------------------------------------------ what it is
 
