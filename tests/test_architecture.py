@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -294,3 +296,92 @@ def test_a_plugin_cannot_take_a_builtin_name():
 
     with pytest.raises(ValueError, match="registered already"):
         register_format("biotrainer")(lambda path, source, per_residue=None: [])
+
+
+# --------------------------------------------------------------------------- a protocol of a new shape
+
+
+def _composition(seq: str) -> np.ndarray:
+    return np.array([seq.count(a) for a in AA], dtype=float) / len(seq)
+
+
+@pytest.fixture(scope="module")
+def toy_pairs(tmp_path_factory):
+    """Proteins drawn from different residue mixes, and tables of pairs with the similarity of their
+    compositions (1 − half the L1 distance): a task of protein pairs, written with relative paths
+    in a YAML config beside the data."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path_factory.mktemp("pairs")
+    mixes = [rng.dirichlet(np.full(len(AA), 0.3)) for _ in range(6)]
+    seqs = {f"p{i}": "".join(rng.choice(list(AA), int(rng.integers(40, 90)), p=mixes[i % 6])) for i in range(72)}
+    (folder / "proteins.fasta").write_text("".join(f">{k}\n{v}\n" for k, v in seqs.items()))
+    names = list(seqs)
+
+    def table(file, lo, hi, n):
+        lines = []
+        for _ in range(n):
+            a, b = rng.choice(names[lo:hi], 2, replace=False)
+            value = 1 - 0.5 * np.abs(_composition(seqs[a]) - _composition(seqs[b])).sum()
+            lines.append(f"{a}\t{b}\t{value:.5f}\n")
+        (folder / file).write_text("".join(lines))
+
+    table("train.tsv", 0, 48, 600)
+    table("valid.tsv", 48, 60, 60)
+    table("test.tsv", 60, 72, 66)
+    (folder / "tasks").mkdir()
+    (folder / "tasks" / "pairs.yaml").write_text(
+        "name: pairs\nprotocol: protein_pairs_to_value\nembedder: onehot\n"
+        "data: {sequences: ../proteins.fasta, train: ../train.tsv, valid: ../valid.tsv, test: {held_out: ../test.tsv}}\n"
+        "head: {type: ffn, hidden: 32, dropout: 0.0}\n"
+        "train: {epochs: 60, lr: 0.01, batch_size: 32, patience: 8, bootstrap: 50}\n")
+    return folder
+
+
+def test_a_protocol_of_a_new_shape_is_one_file(toy_pairs, tmp_path, capsys, monkeypatch):
+    """``protein_pairs_to_value`` (tests/toys/toy_pair_protocol.py) is not label-shaped — pairs of
+    proteins, a head input twice the embedder's width, its own data files and state — and runs
+    through train, evaluate, predict and the suite with paired differences, touching no protlm
+    module."""
+    importlib.import_module("toys.toy_pair_protocol")
+    from protlm.tasks.config import load_task_config
+    from protlm.tasks.train import load_head, predict, train
+
+    config_file = toy_pairs / "tasks" / "pairs.yaml"
+    monkeypatch.chdir(tmp_path)  # relative data paths are read from the config's folder, through the protocol
+    cfg = load_task_config(config_file)
+    assert Path(cfg.data.train).resolve() == (toy_pairs / "train.tsv").resolve()
+    res = train(cfg, tmp_path / "head")
+    scored = res["test"]["held_out"]["similarity"]
+    assert scored["pairs"] == 66 and scored["spearman"]["value"] > 0.5, scored  # learned from the mean one-hot
+    doc = json.loads((tmp_path / "head" / "head.json").read_text())
+    assert doc["dim"] == 42  # 2 × one-hot's 21: the protocol's input width
+    assert set(doc["protocol_state"]) == {"mean", "std"} and "mean" not in doc  # one opaque field
+    assert str((toy_pairs / "test.tsv").resolve()) in doc["data_files"]
+    head = load_head(tmp_path / "head")
+    rows = predict(head, ["x", "y", "z"], [seqs_like(0), seqs_like(0), seqs_like(5)])
+    assert [(r["id_a"], r["id_b"]) for r in rows] == [("x", "y"), ("x", "z"), ("y", "z")]
+    assert rows[0]["similarity"] > rows[1]["similarity"]  # x and y share a mix, z does not
+    # the CLI: evaluate and predict
+    assert main(["evaluate", "--head", str(tmp_path / "head"), "--json"]) == 0, capsys.readouterr().err
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["sets"]["held_out"]["similarity"]["spearman"] == scored["spearman"]
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(f">x\n{seqs_like(0)}\n>y\n{seqs_like(0)}\n>z\n{seqs_like(5)}\n")
+    assert main(["predict", "--head", str(tmp_path / "head"), "--input", str(fasta), "--output",
+                 str(tmp_path / "p.csv")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "p.csv").read_text().splitlines()[0] == "id_a,id_b,similarity"
+    # the suite: two embedders, the results table with the protocol's label and count, a paired difference
+    assert main(["benchmark", "--suite", str(config_file), "--embedder", "onehot", "--embedder", "blosum62",
+                 "--compare", "blosum62:onehot", "--out", str(tmp_path / "suite"), "--no-cache"]) == 0, \
+        capsys.readouterr().err
+    table = (tmp_path / "suite" / "results.md").read_text()
+    assert "Spearman ρ (pairs), n=66" in table
+    diff = json.loads((tmp_path / "suite" / "results.json").read_text())["paired_differences"]
+    assert [(d["target"], d["set"], d["proteins"]) for d in diff] == [("similarity", "held_out", 66)]
+
+
+def seqs_like(mix: int) -> str:
+    """A protein of residue mix ``mix`` of the toy_pairs fixture (same generator and mixes)."""
+    rng = np.random.default_rng(1)
+    mixes = [rng.dirichlet(np.full(len(AA), 0.3)) for _ in range(6)]
+    return "".join(np.random.default_rng(100 + mix).choice(list(AA), 80, p=mixes[mix]))

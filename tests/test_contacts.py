@@ -324,7 +324,7 @@ evaluate: {{n_boot: 200}}
     assert "headline: P@L/5, long (≥24)" in err
     meta = json.loads((head / "head.json").read_text())
     assert meta["protocol"] == "residue_pairs_to_class" and meta["config"]["head"]["type"] == "pair_mlp"
-    assert len(meta["data"]["train_ids"]) == 10 and len(meta["data"]["early_stop_ids"]) == 3
+    assert len(meta["protocol_state"]["data"]["train_ids"]) == 10 and len(meta["protocol_state"]["data"]["early_stop_ids"]) == 3
     # the engine keeps no label-protocol fields for a protocol that has none (issue 21 #2)
     assert "classes" not in meta and "normalisation" not in meta
     assert (head / "head.safetensors").is_file() and (head / "metrics.json").is_file()
@@ -476,6 +476,47 @@ def test_benchmark_suite_table_comparisons_and_reuse(tiny_esm, tmp_path, capsys)
     assert again["results"][1]["test"] == result["results"][1]["test"]
 
 
+def test_suite_scores_a_structure_set_of_ones_own_with_extra_test(tmp_path, capsys):
+    """``--extra-test TASK:NAME=SET.npz:npz`` scores a structure set of one's own with the suite's
+    contact heads (every chain, each its own sequence), with paired differences over its chains,
+    and without retraining a finished head; a wrong format or option is one line, exit 2."""
+    from protlm.cli.main import main
+
+    data = tmp_path / "data"
+    _tiny_set(data / "coords_ca_cb.npz", n_train=6, n_valid=7)
+    own, _ = _own_set(tmp_path / "mine.npz", n=6)
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "pairs.yaml").write_text(
+        "name: pairs\nprotocol: residue_pairs_to_class\nembedder: onehot\n"
+        "data: {train_chains: 6, early_stop_chains: 2, eval_chains: 5, max_length: null}\n"
+        "head: {type: pair_mlp, hidden: 8}\ntrain: {epochs: 1, crop: 32}\nevaluate: {n_boot: 50}\n")
+    base = ["benchmark", "--suite", str(suite), "--embedder", "onehot", "--embedder", "blosum62", "--data", str(data),
+            "--out", str(tmp_path / "out"), "--no-cache"]
+    assert main(base) == 0, capsys.readouterr().err
+    metrics_file = next((tmp_path / "out" / "pairs").glob("onehot*/metrics.json"))
+    assert "mine" not in json.loads(metrics_file.read_text())["test"]
+    weights = metrics_file.parent / "head.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert main([*base, "--extra-test", f"pairs:mine={own}:npz", "--compare", "onehot:blosum62"]) == 0, \
+        capsys.readouterr().err
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    by = {r["embedder"]: r["test"] for r in doc["results"]}
+    assert by["onehot"]["mine"]["contacts"]["chains"] == 6  # every chain of the set
+    assert by["onehot"]["held_out_valid"]["contacts"]["chains"] == 5
+    diffs = {d["set"]: d for d in doc["paired_differences"]}
+    assert set(diffs) == {"held_out_valid", "mine"} and diffs["mine"]["proteins"] == 6
+    assert weights.stat().st_mtime_ns == stamp  # the finished head scored the new set; it was not retrained
+    assert set(json.loads((metrics_file.parent / "per_protein.json").read_text())["sets"]) == {"held_out_valid", "mine"}
+    for extra, message in ((f"pairs:mine={own}:csv", "format npz, not 'csv'"),
+                           (f"pairs:held_out_valid={own}:npz", "held-out validation chains' name"),
+                           (f"pairs:mine={own}:npz:label_column=y", "takes no options")):
+        capsys.readouterr()
+        assert main([*base, "--extra-test", extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+
+
 @pytest.mark.parametrize("arch, vocab, prefix", [("bert", "protbert", 1), ("t5", "prott5", 0), ("causal", "esm", 1)])
 def test_attention_maps_for_other_families(tmp_path, arch, vocab, prefix):
     """ProtBert ([CLS] … [SEP]), the ProtT5 encoder (… </s>) and causal models: residue rows only."""
@@ -546,7 +587,7 @@ def test_a_contact_head_folder_from_before_0_4_is_read(tmp_path):
     (old / "head.json").write_text(json.dumps({
         "protocol": "residues_to_class", "task": "contact prediction", "protlm_version": "0.3.0", "name": "tiny_pair",
         "embedder": "onehot", "embedder_seed": 0, "head": new["config"]["head"], "input_dim": new["dim"],
-        "data": new["data"], "config": old_config, "training": {"history": new["history"]}}))
+        "data": new["protocol_state"]["data"], "config": old_config, "training": {"history": new["history"]}}))
     head = load_head(old)
     assert head.config.protocol == "residue_pairs_to_class" and head.dim == 21
     seqs = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQ"]
@@ -607,11 +648,11 @@ def test_evaluation_scores_every_chain_unless_capped_and_lists_what_it_drops(tmp
     trained = train(build_task_config(config), tmp_path / "head", data)["test"]["held_out_valid"]["contacts"]
     assert trained["chains"] == 3 and "data.eval_chains = 3" in trained["selection"]["limits"]
     head = load_head(tmp_path / "head")
-    assert head.info["data"]["full_sequences"] == str((tmp_path / "full.fasta").resolve())
+    assert head.state["data"]["full_sequences"] == str((tmp_path / "full.fasta").resolve())
     monkeypatch.chdir(tmp_path / "data")  # another working directory: the recorded path still works
 
     every = head.protocol.evaluation_sets(head, {}, None)["held_out_valid"]
-    early = set(head.info["data"]["early_stop_ids"])
+    early = set(head.state["data"]["early_stop_ids"])
     valid = [c for c in load_chains(data, "valid")]
     assert sorted(c.id for c in every) == sorted(c.id for c in valid if c.id not in early)  # all 7, any length
     assert any(len(c.model_input) > 55 for c in every)
@@ -760,11 +801,11 @@ evaluate: {{n_boot: 50}}
 """)
     code, _, err = _cli(capsys, "train", "--config", cfg, "--out", tmp_path / "a", "--no-cache")
     assert code == 0, err
-    used = json.loads((tmp_path / "a" / "head.json").read_text())["data"]["npz"]
+    used = json.loads((tmp_path / "a" / "head.json").read_text())["protocol_state"]["data"]["npz"]
     assert Path(used) == (mine / "coords_ca_cb.npz").resolve()
     code, _, err = _cli(capsys, "train", "--config", cfg, "--out", tmp_path / "b", "--no-cache", "--data", other)
     assert code == 0, err
-    used = json.loads((tmp_path / "b" / "head.json").read_text())["data"]["npz"]
+    used = json.loads((tmp_path / "b" / "head.json").read_text())["protocol_state"]["data"]["npz"]
     assert Path(used) == (other / "contacts" / "coords_ca_cb.npz").resolve()
 
 

@@ -195,7 +195,7 @@ def _valid_loss_of_saved(head_dir: Path) -> float:
     data = protocol.load_data(config, None)
     with protocol.open_source(config, None) as source:  # the features are read lazily: use them inside
         valid = protocol.inputs(config, source, data.valid)
-        state = protocol.fit_state(config, head.model, valid, head.info)
+        state = protocol.fit_state(config, head.model, valid, head.state)
         return protocol.validation(config, head.model, valid, state)
 
 
@@ -277,7 +277,7 @@ def test_lora_trains_only_the_adapter_and_the_head(tmp_path, models, data):
     # the head trained too: every tensor differs from its initialisation (same seed as fit_head)
     head = load_head(out)
     torch.manual_seed(head.config.train.seed)
-    fresh = head.protocol.new_head(head.config, head.dim, head.info).state_dict()
+    fresh = head.protocol.new_head(head.config, head.dim, head.state).state_dict()
     assert all(not torch.equal(fresh[k], v) for k, v in head.model.state_dict().items())
     info = json.loads((out / "head.json").read_text())
     assert info["finetune"]["lm_trained_parameters"] == sum(p.numel() for p in adapter.values())
@@ -422,7 +422,7 @@ def test_saved_head_reproduces_the_metrics_training_wrote(which, lora_head, full
     test = sets["held_out"]
     rows = predict(head, test.ids, test.sequences)
     target = head.config.targets[0].name
-    classes = head.info["classes"][0]
+    classes = head.state["classes"][0]
     if which == "lora":  # residue_to_class: one predicted letter per residue
         pred = np.concatenate([[classes.index(c) for c in r["prediction"]] for r in rows])
         truth = np.concatenate([np.asarray(t) for t in test.targets[0]])
@@ -629,7 +629,7 @@ def test_lm_has_its_own_learning_rate_and_warmup(tmp_path, models, data):
     def head_moved(d: Path) -> float:
         head = load_head(d)
         torch.manual_seed(head.config.train.seed)
-        fresh = head.protocol.new_head(head.config, head.dim, head.info).state_dict()
+        fresh = head.protocol.new_head(head.config, head.dim, head.state).state_dict()
         return max((v - fresh[k]).abs().max().item() for k, v in head.model.state_dict().items())
 
     _train(data, tmp_path / "slow_lm", models["esm"], {"method": "full", "lr": 1e-9}, epochs=1)

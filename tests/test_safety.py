@@ -376,8 +376,12 @@ def _tampered(tiny_head, tmp_path, edit=None, weights: bytes | None = None) -> P
     (lambda i: {**i, "dim": 10**9}, "'dim' must be an integer"),
     (lambda i: {**i, "dim": i["dim"] + 1}, "head.json describes"),
     (lambda i: {**i, "dim": "20"}, "'dim'"),
-    (lambda i: {**i, "classes": [["a", "b", "c"]]}, "head.json describes"),
-    (lambda i: {**i, "classes": "ab"}, "'classes'"),
+    (lambda i: {**i, "protocol_state": {**i["protocol_state"], "classes": [["a", "b", "c"]]}}, "head.json describes"),
+    (lambda i: {**i, "protocol_state": {**i["protocol_state"], "classes": "ab"}}, "'classes'"),
+    (lambda i: {**i, "protocol_state": ["classes"]}, "'protocol_state' must be a JSON object"),
+    # a head written before protlm 0.5 (state at the top of head.json) is checked the same way
+    (lambda i: {**{k: v for k, v in i.items() if k != "protocol_state"}, **i["protocol_state"],
+                "classes": [["a", "b", "c"]]}, "head.json describes"),
     (lambda i: {**i, "config": {**i["config"], "head": {**i["config"]["head"], "hidden": 10**9}}}, "hidden"),
     (lambda i: {**i, "config": {**i["config"], "head": {**i["config"]["head"], "hidden": 33}}}, "head.json describes"),
 ])

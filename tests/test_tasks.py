@@ -172,7 +172,7 @@ def test_sequence_to_class_beats_chance(tmp_path, seq_files, head):
     res = train(cfg, tmp_path / "head")
     acc = res["test"]["held_out"]["charge"]["accuracy"]["value"]
     assert acc > 0.8, res["test"]
-    assert json.loads((tmp_path / "head" / "head.json").read_text())["classes"] == [["neg", "pos"]]
+    assert json.loads((tmp_path / "head" / "head.json").read_text())["protocol_state"]["classes"] == [["neg", "pos"]]
 
 
 def test_sequence_to_value_beats_chance(tmp_path, seq_files):

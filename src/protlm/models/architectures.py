@@ -27,14 +27,27 @@ name          transformers class            objective   paper
 ============  ============================  ==========  ========================================
 
 Model code here does no I/O; :func:`build_model` returns a freshly initialised model.
+
+**One registered spec per family.** Everything protlm knows about a pretraining family is its
+:class:`Architecture`: vocabulary, objective, config builder, model class, its FLOP count (the
+trainer's MFU and ``flops_seen``), what the trainer reads from the built model's config for that
+count, the parameters its objective never trains, whether crops are bounded by a position table,
+and the conventions ``protlm embed`` reads its checkpoints with. :func:`register_architecture`
+adds one (refusing a name that another definition holds), so a new family is one file that calls
+it -- inside protlm, in any imported module, or in a plug-in package (:mod:`protlm.plugins`:
+:func:`get_architecture` loads the ``protlm.plugins`` entry points before it answers), with no
+change to the pretraining engine, which never tests an architecture's name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
+import numpy as np
+
 from protlm.errors import ConfigError
+from protlm.models.families import FAMILIES, Family
 from protlm.models.vocab import VOCABS, Vocab
 
 # Size presets: layers, hidden width, heads, feed-forward width. "tiny" trains in seconds on a
@@ -47,16 +60,128 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+#: The objectives :func:`protlm.pretrain.objectives.make_batch` builds (kept here, not imported
+#: from there: protlm.pretrain imports this module).
+OBJECTIVES = ("mlm", "causal", "plm", "span")
+
+
+# --------------------------------------------------------------------------- FLOP counts
+#
+# A family's count is ``count(lengths, *, layers, hidden, ffn, vocab, **family_args) -> float``:
+# the forward FLOPs of a batch of sequences with the given real token counts (float64 array;
+# padding is waste, not work). ``family_args`` are the family's own arguments, which the trainer
+# reads from the built model's config (:attr:`Architecture.flop_arguments`; Transformer-XL: its
+# segment length and memory). Every count takes the other families' arguments and ignores them,
+# so that one call shape (a sweep over architectures that passes ``segment``/``memory``) works for
+# every family, as :func:`protlm.pretrain.metrics.forward_flops` always allowed.
+
+
+def _block_flops(hidden: int, ffn: int) -> int:
+    """Attention projections + MLP of one layer, per token (2 FLOPs per weight)."""
+    return 2 * (4 * hidden * hidden + 2 * hidden * ffn)
+
+
+def transformer_flops(lengths: np.ndarray, *, layers: int, hidden: int, ffn: int, vocab: int,
+                      **_other_families_args) -> float:
+    """One stack of full-attention layers and an LM head at every token (BERT, ALBERT, ESM,
+    GPT-NeoX): 2·weights per token plus ``4 · layers · width · L`` per token for the attention
+    scores and the weighted sum."""
+    lengths = np.asarray(lengths, dtype=np.float64)
+    tokens = lengths.sum()
+    sq = (lengths ** 2).sum()
+    block = _block_flops(hidden, ffn)
+    head = 2 * hidden * vocab
+    return float(tokens * (layers * block + head) + 4 * layers * hidden * sq)
+
+
+def t5_flops(lengths: np.ndarray, *, layers: int, hidden: int, ffn: int, vocab: int,
+             **_other_families_args) -> float:
+    """Encoder layers + decoder layers (self-attention, cross-attention, MLP) over L tokens each."""
+    lengths = np.asarray(lengths, dtype=np.float64)
+    tokens = lengths.sum()
+    sq = (lengths ** 2).sum()
+    block = _block_flops(hidden, ffn)
+    head = 2 * hidden * vocab
+    dec_block = 2 * (8 * hidden * hidden + 2 * hidden * ffn)
+    return float(tokens * (layers * (block + dec_block) + head) + 3 * 4 * layers * hidden * sq)
+
+
+def xlnet_flops(lengths: np.ndarray, *, layers: int, hidden: int, ffn: int, vocab: int,
+                **_other_families_args) -> float:
+    """Content stream over every token (plus the relative-position projection of the 2L
+    encodings, and scores against them); the query stream (its q/o projections, MLP and
+    attention) and the LM head only on the predicted tokens, 1/6 of them on average."""
+    lengths = np.asarray(lengths, dtype=np.float64)
+    tokens = lengths.sum()
+    sq = (lengths ** 2).sum()
+    block = _block_flops(hidden, ffn)
+    head = 2 * hidden * vocab
+    targets = lengths / 6.0
+    per_layer = (tokens * (block + 4 * hidden * hidden) + 8 * hidden * sq
+                 + targets.sum() * 2 * (2 * hidden * hidden + 2 * hidden * ffn)
+                 + 8 * hidden * (targets * lengths).sum())
+    return float(layers * per_layer + targets.sum() * head)
+
+
+def txl_flops(lengths: np.ndarray, *, layers: int, hidden: int, ffn: int, vocab: int, segment: int = 0,
+              memory: int = 0, **_other_families_args) -> float:
+    """Each segment's queries meet its keys and the memory (content + position scores and the
+    weighted sum: 6·width per pair); the memory's inputs are projected again per segment.
+    ``segment`` 0: the whole sequence is one segment."""
+    lengths = np.asarray(lengths, dtype=np.float64)
+    tokens = lengths.sum()
+    block = _block_flops(hidden, ffn)
+    head = 2 * hidden * vocab
+    seg = np.minimum(lengths, segment) if segment else lengths
+    n_seg = np.ceil(lengths / np.maximum(seg, 1))
+    mem = np.where(n_seg > 1, memory, 0)
+    pairs = (n_seg * seg * (seg + mem)).sum()
+    per_layer = tokens * block + (n_seg * mem).sum() * 2 * 3 * hidden * hidden + 6 * hidden * pairs
+    return float(layers * per_layer + tokens * head)
+
+
+def _no_flop_arguments(config) -> dict:
+    """A family whose count needs nothing beyond the shape."""
+    return {}
+
+
+def _no_unused_parameters(model) -> list:
+    """A family whose objective trains every parameter."""
+    return []
+
+
 @dataclass(frozen=True)
 class Architecture:
+    """One pretraining family: everything the engine needs, so that it never tests a name.
+
+    The fields keep their order, so positional construction works as before; the ones added for
+    the engine's hooks default to a plain transformer trained on every parameter.
+    """
+
     name: str
-    family: str  # vocabulary family
-    objective: str  # mlm | causal | span
+    family: str  # the vocabulary: a name in protlm.models.vocab.VOCABS (the tokenizer saved with checkpoints)
+    objective: str  # one of OBJECTIVES: mlm | causal | plm | span
     description: str
-    make_config: Callable[["ModelSpec", Vocab], Any]
+    make_config: Callable[["ModelSpec", Vocab], Any]  # (model spec, vocabulary) -> transformers config
     model_class: str  # transformers class name
     supports_activation_checkpointing: bool = True
     module: str = "transformers"  # where model_class lives (protlm's own families: their module)
+    #: forward FLOPs of a batch (see "FLOP counts" above); training is 3x this
+    forward_flops: Callable[..., float] = transformer_flops
+    #: the family's own keyword arguments of ``forward_flops``, read from the built model's config
+    flop_arguments: Callable[[Any], dict] = _no_flop_arguments
+    #: parameters the pretraining forward never touches: frozen, so DDP does not wait for their gradients
+    unused_parameters: Callable[[Any], list] = _no_unused_parameters
+    #: absolute position embeddings of ``model.max_positions`` entries: config validation refuses
+    #: longer crops (relative and rotary positions have no such bound)
+    position_table: bool = False
+    #: the conventions ``protlm embed`` reads checkpoints of ``embedding.model_type`` with
+    #: (:data:`protlm.models.families.FAMILIES` is made of these: ``detect_family`` and
+    #: ``load_hf_lm`` use them); None where another spec or protlm's own backend (ProtTXL) serves
+    #: the family's model_type. The HF embedder (protlm.embed.backends.hf) takes the model types
+    #: in FAMILIES when it is imported, so a model_type new to protlm reaches ``protlm embed``
+    #: only when registered before that import.
+    embedding: Family | None = None
 
     @property
     def vocab(self) -> Vocab:
@@ -200,38 +325,133 @@ def _txl_config(spec: ModelSpec, vocab: Vocab):
     )
 
 
-ARCHITECTURES: dict[str, Architecture] = {
-    "bert": Architecture("bert", "protbert", "mlm", "BERT masked LM (ProtBert)", _bert_config, "BertForMaskedLM"),
-    "albert": Architecture(
+def _txl_flop_arguments(config) -> dict:
+    return {"segment": config.segment_length, "memory": config.mem_len}
+
+
+def _esm_unused_parameters(model) -> list:
+    """ESM's contact-prediction head (MLM never trains it)."""
+    contact = getattr(getattr(model, "esm", None), "contact_head", None)
+    return list(contact.parameters()) if contact is not None else []
+
+
+def _xlnet_unused_parameters(model) -> list:
+    """XLNet's segment-attention terms (``seg_embed``, ``r_s_bias``): used only with
+    ``token_type_ids``, and a protein is one segment."""
+    return [p for name, p in model.named_parameters() if name.endswith((".seg_embed", ".r_s_bias"))]
+
+
+#: Registered architectures by name; add one with :func:`register_architecture`.
+ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def _definition(arch: Architecture) -> tuple:
+    """An architecture's fields with callables named by module and qualified name: the same
+    definition imported twice (a module reloaded, a plug-in loaded again) compares equal, where
+    the function objects would not."""
+    def key(value):
+        if callable(value) and hasattr(value, "__qualname__"):
+            return ("callable", getattr(value, "__module__", None), value.__qualname__)
+        return value
+    return tuple(key(getattr(arch, f.name)) for f in fields(arch))
+
+
+def _owner(arch: Architecture) -> str:
+    return f"{getattr(arch.make_config, '__module__', '?')}.{getattr(arch.make_config, '__qualname__', '?')}"
+
+
+def register_architecture(arch: Architecture) -> Architecture:
+    """Register a pretraining family under ``arch.name`` and return it.
+
+    A name held by another definition is refused with a ValueError (so neither a plug-in nor a
+    second module silently replaces a family whose checkpoints exist); registering the same
+    definition again -- the same fields, its functions from the same module, as when a module is
+    imported twice -- is allowed, as :func:`protlm.tasks.protocols.register_protocol` allows its
+    own class again. ``arch.embedding`` registers its conventions under its ``model_type`` in
+    :data:`protlm.models.families.FAMILIES`, refused likewise when another family holds it.
+    """
+    if not isinstance(arch, Architecture):
+        raise TypeError(f"register_architecture takes an Architecture, not {type(arch).__name__}")
+    if not arch.name or not isinstance(arch.name, str):
+        raise ValueError("an architecture needs a name")
+    if arch.family not in VOCABS:
+        raise ValueError(f"architecture {arch.name!r}: unknown vocabulary {arch.family!r}; "
+                         f"choose one of {sorted(VOCABS)}")
+    if arch.objective not in OBJECTIVES:
+        raise ValueError(f"architecture {arch.name!r}: unknown objective {arch.objective!r}; "
+                         f"choose one of {OBJECTIVES}")
+    for hook in ("make_config", "forward_flops", "flop_arguments", "unused_parameters"):
+        if not callable(getattr(arch, hook)):
+            raise ValueError(f"architecture {arch.name!r}: {hook} must be callable")
+    old = ARCHITECTURES.get(arch.name)
+    if old is not None and _definition(old) != _definition(arch):
+        raise ValueError(f"architecture {arch.name!r} is registered already (by {_owner(old)}); choose another name")
+    if arch.embedding is not None:
+        emb = arch.embedding
+        if emb.space_separated != arch.vocab.space_separated:
+            raise ValueError(f"architecture {arch.name!r}: embedding.space_separated={emb.space_separated} but its "
+                             f"{arch.family!r} tokenizer expects space_separated={arch.vocab.space_separated}")
+        holder = next((a for a in ARCHITECTURES.values() if a.name != arch.name and a.embedding is not None
+                       and a.embedding.model_type == emb.model_type), None)
+        if holder is not None:
+            raise ValueError(f"architecture {arch.name!r}: model_type {emb.model_type!r} has embedding conventions "
+                             f"already (architecture {holder.name!r}, by {_owner(holder)}); leave embedding None "
+                             f"to embed with those")
+    if old is not None and old.embedding is not None:
+        FAMILIES.pop(old.embedding.model_type, None)
+    ARCHITECTURES[arch.name] = arch
+    if arch.embedding is not None:
+        FAMILIES[arch.embedding.model_type] = arch.embedding
+    return arch
+
+
+for _arch in (
+    Architecture(
+        "bert", "protbert", "mlm", "BERT masked LM (ProtBert)", _bert_config, "BertForMaskedLM",
+        position_table=True, embedding=Family("protbert", "bert", "BertModel", True, True),
+    ),
+    Architecture(
         "albert", "protbert", "mlm", "ALBERT masked LM (ProtAlbert)", _albert_config, "AlbertForMaskedLM",
-        supports_activation_checkpointing=False,
+        supports_activation_checkpointing=False, position_table=True,
+        embedding=Family("albert", "albert", "AlbertModel", True, True),
     ),
-    "esm": Architecture(
+    Architecture(
         "esm", "esm", "mlm", "pre-LayerNorm BERT with rotary positions (ESM-2 layout)", _esm_config,
-        "EsmForMaskedLM",
+        "EsmForMaskedLM", unused_parameters=_esm_unused_parameters,
+        embedding=Family("esm", "esm", "EsmModel", False, False),  # ESM-1b/ESM-2 folders too
     ),
-    "causal": Architecture(
+    Architecture(
         "causal", "esm", "causal", "causal LM, pre-LN + rotary (GPT-NeoX class)", _causal_config,
-        "GPTNeoXForCausalLM",
+        "GPTNeoXForCausalLM", embedding=Family("causal", "gpt_neox", "GPTNeoXModel", False, False),
     ),
-    "t5": Architecture(
+    Architecture(
         "t5", "prott5", "span", "T5 span corruption, span length 1, full reconstruction (ProtT5)",
-        _t5_config, "T5ForConditionalGeneration",
+        _t5_config, "T5ForConditionalGeneration", forward_flops=t5_flops,
+        embedding=Family("prott5", "t5", "T5EncoderModel", True, True),  # the ProtT5 encoder
     ),
-    "xlnet": Architecture(
+    Architecture(
         "xlnet", "protxlnet", "plm", "XLNet permutation LM, two-stream attention (ProtXLNet)", _xlnet_config,
-        "XLNetLMHeadModel", supports_activation_checkpointing=False,
+        "XLNetLMHeadModel", supports_activation_checkpointing=False, forward_flops=xlnet_flops,
+        unused_parameters=_xlnet_unused_parameters, embedding=Family("xlnet", "xlnet", "XLNetModel", True, True),
     ),
-    "txl": Architecture(
+    Architecture(
         "txl", "protbert", "causal", "Transformer-XL causal LM with segment memory (ProtTXL)", _txl_config,
-        "ProtTXLForCausalLM", module="protlm.models.transfo_xl",
+        "ProtTXLForCausalLM", module="protlm.models.transfo_xl", forward_flops=txl_flops,
+        flop_arguments=_txl_flop_arguments,  # model_type prottxl: protlm.embed.backends.prottxl
     ),
-}
+):
+    register_architecture(_arch)
+del _arch
 
 
 def get_architecture(name: str) -> Architecture:
+    """The registered architecture ``name`` (plug-ins' included: their entry points are loaded first)."""
+    from protlm.plugins import hint, load_plugins
+
+    load_plugins()
     if name not in ARCHITECTURES:
-        raise ConfigError(f"config model.arch: unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
+        raise ConfigError(f"config model.arch: unknown architecture {name!r}; choose one of "
+                          f"{sorted(ARCHITECTURES)}{hint()}")
     return ARCHITECTURES[name]
 
 
@@ -275,14 +495,3 @@ def count_parameters(model) -> dict[str, int]:
         if isinstance(module, torch.nn.Embedding):
             embedding += module.weight.numel()
     return {"total": total, "non_embedding": total - embedding}
-
-
-def unused_parameters(model) -> list:
-    """Parameters the pretraining forward never touches: ESM's contact-prediction head, XLNet's
-    segment-attention terms (``seg_embed``, ``r_s_bias``: used only with ``token_type_ids``, and
-    a protein is one segment)."""
-    contact = getattr(getattr(model, "esm", None), "contact_head", None)
-    out = list(contact.parameters()) if contact is not None else []
-    if type(model).__name__.startswith("XLNet"):
-        out += [p for name, p in model.named_parameters() if name.endswith((".seg_embed", ".r_s_bias"))]
-    return out

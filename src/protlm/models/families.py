@@ -9,9 +9,11 @@
 | xlnet    | xlnet           | ``XLNetModel``     | ``M K T``                     | … ``<sep> <cls>``        | U Z O B → X          |
 | causal   | gpt_neox        | ``GPTNeoXModel``   | ``MKT``                       | ``<cls>`` … ``<eos>``    | kept                 |
 
-Residues are turned into token ids through a lookup table built from the model's own tokenizer
-(one array lookup per protein instead of a Python tokenizer call); tests check that it gives
-exactly what ``tokenizer(text)`` gives.
+The rows are the ``embedding`` fields of the pretraining architectures
+(:mod:`protlm.models.architectures`), which fill :data:`FAMILIES`. Residues are turned into
+token ids through a lookup table built from the model's own tokenizer (one array lookup per
+protein instead of a Python tokenizer call); tests check that it gives exactly what
+``tokenizer(text)`` gives.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import numpy as np
 
 from protlm.data.alphabet import RARE_TO_X
 from protlm.errors import InputError
-
 
 
 @dataclass(frozen=True)
@@ -42,14 +43,13 @@ class Family:
         return " ".join(sequence) if self.space_separated else sequence
 
 
-FAMILIES = {
-    "esm": Family("esm", "esm", "EsmModel", False, False),
-    "bert": Family("protbert", "bert", "BertModel", True, True),
-    "albert": Family("albert", "albert", "AlbertModel", True, True),
-    "t5": Family("prott5", "t5", "T5EncoderModel", True, True),
-    "xlnet": Family("xlnet", "xlnet", "XLNetModel", True, True),
-    "gpt_neox": Family("causal", "gpt_neox", "GPTNeoXModel", False, False),
-}
+#: Conventions by ``model_type``. Each entry is the ``embedding`` of a registered pretraining
+#: family (:func:`protlm.models.architectures.register_architecture` adds it), so a family's
+#: pretraining and embedding sides are one spec. Importing any ``protlm.models`` module runs the
+#: package's ``__init__``, which imports the architectures and so fills this table; it serves
+#: every checkpoint of these model types, also those protlm did not pretrain (ESM-1b/ESM-2,
+#: ProtBert, ProtT5 folders).
+FAMILIES: dict[str, Family] = {}
 
 
 def read_config(model: str) -> dict:

@@ -280,7 +280,7 @@ class Predictor:
             return []
         head, protocol = self.head, self.head.protocol
         preds = protocol.predict(head.config, head.model, protocol.query_inputs(head.config, self.source, ids,
-                                                                                 sequences), head.info)
+                                                                                 sequences), head.state)
         rows = protocol.prediction_rows(head, ids, sequences, preds)  # what protlm predict --head writes
         targets = head.config.targets
         out = []
@@ -290,7 +290,7 @@ class Predictor:
                 row = {key: v for key, v in rows[i * len(targets) + k].items() if key not in ("id", "target")}
                 p = preds[k][i]
                 if protocol.output_level == "residue" and isinstance(p, np.ndarray) and p.ndim == 2:
-                    row["classes"] = list(head.info["classes"][k])
+                    row["classes"] = list(head.state["classes"][k])
                     row["probabilities"] = np.round(p.astype(np.float64), 4).tolist()
                 res["targets"][tg.name] = row
             out.append(res)

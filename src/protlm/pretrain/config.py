@@ -24,7 +24,7 @@ from pathlib import Path
 
 from protlm.configfile import build, load_tree
 from protlm.errors import ConfigError
-from protlm.models.architectures import ARCHITECTURES, PRESETS, ModelSpec
+from protlm.models.architectures import PRESETS, ModelSpec, get_architecture
 
 
 @dataclass
@@ -177,14 +177,14 @@ def validate(c: PretrainConfig) -> None:
         if not cond:
             raise ConfigError(f"config {where}: {msg}")
 
-    need(c.model.arch in ARCHITECTURES, "model.arch", f"unknown architecture {c.model.arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    arch = get_architecture(c.model.arch)  # "config model.arch: unknown architecture …" (plug-ins loaded first)
     need(c.model.preset in PRESETS, "model.preset", f"unknown preset {c.model.preset!r}; choose one of {sorted(PRESETS)}")
     c.model.resolved()
     need(0 <= c.model.dropout < 1, "model.dropout", "must be in [0, 1)")
     need(0 <= c.model.attention_dropout < 1, "model.attention_dropout", "must be in [0, 1)")
     need(c.model.max_positions > 0, "model.max_positions", "must be positive")
     need(c.data.valid_sequences >= 0, "data.valid_sequences", "must be >= 0")
-    need(c.data.valid_max_length == 0 or c.data.valid_max_length >= ARCHITECTURES[c.model.arch].vocab.n_special + 1,
+    need(c.data.valid_max_length == 0 or c.data.valid_max_length >= arch.vocab.n_special + 1,
          "data.valid_max_length", "must be 0 (the phase's max_length) or long enough for one residue")
     o = c.objective
     need(0 < o.mask_probability < 1, "objective.mask_probability", "must be in (0, 1)")
@@ -201,7 +201,6 @@ def validate(c: PretrainConfig) -> None:
     need(0 <= opt.min_lr_ratio <= 1, "optimizer.min_lr_ratio", "must be in [0, 1]")
     need(opt.clip_grad_norm >= 0, "optimizer.clip_grad_norm", "must be >= 0 (0 disables clipping)")
     t = c.train
-    arch = ARCHITECTURES[c.model.arch]
     need(len(t.phases) >= 1, "train.phases", "must not be empty")
     for i, ph in enumerate(t.phases):
         w = f"train.phases[{i}]"
@@ -210,7 +209,7 @@ def validate(c: PretrainConfig) -> None:
         need(ph.tokens_per_batch >= ph.max_length, f"{w}.tokens_per_batch",
              f"must be at least max_length ({ph.max_length}) so that one full-length sequence fits")
         need(ph.max_sequences >= 0, f"{w}.max_sequences", "must be >= 0")
-        if c.model.arch in ("bert", "albert"):
+        if arch.position_table:
             need(max(ph.max_length, c.data.valid_max_length) <= c.model.max_positions, f"{w}.max_length",
                  f"exceeds model.max_positions={c.model.max_positions} (absolute position embeddings)")
     need(t.grad_accum >= 1, "train.grad_accum", "must be >= 1")

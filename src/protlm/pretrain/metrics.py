@@ -4,7 +4,9 @@ MFU follows docs/benchmarks.md and ../shared/guides/measuring.md: a forward pass
 per weight per token of the transformer body plus ``4 · layers · width · L`` per token for the
 attention scores and the weighted sum; training is 3× the forward. The body's weight count is
 computed from the shape (so ALBERT's shared layers count once per use, not once per tensor), and
-only real tokens count: padding is waste, not work.
+only real tokens count: padding is waste, not work. Each family's count (encoder-decoder T5,
+XLNet's two streams, Transformer-XL's segments) is part of its registered spec in
+:mod:`protlm.models.architectures`; this module only dispatches to it.
 """
 
 from __future__ import annotations
@@ -17,40 +19,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from protlm.models.architectures import Architecture, get_architecture
 
-def forward_flops(lengths: np.ndarray, *, arch: str, layers: int, hidden: int, ffn: int, vocab: int,
-                  segment: int = 0, memory: int = 0) -> float:
-    """Forward FLOPs of a batch of sequences with the given real token counts.
 
-    ``segment`` / ``memory``: Transformer-XL's segment length and memory (``arch="txl"`` only).
+def forward_flops(lengths: np.ndarray, *, arch: str | Architecture, layers: int, hidden: int, ffn: int,
+                  vocab: int, **family_args) -> float:
+    """Forward FLOPs of a batch of sequences with the given real token counts, by the
+    architecture's own count (:attr:`protlm.models.architectures.Architecture.forward_flops`).
+
+    ``family_args``: the family's own arguments (Transformer-XL: ``segment`` / ``memory``, its
+    segment length and memory); other families' counts ignore them.
     """
-    lengths = np.asarray(lengths, dtype=np.float64)
-    tokens = lengths.sum()
-    sq = (lengths ** 2).sum()
-    block = 2 * (4 * hidden * hidden + 2 * hidden * ffn)  # attention projections + MLP, per token
-    head = 2 * hidden * vocab
-    if arch == "xlnet":
-        # Content stream over every token (plus the relative-position projection of the 2L
-        # encodings, and scores against them); the query stream (its q/o projections, MLP and
-        # attention) and the LM head only on the predicted tokens, 1/6 of them on average.
-        targets = lengths / 6.0
-        per_layer = (tokens * (block + 4 * hidden * hidden) + 8 * hidden * sq
-                     + targets.sum() * 2 * (2 * hidden * hidden + 2 * hidden * ffn) + 8 * hidden * (targets * lengths).sum())
-        return float(layers * per_layer + targets.sum() * head)
-    if arch == "txl":
-        # Each segment's queries meet its keys and the memory (content + position scores and the
-        # weighted sum: 6·width per pair); the memory's inputs are projected again per segment.
-        seg = np.minimum(lengths, segment) if segment else lengths
-        n_seg = np.ceil(lengths / np.maximum(seg, 1))
-        mem = np.where(n_seg > 1, memory, 0)
-        pairs = (n_seg * seg * (seg + mem)).sum()
-        per_layer = tokens * block + (n_seg * mem).sum() * 2 * 3 * hidden * hidden + 6 * hidden * pairs
-        return float(layers * per_layer + tokens * head)
-    if arch == "t5":
-        # encoder layers + decoder layers (self-attention, cross-attention, MLP) over L tokens each
-        dec_block = 2 * (8 * hidden * hidden + 2 * hidden * ffn)
-        return float(tokens * (layers * (block + dec_block) + head) + 3 * 4 * layers * hidden * sq)
-    return float(tokens * (layers * block + head) + 4 * layers * hidden * sq)
+    spec = get_architecture(arch) if isinstance(arch, str) else arch
+    return float(spec.forward_flops(np.asarray(lengths, dtype=np.float64), layers=layers, hidden=hidden, ffn=ffn,
+                                    vocab=vocab, **family_args))
 
 
 def training_flops(lengths: np.ndarray, **shape) -> float:

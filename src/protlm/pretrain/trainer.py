@@ -26,7 +26,7 @@ from protlm.data.shards import ShardedDataset
 from protlm.errors import ConfigError, ProtlmError, Terminated
 from protlm.io.atomic import fsync_dir, fsync_tree
 from protlm.io.outputs import output_lock
-from protlm.models.architectures import build_model, count_parameters, get_architecture, unused_parameters
+from protlm.models.architectures import build_model, count_parameters, get_architecture
 from protlm.pretrain import checkpoint as ckpt
 from protlm.pretrain.batching import BatchPlan
 from protlm.pretrain.config import PretrainConfig, load_config, resume_changes
@@ -97,9 +97,11 @@ class Trainer:
 
         torch.manual_seed(config.train.seed)
         self.model = build_model(config.model).to(self.env.device)
-        for p in unused_parameters(self.model):
+        for p in self.arch.unused_parameters(self.model):
             p.requires_grad_(False)  # e.g. ESM's contact head: MLM never trains it, DDP must not wait for it
         self.params = count_parameters(self.model)
+        # the family's own FLOP-count arguments (Transformer-XL: segment length, memory), from its config
+        self.flop_arguments = self.arch.flop_arguments(self.model.config)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision)
         if self.autocast_dtype is not None and self.env.device.type != "cuda" and config.train.precision == "fp16":
             raise ConfigError("config train.precision: fp16 needs a CUDA device; use fp32 (or bf16) on CPU")
@@ -185,10 +187,8 @@ class Trainer:
         return self.forward_module(**inputs).logits
 
     def _flops(self, batch: Batch) -> float:
-        txl = {"segment": self.model.config.segment_length, "memory": self.model.config.mem_len} \
-            if self.config.model.arch == "txl" else {}
-        return training_flops(batch.lengths, arch=self.config.model.arch, layers=self.shape["layers"],
-                              hidden=self.shape["hidden"], ffn=self.shape["ffn"], vocab=self.vocab.size, **txl)
+        return training_flops(batch.lengths, arch=self.arch, layers=self.shape["layers"], hidden=self.shape["hidden"],
+                              ffn=self.shape["ffn"], vocab=self.vocab.size, **self.flop_arguments)
 
     # ------------------------------------------------------------------ one step
 

@@ -29,7 +29,7 @@ def _predictions(head: TrainedHead, sets: dict, cache_dir) -> dict:
     protocol = head.protocol
     with protocol.open_source(head.config, cache_dir) as source:
         check_source(head, source)
-        return {name: protocol.predict(head.config, head.model, protocol.inputs(head.config, source, data), head.info)
+        return {name: protocol.predict(head.config, head.model, protocol.inputs(head.config, source, data), head.state)
                 for name, data in sets.items()}
 
 

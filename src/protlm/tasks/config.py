@@ -234,9 +234,8 @@ def validate(c: TaskConfig) -> None:
         from protlm.tasks.heads import get_head
 
         proto = c.protocol_obj
-        need(proto.output_level != "pair", "finetune.method",
-             f"fine-tuning is offered for the label protocols; {proto.name} (contacts) trains on frozen features "
-             f"in this version")
+        need(proto.can_finetune, "finetune.method",
+             f"not offered for the {proto.name} protocol: it trains on frozen features in this version")
         need(get_head(c.head.type).input != "attention", "finetune.method", "an attention-map head reads no embeddings")
         need(c.embedder_spec.options.pooling == "mean", "embedder.pooling",
              f"{c.embedder_spec.options.pooling}: a fine-tuned LM's head reads per-residue states; leave pooling "
@@ -295,20 +294,9 @@ def resolve_data_paths(tree: dict, folder: Path, where: str) -> None:
                     "from there (relative paths are read from the config's folder)", where, key, value, mine)
         return str(theirs.resolve())
 
-    def source(src, key: str):
-        if isinstance(src, dict) and "file" in src:
-            src["file"] = fix(src["file"], f"{key}.file")
+    from protlm.tasks.protocols import get_protocol, resolve_name
 
-    train = data.get("train")
-    for i, src in enumerate(train if isinstance(train, list) else [train]):
-        source(src, f"data.train[{i}]" if isinstance(train, list) else "data.train")
-    source(data.get("valid"), "data.valid")
-    if isinstance(data.get("test"), dict):
-        for name, src in data["test"].items():
-            source(src, f"data.test.{name}")
-    for key in ("path", "full_sequences"):  # the contacts protocol's structure set and FASTA
-        if key in data:
-            data[key] = fix(data[key], f"data.{key}")
+    get_protocol(resolve_name(tree.get("protocol", TaskConfig.protocol), tree)).resolve_paths(data, fix)
 
 
 def with_finetune(config: TaskConfig, method: str) -> TaskConfig:
@@ -325,14 +313,9 @@ def data_files(config: TaskConfig) -> dict[str, str]:
     files of the user's). A head records them: its own test sets are the files it names, unchanged."""
     from protlm.io.checksums import xxh3_file
 
-    data = config.data
-    train = getattr(data, "train", None) or []
-    sources = [*(train if isinstance(train, list) else [train]), getattr(data, "valid", None),
-               *(getattr(data, "test", None) or {}).values()]
     out: dict[str, str] = {}
-    for src in sources:
-        path = getattr(src, "file", None)
-        if path is not None and Path(path).is_file():
+    for path in config.protocol_obj.data_files(config):
+        if Path(path).is_file():
             key = str(Path(path).resolve())
             if key not in out:
                 out[key] = xxh3_file(path)

@@ -40,7 +40,7 @@ from protlm.io.atomic import json_bytes, write_bytes
 from protlm.io.checksums import xxh3_file
 from protlm.tasks import metrics as M
 from protlm.tasks import perprotein
-from protlm.tasks.config import (SOURCE_OPTIONS, TaskConfig, data_files, file_source, load_task_config, validate,
+from protlm.tasks.config import (SOURCE_OPTIONS, TaskConfig, data_files, load_task_config, validate,
                                  with_finetune)
 from protlm.tasks.finetune import METHODS as FINETUNE_METHODS
 from protlm.tasks.finetune import STATE_FOLDER, changed_settings
@@ -130,14 +130,7 @@ def head_digest(config: TaskConfig, identity: dict) -> str:
 def training_file_digests(config: TaskConfig) -> list[str]:
     """XXH3 of the content of every file the training and validation sets are read from (sets of
     ``protlm datasets`` are read from the shared data folder, whose files do not change)."""
-    data = config.data
-    sources = [*(getattr(data, "train", None) or []), getattr(data, "valid", None)]
-    out = []
-    for src in sources:
-        path = getattr(src, "file", None)
-        if path is not None and Path(path).is_file():
-            out.append(xxh3_file(path))
-    return out
+    return [xxh3_file(path) for path in config.protocol_obj.training_files(config) if Path(path).is_file()]
 
 
 def _finetune_part(tree: dict, config: TaskConfig) -> None:
@@ -154,14 +147,16 @@ def test_digests(config: TaskConfig) -> dict[str, str] | None:
     """One digest per test set of the config: its source, and a file's size and modification
     time (a re-made file is scored again). None: the protocol makes its own test sets."""
     tests = getattr(config.data, "test", None)
-    if tests is None:
+    protocol = config.protocol_obj
+    if tests is None and not protocol.own_tests:
         return None
-    out = {}
-    for name, src in tests.items():
-        tree = dataclasses.asdict(src)
-        if src.file is not None and Path(src.file).is_file():
-            st = Path(src.file).stat()
-            tree["stat"] = [st.st_size, st.st_mtime_ns]
+    out = {name: _digest({"made_by_the_protocol": name}) for name in protocol.own_tests}  # the head digest covers them
+    for name, src in (tests or {}).items():
+        tree = dataclasses.asdict(src) if dataclasses.is_dataclass(src) else {"source": src}
+        for file in protocol.source_files(src):
+            if Path(file).is_file():
+                st = Path(file).stat()
+                tree["stat"] = [st.st_size, st.st_mtime_ns]
         out[name] = _digest(tree)
     return out
 
@@ -226,15 +221,15 @@ def rescore_tests(previous: dict, config: TaskConfig, folder: Path, made_with: d
             source = protocol.open_source(head.config, cache_dir)
         try:
             check_source(head, source)
-            head.config.data.test = {k: config.data.test[k] for k in todo}
+            head.config.data.test = {k: config.data.test[k] for k in todo if k in config.data.test}
             if head.info.get("data_files") is not None:  # the config's test files now, as record_tests writes
                 head.info["data_files"] = {**head.info["data_files"], **data_files(config)}
-            sets = protocol.evaluation_sets(head, {}, data_dir)
+            sets = protocol.test_sets(head, todo, data_dir)
             for k, data in sets.items():
                 log.info("%s: test set %s scored with the saved head (no retraining)", config.name, k)
                 preds = protocol.predict(head.config, head.model, protocol.inputs(head.config, source, data),
-                                         head.info)
-                scored[k] = protocol.score(head.config, preds, data, head.info, config.n_boot, config.evaluate.seed)
+                                         head.state)
+                scored[k] = protocol.score(head.config, preds, data, head.state, config.n_boot, config.evaluate.seed)
                 paired[k] = perprotein.set_values(protocol, head.config, preds, data)
                 counts[f"test:{k}"] = len(data)
         finally:
@@ -413,14 +408,15 @@ def parse_pairs(items: list[str], embedders: list[str]) -> list[tuple[str, str]]
 
 def add_tests(config: TaskConfig, tests: dict[str, dict]) -> None:
     """Add ``--extra-test`` files (:func:`parse_extra_tests`) to the config's ``data.test``."""
-    if tests and not hasattr(config.data, "test"):
+    if tests and not isinstance(getattr(config.data, "test", None), dict):
         raise ConfigError(f"--extra-test {config.name}: the {config.protocol} protocol takes no extra test files")
     for name, spec in tests.items():
         if name in config.data.test:
             raise ConfigError(f"--extra-test {config.name}:{name}=…: the config already has a test set named {name!r}; "
                               f"give the extra one another name (it would replace it)")
         options = {k: v for k, v in spec.items() if k not in ("file", "format")}
-        config.data.test[name] = file_source(config, spec["file"], spec["format"], f"--extra-test {name}", **options)
+        config.data.test[name] = config.protocol_obj.extra_test(config, name, spec["file"], spec["format"], options,
+                                                                f"--extra-test {name}")
 
 
 def paired_differences(files: list[Path], pairs: list[tuple[str, str]], out: Path, data_dir, extra, overrides,
@@ -471,7 +467,7 @@ def predicted_values(folder: Path, tests: dict, cache_dir) -> dict[str, list]:
     with protocol.open_source(head.config, cache_dir) as source:
         check_source(head, source)
         for set_name, data in tests.items():
-            preds = protocol.predict(head.config, head.model, protocol.inputs(head.config, source, data), head.info)
+            preds = protocol.predict(head.config, head.model, protocol.inputs(head.config, source, data), head.state)
             entries[set_name] = perprotein.set_values(protocol, head.config, preds, data)
     try:
         reported = json.loads((folder / METRICS_JSON).read_text()).get("test", {})
@@ -537,7 +533,7 @@ def results_table(results: list[dict]) -> str:
             for target, res in by_target.items():
                 key = (r["task"], target, set_name, r["head"])
                 rows.setdefault(key, {})[r["embedder"]] = _cell(res, proto) + (" †" if r.get("cut_short") else "")
-                n = res.get("proteins")
+                n = res.get(get_protocol(proto).count_key)
                 meta[key] = f"{get_protocol(proto).headline_label}, n={n}"
                 gone = res.get("not_scored")
                 if gone:
@@ -554,10 +550,9 @@ def results_table(results: list[dict]) -> str:
     if notes:
         lines.append("")
         lines.append("Not scored (n counts the scored proteins): " + "; ".join(notes) + ".")
-    criterion = {"valid_loss": "validation loss", "valid_p_at_l5_long": "validation P@L/5 (long range)"}
     short = sorted({f"{r['task']} × `{r['embedder']}` (epoch {r.get('best_epoch')} of {r.get('epoch_cap')}, best "
-                    f"{criterion.get(get_protocol(r['protocol']).validation_key, get_protocol(r['protocol']).validation_key)}"
-                    f" in the last epoch)" for r in results if r.get("cut_short")})
+                    f"{get_protocol(r['protocol']).validation_text or 'validation loss'} in the last epoch)"
+                    for r in results if r.get("cut_short")})
     if short:
         lines.append("")
         lines.append("† cut short: training ended at the epoch cap with the best value of the early-stopping "

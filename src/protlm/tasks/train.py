@@ -327,6 +327,11 @@ class TrainedHead:
     dim: int
     info: dict  # head.json
     folder: Path | None = None
+    state: dict | None = None  # the protocol's state in head.json (classes, normalisation, …): what decoding needs
+
+    def __post_init__(self):
+        if self.state is None:
+            self.state = self.protocol.state_of(self.info)
 
     @property
     def protocol(self) -> Protocol:
@@ -343,21 +348,24 @@ def load_head(folder: str | Path) -> TrainedHead:
     config = build_task_config(info["config"])
     protocol = config.protocol_obj
     dim = int(info["dim"])
-    protocol.check_info(config, info, f"--head {folder}")
+    state = protocol.state_of(info)
+    if not isinstance(state, dict):
+        raise InputError(f"--head {folder}: head.json field 'protocol_state' must be a JSON object")
+    protocol.check_info(config, state, f"--head {folder}")
     headfile.check_head_shape(folder, getattr(config.head, "hidden", 1), getattr(config.head, "kernel", 0))
 
     with torch.device("meta"):  # shapes only: nothing is allocated before the weights file agrees
-        shapes = protocol.new_head(config, dim, info)
-    state = headfile.load_checked_state(folder / HEAD_WEIGHTS, shapes)
-    model = protocol.new_head(config, dim, info)
-    model.load_state_dict(state)
+        shapes = protocol.new_head(config, dim, state)
+    weights = headfile.load_checked_state(folder / HEAD_WEIGHTS, shapes)
+    model = protocol.new_head(config, dim, state)
+    model.load_state_dict(weights)
     model.eval()
     if config.finetuning:  # the head reads the fine-tuned LM saved beside it
         if not (folder / LM_FOLDER).is_dir():
             raise InputError(f"--head {folder}: a head trained with a fine-tuned LM, but its {LM_FOLDER}/ folder is "
                              f"missing")
         config.embedder = finetuned_embedder(config.embedder, folder / LM_FOLDER)
-    return TrainedHead(config, model, dim, info, folder)
+    return TrainedHead(config, model, dim, info, folder, state)
 
 
 # --------------------------------------------------------------------------- the jobs
@@ -365,8 +373,11 @@ def load_head(folder: str | Path) -> TrainedHead:
 
 def check_source(head: TrainedHead, source) -> None:
     """The inputs must come from the model the head was trained on (not only the same width)."""
-    if source.dim != head.dim:
-        raise InputError(f"embedder {source.name}: gives {source.dim}-dimensional embeddings, the head expects {head.dim}")
+    width = head.protocol.input_dim(head.config, source.dim)
+    if width != head.dim:
+        made = "" if width == source.dim else f" (an input of width {width} for this protocol)"
+        raise InputError(f"embedder {source.name}: gives {source.dim}-dimensional embeddings{made}, the head expects "
+                         f"{head.dim}")
     warning = check_identity(head.info.get("embedder_identity"), source.identity(checksum=False),
                              f"embedder {source.name}")
     if warning:
@@ -417,7 +428,7 @@ def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: Task
     tr, va = inputs(data.train, "train"), inputs(data.valid, "valid")
     te = {name: inputs(s, name) for name, s in data.tests.items()}
     t_embed = time.perf_counter() - t0
-    dim = int(source.dim)
+    dim = protocol.input_dim(config, int(source.dim))
     identity = source.identity()
 
     def epoch_cb(epoch, tl, vl, timing=None):
@@ -463,7 +474,7 @@ def write_head(out: Path, config: TaskConfig, data: TaskData, dim: int, head, ru
         "protlm_version": __version__,
         "protocol": config.protocol,
         "config": config.as_dict(),
-        **data.info,
+        "protocol_state": data.info,  # opaque to the engine: the protocol reads it back (Protocol.state_of)
         "dim": dim,
         "parameters": sum(p.numel() for p in head.parameters()),
         "history": history,
@@ -500,7 +511,7 @@ def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData,
     sequences = SequenceSource(lm.dim, lm.max_residues or 0)
     tr = protocol.inputs(config, sequences, data.train)
     va = protocol.inputs(config, sequences, data.valid)
-    dim = int(lm.dim)
+    dim = protocol.input_dim(config, int(lm.dim))
     log.info("%s: fine-tuning %s (%s): %d of %d LM parameters train", config.name, spec.name, ft.method,
              counts_lm["lm_trained_parameters"], counts_lm["lm_parameters"])
 
@@ -569,8 +580,8 @@ def evaluate(head: TrainedHead, sets: dict, embedder: str | None = None, cache_d
         check_source(head, source)
         out = {}
         for name, dataset in sets.items():
-            preds = protocol.predict(config, head.model, protocol.inputs(config, source, dataset), head.info)
-            out[name] = protocol.score(config, preds, dataset, head.info, config.n_boot if n_boot is None else n_boot,
+            preds = protocol.predict(config, head.model, protocol.inputs(config, source, dataset), head.state)
+            out[name] = protocol.score(config, preds, dataset, head.state, config.n_boot if n_boot is None else n_boot,
                                        config.evaluate.seed if seed is None else seed)
     return out
 
@@ -584,7 +595,7 @@ def predict(head: TrainedHead, ids: list[str], sequences: list[str], embedder: s
     config, protocol = head.config, head.protocol
     with protocol.open_source(config, cache_dir, embedder) as source:
         check_source(head, source)
-        preds = protocol.predict(config, head.model, protocol.query_inputs(config, source, ids, sequences), head.info)
+        preds = protocol.predict(config, head.model, protocol.query_inputs(config, source, ids, sequences), head.state)
     return protocol.prediction_rows(head, ids, sequences, preds)
 
 

@@ -88,6 +88,12 @@ class Protocol:
     higher_is_better: bool = False  # for the early-stopping value
     headline_label: str = ""  # the results table's metric column
     scores_valid: bool = True  # score the early-stopping set too (metrics.json "valid")
+    validation_text: str = ""  # the early-stopping value in words, for reports (default: "validation loss")
+    count_key: str = "proteins"  # the key of a set's metrics that counts what was scored (contacts: chains)
+    data_path_fields: tuple[str, ...] = ()  # data: fields holding paths (a string, or a list/mapping of them)
+    legacy_state_keys: tuple[str, ...] = ()  # head.json keys that held the protocol state before protlm 0.5
+    can_finetune: bool = True  # the LM may train with the head (finetune.method other than none)
+    own_tests: tuple[str, ...] = ()  # test sets the protocol makes itself, not named in data.test (contacts)
 
     # ------------------------------------------------------------------ config
 
@@ -106,10 +112,66 @@ class Protocol:
     def validate(self, config) -> None:
         """Protocol-specific checks; raise ConfigError naming the field."""
 
+    def resolve_paths(self, data: dict, fix: Callable[[Any, str], Any]) -> None:
+        """Make the paths of a raw ``data:`` section absolute: ``fix(value, "data.KEY")`` on every
+        string of the :attr:`data_path_fields` (inside lists and mappings too). A protocol whose
+        paths sit deeper (label sources' ``file:``) overrides this."""
+        def walk(value, where):
+            if isinstance(value, str):
+                return fix(value, where)
+            if isinstance(value, list):
+                return [walk(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            if isinstance(value, dict):
+                return {k: walk(v, f"{where}.{k}") for k, v in value.items()}
+            return value
+
+        for key in self.data_path_fields:
+            if key in data:
+                data[key] = walk(data[key], f"data.{key}")
+
+    def data_files(self, config) -> list[str]:
+        """The files a head's data came from (recorded with their checksums in head.json, so a head
+        scored on its own test files knows they did not change); default: none recorded."""
+        return []
+
+    def extra_test(self, config, name: str, file: str, format: str | None, options: dict, where: str) -> Any:
+        """The ``data.test`` entry for a file of the user's (``protlm benchmark --extra-test``);
+        default: the protocol takes none."""
+        raise ConfigError(f"{where}: the {self.name} protocol takes no extra test files")
+
+    def training_files(self, config) -> list[str]:
+        """The files the training and early-stopping sets are read from: a file rewritten in place
+        trains the suite's head again (its content is in the head's digest); default: none."""
+        return []
+
+    def source_files(self, source) -> list[str]:
+        """The files one entry of ``data.test`` reads (a re-made file is scored again by the suite);
+        default: the entry itself when it is a path."""
+        return [source] if isinstance(source, str) else []
+
+    def input_dim(self, config, source_dim: int) -> int:
+        """The head's input width for an embedder of ``source_dim`` (a protocol that combines
+        embeddings, e.g. of two proteins, widens it)."""
+        return source_dim
+
+    def state_of(self, head_json: dict) -> dict:
+        """The protocol's state (:attr:`TaskData.info`) of a head.json: its ``protocol_state``, or,
+        for a head written before protlm 0.5, the :attr:`legacy_state_keys` it kept at the top."""
+        state = head_json.get("protocol_state")
+        if state is None:
+            return {k: head_json[k] for k in self.legacy_state_keys if k in head_json}
+        return state
+
     # ------------------------------------------------------------------ data and inputs
 
     def load_data(self, config, data_dir) -> TaskData:
         raise NotImplementedError
+
+    def test_sets(self, head, names: list[str], data_dir) -> dict[str, Any]:
+        """The test sets ``names`` of a trained head's config (the suite scores a new or changed
+        one with the saved head, without retraining); default: from :meth:`load_data`."""
+        tests = self.load_data(head.config, data_dir).tests
+        return {k: tests[k] for k in names if k in tests}
 
     def evaluation_sets(self, head, request: dict, data_dir) -> dict[str, Any]:
         """Sets to score a trained head on (``protlm evaluate``): ``request`` holds the CLI's choices."""
@@ -210,7 +272,7 @@ class Protocol:
     def predict_to(self, head, ids: list[str], sequences: list[str], output, options: dict, source) -> dict:
         """Predict unlabelled proteins and write the protocol's prediction file(s)."""
         inputs = self.query_inputs(head.config, source, ids, sequences)
-        preds = self.predict(head.config, head.model, inputs, head.info)
+        preds = self.predict(head.config, head.model, inputs, head.state)
         return self.write_predictions(head, self.prediction_rows(head, ids, sequences, preds), output, options)
 
     def summary_lines(self, result: dict) -> list[str]:
@@ -224,7 +286,7 @@ class Protocol:
                 else:
                     lo, hi = h["ci95"]
                     text = f"{self.headline_label} {h['value']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
-                    text += f" (n={res.get('proteins', res.get('chains', '?'))})"
+                    text += f" (n={res.get(self.count_key, '?')})"
                 gone = res.get("not_scored")
                 if gone:
                     text += f"; not scored: {gone['proteins']} protein(s), {gone['why']}"

@@ -437,6 +437,39 @@ class LabelProtocol(Protocol):
     kind: TargetKind = ProteinClasses()
     input_level = "pooled"  # residue: heads always read per-residue embeddings; pooled: unless the head needs them
     data_config = DataConfig
+    legacy_state_keys = ("classes", "normalisation")
+
+    def resolve_paths(self, data: dict, fix) -> None:
+        """A source's ``file:`` (``benchmark:`` names a set, not a path), in train / valid / test."""
+        def source(src, key: str):
+            if isinstance(src, dict) and "file" in src:
+                src["file"] = fix(src["file"], f"{key}.file")
+
+        train = data.get("train")
+        for i, src in enumerate(train if isinstance(train, list) else [train]):
+            source(src, f"data.train[{i}]" if isinstance(train, list) else "data.train")
+        source(data.get("valid"), "data.valid")
+        if isinstance(data.get("test"), dict):
+            for name, src in data["test"].items():
+                source(src, f"data.test.{name}")
+
+    def data_files(self, config) -> list[str]:
+        data = config.data
+        sources = [*(data.train or []), data.valid, *(data.test or {}).values()]
+        return [src.file for src in sources if src is not None and src.file is not None]
+
+    def test_sets(self, head, names, data_dir):
+        return {k: v for k, v in self.evaluation_sets(head, {}, data_dir).items() if k in names}
+
+    def extra_test(self, config, name, file, format, options, where):
+        return file_source(config, file, format, where, **options)
+
+    def training_files(self, config) -> list[str]:
+        sources = [*(config.data.train or []), config.data.valid]
+        return [src.file for src in sources if src is not None and src.file is not None]
+
+    def source_files(self, source) -> list[str]:
+        return [source.file] if source.file is not None else []
 
     @property
     def output_level(self) -> str:  # type: ignore[override]
@@ -516,7 +549,7 @@ class LabelProtocol(Protocol):
         sets = {}
         for name, src in sources.items():
             check_source(src, name)
-            sets[name] = encode(load_source(src, data_dir, name, per_residue), config, head.info["classes"], name,
+            sets[name] = encode(load_source(src, data_dir, name, per_residue), config, head.state["classes"], name,
                                 unknown_class_ok=True)
         return sets
 
@@ -655,7 +688,7 @@ class LabelProtocol(Protocol):
         rows = []
         for i, pid in enumerate(ids):
             for k, tg in enumerate(head.config.targets):
-                rows.append({"id": pid, "target": tg.name, **self.kind.row(preds[k][i], head.info["classes"][k])})
+                rows.append({"id": pid, "target": tg.name, **self.kind.row(preds[k][i], head.state["classes"][k])})
         return rows
 
     def write_predictions(self, head, rows: list[dict], output, options: dict) -> dict:
@@ -665,7 +698,7 @@ class LabelProtocol(Protocol):
         else:
             buf = io.StringIO()
             fields = ["id", "target"]  # every target's columns (two class targets have two sets of classes)
-            for classes in head.info["classes"]:
+            for classes in head.state["classes"]:
                 fields += [f for f in self.kind.csv_fields(classes) if f not in fields]
             writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
             writer.writeheader()

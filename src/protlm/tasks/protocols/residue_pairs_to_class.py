@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,7 @@ class ContactDataConfig:
     threshold: float = 8.0  # Å
     min_separation: int = 6  # pairs closer in sequence are not trained on
     seed: int = 0
+    test: dict[str, str] = field(default_factory=dict)  # name → a structure set of one's own (npz): every chain scored
 
 
 DATA_KEYS = set(ContactDataConfig.__dataclass_fields__)
@@ -196,6 +197,12 @@ class ResiduePairsToClass(Protocol):
     higher_is_better = True
     headline_label = "P@L/5 long"
     scores_valid = False  # the early-stopping chains choose the epoch; the held-out chains are reported
+    validation_text = "validation P@L/5 (long range)"
+    count_key = "chains"
+    data_path_fields = ("path", "full_sequences", "test")  # the structure sets and the FASTA of whole sequences
+    legacy_state_keys = ("conventions", "data", "caveat")
+    can_finetune = False  # the pair heads train on frozen features in this version
+    own_tests = (TEST_SET,)  # the held-out validation chains; data.test adds structure sets of one's own
 
     # ------------------------------------------------------------------ config
 
@@ -224,6 +231,8 @@ class ResiduePairsToClass(Protocol):
         need(d.max_length is None or d.max_length >= 1, "data.max_length", "must be a positive integer or null")
         need(d.threshold > 0, "data.threshold", "must be a positive distance in Å")
         need([t.name for t in c.targets] == [TARGET], "targets", f"contact prediction has one target, {TARGET}")
+        need(TEST_SET not in d.test, f"data.test.{TEST_SET}", "is the held-out validation chains' name; name the set "
+             "another way")
         if c.head.type == "attention_lr":
             need(c.embedder_name not in BASELINES, "embedder",
                  f"attention_lr needs a transformer LM folder, not the baseline {c.embedder_name!r}")
@@ -273,7 +282,25 @@ class ResiduePairsToClass(Protocol):
                 "data": {"npz": str(npz.resolve()), "full_sequences": full_path,
                          "train_ids": [c.id for c in train], "early_stop_ids": [c.id for c in early]},
                 "caveat": REDUNDANCY_CAVEAT}
-        return TaskData(train, early, {TEST_SET: rest}, info)
+        tests = {TEST_SET: rest}
+        for name, path in d.test.items():  # structure sets of one's own: every chain, each its own sequence
+            chains = ChainSet(load_chains(path, None))
+            chains.selection = {"set_chains": len(chains), "scored_chains": len(chains), "dropped": [],
+                                "max_length": None, "sample": None, "limits": f"every chain of {path}"}
+            tests[name] = chains
+        return TaskData(train, early, tests, info)
+
+    def extra_test(self, config, name: str, file: str, format: str | None, options: dict, where: str) -> str:
+        if name == TEST_SET:
+            raise ConfigError(f"{where}: {TEST_SET} is the held-out validation chains' name; give the set another")
+        if format not in (None, "npz"):
+            raise ConfigError(f"{where}: a contact task reads a structure set in the npz layout (docs/contacts.md), "
+                              f"format npz, not {format!r}")
+        if options:
+            raise ConfigError(f"{where}: a structure set takes no options ({', '.join(sorted(options))})")
+        if not Path(file).is_file():
+            raise InputError(f"{where}: {file}: no such file (a structure set in the npz layout)")
+        return str(Path(file).resolve())
 
     def evaluation_sets(self, head, request: dict, data_dir) -> dict[str, list[Chain]]:
         """Every chain of a set, unless the request caps them (training's limits stay training's).
@@ -288,7 +315,7 @@ class ResiduePairsToClass(Protocol):
         ``file`` (or ``--data`` naming a file without a ``split`` array): a structure set of one's
         own (docs/contacts.md), every chain scored, named after the file.
         """
-        config, info = head.config, head.info
+        config, info = head.config, head.state
         d = config.data
         split = request.get("split") or "validation"
         if split not in ("validation", "valid", "train"):
@@ -526,7 +553,7 @@ class ResiduePairsToClass(Protocol):
                 skipped.append({"id": pid, "length": len(seq), "reason": reason})
                 log.warning("skipped %s (%d residues): %s", pid, len(seq), reason)
                 continue
-            probs = self.predict(config, model, self.query_inputs(config, source, [pid], [seq]), head.info)[0]
+            probs = self.predict(config, model, self.query_inputs(config, source, [pid], [seq]), head.state)[0]
             arrays = {"probs": probs.astype(np.float32), "sequence": np.array(seq)}
             npz_path = out_dir / f"{names[pid]}.npz"
             entry = {"id": pid, "length": len(seq), "npz": str(npz_path)}
