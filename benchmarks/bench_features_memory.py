@@ -91,7 +91,7 @@ def child(args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from protlm.tasks.config import load_task_config
+    from protlm.tasks.build import load_task_config
     from protlm.tasks.features import ArrayFeatures, FeatureCache, FeatureSet, FeatureSource, read_part_slice
     from protlm.tasks.train import Encoded, fit_head
 

@@ -122,7 +122,7 @@ def _toy_config(path, protocol: str, head: dict) -> dict:
 
 def test_a_new_protocol_is_one_file(toy_task_file, tmp_path, capsys):
     importlib.import_module("toys.toy_protocol")
-    from protlm.tasks.config import load_task_config
+    from protlm.tasks.build import load_task_config
     from protlm.tasks.suite import results_table
     from protlm.tasks.train import evaluate, load_head, predict, train
 
@@ -148,7 +148,7 @@ def test_a_new_protocol_is_one_file(toy_task_file, tmp_path, capsys):
 def test_a_new_head_is_one_file(toy_task_file, tmp_path):
     importlib.import_module("toys.toy_head")
     from protlm.errors import ConfigError
-    from protlm.tasks.config import load_task_config
+    from protlm.tasks.build import load_task_config
     from protlm.tasks.train import load_head, predict, train
 
     config = _toy_config(toy_task_file, "sequence_to_class", {"type": "mean_max", "scale": 0.5})
@@ -343,7 +343,7 @@ def test_a_protocol_of_a_new_shape_is_one_file(toy_pairs, tmp_path, capsys, monk
     through train, evaluate, predict and the suite with paired differences, touching no protlm
     module."""
     importlib.import_module("toys.toy_pair_protocol")
-    from protlm.tasks.config import load_task_config
+    from protlm.tasks.build import load_task_config
     from protlm.tasks.train import load_head, predict, train
 
     config_file = toy_pairs / "tasks" / "pairs.yaml"

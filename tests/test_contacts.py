@@ -370,7 +370,7 @@ evaluate: {{n_boot: 200}}
 
 
 def test_resnet2d_trains_through_the_api(tiny_esm, tmp_path):
-    from protlm.tasks.config import build_task_config
+    from protlm.tasks.build import build_task_config
     from protlm.tasks.train import evaluate, load_head, train
 
     data = tmp_path / "data"
@@ -569,7 +569,7 @@ def test_suite_skips_an_embedder_that_does_not_fit_the_head(tiny_esm, tmp_path):
 def test_a_contact_head_folder_from_before_0_4_is_read(tmp_path):
     """Contact heads written by protlm 0.3 (their own head.json schema, protocol residues_to_class)
     load into the one format and predict exactly what the same weights predict."""
-    from protlm.tasks.config import build_task_config
+    from protlm.tasks.build import build_task_config
     from protlm.tasks.train import load_head, predict_file, train
 
     data = tmp_path / "data"
@@ -602,7 +602,7 @@ def test_contacts_read_an_hdf5_embedder_and_the_feature_cache(tmp_path):
     import h5py
 
     from protlm.embed import Embedder
-    from protlm.tasks.config import build_task_config
+    from protlm.tasks.build import build_task_config
     from protlm.tasks.train import train
 
     data = tmp_path / "data"
@@ -633,7 +633,7 @@ def test_contacts_read_an_hdf5_embedder_and_the_feature_cache(tmp_path):
 def test_evaluation_scores_every_chain_unless_capped_and_lists_what_it_drops(tmp_path, monkeypatch, capsys):
     """Training's limits (a seeded sample, a length cap) stay training's: evaluate scores the whole
     set, and a cap or a length limit asked for is reported with the chains it concerns."""
-    from protlm.tasks.config import build_task_config
+    from protlm.tasks.build import build_task_config
     from protlm.tasks.train import evaluate, load_head, train
 
     data = tmp_path / "data"
@@ -700,7 +700,7 @@ def _own_set(path: Path, n: int = 5, seed: int = 3) -> tuple[Path, dict[str, str
 
 
 def test_a_structure_set_of_ones_own_is_evaluated_and_used_as_truth(tmp_path, capsys):
-    from protlm.tasks.config import build_task_config
+    from protlm.tasks.build import build_task_config
     from protlm.tasks.train import evaluate, load_head, train
 
     data = tmp_path / "data"
@@ -815,7 +815,7 @@ def test_attention_heads_list_chains_over_the_position_limit_instead_of_failing(
     one is refused with the config field to change."""
     from protlm.models.architectures import ModelSpec, build_model
     from protlm.models.vocab import build_tokenizer
-    from protlm.tasks.config import build_task_config
+    from protlm.tasks.build import build_task_config
     from protlm.tasks.train import evaluate, load_head, train
 
     lm = tmp_path / "bert52"
@@ -848,7 +848,7 @@ def test_attention_heads_list_chains_over_the_position_limit_instead_of_failing(
 def test_train_max_train_caps_the_training_chains_too(tmp_path):
     """``train.max_train`` (the suite-wide cap) caps a contact config's training chains as it caps
     proteins elsewhere: the smaller of it and data.train_chains."""
-    from protlm.tasks.config import build_task_config
+    from protlm.tasks.build import build_task_config
 
     data = tmp_path / "data"
     _tiny_set(data / "coords_ca_cb.npz", n_train=8, n_valid=6)
@@ -875,7 +875,7 @@ def test_compare_two_contact_heads_on_a_set_of_ones_own(tmp_path, capsys):
     CI and each chain's values, without a script."""
     import csv as csv_module
 
-    from protlm.tasks.config import build_task_config
+    from protlm.tasks.build import build_task_config
     from protlm.tasks.train import train
 
     data = tmp_path / "data"
@@ -906,7 +906,7 @@ def test_a_pair_head_must_declare_the_pair_interface():
     from torch import nn
 
     from protlm.errors import ConfigError
-    from protlm.tasks.config import load_task_config
+    from protlm.tasks.build import load_task_config
     from protlm.tasks.heads import HeadConfig, register_head
 
     @dataclass

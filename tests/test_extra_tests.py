@@ -168,7 +168,7 @@ def test_suites_finished_before_test_sets_left_the_digest_are_reused(value_task,
     """metrics.json of protlm 0.4 holds config_digest (the whole config, test sets included)."""
     import hashlib
 
-    from protlm.tasks.config import load_task_config
+    from protlm.tasks.build import load_task_config
     from protlm.tasks.features import identity_digest
     from protlm.tasks.suite import run_suite
 
@@ -207,7 +207,7 @@ def test_an_extra_test_named_like_a_config_test_set_is_refused(value_task, tmp_p
 
 def test_a_training_file_rewritten_in_place_trains_the_head_again(value_task, tmp_path):
     """issue 24 item 3: the suite reused heads after the training file was rewritten at the same path."""
-    from protlm.tasks.config import load_task_config
+    from protlm.tasks.build import load_task_config
     from protlm.tasks.suite import run_suite
 
     suite, _ = value_task

@@ -19,7 +19,7 @@ import pytest
 from protlm.cli.main import main
 from protlm.embed.store import hash_key
 from protlm.errors import InputError
-from protlm.tasks.config import load_task_config
+from protlm.tasks.build import load_task_config
 from protlm.tasks.data import load_task_data
 from protlm.tasks.features import FeatureCache, FeatureSource, pooled
 from protlm.tasks.protocols.labels import feature_batch as _batch

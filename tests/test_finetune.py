@@ -32,7 +32,7 @@ from protlm.embed.spec import EmbedOptions, parse_spec
 from protlm.errors import ConfigError, InputError
 from protlm.models.architectures import ModelSpec, build_model
 from protlm.models.vocab import build_tokenizer
-from protlm.tasks.config import load_task_config
+from protlm.tasks.build import load_task_config
 from protlm.tasks.finetune import FinetuneConfig, trainable_lm
 from protlm.tasks.train import evaluate, load_head, predict, train
 

@@ -61,7 +61,7 @@ def test_safe_names_stay_inside_and_are_unique():
 
 @pytest.fixture(scope="module")
 def contact_head(tmp_path_factory) -> Path:
-    from protlm.tasks.config import build_task_config
+    from protlm.tasks.build import build_task_config
     from protlm.tasks.train import train
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -252,7 +252,7 @@ def test_overwrite_policy_unit(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_head(tmp_path_factory):
-    from protlm.tasks.config import load_task_config
+    from protlm.tasks.build import load_task_config
     from protlm.tasks.train import train
 
     root = tmp_path_factory.mktemp("head")
@@ -312,7 +312,7 @@ def test_predict_and_evaluate_never_destroy_their_input(tiny_head, tmp_path, cap
 
 
 def test_train_refuses_an_existing_head_before_training(tiny_head, tmp_path, capsys):
-    from protlm.tasks.config import load_task_config
+    from protlm.tasks.build import load_task_config
 
     head, data, _, cfg = tiny_head
     config = tmp_path / "c.yaml"
@@ -431,7 +431,7 @@ def test_every_float_a_user_writes(tmp_path, written, value):
     cfg.write_text(f"optimizer:\n  lr: {written}\n")
     assert load_config(cfg).optimizer.lr == pytest.approx(value)
     assert load_config(cfg, [f"optimizer.lr={written}"]).optimizer.lr == pytest.approx(value)
-    from protlm.tasks.config import build_task_config
+    from protlm.tasks.build import build_task_config
 
     assert build_task_config({"protocol": "residue_pairs_to_class", "embedder": "onehot", "head": {"type": "pair_mlp"},
                               "train": {"lr": written}}).train.lr == pytest.approx(value)
@@ -658,7 +658,7 @@ def test_a_csv_header_that_is_not_column_names_is_not_echoed(tmp_path):
 
 def test_relative_data_paths_are_read_from_the_configs_folder(tmp_path, monkeypatch, caplog):
     """biotrainer's rule: a config run from another working directory finds its data."""
-    from protlm.tasks.config import load_task_config
+    from protlm.tasks.build import load_task_config
 
     folder = tmp_path / "project"
     folder.mkdir()

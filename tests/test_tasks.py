@@ -14,7 +14,7 @@ import pytest
 from protlm.cli.main import main
 from protlm.errors import ConfigError, InputError
 from protlm.tasks import metrics as M
-from protlm.tasks.config import load_task_config
+from protlm.tasks.build import load_task_config
 from protlm.tasks.train import load_head, predict, train
 
 AA = "ACDEFGHIKLMNPQRSTVWY"

@@ -72,13 +72,13 @@ def _progress():
 def cmd_train(args) -> int:
     apply_threads(args)
     from protlm.tasks.commands import train_command
-    from protlm.tasks.config import load_task_config
+    from protlm.tasks.build import load_task_config
 
     config = load_task_config(args.config, args.overrides)
     if args.embedder:
         config.embedder = args.embedder
     if args.finetune:
-        from protlm.tasks.config import with_finetune
+        from protlm.tasks.build import with_finetune
 
         config = with_finetune(config, args.finetune)
     out = Path(args.out or Path("runs/heads") / safe_folder_name(config.name))
@@ -194,7 +194,7 @@ def _predict_shipped(args) -> int:
 
 def cmd_export_fasta(args) -> int:
     from protlm.tasks.commands import export_fasta
-    from protlm.tasks.config import load_task_config
+    from protlm.tasks.build import load_task_config
 
     config = load_task_config(args.config, args.overrides)
     res = export_fasta(config, args.out, overwrite=args.overwrite, data_dir=data_dir(args), split=args.split,

@@ -7,7 +7,9 @@
   decoding, metrics, headline and prediction files;
 - :mod:`protlm.tasks.heads` — the heads, one file each with its own Config: CNN, FFN, light
   attention, logistic regression, pair MLP, 2-D ResNet, attention regression;
-- :mod:`protlm.tasks.config` — task configs (every section built by ``configfile.build``);
+- :mod:`protlm.tasks.config` — the task config's sections (dataclasses the protocols import);
+- :mod:`protlm.tasks.build` — building, checking and loading task configs (above the protocols:
+  ``load_task_config``, ``build_task_config``, ``validate``);
 - :mod:`protlm.tasks.data` — labelled sets from benchmark names or files (label protocols);
 - :mod:`protlm.tasks.contacts` — the contact library (maps, P@L/k, attention features, pictures);
 - :mod:`protlm.tasks.features` — embeddings from any embedder or HDF5 file, cached on disk;

@@ -19,7 +19,8 @@ from protlm.data.fasta import read_fasta
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes
 from protlm.io.outputs import check_output_dir, check_output_file, output_lock
-from protlm.tasks.config import MAX_BOOTSTRAP, TaskConfig, build_task_config
+from protlm.tasks.build import build_task_config
+from protlm.tasks.config import MAX_BOOTSTRAP, TaskConfig
 from protlm.tasks.finetune import STATE_FOLDER
 from protlm.tasks.train import (HEAD_JSON, HEAD_WEIGHTS, TrainedHead, distributed_run, evaluate, load_head, predict_file,
                                  train)

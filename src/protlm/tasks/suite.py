@@ -40,8 +40,8 @@ from protlm.io.atomic import json_bytes, write_bytes
 from protlm.io.checksums import xxh3_file
 from protlm.tasks import metrics as M
 from protlm.tasks import perprotein
-from protlm.tasks.config import (SOURCE_OPTIONS, TaskConfig, data_files, load_task_config, validate,
-                                 with_finetune)
+from protlm.tasks.build import data_files, load_task_config, validate, with_finetune
+from protlm.tasks.config import SOURCE_OPTIONS, TaskConfig
 from protlm.tasks.finetune import METHODS as FINETUNE_METHODS
 from protlm.tasks.finetune import STATE_FOLDER, changed_settings
 from protlm.tasks.features import embedder_slug, identity_digest

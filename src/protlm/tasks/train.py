@@ -38,7 +38,8 @@ from protlm.errors import InputError, ProtlmError
 from protlm.io.atomic import json_bytes, write_bytes, write_with_path
 from protlm.io.processes import all_reduce_sum, barrier, destroy, gather_objects, init_distributed
 from protlm.tasks import headfile, perprotein
-from protlm.tasks.config import TaskConfig, build_task_config, data_files
+from protlm.tasks.build import build_task_config, data_files
+from protlm.tasks.config import TaskConfig
 from protlm.tasks.features import FeatureSource, check_identity
 from protlm.tasks.finetune import (LM_FOLDER, STATE_FOLDER, FinetunedModel, RunState, SequenceSource, batch_residues,
                                    finetuned_embedder, optimizer_for, parameter_counts, run_digest, save_lm,
