@@ -8,7 +8,20 @@ What it writes (every file to a temporary name, fsynced, renamed)::
                              per-protein labels with every class's probability, values
     OUT/index.html           one row per protein, linking to
     OUT/proteins/<id>.html   one self-contained page per protein (inline CSS; no script, no network)
+    OUT/contacts/<id>.npz    with a contact predictor: each protein's map (``probs``: L × L float16,
+                             symmetric; ``sequence``); OUT/<predictor>/ for one off the default
+                             embedder (``contacts@unirep1900/``)
     OUT/.protlm-predict/     the run's manifest and one part per finished chunk (what --resume reads)
+
+A contact predictor (``--tasks contacts``) gives one JSON row per protein: ``min_separation``,
+``top`` (the top-L pairs with |i − j| ≥ min_separation) and ``long_range_top_l5`` (the top L/5
+pairs with |i − j| ≥ 24), each pair ``[i, j, p]`` (1-based, highest p first), and ``map``, the
+npz's path relative to OUT; a protein longer than
+:data:`~protlm.predictors.predictor.MAX_CONTACT_RESIDUES` gets ``skipped`` (why) instead. Its
+CSV row's ``prediction`` is the top L/5 long-range pairs as ``i-j:p;i-j:p;…`` (empty for a skipped
+protein or one too short for a long-range pair); its other columns are empty. The maps are written
+(atomically) while their chunk is done, one protein at a time, before the chunk's part: a finished
+chunk's maps exist when ``--resume`` reads it back.
 
 The proteins are done in chunks (at most :data:`CHUNK_PROTEINS` proteins or
 :data:`CHUNK_RESIDUES` residues); for each chunk every predictor's embedder embeds the proteins
@@ -36,7 +49,7 @@ from typing import Callable
 
 from protlm import __version__
 from protlm.errors import ConfigError, InputError
-from protlm.io.atomic import json_bytes, write_bytes, write_text, write_with
+from protlm.io.atomic import json_bytes, write_bytes, write_npz, write_text, write_with
 from protlm.io.checksums import sha256_file
 from protlm.io.outputs import check_output_dir, output_lock, safe_names
 from protlm.predictors import predictor as P
@@ -88,7 +101,9 @@ def csv_rows(protein: dict, cards: dict[str, dict]) -> list[dict]:
             r = {"id": protein["id"], "length": protein["length"], "predictor": pname, "embedder": embedder,
                  "target": tname}
             pred = row.get("prediction")
-            if isinstance(row.get("confidence"), list):  # per-residue classes
+            if report.is_contacts(row):  # the top L/5 long-range pairs (the map is the npz)
+                r["prediction"] = ";".join(f"{i}-{j}:{p:.4f}" for i, j, p in row.get("long_range_top_l5") or [])
+            elif isinstance(row.get("confidence"), list):  # per-residue classes
                 conf = row["confidence"]
                 r.update(prediction=pred, mean_confidence=round(sum(conf) / max(len(conf), 1), 4),
                          confidence=";".join(f"{c:.4f}" for c in conf))
@@ -105,15 +120,26 @@ def csv_rows(protein: dict, cards: dict[str, dict]) -> list[dict]:
 
 
 def _slim(protein: dict) -> dict:
-    """What the index needs of a protein (no per-residue numbers)."""
+    """What the index needs of a protein (no per-residue numbers, no contact pairs)."""
     preds = {}
     for pname, targets in protein["predictions"].items():
         preds[pname] = {}
         for tname, row in targets.items():
             if isinstance(row.get("confidence"), list):
                 row = {"prediction": row["prediction"], "confidence": []}
+            elif report.is_contacts(row):
+                row = {k: row[k] for k in ("min_separation", "map", "skipped") if k in row}
             preds[pname][tname] = row
     return {"id": protein["id"], "length": protein["length"], "predictions": preds}
+
+
+def map_folders(manifest: Path) -> list[str]:
+    """The contact-map folders an earlier run's manifest lists (what --overwrite removes with the rest)."""
+    try:
+        names = json.loads(manifest.read_text()).get("map_folders") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [n for n in names if isinstance(n, str) and n and "/" not in n and "\\" not in n and not n.startswith(".")]
 
 
 def predict_folder(fasta: str | Path, out: str | Path, tasks: list[str] | None = None, *, overwrite: bool = False,
@@ -165,11 +191,12 @@ def predict_folder(fasta: str | Path, out: str | Path, tasks: list[str] | None =
     try:
         # per-residue heads first: the per-protein heads on the same embedder then pool those
         # embeddings from the cache instead of embedding again
-        order = sorted(predictors, key=lambda p: not p.head.protocol.needs_residues(p.head.config))
+        order = sorted(predictors, key=lambda p: not p.needs_residues)
         manifest = {"protlm_version": __version__, "input": str(fasta), "input_sha256": sha256_file(fasta),
                     "proteins": len(ids), "residues": sum(lengths),
                     "predictors": {p.name: p.identity for p in predictors},
-                    "chunking": {"max_proteins": max_proteins, "max_residues": max_residues}}
+                    "chunking": {"max_proteins": max_proteins, "max_residues": max_residues},
+                    "map_folders": [p.name for p in predictors if p.pairs]}  # OUT/<name>/<id>.npz
         out.mkdir(parents=True, exist_ok=True)
         with output_lock(out, "predictions folder", beside=True):
             if resume:
@@ -185,10 +212,14 @@ def predict_folder(fasta: str | Path, out: str | Path, tasks: list[str] | None =
                     for name in OUTPUTS:
                         (out / name).unlink(missing_ok=True)
                     shutil.rmtree(out / "proteins", ignore_errors=True)
+                    for name in map_folders(state / MANIFEST):  # the earlier run's contact maps
+                        shutil.rmtree(out / name, ignore_errors=True)
                     shutil.rmtree(state, ignore_errors=True)
                 (state / "parts").mkdir(parents=True, exist_ok=True)
                 write_bytes(state / MANIFEST, json_bytes(manifest))
             (out / "proteins").mkdir(exist_ok=True)
+            for name in manifest["map_folders"]:
+                (out / name).mkdir(exist_ok=True)
             return _run(out, state, manifest, order, predictors, ids, sequences, lengths, progress, t0,
                         max_proteins, max_residues)
     finally:
@@ -202,6 +233,17 @@ def _run(out, state, manifest, order, predictors, ids, sequences, lengths, progr
     ranges = chunks(lengths, max_proteins, max_residues)
     total, done, reused = sum(lengths), 0, 0
     parts: list[Path] = []
+
+    def map_writer(pname: str):
+        def write_map(pid: str, seq: str, probs) -> dict:
+            """OUT/<predictor>/<safe id>.npz (float16 probabilities, the sequence), atomically."""
+            import numpy as np
+
+            rel = f"{pname}/{pages[pid]}.npz"
+            write_npz(out / rel, {"probs": probs.astype(np.float16), "sequence": np.array(seq)}, compressed=True)
+            return {"map": rel}
+        return write_map
+
     if progress:
         progress(0, total)  # the bar starts with the work, so its rate is the work's
     for k, (a, b) in enumerate(ranges):
@@ -221,7 +263,8 @@ def _run(out, state, manifest, order, predictors, ids, sequences, lengths, progr
         proteins = [{"id": ids[i], "length": lengths[i], "sequence": sequences[i], "predictions": {}}
                     for i in range(a, b)]
         for p in order:
-            for rec, res in zip(proteins, p.predict(ids[a:b], sequences[a:b])):
+            maps = map_writer(p.name) if p.pairs else None  # contact maps: written one by one
+            for rec, res in zip(proteins, p.predict(ids[a:b], sequences[a:b], maps=maps)):
                 rec["predictions"][p.name] = res["targets"]
         ordered = [p.name for p in predictors]  # the order the user asked for, not the embedding order
         for rec in proteins:

@@ -23,6 +23,14 @@ the head was trained on: the fingerprint of its weights, not only its width), an
 head's files must have the digests its card records. Predictors on one embedder share one
 :class:`~protlm.tasks.features.FeatureSource` (:func:`load_many`), so a protein is embedded once
 for all of them.
+
+Most predictors are label heads (per residue or per protein). A contact predictor
+(``residue_pairs_to_class``, task ``contacts``) predicts an L × L map per protein: its row holds the
+top-L pairs and the top L/5 long-range pairs (:func:`contact_row`), and the whole map goes to a
+callback (``predict(..., maps=…)``; ``protlm predict`` writes it as an npz), one protein at a time
+so memory never holds more than one map. Proteins longer than :data:`MAX_CONTACT_RESIDUES` are
+skipped with the reason. Contacts are opt-in (:data:`OPT_IN_TASKS`): they run when named, never in
+the default set.
 """
 
 from __future__ import annotations
@@ -30,9 +38,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from protlm.errors import ConfigError, InputError
 from protlm.io.checksums import sha256_file
+
+if TYPE_CHECKING:
+    import numpy as np
 
 HEADS = Path(__file__).resolve().parent / "heads"
 CARD_JSON, CARD_MD = "card.json", "MODEL_CARD.md"
@@ -45,11 +57,24 @@ DEFAULT_EMBEDDER = "unirep64"
 #: Short names a person may type for a shipped predictor's task (``--tasks ss loc``, ``ss@unirep1900``).
 ALIASES = {"ss": "secondary_structure", "q3": "secondary_structure", "q8": "secondary_structure",
            "loc": "localization", "q10": "localization", "membrane": "localization", "q2": "localization",
-           "scop": "scop_class"}
+           "scop": "scop_class", "contact": "contacts", "cm": "contacts"}
 
-#: Protocols a predictor may have: the label protocols (contacts write maps, not labels).
-PROTOCOLS = ("residue_to_class", "residue_to_value", "residues_to_class", "residues_to_value",
-             "sequence_to_class", "sequence_to_value")
+#: The protocol of contact prediction: one L × L map per protein (:func:`contact_row`).
+PAIR_PROTOCOL = "residue_pairs_to_class"
+#: Protocols a predictor may have: the label protocols, and contact maps.
+LABEL_PROTOCOLS = ("residue_to_class", "residue_to_value", "residues_to_class", "residues_to_value",
+                   "sequence_to_class", "sequence_to_value")
+PROTOCOLS = LABEL_PROTOCOLS + (PAIR_PROTOCOL,)
+
+#: Tasks whose predictors run only when named (``--tasks contacts``), never in the default set: a
+#: contact map is L² numbers (an npz per protein) and a pair head costs far more than a label head.
+OPT_IN_TASKS = ("contacts",)
+
+#: A contact predictor skips proteins longer than this (its map is L² numbers); ``protlm contacts
+#: predict --head HEAD --max-residues N`` writes bigger maps.
+MAX_CONTACT_RESIDUES = 3000
+#: Long range, the field's headline range (P@L/5 long): |i − j| ≥ 24.
+LONG_RANGE = 24
 
 #: What a sequence may hold: the 20 amino acids, X, and the rare B/O/U/Z (given to the embedder as X).
 _VALID = re.compile(r"^[ACDEFGHIKLMNPQRSTVWYXBOUZ]+$")
@@ -92,8 +117,9 @@ def names(embedder: str | None = None) -> list[str]:
 
 
 def default_names() -> list[str]:
-    """The default set: every predictor on :data:`DEFAULT_EMBEDDER` (``protlm predict`` without ``--tasks``)."""
-    return names(DEFAULT_EMBEDDER)
+    """The default set: every predictor on :data:`DEFAULT_EMBEDDER` (``protlm predict`` without
+    ``--tasks``) but the opt-in ones (:data:`OPT_IN_TASKS`: contacts)."""
+    return [n for n in names(DEFAULT_EMBEDDER) if split_name(n)[0] not in OPT_IN_TASKS]
 
 
 def embedders() -> dict[str, list[str]]:
@@ -189,7 +215,8 @@ class Predictor:
     ``protlm predict --head`` writes for that target (``prediction`` and ``confidence`` per
     residue, ``prediction``/``probability``/``probabilities`` per protein, or ``value``), and a
     per-residue class target also gets ``classes`` and ``probabilities`` (L × C, rounded to 4
-    decimals).
+    decimals). A contact predictor's one target, ``contacts``, is :func:`contact_row` (top pairs,
+    1-based), or ``{"skipped": reason}`` for a protein over :data:`MAX_CONTACT_RESIDUES`.
     """
 
     def __init__(self, name: str, head, folder: Path, card: dict | None, source, own_source: bool):
@@ -222,7 +249,7 @@ class Predictor:
         head = load_head(where)
         if head.config.protocol not in PROTOCOLS:
             raise ConfigError(f"predictor {pname}: a {head.config.protocol} head; predictors are per-residue or "
-                              f"per-protein label heads (contact maps: protlm contacts predict)")
+                              f"per-protein label heads, or contact heads ({PAIR_PROTOCOL})")
         own = source is None
         if own:
             source = head.protocol.open_source(head.config, cache_dir, embedder)
@@ -255,6 +282,16 @@ class Predictor:
     def output_level(self) -> str:
         return self.head.protocol.output_level
 
+    @property
+    def pairs(self) -> bool:
+        """A contact predictor (one L × L map per protein)."""
+        return self.head.config.protocol == PAIR_PROTOCOL
+
+    @property
+    def needs_residues(self) -> bool:
+        """Reads per-residue embeddings (per-residue and contact heads; a per-protein head reads their mean)."""
+        return self.pairs or self.head.protocol.needs_residues(self.head.config)
+
     def close(self) -> None:
         if self._own_source and self.source is not None:
             self.source.close()
@@ -268,8 +305,12 @@ class Predictor:
 
     # ------------------------------------------------------------------ predicting
 
-    def predict(self, ids: list[str], sequences: list[str]) -> list[dict]:
-        """One dict per protein, in input order (see the class docstring)."""
+    def predict(self, ids: list[str], sequences: list[str],
+                maps: Callable[[str, str, "np.ndarray"], dict | None] | None = None) -> list[dict]:
+        """One dict per protein, in input order (see the class docstring). ``maps``: for a contact
+        predictor, called with (id, sequence, L × L float32 probabilities) for each protein it
+        predicts, one at a time (the map is dropped after); what it returns is added to the
+        protein's row (``protlm predict``: ``{"map": "contacts/<id>.npz"}``)."""
         import numpy as np
 
         if self.source is None:
@@ -278,6 +319,8 @@ class Predictor:
         sequences = clean_sequences(ids, list(sequences))
         if not ids:
             return []
+        if self.pairs:
+            return self._predict_pairs(ids, sequences, maps)
         head, protocol = self.head, self.head.protocol
         preds = protocol.predict(head.config, head.model, protocol.query_inputs(head.config, self.source, ids,
                                                                                  sequences), head.state)
@@ -295,6 +338,73 @@ class Predictor:
                 res["targets"][tg.name] = row
             out.append(res)
         return out
+
+    def _where(self) -> str:
+        """The head folder as a person can find it: inside the installed package for a shipped one."""
+        try:
+            inside = self.folder.resolve().relative_to(HEADS.resolve()).as_posix()
+            return f"the folder protlm/predictors/heads/{inside} of the installed protlm"
+        except ValueError:
+            return str(self.folder)
+
+    def _predict_pairs(self, ids: list[str], sequences: list[str], maps) -> list[dict]:
+        """Contact maps one protein at a time (:func:`contact_row` of each)."""
+        from protlm.tasks.data import RARE_TO_X
+        from protlm.tasks.features import FeatureSource
+
+        head, protocol = self.head, self.head.protocol
+        min_sep = int(head.config.data.min_separation)
+        (target,) = self.targets
+        todo = [k for k, s in enumerate(sequences) if len(s) <= MAX_CONTACT_RESIDUES]
+        if len(todo) > 1 and isinstance(self.source, FeatureSource):
+            # one batched embedding pass into the feature cache (lazy: nothing is kept); each map
+            # below then reads its protein's embedding back
+            self.source.features([ids[k] for k in todo], [sequences[k].translate(RARE_TO_X) for k in todo])
+        out = []
+        for pid, seq in zip(ids, sequences):
+            res = {"id": pid, "length": len(seq), "predictor": self.name, "embedder": self.embedder}
+            if len(seq) > MAX_CONTACT_RESIDUES:
+                row = {"skipped": f"{len(seq):,} residues: longer than {MAX_CONTACT_RESIDUES:,}, the limit of a "
+                                  f"contact predictor here (a map is L² numbers); protlm contacts predict --head HEAD "
+                                  f"--max-residues N writes bigger maps (HEAD: {self._where()})"}
+            else:
+                probs = protocol.predict(head.config, head.model,
+                                         protocol.query_inputs(head.config, self.source, [pid], [seq]), head.state)[0]
+                row = contact_row(probs, min_sep)
+                if maps is not None:
+                    row.update(maps(pid, seq, probs) or {})
+                del probs
+            res["targets"] = {target: row}
+            out.append(res)
+        return out
+
+
+def _top_pairs(probs, lo: int, k: int) -> list[list]:
+    """The ``k`` pairs i < j with j − i ≥ ``lo`` of highest probability, as ``[i, j, p]`` (1-based,
+    p to 4 decimals), highest first; ties in (i, j) order (as :func:`~protlm.tasks.contacts.metrics.precision_at`
+    ranks them)."""
+    import numpy as np
+
+    n = probs.shape[0]
+    i, j = np.triu_indices(n, k=lo)
+    if len(i) == 0 or k < 1:
+        return []
+    scores = np.asarray(probs, dtype=np.float32)[i, j]
+    k = min(k, len(scores))
+    kth = np.partition(scores, len(scores) - k)[len(scores) - k]  # the k-th highest
+    cand = np.flatnonzero(scores >= kth)  # every pair tied with it too, in (i, j) order
+    top = cand[np.argsort(-scores[cand], kind="stable")[:k]]
+    return [[int(i[t]) + 1, int(j[t]) + 1, round(float(scores[t]), 4)] for t in top]
+
+
+def contact_row(probs, min_separation: int) -> dict:
+    """What a contact predictor reports of one L × L probability map: ``min_separation``, ``top``
+    (the top-L pairs with |i − j| ≥ min_separation) and ``long_range_top_l5`` (the top L/5 pairs with
+    |i − j| ≥ 24, the range of the field's headline P@L/5 long), each as ``[i, j, p]``, 1-based,
+    highest p first."""
+    n = int(probs.shape[0])
+    return {"min_separation": int(min_separation), "top": _top_pairs(probs, max(1, int(min_separation)), n),
+            "long_range_top_l5": _top_pairs(probs, LONG_RANGE, max(1, n // 5))}
 
 
 def load_many(names_: list[str], *, cache_dir=None) -> list[Predictor]:

@@ -5,6 +5,9 @@ on an air-gapped machine.
 A protein's page shows its sequence in rows of 60 residues with every per-residue class target
 (Q3, Q8) as a coloured track under it (one cell per residue, darker = more confident), the full
 state strings (copyable), a bar per class of every per-protein class target, and every value.
+With a contact predictor it also has a "Contact map" section: an inline SVG (no script) of the
+top-L predicted pairs as squares in the upper triangle of an L × L frame, darker = more probable,
+with axis ticks every 50 or 100 residues, and a table of the top L/5 long-range pairs (|i − j| ≥ 24).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ pre.str{white-space:pre-wrap;word-break:break-all;font-size:12px;background:#faf
 .key span{display:inline-block;padding:0 .4em;margin-right:.3em;color:#fff;border-radius:2px}
 .note{font-size:.85em;color:#555}
 """
+#: The contact map's drawing: its frame's side and margins (px), and the squares' colour.
+MAP_SIDE, MAP_LEFT, MAP_TOP, MAP_RIGHT, MAP_BOTTOM = 420, 44, 28, 10, 10
+MAP_COLOUR = "#08519c"
 
 
 def _e(text) -> str:
@@ -165,8 +171,88 @@ def protein_page(protein: dict, cards: dict[str, dict], index_href: str = "../in
         mean = sum(row["confidence"]) / max(len(row["confidence"]), 1)
         parts.append(f"<p class=\"meta\">{_e(label)} (mean confidence {mean:.3f})</p>"
                      f"<pre class=\"str\" id=\"{_e(label)}\">{_e(row['prediction'])}</pre>")
+    for pname, targets in protein["predictions"].items():
+        for tname, row in targets.items():
+            if is_contacts(row):
+                parts.append(contact_section(pname, row, seq))
     parts.append(_footer(protein["predictions"].keys(), cards))
     return _page(f"{pid} — protlm predictions", "\n".join(parts))
+
+
+def is_contacts(row: dict) -> bool:
+    """A contact predictor's row (its top pairs, or why the protein was skipped)."""
+    return "long_range_top_l5" in row or ("skipped" in row and "prediction" not in row)
+
+
+def _tick_step(length: int) -> int:
+    return 50 if length <= 600 else 100
+
+
+def contact_svg(length: int, pairs: list, min_separation: int) -> str:
+    """An inline SVG (no script, no namespace URL) of ``pairs`` (``[i, j, p]``, 1-based) as squares
+    in the upper triangle of an L × L frame (row i from the top, column j from the left), shaded by
+    p, with the diagonal and axis ticks every 50 or 100 residues."""
+    side, left, top = MAP_SIDE, MAP_LEFT, MAP_TOP
+    scale = side / max(length, 1)
+    cell = max(scale, 2.5)  # a pair stays visible on a long protein
+
+    def at(pos: float) -> float:  # the centre of residue pos (1-based) along an axis
+        return (pos - 0.5) * scale
+
+    out = [f"<svg class=\"cmap\" role=\"img\" width=\"{side + left + MAP_RIGHT}\" "
+           f"height=\"{side + top + MAP_BOTTOM}\" viewBox=\"0 0 {side + left + MAP_RIGHT} {side + top + MAP_BOTTOM}\" "
+           f"font-size=\"10\" font-family=\"sans-serif\">",
+           f"<title>predicted contacts: the top {len(pairs):,} pairs with |i−j| ≥ {min_separation}</title>",
+           f"<g transform=\"translate({left},{top})\">",
+           f"<rect x=\"0\" y=\"0\" width=\"{side}\" height=\"{side}\" fill=\"#fff\" stroke=\"#999\"/>",
+           f"<line x1=\"0\" y1=\"0\" x2=\"{side}\" y2=\"{side}\" stroke=\"#ccc\"/>"]
+    step = _tick_step(length)
+    ticks = [1] + list(range(step, length + 1, step))
+    every = max(1, -(-(len(ticks) - 1) // 10))  # at most about ten labels per axis
+    for k, pos in enumerate(ticks):
+        x = round(at(pos), 1)
+        out.append(f"<line x1=\"{x}\" y1=\"0\" x2=\"{x}\" y2=\"-4\" stroke=\"#666\"/>"
+                   f"<line x1=\"0\" y1=\"{x}\" x2=\"-4\" y2=\"{x}\" stroke=\"#666\"/>")
+        if k % every == 0:
+            out.append(f"<text x=\"{x}\" y=\"-7\" text-anchor=\"middle\">{pos}</text>"
+                       f"<text x=\"-7\" y=\"{x}\" text-anchor=\"end\" dominant-baseline=\"middle\">{pos}</text>")
+    for i, j, p in pairs:
+        x, y = round(at(j) - cell / 2, 2), round(at(i) - cell / 2, 2)
+        opacity = round(0.15 + 0.85 * min(max(float(p), 0.0), 1.0), 3)
+        out.append(f"<rect x=\"{x}\" y=\"{y}\" width=\"{round(cell, 2)}\" height=\"{round(cell, 2)}\" "
+                   f"fill=\"{MAP_COLOUR}\" fill-opacity=\"{opacity}\"><title>{i}–{j}: {float(p):.3f}</title></rect>")
+    out.append(f"<text x=\"{side}\" y=\"{side - 4}\" text-anchor=\"end\" fill=\"#777\">L = {length:,}</text>")
+    out.append("</g></svg>")
+    return "".join(out)
+
+
+def contact_section(pname: str, row: dict, seq: str) -> str:
+    """The "Contact map" section of a protein's page (in OUT/proteins/): the SVG of the top-L pairs,
+    a link to the map's npz, and a table of the top L/5 long-range pairs (or why the protein was
+    skipped)."""
+    head = f"<h2>Contact map <span class=\"meta\">({_e(_who(pname))})</span></h2>"
+    if "skipped" in row:
+        return head + f"<p class=\"note\">Not predicted: {_e(row['skipped'])}.</p>"
+    length, min_sep = len(seq), int(row.get("min_separation", 6))
+    top, long = row.get("top") or [], row.get("long_range_top_l5") or []
+    parts = [head, f"<p class=\"note\">The top L = {len(top):,} predicted pairs with |i−j| ≥ {min_sep} (contact: "
+                   f"CB–CB &lt; 8 Å), row i from the top, column j from the left; darker = more probable (hover for "
+                   f"the probability). Long range (|i−j| ≥ 24) is what the model card's P@L/5 measures."]
+    if row.get("map"):
+        href = "../" + quote(row["map"])
+        parts[-1] += (f" The whole map (L × L probabilities, float16): <a href=\"{_e(href)}\" download>"
+                      f"{_e(row['map'])}</a>.")
+    parts[-1] += "</p>"
+    parts.append(contact_svg(length, top, min_sep))
+    if long:
+        rows = "".join(f"<tr><td>{k}</td><td>{i}</td><td>{_e(seq[i - 1:i])}</td><td>{j}</td><td>{_e(seq[j - 1:j])}</td>"
+                       f"<td>{j - i}</td><td>{p:.3f}</td></tr>" for k, (i, j, p) in enumerate(long, 1))
+        parts.append(f"<h3>Top L/5 long-range pairs <span class=\"meta\">({len(long):,}; |i−j| ≥ 24)</span></h3>"
+                     f"<table class=\"pairs\"><tr><th>rank</th><th>i</th><th></th><th>j</th><th></th><th>|i−j|</th>"
+                     f"<th>p</th></tr>{rows}</table>")
+    else:
+        parts.append("<p class=\"note\">No long-range pair: the protein is shorter than 25 residues.</p>")
+    return "".join(parts)
 
 
 def _footer(used, cards: dict[str, dict]) -> str:

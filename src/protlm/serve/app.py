@@ -2,10 +2,11 @@
 
 Pages: ``/`` (paste or upload, choose predictors), ``/jobs/{id}`` (progress while the job runs;
 then downloads and the report ``protlm predict`` writes, inline), ``/jobs/{id}/report/...`` (that
-report's own files), ``/docs`` (the API, rendered from the OpenAPI document on the server: no
-script, no CDN). API: ``POST /api/jobs``, ``GET /api/jobs/{id}``, ``GET /api/jobs/{id}/results``
-(predictions.json), ``GET /api/jobs/{id}/results.csv``, ``GET /api/predictors``; the OpenAPI
-document is ``/openapi.json``. Errors are JSON ``{"detail": "one line"}`` with a 4xx status.
+report's own files: its pages, and a contact predictor's maps), ``/docs`` (the API, rendered from
+the OpenAPI document on the server: no script, no CDN). API: ``POST /api/jobs``, ``GET
+/api/jobs/{id}``, ``GET /api/jobs/{id}/results`` (predictions.json), ``GET
+/api/jobs/{id}/results.csv``, ``GET /api/predictors``; the OpenAPI document is ``/openapi.json``.
+Errors are JSON ``{"detail": "one line"}`` with a 4xx status.
 
 Every script and style the pages use ships in ``protlm/serve/static/``; the pages send a
 Content-Security-Policy that allows nothing else.
@@ -141,15 +142,16 @@ def _page(title: str, body: str, *, script: bool = False, report_css: bool = Fal
 
 
 def _index_page(limits: Limits | None, error: str | None = None) -> str:
-    from protlm.predictors.predictor import DEFAULT_EMBEDDER, split_name
+    from protlm.predictors.predictor import DEFAULT_EMBEDDER, default_names, split_name
 
     limits = limits or _LIMITS
+    ticked = set(default_names())  # the default set (contacts are opt-in: unticked)
     sets: dict[str, list[str]] = {}  # one row of boxes per embedder, the default's first and ticked
     for name, card in _predictors().items():
         task, embedder = split_name(name)
         sets.setdefault(embedder, []).append(
             f"<label title=\"{_e(card.get('headline', ''))}\"><input type=\"checkbox\" name=\"tasks\" "
-            f"value=\"{_e(name)}\"{' checked' if embedder == DEFAULT_EMBEDDER else ''}> {_e(task)}</label>")
+            f"value=\"{_e(name)}\"{' checked' if name in ticked else ''}> {_e(task)}</label>")
     rows = []
     for embedder in sorted(sets, key=lambda e: (e != DEFAULT_EMBEDDER, e)):
         what = ("the default: fast" if embedder == DEFAULT_EMBEDDER else
@@ -180,11 +182,14 @@ Results are kept on this machine under their job id (the address of the job's pa
     return _page("protlm serve", body, script=True)
 
 
-def _report_body(doc: str, index_href: str) -> str | None:
+def _report_body(doc: str, index_href: str, report_href: str | None = None) -> str | None:
+    """A protein page's body for the job's page: its links to the index (and, with
+    ``report_href``, to the report's other files: a contact map's npz) made absolute."""
     m = re.search(r"<body>\s*(.*)\s*</body>", doc, re.S)
     if not m:
         return None
-    return m.group(1).replace('href="../index.html"', f'href="{_e(index_href)}"')
+    body = m.group(1).replace('href="../index.html"', f'href="{_e(index_href)}"')
+    return body.replace('href="../', f'href="{_e(report_href)}/') if report_href else body
 
 
 def _job_page(store: JobStore, job: dict) -> str:
@@ -223,7 +228,7 @@ def _job_page(store: JobStore, job: dict) -> str:
             doc = (folder / f"{pages[pid]}.html").read_text(encoding="utf-8")
         except OSError:
             doc = ""
-        inner = _report_body(doc, f"/jobs/{jid}/report/index.html")
+        inner = _report_body(doc, f"/jobs/{jid}/report/index.html", f"/jobs/{jid}/report")
         parts.append(f"<section class=\"protein\" data-id=\"{_e(pid)}\">{inner}</section>" if inner else
                      f"<p>{_e(pid)}: <a href=\"/jobs/{jid}/report/proteins/{_e(pages[pid])}.html\">report</a></p>")
     return _page("protlm results", "\n".join(parts), report_css=True)
@@ -408,6 +413,8 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
         # only a name the job's own report folder lists (never a path built from what was asked)
         if sub == "proteins" and leaf in set(p.name for p in (folder / "proteins").iterdir()):
             return FileResponse(folder / "proteins" / leaf, media_type="text/html")
+        if sub in _map_folders(folder) and leaf in set(p.name for p in (folder / sub).iterdir()):  # contact maps
+            return FileResponse(folder / sub / leaf, media_type="application/octet-stream", filename=leaf)
         raise StarletteHTTPException(404, "no such page in this job's report")
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
@@ -423,6 +430,13 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
 
     # outermost, around FastAPI's own error middleware: a too-large body is answered before any handler
     return BodyLimit(app, limits.max_upload_bytes + FORM_OVERHEAD, limits.max_upload_bytes / MB)
+
+
+def _map_folders(out: Path) -> list[str]:
+    """The contact-map folders of a job's report (OUT/contacts/<id>.npz), as its manifest lists them."""
+    from protlm.predictors.job import MANIFEST, STATE, map_folders
+
+    return [n for n in map_folders(out / STATE / MANIFEST) if (out / n).is_dir()]
 
 
 def _public(job: dict) -> dict:
