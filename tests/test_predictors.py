@@ -19,6 +19,7 @@ from protlm.cli.main import main
 from protlm.errors import ConfigError, InputError
 
 SHIPPED = {"secondary_structure", "localization", "stability", "scop_class"}  # the default (UniRep-64) set
+OPT_IN = {"contacts"}  # shipped on UniRep-64 too, run only when named (an L × L map per protein)
 SS_1900 = "secondary_structure@unirep1900"
 FIXTURE = Path(__file__).parent / "fixtures" / "unirep" / "sequences.fasta"
 
@@ -71,7 +72,8 @@ def test_every_shipped_predictor_has_a_card_that_matches_its_head():
         assert card["valid"] == metrics["valid"], name
         assert card["embedder"]["fingerprint"] == head["embedder_identity"]["fingerprint"]
         assert card["embedder"]["name"] == embedder == head["embedder_identity"]["model"]
-        assert head["config"]["name"] == task
+        # the recipe it was trained with is the task's (contacts: one of the contacts_* recipes)
+        assert head["config"]["name"] == task or head["config"]["name"].startswith(f"{task}_")
         # the ship tool wrote the card: it writes the same one again from the head's files
         assert make_card(task, folder, card["command"]) == card, name
         assert card_markdown(card) == (folder / "MODEL_CARD.md").read_text(), name
@@ -100,10 +102,10 @@ def test_names_and_aliases():
     # a predictor is (task, embedder): TASK@EMBEDDER; no @ is the default embedder, UniRep-64
     assert resolve("ss@unirep64") == "secondary_structure"
     assert resolve("q3@unirep1900") == resolve("SS@UniRep-1900") == SS_1900
-    assert SS_1900 in names() and set(names("unirep64")) == SHIPPED
+    assert SS_1900 in names() and set(names("unirep64")) == SHIPPED | OPT_IN
     assert list(embedders())[0] == "unirep64" and "secondary_structure" in embedders()["unirep1900"]
     with pytest.raises(ConfigError, match="no such predictor"):
-        resolve("contacts")
+        resolve("fluorescence")
     with pytest.raises(ConfigError) as info:  # a task that is shipped, on an embedder it is not shipped on
         resolve("ss@unirep256")
     msg = str(info.value)
@@ -124,7 +126,7 @@ def test_ship_makes_a_predictor_in_one_command(tmp_path, capsys):
     assert dest.name == "secondary_structure-unirep1900"
     for f in ("card.json", "MODEL_CARD.md", "head.safetensors"):
         assert (dest / f).read_bytes() == (src / f).read_bytes(), f
-    for name, needle in (("ss@unirep64", "trained on 'unirep1900', not 'unirep64'"), ("contacts", "no such task")):
+    for name, needle in (("ss@unirep64", "trained on 'unirep1900', not 'unirep64'"), ("fluorescence", "no such task")):
         assert ship_main([str(src), name, "--command", "x"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("ship: error: ") and needle in err, err
@@ -364,7 +366,7 @@ def test_bad_inputs_are_one_error_line(tmp_path, capsys):
     empty = tmp_path / "empty.fa"
     empty.write_text(">a\nMKV\n>b\n\n>c\nMKL\n")
     cases.append((["--input", empty, "--out", tmp_path / "o9"], "empty sequence"))
-    cases.append((["--input", good, "--out", tmp_path / "o3", "--tasks", "ss", "contacts"], "no such predictor"))
+    cases.append((["--input", good, "--out", tmp_path / "o3", "--tasks", "ss", "fluorescence"], "no such predictor"))
     cases.append((["--input", good, "--out", tmp_path / "o10", "--tasks", "loc@unirep256"],  # a shipped task, not
                   "localization is shipped on unirep64"))                                  # on this embedder
     cases.append((["--input", tmp_path / "none.fa", "--out", tmp_path / "o4"], "no such file"))
