@@ -924,3 +924,56 @@ def test_a_pair_head_must_declare_the_pair_interface():
     assert cfg.protocol_obj.new_head(load_task_config(data={"name": "t", "protocol": "residue_pairs_to_class",
                                                            "embedder": "onehot", "head": {"type": "pair_mlp"}}),
                                      21, {}) is not None
+
+
+# --------------------------------------------------------------------------- fine-tuning the LM with a pair head
+
+
+@pytest.mark.parametrize("method,head", [("full", "pair_mlp"), ("lora", "pair_mlp"), ("full", "resnet2d")])
+def test_the_lm_trains_with_a_pair_head_as_proteinlm_fine_tunes_contacts(tiny_esm, tmp_path, method, head):
+    """``residue_pairs_to_class`` with ``finetune:`` trains the LM with the pair head (ProteinLM's
+    token-pair fine-tuning): the LM reads each crop of the chain's input sequence, the BCE on its
+    pairs reaches the LM's weights (full: the LM's layers move; LoRA: only the adapter), and the
+    saved head + LM reproduce training's scores through the frozen path."""
+    from protlm.embed import EmbedOptions
+    from protlm.embed.registry import resolve
+    from protlm.tasks.build import build_task_config
+    from protlm.tasks.train import evaluate, load_head, train
+
+    data = tmp_path / "data"
+    _, full = _tiny_set(data / "coords_ca_cb.npz", n_train=6, n_valid=7)
+    fasta = tmp_path / "full.fasta"
+    fasta.write_text("".join(f">{k}\n{v}\n" for k, v in full.items()))
+    hp = {"type": head, "hidden": 8} if head == "pair_mlp" else {"type": head, "proj": 8, "channels": 8, "blocks": 1}
+    cfg = build_task_config({
+        "name": "ft_pairs", "protocol": "residue_pairs_to_class", "embedder": str(tiny_esm),
+        "data": {"path": str(data), "full_sequences": str(fasta), "train_chains": 6, "early_stop_chains": 2,
+                 "eval_chains": 5, "max_length": None},
+        "head": hp, "train": {"epochs": 2, "crop": 32, "patience": 5, "bootstrap": 20},
+        "finetune": {"method": method, "lr": 1e-3}})
+    out = tmp_path / "head"
+    res = train(cfg, out, data)
+    info = json.loads((out / "head.json").read_text())
+    assert info["finetune"]["method"] == method and len(info["history"]) == 2
+    assert all(h["optimizer_steps"] > 0 for h in info["history"])
+    cpu = EmbedOptions(device="cpu")
+    base = resolve(str(tiny_esm), cpu).module.state_dict()
+    tuned = resolve(str(out / "lm"), cpu).module.state_dict()
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    if method == "full":
+        assert any(".layer.0." in k for k in changed) and any(".layer.1." in k for k in changed), sorted(changed)
+    else:
+        assert (out / "lm" / "adapter_config.json").is_file()
+        assert changed and all(k.endswith(".weight") and (".attention." in k) for k in changed), sorted(changed)
+    saved = load_head(out)
+    again = evaluate(saved, saved.protocol.evaluation_sets(saved, {"max_length": None}, data), n_boot=20)
+    assert again["held_out_valid"]["contacts"]["headline"]["value"] == pytest.approx(
+        res["test"]["held_out_valid"]["contacts"]["headline"]["value"])
+
+
+def test_fine_tuning_an_attention_head_is_refused(tiny_esm, tmp_path):
+    from protlm.tasks.build import build_task_config
+
+    with pytest.raises(ConfigError, match="finetune.method: an attention-map head reads no embeddings"):
+        build_task_config({"name": "x", "protocol": "residue_pairs_to_class", "embedder": str(tiny_esm),
+                           "head": {"type": "attention_lr"}, "finetune": {"method": "full"}})

@@ -543,8 +543,8 @@ def test_config_errors_name_the_finetune_field(tmp_path, models, data, capsys):
         with pytest.raises(ConfigError, match=f"finetune.{field}"):
             load_task_config(data=_config(data, models["esm"], bad))
     contacts = {"name": "c", "protocol": "residue_pairs_to_class", "embedder": str(models["esm"]),
-                "data": {"train_chains": 10, "eval_chains": 5}, "head": {"type": "pair_mlp", "hidden": 8},
-                "finetune": {"method": "lora"}}
+                "data": {"train_chains": 10, "eval_chains": 5}, "head": {"type": "attention_lr"},
+                "finetune": {"method": "lora"}}  # pair heads fine-tune (tests/test_contacts.py); attention maps do not
     with pytest.raises(ConfigError, match="finetune.method"):
         load_task_config(data=contacts)
     with pytest.raises(ConfigError, match="finetune.lora_target_modules") as err:

@@ -251,13 +251,20 @@ class FinetunedModel(torch.nn.Module):
         inverse[torch.tensor(order)] = torch.arange(len(order))
         return torch.cat(parts, 0).index_select(0, inverse.to(parts[0].device))
 
-    def forward(self, xb, mb: torch.Tensor) -> list[torch.Tensor]:
+    def residue_states(self, xb: "TokenBatch") -> torch.Tensor:
+        """The LM's states of a batch of sequences (B × L × D float32, padded, on the LM's device),
+        with gradients when training: what a protocol whose head is not ``head(x, mask)`` (the pair
+        heads) feeds its head itself."""
         if not isinstance(xb, TokenBatch):
             raise TypeError("FinetunedModel reads TokenBatch inputs (sequences), not features")
         device = torch.device(self.backend.device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             x = self._states(xb.seqs)
-        return [o.to("cpu") for o in self.head(x.float(), mb.to(x.device))]
+        return x.float()
+
+    def forward(self, xb, mb: torch.Tensor) -> list[torch.Tensor]:
+        x = self.residue_states(xb)
+        return [o.to("cpu") for o in self.head(x, mb.to(x.device))]
 
 
 # --------------------------------------------------------------------------- preparing the LM

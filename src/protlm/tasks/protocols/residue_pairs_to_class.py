@@ -51,6 +51,7 @@ from protlm.tasks.contacts.data import (NPZ_NAME, Chain, ChainSet, contact_map, 
                                         read_full_sequences, read_structures, resolve_npz, scored_pairs, select_chains)
 from protlm.tasks.contacts.metrics import CUTOFFS, RANGES, evaluate_maps, format_table, precision_at
 from protlm.tasks.data import RARE_TO_X
+from protlm.tasks.finetune import SequenceSource, TokenBatch
 from protlm.tasks.heads import FittedPairHead, PairHead, get_head, make_head
 from protlm.tasks.protocols.base import FitState, Protocol, TaskData, register_deprecated_name, register_protocol
 
@@ -104,13 +105,17 @@ register_deprecated_name("residues_to_class", _looks_like_contacts)
 
 @dataclass
 class ContactInputs:
-    """Chains with their truth and their inputs: embeddings (L × D each) or the LM (attention)."""
+    """Chains with their truth and their inputs: embeddings (L × D each), the LM (attention), or,
+    when the LM trains with the head (``finetune``), nothing but the sequences: ``lm_limit`` is
+    the longest window the LM reads (its position limit; 0 = any)."""
 
     chains: list[Chain]
     embs: list[np.ndarray] | None
     lm: object | None
     threshold: float
     min_separation: int
+    finetune: bool = False
+    lm_limit: int = 0
 
     def __post_init__(self):
         self.truth = [contact_map(c.ca, c.cb, self.threshold) for c in self.chains]
@@ -175,6 +180,36 @@ def _steps(crops: list[tuple[int, int, int]], pair_budget: int, batch_size: int)
     return steps
 
 
+#: Fine-tuning: the training chains whose base-LM states fix the pair head's input standardisation.
+STATS_CHAINS = 64
+
+
+def _lm_window(chain: Chain, window: slice, limit: int = 0) -> str:
+    """What the LM reads for residues ``window`` of a chain's structure stretch when it trains with
+    the head: that stretch of its input sequence (the crop is the LM's context, as ProteinLM's
+    fine-tuning crops), at most ``limit`` residues."""
+    text = chain.model_input[chain.offset + window.start:chain.offset + window.stop]
+    if limit and len(text) > limit:
+        raise InputError(f"chain {chain.id}: a crop of {len(text)} residues is longer than the LM's position limit "
+                         f"({limit}); lower train.crop")
+    return text
+
+
+def _lm_states(model, chain: Chain, limit: int = 0) -> torch.Tensor:
+    """The (fine-tuning) LM's states of a whole chain's structure stretch (L × D), read in the widest
+    window of its input sequence that the LM takes, centred on the stretch."""
+    full, start, n = chain.model_input, chain.offset, len(chain)
+    if limit and n > limit:
+        raise InputError(f"chain {chain.id}: {n} residues, longer than the LM's position limit ({limit}); lower "
+                         f"data.max_length")
+    lo, hi = 0, len(full)
+    if limit and hi > limit:  # a window of `limit` residues holding the stretch
+        lo = max(0, min(start - (limit - n) // 2, len(full) - limit))
+        hi = lo + limit
+    states = model.residue_states(TokenBatch([full[lo:hi]]))[0]
+    return states[start - lo:start - lo + n]
+
+
 def predict_map(head: nn.Module, emb: np.ndarray, pair_budget: int = 1 << 17) -> np.ndarray:
     """L × L contact probabilities for one embedding (eval mode, no gradients)."""
     head.eval()
@@ -201,7 +236,6 @@ class ResiduePairsToClass(Protocol):
     count_key = "chains"
     data_path_fields = ("path", "full_sequences", "test")  # the structure sets and the FASTA of whole sequences
     legacy_state_keys = ("conventions", "data", "caveat")
-    can_finetune = False  # the pair heads train on frozen features in this version
     own_tests = (TEST_SET,)  # the held-out validation chains; data.test adds structure sets of one's own
 
     # ------------------------------------------------------------------ config
@@ -386,6 +420,9 @@ class ResiduePairsToClass(Protocol):
 
     def inputs(self, config, source, chains: list[Chain], progress=None) -> ContactInputs:
         d = config.data
+        if isinstance(source, SequenceSource):  # the LM trains with the head: it reads the sequences itself
+            return ContactInputs(chains, None, None, d.threshold, d.min_separation, finetune=True,
+                                 lm_limit=int(source.limit or 0))
         if isinstance(source, AttentionSource):
             _fit_position_limit(chains, source.lm.max_residues)
             return ContactInputs(chains, None, source.lm, d.threshold, d.min_separation)
@@ -426,34 +463,72 @@ class ResiduePairsToClass(Protocol):
         return {"history": []}
 
     def fit_state(self, config, model, train: ContactInputs, info: dict) -> FitState:
-        model.set_stats(train.embs)
+        if train.finetune:  # the input standardisation: fixed on the base LM's states of (up to 64) training chains
+            with torch.no_grad():
+                model.eval()
+                model.head.set_stats([_lm_states(model, c, train.lm_limit).cpu().numpy()
+                                      for c in train.chains[:STATS_CHAINS]])
+        else:
+            model.set_stats(train.embs)
         torch.manual_seed(config.train.seed)  # the training stream starts at the seed, after the head's init
         return FitState({"train": train})
 
     def train_batches(self, config, model, train: ContactInputs, rng):
         t = config.train
-        steps = _steps(_crops(len(train), [len(e) for e in train.embs], t.crop, rng), t.pair_budget, t.batch_size)
-        yield from _progress(steps, "epoch")
+        lengths = [len(c) for c in train.chains] if train.finetune else [len(e) for e in train.embs]
+        steps = _steps(_crops(len(train), lengths, t.crop, rng), t.pair_budget, t.batch_size)
+        if not train.finetune:
+            yield from _progress(steps, "epoch")
+            return
+        for step in steps:  # the engine's batch form when the LM trains: (chains, TokenBatch, mask, crop windows)
+            idx = [k for k, _, _ in step]
+            windows = [slice(a, b) for _, a, b in step]
+            seqs = [_lm_window(train.chains[k], w, train.lm_limit) for k, w in zip(idx, windows)]
+            mb = torch.zeros((len(seqs), max(len(s) for s in seqs)))
+            for row, s in enumerate(seqs):
+                mb[row, :len(s)] = 1.0
+            yield idx, TokenBatch(seqs), mb, windows
+
+    def _crop_loss(self, head, train: ContactInputs, k: int, a: int, b: int, emb: torch.Tensor):
+        m = torch.from_numpy(np.triu(train.masks[k][a:b, a:b]))
+        if not m.any():
+            return None, 0
+        y = torch.from_numpy(train.truth[k][0][a:b, a:b])[m].float().to(emb.device)
+        logits = head.train_logits(emb, m.to(emb.device))
+        return nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum"), len(y)
 
     def batch_loss(self, config, model, step, state: FitState):
         train: ContactInputs = state["train"]
         n_pairs, losses = 0, []
-        for k, a, b in step:
-            m = torch.from_numpy(np.triu(train.masks[k][a:b, a:b]))
-            if not m.any():
-                continue
-            y = torch.from_numpy(train.truth[k][0][a:b, a:b])[m].float()
-            logits = model.train_logits(torch.from_numpy(train.embs[k][a:b]), m)
-            losses.append(nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum"))
-            n_pairs += len(y)
+        if train.finetune:  # ProteinLM's token-pair fine-tuning: the LM's states of each crop, with gradients
+            idx, tokens, mb, windows = step
+            states = model.residue_states(tokens)
+            for row, (k, w) in enumerate(zip(idx, windows)):
+                loss, n = self._crop_loss(model.head, train, k, w.start, w.stop, states[row, :w.stop - w.start])
+                if loss is not None:
+                    losses.append(loss)
+                    n_pairs += n
+        else:
+            for k, a, b in step:
+                loss, n = self._crop_loss(model, train, k, a, b, torch.from_numpy(train.embs[k][a:b]))
+                if loss is not None:
+                    losses.append(loss)
+                    n_pairs += n
         if not losses:
             return None
         return torch.stack(losses).sum() / n_pairs, n_pairs
 
     def validation(self, config, model, valid: ContactInputs, state: FitState) -> float:
         """Mean P@L/5 long range over the early-stopping chains."""
-        vals = [precision_at(predict_map(model, e, config.train.pair_budget), truth[0], truth[1], rng="long",
-                             divisor=5) for e, truth in zip(valid.embs, valid.truth)]
+        if valid.finetune:
+            model.eval()
+            with torch.no_grad():
+                embs = [_lm_states(model, c, valid.lm_limit).cpu().numpy() for c in valid.chains]
+            head = model.head
+        else:
+            embs, head = valid.embs, model
+        vals = [precision_at(predict_map(head, e, config.train.pair_budget), truth[0], truth[1], rng="long",
+                             divisor=5) for e, truth in zip(embs, valid.truth)]
         vals = [v for v in vals if v is not None]
         return float(np.mean(vals)) if vals else 0.0
 
