@@ -387,3 +387,28 @@ def test_bad_inputs_are_one_error_line(tmp_path, capsys):
             assert SS_1900 in line and all(n in line.split("shipped: ")[1] for n in names())
     assert (full / "mine.txt").read_text() == "x"  # refused, untouched
     assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3, 4, 5, 6, 7, 9, 10))  # nothing left behind
+
+
+def test_verify_reruns_a_cards_command_narrowed_to_its_predictor(tmp_path):
+    """``python -m protlm.predictors.verify``: the card's command with its output under --work, a
+    suite narrowed to the predictor's task and embedder, VAR=value and nice as the environment;
+    every test number of the card compared with the rerun's."""
+    from protlm.predictors.verify import compare, rerun_command
+
+    card = {"name": "stability@unirep256", "command": "OMP_NUM_THREADS=1 nice protlm benchmark --suite configs/benchmarks "
+            "--tasks stability scop_class --embedder unirep256 --embedder onehot --compare unirep256:onehot "
+            "--data ../shared/data --out runs/x --threads 1 train.max_train=5"}
+    env, argv, out = rerun_command(card, tmp_path)
+    assert env == {"OMP_NUM_THREADS": "1"} and out == tmp_path / "stability-unirep256"
+    assert argv == ["benchmark", "--suite", "configs/benchmarks", "--data", "../shared/data", "--threads", "1",
+                    "train.max_train=5", "--tasks", "stability", "--embedder", "unirep256", "--out", str(out)]
+    card = {"name": "scop_class", "command": "protlm train --config c.yaml --embedder unirep64 --out /elsewhere"}
+    assert rerun_command(card, tmp_path)[1] == ["train", "--config", "c.yaml", "--embedder", "unirep64", "--out",
+                                                str(tmp_path / "scop_class")]
+    with pytest.raises(ConfigError, match="not `protlm train` or `protlm benchmark`"):
+        rerun_command({"name": "x", "command": "python train.py"}, tmp_path)
+    a = {"t": {"q3": {"accuracy": {"value": 0.7, "ci95": [0.69, 0.71]}, "proteins": 9}}}
+    b = {"t": {"q3": {"accuracy": {"value": 0.7, "ci95": [0.69, 0.72]}, "proteins": 9}}}
+    rows = {r["part"]: r["difference"] for r in compare(a, b)}
+    assert rows["value"] == 0 and rows["ci_low"] == 0 and rows["ci_high"] == pytest.approx(0.01)
+    assert compare(a, {})[0]["rerun"] is None  # a number the rerun lacks is reported, not skipped
