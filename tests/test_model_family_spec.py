@@ -211,3 +211,25 @@ def test_a_plugin_package_registers_an_architecture(tmp_path, shards):
     config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert config["model_type"] == "bert" and config["hidden_act"] == "relu"
     assert [x["step"] for x in read_metrics(tmp_path / "run") if x["kind"] == "train"] == [1, 2]
+
+
+def test_a_model_type_registered_after_the_hf_backend_reaches_it(tmp_path, monkeypatch):
+    """A family whose embedding conventions are registered after protlm's HF backend was imported
+    (a plug-in's Architecture with a new model_type) is embedded by that backend, not refused."""
+    import json
+
+    import protlm.embed.registry as reg
+    from protlm.models.families import FAMILIES, Family
+
+    reg._load_backends()
+    seen = []
+    monkeypatch.setitem(reg._MODEL_TYPES, "__hub__", dataclasses.replace(
+        reg._MODEL_TYPES["__hub__"], factory=lambda source, options: seen.append(source) or "hf-backend"))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "toy_late_type"}))
+    with pytest.raises(Exception, match="toy_late_type"):
+        reg.resolve(str(folder))  # not a family protlm knows yet
+    monkeypatch.setitem(FAMILIES, "toy_late_type", Family("toy_late", "toy_late_type", "BertModel", True, True))
+    assert reg.resolve(str(folder)) == "hf-backend" and seen == [str(folder)]
+    assert "toy_late_type" in reg.model_types()

@@ -93,7 +93,9 @@ def names() -> dict[str, str]:
 
 def model_types() -> list[str]:
     _load_backends()
-    return sorted(t for t in _MODEL_TYPES if not t.startswith("__"))
+    from protlm.models.families import FAMILIES
+
+    return sorted({t for t in _MODEL_TYPES if not t.startswith("__")} | set(FAMILIES))
 
 
 def _folder_model_type(source: str) -> str | None:
@@ -135,6 +137,12 @@ def resolve(source: str, options: EmbedOptions | None = None) -> Backend:
             raise InputError(f"--model {source}: no config.json with a model_type in this folder; is it a "
                              f"Hugging Face model folder?")
         if model_type not in _MODEL_TYPES:
+            from protlm.models.families import FAMILIES
+
+            if model_type in FAMILIES and "__hub__" in _MODEL_TYPES:
+                # a family registered after the HF backend was imported (a plug-in's Architecture with
+                # embedding conventions): the HF backend reads it through FAMILIES like the others
+                return _MODEL_TYPES["__hub__"].factory(source, options)
             raise InputError(f"--model {source}: model_type {model_type!r} is not a protein LM family protlm "
                              f"knows ({', '.join(model_types())})")
         return _MODEL_TYPES[model_type].factory(source, options)
