@@ -44,18 +44,19 @@ def rerun_command(card: dict, work: Path) -> tuple[dict[str, str], list[str], Pa
                           f"{card['command']!r}")
     args = words[1:]
     out = work / card["name"].replace("@", "-")
-    keep, skip = [], {"--compare", "--tasks", "--only", "--embedder", "--out", "--output"}
-    i = 0
+    one_value, many_values = {"--compare", "--embedder", "--out", "--output"}, {"--tasks", "--only"}
+    keep, i = [], 0
     while i < len(args):
         a = args[i]
-        if a in skip:
-            i += 1
-            while i < len(args) and not args[i].startswith("-") and (a in ("--tasks", "--only") or args[i - 1] == a):
-                i += 1  # --tasks takes several names; the others one value
-            continue
-        keep.append(a)
         i += 1
-    task, embedder = split_name(card["name"])
+        if a in one_value:
+            i += 1
+        elif a in many_values:  # NAME [NAME ...], as argparse reads it
+            while i < len(args) and not args[i].startswith("-"):
+                i += 1
+        else:
+            keep.append(a)
+    embedder = split_name(card["name"])[1]
     if args[0] == "benchmark":  # the suite's task file is the one named like the head's config (a recipe's stem)
         config_task = json.loads((folder(card["name"]) / "head.json").read_text())["config"]["name"]
         keep += ["--tasks", config_task, "--embedder", embedder]
