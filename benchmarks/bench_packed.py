@@ -11,7 +11,16 @@ Variants, alternated within each round (one torch thread unless ``--threads``), 
 * ``protlm_packed``: ``Embedder.embed`` with the default plan (packed batches), fp32;
 * ``protlm_equal_bf16`` / ``protlm_packed_bf16``: the two plans under bf16 autocast (only where
   protlm.embed.precision finds avx512_bf16 / amx_bf16);
-* with ``--padded``: ``equal_length_batches=False`` (padded mixed batches with a mask).
+* with ``--padded``: ``equal_length_batches=False`` (padded mixed batches with a mask);
+* with ``--compiled``: ``protlm_packed_compiled`` / ``protlm_packed_bf16_compiled``, the packed
+  forward with ``--compile`` (torch.compile fuses each layer's per-token work), fp32 and bf16;
+* with ``--int8``: ``protlm_int8`` (``--int8``, dynamic int8 linear layers, padded plan);
+* with ``--esm-cpp``: ``esmcpp_fp32`` / ``esmcpp_int8``, the esm.cpp engine (PyPI ``esm-cpp``,
+  not a protlm dependency: ``pip install esm-cpp==0.2.1``) on the same weights (protlm's canonical
+  folder layout, which it loads), ``Model.forward_scheduled`` (its packed, length-bucketed
+  batches; it returns the masked-LM logits, so it also runs the small LM head), ``num_threads``
+  as ``--threads``, int8 by its ``quantize_weights`` (per-channel int8 weights);
+* ``--skip-equal`` leaves out the two equal-length variants.
 
 Also measured: the packed token budget (``--budgets``) and the attention schedules of
 :mod:`protlm.embed.packed` (``--schedules``), each interleaved the same way on the 35M shape, and
@@ -30,6 +39,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -78,7 +88,48 @@ def summary(times: dict, residues: int, base: str) -> dict:
     return out
 
 
+def esm_cpp_engines(folder: str, threads: int) -> dict:
+    """esm.cpp models (fp32 and int8) on the weights of ``folder``, written in protlm's canonical
+    layout (per-layer inv_freq, LayerNorm weight/bias names), which esm.cpp's loader expects."""
+    os.environ["ESM_NUM_THREADS"] = str(threads)  # its thread pool is sized from this at the first load
+    import esm_cpp
+    from transformers import EsmForMaskedLM
+
+    from protlm.models.folder import save_hf_model
+
+    canon = Path(folder + "_canonical")
+    if not (canon / "model.safetensors").exists():
+        save_hf_model(EsmForMaskedLM.from_pretrained(folder), canon)
+    out = {}
+    for name, int8 in (("esmcpp_fp32", False), ("esmcpp_int8", True)):
+        model = esm_cpp.Model.load_from_safetensors(str(canon / "model.safetensors"))
+        if model.num_threads != threads:
+            raise SystemExit(f"esm.cpp runs {model.num_threads} threads, not {threads} (ESM_NUM_THREADS is read "
+                             f"at its first model load in the process)")
+        if int8:
+            model.quantize_weights()
+        out[name] = model
+    print(f"esm.cpp {esm_cpp.__version__}, ISA {esm_cpp.current_isa()}", flush=True)
+    return out
+
+
+def esm_cpp_child(canon: str, ids_file: str, out_file: str, int8: str, threads: str) -> None:
+    """esm.cpp's logits for the token arrays of ``ids_file``, in this (fresh) process."""
+    os.environ["ESM_NUM_THREADS"] = threads
+    import esm_cpp
+
+    model = esm_cpp.Model.load_from_safetensors(str(Path(canon) / "model.safetensors"))
+    if int(int8):
+        model.quantize_weights()
+    with np.load(ids_file) as z:
+        ids = [z[f"arr_{i}"] for i in range(len(z.files))]
+    np.savez(out_file, *model.forward_scheduled(ids))
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--esm-cpp-child"]:
+        esm_cpp_child(*sys.argv[2:7])
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=os.environ.get("PROTLM_DATA", str(REPO.parent / "shared" / "data")))
     ap.add_argument("--proteins", type=int, default=100)
@@ -87,6 +138,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--models", nargs="*", default=list(SHAPES))
     ap.add_argument("--padded", action="store_true", help="also time padded mixed batches")
+    ap.add_argument("--compiled", action="store_true", help="also time the packed forward with --compile")
+    ap.add_argument("--int8", action="store_true", help="also time protlm --int8")
+    ap.add_argument("--esm-cpp", action="store_true", help="also time esm.cpp fp32 and int8 (pip install esm-cpp)")
+    ap.add_argument("--skip-equal", action="store_true", help="leave out the equal-length variants")
     ap.add_argument("--budgets", nargs="*", type=int, default=[], help="packed token budgets to compare (35M)")
     ap.add_argument("--schedules", nargs="*", default=[], help="packed attention schedules to compare (35M)")
     ap.add_argument("--schedule-proteins", type=int, default=30, help="proteins for the schedule comparison")
@@ -128,12 +183,21 @@ def main() -> int:
         hf = EsmModel.from_pretrained(folder, add_pooling_layer=False).eval()
         embedders = {"protlm_equal": Embedder(folder, EmbedOptions(device="cpu", equal_length_batches=True)),
                      "protlm_packed": Embedder(folder, cpu)}
+        if args.compiled:
+            embedders["protlm_packed_compiled"] = Embedder(folder, EmbedOptions(device="cpu", compile=True))
+        if args.int8:
+            embedders["protlm_int8"] = Embedder(folder, EmbedOptions(device="cpu", int8=True))
         if args.padded:
             embedders["protlm_padded"] = Embedder(folder, EmbedOptions(device="cpu", equal_length_batches=False))
         if bf16_ok:
             embedders["protlm_equal_bf16"] = Embedder(folder, EmbedOptions(device="cpu", dtype="bf16",
                                                                             equal_length_batches=True))
             embedders["protlm_packed_bf16"] = Embedder(folder, EmbedOptions(device="cpu", dtype="bf16"))
+            if args.compiled:
+                embedders["protlm_packed_bf16_compiled"] = Embedder(folder, EmbedOptions(device="cpu", dtype="bf16",
+                                                                                          compile=True))
+        timed = {m: e for m, e in embedders.items() if not (args.skip_equal and m.startswith("protlm_equal"))}
+        engines = esm_cpp_engines(folder, args.threads) if args.esm_cpp else {}
         assert embedders["protlm_packed"].backend.packed_batches
         lut = embedders["protlm_packed"].layout
 
@@ -147,7 +211,12 @@ def main() -> int:
         def runner(emb):
             return lambda warm: emb.embed(seqs[:3] if warm else seqs)
 
-        methods = {"hf_single": hf_single, **{m: runner(e) for m, e in embedders.items()}}
+        def scheduled(engine):
+            ids = [np.asarray(lut.encode(s), dtype=np.int32) for s in seqs]
+            return lambda warm: engine.forward_scheduled(ids[:3] if warm else ids)
+
+        methods = {"hf_single": hf_single, **{m: runner(e) for m, e in timed.items()},
+                   **{m: scheduled(e) for m, e in engines.items()}}
         times = interleave(methods, args.rounds, name)
         results["throughput"][name] = summary(times, residues, "hf_single")
 
@@ -162,6 +231,35 @@ def main() -> int:
             cos = [((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min()
                    for a, b in zip(low, packed)]
             acc["min_row_cosine_bf16_vs_fp32"] = float(min(cos))
+        for m, e in embedders.items():
+            if m in ("protlm_equal", "protlm_packed", "protlm_equal_bf16", "protlm_packed_bf16"):
+                continue
+            cos = [((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
+                   for a, b in zip(e.embed(seqs), packed)]
+            acc[f"cosine_{m}_vs_fp32"] = {"mean": float(np.concatenate(cos).mean()),
+                                          "min": float(min(c.min() for c in cos))}
+        if engines:
+            # esm.cpp's scheduled forward returns masked-LM logits: compare them, per residue, with
+            # transformers' EsmForMaskedLM in fp32 on the same weights. In a fresh process: on the
+            # AMX machine esm.cpp died with SIGILL when called here, after the accuracy passes above
+            from transformers import EsmForMaskedLM
+
+            mlm = EsmForMaskedLM.from_pretrained(folder).eval()
+            with torch.inference_mode():
+                ref_logits = [mlm(input_ids=torch.from_numpy(lut.encode(s))[None]).logits[0].numpy() for s in seqs]
+            ids_file = tmp / f"{name}_ids.npz"
+            np.savez(ids_file, *[np.asarray(lut.encode(s), dtype=np.int32) for s in seqs])
+            for m in engines:
+                out_file = tmp / f"{name}_{m}_logits.npz"
+                subprocess.run([sys.executable, __file__, "--esm-cpp-child", str(Path(folder + "_canonical")),
+                                str(ids_file), str(out_file), str(int(m.endswith("int8"))), str(args.threads)],
+                               check=True)
+                with np.load(out_file) as z:
+                    got = [z[f"arr_{i}"] for i in range(len(seqs))]
+                cos = [((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
+                       for a, b in zip(got, ref_logits)]
+                acc[f"logit_cosine_{m}_vs_hf_fp32"] = {"mean": float(np.concatenate(cos).mean()),
+                                                       "min": float(min(c.min() for c in cos))}
         results["accuracy"][name] = acc
         print(f"[{name}] accuracy {acc}", flush=True)
 

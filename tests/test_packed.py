@@ -243,3 +243,38 @@ def test_bf16_packed_stays_close_to_bf16_padded(models):
         cos = (a * ref).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(ref, axis=1))
         assert cos.min() > 0.999
         assert np.abs(a - b).max() < 0.1 * np.abs(b).max()
+
+
+# ------------------------------------------------------------------ --compile (torch.compile)
+
+def test_compiled_forward_equals_protein_at_a_time_in_fp32(models):
+    """The fused forward (fp32) computes what the module computes protein by protein; --compile is
+    recorded in the fingerprint (the kernels are not bit-equal to the eager path's)."""
+    emb = Embedder(models["esm"], EmbedOptions(device="cpu", compile=True))
+    assert emb.backend._compiled is not None and emb.backend._compiled.dtype == "fp32"
+    got = emb.embed(MIXED)
+    assert max_diff(got, one_at_a_time(emb, MIXED)) < TOL
+    assert emb.fingerprint().endswith("|fp32+compiled")
+    assert Embedder(models["esm"], EmbedOptions(device="cpu")).fingerprint().endswith("|fp32")
+    # a middle layer and the embedding layer, as packed_hidden gives them
+    mid = Embedder(models["esm"], EmbedOptions(device="cpu", compile=True, layer=1))
+    assert max_diff(mid.embed(MIXED), one_at_a_time(mid, MIXED, 1)) < TOL
+
+
+def test_compiled_bf16_forward_stays_close_to_fp32(models):
+    from protlm.embed.precision import cpu_bf16
+
+    if not cpu_bf16()[0]:
+        pytest.skip("this CPU has no bf16 instructions (avx512_bf16 / amx_bf16)")
+    emb = Embedder(models["esm"], EmbedOptions(device="cpu", dtype="bf16", compile=True))
+    assert emb.backend._compiled.dtype == "bf16"
+    for a, ref in zip(emb.embed(MIXED), one_at_a_time(emb, MIXED)):
+        cos = (a * ref).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(ref, axis=1))
+        assert cos.min() > 0.999
+
+
+@pytest.mark.parametrize("model,why", [("protbert", "ESM/ESM-2 only"), ("causal", "no packed forward"),
+                                       ("onehot", "baseline embedder")])
+def test_compile_is_refused_where_it_would_do_nothing(models, model, why):
+    with pytest.raises(ConfigError, match=why):
+        Embedder(models.get(model, model), EmbedOptions(device="cpu", compile=True))

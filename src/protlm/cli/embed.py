@@ -18,7 +18,7 @@ def cmd_embed(args) -> int:
     from protlm.embed.pipeline import embed_distributed, parse_shard
     from protlm.embed.spec import EmbedOptions
 
-    options = EmbedOptions(layer=args.layer, device=args.device, dtype=args.dtype, int8=args.int8,
+    options = EmbedOptions(layer=args.layer, device=args.device, dtype=args.dtype, int8=args.int8, compile=args.compile,
                            tokens_per_batch=args.tokens_per_batch, max_sequences=args.max_sequences,
                            alone_above=args.alone_above, long_policy=args.long_policy,
                            window_overlap=args.window_overlap, cpu_fallback=not args.no_cpu_fallback,
@@ -99,6 +99,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="model precision: bf16 (GPUs; CPUs with avx512_bf16/amx_bf16), fp16 (GPUs), auto (the fastest "
                         "accurate one here)")
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of linear layers (CPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="CPU, ESM family: fuse the packed forward's per-token work (layer norms, rotation, gelu, "
+                        "residuals) with torch.compile; needs a C++ compiler, the first batch pays seconds of "
+                        "compilation (docs/embedding.md, \"Precision\")")
     p.add_argument("--float16", action="store_true", help="store embeddings as float16 (half the disk)")
     p.add_argument("--compress", action="store_true",
                    help="gzip-compressed HDF5 datasets, as biotrainer writes them (smaller, slower to write)")

@@ -303,3 +303,139 @@ def _bert_layer(block, x, packed: Packed, attend):
     a = attend(q, k, v, packed.cu_seqlens, sa.scaling).reshape(n, heads * hd)
     x = att.output(a, x)  # dense + residual + LayerNorm (post-LN)
     return block.output(block.intermediate(x), x)
+
+
+# ---------------------------------------------------------------------------------- compiled
+
+#: what a compiled packed forward fuses, and on which families (``--compile``)
+COMPILED_FAMILIES = ("esm",)
+
+
+def compile_support(model) -> str | None:
+    """None when :class:`CompiledESM` can run ``model``, else why not (one phrase)."""
+    why = packing_support(model)
+    if why is not None:
+        return why
+    from transformers import EsmModel
+
+    if not isinstance(model, EsmModel):
+        return f"{type(model).__name__}: the compiled packed forward is written for ESM/ESM-2 only"
+    return None
+
+
+def _esm_pre(x, ln_w, ln_b, eps: float, wqkv, bqkv, cos, sin, heads: int, head_dim: int):
+    """Layer norm, the q/k/v projection as one GEMM, ESM's query scaling and the rotation, then
+    q, k, v laid out heads × N × head-dim (each protein's rows of one head are contiguous) in the
+    weights' precision — the per-token half of an ESM layer before attention."""
+    import torch.nn.functional as F
+
+    from transformers.models.esm.modeling_esm import apply_rotary_pos_emb
+
+    n = x.shape[0]
+    h = F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps).to(wqkv.dtype)
+    qkv = F.linear(h, wqkv, bqkv).view(n, 3, heads, head_dim)
+    q = qkv[:, 0].float() * head_dim ** -0.5  # ESM scales the query before the rotation
+    k = qkv[:, 1].float()
+    if cos is not None:
+        q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+    dt = wqkv.dtype
+    return (q.to(dt).transpose(0, 1).contiguous(), k.to(dt).transpose(0, 1).contiguous(),
+            qkv[:, 2].transpose(0, 1).contiguous())
+
+
+def _esm_post(a, x, wo, bo, ln_w, ln_b, eps: float, w1, b1, w2, b2):
+    """The output projection and residual, then the pre-LN feed-forward (exact gelu) and its
+    residual; ``a`` is the attention output heads × N × head-dim, ``x`` the fp32 residual stream."""
+    import torch.nn.functional as F
+
+    n = x.shape[0]
+    a = a.transpose(0, 1).reshape(n, -1)
+    x = x + F.linear(a, wo, bo).float()
+    h = F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps).to(w1.dtype)
+    return x + F.linear(F.gelu(F.linear(h, w1, b1)), w2, b2).float()
+
+
+def _heads_attention(q, k, v, cu_seqlens: Sequence[int]):
+    """Attention of each protein to itself on heads-major q, k, v (heads × N × head-dim), scale 1
+    (ESM scaled the query already); one SDPA call per protein, as :func:`segment_attention`."""
+    import torch
+    import torch.nn.functional as F
+
+    out = torch.empty_like(q)
+    for i in range(len(cu_seqlens) - 1):
+        s, e = cu_seqlens[i], cu_seqlens[i + 1]
+        if e > s:
+            out[:, s:e] = F.scaled_dot_product_attention(q[None, :, s:e], k[None, :, s:e], v[None, :, s:e],
+                                                         scale=1.0)[0]
+    return out
+
+
+class CompiledESM:
+    """The packed ESM forward of :func:`packed_hidden` with the per-token work of every layer (layer
+    norms, rotation, casts, gelu, residual adds) fused by ``torch.compile`` into two kernels a
+    layer, around the GEMMs and attention (``--compile``).
+
+    Why: on a CPU whose bf16 GEMMs are fast (AMX), the GEMMs of the packed bf16 forward took 14% of
+    its time and the elementwise passes between them ~55% (docs/benchmarks.md, "Compiled packed
+    forward"). In ``bf16`` the GEMMs and attention run on bf16 copies of the weights and of q/k/v,
+    the residual stream and layer norms stay fp32 (autocast's split, with attention in bf16 too);
+    ``fp32`` fuses the same work without casts. The weights are copied once, fused q/k/v
+    included; the module itself is not changed. Shapes are compiled dynamic (one graph for every
+    token count); the first batch pays the compilation (seconds; inductor caches it on disk)."""
+
+    def __init__(self, model, dtype: str = "bf16"):
+        import torch
+
+        why = compile_support(model)
+        if why is not None:
+            raise ValueError(f"no compiled forward: {why}")
+        self.model = model
+        wdt = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+        self.dtype = dtype
+        self.layers = []
+        with torch.no_grad():
+            for block in model.encoder.layer:
+                sa = block.attention.self
+                if getattr(sa, "position_embedding_type", None) not in (None, "rotary", "absolute"):
+                    raise ValueError(f"no compiled forward: ESM attention {sa.position_embedding_type!r}")
+
+                def cast(t):
+                    return t.detach().to(wdt).contiguous()
+
+                ln1, ln2 = block.attention.LayerNorm, block.LayerNorm
+                self.layers.append(dict(
+                    ln1=(ln1.weight.detach(), ln1.bias.detach(), ln1.eps),
+                    wqkv=cast(torch.cat([sa.query.weight, sa.key.weight, sa.value.weight])),
+                    bqkv=cast(torch.cat([sa.query.bias, sa.key.bias, sa.value.bias])),
+                    wo=cast(block.attention.output.dense.weight), bo=cast(block.attention.output.dense.bias),
+                    ln2=(ln2.weight.detach(), ln2.bias.detach(), ln2.eps),
+                    w1=cast(block.intermediate.dense.weight), b1=cast(block.intermediate.dense.bias),
+                    w2=cast(block.output.dense.weight), b2=cast(block.output.dense.bias),
+                    heads=sa.num_attention_heads, head_dim=sa.attention_head_size))
+        self.pre = torch.compile(_esm_pre, dynamic=True)
+        self.post = torch.compile(_esm_post, dynamic=True)
+
+    def __call__(self, packed: Packed, layers: Sequence[int] = (-1,)) -> dict:
+        """Like :func:`packed_hidden`: layer → N × D float32 tensor."""
+        model = self.model
+        n_layers = len(self.layers)
+        wanted = {_hidden_index(layer, n_layers): layer for layer in layers}
+        x = _esm_embeddings(model, packed).float()
+        out = {}
+        if 0 in wanted:
+            out[wanted[0]] = x
+        cos = sin = None
+        if model.rotary_embeddings is not None:
+            cos, sin = model.rotary_embeddings(x, packed.positions[None])
+            cos, sin = cos[0].float(), sin[0].float()
+        for i, w in enumerate(self.layers, start=1):
+            q, k, v = self.pre(x, *w["ln1"], w["wqkv"], w["bqkv"], cos, sin, w["heads"], w["head_dim"])
+            a = _heads_attention(q, k, v, packed.cu_seqlens)
+            x = self.post(a, x, w["wo"], w["bo"], *w["ln2"], w["w1"], w["b1"], w["w2"], w["b2"])
+            if i == n_layers and model.encoder.emb_layer_norm_after is not None:
+                x = model.encoder.emb_layer_norm_after(x)
+            if i in wanted:
+                out[wanted[i]] = x
+        for layer in layers:
+            out[layer] = out[wanted[_hidden_index(layer, n_layers)]]
+        return out

@@ -30,6 +30,7 @@ class EmbedOptions:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "fp32"  # fp32 | bf16 (GPUs, CPUs with avx512_bf16/amx_bf16) | fp16 (GPUs) | auto
     int8: bool = False  # dynamic int8 quantisation of the linear layers (CPU)
+    compile: bool = False  # fuse the packed CPU forward's per-token work with torch.compile (ESM family)
     tokens_per_batch: int | None = None  # tokens per batch, padding included (packed: none); None: the backend's
     max_sequences: int | None = None  # proteins per batch; None: the backend's default
     alone_above: int | None = None  # residues; longer proteins run alone. None: the backend's (1,000 for LMs)
@@ -61,6 +62,8 @@ class EmbedOptions:
             out.append("--dtype")
         if self.int8:
             out.append("--int8")
+        if self.compile:
+            out.append("--compile")
         return out
 
 

@@ -63,6 +63,10 @@ class LoRABackend(HFBackend):
         self.lm.model = merged
         if self.device == "cpu":
             self._cpu_model = merged
+        if self._compiled is not None:  # its weight copies were taken before the merge
+            from protlm.embed.packed import CompiledESM
+
+            self._compiled = CompiledESM(merged, self._compiled.dtype)
         self.adapter_sha = folder_weights_sha256(path)
         self.base = base
         self.source = str(folder)

@@ -116,7 +116,16 @@ class HFBackend(TorchBackend):
         self.layer = options.layer
         #: the packed forward's attention schedule (protlm.embed.packed.ATTENTION; benchmarks compare them)
         self.packed_attention = "segments"
+        self._compiled = None
         self._update_packing()
+        if options.compile:
+            from protlm.embed.packed import CompiledESM, compile_support
+
+            why = self.packing_unavailable or compile_support(self.model)
+            if why is not None:
+                raise ConfigError(f"--compile needs the packed CPU forward of an ESM-family model: {why}",
+                                  option="compile")
+            self._compiled = CompiledESM(self.model, "bf16" if self.cpu_autocast else "fp32")
 
     def _update_packing(self) -> None:
         """Whether ``forward`` packs its batches (``packed_batches``) and, if not, why (``packing_unavailable``)."""
@@ -155,6 +164,7 @@ class HFBackend(TorchBackend):
         if self.device == "cpu":
             self._cpu_model = value
         self._update_packing()  # a peft wrapper is not packed
+        self._compiled = None  # nor compiled: its weights are copies of the unwrapped module's
 
     def _cpu(self):
         if self._cpu_model is None:
@@ -262,6 +272,8 @@ class HFBackend(TorchBackend):
         from protlm.embed.packed import pack, packed_hidden
 
         packed = pack(self.encode(list(seqs)), device=self.device)
+        if self._compiled is not None:
+            return packed, self._compiled(packed, layers)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_autocast):
             hidden = packed_hidden(self.model, packed, layers, attention=self.packed_attention)
         return packed, hidden
@@ -317,7 +329,8 @@ class HFBackend(TorchBackend):
 
     def describe(self) -> dict:
         return {**super().describe(), "layer": self.options.layer,
-                "dtype": "int8-dynamic" if self.options.int8 else self.options.dtype}
+                "dtype": "int8-dynamic" if self.options.int8 else self.options.dtype,
+                "compiled": bool(self.options.compile)}
 
     def fingerprint(self) -> str:
         from pathlib import Path
@@ -327,6 +340,8 @@ class HFBackend(TorchBackend):
         else:
             weights = folder_weights_sha256(self.source) if Path(self.source).is_dir() else self.source
         precision = "int8" if self.options.int8 else self.options.dtype
+        if self.options.compile:  # bf16 attention and fused kernels: not bit-equal to the eager path
+            precision += "+compiled"
         return f"{self.family}:{weights}|layer={self.options.layer}|{precision}"
 
 

@@ -93,6 +93,9 @@ class UniRepBackend(TorchBackend):
             # measured (benchmarks/bench_unirep.py --int8): errors compound through the recurrence
             raise ConfigError("not offered for UniRep: dynamic int8 on the recurrent matrices changes the states "
                               "too much for its speed-up (docs/unirep.md); use fp32 or bf16", option="int8")
+        if options.compile:
+            raise ConfigError("not offered for UniRep: --compile fuses the packed forward of ESM-family "
+                              "transformers", option="compile")
         # --dtype auto resolved here; describe() and fingerprint() record what actually ran
         options = replace(options, dtype=resolve_dtype(options.dtype, device,
                                                        auto_bf16=self.size >= AUTO_BF16_MIN_WIDTH))
