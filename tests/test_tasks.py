@@ -768,3 +768,15 @@ def test_per_protein_values_round_trip_exactly():
             assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
     with pytest.raises(TypeError):
         P.encode(1, np.array(["x"]))
+
+
+def test_an_embedder_option_given_as_an_override_extends_a_short_embedder_name(tmp_path):
+    """`embedder: NAME` takes `embedder.dtype=…` overrides (as `embedder: {name: NAME}` would), and
+    a dotted override into a plain value is one ConfigError, not a TypeError."""
+    cfg_file = Path(__file__).resolve().parents[1] / "configs" / "benchmarks" / "stability.yaml"
+    cfg = load_task_config(cfg_file, ["embedder.layer=1", "embedder.dtype=fp32"])
+    assert cfg.embedder_spec.options.layer == 1 and cfg.embedder_spec.name == load_task_config(cfg_file).embedder
+    with pytest.raises(ConfigError, match="override name.foo: name is"):
+        load_task_config(cfg_file, ["name.foo=1"])
+    with pytest.raises(ConfigError, match="dtype"):
+        load_task_config(cfg_file, ["embedder.dtype=fp64"])
