@@ -259,6 +259,10 @@ def test_compiled_forward_equals_protein_at_a_time_in_fp32(models):
     # a middle layer and the embedding layer, as packed_hidden gives them
     mid = Embedder(models["esm"], EmbedOptions(device="cpu", compile=True, layer=1))
     assert max_diff(mid.embed(MIXED), one_at_a_time(mid, MIXED, 1)) < TOL
+    # ESM-1b's absolute positions (no rotation), within its 60-residue limit
+    short = [s for s in MIXED if len(s) <= 60]
+    esm1b = Embedder(models["esm1b"], EmbedOptions(device="cpu", compile=True))
+    assert max_diff(esm1b.embed(short), one_at_a_time(esm1b, short)) < TOL
 
 
 def test_compiled_bf16_forward_stays_close_to_fp32(models):
