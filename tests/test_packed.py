@@ -282,3 +282,16 @@ def test_compiled_bf16_forward_stays_close_to_fp32(models):
 def test_compile_is_refused_where_it_would_do_nothing(models, model, why):
     with pytest.raises(ConfigError, match=why):
         Embedder(models.get(model, model), EmbedOptions(device="cpu", compile=True))
+
+
+def test_compile_that_cannot_build_its_kernels_is_one_clear_error(models, monkeypatch):
+    """A machine where inductor fails (here: a C++ compiler that is not there) gets one ConfigError
+    naming --compile before anything is embedded, not a traceback at the first batch."""
+    import protlm.embed.packed as packed_mod
+
+    def broken(self):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found in torch._inductor.config.cpp.cxx")
+
+    monkeypatch.setattr(packed_mod.CompiledESM, "warm_up", broken)
+    with pytest.raises(ConfigError, match="torch.compile could not build its kernels.*without --compile"):
+        Embedder(models["esm"], EmbedOptions(device="cpu", compile=True))

@@ -415,6 +415,17 @@ class CompiledESM:
         self.pre = torch.compile(_esm_pre, dynamic=True)
         self.post = torch.compile(_esm_post, dynamic=True)
 
+    def warm_up(self) -> None:
+        """Compile now, on two short dummy proteins, so that a machine where inductor cannot build
+        its kernels (no C++ compiler, no Python headers) is told so before any work starts, and
+        the first real batch does not pay the compilation. Raises what torch.compile raised."""
+        import numpy as np
+        import torch
+
+        ids = [np.full(n, 5, dtype=np.int64) for n in (9, 13)]
+        with torch.inference_mode():
+            self(pack(ids, device=next(self.model.parameters()).device))
+
     def __call__(self, packed: Packed, layers: Sequence[int] = (-1,)) -> dict:
         """Like :func:`packed_hidden`: layer → N × D float32 tensor."""
         model = self.model

@@ -126,6 +126,13 @@ class HFBackend(TorchBackend):
                 raise ConfigError(f"--compile needs the packed CPU forward of an ESM-family model: {why}",
                                   option="compile")
             self._compiled = CompiledESM(self.model, "bf16" if self.cpu_autocast else "fp32")
+            try:
+                self._compiled.warm_up()
+            except Exception as exc:  # inductor's own errors (a missing compiler, headers, …)
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                raise ConfigError(f"torch.compile could not build its kernels on this machine "
+                                  f"({type(exc).__name__}: {first}); run without --compile",
+                                  option="compile") from None
 
     def _update_packing(self) -> None:
         """Whether ``forward`` packs its batches (``packed_batches``) and, if not, why (``packing_unavailable``)."""
