@@ -147,9 +147,11 @@ def test_backend_layers_and_registry(models):
     out = b.forward(seqs)
     assert [a.shape for a in out] == [(9, 64), (24, 64)]
     assert all(a.dtype == np.float32 for a in out)
-    # the state after each residue: row k of the per-residue output is state k+1 of the run
+    # the state after each residue: row k of the per-residue output is state k+1 of the run. Not
+    # bit-equal: the backend ran two proteins in one batch, the run one, and a GEMM's kernel (and
+    # its sums' order) may depend on the batch size (differences of ~1e-7 on an AMX Xeon)
     run = models[64].run(seqs[:1])
-    assert np.array_equal(out[0], run.all_states(0)[1:])
+    assert np.abs(out[0] - run.all_states(0)[1:]).max() < 1e-5
     e0 = resolve("unirep64", EmbedOptions(layer=0))
     assert e0.dim == 10 and e0.forward(seqs[:1])[0].shape == (9, 10)
     l2 = resolve("unirep64", EmbedOptions(layer=2)).forward(seqs[:1])[0]
