@@ -412,3 +412,18 @@ def test_verify_reruns_a_cards_command_narrowed_to_its_predictor(tmp_path):
     rows = {r["part"]: r["difference"] for r in compare(a, b)}
     assert rows["value"] == 0 and rows["ci_low"] == 0 and rows["ci_high"] == pytest.approx(0.01)
     assert compare(a, {})[0]["rerun"] is None  # a number the rerun lacks is reported, not skipped
+
+
+def test_verify_streams_the_rerun_and_keeps_its_log(tmp_path, monkeypatch, capfd):
+    """The rerun's output reaches the terminal as it comes and WORK/<output>.log; a failed rerun is
+    reported by its last line."""
+    import protlm.predictors.verify as V
+
+    out = tmp_path / "work" / "stability"
+    missing = tmp_path / "missing.yaml"
+    monkeypatch.setattr(V, "rerun_command", lambda card, work: ({}, ["train", "--config", str(missing), "--out",
+                                                                   str(out)], out))
+    doc = V.verify("stability", tmp_path / "work")
+    assert "missing.yaml" in doc["error"][0]
+    assert "missing.yaml" in (tmp_path / "work" / "stability.log").read_text()
+    assert "missing.yaml" in capfd.readouterr().err

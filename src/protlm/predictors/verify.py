@@ -114,9 +114,21 @@ def verify(name: str, work: Path, dry_run: bool = False) -> dict:
         return doc
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--work {work}: {out} exists already; give an empty --work folder")
-    done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
-    if done.returncode != 0:
-        doc["error"] = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["failed"]
+    # the rerun's output (its progress lines included) goes to the terminal as it comes and to
+    # WORK/<output>.log; a rerun takes minutes to an hour
+    log_path = work / f"{out.name}.log"
+    work.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log, subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                                                       stderr=subprocess.STDOUT) as proc:
+        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+            log.write(chunk)
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.buffer.flush()
+        returncode = proc.wait()
+    doc["log"] = str(log_path)
+    if returncode != 0:
+        text = log_path.read_text(errors="replace").replace("\r", "\n").strip().splitlines()
+        doc["error"] = text[-1:] or ["failed"]
         return doc
     rerun = metrics_of(out, card, argv[0] == "benchmark")
     doc["rows"] = compare(card["test"], rerun["test"])
