@@ -110,10 +110,6 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
             node[part] = [] if nxt.isdigit() else {}
         if part == "phases" and isinstance(node[part], list) is False:
             raise ConfigError(f"override {dotted}: phases is not a list")
-        if part == "embedder" and isinstance(node[part], str) and i == 0:
-            # `embedder: NAME` is the short form of `embedder: {name: NAME}`; an option given as an
-            # override (embedder.dtype=bf16) extends it
-            node[part] = {"name": node[part]}
         if not isinstance(node[part], (dict, list)):
             raise ConfigError(f"override {dotted}: {'.'.join(parts[:i + 1])} is {node[part]!r}, a value with no "
                               f"fields to set")

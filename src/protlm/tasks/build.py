@@ -74,7 +74,12 @@ def load_task_config(path: str | Path | None = None, overrides: list[str] | None
     tree = load_tree(path, None, data)
     if path is not None and data is None:
         resolve_data_paths(tree, Path(path).resolve().parent, str(path))
-    for key, value in parse_overrides(overrides or []):
+    pairs = parse_overrides(overrides or [])
+    if isinstance(tree.get("embedder"), str) and any(key.startswith("embedder.") for key, _ in pairs):
+        # `embedder: NAME` is the short form of `embedder: {name: NAME}`; an option given as an
+        # override (embedder.dtype=bf16) extends it
+        tree["embedder"] = {"name": tree["embedder"]}
+    for key, value in pairs:
         set_dotted(tree, key, value)
     return build_task_config(tree)
 
