@@ -792,3 +792,14 @@ def test_predict_reads_an_empty_device_as_empty_and_help_shows_percent(lora_head
             main([command, "--help"])
         out = capsys.readouterr().out
         assert "95% CI" in out and "%%" not in out
+
+
+def test_finetuning_can_stop_early_on_the_headline_metric(tmp_path, models, data):
+    out = tmp_path / "head"
+    res = _train(data, out, models["esm"], {"method": "full", "lr": 1e-3}, epochs=4, early_stopping="metric")
+    info = json.loads((out / "head.json").read_text())
+    values = [h["valid_accuracy"] for h in info["history"]]
+    assert len(values) == 4 and all("valid_loss" not in h for h in info["history"])
+    assert values[info["best_epoch"] - 1] == max(values)
+    # the LM and head kept are the best epoch's: the saved pair scores what the history says
+    assert res["valid"]["q3"]["accuracy"]["value"] == pytest.approx(values[info["best_epoch"] - 1], abs=1e-9)

@@ -780,3 +780,42 @@ def test_an_embedder_option_given_as_an_override_extends_a_short_embedder_name(t
         load_task_config(cfg_file, ["name.foo=1"])
     with pytest.raises(ConfigError, match="dtype"):
         load_task_config(cfg_file, ["embedder.dtype=fp64"])
+
+
+@pytest.mark.parametrize("protocol,head,data_key,target,metric", [
+    ("sequence_to_value", "ffn", "value", {"name": "hydrophobic", "label": "target"}, "spearman"),
+    ("residue_to_class", "cnn", None, {"name": "q3", "label": "target", "classes": ["H", "E", "C"]}, "accuracy"),
+])
+def test_early_stopping_on_the_headline_metric_keeps_the_best_metric_epoch(tmp_path, ss_file, seq_files, protocol,
+                                                                           head, data_key, target, metric):
+    path = seq_files[data_key] if data_key else ss_file
+    cfg = load_task_config(data=_config(path, protocol, head, [target], epochs=12, early_stopping="metric",
+                                        patience=3))
+    res = train(cfg, tmp_path / "head")
+    doc = json.loads((tmp_path / "head" / "head.json").read_text())
+    key = f"valid_{metric}"
+    values = [h[key] for h in doc["history"]]
+    assert all("valid_loss" not in h for h in doc["history"])
+    best = doc["best_epoch"]
+    # the kept epoch is the one with the best validation metric, and the saved head scores exactly that
+    assert values[best - 1] == max(v for v in values if v is not None)
+    assert res["valid"][target["name"]][metric]["value"] == pytest.approx(values[best - 1], abs=1e-9)
+    assert doc["stopped_on"].startswith("validation ")
+    # and the loss rule (the default) records the loss, not the metric
+    cfg2 = load_task_config(data=_config(path, protocol, head, [target], epochs=2))
+    train(cfg2, tmp_path / "head2")
+    assert "valid_loss" in json.loads((tmp_path / "head2" / "head.json").read_text())["history"][0]
+
+
+def test_early_stopping_setting_is_checked(tmp_path, seq_files):
+    bad = _config(seq_files["value"], "sequence_to_value", "ffn", [{"name": "h", "label": "target"}],
+                  early_stopping="spearman")
+    with pytest.raises(ConfigError, match="train.early_stopping"):
+        load_task_config(data=bad)
+
+
+def test_contacts_refuse_early_stopping_on_the_loss():
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "benchmarks" / "contacts_pair_mlp_onehot.yaml"
+    with pytest.raises(ConfigError, match="P@L/5"):
+        load_task_config(cfg, overrides=["train.early_stopping=loss"])
+    assert load_task_config(cfg, overrides=["train.early_stopping=metric"]).train.early_stopping == "metric"

@@ -243,7 +243,7 @@ def card_markdown(c: dict) -> str:
     t = c["training"]
     from protlm.tasks.protocols import get_protocol
 
-    stopped_on = get_protocol(c["protocol"]).validation_text or "the validation loss"
+    stopped_on = t.get("stopped_on") or get_protocol(c["protocol"]).validation_text or "the validation loss"
     lines += ["", f"**Training.** Early stopping on {stopped_on}: best epoch {t['best_epoch']} of "
                   f"{t['epochs_run']} run (cap {t['epoch_cap']}; stopped by {t['stopped_by']}); protlm "
                   f"{t['protlm_version']}.", "", "**Command.**", "", "```bash", c["command"], "```", "",

@@ -34,6 +34,8 @@ def validate(c: TaskConfig) -> None:
     need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
     need(t.batch_size >= 1, "train.batch_size", "must be >= 1")
     need(t.patience >= 1, "train.patience", "must be >= 1")
+    need(t.early_stopping in ("", "loss", "metric"), "train.early_stopping",
+         f"{t.early_stopping!r}: must be loss or metric")
     need(0 <= t.bootstrap <= MAX_BOOTSTRAP, "train.bootstrap", f"must be in [0, {MAX_BOOTSTRAP:,}]")
     need(t.max_train >= 0 and t.max_residues >= 0, "train.max_train", "caps must be >= 0")
     need(t.pair_budget >= 1 and t.crop >= 1, "train.pair_budget", "pair_budget and crop must be >= 1")

@@ -100,6 +100,10 @@ class TrainSettings:
     weight_decay: float = 0.0
     batch_size: int = 32  # proteins per batch
     patience: int = 5  # epochs without a better validation value before stopping
+    # what early stopping watches on the validation split: "loss" (the training loss's value) or
+    # "metric" (the protocol's headline metric of the first target: Q3/accuracy, Spearman ρ, P@L/5);
+    # "" = the protocol's default (loss; contacts: P@L/5, their only choice)
+    early_stopping: str = ""
     seed: int = 0  # the head's initialisation and the batch order
     subset_seed: int = 0  # which proteins max_train keeps (its own seed: each can vary alone)
     class_weights: bool = False  # inverse-frequency weights from the training labels

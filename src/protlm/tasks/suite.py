@@ -551,7 +551,8 @@ def results_table(results: list[dict]) -> str:
         lines.append("")
         lines.append("Not scored (n counts the scored proteins): " + "; ".join(notes) + ".")
     short = sorted({f"{r['task']} × `{r['embedder']}` (epoch {r.get('best_epoch')} of {r.get('epoch_cap')}, best "
-                    f"{get_protocol(r['protocol']).validation_text or 'validation loss'} in the last epoch)"
+                    f"{r.get('stopped_on') or get_protocol(r['protocol']).validation_text or 'validation loss'} in the last "
+                    f"epoch)"
                     for r in results if r.get("cut_short")})
     if short:
         lines.append("")

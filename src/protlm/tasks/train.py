@@ -88,7 +88,8 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
     opt = optimizer_for(model, t.lr, t.weight_decay, ft)
     acc = Accumulator(opt, ft, protocol, world) if ft is not None else None
 
-    sign = -1.0 if protocol.higher_is_better else 1.0  # compared as a loss: lower is better
+    key, higher = protocol.stopping(config)
+    sign = -1.0 if higher else 1.0  # compared as a loss: lower is better
     best, best_state, best_epoch, history, waited = math.inf, None, 0, [], 0
     stopped_by = "epoch_cap"
     t0 = time.perf_counter()
@@ -138,8 +139,10 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
                             (lambda n: tick(epoch, n, len(train_inputs))) if tick is not None and rank == 0 else None)
         skip = 0
         run_loss, seen = (all_reduce_sum(totals, env) if env is not None else totals)
-        value = protocol.validation(config, model, valid_inputs, state)  # every process: the same decision
-        history.append({"epoch": epoch, "train_loss": run_loss / max(seen, 1), protocol.validation_key: value,
+        value = protocol.stopping_value(config, model, valid_inputs, state, info)  # every process: the same decision
+        # a metric can be undefined (Spearman ρ of constant predictions): no improvement, not a divergence
+        undefined = higher and math.isnan(value)
+        history.append({"epoch": epoch, "train_loss": run_loss / max(seen, 1), key: None if undefined else value,
                         "seconds": time.perf_counter() - t0})
         if ft is not None:
             history[-1]["optimizer_steps"] = acc.steps
@@ -148,10 +151,10 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
             progress(epoch, history[-1]["train_loss"], value,
                      {"seconds": history[-1]["seconds"] - before, "elapsed": history[-1]["seconds"],
                       "cap": t.epochs, "first": first_epoch})
-        if not math.isfinite(value):
+        if not undefined and not math.isfinite(value):
             raise ProtlmError(f"{config.name}: the validation value became {value} in epoch {epoch}; the run "
                               f"diverged — nothing was saved")
-        if sign * value < best - (1e-6 if not protocol.higher_is_better else 0.0):
+        if not undefined and sign * value < best - (1e-6 if not higher else 0.0):
             best, best_epoch, waited = sign * value, epoch, 0
             best_state = trainable_state(model)
         else:
@@ -434,7 +437,7 @@ def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: Task
 
     def epoch_cb(epoch, tl, vl, timing=None):
         if progress is not None:
-            progress("epoch", {"epoch": epoch, "train_loss": tl, "valid_loss": vl, "key": protocol.validation_key,
+            progress("epoch", {"epoch": epoch, "train_loss": tl, "valid_loss": vl, "key": protocol.stopping(config)[0],
                                **(timing or {})})
 
     model, history, best_epoch, stopped_by = fit_head(config, protocol, tr, va, dim, data.info, epoch_cb)
@@ -469,7 +472,8 @@ def write_head(out: Path, config: TaskConfig, data: TaskData, dim: int, head, ru
     history, best_epoch, stopped_by, cut_short = run
     counts = data.counts()
     stop = {"best_epoch": best_epoch, "epochs_run": len(history), "epoch_cap": config.train.epochs,
-            "stopped_by": stopped_by, "cut_short": cut_short}
+            "stopped_by": stopped_by, "cut_short": cut_short,
+            "stopped_on": config.protocol_obj.stopping_text(config)}
     extra = {"finetune": finetune} if finetune is not None else {}
     info = {
         "protlm_version": __version__,
@@ -518,7 +522,7 @@ def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData,
 
     def epoch_cb(epoch, tl, vl, timing=None):
         if progress is not None:
-            progress("epoch", {"epoch": epoch, "train_loss": tl, "valid_loss": vl, "key": protocol.validation_key,
+            progress("epoch", {"epoch": epoch, "train_loss": tl, "valid_loss": vl, "key": protocol.stopping(config)[0],
                                **(timing or {})})
 
     run_state = RunState(out, run_digest(config, base_fingerprint), ft.checkpoint_steps)

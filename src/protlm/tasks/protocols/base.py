@@ -217,6 +217,19 @@ class Protocol:
     def validation(self, config, model, valid_inputs, state: FitState) -> float:
         raise NotImplementedError
 
+    def stopping(self, config) -> tuple[str, bool]:
+        """(history key, higher is better) of the value early stopping watches under
+        ``train.early_stopping``; the protocol's validation value by default."""
+        return self.validation_key, self.higher_is_better
+
+    def stopping_text(self, config) -> str:
+        """The early-stopping value in words, for reports."""
+        return self.validation_text or "validation loss"
+
+    def stopping_value(self, config, model, valid_inputs, state: FitState, info: dict) -> float:
+        """The value :meth:`stopping` names, on the early-stopping split."""
+        return self.validation(config, model, valid_inputs, state)
+
     def fit_direct(self, config, model, train_inputs, info: dict) -> dict | None:
         """Heads without a gradient loop (closed-form fits) are fit here; return a summary, or
         None for the engine's loop."""

@@ -637,6 +637,30 @@ class LabelProtocol(Protocol):
                 count += len(idx)
         return total / max(count, 1)
 
+    def stopping(self, config) -> tuple[str, bool]:
+        if config.train.early_stopping == "metric":
+            return f"valid_{self.kind.headline_key}", True
+        return super().stopping(config)
+
+    def stopping_text(self, config) -> str:
+        if config.train.early_stopping == "metric":
+            return f"validation {self.kind.headline_label} ({config.targets[0].name})"
+        return super().stopping_text(config)
+
+    def stopping_value(self, config, model, valid: Inputs, state: FitState, info: dict) -> float:
+        """``train.early_stopping: metric``: the headline metric (accuracy/Q3, Spearman ρ) of the
+        first target on the early-stopping split, without bootstrap; else the validation loss."""
+        if config.train.early_stopping != "metric":
+            return self.validation(config, model, valid, state)
+        preds = self.predict(config, model, valid, info)
+        res = self.kind.score(valid.targets[0], preds[0], info["classes"][0], 0, 0)
+        h = res.get(self.kind.headline_key) or {}
+        value = h.get("value") if isinstance(h, dict) else h
+        if value is None or not res.get("proteins"):
+            raise InputError(f"{config.name}: train.early_stopping=metric, but the early-stopping split has no "
+                             f"scored {config.targets[0].name!r} label; use train.early_stopping=loss")
+        return float(value)
+
     # ------------------------------------------------------------------ outputs
 
     def predict(self, config, model, inputs: Inputs, info: dict) -> list[list]:

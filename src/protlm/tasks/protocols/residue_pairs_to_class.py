@@ -265,6 +265,9 @@ class ResiduePairsToClass(Protocol):
         need(d.max_length is None or d.max_length >= 1, "data.max_length", "must be a positive integer or null")
         need(d.threshold > 0, "data.threshold", "must be a positive distance in Å")
         need([t.name for t in c.targets] == [TARGET], "targets", f"contact prediction has one target, {TARGET}")
+        need(c.train.early_stopping != "loss", "train.early_stopping",
+             "contacts stop early on the validation P@L/5 (long range), their headline metric; use metric or leave "
+             "it out")
         need(TEST_SET not in d.test, f"data.test.{TEST_SET}", "is the held-out validation chains' name; name the set "
              "another way")
         if c.head.type == "attention_lr":
