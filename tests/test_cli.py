@@ -427,3 +427,11 @@ def test_progress_a_person_can_trust(capsys, monkeypatch):
     assert err[0] == "protlm: embed train: 900/900 res (100%), 450 res/s (done in 2s)", err
     assert "(12s; at most 2m00s left, to epoch 11)" in err[1]
     assert err[2].endswith("(12s)") and len(err) == 3
+    # with early stopping's state: the best epoch, the patience used, and fewest-to-most time left
+    cb, close = _progress()
+    cb("epoch", {"epoch": 4, "train_loss": 0.5, "valid_loss": 0.4, "key": "valid_spearman", "seconds": 60.0,
+                 "elapsed": 240.0, "cap": 1000, "first": 1, "best_epoch": 2, "waited": 2, "patience": 10})
+    close()
+    line = capsys.readouterr().err.splitlines()[0]
+    assert "valid spearman 0.4000" in line
+    assert line.endswith("(1m00s; best epoch 2, 2/10 without a better value; 8m00s to 16h36m left)"), line

@@ -48,11 +48,20 @@ def _progress():
         elif kind == "epoch":
             what = info.get("key", "valid_loss").replace("_", " ")  # the protocol's early-stopping value
             line = f"  epoch {info['epoch']:3d}  train loss {info['train_loss']:.4f}  {what} {info['valid_loss']:.4f}"
-            if info.get("seconds") is not None:  # time per epoch, and at most what is left to the epoch cap
+            if info.get("seconds") is not None:  # time per epoch; at least / at most what is left
                 ran = info["epoch"] - info.get("first", 1) + 1
-                left = (info["cap"] - info["epoch"]) * info["elapsed"] / max(ran, 1)
+                per_epoch = info["elapsed"] / max(ran, 1)
+                left = (info["cap"] - info["epoch"]) * per_epoch
                 line += f"  ({_duration(info['seconds'])}"
-                line += f"; at most {_duration(left)} left, to epoch {info['cap']})" if left > 0 else ")"
+                if info.get("patience") is not None and info["epoch"] < info["cap"]:
+                    # early stopping ends the run after `patience` epochs without a better value: the
+                    # fewest epochs left; the cap: the most
+                    fewest = min(info["patience"] - info["waited"], info["cap"] - info["epoch"])
+                    line += (f"; best epoch {info['best_epoch']}, {info['waited']}/{info['patience']} without a "
+                             f"better value; {_duration(fewest * per_epoch)} to {_duration(left)} left")
+                elif left > 0:
+                    line += f"; at most {_duration(left)} left, to epoch {info['cap']}"
+                line += ")"
             print(line, file=sys.stderr)
         elif kind == "task":  # a new (task, embedder): its sets get bars of their own (counts and rates)
             close()

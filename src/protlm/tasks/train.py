@@ -146,12 +146,9 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
                         "seconds": time.perf_counter() - t0})
         if ft is not None:
             history[-1]["optimizer_steps"] = acc.steps
-        if progress is not None and rank == 0:
-            before = history[-2]["seconds"] if len(history) > 1 else 0.0
-            progress(epoch, history[-1]["train_loss"], value,
-                     {"seconds": history[-1]["seconds"] - before, "elapsed": history[-1]["seconds"],
-                      "cap": t.epochs, "first": first_epoch})
         if not undefined and not math.isfinite(value):
+            if progress is not None and rank == 0:
+                progress(epoch, history[-1]["train_loss"], value, None)
             raise ProtlmError(f"{config.name}: the validation value became {value} in epoch {epoch}; the run "
                               f"diverged — nothing was saved")
         if not undefined and sign * value < best - (1e-6 if not higher else 0.0):
@@ -162,6 +159,12 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
             if waited >= t.patience:
                 stopped_by = "early_stopping"
                 done = True
+        if progress is not None and rank == 0:
+            before = history[-2]["seconds"] if len(history) > 1 else 0.0
+            progress(epoch, history[-1]["train_loss"], value,
+                     {"seconds": history[-1]["seconds"] - before, "elapsed": history[-1]["seconds"],
+                      "cap": t.epochs, "first": first_epoch, "best_epoch": best_epoch, "waited": waited,
+                      "patience": t.patience})
         if run_state is not None:
             totals = [0.0, 0.0]
             epoch_rng = rng.bit_generator.state
