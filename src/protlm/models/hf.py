@@ -127,3 +127,53 @@ def load_hf_lm(spec: str, *, dtype=None, attention: str = "sdpa", seed: int = 0,
                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     model.eval()
     return LoadedLM(name=str(spec), source=source, model=model, tokenizer=tokenizer, config=config, family=family, layout=layout)
+
+
+#: The language-model head of each family protlm reads logits from: (transformers class holding
+#: encoder + head, the head's attribute in it). Applied to the encoder's last hidden state it gives
+#: the model's token scores at every position (masked-LM scores for the bidirectional families,
+#: next-token scores for the causal one). T5 has no per-position LM head on its encoder.
+LM_HEADS = {
+    "esm": ("EsmForMaskedLM", "lm_head"),
+    "bert": ("BertForMaskedLM", "cls"),
+    "albert": ("AlbertForMaskedLM", "predictions"),
+    "gpt_neox": ("GPTNeoXForCausalLM", "lm_head"),  # saved as embed_out by transformers < 5
+    "xlnet": ("XLNetLMHeadModel", "lm_loss"),
+}
+
+
+def load_lm_head(spec: str, family: Family, *, dtype=None, seed: int = 0, what: str = "--model"):
+    """The LM head of a folder (safetensors; tied output weights tied as transformers ties them), in
+    eval mode on the CPU. A folder whose weights hold no head (an encoder saved alone) is refused:
+    transformers would fill it with random numbers."""
+    import torch
+    import transformers
+
+    from protlm.errors import ConfigError
+
+    if family.model_type not in LM_HEADS:
+        raise ConfigError(f"{family.name}: this family has no per-residue LM head protlm reads logits from "
+                          f"(offered for {', '.join(sorted(LM_HEADS))} and UniRep)")
+    cls_name, attr = LM_HEADS[family.model_type]
+    cls = getattr(transformers, cls_name)
+    source, random_init = parse_lm_spec(spec)
+    dtype = dtype or torch.float32
+    try:
+        if random_init:
+            torch.manual_seed(seed)
+            full = cls._from_config(transformers.AutoConfig.from_pretrained(source, trust_remote_code=False),
+                                    dtype=dtype)
+            missing = []
+        else:
+            full, info = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, trust_remote_code=False,
+                                             output_loading_info=True)
+            missing = [k for k in info.get("missing_keys", []) if k.split(".")[0] in (attr, "embed_out")]
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{what} {source}: the LM head could not be loaded "
+                         f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
+    if missing:
+        raise InputError(f"{what} {source}: the folder's weights hold no LM head ({', '.join(sorted(missing)[:3])} "
+                         f"missing): logits need the model saved with its head ({cls_name})")
+    head = getattr(full, attr) if hasattr(full, attr) else getattr(full, "embed_out")  # GPT-NeoX, transformers < 5
+    head.eval()
+    return head

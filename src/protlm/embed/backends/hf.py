@@ -117,6 +117,7 @@ class HFBackend(TorchBackend):
         #: the packed forward's attention schedule (protlm.embed.packed.ATTENTION; benchmarks compare them)
         self.packed_attention = "segments"
         self._compiled = None
+        self._lm_head = self._lm_head_cpu = None  # loaded when logits are first asked for (forward_tokens)
         self._update_packing()
         if options.compile:
             from protlm.embed.packed import CompiledESM, compile_support
@@ -210,8 +211,7 @@ class HFBackend(TorchBackend):
     def forward_tokens(self, seqs, *, layers=(-1,), attentions=False, logits=False, cpu=False) -> LMOutput:
         import torch
 
-        if logits:
-            raise ConfigError(f"{self.family}: protlm loads the encoder without its LM head; logits are not offered")
+        head = self._head(cpu) if logits else None
         model = self._cpu() if cpu else self.model
         device = torch.device("cpu") if cpu else torch.device(self.device)
         ids, mask = self.encode_batch(seqs)
@@ -237,7 +237,32 @@ class HFBackend(TorchBackend):
             stack = torch.cat([a.float() if autocast else a for a in out.attentions], dim=1)
             s0, L = starts[0], max(lengths)
             maps = stack[:, :, s0:s0 + L, s0:s0 + L]
-        return LMOutput(hidden=hidden, mask=res_mask, attentions=maps)
+        scores = None
+        if head is not None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                lg = head(out.last_hidden_state)
+            scores = residue_positions(lg.float() if autocast else lg, starts, lengths)[0]
+        return LMOutput(hidden=hidden, mask=res_mask, attentions=maps, logits=scores)
+
+    def _head(self, cpu: bool = False):
+        """The folder's LM head (loaded on first use): ``forward_tokens(logits=True)`` applies it to
+        the last hidden state. Fine-tuning does not train it (the head of the base model)."""
+        import torch
+
+        if self._lm_head is None:
+            from protlm.models.hf import load_lm_head
+
+            dtype = self.model.dtype if not self.options.int8 else torch.float32
+            self._lm_head = load_lm_head(self.lm.name, self.lm.family, dtype=dtype, seed=self.options.seed)
+            self._lm_head.requires_grad_(False)
+            self._lm_head.to(self.device)
+        if cpu and self.device != "cpu":  # the CPU fallback's copy, as _cpu() keeps one of the model
+            if self._lm_head_cpu is None:
+                import copy
+
+                self._lm_head_cpu = copy.deepcopy(self._lm_head).float().to("cpu")
+            return self._lm_head_cpu
+        return self._lm_head
 
     # ------------------------------------------------------------------ packed batches (CPU inference)
 
