@@ -175,3 +175,38 @@ def test_an_interrupted_suite_cell_continues_where_it_stopped(task, tmp_path):
     for name in a:
         for key in a[name]:
             assert torch.equal(a[name][key], b[name][key]), (name, key)
+
+
+def test_finish_ends_an_interrupted_run_at_its_last_finished_epoch(task):
+    import json
+
+    proc = _interrupt(task, "finished", signal.SIGKILL)  # killed inside epoch 2
+    assert proc.returncode == -signal.SIGKILL
+    state = json.loads((task / "finished" / "finetune-state" / "state.json").read_text())
+    assert len(state["history"]) == 1 and state["best_epoch"] == 1
+    import shutil
+
+    shutil.copytree(task / "finished" / "finetune-state", task / "finished-state-copy")
+    done = _train(task, "finished", "--finish")
+    assert done.returncode == 0, done.stderr[-800:]
+    assert "--finish" in done.stderr and "epoch   2 " not in done.stderr  # nothing more was trained
+    info = json.loads((task / "finished" / "head.json").read_text())
+    assert info["stopped_by"] == "finished_early" and info["epochs_run"] == 1 and info["best_epoch"] == 1
+    assert info["cut_short"] is True  # its best epoch is its last: flagged as probably under-trained
+    assert not (task / "finished" / "finetune-state").exists()
+    # the kept head is epoch 1's best: the checkpoint's "best" tensors, not the mid-epoch-2 weights
+    from safetensors.torch import load_file
+
+    saved = load_file(str(task / "finished-state-copy" / "state.safetensors"))
+    head = load_file(str(task / "finished" / "head.safetensors"))
+    best = {k[len("best.head."):]: v for k, v in saved.items() if k.startswith("best.head.")}
+    now = {k[len("model.head."):]: v for k, v in saved.items() if k.startswith("model.head.")}
+    assert best and set(best) == set(head)
+    assert all(torch.equal(best[k], head[k]) for k in head)
+    assert any(not torch.equal(now[k], head[k]) for k in head)  # training in epoch 2 had moved them
+    metrics = json.loads((task / "finished" / "metrics.json").read_text())
+    assert metrics["test"]["held_out"]["q3"]["accuracy"]["value"] > 0
+    again = _train(task, "finished", "--finish")
+    assert again.returncode == 2 and "already finished" in again.stderr
+    none = _train(task, "never_started", "--finish")
+    assert none.returncode == 2 and "no interrupted fine-tuning run" in none.stderr

@@ -94,7 +94,7 @@ def cmd_train(args) -> int:
     cb, close = _progress()
     try:
         res = train_command(config, out, overwrite=args.overwrite, data_dir=data_dir(args), cache_dir=cache_dir(args),
-                            progress=cb, resume=args.resume)
+                            progress=cb, resume=args.resume or args.finish, finish=args.finish)
     finally:
         close()
     if "rank" in res:  # a torchrun process other than 0: process 0 reports
@@ -232,7 +232,8 @@ def cmd_benchmark(args) -> int:
     try:
         res = run_suite(args.suite, args.embedder or [], args.out, data_dir(args), tasks=args.tasks,
                         extra_tests=args.extra_test or [], overrides=args.overrides,
-                        cache_dir=cache_dir(args), progress=cb, compare=args.compare, finetune=args.finetune)
+                        cache_dir=cache_dir(args), progress=cb, compare=args.compare, finetune=args.finetune,
+                        finish=args.finish)
     finally:
         close()
     summary = res["table"] + f"\nresults: {Path(res['out']) / 'results.md'} and results.json"
@@ -277,6 +278,9 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted fine-tuning run in --out exactly where its last checkpoint left it "
                         "(the same weights as an uninterrupted run)")
+    p.add_argument("--finish", action="store_true",
+                   help="end an interrupted fine-tuning run in --out at its last finished epoch: its best epoch is "
+                        "kept, scored and saved, with no more training (implies --resume)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=cmd_train)
 
@@ -374,5 +378,8 @@ def register(sub) -> None:
     p.add_argument("--finetune", action="append", choices=FINETUNE_METHODS, metavar="METHOD",
                    help="run every (task, embedder) with this fine-tuning method (repeatable: one column per "
                         "embedder and method, named EMBEDDER@METHOD for methods other than none; none = frozen)")
+    p.add_argument("--finish", action="store_true",
+                   help="end every interrupted fine-tuning cell at its last finished epoch (its best epoch is kept "
+                        "and scored; no more training) instead of continuing it; the other cells run as usual")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every config")
     p.set_defaults(func=cmd_benchmark)

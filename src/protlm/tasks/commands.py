@@ -73,12 +73,13 @@ def attention_config(model: str, *, name: str | None = None, train_chains: int =
 
 
 def train_command(config: TaskConfig, out: str | Path, *, overwrite: bool = False, data_dir=None, cache_dir=None,
-                  progress: Callable[[str, dict], None] | None = None, resume: bool = False) -> dict:
+                  progress: Callable[[str, dict], None] | None = None, resume: bool = False,
+                  finish: bool = False) -> dict:
     """``protlm train``: the head folder is checked before any embedding or training (an existing
     head needs ``overwrite``; the folder must be writable), then trained and written."""
     out = Path(out)
     if config.finetuning and distributed_run() and int(os.environ.get("RANK", "0")) != 0:
-        return train(config, out, data_dir, cache_dir, None, resume=resume)  # process 0 checks, locks and writes
+        return train(config, out, data_dir, cache_dir, None, resume=resume, finish=finish)  # process 0 checks
     if resume and overwrite:
         raise ConfigError("--resume continues an interrupted run, --overwrite starts again: give one")
     if resume:
@@ -96,7 +97,7 @@ def train_command(config: TaskConfig, out: str | Path, *, overwrite: bool = Fals
         if overwrite:
             for name in (STATE_FOLDER, STATE_FOLDER + ".old", STATE_FOLDER + ".tmp"):
                 shutil.rmtree(out / name, ignore_errors=True)
-        return train(config, out, data_dir, cache_dir, progress, resume=resume)
+        return train(config, out, data_dir, cache_dir, progress, resume=resume, finish=finish)
 
 
 def evaluate_command(head_dir: str | Path, request: dict, *, data_dir=None, embedder: str | None = None,

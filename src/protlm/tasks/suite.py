@@ -302,11 +302,13 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
               tasks: list[str] | None = None, extra_tests: list[str] | None = None, overrides: list[str] | None = None,
               cache_dir: str | Path | None = None, progress: Callable[[str, dict], None] | None = None,
               compare: list[str] | None = None, protocols: list[str] | None = None,
-              finetune: list[str] | None = None) -> dict:
+              finetune: list[str] | None = None, finish: bool = False) -> dict:
     """Train/score every (task, embedder[, fine-tuning method]); ``compare`` (``"A:B"`` items,
     columns ``EMBEDDER`` or ``EMBEDDER@METHOD``) adds paired differences; ``protocols``: only the
     configs of these protocols (by their ``protocol:``, not their file name); ``finetune``: the
-    methods to run each pair with (default: each config's own)."""
+    methods to run each pair with (default: each config's own); ``finish``: an interrupted
+    fine-tuning cell ends at its last finished epoch (best epoch kept and scored) instead of
+    continuing."""
     methods = list(dict.fromkeys(finetune)) if finetune else [None]
     columns = [column(e, m) for e in embedders for m in methods]
     pairs = parse_pairs(compare or [], columns)
@@ -367,7 +369,7 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
                 record = {"head_digest": digest, "test_digests": test_digests(config) or {}, "task_file": path.stem,
                           "embedder": name}
                 result = train(config, folder, data_dir, cache_dir, progress, source=source, resume=interrupted,
-                               record=record)
+                               record=record, finish=finish and interrupted)
             if "task" in result:  # not a torchrun worker other than process 0 (it saves and scores nothing)
                 results.append({k: v for k, v in result.items() if k not in ("out", "seconds")})
     table = results_table(results)
@@ -550,13 +552,20 @@ def results_table(results: list[dict]) -> str:
     if notes:
         lines.append("")
         lines.append("Not scored (n counts the scored proteins): " + "; ".join(notes) + ".")
-    short = sorted({f"{r['task']} × `{r['embedder']}` (epoch {r.get('best_epoch')} of {r.get('epoch_cap')}, best "
+    short = sorted({f"{r['task']} × `{r['embedder']}` (epoch {r.get('best_epoch')} of "
+                    f"{r.get('epochs_run') if r.get('stopped_by') == 'finished_early' else r.get('epoch_cap')}, best "
                     f"{r.get('stopped_on') or get_protocol(r['protocol']).validation_text or 'validation loss'} in the last "
-                    f"epoch)"
+                    f"epoch{', ended with --finish' if r.get('stopped_by') == 'finished_early' else ''})"
                     for r in results if r.get("cut_short")})
     if short:
         lines.append("")
-        lines.append("† cut short: training ended at the epoch cap with the best value of the early-stopping "
-                     "criterion in the last epoch, so the head is probably under-trained (raise `train.epochs`): "
-                     + "; ".join(short) + ".")
+        lines.append("† cut short: training ended at the epoch cap (or with `--finish`) with the best value of the "
+                     "early-stopping criterion in the last epoch, so the head is probably under-trained (raise "
+                     "`train.epochs`): " + "; ".join(short) + ".")
+    finished = sorted({f"{r['task']} × `{r['embedder']}` (best epoch {r.get('best_epoch')} of {r.get('epochs_run')} "
+                       f"run)" for r in results if r.get("stopped_by") == "finished_early" and not r.get("cut_short")})
+    if finished:
+        lines.append("")
+        lines.append("Ended with `--finish` before early stopping did (the best epoch so far is the head; more epochs "
+                     "might still have found a better one): " + "; ".join(finished) + ".")
     return "\n".join(lines) + "\n"

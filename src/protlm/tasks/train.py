@@ -56,10 +56,12 @@ HEAD_JSON, HEAD_WEIGHTS, METRICS_JSON = "head.json", "head.safetensors", "metric
 
 def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs, dim: int, info: dict,
              progress: Callable[[int, float, float], None] | None = None, lm=None, run_state=None,
-             resume: bool = False, env=None, tick: Callable[[int, int, int], None] | None = None):
+             resume: bool = False, env=None, tick: Callable[[int, int, int], None] | None = None,
+             finish: bool = False):
     """Train with early stopping on the protocol's validation value; returns (model, history,
     best_epoch, stopped_by): ``"early_stopping"`` (patience ran out), ``"epoch_cap"``
-    (train.epochs did) or ``"closed_form"`` (a head fit without a loop).
+    (train.epochs did), ``"finished_early"`` (``finish``: an interrupted fine-tuning run ended at
+    its last finished epoch, by the user's choice) or ``"closed_form"`` (a head fit without a loop).
 
     ``lm``: a trainable backend (:func:`protlm.tasks.finetune.trainable_lm`) to train with the
     head; the inputs are then :class:`~protlm.tasks.finetune.SequenceSet`s and the model a
@@ -107,6 +109,13 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
         torch.set_rng_state(saved["torch_rng"])
         log.info("%s: resumed at epoch %d, batch %d (%d optimizer steps done)", config.name, first_epoch, skip,
                  acc.steps)
+        if finish and not done:  # end here: the best finished epoch is kept, nothing more is trained
+            if best_state is None:
+                raise InputError(f"{config.name}: --finish: the interrupted run has not finished an epoch yet; "
+                                 f"there is nothing to keep (resume it without --finish)")
+            stopped_by, done = "finished_early", True
+            log.warning("%s: --finish: ending the run after epoch %d (best epoch %d; early stopping had waited %d "
+                        "of its %d epochs of patience)", config.name, len(history), best_epoch, waited, t.patience)
 
     def checkpoint(epoch: int, batch: int, finished: bool = False) -> None:
         rngs = gather_objects(torch.get_rng_state(), env) if env is not None else [torch.get_rng_state()]
@@ -393,7 +402,10 @@ def check_source(head: TrainedHead, source) -> None:
 
 
 
-def cut_short_message(config: TaskConfig, best_epoch: int) -> str:
+def cut_short_message(config: TaskConfig, best_epoch: int, stopped_by: str = "epoch_cap") -> str:
+    if stopped_by == "finished_early":
+        return (f"{config.name}: --finish ended the run with the best validation value in its last finished epoch "
+                f"({best_epoch}): the head is probably under-trained")
     return (f"{config.name}: training stopped at the epoch cap (train.epochs={config.train.epochs}) with the best "
             f"validation value in the last epoch ({best_epoch}): the head is probably under-trained; raise "
             f"train.epochs so that early stopping (train.patience={config.train.patience}) ends it")
@@ -401,7 +413,7 @@ def cut_short_message(config: TaskConfig, best_epoch: int) -> str:
 
 def train(config: TaskConfig, out: str | Path, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
           progress: Callable[[str, dict], None] | None = None, source=None, resume: bool = False,
-          record: dict | None = None) -> dict:
+          record: dict | None = None, finish: bool = False) -> dict:
     """Train the head a config describes, score it on validation and test sets, save the folder.
 
     ``source``: the inputs to use (default: the protocol's, made from ``config.embedder``); left open.
@@ -412,7 +424,7 @@ def train(config: TaskConfig, out: str | Path, data_dir: str | Path | None = Non
     protocol = config.protocol_obj
     data = protocol.load_data(config, data_dir)
     if config.finetuning:
-        return _finetune(config, protocol, out, data, cache_dir, progress, t0, resume, record)
+        return _finetune(config, protocol, out, data, cache_dir, progress, t0, resume, record, finish)
     own = source is None
     if own:
         source = protocol.open_source(config, cache_dir)
@@ -506,7 +518,7 @@ def distributed_run() -> bool:
 
 
 def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData, cache_dir, progress, t0,
-              resume: bool = False, record: dict | None = None) -> dict:
+              resume: bool = False, record: dict | None = None, finish: bool = False) -> dict:
     """Train the LM with the head (module docstring of :mod:`protlm.tasks.finetune`), save both,
     then score the sets with the saved LM through the batch runner, as ``protlm evaluate`` does."""
     ft = config.finetune
@@ -538,15 +550,16 @@ def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData,
             progress("train", {"epoch": epoch, "done": done, "total": total})
 
     model, history, best_epoch, stopped_by = fit_head(config, protocol, tr, va, dim, data.info, epoch_cb, lm=lm,
-                                                      run_state=run_state, resume=resume, env=env, tick=tick)
+                                                      run_state=run_state, resume=resume, env=env, tick=tick,
+                                                      finish=finish)
     if env is not None:
         barrier(env)
         destroy(env)
         if env.rank != 0:
             return {"rank": env.rank}  # process 0 saves and scores
-    cut_short = stopped_by == "epoch_cap" and best_epoch == len(history)
+    cut_short = stopped_by in ("epoch_cap", "finished_early") and best_epoch == len(history)
     if cut_short:
-        log.warning("%s", cut_short_message(config, best_epoch))
+        log.warning("%s", cut_short_message(config, best_epoch, stopped_by))
     t_train = time.perf_counter() - t0
     save_lm(lm, ft, spec.name, out / LM_FOLDER)
     head = model.head.to("cpu").eval()
