@@ -819,3 +819,35 @@ def test_contacts_refuse_early_stopping_on_the_loss():
     with pytest.raises(ConfigError, match="P@L/5"):
         load_task_config(cfg, overrides=["train.early_stopping=loss"])
     assert load_task_config(cfg, overrides=["train.early_stopping=metric"]).train.early_stopping == "metric"
+
+
+def test_the_early_stopping_setting_names_a_suite_head_only_when_set(tmp_path, seq_files):
+    """A train: field added after v0.4 leaves the digests of finished suite cells unchanged at its
+    default, and names a new cell when set."""
+    import dataclasses
+
+    from protlm.tasks.suite import head_digest
+
+    identity = {"kind": "embedder", "fingerprint": "onehot"}
+    base = load_task_config(data=_config(seq_files["value"], "sequence_to_value", "ffn",
+                                         [{"name": "h", "label": "target"}]))
+    metric = load_task_config(data=_config(seq_files["value"], "sequence_to_value", "ffn",
+                                           [{"name": "h", "label": "target"}], early_stopping="metric"))
+    assert head_digest(base, identity) != head_digest(metric, identity)
+    # the default's digest is the digest of the config without the field (what v0.4 wrote)
+    import hashlib
+
+    tree = {**dataclasses.asdict(base), "embedder": None}
+    from protlm.tasks.features import identity_digest
+
+    tree["embedder"] = identity_digest(identity)
+    tree["data"] = {k: v for k, v in tree["data"].items() if k != "test"}
+    tree.pop("finetune", None)
+    del tree["train"]["early_stopping"]
+    from protlm.tasks.suite import training_file_digests
+
+    contents = training_file_digests(base)
+    if contents:
+        tree["data"]["file_contents"] = contents
+    old = hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert head_digest(base, identity) == old

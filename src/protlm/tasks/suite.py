@@ -41,7 +41,7 @@ from protlm.io.checksums import xxh3_file
 from protlm.tasks import metrics as M
 from protlm.tasks import perprotein
 from protlm.tasks.build import data_files, load_task_config, validate, with_finetune
-from protlm.tasks.config import SOURCE_OPTIONS, TaskConfig
+from protlm.tasks.config import SOURCE_OPTIONS, TaskConfig, TrainSettings
 from protlm.tasks.finetune import METHODS as FINETUNE_METHODS
 from protlm.tasks.finetune import STATE_FOLDER, changed_settings
 from protlm.tasks.features import embedder_slug, identity_digest
@@ -133,6 +133,10 @@ def training_file_digests(config: TaskConfig) -> list[str]:
     return [xxh3_file(path) for path in config.protocol_obj.training_files(config) if Path(path).is_file()]
 
 
+#: ``train:`` fields added after v0.4.0: a digest leaves them out at their defaults (see _finetune_part)
+LATER_TRAIN_SETTINGS = ("early_stopping",)
+
+
 def _finetune_part(tree: dict, config: TaskConfig) -> None:
     """A frozen head's digest has no fine-tuning part (the digests of v0.4 heads stay valid); a
     fine-tuned one has the settings that differ from the defaults (a setting added later with its
@@ -141,6 +145,12 @@ def _finetune_part(tree: dict, config: TaskConfig) -> None:
         tree["finetune"] = changed_settings(config.finetune)
     else:
         tree.pop("finetune", None)
+    # train: settings added after v0.4 count only when set, so finished cells stay valid
+    train = tree.get("train")
+    if isinstance(train, dict):
+        for key in LATER_TRAIN_SETTINGS:
+            if key in train and train[key] == getattr(TrainSettings(), key):
+                del train[key]
 
 
 def test_digests(config: TaskConfig) -> dict[str, str] | None:
