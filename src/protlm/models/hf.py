@@ -137,7 +137,7 @@ LM_HEADS = {
     "esm": ("EsmForMaskedLM", "lm_head"),
     "bert": ("BertForMaskedLM", "cls"),
     "albert": ("AlbertForMaskedLM", "predictions"),
-    "gpt_neox": ("GPTNeoXForCausalLM", "lm_head"),  # saved as embed_out by transformers < 5
+    "gpt_neox": ("GPTNeoXForCausalLM", "lm_head"),
     "xlnet": ("XLNetLMHeadModel", "lm_loss"),
 }
 
@@ -167,13 +167,13 @@ def load_lm_head(spec: str, family: Family, *, dtype=None, seed: int = 0, what: 
         else:
             full, info = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, trust_remote_code=False,
                                              output_loading_info=True)
-            missing = [k for k in info.get("missing_keys", []) if k.split(".")[0] in (attr, "embed_out")]
+            missing = [k for k in info.get("missing_keys", []) if k.split(".")[0] == attr]
     except (OSError, ValueError) as exc:
         raise InputError(f"{what} {source}: the LM head could not be loaded "
                          f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
     if missing:
         raise InputError(f"{what} {source}: the folder's weights hold no LM head ({', '.join(sorted(missing)[:3])} "
                          f"missing): logits need the model saved with its head ({cls_name})")
-    head = getattr(full, attr) if hasattr(full, attr) else getattr(full, "embed_out")  # GPT-NeoX, transformers < 5
+    head = getattr(full, attr)
     head.eval()
     return head

@@ -123,7 +123,7 @@ def head_digest(config: TaskConfig, identity: dict) -> str:
         contents = training_file_digests(config)
         if contents:  # a training file rewritten in place (same path, other labels) trains the head again
             tree["data"]["file_contents"] = contents
-    _finetune_part(tree, config)
+    _versioned_parts(tree, config)
     return _digest(tree)
 
 
@@ -133,19 +133,18 @@ def training_file_digests(config: TaskConfig) -> list[str]:
     return [xxh3_file(path) for path in config.protocol_obj.training_files(config) if Path(path).is_file()]
 
 
-#: ``train:`` fields added after v0.4.0: a digest leaves them out at their defaults (see _finetune_part)
+#: ``train:`` fields added after v0.4.0: a digest leaves them out at their defaults (see _versioned_parts)
 LATER_TRAIN_SETTINGS = ("early_stopping",)
 
 
-def _finetune_part(tree: dict, config: TaskConfig) -> None:
-    """A frozen head's digest has no fine-tuning part (the digests of v0.4 heads stay valid); a
-    fine-tuned one has the settings that differ from the defaults (a setting added later with its
-    old behaviour as default keeps finished cells)."""
+def _versioned_parts(tree: dict, config: TaskConfig) -> None:
+    """The parts of a digest tree added after v0.4, kept only where they matter, so finished cells
+    stay valid: a frozen head's digest has no fine-tuning part, a fine-tuned one the settings that
+    differ from the defaults; ``train:`` fields added later count only when set."""
     if config.finetuning:
         tree["finetune"] = changed_settings(config.finetune)
     else:
         tree.pop("finetune", None)
-    # train: settings added after v0.4 count only when set, so finished cells stay valid
     train = tree.get("train")
     if isinstance(train, dict):
         for key in LATER_TRAIN_SETTINGS:
@@ -179,7 +178,7 @@ def legacy_digest(config: TaskConfig, identity: dict, tests: list[str]) -> str |
     whole config, its test sets restricted to ``tests`` (the ones the old run scored), without the
     CSV column fields added since. None when the config cannot have made that run."""
     tree = {**config.as_dict(), "embedder": identity_digest(identity)}
-    _finetune_part(tree, config)
+    _versioned_parts(tree, config)
     data = tree.get("data")
     if isinstance(data, dict) and "test" in data:
         if not set(tests) <= set(data["test"]):
