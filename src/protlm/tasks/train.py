@@ -178,6 +178,9 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
             totals = [0.0, 0.0]
             epoch_rng = rng.bit_generator.state
             checkpoint(epoch + 1, 0, done)
+    if best_state is None and history:  # every epoch's metric undefined: no epoch to keep
+        raise ProtlmError(f"{config.name}: the validation {key} was undefined in every epoch (constant predictions); "
+                          f"nothing was saved — use train.early_stopping=loss")
     if best_state is not None:
         model.load_state_dict(best_state, strict=lm is None)
     model.eval()
