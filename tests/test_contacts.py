@@ -510,11 +510,30 @@ def test_suite_scores_a_structure_set_of_ones_own_with_extra_test(tmp_path, caps
     assert set(json.loads((metrics_file.parent / "per_protein.json").read_text())["sets"]) == {"held_out_valid", "mine"}
     for extra, message in ((f"pairs:mine={own}:csv", "format npz, not 'csv'"),
                            (f"pairs:held_out_valid={own}:npz", "held-out validation chains' name"),
-                           (f"pairs:mine={own}:npz:label_column=y", "takes no options")):
+                           (f"pairs:mine={own}:npz:label_column=y", "one option, full_sequences=FASTA"),
+                           (f"pairs:whole={own}:npz:full_sequences={tmp_path / 'none.fasta'}", "none.fasta: no such")):
         capsys.readouterr()
         assert main([*base, "--extra-test", extra]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
+    # full_sequences=FASTA: the model reads each chain's whole sequence (the stretch located in it),
+    # as it does for the shared set; the set's selection says so
+    own_seqs = {c.id: c.seq for c in load_chains(own, None)}
+    fasta = tmp_path / "whole.fasta"
+    fasta.write_text("".join(f">{k} a longer protein\nMKTW{s}GGH\n" for k, s in own_seqs.items()))
+    assert main([*base, "--extra-test", f"pairs:whole={own}:npz:full_sequences={fasta}"]) == 0, capsys.readouterr().err
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    whole = {r["embedder"]: r["test"]["whole"]["contacts"] for r in doc["results"]}
+    assert whole["onehot"]["chains"] == 6
+    assert weights.stat().st_mtime_ns == stamp
+    from protlm.tasks.train import load_head
+    head = load_head(metrics_file.parent)
+    head.config.data.test = {"whole": {"file": str(own), "full_sequences": str(fasta)}, "mine": str(own)}
+    sets = head.protocol.test_sets(head, ["whole", "mine"], data)
+    assert [c.model_input for c in sets["whole"]] == [f"MKTW{s}GGH" for s in own_seqs.values()]
+    assert [c.offset for c in sets["whole"]] == [4] * 6 and [c.seq for c in sets["whole"]] == list(own_seqs.values())
+    assert [c.model_input for c in sets["mine"]] == list(own_seqs.values())
+    assert "whole sequences of" in sets["whole"].selection["limits"]
 
 
 @pytest.mark.parametrize("arch, vocab, prefix", [("bert", "protbert", 1), ("t5", "prott5", 0), ("causal", "esm", 1)])

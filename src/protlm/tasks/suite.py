@@ -41,7 +41,7 @@ from protlm.io.checksums import xxh3_file
 from protlm.tasks import metrics as M
 from protlm.tasks import perprotein
 from protlm.tasks.build import data_files, load_task_config, validate, with_finetune
-from protlm.tasks.config import SOURCE_OPTIONS, TaskConfig, TrainSettings
+from protlm.tasks.config import TaskConfig, TrainSettings
 from protlm.tasks.finetune import METHODS as FINETUNE_METHODS
 from protlm.tasks.finetune import STATE_FOLDER, changed_settings
 from protlm.tasks.features import embedder_slug, identity_digest
@@ -71,7 +71,7 @@ EXTRA_TEST_FORM = "TASK:NAME=PATH:FORMAT[:KEY=VALUE,...]"
 def parse_extra_tests(items: list[str]) -> dict[str, dict[str, dict]]:
     """``TASK:NAME=PATH:FORMAT`` or ``TASK:NAME=PATH:csv:label_column=y,seq_column=s,kind=float``
     → ``{task: {name: {file, format, **options}}}`` (the sources are made per task, with its
-    targets: :func:`add_tests`)."""
+    targets: :func:`add_tests`; each protocol checks its own options there)."""
     out: dict[str, dict[str, dict]] = {}
     for item in items:
         try:
@@ -91,10 +91,6 @@ def parse_extra_tests(items: list[str]) -> dict[str, dict[str, dict]]:
                               f"stability:mine=my.csv:csv:seq_column=sequence,label_column=y") from None
         if not task_name or not name or not path:
             raise ConfigError(f"--extra-test {item!r}: expected {EXTRA_TEST_FORM}")
-        unknown = sorted(set(options) - set(SOURCE_OPTIONS))
-        if unknown:
-            raise ConfigError(f"--extra-test {item!r}: unknown option {unknown[0]!r} "
-                              f"(choose from {', '.join(SOURCE_OPTIONS)})")
         out.setdefault(task_name, {})[name] = {"file": path, "format": fmt, **options}
     return out
 
@@ -162,10 +158,12 @@ def test_digests(config: TaskConfig) -> dict[str, str] | None:
     out = {name: _digest({"made_by_the_protocol": name}) for name in protocol.own_tests}  # the head digest covers them
     for name, src in (tests or {}).items():
         tree = dataclasses.asdict(src) if dataclasses.is_dataclass(src) else {"source": src}
-        for file in protocol.source_files(src):
-            if Path(file).is_file():
-                st = Path(file).stat()
-                tree["stat"] = [st.st_size, st.st_mtime_ns]
+        stats = [[st.st_size, st.st_mtime_ns] for st in (Path(f).stat() for f in protocol.source_files(src)
+                                                          if Path(f).is_file())]
+        if len(stats) == 1:
+            tree["stat"] = stats[0]
+        elif stats:
+            tree["stats"] = stats  # every file the set reads (a structure set and its FASTA of whole sequences)
         out[name] = _digest(tree)
     return out
 

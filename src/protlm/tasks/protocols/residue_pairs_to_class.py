@@ -80,7 +80,9 @@ class ContactDataConfig:
     threshold: float = 8.0  # Å
     min_separation: int = 6  # pairs closer in sequence are not trained on
     seed: int = 0
-    test: dict[str, str] = field(default_factory=dict)  # name → a structure set of one's own (npz): every chain scored
+    # name → a structure set of one's own (npz): every chain scored; a path, or {file: PATH, full_sequences: FASTA}
+    # when the model should read whole sequences (the structure stretch located in them, as for the shared set)
+    test: dict[str, str | dict] = field(default_factory=dict)
 
 
 DATA_KEYS = set(ContactDataConfig.__dataclass_fields__)
@@ -270,6 +272,13 @@ class ResiduePairsToClass(Protocol):
              "it out")
         need(TEST_SET not in d.test, f"data.test.{TEST_SET}", "is the held-out validation chains' name; name the set "
              "another way")
+        for name, entry in d.test.items():
+            if isinstance(entry, dict):
+                need(isinstance(entry.get("file"), str) and set(entry) <= {"file", "full_sequences"}
+                     and isinstance(entry.get("full_sequences", ""), str), f"data.test.{name}",
+                     "must be a structure set's path or {file: PATH, full_sequences: FASTA}")
+            else:
+                need(isinstance(entry, str), f"data.test.{name}", "must be a structure set's path (npz)")
         if c.head.type == "attention_lr":
             need(c.embedder_name not in BASELINES, "embedder",
                  f"attention_lr needs a transformer LM folder, not the baseline {c.embedder_name!r}")
@@ -320,10 +329,15 @@ class ResiduePairsToClass(Protocol):
                          "train_ids": [c.id for c in train], "early_stop_ids": [c.id for c in early]},
                 "caveat": REDUNDANCY_CAVEAT}
         tests = {TEST_SET: rest}
-        for name, path in d.test.items():  # structure sets of one's own: every chain, each its own sequence
-            chains = ChainSet(load_chains(path, None))
+        for name, entry in d.test.items():  # structure sets of one's own: every chain
+            path, fasta = _test_entry(entry)
+            if fasta is not None and not Path(fasta).is_file():
+                raise InputError(f"data.test.{name}: full_sequences {fasta}: no such file (a FASTA of whole sequences)")
+            chains = ChainSet(load_chains(path, None, full_sequences=read_full_sequences(fasta) if fasta else None))
             chains.selection = {"set_chains": len(chains), "scored_chains": len(chains), "dropped": [],
-                                "max_length": None, "sample": None, "limits": f"every chain of {path}"}
+                                "max_length": None, "sample": None,
+                                "limits": f"every chain of {path}" + (f", read in the whole sequences of {fasta}"
+                                                                      if fasta else "")}
             tests[name] = chains
         return TaskData(train, early, tests, info)
 
@@ -333,11 +347,22 @@ class ResiduePairsToClass(Protocol):
         if format not in (None, "npz"):
             raise ConfigError(f"{where}: a contact task reads a structure set in the npz layout (docs/contacts.md), "
                               f"format npz, not {format!r}")
-        if options:
-            raise ConfigError(f"{where}: a structure set takes no options ({', '.join(sorted(options))})")
+        unknown = sorted(set(options) - {"full_sequences"})
+        if unknown:
+            raise ConfigError(f"{where}: a structure set takes one option, full_sequences=FASTA (the whole "
+                              f"sequences the model reads), not {', '.join(unknown)}")
         if not Path(file).is_file():
             raise InputError(f"{where}: {file}: no such file (a structure set in the npz layout)")
-        return str(Path(file).resolve())
+        fasta = options.get("full_sequences")
+        if fasta is None:
+            return str(Path(file).resolve())
+        if not Path(fasta).is_file():
+            raise InputError(f"{where}: full_sequences {fasta}: no such file (a FASTA of whole sequences)")
+        return {"file": str(Path(file).resolve()), "full_sequences": str(Path(fasta).resolve())}
+
+    def source_files(self, source) -> list[str]:
+        path, fasta = _test_entry(source)
+        return [path] if fasta is None else [path, fasta]
 
     def evaluation_sets(self, head, request: dict, data_dir) -> dict[str, list[Chain]]:
         """Every chain of a set, unless the request caps them (training's limits stay training's).
@@ -677,6 +702,13 @@ class ResiduePairsToClass(Protocol):
 
 #: What replaces a full-sequence FASTA that is gone (``request["full_sequences"]`` of evaluation_sets).
 FULL_SEQUENCES_OPTION = "--full-sequences"
+
+
+def _test_entry(entry) -> tuple[str, str | None]:
+    """(structure set, FASTA of whole sequences or None) of one ``data.test`` entry."""
+    if isinstance(entry, dict):
+        return entry["file"], entry.get("full_sequences")
+    return entry, None
 
 
 def _fit_position_limit(chains: list[Chain], limit: int | None) -> None:
