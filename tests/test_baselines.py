@@ -196,8 +196,10 @@ def test_unknown_names_and_missing_paths_give_one_clear_error(tmp_path):
         load_embedder("onehott")
     with pytest.raises(InputError, match="no such folder"):
         load_embedder(str(tmp_path / "no-such-model"))
-    with pytest.raises(ConfigError, match="baseline embedder"):
+    with pytest.raises(ConfigError, match="baseline embedder.*\\(--layer: only a language model takes it\\)"):
         load_embedder("onehot", EmbedOptions(layer=2))
+    with pytest.raises(ConfigError, match="\\(--layer, --int8: only a language model takes them\\)"):
+        load_embedder("blosum62", EmbedOptions(layer=2, int8=True))
 
 
 def test_missing_default_kmer_model_is_one_input_error(monkeypatch, tmp_path):

@@ -144,9 +144,10 @@ def refuse_lm_options(name: str, options: EmbedOptions | None) -> None:
     """LM-only options (a layer, a precision, int8) mean nothing here: say so instead of ignoring them."""
     if options is None:
         return
-    if options.lm_options_set():
+    given = options.lm_options_set()
+    if given:
         raise ConfigError(f"--model {name} is a baseline embedder: it has no layers or precision "
-                          f"({'/'.join(options.lm_options_set())} apply to language models)")
+                          f"({', '.join(given)}: only a language model takes {'it' if len(given) == 1 else 'them'})")
 
 
 # --------------------------------------------------------------------------- registration
