@@ -233,6 +233,81 @@ def test_a_job_gives_what_protlm_predict_gives(server, expected):
     assert other["id"] != job["id"] and other["tasks"] == ["secondary_structure"]
 
 
+def test_the_job_store_cancels_deletes_and_expires_jobs(tmp_path):
+    """Without a server: a queued job is cancelled at once and the worker never runs it (also when
+    the worker read it just before the cancel file appeared); only finished jobs are deleted;
+    --keep-days removes finished jobs older than the limit and nothing else."""
+    from protlm.serve.inputs import Limits, parse
+    from protlm.serve.jobs import JobStateError, JobStore, run_job
+
+    store = JobStore.open(tmp_path)
+    sub = parse(FASTA.encode(), "pasted text", Limits())
+    a, b, c = (store.create(sub, ["secondary_structure"]) for _ in range(3))
+    assert store.cancel(a["id"])["state"] == "cancelled" and store.cancel_requested(a["id"])
+    run_job(store, a["id"], None)  # a cancelled job is not run
+    assert store.read(a["id"])["state"] == "cancelled" and not (store.root / a["id"] / "out").exists()
+    with pytest.raises(JobStateError, match="only a queued or running job can be cancelled"):
+        store.cancel(a["id"])
+    with pytest.raises(JobStateError, match="cancel it first"):
+        store.delete(b["id"])
+    (store.root / b["id"] / "cancel").write_text("x")  # the race: the file, but job.json still says queued
+    run_job(store, b["id"], None)
+    assert store.read(b["id"])["state"] == "cancelled" and store.read(b["id"])["finished"]
+    with pytest.raises(KeyError):
+        store.cancel("A" * 24)
+    old = store.read(a["id"])
+    old["finished"] -= 3 * 86400
+    store.write(old)
+    assert store.expire(2 * 86400) == [a["id"]] and store.read(a["id"]) is None
+    assert store.expire(2 * 86400) == []  # b finished just now; c is queued (never expired)
+    assert store.read(b["id"])["state"] == "cancelled" and store.read(c["id"])["state"] == "queued"
+    store.delete(b["id"])
+    assert store.read(b["id"]) is None and not (store.root / b["id"]).exists()
+
+
+@needs_weights
+def test_a_running_job_is_cancelled_and_a_finished_one_deleted(server):
+    c = server.client
+    big = _random_proteins(1200, 60)  # five parts of 256 proteins: the cancel lands between two
+    job = c.submit(big, tasks=["ss"])
+    end = time.monotonic() + 60
+    while c.job(job["id"])["state"] == "queued" and time.monotonic() < end:
+        time.sleep(0.05)
+    with pytest.raises(ApiError) as info:
+        c.delete(job["id"])
+    assert info.value.status == 409 and "cancel it first" in info.value.detail
+    asked = c.cancel(job["id"])
+    assert asked["cancel_requested"] and asked["state"] in ("running", "cancelled")
+    gone = c.wait(job["id"], timeout=120)
+    assert gone["state"] == "cancelled" and gone["progress"]["done"] < gone["progress"]["total"], gone
+    with pytest.raises(ApiError) as info:
+        c.results(job["id"])
+    assert info.value.status == 409 and "cancelled" in info.value.detail
+    status, page, _ = c.request("GET", f"/jobs/{job['id']}")
+    assert status == 200 and b'id="cancelled"' in page and b'action="/jobs/' + job["id"].encode() + b'/delete"' in page
+    with pytest.raises(ApiError) as info:
+        c.cancel(job["id"])
+    assert info.value.status == 409 and "only a queued or running job" in info.value.detail
+    assert c.delete(job["id"]) == {"id": job["id"], "deleted": True}
+    for call in (c.job, c.delete, c.cancel):
+        with pytest.raises(ApiError) as info:
+            call(job["id"])
+        assert info.value.status == 404
+    # the pages' buttons are plain forms: a done job is deleted from its page, without script
+    done = c.submit(FASTA, tasks=["ss"])
+    assert c.wait(done["id"], timeout=120)["state"] == "done"
+    status, page, _ = c.request("GET", f"/jobs/{done['id']}")
+    assert b'id="delete"' in page
+    status, page, _ = c.request("POST", f"/jobs/{done['id']}/delete", b"", "application/x-www-form-urlencoded")
+    assert status == 200 and b"was deleted" in page and c.request("GET", f"/api/jobs/{done['id']}")[0] == 404
+
+
+def test_cli_refuses_a_non_positive_keep_days(capsys):
+    assert main(["serve", "--keep-days", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--keep-days must be a positive number of days" in err
+
+
 @needs_weights
 def test_jobs_survive_a_restart_and_the_queue_has_a_limit(tmp_path, expected):
     data, cache = tmp_path / "data", tmp_path / "cache"

@@ -54,6 +54,8 @@ def cmd_serve(args) -> int:
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * MB), max_sequences=args.max_sequences,
                     max_length=args.max_length, max_residues=args.max_residues, max_jobs=args.max_jobs)
     limits.check()
+    if args.keep_days is not None and not args.keep_days > 0:
+        raise ConfigError("--keep-days must be a positive number of days")
     if not is_loopback(args.host):
         print(f"protlm serve: warning: listening on {args.host}, not only this machine: anyone who can reach port "
               f"{args.port} can submit jobs (there are no accounts; a job's id is the only key to its results)",
@@ -63,7 +65,7 @@ def cmd_serve(args) -> int:
 
     from protlm.serve.app import create_app
 
-    app = create_app(args.data_dir, limits, cache_dir=cache_dir(args), threads=args.threads)
+    app = create_app(args.data_dir, limits, cache_dir=cache_dir(args), threads=args.threads, keep_days=args.keep_days)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"protlm serve: http://{shown}:{args.port}/  (API: /docs, /openapi.json; data: {args.data_dir}); "
           f"Ctrl-C stops it, queued jobs continue at the next start", file=sys.stderr, flush=True)
@@ -85,6 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--data-dir", default=default_data_dir(),
                    help="jobs and their results (default: $XDG_CACHE_HOME/protlm/serve, else ~/.cache/protlm/serve)")
+    p.add_argument("--keep-days", type=float, default=None, metavar="DAYS",
+                   help="delete a finished job (done, failed, cancelled) this many days after it finished, at "
+                        "start and then hourly (default: keep until its page or DELETE /api/jobs/ID deletes it)")
     g = p.add_argument_group("limits (a submission over one is refused with a message, HTTP 413/429)")
     g.add_argument("--max-upload-mb", type=float, default=10.0, help="MB per submission, pasted or uploaded "
                                                                      "(default 10)")

@@ -5,7 +5,9 @@ then downloads and the report ``protlm predict`` writes, inline), ``/jobs/{id}/r
 report's own files: its pages, and a contact predictor's maps), ``/docs`` (the API, rendered from
 the OpenAPI document on the server: no script, no CDN). API: ``POST /api/jobs``, ``GET
 /api/jobs/{id}``, ``GET /api/jobs/{id}/results`` (predictions.json), ``GET
-/api/jobs/{id}/results.csv``, ``GET /api/predictors``; the OpenAPI document is ``/openapi.json``.
+/api/jobs/{id}/results.csv``, ``POST /api/jobs/{id}/cancel``, ``DELETE /api/jobs/{id}``, ``GET
+/api/predictors``; the OpenAPI document is ``/openapi.json``. The pages' Cancel and Delete buttons
+are forms posting to ``/jobs/{id}/cancel`` and ``/jobs/{id}/delete`` (they work without script).
 Errors are JSON ``{"detail": "one line"}`` with a 4xx status.
 
 Every script and style the pages use ships in ``protlm/serve/static/``; the pages send a
@@ -31,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from protlm import __version__
 from protlm.predictors import report
 from protlm.serve.inputs import MB, Limits, SubmitError, display_name, parse, parse_tasks
-from protlm.serve.jobs import OUT, JobStore, Worker
+from protlm.serve.jobs import OUT, JobStateError, JobStore, Worker
 
 log = logging.getLogger("protlm.serve")
 
@@ -141,7 +143,14 @@ def _page(title: str, body: str, *, script: bool = False, report_css: bool = Fal
             f"<a href=\"/docs\">API</a></header>\n{body}\n</body></html>\n")
 
 
-def _index_page(limits: Limits | None, error: str | None = None) -> str:
+def _kept(keep_days: float | None) -> str:
+    return (f"Results are deleted {keep_days:g} day{'s' if keep_days != 1 else ''} after their job finished (this "
+            f"server's --keep-days); a job's page can delete them sooner." if keep_days is not None else
+            "Results are kept until their job's page deletes them.")
+
+
+def _index_page(limits: Limits | None, error: str | None = None, keep_days: float | None = None,
+                notice: str | None = None) -> str:
     from protlm.predictors.predictor import DEFAULT_EMBEDDER, default_names, split_name
 
     limits = limits or _LIMITS
@@ -160,6 +169,8 @@ def _index_page(limits: Limits | None, error: str | None = None) -> str:
                     f"({what}):</span> {''.join(sets[embedder])}</p>")
     err = f"<p id=\"error\" class=\"error\" role=\"alert\">{_e(error)}</p>" if error else \
         "<p id=\"error\" class=\"error\" role=\"alert\" hidden></p>"
+    if notice:
+        err = f"<p id=\"notice\" class=\"note\" role=\"status\">{_e(notice)}</p>" + err
     body = f"""<h1>Predict from sequence</h1>
 <p class="meta">protlm's shipped predictors (secondary structure Q3/Q8, localization, stability, SCOP class), one
 per task and embedder: the UniRep-64 set, and larger embedders' where shipped; every result comes with its model
@@ -178,7 +189,8 @@ card. Runs on this machine only.</p>
 <p class="note">Limits of this server: {limits.max_upload_bytes / MB:g} MB per submission,
 {limits.max_sequences:,} proteins and {limits.max_residues:,} residues per job, {limits.max_length:,} residues per
 protein, {limits.max_jobs} jobs waiting at once. Letters: the 20 amino acids, X, and B/O/U/Z (read as X).
-Results are kept on this machine under their job id (the address of the job's page); nobody can list them.</p>"""
+Results are kept on this machine under their job id (the address of the job's page); nobody can list them.
+{_e(_kept(keep_days))}</p>"""
     return _page("protlm serve", body, script=True)
 
 
@@ -192,28 +204,43 @@ def _report_body(doc: str, index_href: str, report_href: str | None = None) -> s
     return body.replace('href="../', f'href="{_e(report_href)}/') if report_href else body
 
 
+def _button(jid: str, action: str, label: str) -> str:
+    """A form with one button posting to /jobs/<id>/<action> (works without script)."""
+    return (f"<form class=\"inline\" method=\"post\" action=\"/jobs/{_e(jid)}/{action}\">"
+            f"<button type=\"submit\" id=\"{action}\">{_e(label)}</button></form>")
+
+
 def _job_page(store: JobStore, job: dict) -> str:
     jid = job["id"]
     state = job["state"]
     head = (f"<h1>Job <code>{_e(jid[:8])}…</code></h1><p class=\"meta\">{_e(job['source'])} · "
             f"{job['proteins']:,} protein{'s' if job['proteins'] != 1 else ''} · {job['residues']:,} residues · {_e(', '.join(job['tasks']))}</p>")
+    delete = _button(jid, "delete", "Delete this job")
     if state in ("queued", "running"):
         done, total = job["progress"]["done"], max(job["progress"]["total"], 1)
+        stopping = store.cancel_requested(jid)
+        status = f"{state}: {done:,} of {total:,} residues" + (" (cancelling: it stops after the part it is on)"
+                                                                 if stopping else "")
         body = (f"{head}<div id=\"job\" data-job=\"{_e(jid)}\" data-state=\"{_e(state)}\">"
-                f"<p id=\"status\">{_e(state)}: {done:,} of {total:,} residues</p>"
+                f"<p id=\"status\">{_e(status)}</p>"
                 f"<progress id=\"progress\" max=\"{total}\" value=\"{done}\"></progress>"
                 f"<p class=\"note\">This page updates itself; you may close it and come back to this address.</p>"
-                f"</div>")
+                f"{'' if stopping else _button(jid, 'cancel', 'Cancel this job')}</div>")
         return _page("protlm job", body, script=True)
     if state == "failed":
         body = (f"{head}<p id=\"error\" class=\"error\" role=\"alert\">{_e(job['error'])}</p>"
-                f"<p><a href=\"/\">Submit again</a></p>")
+                f"<p><a href=\"/\">Submit again</a></p>{delete}")
         return _page("protlm job failed", body)
+    if state == "cancelled":
+        done, total = job["progress"]["done"], job["progress"]["total"]
+        body = (f"{head}<p id=\"cancelled\" role=\"status\">Cancelled after {done:,} of {total:,} residues; "
+                f"no results were kept.</p><p><a href=\"/\">Submit again</a></p>{delete}")
+        return _page("protlm job cancelled", body)
     api = f"/api/jobs/{jid}"
     parts = [head, f"<p id=\"downloads\"><a id=\"csv\" href=\"{api}/results.csv\" download>predictions.csv</a> · "
                    f"<a id=\"json\" href=\"{api}/results\" download=\"predictions.json\">predictions.json</a> · "
                    f"<a id=\"report\" href=\"/jobs/{jid}/report/index.html\">the full report</a> "
-                   f"<span class=\"meta\">({job['result']['seconds']:.1f} s)</span></p>"]
+                   f"<span class=\"meta\">({job['result']['seconds']:.1f} s)</span></p>{delete}"]
     from protlm.io.outputs import safe_names
 
     ids = store.ids(jid)
@@ -240,15 +267,17 @@ _LIMITS = Limits()
 
 
 def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir: str | None = None,
-               threads: int | None = None) -> "BodyLimit":
+               threads: int | None = None, keep_days: float | None = None) -> "BodyLimit":
     """The ASGI application (the FastAPI app is its ``.app``); its worker process starts with the
-    server (lifespan) and stops with it."""
+    server (lifespan) and stops with it. ``keep_days``: finished jobs are deleted that long after
+    they finished (None: kept until deleted)."""
     global _LIMITS
     limits = limits or Limits()
     limits.check()
     _LIMITS = limits
     store = JobStore.open(data_dir)
-    worker = Worker(store, cache_dir=cache_dir, threads=threads)
+    worker = Worker(store, cache_dir=cache_dir, threads=threads,
+                    keep_seconds=keep_days * 86400 if keep_days is not None else None)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -289,6 +318,15 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
             raise StarletteHTTPException(404, "no such job (job ids are the long random strings a submission "
                                               "returns)")
         return job
+
+    def change(action, job_id: str) -> None:
+        """Cancel or delete a job: 404 for no such job, 409 when its state does not allow it."""
+        try:
+            action(job_id)
+        except KeyError:
+            job_or_404(job_id)
+        except JobStateError as exc:
+            raise StarletteHTTPException(409, str(exc)) from None
 
     def result_file(job_id: str, name: str) -> Path:
         job = job_or_404(job_id)
@@ -352,13 +390,14 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
         (letters, empty records, duplicate ids, this server's limits) before the job is queued; the
         answer holds the job's id — the only way to its state and results."""
         job = await submission(request)
-        return JSONResponse(_public(job), status_code=202)
+        return JSONResponse(_public(job, store), status_code=202)
 
     @app.get("/api/jobs/{job_id}", tags=["jobs"], summary="A job's state and progress",
              responses={404: {"description": "no such job"}})
     async def job_state(job_id: str) -> dict:
-        """`state`: queued, running, done or failed (`error` says why); `progress`: residues done of total."""
-        return _public(job_or_404(job_id))
+        """`state`: queued, running, done, failed (`error` says why) or cancelled; `progress`: residues done
+        of total; `cancel_requested`: a cancel was asked for (a running job stops after the part it is on)."""
+        return _public(job_or_404(job_id), store)
 
     @app.get("/api/jobs/{job_id}/results", tags=["jobs"], summary="A done job's predictions (JSON)",
              responses={404: {"description": "no such job"}, 409: {"description": "not done (yet)"}})
@@ -375,6 +414,23 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
         return FileResponse(result_file(job_id, "predictions.csv"), media_type="text/csv",
                             filename=f"protlm-{job_id[:8]}.csv")
 
+    @app.post("/api/jobs/{job_id}/cancel", status_code=202, tags=["jobs"], summary="Cancel a queued or running job",
+              responses={404: {"description": "no such job"}, 409: {"description": "the job has finished"}})
+    async def cancel(job_id: str) -> JSONResponse:
+        """A queued job is cancelled at once (`state`: cancelled); a running one stops after the part it
+        is on (`cancel_requested`: true until its `state` is cancelled). Its partial results are not kept."""
+        await run_in_threadpool(change, store.cancel, job_id)
+        return JSONResponse(_public(job_or_404(job_id), store), status_code=202)
+
+    @app.delete("/api/jobs/{job_id}", tags=["jobs"], summary="Delete a finished job",
+                responses={404: {"description": "no such job"}, 409: {"description": "queued or running: cancel it "
+                                                                                      "first"}})
+    async def delete(job_id: str) -> dict:
+        """Removes a done, failed or cancelled job's sequences and results from the server; its id is
+        then unknown (404)."""
+        await run_in_threadpool(change, store.delete, job_id)
+        return {"id": job_id, "deleted": True}
+
     @app.get("/api/predictors", tags=["predictors"], summary="The predictors and their model cards")
     async def predictors() -> dict:
         """Every shipped predictor's name (TASK, or TASK@EMBEDDER off UniRep-64) with its model card (task,
@@ -385,7 +441,7 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
-        return HTMLResponse(_index_page(limits))
+        return HTMLResponse(_index_page(limits, keep_days=keep_days))
 
     @app.post("/jobs", include_in_schema=False)
     async def submit_form(request: Request):
@@ -393,7 +449,7 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
         try:
             job = await submission(request)
         except SubmitError as exc:
-            return HTMLResponse(_index_page(limits, error=str(exc)), status_code=exc.status)
+            return HTMLResponse(_index_page(limits, error=str(exc), keep_days=keep_days), status_code=exc.status)
         return RedirectResponse(f"/jobs/{job['id']}", status_code=303)
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
@@ -403,6 +459,16 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
             return HTMLResponse(_page("no such job", "<h1>No such job</h1><p id=\"error\" class=\"error\">No job "
                                                      "has this address.</p>"), status_code=404)
         return HTMLResponse(await run_in_threadpool(_job_page, store, job))
+
+    @app.post("/jobs/{job_id}/cancel", include_in_schema=False)
+    async def cancel_form(job_id: str):
+        await run_in_threadpool(change, store.cancel, job_id)
+        return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+    @app.post("/jobs/{job_id}/delete", include_in_schema=False)
+    async def delete_form(job_id: str):
+        await run_in_threadpool(change, store.delete, job_id)
+        return HTMLResponse(_index_page(limits, keep_days=keep_days, notice=f"Job {job_id[:8]}… was deleted."))
 
     @app.get("/jobs/{job_id}/report/{name:path}", include_in_schema=False)
     async def report_file(job_id: str, name: str):
@@ -423,7 +489,7 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        if request.url.path.startswith("/jobs/") and request.method == "GET":
+        if request.url.path.startswith("/jobs/") and request.method in ("GET", "POST"):
             return HTMLResponse(_page("error", f"<h1>{exc.status_code}</h1><p id=\"error\" class=\"error\">"
                                                f"{_e(exc.detail)}</p>"), status_code=exc.status_code)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
@@ -439,12 +505,13 @@ def _map_folders(out: Path) -> list[str]:
     return [n for n in map_folders(out / STATE / MANIFEST) if (out / n).is_dir()]
 
 
-def _public(job: dict) -> dict:
+def _public(job: dict, store: JobStore) -> dict:
     out = {k: job[k] for k in ("id", "state", "created", "started", "finished", "source", "proteins", "residues",
                                "tasks", "progress", "error", "result")}
+    out["cancel_requested"] = job["state"] in ("queued", "running", "cancelled") and store.cancel_requested(job["id"])
     base = f"/api/jobs/{job['id']}"
     out["links"] = {"self": base, "page": f"/jobs/{job['id']}", "results": f"{base}/results",
-                    "results_csv": f"{base}/results.csv"}
+                    "results_csv": f"{base}/results.csv", "cancel": f"{base}/cancel"}
     return out
 
 

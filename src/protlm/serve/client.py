@@ -78,15 +78,21 @@ class Client:
         return self._json("GET", f"/api/jobs/{job_id}")
 
     def wait(self, job_id: str, timeout: float = 300.0, poll: float = 0.2) -> dict:
-        """The job once done or failed (TimeoutError after ``timeout`` seconds)."""
+        """The job once done, failed or cancelled (TimeoutError after ``timeout`` seconds)."""
         end = time.monotonic() + timeout
         while True:
             job = self.job(job_id)
-            if job["state"] in ("done", "failed"):
+            if job["state"] in ("done", "failed", "cancelled"):
                 return job
             if time.monotonic() > end:
                 raise TimeoutError(f"job {job_id} still {job['state']} after {timeout:g} s")
             time.sleep(poll)
+
+    def cancel(self, job_id: str) -> dict:
+        return self._json("POST", f"/api/jobs/{job_id}/cancel")
+
+    def delete(self, job_id: str) -> dict:
+        return self._json("DELETE", f"/api/jobs/{job_id}")
 
     def results(self, job_id: str) -> dict:
         return self._json("GET", f"/api/jobs/{job_id}/results")

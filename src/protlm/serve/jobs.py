@@ -9,7 +9,11 @@ Layout under the data folder (``--data-dir``; created 0700)::
 
 A job id is :func:`secrets.token_urlsafe` (24 characters, 144 random bits): unguessable, and the
 only way to a job — the server lists no jobs. The states are ``queued`` → ``running`` → ``done`` or
-``failed`` (with a message). The server process writes ``job.json`` when it creates a job; the
+``failed`` (with a message), or ``cancelled``. Cancelling writes ``DATA/jobs/<id>/cancel``: a queued
+job is marked cancelled at once and never runs; a running one stops at its next chunk (the worker
+checks the file after each) and is marked cancelled by the worker. A finished job (done, failed,
+cancelled) can be deleted (its folder is removed), and ``protlm serve --keep-days D`` deletes
+finished jobs D days after they finished (at start, then hourly). The server process writes ``job.json`` when it creates a job; the
 worker process writes it from then on (start, progress after each chunk, the end). A restarted
 server queues again every job still ``queued`` or ``running``, oldest first; a ``running`` one
 resumes (``predict_folder(..., resume=True)`` keeps its finished chunks). If the worker process
@@ -28,6 +32,7 @@ import os
 import queue as queue_mod
 import re
 import secrets
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -39,7 +44,17 @@ log = logging.getLogger("protlm.serve")
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{24}$")
 PENDING = ("queued", "running")
-JOB_JSON, INPUT, OUT = "job.json", "input.fasta", "out"
+FINISHED = ("done", "failed", "cancelled")
+JOB_JSON, INPUT, OUT, CANCEL = "job.json", "input.fasta", "out", "cancel"
+EXPIRY_EVERY = 3600.0  # seconds between two sweeps of --keep-days
+
+
+class JobStateError(ProtlmError):
+    """A request a job's state does not allow (cancel a finished job, delete a pending one)."""
+
+
+class Cancelled(Exception):
+    """Raised in the worker when a running job's cancel file appears."""
 
 
 def new_id() -> str:
@@ -89,6 +104,47 @@ class JobStore:
         self.write(job)
         return job
 
+    def cancel_requested(self, job_id: str) -> bool:
+        where = self.folder(job_id)
+        return where is not None and (where / CANCEL).exists()
+
+    def cancel(self, job_id: str) -> dict:
+        """Ask a queued or running job to stop (see the module's docstring); the job as it is now."""
+        job = self.read(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        if job["state"] not in PENDING:
+            raise JobStateError(f"job {job['state']}: only a queued or running job can be cancelled")
+        write_text(self.root / job_id / CANCEL, "cancelled at the user's request\n")
+        if job["state"] == "queued":
+            # the worker may be taking it this instant: it checks the cancel file after reading the job
+            job.update(state="cancelled", finished=time.time())
+            self.write(job)
+        return job
+
+    def delete(self, job_id: str) -> None:
+        """Remove a finished job's folder (its sequences and results)."""
+        job = self.read(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        if job["state"] not in FINISHED:
+            raise JobStateError(f"job {job['state']}: cancel it first (only a finished job can be deleted)")
+        shutil.rmtree(self.root / job_id)
+
+    def expire(self, keep_seconds: float, now: float | None = None) -> list[str]:
+        """Delete every finished job that finished more than ``keep_seconds`` ago; their ids."""
+        now = time.time() if now is None else now
+        gone = []
+        for p in self.root.iterdir():
+            job = self.read(p.name)
+            if job and job.get("state") in FINISHED and (job.get("finished") or now) < now - keep_seconds:
+                shutil.rmtree(p, ignore_errors=True)
+                gone.append(p.name)
+        if gone:
+            log.info("deleted %d job(s) finished more than %.3g days ago (--keep-days)", len(gone),
+                     keep_seconds / 86400)
+        return gone
+
     def pending(self) -> list[dict]:
         """Jobs queued or running, oldest first."""
         jobs = []
@@ -113,8 +169,12 @@ def run_job(store: JobStore, job_id: str, cache_dir: str | None) -> None:
 
     job = store.read(job_id)
     if not job or job["state"] not in PENDING:
-        return  # done already (a job queued twice around a worker restart), or unknown
+        return  # done already (a job queued twice around a worker restart), cancelled, or unknown
     where = Path(job_id)  # relative: the results name `<id>/input.fasta`, not the server's folders
+    if store.cancel_requested(job_id):
+        job.update(state="cancelled", finished=job.get("finished") or time.time())
+        store.write(job)
+        return
     out = where / OUT
     resume = (out / STATE / MANIFEST).is_file()
     job.update(state="running", started=job.get("started") or time.time())
@@ -122,6 +182,8 @@ def run_job(store: JobStore, job_id: str, cache_dir: str | None) -> None:
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
+        if store.cancel_requested(job_id):
+            raise Cancelled
         now = time.monotonic()
         if done < total and now - last[0] < 0.5:
             return
@@ -132,6 +194,11 @@ def run_job(store: JobStore, job_id: str, cache_dir: str | None) -> None:
     try:
         result = predict_folder(where / INPUT, out, job["tasks"], resume=resume, overwrite=not resume,
                                 cache_dir=cache_dir, progress=progress)
+        if store.cancel_requested(job_id):
+            raise Cancelled
+    except Cancelled:
+        shutil.rmtree(out, ignore_errors=True)  # a cancelled job keeps no partial results
+        job.update(state="cancelled", finished=time.time())
     except ProtlmError as exc:
         job.update(state="failed", finished=time.time(), error=str(exc))
     except Exception as exc:  # noqa: BLE001 — a job never stays "running": the message says where to look
@@ -172,8 +239,10 @@ def worker_main(root: str, cache_dir: str | None, threads: int | None, jobs, par
 class Worker:
     """The server's side of the worker process: starts it, queues job ids, watches it, stops it."""
 
-    def __init__(self, store: JobStore, cache_dir: str | None = None, threads: int | None = None):
-        self.store, self.cache_dir, self.threads = store, cache_dir, threads
+    def __init__(self, store: JobStore, cache_dir: str | None = None, threads: int | None = None,
+                 keep_seconds: float | None = None):
+        self.store, self.cache_dir, self.threads, self.keep_seconds = store, cache_dir, threads, keep_seconds
+        self._swept = float("-inf")
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._pending: list[str] = []
@@ -211,8 +280,18 @@ class Worker:
             self._pending.append(job_id)
             self.jobs.put(job_id)
 
+    def _expire(self) -> None:
+        if self.keep_seconds is not None and time.monotonic() - self._swept >= EXPIRY_EVERY:
+            self._swept = time.monotonic()
+            try:
+                self.store.expire(self.keep_seconds)
+            except OSError as exc:  # a sweep that fails is tried again at the next one
+                log.warning("deleting old jobs failed: %s", exc)
+
     def _watch(self) -> None:
+        self._expire()
         while not self._stopping.wait(0.5):
+            self._expire()
             with self._lock:
                 if self._stopping.is_set() or self.proc.is_alive():
                     continue

@@ -46,14 +46,15 @@
     var id = job.dataset.job;
     var poll = function () {
       fetch("/api/jobs/" + encodeURIComponent(id)).then(function (r) { return r.json(); }).then(function (j) {
-        if (j.state === "done" || j.state === "failed") {
+        if (j.state === "done" || j.state === "failed" || j.state === "cancelled") {
           window.location.reload();
           return;
         }
         $("progress").max = Math.max(j.progress.total, 1);
         $("progress").value = j.progress.done;
         $("status").textContent = j.state + ": " + j.progress.done.toLocaleString() + " of " +
-          j.progress.total.toLocaleString() + " residues";
+          j.progress.total.toLocaleString() + " residues" +
+          (j.cancel_requested ? " (cancelling: it stops after the part it is on)" : "");
         setTimeout(poll, 1000);
       }, function () { setTimeout(poll, 3000); });
     };
