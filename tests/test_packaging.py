@@ -51,10 +51,15 @@ def _pyproject() -> dict:
 def test_package_list_names_every_package_under_src():
     """The package list is explicit (the bundled data is mapped from outside src/): a new
     subpackage must be added to it, or the wheel would leave it out."""
-    packages = set(_pyproject()["tool"]["setuptools"]["packages"])
+    tool = _pyproject()["tool"]["setuptools"]
+    packages = set(tool["packages"])
     found = {".".join(p.parent.relative_to(ROOT / "src").parts) for p in (ROOT / "src" / "protlm").rglob("__init__.py")}
     assert found - packages == set()
-    assert {p for p in packages if not p.startswith("protlm._bundled")} == found
+    # data-only folders (no __init__.py: protlm.serve.static) are listed so their package data ships
+    data_only = {p for p in packages if not p.startswith("protlm._bundled") and p not in found}
+    assert data_only <= set(tool["package-data"]), data_only
+    assert all((ROOT / "src" / Path(*p.split("."))).is_dir() for p in data_only)
+    assert {p for p in packages if not p.startswith("protlm._bundled")} - data_only == found
 
 
 # --------------------------------------------------------------------------- fast: model families
