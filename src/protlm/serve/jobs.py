@@ -108,13 +108,18 @@ class JobStore:
         where = self.folder(job_id)
         return where is not None and (where / CANCEL).exists()
 
-    def cancel(self, job_id: str) -> dict:
-        """Ask a queued or running job to stop (see the module's docstring); the job as it is now."""
+    def _in_state(self, job_id: str, states: tuple[str, ...], why: str) -> dict:
+        """The job, if its state is one of ``states``; KeyError for no such job, JobStateError otherwise."""
         job = self.read(job_id)
         if job is None:
             raise KeyError(job_id)
-        if job["state"] not in PENDING:
-            raise JobStateError(f"job {job['state']}: only a queued or running job can be cancelled")
+        if job["state"] not in states:
+            raise JobStateError(f"job {job['state']}: {why}")
+        return job
+
+    def cancel(self, job_id: str) -> dict:
+        """Ask a queued or running job to stop (see the module's docstring); the job as it is now."""
+        job = self._in_state(job_id, PENDING, "only a queued or running job can be cancelled")
         write_text(self.root / job_id / CANCEL, "cancelled at the user's request\n")
         if job["state"] == "queued":
             # the worker may be taking it this instant: it checks the cancel file after reading the job
@@ -124,11 +129,7 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         """Remove a finished job's folder (its sequences and results)."""
-        job = self.read(job_id)
-        if job is None:
-            raise KeyError(job_id)
-        if job["state"] not in FINISHED:
-            raise JobStateError(f"job {job['state']}: cancel it first (only a finished job can be deleted)")
+        self._in_state(job_id, FINISHED, "cancel it first (only a finished job can be deleted)")
         shutil.rmtree(self.root / job_id)
 
     def expire(self, keep_seconds: float, now: float | None = None) -> list[str]:
