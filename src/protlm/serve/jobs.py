@@ -183,13 +183,13 @@ def run_job(store: JobStore, job_id: str, cache_dir: str | None) -> None:
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
+        job["progress"] = {"done": done, "total": total}  # a cancelled job's page says how far it got
         if store.cancel_requested(job_id):
             raise Cancelled
         now = time.monotonic()
         if done < total and now - last[0] < 0.5:
             return
         last[0] = now
-        job["progress"] = {"done": done, "total": total}
         store.write(job)
 
     try:
