@@ -60,7 +60,7 @@ def _weights(folder: Path) -> dict:
 def _interrupt(root: Path, out: str, sig: int) -> subprocess.Popen:
     """Start a run and send ``sig`` once its checkpoint is inside the second epoch (mid-epoch)."""
     proc = _train(root, out, wait=False)
-    state = root / out / "finetune-state" / "state.json"
+    state = root / out / "train-state" / "state.json"
     deadline = time.time() + 240
     while time.time() < deadline:
         try:
@@ -94,7 +94,7 @@ def test_kill9_then_resume_gives_the_uninterrupted_weights(task):
         assert set(a[name]) == set(b[name])
         for key in a[name]:
             assert torch.equal(a[name][key], b[name][key]), (name, key)
-    assert not (task / "killed" / "finetune-state").exists()  # removed once the head folder is whole
+    assert not (task / "killed" / "train-state").exists()  # removed once the head folder is whole
     again = _train(task, "killed", "--resume")
     assert again.returncode == 2 and "already finished" in again.stderr
 
@@ -102,8 +102,8 @@ def test_kill9_then_resume_gives_the_uninterrupted_weights(task):
 def test_sigterm_keeps_the_checkpoint_and_exits_143(task):
     proc = _interrupt(task, "termed", signal.SIGTERM)
     assert proc.returncode == 143, proc.stderr.read()[-500:]
-    assert (task / "termed" / "finetune-state" / "state.json").is_file()
-    assert not (task / "termed" / "finetune-state.tmp").exists()
+    assert (task / "termed" / "train-state" / "state.json").is_file()
+    assert not (task / "termed" / "train-state.tmp").exists()
 
 
 def test_resume_with_other_settings_is_refused(task, tmp_path):
@@ -159,7 +159,7 @@ def test_an_interrupted_suite_cell_continues_where_it_stopped(task, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline:
-        states = list(out.glob("*/*/finetune-state/state.json"))
+        states = list(out.glob("*/*/train-state/state.json"))
         text = states[0].read_text() if states else ""
         if '"epoch": 2' in text and '"batch": 0' not in text:
             break
@@ -169,7 +169,7 @@ def test_an_interrupted_suite_cell_continues_where_it_stopped(task, tmp_path):
     assert proc.wait(timeout=60) == 143
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-800:]
-    assert "continuing the interrupted fine-tuning run" in again.stderr
+    assert "continuing the interrupted training run" in again.stderr
     (cell,) = [p for p in out.glob("*/*") if (p / "head.json").is_file()]
     a, b = _weights(task / "suite_whole"), _weights(cell)
     for name in a:
@@ -182,18 +182,18 @@ def test_finish_ends_an_interrupted_run_at_its_last_finished_epoch(task):
 
     proc = _interrupt(task, "finished", signal.SIGKILL)  # killed inside epoch 2
     assert proc.returncode == -signal.SIGKILL
-    state = json.loads((task / "finished" / "finetune-state" / "state.json").read_text())
+    state = json.loads((task / "finished" / "train-state" / "state.json").read_text())
     assert len(state["history"]) == 1 and state["best_epoch"] == 1
     import shutil
 
-    shutil.copytree(task / "finished" / "finetune-state", task / "finished-state-copy")
+    shutil.copytree(task / "finished" / "train-state", task / "finished-state-copy")
     done = _train(task, "finished", "--finish")
     assert done.returncode == 0, done.stderr[-800:]
     assert "--finish" in done.stderr and "epoch   2 " not in done.stderr  # nothing more was trained
     info = json.loads((task / "finished" / "head.json").read_text())
     assert info["stopped_by"] == "finished_early" and info["epochs_run"] == 1 and info["best_epoch"] == 1
     assert info["cut_short"] is True  # its best epoch is its last: flagged as probably under-trained
-    assert not (task / "finished" / "finetune-state").exists()
+    assert not (task / "finished" / "train-state").exists()
     # the kept head is epoch 1's best: the checkpoint's "best" tensors, not the mid-epoch-2 weights
     from safetensors.torch import load_file
 
@@ -209,4 +209,4 @@ def test_finish_ends_an_interrupted_run_at_its_last_finished_epoch(task):
     again = _train(task, "finished", "--finish")
     assert again.returncode == 2 and "already finished" in again.stderr
     none = _train(task, "never_started", "--finish")
-    assert none.returncode == 2 and "no interrupted fine-tuning run" in none.stderr
+    assert none.returncode == 2 and "no interrupted training run" in none.stderr

@@ -276,10 +276,11 @@ def register(sub) -> None:
                    help="train the LM with the head: none (frozen, the default), full, lora or top (the last "
                         "finetune.top_layers layers); the other settings are finetune.* keys (docs/finetuning.md)")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted fine-tuning run in --out exactly where its last checkpoint left it "
-                        "(the same weights as an uninterrupted run)")
+                   help="continue an interrupted run in --out exactly where its last checkpoint left it (the same "
+                        "weights as an uninterrupted run): fine-tuning, or a head on frozen features whose epochs are "
+                        "long enough to checkpoint (train.checkpoint_seconds)")
     p.add_argument("--finish", action="store_true",
-                   help="end an interrupted fine-tuning run in --out at its last finished epoch: its best epoch is "
+                   help="end an interrupted run in --out at its last checkpointed epoch: its best epoch is "
                         "kept, scored and saved, with no more training (implies --resume)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=cmd_train)
@@ -379,7 +380,7 @@ def register(sub) -> None:
                    help="run every (task, embedder) with this fine-tuning method (repeatable: one column per "
                         "embedder and method, named EMBEDDER@METHOD for methods other than none; none = frozen)")
     p.add_argument("--finish", action="store_true",
-                   help="end every interrupted fine-tuning cell at its last finished epoch (its best epoch is kept "
+                   help="end every interrupted cell at its last checkpointed epoch (its best epoch is kept "
                         "and scored; no more training) instead of continuing it; the other cells run as usual")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every config")
     p.set_defaults(func=cmd_benchmark)

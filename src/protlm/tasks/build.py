@@ -39,6 +39,7 @@ def validate(c: TaskConfig) -> None:
     need(0 <= t.bootstrap <= MAX_BOOTSTRAP, "train.bootstrap", f"must be in [0, {MAX_BOOTSTRAP:,}]")
     need(t.max_train >= 0 and t.max_residues >= 0, "train.max_train", "caps must be >= 0")
     need(t.pair_budget >= 1 and t.crop >= 1, "train.pair_budget", "pair_budget and crop must be >= 1")
+    need(t.checkpoint_seconds >= 0, "train.checkpoint_seconds", "must be >= 0")
     need(c.evaluate.n_boot is None or 0 <= c.evaluate.n_boot <= MAX_BOOTSTRAP, "evaluate.n_boot",
          f"must be in [0, {MAX_BOOTSTRAP:,}]")
     c.protocol_obj.validate(c)

@@ -10,7 +10,6 @@ refused (``protlm contacts …`` takes contact heads only).
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +20,7 @@ from protlm.io.atomic import json_bytes, write_bytes
 from protlm.io.outputs import check_output_dir, check_output_file, output_lock
 from protlm.tasks.build import build_task_config
 from protlm.tasks.config import MAX_BOOTSTRAP, TaskConfig
-from protlm.tasks.finetune import STATE_FOLDER
+from protlm.tasks.finetune import STATE_FOLDER, RunState, state_folder
 from protlm.tasks.train import (HEAD_JSON, HEAD_WEIGHTS, TrainedHead, distributed_run, evaluate, load_head, predict_file,
                                  train)
 
@@ -83,20 +82,17 @@ def train_command(config: TaskConfig, out: str | Path, *, overwrite: bool = Fals
     if resume and overwrite:
         raise ConfigError("--resume continues an interrupted run, --overwrite starts again: give one")
     if resume:
-        if not config.finetuning:
-            raise ConfigError("--resume: only fine-tuning runs (finetune.method full, lora or top) keep a resume "
-                              "checkpoint; a head on frozen embeddings trains again from its cached features")
         if (out / HEAD_JSON).exists():
             raise InputError(f"--out {out}: the run is already finished (head.json is written); nothing to resume")
-        if not (out / STATE_FOLDER).is_dir() and not (out / (STATE_FOLDER + ".old")).is_dir():
-            raise InputError(f"--out {out}: no interrupted fine-tuning run to resume ({STATE_FOLDER}/ is missing)")
+        if state_folder(out) is None:
+            raise InputError(f"--out {out}: no interrupted training run to resume ({STATE_FOLDER}/ is missing; a head "
+                             f"on frozen features writes it once an epoch has run for train.checkpoint_seconds)")
     else:
         check_output_dir(out, overwrite=overwrite, marker=HEAD_JSON)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out, "head folder", beside=True):
         if overwrite:
-            for name in (STATE_FOLDER, STATE_FOLDER + ".old", STATE_FOLDER + ".tmp"):
-                shutil.rmtree(out / name, ignore_errors=True)
+            RunState(out, "").clear()
         return train(config, out, data_dir, cache_dir, progress, resume=resume, finish=finish)
 
 

@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -436,13 +437,27 @@ def batch_residues(batch: Sequence) -> int:
 
 # --------------------------------------------------------------------------- exact resume
 
-STATE_FOLDER = "finetune-state"
+STATE_FOLDER = "train-state"
+#: where protlm before 0.5 kept a fine-tuning run's checkpoint: still found and resumed
+LEGACY_STATE_FOLDER = "finetune-state"
+
+
+def state_folder(out: Path) -> Path | None:
+    """The resume checkpoint folder of an interrupted run in ``out`` (its ``.old`` twin when a
+    crash fell between the two renames of :meth:`RunState.save`), or None."""
+    for name in (STATE_FOLDER, LEGACY_STATE_FOLDER):
+        for folder in (Path(out) / name, Path(out) / (name + ".old")):
+            if folder.is_dir():
+                return folder
+    return None
 
 
 class RunState:
-    """The checkpoint of a fine-tuning run, for an exact resume after a kill (even ``kill -9``).
+    """The checkpoint of a training run, for an exact resume after a kill (even ``kill -9``):
+    fine-tuning runs, and heads on frozen features (written at an epoch's end once
+    ``every_seconds`` have passed since the last one, so a head that trains in seconds writes none).
 
-    ``OUT/finetune-state/`` holds ``state.safetensors`` (the trained parameters, the optimizer's
+    ``OUT/train-state/`` holds ``state.safetensors`` (the trained parameters, the optimizer's
     moments, the best epoch's weights, torch's RNG state) and ``state.json`` (epoch, batches done
     in it, the numpy RNG state at the epoch's start, optimizer steps, history, early-stopping
     counters, and ``run``: a digest of the config and the base model, so a resume with other
@@ -453,17 +468,25 @@ class RunState:
     uninterrupted run's weights.
     """
 
-    def __init__(self, out: Path, run_id: str, every: int = 200):
-        self.folder = Path(out) / STATE_FOLDER
+    def __init__(self, out: Path, run_id: str, every: int = 200, every_seconds: float = 0.0):
+        self.out = Path(out)
+        self.folder = self.out / STATE_FOLDER
         self.run_id = run_id
-        self.every = every
+        self.every = every  # optimizer steps between checkpoints inside an epoch (fine-tuning)
+        self.every_seconds = every_seconds  # heads on frozen features: at an epoch's end, this often at most
+        self.last = time.monotonic()
 
     def exists(self) -> bool:
-        return self.folder.is_dir() or self.folder.with_name(STATE_FOLDER + ".old").is_dir()
+        return state_folder(self.out) is not None
+
+    def due(self, finished: bool) -> bool:
+        """Whether an epoch-end checkpoint is written now (always for the run's last one)."""
+        return finished or time.monotonic() - self.last >= self.every_seconds
 
     def clear(self) -> None:
-        for name in (STATE_FOLDER, STATE_FOLDER + ".old", STATE_FOLDER + ".tmp"):
-            shutil.rmtree(self.folder.with_name(name), ignore_errors=True)
+        for name in (STATE_FOLDER, LEGACY_STATE_FOLDER):
+            for suffix in ("", ".old", ".tmp"):
+                shutil.rmtree(self.out / (name + suffix), ignore_errors=True)
 
     def save(self, model: torch.nn.Module, opt, best_state: dict | None, meta: dict, torch_rngs: list) -> None:
         from safetensors.torch import save_file
@@ -496,6 +519,9 @@ class RunState:
                 self.folder.rename(old)
             tmp.rename(self.folder)
             shutil.rmtree(old, ignore_errors=True)
+            for suffix in ("", ".old"):  # a legacy checkpoint this resumed run has now replaced
+                shutil.rmtree(self.out / (LEGACY_STATE_FOLDER + suffix), ignore_errors=True)
+            self.last = time.monotonic()
         except BaseException:  # Ctrl-C, SIGTERM, a full disk: the last whole checkpoint stays in place
             shutil.rmtree(tmp, ignore_errors=True)
             if not self.folder.is_dir() and old.is_dir():
@@ -507,12 +533,12 @@ class RunState:
         ``best_state`` (or None) and ``torch_rng``."""
         from safetensors.torch import load_file
 
-        folder = self.folder if self.folder.is_dir() else self.folder.with_name(STATE_FOLDER + ".old")
+        folder = state_folder(self.out) or self.folder
         try:
             doc = json.loads((folder / "state.json").read_text(encoding="utf-8"))
             tensors = load_file(str(folder / "state.safetensors"))
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"--resume: the fine-tuning checkpoint in {folder} is not readable ({exc}); start again "
+            raise ConfigError(f"--resume: the training checkpoint in {folder} is not readable ({exc}); start again "
                               f"with --overwrite") from None
         if doc.get("run") != self.run_id:
             raise ConfigError(f"--resume: {folder} was written by a run with another config or base model; start "
@@ -550,7 +576,7 @@ def run_digest(config, base_fingerprint: str) -> str:
     import hashlib
 
     tree = config.as_dict()
-    tree["train"] = changed_settings(config.train)
+    tree["train"] = {k: v for k, v in changed_settings(config.train).items() if k != "checkpoint_seconds"}
     tree["finetune"] = changed_settings(config.finetune)
     if isinstance(tree.get("data"), dict):  # test sets are scored after training: not part of the run
         tree["data"] = {k: v for k, v in tree["data"].items() if k != "test"}

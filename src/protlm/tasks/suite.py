@@ -43,7 +43,7 @@ from protlm.tasks import perprotein
 from protlm.tasks.build import data_files, load_task_config, validate, with_finetune
 from protlm.tasks.config import TaskConfig, TrainSettings
 from protlm.tasks.finetune import METHODS as FINETUNE_METHODS
-from protlm.tasks.finetune import STATE_FOLDER, changed_settings
+from protlm.tasks.finetune import changed_settings, state_folder
 from protlm.tasks.features import embedder_slug, identity_digest
 from protlm.tasks.protocols import get_protocol
 from protlm.tasks.train import HEAD_JSON, METRICS_JSON, check_source, load_head, train
@@ -131,6 +131,8 @@ def training_file_digests(config: TaskConfig) -> list[str]:
 
 #: ``train:`` fields added after v0.4.0: a digest leaves them out at their defaults (see _versioned_parts)
 LATER_TRAIN_SETTINGS = ("early_stopping",)
+#: ``train:`` fields that change no number (how often a resume checkpoint is written): never in a digest
+UNNAMING_TRAIN_SETTINGS = ("checkpoint_seconds",)
 
 
 def _versioned_parts(tree: dict, config: TaskConfig) -> None:
@@ -143,6 +145,8 @@ def _versioned_parts(tree: dict, config: TaskConfig) -> None:
         tree.pop("finetune", None)
     train = tree.get("train")
     if isinstance(train, dict):
+        for key in UNNAMING_TRAIN_SETTINGS:
+            train.pop(key, None)
         for key in LATER_TRAIN_SETTINGS:
             if key in train and train[key] == getattr(TrainSettings(), key):
                 del train[key]
@@ -367,10 +371,10 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
                         continue
                 if progress is not None:
                     progress("task", {"task": path.stem, "embedder": name})
-                # a fine-tuning cell killed mid-run continues from its checkpoint (the same weights)
-                interrupted = any((folder / name).is_dir() for name in (STATE_FOLDER, STATE_FOLDER + ".old"))
+                # a cell killed mid-run continues from its checkpoint (the same weights)
+                interrupted = state_folder(folder) is not None
                 if interrupted:
-                    log.warning("%s with %s: continuing the interrupted fine-tuning run in %s", path.stem, name,
+                    log.warning("%s with %s: continuing the interrupted training run in %s", path.stem, name,
                                 folder)
                 # what the suite keeps beside the metrics goes into metrics.json as it is written, once
                 record = {"head_digest": digest, "test_digests": test_digests(config) or {}, "task_file": path.stem,

@@ -40,7 +40,7 @@ from protlm.io.processes import all_reduce_sum, barrier, destroy, gather_objects
 from protlm.tasks import headfile, perprotein
 from protlm.tasks.build import build_task_config, data_files
 from protlm.tasks.config import TaskConfig
-from protlm.tasks.features import FeatureSource, check_identity
+from protlm.tasks.features import FeatureSource, check_identity, identity_digest
 from protlm.tasks.finetune import (LM_FOLDER, STATE_FOLDER, FinetunedModel, RunState, SequenceSource, batch_residues,
                                    finetuned_embedder, optimizer_for, parameter_counts, run_digest, save_lm,
                                    split_batch, to_budget, trainable_lm, trainable_state, warmup_factor)
@@ -60,15 +60,16 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
              finish: bool = False):
     """Train with early stopping on the protocol's validation value; returns (model, history,
     best_epoch, stopped_by): ``"early_stopping"`` (patience ran out), ``"epoch_cap"``
-    (train.epochs did), ``"finished_early"`` (``finish``: an interrupted fine-tuning run ended at
-    its last finished epoch, by the user's choice) or ``"closed_form"`` (a head fit without a loop).
+    (train.epochs did), ``"finished_early"`` (``finish``: an interrupted run ended at its last
+    checkpointed epoch, by the user's choice) or ``"closed_form"`` (a head fit without a loop).
 
     ``lm``: a trainable backend (:func:`protlm.tasks.finetune.trainable_lm`) to train with the
     head; the inputs are then :class:`~protlm.tasks.finetune.SequenceSet`s and the model a
     :class:`~protlm.tasks.finetune.FinetunedModel`, with the LM's own learning rate, warm-up and
     gradient accumulation (:func:`_finetune_epoch`). ``run_state``: a
     :class:`~protlm.tasks.finetune.RunState` written at every epoch's end and every
-    ``run_state.every`` optimizer steps; ``resume``: continue from it exactly. ``env``: the
+    ``run_state.every`` optimizer steps when fine-tuning, at an epoch's end once
+    ``run_state.every_seconds`` have passed for a head on frozen features; ``resume``: continue from it exactly. ``env``: the
     torchrun processes (:class:`protlm.io.processes.DistEnv`) sharing the batches. ``tick(epoch,
     proteins done, proteins in the set)`` reports progress inside a fine-tuning epoch."""
     t = config.train
@@ -100,15 +101,22 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
     epoch_rng = rng.bit_generator.state
     if resume and run_state is not None and run_state.exists():
         saved = run_state.load(model, opt, rank)
-        first_epoch, skip, acc.steps = saved["epoch"], saved["batch"], saved["steps"]
+        first_epoch, skip = saved["epoch"], saved["batch"]
+        if acc is not None:
+            acc.steps = saved["steps"]
         best = math.inf if saved["best"] is None else saved["best"]
         best_epoch, history, waited = saved["best_epoch"], saved["history"], saved["waited"]
         best_state, stopped_by, done = saved["best_state"], saved["stopped_by"], saved["done"]
         totals = list(saved["totals"][rank] if "totals" in saved else [saved["run_loss"], saved["seen"]])
         rng.bit_generator.state = epoch_rng = saved["epoch_rng"]
         torch.set_rng_state(saved["torch_rng"])
-        log.info("%s: resumed at epoch %d, batch %d (%d optimizer steps done)", config.name, first_epoch, skip,
-                 acc.steps)
+        if history:  # the epochs' times go on from where the interrupted run left them
+            t0 -= float(history[-1].get("seconds") or 0.0)
+        if acc is not None:
+            log.info("%s: resumed at epoch %d, batch %d (%d optimizer steps done)", config.name, first_epoch, skip,
+                     acc.steps)
+        else:
+            log.info("%s: resumed after epoch %d (best epoch %d so far)", config.name, first_epoch - 1, best_epoch)
         if finish and not done:  # end here: the best finished epoch is kept, nothing more is trained
             if best_state is None:
                 raise InputError(f"{config.name}: --finish: the interrupted run has not finished an epoch yet; "
@@ -122,7 +130,8 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
         all_totals = gather_objects(list(totals), env) if env is not None else [list(totals)]
         if rank == 0:
             run_state.save(model, opt, best_state, {
-                "epoch": epoch, "batch": batch, "steps": acc.steps, "best": None if math.isinf(best) else best,
+                "epoch": epoch, "batch": batch, "steps": acc.steps if acc is not None else 0,
+                "best": None if math.isinf(best) else best,
                 "best_epoch": best_epoch, "history": history, "waited": waited, "stopped_by": stopped_by,
                 "done": finished, "totals": all_totals, "epoch_rng": epoch_rng}, rngs)
         if env is not None:
@@ -174,7 +183,7 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
                      {"seconds": history[-1]["seconds"] - before, "elapsed": history[-1]["seconds"],
                       "cap": t.epochs, "first": first_epoch, "best_epoch": best_epoch, "waited": waited,
                       "patience": t.patience})
-        if run_state is not None:
+        if run_state is not None and (ft is not None or run_state.due(done)):
             totals = [0.0, 0.0]
             epoch_rng = rng.bit_generator.state
             checkpoint(epoch + 1, 0, done)
@@ -432,14 +441,14 @@ def train(config: TaskConfig, out: str | Path, data_dir: str | Path | None = Non
     if own:
         source = protocol.open_source(config, cache_dir)
     try:
-        return _train(config, protocol, out, source, data, progress, t0, record)
+        return _train(config, protocol, out, source, data, progress, t0, record, resume, finish)
     finally:
         if own:
             source.close()
 
 
 def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: TaskData, progress, t0,
-           record: dict | None = None) -> dict:
+           record: dict | None = None, resume: bool = False, finish: bool = False) -> dict:
     def inputs(dataset, name):
         def bar(done, total):
             if progress is not None:
@@ -458,11 +467,14 @@ def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: Task
             progress("epoch", {"epoch": epoch, "train_loss": tl, "valid_loss": vl, "key": protocol.stopping(config)[0],
                                **(timing or {})})
 
-    model, history, best_epoch, stopped_by = fit_head(config, protocol, tr, va, dim, data.info, epoch_cb)
-    # the cap, not early stopping, ended training while the validation value was still improving
-    cut_short = stopped_by == "epoch_cap" and best_epoch == len(history)
+    run_state = RunState(out, run_digest(config, identity_digest(identity)), every_seconds=config.train.checkpoint_seconds)
+    check_interrupted(run_state, resume, out)
+    model, history, best_epoch, stopped_by = fit_head(config, protocol, tr, va, dim, data.info, epoch_cb,
+                                                      run_state=run_state, resume=resume, finish=finish)
+    # the cap (or --finish), not early stopping, ended training while the validation value was still improving
+    cut_short = stopped_by in ("epoch_cap", "finished_early") and best_epoch == len(history)
     if cut_short:
-        log.warning("%s", cut_short_message(config, best_epoch))
+        log.warning("%s", cut_short_message(config, best_epoch, stopped_by))
     t_train = time.perf_counter() - t0 - t_embed
     n_boot, seed = config.n_boot, config.evaluate.seed
 
@@ -478,7 +490,15 @@ def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: Task
                "test": {name: scored(te[name], s, name) for name, s in data.tests.items()}}
     metrics_doc = write_head(out, config, data, dim, model, (history, best_epoch, stopped_by, cut_short), identity,
                              metrics, {"embed": t_embed, "train": t_train}, per_protein=paired, record=record)
+    run_state.clear()  # the head folder is whole: the resume checkpoint has done its work
     return {**metrics_doc, "out": str(out), "seconds": time.perf_counter() - t0}
+
+
+def check_interrupted(run_state: RunState, resume: bool, out: Path) -> None:
+    """An interrupted run's checkpoint in ``out`` is continued only when asked (--resume / --finish)."""
+    if run_state.exists() and not resume:
+        raise InputError(f"--out {out}: holds an interrupted training run ({STATE_FOLDER}/); pass --resume to "
+                         f"continue it, --finish to end it at its best finished epoch, or --overwrite to start again")
 
 
 def write_head(out: Path, config: TaskConfig, data: TaskData, dim: int, head, run: tuple, identity: dict,
@@ -544,9 +564,7 @@ def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData,
                                **(timing or {})})
 
     run_state = RunState(out, run_digest(config, base_fingerprint), ft.checkpoint_steps)
-    if run_state.exists() and not resume:
-        raise InputError(f"--out {out}: holds an interrupted fine-tuning run ({STATE_FOLDER}/); pass --resume to "
-                         f"continue it, or --overwrite to start again")
+    check_interrupted(run_state, resume, out)
     out.mkdir(parents=True, exist_ok=True)
     def tick(epoch, done, total):
         if progress is not None:
