@@ -117,3 +117,14 @@ def test_an_interrupted_suite_head_cell_continues(task, tmp_path):
     run_suite(task / "task.yaml", ["onehot"], tmp_path / "suite", None)
     _same_weights(whole, cell.parent)
     assert not cell.exists()
+
+
+def test_a_checkpoint_in_the_old_folder_name_is_resumed(task, tmp_path):
+    cfg = load_task_config(task / "task.yaml")
+    with pytest.raises(Stop):
+        train_command(cfg, tmp_path / "cut", progress=_stop_after(4))
+    (tmp_path / "cut" / "train-state").rename(tmp_path / "cut" / "finetune-state")  # as earlier versions wrote it
+    train(cfg, tmp_path / "whole")
+    train_command(cfg, tmp_path / "cut", resume=True)
+    _same_weights(tmp_path / "whole", tmp_path / "cut")
+    assert not (tmp_path / "cut" / "finetune-state").exists() and not (tmp_path / "cut" / "train-state").exists()

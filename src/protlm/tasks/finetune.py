@@ -438,7 +438,7 @@ def batch_residues(batch: Sequence) -> int:
 # --------------------------------------------------------------------------- exact resume
 
 STATE_FOLDER = "train-state"
-#: where protlm before 0.5 kept a fine-tuning run's checkpoint: still found and resumed
+#: where earlier versions kept a fine-tuning run's checkpoint: still found and resumed
 LEGACY_STATE_FOLDER = "finetune-state"
 
 
