@@ -357,7 +357,7 @@ def test_inspect_utf8_bom_is_ignored(tmp_path, capsys):
 
 
 def test_progress_is_logged_with_rate_and_eta_when_stderr_is_not_a_terminal(capsys, monkeypatch):
-    import protlm.cli.common as common
+    import protlm.io.progress as common
 
     now = [0.0]
     monkeypatch.setattr(common.time, "monotonic", lambda: now[0])
@@ -379,7 +379,7 @@ def test_progress_is_logged_with_rate_and_eta_when_stderr_is_not_a_terminal(caps
 def test_suite_progress_gives_each_task_and_set_its_own_bar(capsys, monkeypatch):
     """A benchmark's second (task, embedder) does not report into the first one's bar (whose total,
     count and rate belong to another set)."""
-    import protlm.cli.common as common
+    import protlm.io.progress as common
     from protlm.cli.tasks import _progress
 
     now = [0.0]
@@ -407,7 +407,7 @@ def test_progress_a_person_can_trust(capsys, monkeypatch):
     """Issue 24 #19: a set's end line gives its own rate and time (not the time until the whole
     task closes); a small set gets one line; head training prints each epoch's time and at most
     how long is left to the epoch cap."""
-    import protlm.cli.common as common
+    import protlm.io.progress as common
     from protlm.cli.tasks import _progress
 
     now = [0.0]
@@ -435,3 +435,34 @@ def test_progress_a_person_can_trust(capsys, monkeypatch):
     line = capsys.readouterr().err.splitlines()[0]
     assert "valid spearman 0.4000" in line
     assert line.endswith("(1m00s; best epoch 2, 2/10 without a better value; 8m00s to 16h36m left)"), line
+
+
+def test_a_long_library_loop_logs_progress_off_a_terminal(capsys, monkeypatch):
+    """Scoring a contact head on 522 chains took half an hour with no line in the log: library loops
+    report through protlm.io.progress (log lines off a terminal), except where the caller reports."""
+    import protlm.io.progress as progress
+
+    now = [0.0]
+
+    def tick():
+        now[0] += 31.0
+        return now[0]
+
+    monkeypatch.setattr(progress.time, "monotonic", tick)
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False, raising=False)
+    assert list(progress.progress_iter([1, 2, 3], "contact maps", unit="chains")) == [1, 2, 3]
+    err = capsys.readouterr().err
+    assert "protlm: contact maps: 1/3 chains (33%)" in err and "(done in" in err
+    assert list(progress.progress_iter(iter([1, 2]), "epoch", terminal_only=True)) == [1, 2]
+    assert capsys.readouterr().err == ""
+
+
+def test_a_resumed_runs_time_left_counts_every_epoch(capsys):
+    """After a resume the history's elapsed time covers the epochs run before it: per epoch = elapsed / epoch."""
+    from protlm.cli.tasks import _progress
+
+    cb, close = _progress()
+    cb("epoch", {"epoch": 11, "train_loss": 0.5, "valid_loss": 0.4, "key": "valid_loss", "seconds": 60.0,
+                 "elapsed": 660.0, "cap": 21, "first": 11})
+    close()
+    assert "(1m00s; at most 10m00s left, to epoch 21)" in capsys.readouterr().err

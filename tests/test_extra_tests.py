@@ -119,11 +119,13 @@ def test_adding_a_test_set_keeps_the_heads(value_task, tmp_path):
 
     suite, theirs = value_task
     out = tmp_path / "out"
-    trained = []
+    trained, rescored = [], []
 
     def progress(kind, info):
         if kind == "task":
             trained.append(info["task"])
+        if kind == "rescore":  # the long silent step of scoring a new set is announced
+            rescored.append((info["task"], info["set"], info["proteins"]))
 
     first = run_suite(suite, [], out, None, progress=progress)
     assert trained == ["kr"]
@@ -134,6 +136,7 @@ def test_adding_a_test_set_keeps_the_heads(value_task, tmp_path):
     extra = [f"kr:theirs={theirs}:csv:seq_column=Sequence,label_column=y"]
     second = run_suite(suite, [], out, None, extra_tests=extra, progress=progress)
     assert trained == ["kr"], "a new test set retrained the head"
+    assert rescored == [("kr", "theirs", 30)]
     assert weights.stat().st_mtime_ns == stamp
     doc = second["results"][0]
     assert doc["test"]["own"] == own and doc["test"]["theirs"]["kr"]["proteins"] == 30
@@ -151,7 +154,7 @@ def test_adding_a_test_set_keeps_the_heads(value_task, tmp_path):
     # the same call again: nothing to do, nothing written
     written = metrics.stat().st_mtime_ns
     run_suite(suite, [], out, None, extra_tests=extra, progress=progress)
-    assert trained == ["kr"] and metrics.stat().st_mtime_ns == written
+    assert trained == ["kr"] and metrics.stat().st_mtime_ns == written and len(rescored) == 1
 
     # the test set leaves the results when it leaves the command line
     third = run_suite(suite, [], out, None, progress=progress)

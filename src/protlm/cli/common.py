@@ -20,9 +20,9 @@ import argparse
 import json
 import logging
 import sys
-import time
 
 from protlm.errors import ConfigError
+from protlm.io.progress import LogProgress, _duration, progress_bar  # noqa: F401  (the commands' bars)
 
 log = logging.getLogger("protlm")
 
@@ -143,71 +143,6 @@ def apply_threads(args) -> None:
         import torch
 
         torch.set_num_threads(threads)
-
-
-class LogProgress:
-    """Progress for a stderr that is not a terminal (a log file, a batch job): one line every
-    ``every`` seconds with the count, the rate and the time left, and one at the end of a job that
-    logged any — or, with ``summary``, of every job that counted anything (a short stage's only
-    line: what it did, how fast, in how long; the benchmark's embedding sets)."""
-
-    def __init__(self, total: int | None, desc: str, unit: str, every: float = 30.0, summary: bool = False):
-        self.total, self.desc, self.unit, self.every = total, desc, unit, every
-        self.summary = summary
-        self.n = 0
-        self.logged = False
-        self.closed = False
-        self._t0 = self._last = time.monotonic()
-
-    def update(self, k: int = 1) -> None:
-        self.n += k
-        self._maybe_log()
-
-    def refresh(self) -> None:
-        self._maybe_log()
-
-    def _line(self) -> str:
-        elapsed = max(time.monotonic() - self._t0, 1e-9)
-        rate = self.n / elapsed
-        if self.total:
-            left = (self.total - self.n) / rate if rate > 0 else float("inf")
-            eta = f", {_duration(left)} left" if left != float("inf") and self.n < self.total else ""
-            return (f"{self.desc}: {self.n:,}/{self.total:,} {self.unit} ({100 * self.n / self.total:.0f}%), "
-                    f"{rate:,.0f} {self.unit}/s{eta}")
-        return f"{self.desc}: {self.n:,} {self.unit}, {rate:,.0f} {self.unit}/s"
-
-    def _maybe_log(self) -> None:
-        now = time.monotonic()
-        if self.total and self.n >= self.total and (self.summary or self.logged):
-            return  # finished: close() gives the one end line (with the time it took)
-        if now - self._last >= self.every:
-            self._last = now
-            self.logged = True
-            print(f"protlm: {self._line()}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if (self.logged or (self.summary and self.n > 0)) and not self.closed:
-            self.closed = True
-            print(f"protlm: {self._line()} (done in {_duration(time.monotonic() - self._t0)})", file=sys.stderr,
-                  flush=True)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
-def progress_bar(total: int | None, desc: str, unit: str = "B", summary: bool = False):
-    """A tqdm bar on a terminal; log lines with rate and time left otherwise (``summary``: a line at
-    the end even of a short job)."""
-    if not sys.stderr.isatty():
-        return LogProgress(total, desc, unit, summary=summary)
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                dynamic_ncols=True)
 
 
 def safe_folder_name(name: str) -> str:

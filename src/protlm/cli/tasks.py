@@ -49,8 +49,7 @@ def _progress():
             what = info.get("key", "valid_loss").replace("_", " ")  # the protocol's early-stopping value
             line = f"  epoch {info['epoch']:3d}  train loss {info['train_loss']:.4f}  {what} {info['valid_loss']:.4f}"
             if info.get("seconds") is not None:  # time per epoch; at least / at most what is left
-                ran = info["epoch"] - info.get("first", 1) + 1
-                per_epoch = info["elapsed"] / max(ran, 1)
+                per_epoch = info["elapsed"] / max(info["epoch"], 1)  # elapsed covers every epoch, resumed ones too
                 left = (info["cap"] - info["epoch"]) * per_epoch
                 line += f"  ({_duration(info['seconds'])}"
                 if info.get("patience") is not None and info["epoch"] < info["cap"]:
@@ -66,6 +65,10 @@ def _progress():
         elif kind == "task":  # a new (task, embedder): its sets get bars of their own (counts and rates)
             close()
             print(f"{info['task']} with {info['embedder']}", file=sys.stderr)
+        elif kind == "rescore":  # a finished head scored on a test set it has not seen yet
+            close()
+            print(f"{info['task']} with {info['embedder']}: test set {info['set']} ({info['proteins']:,} proteins) "
+                  f"scored with the saved head, no retraining", file=sys.stderr)
 
     def close():
         for bar in bars.values():

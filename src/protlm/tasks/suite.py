@@ -212,7 +212,7 @@ def reusable(previous: dict, config: TaskConfig, identity: dict, digest: str) ->
 
 
 def rescore_tests(previous: dict, config: TaskConfig, folder: Path, made_with: dict[str, str], data_dir, source,
-                  cache_dir=None) -> dict | None:
+                  cache_dir=None, progress: Callable[[str, dict], None] | None = None) -> dict | None:
     """A finished head's results for the config's test sets now: kept where a test set is
     unchanged, scored with the saved head where it is new or changed, dropped where it left the
     config. None when nothing changed (the results stand as written)."""
@@ -238,7 +238,15 @@ def rescore_tests(previous: dict, config: TaskConfig, folder: Path, made_with: d
             sets = protocol.test_sets(head, todo, data_dir)
             for k, data in sets.items():
                 log.info("%s: test set %s scored with the saved head (no retraining)", config.name, k)
-                preds = protocol.predict(head.config, head.model, protocol.inputs(head.config, source, data),
+                if progress is not None:
+                    progress("rescore", {"task": config.name, "embedder": config.embedder_name, "set": k,
+                                        "proteins": len(data)})
+
+                def bar(done, total, k=k):
+                    if progress is not None:
+                        progress("embed", {"set": k, "done": done, "total": total})
+
+                preds = protocol.predict(head.config, head.model, protocol.inputs(head.config, source, data, bar),
                                          head.state)
                 scored[k] = protocol.score(head.config, preds, data, head.state, config.n_boot, config.evaluate.seed)
                 paired[k] = perprotein.set_values(protocol, head.config, preds, data)
@@ -358,7 +366,8 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
                     made_with = reusable(previous, config, identity, digest)
                     if made_with is not None:
                         log.info("%s with %s: already done, reused", path.stem, spec)
-                        doc = rescore_tests(previous, config, folder, made_with, data_dir, source, cache_dir)
+                        doc = rescore_tests(previous, config, folder, made_with, data_dir, source, cache_dir,
+                                            progress)
                         if doc is not None or "head_digest" not in previous:
                             doc = doc or previous
                             doc.pop("config_digest", None)

@@ -24,7 +24,6 @@ stays small for models with hundreds of heads.
 from __future__ import annotations
 
 import logging
-import sys
 
 import numpy as np
 
@@ -32,6 +31,7 @@ from protlm.tasks.contacts.data import Chain, contact_map, scored_pairs
 from protlm.embed.backends.hf import HFBackend
 from protlm.embed.spec import EmbedOptions
 from protlm.errors import ConfigError, InputError
+from protlm.io.progress import progress_iter
 
 log = logging.getLogger("protlm.tasks")
 
@@ -91,17 +91,11 @@ def attention_features(lm: HFBackend, chain: Chain) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(feats, 0, -1))
 
 
-def _progress(iterable, desc: str, total: int | None = None):
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, disable=None, dynamic_ncols=True, leave=False)
-
-
 def training_pairs(lm: HFBackend, chains: list[Chain], *, min_separation: int = 6, max_pairs: int | None = None,
                    seed: int = 0, threshold: float = 8.0) -> tuple[np.ndarray, np.ndarray]:
     """Feature rows and labels of every scored pair (i < j, |i − j| ≥ min_sep) of the chains, subsampled."""
     xs, ys = [], []
-    for chain in _progress(chains, "attention maps (fit)"):
+    for chain in progress_iter(chains, "attention maps (fit)", unit="chains"):
         feats = attention_features(lm, chain)
         contacts, observed = contact_map(chain.ca, chain.cb, threshold)
         mask = np.triu(scored_pairs(observed, min_separation))

@@ -31,7 +31,6 @@ with a deprecation warning.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +53,7 @@ from protlm.tasks.data import RARE_TO_X
 from protlm.tasks.finetune import SequenceSource, TokenBatch
 from protlm.tasks.heads import FittedPairHead, PairHead, get_head, make_head
 from protlm.tasks.protocols.base import FitState, Protocol, TaskData, register_deprecated_name, register_protocol
+from protlm.io.progress import progress_iter
 
 log = logging.getLogger("protlm.tasks")
 
@@ -151,12 +151,6 @@ class AttentionSource:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _progress(iterable, desc: str, total: int | None = None):
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, disable=None, dynamic_ncols=True, leave=False)
 
 
 def _crops(n_examples: int, lengths: list[int], crop: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
@@ -506,7 +500,7 @@ class ResiduePairsToClass(Protocol):
         lengths = [len(c) for c in train.chains] if train.finetune else [len(e) for e in train.embs]
         steps = _steps(_crops(len(train), lengths, t.crop, rng), t.pair_budget, t.batch_size)
         if not train.finetune:
-            yield from _progress(steps, "epoch")
+            yield from progress_iter(steps, "epoch", unit="steps", terminal_only=True)
             return
         for step in steps:  # the engine's batch form when the LM trains: (chains, TokenBatch, mask, crop windows)
             idx = [k for k, _, _ in step]
@@ -566,8 +560,8 @@ class ResiduePairsToClass(Protocol):
         """Contact probabilities (float32, L × L, symmetric) for each chain's structure stretch."""
         if inputs.lm is not None:
             reg = model.regression()
-            return [reg.predict_proba(attention_features(inputs.lm, c)) for c in _progress(inputs.chains, "predict")]
-        return [predict_map(model, e, config.train.pair_budget) for e in _progress(inputs.embs, "predict")]
+            return [reg.predict_proba(attention_features(inputs.lm, c)) for c in progress_iter(inputs.chains, "contact maps", unit="chains")]
+        return [predict_map(model, e, config.train.pair_budget) for e in progress_iter(inputs.embs, "contact maps", unit="chains")]
 
     def score(self, config, preds, chains: list[Chain], info: dict, n_boot: int, seed: int = 0) -> dict:
         truth = [contact_map(c.ca, c.cb, config.data.threshold) for c in chains]
@@ -645,7 +639,7 @@ class ResiduePairsToClass(Protocol):
         lm = getattr(source, "lm", None)
         limit = lm.max_residues if lm is not None else None
         done, skipped, scored = [], [], []
-        for pid, seq in _progress(list(zip(ids, sequences)), "contacts"):
+        for pid, seq in progress_iter(list(zip(ids, sequences)), "contacts", unit="proteins"):
             seq = seq.upper()
             reason = None
             if len(seq) > max_residues:
