@@ -843,7 +843,7 @@ def test_the_early_stopping_setting_names_a_suite_head_only_when_set(tmp_path, s
     tree["embedder"] = identity_digest(identity)
     tree["data"] = {k: v for k, v in tree["data"].items() if k != "test"}
     tree.pop("finetune", None)
-    del tree["train"]["early_stopping"]
+    del tree["train"]["early_stopping"], tree["train"]["checkpoint_seconds"]  # neither existed in v0.4
     from protlm.tasks.suite import training_file_digests
 
     contents = training_file_digests(base)
