@@ -295,3 +295,18 @@ def test_compile_that_cannot_build_its_kernels_is_one_clear_error(models, monkey
     monkeypatch.setattr(packed_mod.CompiledESM, "warm_up", broken)
     with pytest.raises(ConfigError, match="torch.compile could not build its kernels.*without --compile"):
         Embedder(models["esm"], EmbedOptions(device="cpu", compile=True))
+
+
+def test_layers_above_the_deepest_wanted_one_are_not_run():
+    from protlm.embed.packed import run_layers
+
+    ran = []
+
+    def layer(i, x):
+        ran.append(i)
+        return x + 1
+
+    out = run_layers(0, 6, (2, 0), layer)
+    assert ran == [1, 2] and out == {2: 2, 0: 0}
+    ran.clear()
+    assert run_layers(0, 3, (-1,), layer) == {-1: 3} and ran == [1, 2, 3]

@@ -218,25 +218,38 @@ def packed_hidden(model, packed: Packed, layers: Sequence[int] = (-1,), attentio
     from transformers import EsmModel
 
     attend = ATTENTION[attention]
-    n_layers = len(model.encoder.layer)
-    wanted = {_hidden_index(layer, n_layers): layer for layer in layers}
+    blocks = model.encoder.layer
     esm = isinstance(model, EsmModel)
     x = _esm_embeddings(model, packed) if esm else _bert_embeddings(model, packed)
-    out = {}
-    if 0 in wanted:
-        out[wanted[0]] = x
     cos_sin = None
     if esm and model.rotary_embeddings is not None:
         cos_sin = model.rotary_embeddings(x, packed.positions[None])  # 1 × N × head-dim each
         cos_sin = (cos_sin[0][0], cos_sin[1][0])
-    for i, block in enumerate(model.encoder.layer, start=1):
+
+    def layer(i, x):
+        block = blocks[i - 1]
         x = _esm_layer(block, x, packed, cos_sin, attend) if esm else _bert_layer(block, x, packed, attend)
-        if esm and i == n_layers and model.encoder.emb_layer_norm_after is not None:
+        if esm and i == len(blocks) and model.encoder.emb_layer_norm_after is not None:
             x = model.encoder.emb_layer_norm_after(x)
+        return x
+
+    return run_layers(x, len(blocks), layers, layer)
+
+
+def run_layers(x, n_layers: int, layers: Sequence[int], layer) -> dict:
+    """Run ``x = layer(i, x)`` for i = 1 … ``n_layers`` (as far as the deepest wanted layer needs)
+    and keep the hidden states of ``layers`` (indices as in ``output_hidden_states``; 0 is ``x``
+    itself): layer → tensor."""
+    wanted = {_hidden_index(k, n_layers): k for k in layers}
+    out = {}
+    if 0 in wanted:
+        out[wanted[0]] = x
+    for i in range(1, max(wanted) + 1):  # the layers above the deepest wanted one change nothing kept
+        x = layer(i, x)
         if i in wanted:
             out[wanted[i]] = x
-    for layer in layers:  # −1 and n_layers (or 0 and −n_layers−1) name the same tensor
-        out[layer] = out[wanted[_hidden_index(layer, n_layers)]]
+    for k in layers:  # −1 and n_layers (or 0 and −n_layers−1) name the same tensor
+        out[k] = out[wanted[_hidden_index(k, n_layers)]]
     return out
 
 
@@ -430,23 +443,19 @@ class CompiledESM:
         """Like :func:`packed_hidden`: layer → N × D float32 tensor."""
         model = self.model
         n_layers = len(self.layers)
-        wanted = {_hidden_index(layer, n_layers): layer for layer in layers}
         x = _esm_embeddings(model, packed).float()
-        out = {}
-        if 0 in wanted:
-            out[wanted[0]] = x
         cos = sin = None
         if model.rotary_embeddings is not None:
             cos, sin = model.rotary_embeddings(x, packed.positions[None])
             cos, sin = cos[0].float(), sin[0].float()
-        for i, w in enumerate(self.layers, start=1):
+
+        def layer(i, x):
+            w = self.layers[i - 1]
             q, k, v = self.pre(x, *w["ln1"], w["wqkv"], w["bqkv"], cos, sin, w["heads"], w["head_dim"])
             a = _heads_attention(q, k, v, packed.cu_seqlens)
             x = self.post(a, x, w["wo"], w["bo"], *w["ln2"], w["w1"], w["b1"], w["w2"], w["b2"])
             if i == n_layers and model.encoder.emb_layer_norm_after is not None:
                 x = model.encoder.emb_layer_norm_after(x)
-            if i in wanted:
-                out[wanted[i]] = x
-        for layer in layers:
-            out[layer] = out[wanted[_hidden_index(layer, n_layers)]]
-        return out
+            return x
+
+        return run_layers(x, n_layers, layers, layer)
