@@ -128,3 +128,27 @@ def test_a_checkpoint_in_the_old_folder_name_is_resumed(task, tmp_path):
     train_command(cfg, tmp_path / "cut", resume=True)
     _same_weights(tmp_path / "whole", tmp_path / "cut")
     assert not (tmp_path / "cut" / "finetune-state").exists() and not (tmp_path / "cut" / "train-state").exists()
+
+
+def test_ctrl_c_names_the_checkpoint_and_how_to_continue(task, tmp_path):
+    """SIGINT during a long head's training: one line naming the kept checkpoint and --resume/--finish."""
+    import os
+    import signal
+    import time
+
+    cfg = yaml.safe_load((task / "task.yaml").read_text())
+    cfg["train"]["epochs"] = 10000  # long enough to be interrupted
+    cfg["train"]["patience"] = 10000
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "long"
+    proc = subprocess.Popen([*PROTLM, "train", "--config", str(tmp_path / "long.yaml"), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out / "train-state" / "state.json").is_file():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-500:]
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err[-500:]
+    assert "Traceback" not in err and "train-state" in err and "--resume" in err and "--finish" in err
+    assert (out / "train-state" / "state.json").is_file() and not (out / "head.json").exists()

@@ -61,6 +61,13 @@ RESUME_BY_RERUN = ("prepare", "prepare-merge", "benchmark", "demo")  # finished 
 
 def _resume_hint(args) -> str:
     command = getattr(args, "command", None)
+    if command == "train" and getattr(args, "out", None):
+        from protlm.tasks.finetune import state_folder
+
+        folder = state_folder(args.out)
+        if folder is not None:
+            return (f"the run's last checkpoint is kept in {folder}; rerun the same command with --resume to "
+                    f"continue it (or --finish to end it at its best epoch so far)")
     if command in RESUME_WITH_FLAG or (command == "predict" and getattr(args, "head", None) is None):
         return "finished work is kept; rerun the same command with --resume to continue"
     if command in RESUME_BY_RERUN or (command == "contacts" and getattr(args, "contacts_command", "") == "benchmark"):

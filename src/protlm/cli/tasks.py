@@ -94,6 +94,7 @@ def cmd_train(args) -> int:
 
         config = with_finetune(config, args.finetune)
     out = Path(args.out or Path("runs/heads") / safe_folder_name(config.name))
+    args.out = str(out)  # what an interruption's message points at
     cb, close = _progress()
     try:
         res = train_command(config, out, overwrite=args.overwrite, data_dir=data_dir(args), cache_dir=cache_dir(args),
