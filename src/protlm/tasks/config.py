@@ -118,6 +118,11 @@ class TrainSettings:
     checkpoint_seconds: float = 60.0
 
 
+#: ``train:`` fields that change no number (how often a resume checkpoint is written): never part of
+#: what names a head (the suite's digests) or a run (a resume's digest)
+UNNAMING_TRAIN_SETTINGS = ("checkpoint_seconds",)
+
+
 @dataclass
 class EvaluateSettings:
     n_boot: int | None = None  # bootstrap resamples of the reported metrics; None: train.bootstrap

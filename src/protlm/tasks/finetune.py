@@ -58,6 +58,7 @@ from protlm.embed.precision import bf16_capable as probe_bf16
 from protlm.embed.registry import resolve
 from protlm.embed.spec import EmbedderSpec
 from protlm.errors import ConfigError
+from protlm.tasks.config import UNNAMING_TRAIN_SETTINGS
 from protlm.tasks.features import FeatureSet
 
 log = logging.getLogger("protlm.tasks")
@@ -576,7 +577,7 @@ def run_digest(config, base_fingerprint: str) -> str:
     import hashlib
 
     tree = config.as_dict()
-    tree["train"] = {k: v for k, v in changed_settings(config.train).items() if k != "checkpoint_seconds"}
+    tree["train"] = {k: v for k, v in changed_settings(config.train).items() if k not in UNNAMING_TRAIN_SETTINGS}
     tree["finetune"] = changed_settings(config.finetune)
     if isinstance(tree.get("data"), dict):  # test sets are scored after training: not part of the run
         tree["data"] = {k: v for k, v in tree["data"].items() if k != "test"}

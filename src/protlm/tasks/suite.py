@@ -41,7 +41,7 @@ from protlm.io.checksums import xxh3_file
 from protlm.tasks import metrics as M
 from protlm.tasks import perprotein
 from protlm.tasks.build import data_files, load_task_config, validate, with_finetune
-from protlm.tasks.config import TaskConfig, TrainSettings
+from protlm.tasks.config import UNNAMING_TRAIN_SETTINGS, TaskConfig, TrainSettings
 from protlm.tasks.finetune import METHODS as FINETUNE_METHODS
 from protlm.tasks.finetune import changed_settings, state_folder
 from protlm.tasks.features import embedder_slug, identity_digest
@@ -131,8 +131,6 @@ def training_file_digests(config: TaskConfig) -> list[str]:
 
 #: ``train:`` fields added after v0.4.0: a digest leaves them out at their defaults (see _versioned_parts)
 LATER_TRAIN_SETTINGS = ("early_stopping",)
-#: ``train:`` fields that change no number (how often a resume checkpoint is written): never in a digest
-UNNAMING_TRAIN_SETTINGS = ("checkpoint_seconds",)
 
 
 def _versioned_parts(tree: dict, config: TaskConfig) -> None:

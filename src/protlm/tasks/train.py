@@ -69,8 +69,8 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
     gradient accumulation (:func:`_finetune_epoch`). ``run_state``: a
     :class:`~protlm.tasks.finetune.RunState` written at every epoch's end and every
     ``run_state.every`` optimizer steps when fine-tuning, at an epoch's end once
-    ``run_state.every_seconds`` have passed for a head on frozen features; ``resume``: continue from it exactly. ``env``: the
-    torchrun processes (:class:`protlm.io.processes.DistEnv`) sharing the batches. ``tick(epoch,
+    ``run_state.every_seconds`` have passed for a head on frozen features; ``resume``: continue
+    from it exactly. ``env``: the torchrun processes (:class:`protlm.io.processes.DistEnv`) sharing the batches. ``tick(epoch,
     proteins done, proteins in the set)`` reports progress inside a fine-tuning epoch."""
     t = config.train
     ft = config.finetune if lm is not None else None
@@ -467,7 +467,8 @@ def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: Task
             progress("epoch", {"epoch": epoch, "train_loss": tl, "valid_loss": vl, "key": protocol.stopping(config)[0],
                                **(timing or {})})
 
-    run_state = RunState(out, run_digest(config, identity_digest(identity)), every_seconds=config.train.checkpoint_seconds)
+    run_state = RunState(out, run_digest(config, identity_digest(identity)),
+                         every_seconds=config.train.checkpoint_seconds)
     check_interrupted(run_state, resume, out)
     model, history, best_epoch, stopped_by = fit_head(config, protocol, tr, va, dim, data.info, epoch_cb,
                                                       run_state=run_state, resume=resume, finish=finish)

@@ -560,8 +560,10 @@ class ResiduePairsToClass(Protocol):
         """Contact probabilities (float32, L × L, symmetric) for each chain's structure stretch."""
         if inputs.lm is not None:
             reg = model.regression()
-            return [reg.predict_proba(attention_features(inputs.lm, c)) for c in progress_iter(inputs.chains, "contact maps", unit="chains")]
-        return [predict_map(model, e, config.train.pair_budget) for e in progress_iter(inputs.embs, "contact maps", unit="chains")]
+            return [reg.predict_proba(attention_features(inputs.lm, c))
+                    for c in progress_iter(inputs.chains, "contact maps", unit="chains")]
+        return [predict_map(model, e, config.train.pair_budget)
+                for e in progress_iter(inputs.embs, "contact maps", unit="chains")]
 
     def score(self, config, preds, chains: list[Chain], info: dict, n_boot: int, seed: int = 0) -> dict:
         truth = [contact_map(c.ca, c.cb, config.data.threshold) for c in chains]
