@@ -152,3 +152,29 @@ def test_ctrl_c_names_the_checkpoint_and_how_to_continue(task, tmp_path):
     assert proc.returncode == 130, err[-500:]
     assert "Traceback" not in err and "train-state" in err and "--resume" in err and "--finish" in err
     assert (out / "train-state" / "state.json").is_file() and not (out / "head.json").exists()
+
+
+def test_a_resume_on_a_rewritten_training_file_is_refused(task, tmp_path):
+    """A label file rewritten in place between the interruption and --resume: the run would go on
+    with other labels under the old run's name, so it is refused (one message, exit 2)."""
+    cfg = yaml.safe_load((task / "task.yaml").read_text())
+    data = tmp_path / "ss.fasta"
+    data.write_bytes(Path(cfg["data"]["train"]["file"]).read_bytes())
+    for src in (cfg["data"]["train"], cfg["data"]["valid"], cfg["data"]["test"]["held_out"]):
+        src["file"] = str(data)
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(Stop):
+        train_command(load_task_config(tmp_path / "task.yaml"), tmp_path / "cut", progress=_stop_after(3))
+    state = json.loads((tmp_path / "cut" / "train-state" / "state.json").read_text())
+    assert state["files"]  # the training file's content digest is in the checkpoint
+    text = data.read_text()
+    first = text.index("TARGET=") + len("TARGET=")  # the first protein's first residue gets another class
+    data.write_text(text[:first] + ("C" if text[first] != "C" else "H") + text[first + 1:])
+    assert data.read_text() != text
+    res = subprocess.run([*PROTLM, "train", "--config", str(tmp_path / "task.yaml"), "--out", str(tmp_path / "cut"),
+                          "--resume"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "rewritten" in res.stderr and "Traceback" not in res.stderr, res.stderr[-800:]
+    assert (tmp_path / "cut" / "train-state" / "state.json").is_file()  # the checkpoint is kept
+    data.write_text(text)  # the old file back: the run continues
+    train_command(load_task_config(tmp_path / "task.yaml"), tmp_path / "cut", resume=True)
+    assert (tmp_path / "cut" / "head.json").is_file()

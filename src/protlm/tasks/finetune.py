@@ -469,10 +469,12 @@ class RunState:
     uninterrupted run's weights.
     """
 
-    def __init__(self, out: Path, run_id: str, every: int = 200, every_seconds: float = 0.0):
+    def __init__(self, out: Path, run_id: str, every: int = 200, every_seconds: float = 0.0,
+                 files: list[str] | None = None):
         self.out = Path(out)
         self.folder = self.out / STATE_FOLDER
         self.run_id = run_id
+        self.files = files  # content digests of the training and validation files (a resume refuses others)
         self.every = every  # optimizer steps between checkpoints inside an epoch (fine-tuning)
         self.every_seconds = every_seconds  # heads on frozen features: at an epoch's end, this often at most
         self.last = time.monotonic()
@@ -505,6 +507,8 @@ class RunState:
             tensors[f"rng.torch.{r}"] = value
         groups = [{k: v for k, v in g.items()} for g in opt_state["param_groups"]]
         doc = {**meta, "run": self.run_id, "param_groups": groups, "has_best": best_state is not None}
+        if self.files is not None:
+            doc["files"] = self.files
         tmp = self.folder.with_name(STATE_FOLDER + ".tmp")
         old = self.folder.with_name(STATE_FOLDER + ".old")
         try:
@@ -544,6 +548,11 @@ class RunState:
         if doc.get("run") != self.run_id:
             raise ConfigError(f"--resume: {folder} was written by a run with another config or base model; start "
                               f"again with --overwrite (or resume with the same settings)")
+        if self.files is not None and doc.get("files") is not None and doc["files"] != self.files:
+            # checkpoints written before protlm recorded the files carry none: those resume as before
+            raise ConfigError(f"--resume: a training or validation file was rewritten since {folder} was written "
+                              f"(its contents differ); the run cannot continue on other data: start again with "
+                              f"--overwrite, or put the old file back")
         own = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         missing = set(trainable_state(model)) - set(own)
         if missing:
@@ -571,6 +580,15 @@ def changed_settings(section) -> dict:
     default = type(section)()
     return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
             if getattr(section, f.name) != getattr(default, f.name)}
+
+
+def training_file_digests(config) -> list[str]:
+    """XXH3 of the content of every file the training and validation sets are read from (sets of
+    ``protlm datasets`` are read from the shared data folder, whose files do not change): part of a
+    suite head's digest, and checked when a run resumes."""
+    from protlm.io.checksums import xxh3_file
+
+    return [xxh3_file(path) for path in config.protocol_obj.training_files(config) if Path(path).is_file()]
 
 
 def run_digest(config, base_fingerprint: str) -> str:

@@ -37,13 +37,12 @@ import numpy as np
 
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes
-from protlm.io.checksums import xxh3_file
 from protlm.tasks import metrics as M
 from protlm.tasks import perprotein
 from protlm.tasks.build import data_files, load_task_config, validate, with_finetune
 from protlm.tasks.config import UNNAMING_TRAIN_SETTINGS, TaskConfig, TrainSettings
 from protlm.tasks.finetune import METHODS as FINETUNE_METHODS
-from protlm.tasks.finetune import changed_settings, state_folder
+from protlm.tasks.finetune import changed_settings, state_folder, training_file_digests
 from protlm.tasks.features import embedder_slug, identity_digest
 from protlm.tasks.protocols import get_protocol
 from protlm.tasks.train import HEAD_JSON, METRICS_JSON, check_source, load_head, train
@@ -121,12 +120,6 @@ def head_digest(config: TaskConfig, identity: dict) -> str:
             tree["data"]["file_contents"] = contents
     _versioned_parts(tree, config)
     return _digest(tree)
-
-
-def training_file_digests(config: TaskConfig) -> list[str]:
-    """XXH3 of the content of every file the training and validation sets are read from (sets of
-    ``protlm datasets`` are read from the shared data folder, whose files do not change)."""
-    return [xxh3_file(path) for path in config.protocol_obj.training_files(config) if Path(path).is_file()]
 
 
 #: ``train:`` fields added after v0.4.0: a digest leaves them out at their defaults (see _versioned_parts)

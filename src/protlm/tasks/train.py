@@ -43,7 +43,8 @@ from protlm.tasks.config import TaskConfig
 from protlm.tasks.features import FeatureSource, check_identity, identity_digest
 from protlm.tasks.finetune import (LM_FOLDER, STATE_FOLDER, FinetunedModel, RunState, SequenceSource, batch_residues,
                                    finetuned_embedder, optimizer_for, parameter_counts, run_digest, save_lm,
-                                   split_batch, to_budget, trainable_lm, trainable_state, warmup_factor)
+                                   split_batch, to_budget, trainable_lm, trainable_state, training_file_digests,
+                                   warmup_factor)
 from protlm.tasks.protocols import Protocol, TaskData
 
 log = logging.getLogger("protlm.tasks")
@@ -468,7 +469,7 @@ def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: Task
                                **(timing or {})})
 
     run_state = RunState(out, run_digest(config, identity_digest(identity)),
-                         every_seconds=config.train.checkpoint_seconds)
+                         every_seconds=config.train.checkpoint_seconds, files=training_file_digests(config))
     check_interrupted(run_state, resume, out)
     model, history, best_epoch, stopped_by = fit_head(config, protocol, tr, va, dim, data.info, epoch_cb,
                                                       run_state=run_state, resume=resume, finish=finish)
@@ -564,7 +565,8 @@ def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData,
             progress("epoch", {"epoch": epoch, "train_loss": tl, "valid_loss": vl, "key": protocol.stopping(config)[0],
                                **(timing or {})})
 
-    run_state = RunState(out, run_digest(config, base_fingerprint), ft.checkpoint_steps)
+    run_state = RunState(out, run_digest(config, base_fingerprint), ft.checkpoint_steps,
+                         files=training_file_digests(config))
     check_interrupted(run_state, resume, out)
     out.mkdir(parents=True, exist_ok=True)
     def tick(epoch, done, total):
