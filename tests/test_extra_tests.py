@@ -156,6 +156,32 @@ def test_adding_a_test_set_keeps_the_heads(value_task, tmp_path):
     run_suite(suite, [], out, None, extra_tests=extra, progress=progress)
     assert trained == ["kr"] and metrics.stat().st_mtime_ns == written and len(rescored) == 1
 
+    # the same content with a new modification time (a copied or re-mounted data folder): not scored
+    # again; other content is
+    import os
+
+    from protlm.tasks.build import load_task_config
+    from protlm.tasks.suite import add_tests, parse_extra_tests, test_digests
+
+    text = theirs.read_text()
+    os.utime(theirs, ns=(theirs.stat().st_atime_ns, theirs.stat().st_mtime_ns + 5 * 10**9))
+    run_suite(suite, [], out, None, extra_tests=extra, progress=progress)
+    assert len(rescored) == 1
+    # a cell finished by protlm 0.4 recorded size + modification time: still reused, its digests rewritten
+    config = load_task_config(suite / "kr.yaml")
+    add_tests(config, parse_extra_tests(extra)["kr"])
+    old = json.loads(metrics.read_text())
+    assert old["test_digests"] == test_digests(config)
+    metrics.write_text(json.dumps({**old, "test_digests": test_digests(config, by_stat=True)}))
+    run_suite(suite, [], out, None, extra_tests=extra, progress=progress)
+    assert len(rescored) == 1 and json.loads(metrics.read_text())["test_digests"] == test_digests(config)
+    theirs.write_text(text.replace("\np0,", "\nq0,"))  # an id changed: the file is re-made
+    run_suite(suite, [], out, None, extra_tests=extra, progress=progress)
+    assert len(rescored) == 2
+    theirs.write_text(text)
+    run_suite(suite, [], out, None, extra_tests=extra, progress=progress)
+    assert len(rescored) == 3
+
     # the test set leaves the results when it leaves the command line
     third = run_suite(suite, [], out, None, progress=progress)
     assert trained == ["kr"] and set(third["results"][0]["test"]) == {"own"}

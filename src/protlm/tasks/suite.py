@@ -37,6 +37,7 @@ import numpy as np
 
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes
+from protlm.io.checksums import xxh3_file
 from protlm.tasks import metrics as M
 from protlm.tasks import perprotein
 from protlm.tasks.build import data_files, load_task_config, validate, with_finetune
@@ -143,9 +144,12 @@ def _versioned_parts(tree: dict, config: TaskConfig) -> None:
                 del train[key]
 
 
-def test_digests(config: TaskConfig) -> dict[str, str] | None:
-    """One digest per test set of the config: its source, and a file's size and modification
-    time (a re-made file is scored again). None: the protocol makes its own test sets."""
+def test_digests(config: TaskConfig, by_stat: bool = False) -> dict[str, str] | None:
+    """One digest per test set of the config: its source and the XXH3 of the content of every file
+    it reads (a re-made file is scored again; a copied or re-mounted one with the same content is
+    not). ``by_stat``: the digests protlm wrote before 0.5, from each file's size and modification
+    time (a finished cell whose test files are unchanged since is not scored again). None: the
+    protocol makes its own test sets."""
     tests = getattr(config.data, "test", None)
     protocol = config.protocol_obj
     if tests is None and not protocol.own_tests:
@@ -153,12 +157,15 @@ def test_digests(config: TaskConfig) -> dict[str, str] | None:
     out = {name: _digest({"made_by_the_protocol": name}) for name in protocol.own_tests}  # the head digest covers them
     for name, src in (tests or {}).items():
         tree = dataclasses.asdict(src) if dataclasses.is_dataclass(src) else {"source": src}
-        stats = [[st.st_size, st.st_mtime_ns] for st in (Path(f).stat() for f in protocol.source_files(src)
-                                                          if Path(f).is_file())]
-        if len(stats) == 1:
-            tree["stat"] = stats[0]
-        elif stats:
-            tree["stats"] = stats  # every file the set reads (a structure set and its FASTA of whole sequences)
+        files = [f for f in protocol.source_files(src) if Path(f).is_file()]
+        if by_stat:
+            stats = [[st.st_size, st.st_mtime_ns] for st in (Path(f).stat() for f in files)]
+            if len(stats) == 1:
+                tree["stat"] = stats[0]
+            elif stats:
+                tree["stats"] = stats
+        elif files:  # every file the set reads (a structure set and its FASTA of whole sequences)
+            tree["contents"] = [xxh3_file(f) for f in files]
         out[name] = _digest(tree)
     return out
 
@@ -208,9 +215,17 @@ def rescore_tests(previous: dict, config: TaskConfig, folder: Path, made_with: d
     unchanged, scored with the saved head where it is new or changed, dropped where it left the
     config. None when nothing changed (the results stand as written)."""
     now = test_digests(config)
-    if now is None or (now == made_with and set(previous.get("test", {})) == set(now)):
+    if now is None:
         return None
-    keep = {k for k in now if made_with.get(k) == now[k] and k in previous.get("test", {})}
+    stat = test_digests(config, by_stat=True) or {}  # what a cell finished before 0.5 recorded
+
+    def unchanged(k: str) -> bool:
+        return made_with.get(k) in (now[k], stat.get(k))
+
+    if set(previous.get("test", {})) == set(now) and all(unchanged(k) for k in now):
+        # nothing to score; a cell with the older digests is handed back so they are written anew
+        return None if made_with == now else dict(previous)
+    keep = {k for k in now if unchanged(k) and k in previous.get("test", {})}
     todo = [k for k in now if k not in keep]
     scored: dict[str, dict] = {}
     paired: dict[str, dict] = {}
