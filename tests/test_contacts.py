@@ -291,6 +291,40 @@ def test_resnet2d_is_symmetric_and_any_length():
         assert z.shape == (n, n) and torch.allclose(z, z.T)
 
 
+def test_resnet2d_channels_last_computes_what_nchw_does():
+    """The head keeps its weights and maps channels_last (faster on CPU): the same logits and
+    gradients as the plain NCHW layout, up to float rounding, and weights saved contiguous."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    head = ResNet2D(8, proj=4, channels=6, blocks=3).eval()
+    assert head.blocks[0].c1.weight.is_contiguous(memory_format=torch.channels_last)
+    emb = torch.randn(29, 8)
+
+    def nchw(emb):  # the same layers, every tensor in the default layout
+        a = head.proj(head.norm(emb))
+        n = a.shape[0]
+        ai, aj = a[:, None, :].expand(n, n, -1), a[None, :, :].expand(n, n, -1)
+        x = torch.cat([ai, aj, ai * aj], dim=-1).permute(2, 0, 1)[None].contiguous()
+
+        def conv(m, x):
+            return F.conv2d(x, m.weight.contiguous(), m.bias, padding=m.padding, dilation=m.dilation)
+
+        x = conv(head.inp, x)
+        for b in head.blocks:
+            x = x + conv(b.c2, torch.relu(conv(b.c1, torch.relu(x))))
+        z = conv(head.out, torch.relu(x))[0, 0]
+        return (z + z.T) / 2
+
+    for block in head.blocks:  # the residual branches start at zero: give them weights to compare
+        torch.nn.init.normal_(block.c2.weight, std=0.1)
+    got, want = head(emb), nchw(emb)
+    assert torch.allclose(got, want, atol=1e-5)
+    g1 = torch.autograd.grad(got.sum(), head.blocks[1].c1.weight)[0]
+    g2 = torch.autograd.grad(nchw(emb).sum(), head.blocks[1].c1.weight)[0]
+    assert torch.allclose(g1, g2, atol=1e-4)
+
+
 # --------------------------------------------------------------------------- CLI end to end
 
 
