@@ -178,3 +178,27 @@ def test_a_resume_on_a_rewritten_training_file_is_refused(task, tmp_path):
     data.write_text(text)  # the old file back: the run continues
     train_command(load_task_config(tmp_path / "task.yaml"), tmp_path / "cut", resume=True)
     assert (tmp_path / "cut" / "head.json").is_file()
+
+
+def test_a_suite_cell_another_process_holds_is_not_trained_twice(task, tmp_path):
+    """Two `protlm benchmark` runs on one output folder (a cell per core): one that reaches a cell
+    the other holds stops with one line naming that process, and the cell is left as it was."""
+    from protlm.errors import InputError
+
+    run_suite(task / "task.yaml", ["onehot"], tmp_path / "suite", None)
+    (cell,) = [p for p in (tmp_path / "suite").glob("*/*") if p.is_dir()]
+    (cell / "metrics.json").unlink()  # as if the cell were still being trained by the other process
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom protlm.io.outputs import output_lock\n"
+                               "with output_lock(sys.argv[1], 'x', beside=True):\n"
+                               "    print('held', flush=True)\n    time.sleep(120)", str(cell)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match=f"in use by process {holder.pid}"):
+            run_suite(task / "task.yaml", ["onehot"], tmp_path / "suite", None)
+        assert not (cell / "metrics.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    run_suite(task / "task.yaml", ["onehot"], tmp_path / "suite", None)  # released with its process
+    assert (cell / "metrics.json").is_file()

@@ -26,10 +26,12 @@ test sets no longer in the config leave its results.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -38,6 +40,7 @@ import numpy as np
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes
 from protlm.io.checksums import xxh3_file
+from protlm.io.outputs import output_lock
 from protlm.tasks import metrics as M
 from protlm.tasks import perprotein
 from protlm.tasks.build import data_files, load_task_config, validate, with_finetune
@@ -46,7 +49,7 @@ from protlm.tasks.finetune import METHODS as FINETUNE_METHODS
 from protlm.tasks.finetune import changed_settings, state_folder, training_file_digests
 from protlm.tasks.features import embedder_slug, identity_digest
 from protlm.tasks.protocols import get_protocol
-from protlm.tasks.train import HEAD_JSON, METRICS_JSON, check_source, load_head, train
+from protlm.tasks.train import HEAD_JSON, METRICS_JSON, check_source, distributed_run, load_head, train
 
 log = logging.getLogger("protlm.tasks")
 
@@ -366,37 +369,12 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
                 identity = head_identity(config, source.identity())
                 folder = head_folder(out, path.stem, name, identity)
                 digest = head_digest(config, identity)
-                done = folder / METRICS_JSON
-                if done.is_file():
-                    previous = json.loads(done.read_text())
-                    made_with = reusable(previous, config, identity, digest)
-                    if made_with is not None:
-                        log.info("%s with %s: already done, reused", path.stem, spec)
-                        doc = rescore_tests(previous, config, folder, made_with, data_dir, source, cache_dir,
-                                            progress)
-                        if doc is not None or "head_digest" not in previous:
-                            doc = doc or previous
-                            doc.pop("config_digest", None)
-                            doc.update(head_digest=digest, test_digests=test_digests(config) or {})
-                            write_bytes(done, json_bytes(doc))
-                        else:
-                            doc = previous
-                        doc["embedder"] = name
-                        results.append(doc)
-                        continue
-                if progress is not None:
-                    progress("task", {"task": path.stem, "embedder": name})
-                # a cell killed mid-run continues from its checkpoint (the same weights)
-                interrupted = state_folder(folder) is not None
-                if interrupted:
-                    log.warning("%s with %s: continuing the interrupted training run in %s", path.stem, name,
-                                folder)
-                # what the suite keeps beside the metrics goes into metrics.json as it is written, once
-                record = {"head_digest": digest, "test_digests": test_digests(config) or {}, "task_file": path.stem,
-                          "embedder": name}
-                result = train(config, folder, data_dir, cache_dir, progress, source=source, resume=interrupted,
-                               record=record, finish=finish and interrupted)
-            if "task" in result:  # not a torchrun worker other than process 0 (it saves and scores nothing)
+                with cell_lock(folder, f"the suite cell {path.stem} with {name}"):
+                    result = _run_cell(config, path, name, spec, folder, identity, digest, data_dir, source,
+                                       cache_dir, progress, finish)
+            if "reused" in result:
+                results.append(result["reused"])
+            elif "task" in result:  # not a torchrun worker other than process 0 (it saves and scores nothing)
                 results.append({k: v for k, v in result.items() if k not in ("out", "seconds")})
     table = results_table(results)
     if skipped:
@@ -413,6 +391,50 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
     write_bytes(out / "results.md", table.encode())
     return {"out": str(out), "results": results, "table": table, "paired_differences": differences,
             "skipped": skipped}
+
+
+def cell_lock(folder: Path, what: str):
+    """A suite cell is trained or re-scored by one process at a time: two ``protlm benchmark``
+    runs on the same output folder (one cell per core, as experiments/contacts/ does) may run
+    different cells side by side, and one that reaches a cell another process holds stops with one
+    line naming that process. torchrun's other processes train the cell with process 0, which holds it."""
+    if distributed_run() and int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return output_lock(folder, what, beside=True)
+
+
+def _run_cell(config: TaskConfig, path: Path, name: str, spec: str, folder: Path, identity: dict, digest: str,
+              data_dir, source, cache_dir, progress, finish: bool) -> dict:
+    """One (config, embedder) cell: its finished head reused (``{"reused": metrics}``, test sets
+    that changed scored again), or trained (continued from its checkpoint when interrupted)."""
+    done = folder / METRICS_JSON
+    if done.is_file():
+        previous = json.loads(done.read_text())
+        made_with = reusable(previous, config, identity, digest)
+        if made_with is not None:
+            log.info("%s with %s: already done, reused", path.stem, spec)
+            doc = rescore_tests(previous, config, folder, made_with, data_dir, source, cache_dir, progress)
+            if doc is not None or "head_digest" not in previous:
+                doc = doc or previous
+                doc.pop("config_digest", None)
+                doc.update(head_digest=digest, test_digests=test_digests(config) or {})
+                write_bytes(done, json_bytes(doc))
+            else:
+                doc = previous
+            doc["embedder"] = name
+            return {"reused": doc}
+    if progress is not None:
+        progress("task", {"task": path.stem, "embedder": name})
+    # a cell killed mid-run continues from its checkpoint (the same weights)
+    interrupted = state_folder(folder) is not None
+    if interrupted:
+        log.warning("%s with %s: continuing the interrupted training run in %s", path.stem, name, folder)
+    # what the suite keeps beside the metrics goes into metrics.json as it is written, once
+    record = {"head_digest": digest, "test_digests": test_digests(config) or {}, "task_file": path.stem,
+              "embedder": name}
+    return train(config, folder, data_dir, cache_dir, progress, source=source, resume=interrupted,
+                 record=record, finish=finish and interrupted)
 
 
 # --------------------------------------------------------------------------- paired differences
