@@ -9,7 +9,6 @@ refused (``protlm contacts …`` takes contact heads only).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +20,7 @@ from protlm.io.outputs import check_output_dir, check_output_file, output_lock
 from protlm.tasks.build import build_task_config
 from protlm.tasks.config import MAX_BOOTSTRAP, TaskConfig
 from protlm.tasks.finetune import STATE_FOLDER, RunState, state_folder
-from protlm.tasks.train import (HEAD_JSON, HEAD_WEIGHTS, TrainedHead, distributed_run, evaluate, load_head, predict_file,
+from protlm.tasks.train import (HEAD_JSON, HEAD_WEIGHTS, TrainedHead, other_process, evaluate, load_head, predict_file,
                                  train)
 
 CONTACTS = "residue_pairs_to_class"
@@ -77,7 +76,7 @@ def train_command(config: TaskConfig, out: str | Path, *, overwrite: bool = Fals
     """``protlm train``: the head folder is checked before any embedding or training (an existing
     head needs ``overwrite``; the folder must be writable), then trained and written."""
     out = Path(out)
-    if config.finetuning and distributed_run() and int(os.environ.get("RANK", "0")) != 0:
+    if config.finetuning and other_process():
         return train(config, out, data_dir, cache_dir, None, resume=resume, finish=finish)  # process 0 checks
     if resume and overwrite:
         raise ConfigError("--resume continues an interrupted run, --overwrite starts again: give one")

@@ -31,7 +31,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -49,7 +48,7 @@ from protlm.tasks.finetune import METHODS as FINETUNE_METHODS
 from protlm.tasks.finetune import changed_settings, state_folder, training_file_digests
 from protlm.tasks.features import embedder_slug, identity_digest
 from protlm.tasks.protocols import get_protocol
-from protlm.tasks.train import HEAD_JSON, METRICS_JSON, check_source, distributed_run, load_head, train
+from protlm.tasks.train import HEAD_JSON, METRICS_JSON, check_source, load_head, other_process, train
 
 log = logging.getLogger("protlm.tasks")
 
@@ -213,14 +212,16 @@ def reusable(previous: dict, config: TaskConfig, identity: dict, digest: str) ->
 
 
 def rescore_tests(previous: dict, config: TaskConfig, folder: Path, made_with: dict[str, str], data_dir, source,
-                  cache_dir=None, progress: Callable[[str, dict], None] | None = None) -> dict | None:
+                  cache_dir=None, progress: Callable[[str, dict], None] | None = None,
+                  now: dict[str, str] | None = None) -> dict | None:
     """A finished head's results for the config's test sets now: kept where a test set is
     unchanged, scored with the saved head where it is new or changed, dropped where it left the
     config. None when nothing changed (the results stand as written)."""
-    now = test_digests(config)
+    now = now if now is not None else test_digests(config)
     if now is None:
         return None
-    stat = test_digests(config, by_stat=True) or {}  # what a cell finished before 0.5 recorded
+    # what a cell finished before 0.5 recorded (size + modification time), read only when needed
+    stat = {} if all(made_with.get(k) == v for k, v in now.items()) else test_digests(config, by_stat=True) or {}
 
     def unchanged(k: str) -> bool:
         return made_with.get(k) in (now[k], stat.get(k))
@@ -398,7 +399,7 @@ def cell_lock(folder: Path, what: str):
     runs on the same output folder (one cell per core, as experiments/contacts/ does) may run
     different cells side by side, and one that reaches a cell another process holds stops with one
     line naming that process. torchrun's other processes train the cell with process 0, which holds it."""
-    if distributed_run() and int(os.environ.get("RANK", "0")) != 0:
+    if other_process():
         return contextlib.nullcontext()
     folder.parent.mkdir(parents=True, exist_ok=True)
     return output_lock(folder, what, beside=True)
@@ -414,11 +415,12 @@ def _run_cell(config: TaskConfig, path: Path, name: str, spec: str, folder: Path
         made_with = reusable(previous, config, identity, digest)
         if made_with is not None:
             log.info("%s with %s: already done, reused", path.stem, spec)
-            doc = rescore_tests(previous, config, folder, made_with, data_dir, source, cache_dir, progress)
+            now = test_digests(config)
+            doc = rescore_tests(previous, config, folder, made_with, data_dir, source, cache_dir, progress, now)
             if doc is not None or "head_digest" not in previous:
                 doc = doc or previous
                 doc.pop("config_digest", None)
-                doc.update(head_digest=digest, test_digests=test_digests(config) or {})
+                doc.update(head_digest=digest, test_digests=now or {})
                 write_bytes(done, json_bytes(doc))
             else:
                 doc = previous

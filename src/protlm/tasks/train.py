@@ -542,6 +542,11 @@ def distributed_run() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def other_process() -> bool:
+    """A torchrun process other than process 0 (it trains with process 0, which checks and writes)."""
+    return distributed_run() and int(os.environ.get("RANK", "0")) != 0
+
+
 def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData, cache_dir, progress, t0,
               resume: bool = False, record: dict | None = None, finish: bool = False) -> dict:
     """Train the LM with the head (module docstring of :mod:`protlm.tasks.finetune`), save both,
