@@ -5,8 +5,8 @@ time for each path, every configuration in its own child process (so peak memory
 
 * ``pair_mlp``: the pair head's forward from a ready L × D embedding (D = 96, the masked-xs
   checkpoint's width; hidden 128; [e_i, e_j, |e_i − e_j|, e_i ⊙ e_j]), rows in blocks of at
-  most ``pair_budget`` pairs (the default 131,072), and once with one block of all L² pairs to
-  show what the budget saves;
+  most ``BLOCK_PAIRS`` pairs (4,096), in blocks of 131,072 pairs (the block size before session
+  21), and once with one block of all L² pairs to show what the blocks save;
 * ``resnet2d``: the 2-D ResNet (proj 32, 32 channels, 4 blocks), whole map at once;
 * ``attention_lr``: the LM forward with eager attention, symmetrise + APC of every map, and the
   regression, for the masked-xs checkpoint (3 × 6 = 18 maps) and a random-weight ESM-2 8M
@@ -36,7 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MASKED = REPO / "checkpoints" / "protlm-swissprot-masked-xs"
-CONFIGS = ["embed_masked_xs", "pair_mlp", "pair_mlp_one_block", "resnet2d", "attention_lr_masked_xs",
+CONFIGS = ["embed_masked_xs", "pair_mlp", "pair_mlp_131k", "pair_mlp_one_block", "resnet2d", "attention_lr_masked_xs",
            "attention_lr_esm2_8M_shape"]
 
 
@@ -90,13 +90,15 @@ def child(name: str, length: int, repeats: int) -> dict:
         e = load_embedder(str(MASKED))
         call = lambda: e.embed([seq])  # noqa: E731
     elif name.startswith("pair_mlp"):
-        from protlm.tasks.heads.pair_mlp import PairMLP
+        from protlm.tasks.heads import pair_mlp
         from protlm.tasks.protocols.residue_pairs_to_class import predict_map
 
         torch.manual_seed(0)
-        head = PairMLP(96, hidden=128).eval()
-        budget = length * length if name == "pair_mlp_one_block" else 131072
-        call = lambda: predict_map(head, emb, budget)  # noqa: E731
+        head = pair_mlp.PairMLP(96, hidden=128).eval()
+        budget = {"pair_mlp_one_block": length * length, "pair_mlp_131k": 131072}.get(name)
+        if budget is not None:
+            pair_mlp.BLOCK_PAIRS = budget
+        call = lambda: predict_map(head, emb, budget or 131072)  # noqa: E731
     elif name == "resnet2d":
         from protlm.tasks.heads.resnet2d import ResNet2D
         from protlm.tasks.protocols.residue_pairs_to_class import predict_map

@@ -282,6 +282,43 @@ def test_pair_mlp_rows_in_blocks_equal_one_block_and_pairs():
     assert torch.allclose(whole[i, j], pairs, atol=1e-6)
 
 
+def test_pair_mlp_training_blocks_equal_the_pairwise_definition():
+    """train_logits computes blocks of rows by broadcasting: the same logits, in m.nonzero()'s
+    order, and the same gradients (weights and embedding, as when the LM trains) as pair by pair,
+    for a mask with gaps (unobserved residues, empty rows) and blocks of a few rows."""
+    from protlm.tasks.heads import pair_mlp
+
+    torch.manual_seed(0)
+    n = 40
+    head = PairMLP(8, hidden=16, dropout=0.0).train()
+    emb = torch.randn(n, 8, requires_grad=True)
+    m = torch.triu(torch.rand(n, n) < 0.5, diagonal=3)
+    m[5] = False
+    m[:, 17] = False
+    i, j = torch.nonzero(m, as_tuple=True)
+    results = []
+    for block in (pair_mlp.BLOCK_PAIRS, 3 * n):  # one block; three rows at a time
+        pair_mlp.BLOCK_PAIRS, saved = block, pair_mlp.BLOCK_PAIRS
+        try:
+            head.zero_grad()
+            emb.grad = None
+            z = head.train_logits(emb, m)
+            (z * torch.linspace(-1, 1, len(z))).sum().backward()
+            results.append((z.detach(), emb.grad.clone(), head.diff.weight.grad.clone()))
+        finally:
+            pair_mlp.BLOCK_PAIRS = saved
+    head.zero_grad()
+    emb.grad = None
+    ref = head.pair_logits(head.norm(emb), i, j)
+    (ref * torch.linspace(-1, 1, len(ref))).sum().backward()
+    for z, g_emb, g_w in results:
+        assert z.shape == ref.shape == (int(m.sum()),)
+        assert torch.allclose(z, ref.detach(), atol=1e-5)
+        assert torch.allclose(g_emb, emb.grad, atol=1e-5)
+        assert torch.allclose(g_w, head.diff.weight.grad, atol=1e-5)
+    assert head.train_logits(emb, torch.zeros(n, n, dtype=torch.bool)).shape == (0,)
+
+
 def test_resnet2d_is_symmetric_and_any_length():
     torch.manual_seed(0)
     head = ResNet2D(8, proj=4, channels=6, blocks=2).eval()
