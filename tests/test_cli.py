@@ -425,6 +425,11 @@ def test_progress_a_person_can_trust(capsys, monkeypatch):
     close()
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "protlm: embed train: 900/900 res (100%), 450 res/s (done in 2s)", err
+    # a set counted at once (found in the cache): no rate out of a zero time
+    bar = common.LogProgress(22_542, "embed valid", "res", summary=True)
+    bar.n = 22_542
+    bar.close()
+    assert capsys.readouterr().err == "protlm: embed valid: 22,542/22,542 res (100%) (done in 0s)\n"
     assert "(12s; at most 2m00s left, to epoch 11)" in err[1]
     assert err[2].endswith("(12s)") and len(err) == 3
     # with early stopping's state: the best epoch, the patience used, and fewest-to-most time left

@@ -36,12 +36,14 @@ class LogProgress:
     def _line(self) -> str:
         elapsed = max(time.monotonic() - self._t0, 1e-9)
         rate = self.n / elapsed
+        # under a second (a set found in the cache, counted at once) a rate means nothing
+        speed = f", {rate:,.0f} {self.unit}/s" if elapsed >= 1.0 else ""
         if self.total:
             left = (self.total - self.n) / rate if rate > 0 else float("inf")
             eta = f", {_duration(left)} left" if left != float("inf") and self.n < self.total else ""
-            return (f"{self.desc}: {self.n:,}/{self.total:,} {self.unit} ({100 * self.n / self.total:.0f}%), "
-                    f"{rate:,.0f} {self.unit}/s{eta}")
-        return f"{self.desc}: {self.n:,} {self.unit}, {rate:,.0f} {self.unit}/s"
+            return (f"{self.desc}: {self.n:,}/{self.total:,} {self.unit} ({100 * self.n / self.total:.0f}%)"
+                    f"{speed}{eta}")
+        return f"{self.desc}: {self.n:,} {self.unit}{speed}"
 
     def _maybe_log(self) -> None:
         now = time.monotonic()
