@@ -212,7 +212,8 @@ def test_suites_finished_before_test_sets_left_the_digest_are_reused(value_task,
         for key in ("seq_column", "label_column", "id_column"):
             del src[key]
     del tree["finetune"]  # 0.4 configs had no finetune: section
-    del tree["train"]["early_stopping"], tree["train"]["checkpoint_seconds"]  # nor these train: fields
+    for key in ("early_stopping", "checkpoint_seconds", "clip_grad_norm"):  # nor these train: fields
+        del tree["train"][key]
     doc["config_digest"] = hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
     del doc["head_digest"], doc["test_digests"]
     metrics.write_text(json.dumps(doc))

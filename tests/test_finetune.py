@@ -803,3 +803,26 @@ def test_finetuning_can_stop_early_on_the_headline_metric(tmp_path, models, data
     assert values[info["best_epoch"] - 1] == max(values)
     # the LM and head kept are the best epoch's: the saved pair scores what the history says
     assert res["valid"]["q3"]["accuracy"]["value"] == pytest.approx(values[info["best_epoch"] - 1], abs=1e-9)
+
+
+def test_fine_tuning_clips_the_mean_gradient_of_a_step():
+    """train.clip_grad_norm when the LM trains: the gradient of the step (the mean over every
+    batch accumulated) is clipped to the norm, then the optimizer steps; 0 leaves it."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from protlm.tasks.train import Accumulator
+
+    ft = SimpleNamespace(batches_per_step=1, tokens_per_batch=0, tokens_per_step=0, warmup_steps=0)
+    protocol = SimpleNamespace(output_level="protein")
+    batch = (None, None, torch.ones(1, 4))
+    moved = {}
+    for clip in (0.0, 0.5):
+        w = torch.nn.Parameter(torch.zeros(3))
+        acc = Accumulator(torch.optim.SGD([w], lr=1.0), ft, protocol, world=1, clip=clip)
+        acc.add((w * torch.tensor([3.0, 4.0, 0.0])).sum(), 2.0, batch)  # a mean loss over 2: gradient (3, 4, 0), norm 5
+        acc.step()
+        moved[clip] = -w.detach()
+    assert torch.allclose(moved[0.0], torch.tensor([3.0, 4.0, 0.0]))
+    assert torch.allclose(moved[0.5], torch.tensor([0.3, 0.4, 0.0]), atol=1e-6)

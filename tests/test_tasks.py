@@ -814,6 +814,35 @@ def test_early_stopping_setting_is_checked(tmp_path, seq_files):
         load_task_config(data=bad)
 
 
+def test_clip_grad_norm_clips_every_step_of_the_head(tmp_path, seq_files, monkeypatch):
+    """train.clip_grad_norm: each optimizer step sees gradients of total norm at most the setting
+    (here far below what the loss gives); 0 leaves them as they are; a negative one is refused."""
+    import torch
+
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(opt, *a, **k):
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in grads]))))
+        return real_step(opt, *a, **k)
+
+    target = [{"name": "h", "label": "target"}]
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    for clip in (0.0, 1e-3):
+        seen.clear()
+        cfg = load_task_config(data=_config(seq_files["value"], "sequence_to_value", "ffn", target, epochs=2,
+                                            clip_grad_norm=clip))
+        train(cfg, tmp_path / f"head{clip}")
+        assert seen
+        if clip:
+            assert max(seen) <= clip * 1.0001, seen
+        else:
+            assert max(seen) > 1e-2, seen  # unclipped, the same head's gradients are far larger
+    with pytest.raises(ConfigError, match="train.clip_grad_norm"):
+        load_task_config(data=_config(seq_files["value"], "sequence_to_value", "ffn", target, clip_grad_norm=-1))
+
+
 def test_contacts_refuse_early_stopping_on_the_loss():
     cfg = Path(__file__).resolve().parents[1] / "configs" / "benchmarks" / "contacts_pair_mlp_onehot.yaml"
     with pytest.raises(ConfigError, match="P@L/5"):
@@ -822,7 +851,7 @@ def test_contacts_refuse_early_stopping_on_the_loss():
 
 
 def test_the_early_stopping_setting_names_a_suite_head_only_when_set(tmp_path, seq_files):
-    """A train: field added after v0.4 leaves the digests of finished suite cells unchanged at its
+    """A train: field added after v0.4 (early_stopping, clip_grad_norm) leaves the digests of finished suite cells unchanged at its
     default, and names a new cell when set."""
     import dataclasses
 
@@ -833,7 +862,9 @@ def test_the_early_stopping_setting_names_a_suite_head_only_when_set(tmp_path, s
                                          [{"name": "h", "label": "target"}]))
     metric = load_task_config(data=_config(seq_files["value"], "sequence_to_value", "ffn",
                                            [{"name": "h", "label": "target"}], early_stopping="metric"))
-    assert head_digest(base, identity) != head_digest(metric, identity)
+    clipped = load_task_config(data=_config(seq_files["value"], "sequence_to_value", "ffn",
+                                            [{"name": "h", "label": "target"}], clip_grad_norm=1.0))
+    assert len({head_digest(base, identity), head_digest(metric, identity), head_digest(clipped, identity)}) == 3
     # the default's digest is the digest of the config without the field (what v0.4 wrote)
     import hashlib
 
@@ -843,7 +874,8 @@ def test_the_early_stopping_setting_names_a_suite_head_only_when_set(tmp_path, s
     tree["embedder"] = identity_digest(identity)
     tree["data"] = {k: v for k, v in tree["data"].items() if k != "test"}
     tree.pop("finetune", None)
-    del tree["train"]["early_stopping"], tree["train"]["checkpoint_seconds"]  # neither existed in v0.4
+    for key in ("early_stopping", "checkpoint_seconds", "clip_grad_norm"):  # none existed in v0.4
+        del tree["train"][key]
     from protlm.tasks.suite import training_file_digests
 
     contents = training_file_digests(base)

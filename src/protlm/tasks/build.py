@@ -40,6 +40,7 @@ def validate(c: TaskConfig) -> None:
     need(t.max_train >= 0 and t.max_residues >= 0, "train.max_train", "caps must be >= 0")
     need(t.pair_budget >= 1 and t.crop >= 1, "train.pair_budget", "pair_budget and crop must be >= 1")
     need(t.checkpoint_seconds >= 0, "train.checkpoint_seconds", "must be >= 0")
+    need(t.clip_grad_norm >= 0, "train.clip_grad_norm", "must be >= 0 (0: no clipping)")
     need(c.evaluate.n_boot is None or 0 <= c.evaluate.n_boot <= MAX_BOOTSTRAP, "evaluate.n_boot",
          f"must be in [0, {MAX_BOOTSTRAP:,}]")
     c.protocol_obj.validate(c)

@@ -112,6 +112,9 @@ class TrainSettings:
     max_residues: int = 0  # crop proteins longer than this in training (0 = no crop)
     pair_budget: int = 131072  # pair protocols: pairs per optimisation step (sum of crop² / 2), at most
     crop: int = 256  # pair protocols: residues; longer training chains are cut to a random window
+    # the total norm of the gradients is clipped to this before each optimizer step (head, or LM and
+    # head when fine-tuning; TAPE clips at 1.0); 0: no clipping
+    clip_grad_norm: float = 0.0
     # a head on frozen features writes its resume checkpoint (OUT/train-state/) at the end of an epoch
     # once this many seconds have passed since the last one (0: every epoch); fine-tuning checkpoints
     # by finetune.checkpoint_steps. Not part of what names a head or a run: it changes no number.

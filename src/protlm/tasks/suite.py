@@ -126,7 +126,7 @@ def head_digest(config: TaskConfig, identity: dict) -> str:
 
 
 #: ``train:`` fields added after v0.4.0: a digest leaves them out at their defaults (see _versioned_parts)
-LATER_TRAIN_SETTINGS = ("early_stopping",)
+LATER_TRAIN_SETTINGS = ("early_stopping", "clip_grad_norm")
 
 
 def _versioned_parts(tree: dict, config: TaskConfig) -> None:

@@ -90,7 +90,7 @@ def fit_head(config: TaskConfig, protocol: Protocol, train_inputs, valid_inputs,
             return model, direct.get("history", []), 0, "closed_form"
     state = protocol.fit_state(config, model, train_inputs, info)
     opt = optimizer_for(model, t.lr, t.weight_decay, ft)
-    acc = Accumulator(opt, ft, protocol, world) if ft is not None else None
+    acc = Accumulator(opt, ft, protocol, world, t.clip_grad_norm) if ft is not None else None
 
     key, higher = protocol.stopping(config)
     sign = -1.0 if higher else 1.0  # compared as a loss: lower is better
@@ -205,6 +205,12 @@ def _finite(config: TaskConfig, loss: torch.Tensor, epoch: int, finetuning: bool
     return value
 
 
+def clip_gradients(params, max_norm: float) -> None:
+    """``train.clip_grad_norm``: the gradients' total norm clipped to ``max_norm`` (0: left as they are)."""
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+
+
 def _head_epoch(config, protocol, model, opt, batches, state, totals, epoch) -> None:
     """One epoch of a head on frozen features: one AdamW step per batch."""
     for batch in batches:
@@ -215,6 +221,7 @@ def _head_epoch(config, protocol, model, opt, batches, state, totals, epoch) -> 
         value = _finite(config, loss, epoch, False)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        clip_gradients(model.parameters(), config.train.clip_grad_norm)
         opt.step()
         totals[0] += value * weight
         totals[1] += weight
@@ -275,8 +282,9 @@ class Accumulator:
     whatever the batch sizes and the number of processes. Gradients are summed over the processes
     with one all-reduce per step (gloo on CPU, NCCL on GPUs)."""
 
-    def __init__(self, opt, ft, protocol: Protocol, world: int):
+    def __init__(self, opt, ft, protocol: Protocol, world: int, clip: float = 0.0):
         self.opt = opt
+        self.clip = clip
         self.params = [p for g in opt.param_groups for p in g["params"]]
         self.world = world
         self.per_residue = protocol.output_level == "residue"
@@ -322,6 +330,7 @@ class Accumulator:
             for p in self.params:
                 if p.grad is not None:
                     p.grad.div_(total)
+            clip_gradients(self.params, self.clip)  # after the mean over every process's batches
             if self.warmup:
                 for g in self.opt.param_groups:
                     g["lr"] = g["base_lr"] * warmup_factor(self.steps, self.warmup)
