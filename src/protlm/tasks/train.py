@@ -208,7 +208,7 @@ def _finite(config: TaskConfig, loss: torch.Tensor, epoch: int, finetuning: bool
 def clip_gradients(params, max_norm: float) -> None:
     """``train.clip_grad_norm``: the gradients' total norm clipped to ``max_norm`` (0: left as they are)."""
     if max_norm > 0:
-        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+        torch.nn.utils.clip_grad_norm_(params, max_norm)  # parameters without a gradient are skipped
 
 
 def _head_epoch(config, protocol, model, opt, batches, state, totals, epoch) -> None:
