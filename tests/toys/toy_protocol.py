@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from protlm.tasks.protocols import register_protocol
-from protlm.tasks.protocols.labels import LabelProtocol, ProteinClasses
+from protlm.tasks.protocols.labels import LabelProtocol
+from protlm.tasks.protocols.targets import ProteinClasses
 
 CLASSES = ["negative", "positive"]
 

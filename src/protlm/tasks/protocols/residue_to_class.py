@@ -2,7 +2,8 @@
 over all scored residues of a set (Q3), bootstrap CI over proteins."""
 
 from protlm.tasks.protocols.base import register_protocol
-from protlm.tasks.protocols.labels import LabelProtocol, ResidueClasses
+from protlm.tasks.protocols.labels import LabelProtocol
+from protlm.tasks.protocols.targets import ResidueClasses
 
 
 @register_protocol

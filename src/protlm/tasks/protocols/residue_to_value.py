@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from protlm.tasks import metrics as M
 from protlm.tasks.protocols.base import register_protocol
-from protlm.tasks.protocols.labels import LabelProtocol, TargetKind, residue_mask
+from protlm.tasks.protocols.labels import LabelProtocol
+from protlm.tasks.protocols.targets import TargetKind, residue_mask
 
 
 class ResidueValues(TargetKind):

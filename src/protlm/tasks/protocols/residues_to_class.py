@@ -7,7 +7,8 @@ Contact prediction was called ``residues_to_class`` before protlm 0.4; such a co
 ``residue_pairs_to_class`` with a deprecation warning (:mod:`.residue_pairs_to_class`)."""
 
 from protlm.tasks.protocols.base import register_protocol
-from protlm.tasks.protocols.labels import LabelProtocol, ProteinClasses
+from protlm.tasks.protocols.labels import LabelProtocol
+from protlm.tasks.protocols.targets import ProteinClasses
 
 
 @register_protocol

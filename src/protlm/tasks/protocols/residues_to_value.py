@@ -2,7 +2,8 @@
 number per protein (light attention for regression). Headline: Spearman ρ."""
 
 from protlm.tasks.protocols.base import register_protocol
-from protlm.tasks.protocols.labels import LabelProtocol, ProteinValues
+from protlm.tasks.protocols.labels import LabelProtocol
+from protlm.tasks.protocols.targets import ProteinValues
 
 
 @register_protocol

@@ -3,7 +3,8 @@ Q10/Q2, fold, SCOP class); a head that reads residues (light attention) gets the
 accuracy over proteins (with MCC)."""
 
 from protlm.tasks.protocols.base import register_protocol
-from protlm.tasks.protocols.labels import LabelProtocol, ProteinClasses
+from protlm.tasks.protocols.labels import LabelProtocol
+from protlm.tasks.protocols.targets import ProteinClasses
 
 
 @register_protocol
