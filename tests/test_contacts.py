@@ -1067,3 +1067,43 @@ def test_fine_tuning_an_attention_head_is_refused(tiny_esm, tmp_path):
     with pytest.raises(ConfigError, match="finetune.method: an attention-map head reads no embeddings"):
         build_task_config({"name": "x", "protocol": "residue_pairs_to_class", "embedder": str(tiny_esm),
                            "head": {"type": "attention_lr"}, "finetune": {"method": "full"}})
+
+
+def test_a_structure_set_of_ones_own_rewritten_in_place_trains_the_contact_head_again(tmp_path, monkeypatch):
+    """A contact config whose ``data.path`` is one's own structure set: the suite reuses the head
+    while the file is unchanged and trains it again once the file is rewritten at the same path
+    (its content is in the head's digest; a resume refuses it). Files of the benchmark data folder
+    (``--data``) are left out, so contact heads trained on the shared set keep their digests."""
+    from protlm.tasks.build import load_task_config
+    from protlm.tasks.suite import head_digest, run_suite
+
+    monkeypatch.setenv("PROTLM_DATA", str(tmp_path / "benchmark-data"))
+    own = tmp_path / "mine" / "coords_ca_cb.npz"
+    own.parent.mkdir()
+    _tiny_set(own, n_train=6, n_valid=7)
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "pairs.yaml").write_text(
+        f"name: pairs\nprotocol: residue_pairs_to_class\nembedder: onehot\n"
+        f"data: {{path: {own}, train_chains: 6, early_stop_chains: 2, eval_chains: 5, max_length: null}}\n"
+        "head: {type: pair_mlp, hidden: 8}\ntrain: {epochs: 1, crop: 32}\nevaluate: {n_boot: 20}\n")
+    config = load_task_config(suite / "pairs.yaml")
+    assert config.protocol_obj.training_files(config) == [str(own.resolve())]
+    # the same file given as the benchmark data folder (--data) is not digested
+    assert config.protocol_obj.training_files(config, own.parent) == []
+    trained = []
+
+    def count(kind, info):
+        if kind == "task":
+            trained.append(info)
+
+    run_suite(suite, ["onehot"], tmp_path / "out", None, progress=count, cache_dir=tmp_path / "cache")
+    run_suite(suite, ["onehot"], tmp_path / "out", None, progress=count, cache_dir=tmp_path / "cache")
+    assert len(trained) == 1  # unchanged: reused
+    identity = {"kind": "embedder", "fingerprint": "onehot"}
+    before, as_benchmark_data = head_digest(config, identity), head_digest(config, identity, own.parent)
+    _tiny_set(own, n_train=6, n_valid=7, seed=1)  # other chains at the same path
+    assert head_digest(config, identity) != before
+    assert head_digest(config, identity, own.parent) == as_benchmark_data
+    run_suite(suite, ["onehot"], tmp_path / "out", None, progress=count, cache_dir=tmp_path / "cache")
+    assert len(trained) == 2  # trained again

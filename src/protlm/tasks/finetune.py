@@ -582,13 +582,14 @@ def changed_settings(section) -> dict:
             if getattr(section, f.name) != getattr(default, f.name)}
 
 
-def training_file_digests(config) -> list[str]:
+def training_file_digests(config, data_dir=None) -> list[str]:
     """XXH3 of the content of every file the training and validation sets are read from (sets of
-    ``protlm datasets`` are read from the shared data folder, whose files do not change): part of a
-    suite head's digest, and checked when a run resumes."""
+    ``protlm datasets`` and files of the benchmark data folder are left out: those do not change):
+    part of a suite head's digest, and checked when a run resumes."""
     from protlm.io.checksums import xxh3_file
 
-    return [xxh3_file(path) for path in config.protocol_obj.training_files(config) if Path(path).is_file()]
+    files = config.protocol_obj.training_files(config, data_dir)
+    return [xxh3_file(path) for path in files if Path(path).is_file()]
 
 
 def run_digest(config, base_fingerprint: str) -> str:

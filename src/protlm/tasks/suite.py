@@ -112,13 +112,14 @@ def _digest(tree) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def head_digest(config: TaskConfig, identity: dict) -> str:
+def head_digest(config: TaskConfig, identity: dict, data_dir=None) -> str:
     """What a head depends on: the config without its test sets, with the embedder's name
-    replaced by what made its numbers."""
+    replaced by what made its numbers, and the content of its training files (``data_dir``:
+    ``--data``)."""
     tree = {**config.as_dict(), "embedder": identity_digest(identity)}
     if isinstance(tree.get("data"), dict):
         tree["data"] = {k: v for k, v in tree["data"].items() if k != "test"}
-        contents = training_file_digests(config)
+        contents = training_file_digests(config, data_dir)
         if contents:  # a training file rewritten in place (same path, other labels) trains the head again
             tree["data"]["file_contents"] = contents
     _versioned_parts(tree, config)
@@ -369,7 +370,7 @@ def run_suite(suite: str | Path, embedders: list[str], out: str | Path, data_dir
             with config.protocol_obj.open_source(config, cache_dir) as source:
                 identity = head_identity(config, source.identity())
                 folder = head_folder(out, path.stem, name, identity)
-                digest = head_digest(config, identity)
+                digest = head_digest(config, identity, data_dir)
                 with cell_lock(folder, f"the suite cell {path.stem} with {name}"):
                     result = _run_cell(config, path, name, spec, folder, identity, digest, data_dir, source,
                                        cache_dir, progress, finish)

@@ -445,20 +445,22 @@ def train(config: TaskConfig, out: str | Path, data_dir: str | Path | None = Non
     t0 = time.perf_counter()
     protocol = config.protocol_obj
     data = protocol.load_data(config, data_dir)
+    files = training_file_digests(config, data_dir)
     if config.finetuning:
-        return _finetune(config, protocol, out, data, cache_dir, progress, t0, resume, record, finish)
+        return _finetune(config, protocol, out, data, cache_dir, progress, t0, resume, record, finish, files)
     own = source is None
     if own:
         source = protocol.open_source(config, cache_dir)
     try:
-        return _train(config, protocol, out, source, data, progress, t0, record, resume, finish)
+        return _train(config, protocol, out, source, data, progress, t0, record, resume, finish, files)
     finally:
         if own:
             source.close()
 
 
 def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: TaskData, progress, t0,
-           record: dict | None = None, resume: bool = False, finish: bool = False) -> dict:
+           record: dict | None = None, resume: bool = False, finish: bool = False, files: list[str] | None = None
+           ) -> dict:
     def inputs(dataset, name):
         def bar(done, total):
             if progress is not None:
@@ -478,7 +480,7 @@ def _train(config: TaskConfig, protocol: Protocol, out: Path, source, data: Task
                                **(timing or {})})
 
     run_state = RunState(out, run_digest(config, identity_digest(identity)),
-                         every_seconds=config.train.checkpoint_seconds, files=training_file_digests(config))
+                         every_seconds=config.train.checkpoint_seconds, files=files)
     check_interrupted(run_state, resume, out)
     model, history, best_epoch, stopped_by = fit_head(config, protocol, tr, va, dim, data.info, epoch_cb,
                                                       run_state=run_state, resume=resume, finish=finish)
@@ -557,7 +559,8 @@ def other_process() -> bool:
 
 
 def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData, cache_dir, progress, t0,
-              resume: bool = False, record: dict | None = None, finish: bool = False) -> dict:
+              resume: bool = False, record: dict | None = None, finish: bool = False,
+              files: list[str] | None = None) -> dict:
     """Train the LM with the head (module docstring of :mod:`protlm.tasks.finetune`), save both,
     then score the sets with the saved LM through the batch runner, as ``protlm evaluate`` does."""
     ft = config.finetune
@@ -580,7 +583,7 @@ def _finetune(config: TaskConfig, protocol: Protocol, out: Path, data: TaskData,
                                **(timing or {})})
 
     run_state = RunState(out, run_digest(config, base_fingerprint), ft.checkpoint_steps,
-                         files=training_file_digests(config))
+                         files=files)
     check_interrupted(run_state, resume, out)
     out.mkdir(parents=True, exist_ok=True)
     def tick(epoch, done, total):

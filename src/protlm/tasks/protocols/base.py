@@ -139,9 +139,11 @@ class Protocol:
         default: the protocol takes none."""
         raise ConfigError(f"{where}: the {self.name} protocol takes no extra test files")
 
-    def training_files(self, config) -> list[str]:
-        """The files the training and early-stopping sets are read from: a file rewritten in place
-        trains the suite's head again (its content is in the head's digest); default: none."""
+    def training_files(self, config, data_dir=None) -> list[str]:
+        """The files the training and early-stopping sets are read from (``data_dir``: ``--data``):
+        a file rewritten in place trains the suite's head again (its content is in the head's
+        digest) and is refused when a run resumes; files of the benchmark data folder, which do not
+        change, are left out; default: none."""
         return []
 
     def source_files(self, source) -> list[str]:

@@ -169,7 +169,7 @@ class LabelProtocol(Protocol):
     def extra_test(self, config, name, file, format, options, where):
         return file_source(config, file, format, where, **options)
 
-    def training_files(self, config) -> list[str]:
+    def training_files(self, config, data_dir=None) -> list[str]:  # sets named by protlm datasets read no file
         sources = [*(config.data.train or []), config.data.valid]
         return [src.file for src in sources if src is not None and src.file is not None]
 

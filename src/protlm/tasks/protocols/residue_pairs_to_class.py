@@ -354,6 +354,19 @@ class ResiduePairsToClass(Protocol):
             raise InputError(f"{where}: full_sequences {fasta}: no such file (a FASTA of whole sequences)")
         return {"file": str(Path(file).resolve()), "full_sequences": str(Path(fasta).resolve())}
 
+    def training_files(self, config, data_dir=None) -> list[str]:
+        """The structure set and the whole-sequence FASTA the chains are read from, unless they lie
+        in the benchmark data folder (whose files do not change; contact heads trained on it keep
+        their digests). A path that does not resolve is left to :meth:`load_data` to report."""
+        try:
+            files = [self.npz(config, data_dir)]
+        except (InputError, ConfigError):
+            return []
+        if config.data.full_sequences:
+            files.append(Path(config.data.full_sequences))
+        shared = data_root(data_dir).resolve()
+        return [str(f.resolve()) for f in files if not f.resolve().is_relative_to(shared)]
+
     def source_files(self, source) -> list[str]:
         path, fasta = _test_entry(source)
         return [path] if fasta is None else [path, fasta]
