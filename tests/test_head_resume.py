@@ -141,8 +141,12 @@ def test_ctrl_c_names_the_checkpoint_and_how_to_continue(task, tmp_path):
     cfg["train"]["patience"] = 10000
     (tmp_path / "long.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "long"
+    # A terminal's Ctrl-C reaches a process whose SIGINT is at its default. A test run started in the
+    # background of a non-interactive shell (`pytest … &`) inherits SIGINT ignored, and Python keeps
+    # an inherited ignore (no KeyboardInterrupt): the child gets the terminal's default back.
     proc = subprocess.Popen([*PROTLM, "train", "--config", str(tmp_path / "long.yaml"), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while not (out / "train-state" / "state.json").is_file():
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-500:]
