@@ -240,6 +240,31 @@ def test_cli_embed_kmer_folder(tmp_path, capsys):
         assert f["a"].shape == (6, 8) and f.attrs["family"] == "kmer"
 
 
+def test_a_damaged_kmer_folder_is_one_error_line(tmp_path, capsys):
+    """Weights cut short, weights missing, vectors with NaN: one line and exit 2, never a traceback."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = train_kmer(_grammar_corpus(), KmerTraining(dim=8, window=3)).save(tmp_path / "km")
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKWAAG\n")
+    weights = folder / "model.safetensors"
+    good = weights.read_bytes()
+    vectors = load_file(str(weights))["vectors"]
+    vectors[0, 0] = np.nan
+
+    def cut(): weights.write_bytes(good[: len(good) // 2])
+    def gone(): weights.unlink()
+    def nan(): save_file({"vectors": vectors}, str(weights))
+    for damage, said in ((cut, "unreadable k-mer model, model.safetensors"), (gone, "without model.safetensors"),
+                         (nan, "NaN/inf")):
+        damage()
+        code = main(["embed", "--model", str(folder), "--input", str(fasta), "--output", str(tmp_path / "o.h5")])
+        err = capsys.readouterr().err
+        assert code == 2 and said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "o.h5").exists()
+        weights.write_bytes(good)
+
+
 def test_cli_kmer_train(tmp_path, capsys):
     fasta = tmp_path / "corpus.fa"
     fasta.write_text("".join(f">p{i}\n{s}\n" for i, s in enumerate(_grammar_corpus(120))))

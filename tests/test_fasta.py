@@ -593,3 +593,25 @@ def test_zlib_and_isal_agree_on_truncation(tmp_path, monkeypatch):
     assert "truncated gzip" in fasta_error(p)
     p = write(tmp_path / "ok.gz", data + gzip.compress(b">P2\nAC\n"))
     assert [r.id for r in read_fasta(p)] == ["P1", "P2"]
+
+
+def test_nucleotide_sequences_are_reported_once_and_still_read(tmp_path, caplog):
+    """DNA given where proteins are expected: valid letters, so read, but one warning names the
+    first such record; poly-Ala, a GA repeat and short peptides are not reported."""
+    import logging
+
+    path = tmp_path / "mixed.fa"
+    path.write_text(">p\nMKTAYIAKQRQISFVKSHFSRQ\n>d1\nACGTACGTTAGCATCGATCGATCGATCGATGCATGCA\n>d2\n" + "ACGU" * 10
+                    + "\n>polyA\n" + "A" * 40 + "\n>ga\n" + "GA" * 20 + "\n>short\nACGTACGT\n")
+    stats = FastaStats()
+    with caplog.at_level(logging.WARNING, logger="protlm.data.fasta"):
+        records = list(read_fasta(path, CleaningPolicy(rare="keep"), stats=stats))
+    assert [r.id for r in records] == ["p", "d1", "d2", "polyA", "ga", "short"]
+    assert stats.nucleotide_like == 2
+    (msg,) = [r.getMessage() for r in caplog.records if "nucleotide" in r.getMessage()]
+    assert "2 of 6 records" in msg and "'d1' at line 3" in msg
+    caplog.clear()
+    path.write_text(">p\nMKTAYIAKQR\n>polyA\n" + "A" * 40 + "\n")
+    with caplog.at_level(logging.WARNING, logger="protlm.data.fasta"):
+        list(read_fasta(path))
+    assert "nucleotide" not in caplog.text

@@ -337,6 +337,21 @@ def test_torn_or_foreign_part_is_skipped_and_redone(tmp_path, caplog):
         assert s.embedder.calls == []  # now cached
 
 
+def test_a_part_whose_header_was_edited_is_refused_not_misread(tmp_path):
+    """A part whose header moves rows from one protein to the next (same byte length, so the part
+    still looks whole): the rows no longer match the sequences' lengths; refused, naming the cache."""
+    seqs = ["MKVL", "AAGGH"]
+    with _source(tmp_path) as s:
+        s.features(["a", "b"], seqs)
+        folder = s.cache.folder
+    (part,) = folder.glob("part-*")
+    data = part.read_bytes()
+    assert data.count(b"[4, 5]") == 1
+    part.write_bytes(data.replace(b"[4, 5]", b"[5, 4]"))
+    with _source(tmp_path) as s, pytest.raises(InputError, match=r"protein 'a'.*4 residues.*damaged: delete"):
+        s.features(["a", "b"], seqs)
+
+
 def test_cache_is_keyed_by_fingerprint_not_by_path(tmp_path):
     """Re-pretraining into the same folder changes the weights fingerprint: no stale features."""
     with _source(tmp_path, "fam:weights-1", offset=0.0) as s:

@@ -271,6 +271,24 @@ def test_a_foreign_or_tampered_embedder_is_refused(tmp_path, capsys):
     (changed / "head.safetensors").write_bytes(bytes(data))
     with pytest.raises(InputError, match="SHA-256"):
         Predictor.load(changed)
+    # the same folder as `predict --head`: its card is checked there too
+    fasta2 = tmp_path / "y.fa"
+    fasta2.write_text(">a\nMKTAYIAKQR\n")
+    code, _, err = _cli(capsys, "predict", "--head", changed, "--input", fasta2, "--out", tmp_path / "q.csv",
+                        "--cache", tmp_path / "c")
+    _one_error(code, err, "SHA-256")
+    # NaN weights (a diverged or damaged head, no card to catch it): refused, not all-NaN predictions
+    from safetensors.torch import load_file, save_file
+
+    (changed / "card.json").unlink()
+    weights = load_file(str(folder("scop_class") / "head.safetensors"))
+    first = sorted(weights)[0]
+    weights[first][...] = float("nan")
+    save_file(weights, str(changed / "head.safetensors"))
+    code, _, err = _cli(capsys, "predict", "--head", changed, "--input", fasta2, "--out", tmp_path / "q.csv",
+                        "--cache", tmp_path / "c")
+    _one_error(code, err, "NaN or inf")
+    assert not (tmp_path / "q.csv").exists()
 
 
 @needs_weights
@@ -297,6 +315,18 @@ def test_resume_skips_finished_proteins(tmp_path):
     # other predictors than the run was started with: refused
     with pytest.raises(InputError, match="other predictors"):
         predict_folder(fasta, out, ["stability"], cache_dir=tmp_path / "c", resume=True, max_proteins=1)
+    # a finished part edited on disk (a prediction shortened) is predicted again, not copied
+    doc = json.loads(parts[1].read_text())
+    q3 = doc["proteins"][0]["predictions"]["secondary_structure"]["q3"]
+    q3["prediction"] = q3["prediction"][:3]
+    parts[1].write_text(json.dumps(doc))
+    (out / "predictions.json").unlink()
+    again = predict_folder(fasta, out, ["ss", "scop"], cache_dir=tmp_path / "c", resume=True, max_proteins=1)
+    assert again["reused_proteins"] == 3 and (out / "predictions.json").read_bytes() == before
+    # a damaged manifest: one message, not a traceback
+    (out / STATE / "manifest.json").write_text("{not json")
+    with pytest.raises(InputError, match="damaged.*--overwrite"):
+        predict_folder(fasta, out, ["ss", "scop"], cache_dir=tmp_path / "c", resume=True, max_proteins=1)
 
 
 @needs_1900

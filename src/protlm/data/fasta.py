@@ -68,6 +68,13 @@ class FastaRecord:
         return len(self.sequence)
 
 
+#: A record this long whose letters are all nucleotide codes, three of them at least, is reported (a
+#: protein of 30+ residues made of Ala, Cys, Gly, Thr and Asn alone is very unlikely; short peptides,
+#: poly-Ala or a GA repeat are not reported).
+NUCLEOTIDE_MIN = 30
+NUCLEOTIDES = "ACGTUN"
+
+
 @dataclass
 class FastaStats:
     """Counts collected while reading; ``skipped`` holds the first messages for the log."""
@@ -77,6 +84,8 @@ class FastaStats:
     skipped: int = 0
     renamed: int = 0
     skipped_messages: list[str] = field(default_factory=list)
+    nucleotide_like: int = 0  # records of NUCLEOTIDE_MIN+ letters, every one A/C/G/T/U/N
+    first_nucleotide_like: str = ""
 
     def note_skip(self, message: str) -> None:
         self.skipped += 1
@@ -591,14 +600,23 @@ def read_fasta(
         letters = enc.tokens.tobytes().translate(decode)
         offsets = enc.offsets.tolist()
         for i, (rid, header, line) in enumerate(zip(enc.ids, enc.headers, enc.lines.tolist())):
-            yield FastaRecord(
+            record = FastaRecord(
                 id=_unique_id(_header_text(rid, source, line), line, seen, source, rename_duplicates, stats),
                 sequence=letters[offsets[i] : offsets[i + 1]].decode("ascii"),
                 description=_header_text(header, source, line),
                 line=line,
             )
+            if (len(record.sequence) >= NUCLEOTIDE_MIN and not record.sequence.strip(NUCLEOTIDES)
+                    and len(set(record.sequence)) >= 3):
+                stats.nucleotide_like += 1
+                stats.first_nucleotide_like = stats.first_nucleotide_like or f"{record.id!r} at line {line}"
+            yield record
     if stats.records == 0 and stats.skipped == 0:
         raise FastaError(f"{source}: no FASTA records (the file holds only blank lines)")
+    if stats.nucleotide_like:  # valid letters, so not an error; but almost surely not what was meant
+        log.warning("%s: %d of %d records (first: %s) hold only the letters A, C, G, T/U and N: nucleotide "
+                    "sequences? protlm reads protein sequences (translate them first)", source,
+                    stats.nucleotide_like, stats.records, stats.first_nucleotide_like)
 
 
 class DuplicateIdError(FastaError):

@@ -188,20 +188,27 @@ class KmerModel:
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "KmerModel":
         """Load a folder written by :meth:`save` (``protlm kmer-train``)."""
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
         folder = Path(folder)
+        name = "config.json"
         try:
-            config = json.loads((folder / "config.json").read_text())
-            kmers = (folder / "vocab.txt").read_text().split()
-            vectors = load_file(str(folder / "model.safetensors"))["vectors"]
-        except FileNotFoundError as exc:
-            raise InputError(f"--model {folder}: k-mer model folder without {Path(exc.filename).name}") from None
-        except (json.JSONDecodeError, KeyError, OSError) as exc:
-            raise InputError(f"--model {folder}: unreadable k-mer model ({type(exc).__name__}: {exc})") from None
-        if config.get("model_type") != MODEL_TYPE or int(config.get("k", 0)) != K:
-            raise InputError(f"--model {folder}: not a protlm 3-mer model (model_type {config.get('model_type')!r}, "
-                             f"k {config.get('k')!r})")
+            config = json.loads((folder / name).read_text())
+            name = "vocab.txt"
+            kmers = (folder / name).read_text().split()
+            name = "model.safetensors"
+            vectors = load_file(str(folder / name))["vectors"]
+        except FileNotFoundError:  # safetensors' own error names no file: the step says which
+            raise InputError(f"--model {folder}: k-mer model folder without {name}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, OSError, SafetensorError) as exc:
+            raise InputError(f"--model {folder}: unreadable k-mer model, {name} ({type(exc).__name__}: {exc})") from None
+        if not isinstance(config, dict) or config.get("model_type") != MODEL_TYPE or str(config.get("k")) != str(K):
+            what = (config.get("model_type"), config.get("k")) if isinstance(config, dict) else (None, None)
+            raise InputError(f"--model {folder}: not a protlm 3-mer model (model_type {what[0]!r}, k {what[1]!r})")
+        if vectors.ndim != 2 or vectors.shape[0] != len(kmers) or not np.isfinite(vectors).all():
+            raise InputError(f"--model {folder}: its vectors ({'×'.join(map(str, vectors.shape))}) do not match its "
+                             f"{len(kmers)} k-mers or hold NaN/inf values (a damaged or edited model folder)")
         return cls(kmers, vectors, config, folder=folder)
 
 

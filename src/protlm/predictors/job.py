@@ -200,7 +200,16 @@ def predict_folder(fasta: str | Path, out: str | Path, tasks: list[str] | None =
         out.mkdir(parents=True, exist_ok=True)
         with output_lock(out, "predictions folder", beside=True):
             if resume:
-                old = json.loads((state / MANIFEST).read_text())
+                try:
+                    old = json.loads((state / MANIFEST).read_text())
+                    if not isinstance(old, dict):
+                        raise ValueError("not a JSON object")
+                except FileNotFoundError:
+                    raise InputError(f"--resume: {out} holds no interrupted run ({state / MANIFEST} is missing); "
+                                     f"run without --resume") from None
+                except (OSError, ValueError) as exc:
+                    raise InputError(f"--resume: {state / MANIFEST} is damaged ({exc}); run again with --overwrite "
+                                     f"to start over") from None
                 for key in ("input_sha256", "predictors", "chunking"):
                     if old.get(key) != manifest[key]:
                         what = {"input_sha256": "another input file", "predictors": "other predictors",
@@ -252,7 +261,8 @@ def _run(out, state, manifest, order, predictors, ids, sequences, lengths, progr
         if part.is_file():
             try:
                 doc = json.loads(part.read_text())
-                if [p["id"] for p in doc["proteins"]] == ids[a:b]:
+                if (doc["sha256"] == _digest(doc["proteins"])
+                        and [(p["id"], p["sequence"]) for p in doc["proteins"]] == list(zip(ids[a:b], sequences[a:b]))):
                     reused += b - a
                     done += sum(lengths[a:b])
                     if progress:
@@ -270,7 +280,9 @@ def _run(out, state, manifest, order, predictors, ids, sequences, lengths, progr
         for rec in proteins:
             rec["predictions"] = {n: rec["predictions"][n] for n in ordered}
             write_text(out / "proteins" / f"{pages[rec['id']]}.html", report.protein_page(rec, cards))
-        write_bytes(part, json.dumps(_clean({"proteins": proteins})).encode())
+        proteins = _clean(proteins)
+        # the part's own digest: a part edited or damaged on disk is predicted again, not copied into the outputs
+        write_bytes(part, json.dumps({"sha256": _digest(proteins), "proteins": proteins}).encode())
         done += sum(lengths[a:b])
         if progress:
             progress(done, total)
@@ -314,6 +326,14 @@ def _run(out, state, manifest, order, predictors, ids, sequences, lengths, progr
             "summary": f"predicted {len(ids):,} proteins ({total:,} residues) with {', '.join(cards)}"
                        + (f" ({reused:,} read back from the interrupted run)" if reused else "")
                        + f" → {out}/ (predictions.csv, predictions.json, index.html, proteins/)"}
+
+
+def _digest(proteins: list) -> str:
+    """SHA-256 of a part's proteins as JSON (floats read back from JSON print the same, so a part
+    read from disk gives the digest it was written with)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(proteins).encode()).hexdigest()
 
 
 def _card_summary(p: P.Predictor) -> dict:

@@ -39,6 +39,10 @@ def open_head(folder: str | Path, protocol: str | None = None, command: str = "p
         raise InputError(f"--head {folder}: not a trained head folder (no {HEAD_JSON}; expected a folder written by "
                          f"protlm train)")
     head = load_head(folder)
+    if (folder / "card.json").is_file():  # a shipped predictor's folder (or a copy): its files must be the card's
+        from protlm.predictors.predictor import check_card, read_card
+
+        check_card(folder, read_card(folder))
     if protocol is not None and head.config.protocol != protocol:
         raise ConfigError(f"--head {folder}: a {head.config.protocol} head, not a {protocol} head; use {command}")
     return head

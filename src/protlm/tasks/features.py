@@ -479,6 +479,11 @@ class FeatureSource:
             self._embed(cache, todo, progress)
         locs = [self._index[k] for k in keys]
         dim = locs[0][3] if locs else self.dim
+        for pid, s, loc in zip(ids, sequences, locs):  # a part's header edited or damaged on disk
+            if loc[2] != len(s) or loc[3] != dim:
+                raise InputError(f"{label}: the feature cache's entry for protein {pid!r} has {loc[2]} × {loc[3]} "
+                                 f"values, but the protein has {len(s)} residues and the features {dim} dimensions; "
+                                 f"the cache is damaged: delete {cache.folder} and run again")
 
         def read(i: int) -> np.ndarray:
             return read_part_slice(*locs[i])
@@ -509,7 +514,13 @@ class FeatureSource:
             self._pooled_index.update(cache.write(list(from_residues), list(from_residues.values())))
         if todo:
             self._embed(cache, todo, progress, pool=True, index=self._pooled_index)
-        vectors = [np.array(read_part_slice(*self._pooled_index[k])) for k in keys]
+        vectors = []
+        for pid, k in zip(ids, keys):
+            loc = self._pooled_index[k]
+            if loc[2] != 1:  # one vector per protein: a part's header edited or damaged on disk
+                raise InputError(f"{label}: the pooled feature cache's entry for protein {pid!r} has {loc[2]} rows, "
+                                 f"not one; the cache is damaged: delete {cache.folder} and run again")
+            vectors.append(np.array(read_part_slice(*loc)))
         return ArrayFeatures(vectors, list(ids), f"{label}, pooled cache {cache.folder}")
 
     def _embed(self, cache: FeatureCache, todo: dict[str, tuple[str, str]], progress, pool: bool = False,

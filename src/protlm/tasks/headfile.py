@@ -138,6 +138,11 @@ def load_checked_state(path: Path, model_on_meta) -> dict:
         if got[k] != shape:
             raise InputError(f"{path}: tensor {k} has shape {list(got[k])}, head.json describes {list(shape)}")
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types on a damaged file
         raise InputError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
+    for k, t in state.items():  # a head with NaN/inf weights predicts nothing that can be trusted
+        if t.is_floating_point() and not bool(t.isfinite().all()):
+            raise InputError(f"{path}: tensor {k} holds NaN or inf values (a diverged or damaged head); refusing "
+                             f"to predict with it")
+    return state
