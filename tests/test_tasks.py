@@ -430,6 +430,14 @@ def test_config_errors_name_the_field(tmp_path, capsys):
                                "data": {"train": {"benchmark": "x", "file": "y"}}})
     assert "not a trained head" in _bad(tmp_path, capsys, ["predict", "--head", str(tmp_path), "--input", str(cfg),
                                                            "--output", str(tmp_path / "p.csv")])
+    # a section given twice: YAML would keep the second and silently drop the first one's settings
+    cfg.write_text("name: x\nprotocol: residue_to_class\ntrain: {lr: 0.01, epochs: 3}\nembedder: onehot\n"
+                   "train:\n  epochs: 2\n")
+    assert "key 'train' is given twice (lines 3 and 5)" in _bad(tmp_path, capsys, ["train", "--config", str(cfg)])
+    cfg.write_text("base: &b {lr: 0.01, epochs: 3}\ntrain:\n  <<: *b\n  epochs: 2\n")  # a merge key may override
+    from protlm.configfile import load_tree
+
+    assert load_tree(cfg)["train"] == {"lr": 0.01, "epochs": 2}
 
 
 def test_hdf5_embedder_and_wrong_dimension(tmp_path, ss_file):

@@ -139,6 +139,35 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_key_loader():
+    """yaml's safe loader, except that a key given twice in one mapping is an error: YAML keeps
+    the last one, so a second ``train:`` section would silently replace the whole first one."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: keys after it override, by design
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    twice = key in seen
+                except TypeError:  # an unhashable key: yaml's own error says so
+                    continue
+                if twice:
+                    raise _DuplicateKey(f"key {key!r} is given twice (lines {seen[key]} and "
+                                        f"{key_node.start_mark.line + 1}); YAML would keep only the last one")
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
 def load_tree(path: str | Path | None = None, overrides: list[str] | None = None,
               data: dict | None = None) -> dict:
     """The YAML file (or a dict) as a plain tree, with ``key=value`` overrides applied."""
@@ -158,7 +187,9 @@ def load_tree(path: str | Path | None = None, overrides: list[str] | None = None
         except OSError as exc:
             raise ConfigError(f"config {p}: cannot read ({exc.strerror})") from None
         try:
-            tree = yaml.safe_load(text)
+            tree = yaml.load(text, Loader=_unique_key_loader())
+        except _DuplicateKey as exc:
+            raise ConfigError(f"config {p}: {exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
