@@ -64,6 +64,8 @@ def cmd_merge(args) -> int:
     from protlm.io.outputs import check_output_file, output_lock
 
     for p in args.inputs:
+        if Path(p).is_dir():
+            raise InputError(f"{p}: is a folder, not an HDF5 file written by protlm embed")
         if not Path(p).is_file():
             raise InputError(f"{p}: no such file (an HDF5 file written by protlm embed)")
     check_output_file(args.output, overwrite=args.overwrite, inputs=args.inputs)

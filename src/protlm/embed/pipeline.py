@@ -18,9 +18,9 @@ from protlm.data.fasta import read_fasta
 from protlm.embed.pooling import mean_vector
 from protlm.embed.runner import Embedder
 from protlm.embed.spec import EmbedderSpec, EmbedOptions
-from protlm.embed.store import (Journal, assemble, build_keys, check_resumable, existing_sequences, merge_files,
-                                sequence_digest)
-from protlm.io.outputs import output_lock
+from protlm.embed.store import (EntryCheck, Journal, assemble, build_keys, check_resumable, existing_sequences,
+                                merge_files, sequence_digest)
+from protlm.io.outputs import check_not_input, output_lock, probe_writable
 from protlm.errors import ConfigError, InputError
 
 log = logging.getLogger("protlm.embed")
@@ -60,14 +60,18 @@ def embed_fasta(model: str, input_path: str | os.PathLike, output: str | os.Path
     if options.pooling != "mean" and level != "protein":
         raise ConfigError(f"--pooling {options.pooling} gives per-protein vectors only; use --level protein")
     output = Path(output)
+    outputs = output_paths(output, level)
+    for path in outputs.values():
+        check_not_input(path, [input_path], "--output")
     if output.is_dir():
         raise InputError(f"--output {output}: is a folder; give a file name such as {output / 'embeddings.h5'}")
     if not output.parent.exists():
         raise InputError(f"--output {output}: the folder {output.parent} does not exist")
-    outputs = output_paths(output, level)
+    probe_writable(output.parent, "--output")
     journal = Journal(output)
     if not resume:
-        present = [str(p) for p in outputs.values() if p.exists()] + ([str(journal.folder)] if journal.exists() else [])
+        # a journal without finished parts (a run that failed before its first batch) holds nothing
+        present = [str(p) for p in outputs.values() if p.exists()] + ([str(journal.folder)] if journal.parts() else [])
         if present:
             raise InputError(f"{present[0]} already exists; pass --resume to add what is missing, "
                              f"or remove it")
@@ -102,9 +106,15 @@ def _embed_locked(model, input_path, output: Path, outputs: dict[str, Path], jou
         for lvl, path in outputs.items():
             check_resumable(path, {**run, "level": lvl})
     journal.claim(run)
-    done = journal.done_sequences()
+    # Everything kept is checked now, before any work: shapes against the model and the input's
+    # sequences, finite values; bad journal parts are redone, bad output entries refused.
+    lengths = {k: len(s) for k, s in seq_of.items()}
+    pooled = options.pooling != "mean"  # a backend's own per-protein vectors (e.g. UniRep's h_avg)
+    checks = {lvl: EntryCheck(lvl, None if lvl == "protein" and pooled else embedder.dim, attrs["output_dtype"],
+                              lengths) for lvl in outputs}
+    done = journal.done_sequences(checks)
     if resume:
-        in_files = [existing_sequences(p) for p in outputs.values()]
+        in_files = [existing_sequences(p, checks[lvl]) for lvl, p in outputs.items()]
         common = set.intersection(*(set(f) for f in in_files)) if in_files else set()
         for k in common:
             done.setdefault(k, in_files[0][k])
@@ -117,7 +127,6 @@ def _embed_locked(model, input_path, output: Path, outputs: dict[str, Path], jou
     done_res = 0
     originals = [owner[k] for k in todo]
     key_of = dict(zip(originals, todo))
-    pooled = options.pooling != "mean"  # a backend's own per-protein vectors (e.g. UniRep's h_avg)
     for b_ids, arrays in embedder.iter_embed(originals, [seq_of[k] for k in todo], pooled=pooled):
         ok = [(key_of[i], i, a) for i, a in zip(b_ids, arrays) if a is not None]
         if ok:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from protlm.errors import InputError
 
-__all__ = ["check_output_file", "check_output_dir", "output_lock",
+__all__ = ["check_not_input", "check_output_file", "check_output_dir", "output_lock",
            "probe_writable", "safe_names"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=@,-]")
@@ -108,13 +108,18 @@ def probe_writable(folder: Path, what: str, keep: bool = True) -> None:
                     break
 
 
+def check_not_input(path: str | os.PathLike, inputs: Iterable, option: str = "--output") -> None:
+    """Refuse an output that is one of the command's inputs (by path, or the same file)."""
+    for inp in inputs:
+        if inp is not None and _same(Path(path), Path(inp)):
+            raise InputError(f"{option} {path}: is also an input of this command; write the output somewhere else")
+
+
 def check_output_file(path: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable = (),
                       option: str = "--output", create_parent: bool = False) -> Path:
     """Check an output file before the work starts (see the module docstring)."""
     path = Path(path)
-    for inp in inputs:
-        if inp is not None and _same(path, Path(inp)):
-            raise InputError(f"{option} {path}: is also an input of this command; write the output somewhere else")
+    check_not_input(path, inputs, option)
     if path.is_dir():
         raise InputError(f"{option} {path}: is a folder; give a file name")
     if path.exists() and not overwrite:
@@ -131,9 +136,7 @@ def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, inputs
     """Check an output folder: refused when it already holds output (``marker``, or any file when
     ``marker`` is None) unless ``overwrite``; never an input folder; made and writable."""
     path = Path(path)
-    for inp in inputs:
-        if inp is not None and _same(path, Path(inp)):
-            raise InputError(f"{option} {path}: is also an input of this command; write the output somewhere else")
+    check_not_input(path, inputs, option)
     if path.exists() and not path.is_dir():
         raise InputError(f"{option} {path}: exists and is not a folder")
     if path.is_dir() and not overwrite:
@@ -164,6 +167,7 @@ def output_lock(target: str | os.PathLike, what: str = "output", name: str | Non
     try:
         lock.acquire()
     except Timeout:
+        _lock_creatable(target, lock_path)  # filelock reports a lock file it cannot open as held
         try:
             holder = json.loads(info_path.read_text())
             who = f"process {holder.get('pid')} on {holder.get('host')} (since {holder.get('since')})"
@@ -171,6 +175,8 @@ def output_lock(target: str | os.PathLike, what: str = "output", name: str | Non
             who = "another process"
         raise InputError(f"{target}: {what} is in use by {who}; wait for it to finish "
                          f"(if that process is gone, the lock {lock_path} is released automatically)") from None
+    except OSError as exc:
+        raise _lock_error(target, lock_path, exc) from None
     try:
         try:
             info_path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -184,3 +190,20 @@ def output_lock(target: str | os.PathLike, what: str = "output", name: str | Non
         except OSError:
             pass
         lock.release()
+
+
+def _lock_error(target: Path, lock_path: Path, exc: OSError) -> InputError:
+    folder = lock_path.parent
+    if folder.exists() and not folder.is_dir():
+        return InputError(f"{target}: cannot write there ({folder} exists and is not a folder)")
+    return InputError(f"{target}: cannot write there (its lock file {lock_path}: {exc.strerror or exc})")
+
+
+def _lock_creatable(target: Path, lock_path: Path) -> None:
+    """Raise the real reason when the lock file cannot be opened at all (no such folder, a
+    read-only or special file system); return when it can, i.e. another process holds it."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise _lock_error(target, lock_path, exc) from None
+    os.close(fd)
