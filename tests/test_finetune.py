@@ -384,6 +384,20 @@ def test_finetune_merge_writes_a_standalone_model_folder(lora_head, full_head, t
     capsys.readouterr()
     assert main(["finetune-merge", str(full_head), "--out", str(tmp_path / "m2")]) == 2
     assert "already a whole model folder" in capsys.readouterr().err
+    # --out is replaced whole: never what the merge reads, even with --overwrite
+    base = json.loads((lora_head / "lm" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    before = {p: p.read_bytes() for p in sorted(lora_head.rglob("*")) + sorted(Path(base).rglob("*")) if p.is_file()}
+    for out, said in ((base, "is inside"), (lora_head / "lm", "is inside"), (lora_head.parent, "holds")):
+        assert main(["finetune-merge", str(lora_head), "--out", str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "which this command reads" in err and "Traceback" not in err, err
+    assert {p: p.read_bytes() for p in before} == before
+    # a folder that happens to be named like a temporary one is not someone else's to remove
+    (tmp_path / "m3.tmp").mkdir()
+    (tmp_path / "m3.tmp" / "keep").write_text("x")
+    assert main(["finetune-merge", str(lora_head), "--out", str(tmp_path / "m3")]) == 0
+    assert (tmp_path / "m3.tmp" / "keep").read_text() == "x" and (tmp_path / "m3" / "config.json").is_file()
+    assert not list(tmp_path.glob(".m3.tmp-*"))
 
 
 @pytest.mark.parametrize("which", ["lora", "full"])

@@ -96,6 +96,25 @@ def test_finish_keeps_the_best_checkpointed_epoch(task, tmp_path):
     assert none.returncode == 2 and "no interrupted training run" in none.stderr and "Traceback" not in none.stderr
 
 
+def test_an_interrupted_overwrite_keeps_the_old_head_and_resumes(task, tmp_path):
+    """--overwrite on a finished head, interrupted: the old head stays until the new run ends, and
+    the --resume the interruption suggests continues the new run, which then replaces it."""
+    cfg = load_task_config(task / "task.yaml")
+    train_command(cfg, tmp_path / "h", progress=None)
+    old = (tmp_path / "h" / "head.json").read_bytes()
+    with pytest.raises(Stop):
+        train_command(load_task_config(task / "task.yaml", ["train.seed=7"]), tmp_path / "h", overwrite=True,
+                      progress=_stop_after(3))
+    assert (tmp_path / "h" / "head.json").read_bytes() == old and (tmp_path / "h" / "train-state").is_dir()
+    train_command(load_task_config(task / "task.yaml", ["train.seed=7"]), tmp_path / "h", resume=True)
+    new = json.loads((tmp_path / "h" / "head.json").read_text())
+    assert new["config"]["train"]["seed"] == 7 and not (tmp_path / "h" / "train-state").exists()
+    from protlm.errors import InputError
+
+    with pytest.raises(InputError, match="already finished"):  # now finished: nothing to resume
+        train_command(cfg, tmp_path / "h", resume=True)
+
+
 def test_fast_heads_write_no_checkpoint_and_the_setting_names_nothing(task, tmp_path):
     cfg = load_task_config(task / "task.yaml", ["train.checkpoint_seconds=3600"])
     with pytest.raises(Stop):

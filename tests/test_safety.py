@@ -406,6 +406,19 @@ def test_truncated_head_weights_are_one_line(tiny_head, tmp_path, capsys):
     _one_error(code, err, "does not fit the file")
 
 
+def test_head_weights_of_the_right_shape_but_another_file_are_refused(tiny_head, tmp_path, capsys):
+    """Weights replaced by others of the same names and shapes (another training run, an edit):
+    head.json records the SHA-256 of the file that was trained, so they are refused."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(tiny_head[0] / "head.safetensors"))
+    save_file({k: -v for k, v in weights.items()}, str(tmp_path / "neg.safetensors"))
+    head = _tampered(tiny_head, tmp_path, weights=(tmp_path / "neg.safetensors").read_bytes())
+    code, _, err = _cli(capsys, "predict", "--head", head, "--input", tiny_head[2], "--output", tmp_path / "p.csv")
+    _one_error(code, err, "differs from the file head.json records")
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_bootstrap_option(tiny_head, tmp_path, capsys):
     head, data, _, _ = tiny_head
     code, _, err = _cli(capsys, "evaluate", "--head", head, "--file", data, "--format", "biotrainer",

@@ -891,3 +891,39 @@ def test_the_early_stopping_setting_names_a_suite_head_only_when_set(tmp_path, s
         tree["data"]["file_contents"] = contents
     old = hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert head_digest(base, identity) == old
+
+
+def test_train_evaluate_and_compare_never_write_over_what_they_read(tmp_path, capsys, ss_file):
+    """An --out folder holding files train writes (a metrics.json of someone's) needs --overwrite;
+    --out inside the embedder's model folder, and evaluate/compare --out inside a head folder they
+    read, are refused even with --overwrite (a head written into a model folder changes its digest)."""
+    import shutil
+
+    import yaml
+
+    model = tmp_path / "lm"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "checkpoints" / "protlm-swissprot-masked-xs", model)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_config(ss_file, "residue_to_class", "logreg",
+                                          [{"name": "q3", "label": "target", "classes": list("HEC")}], epochs=2)))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.json").write_text('{"mine": 1}')
+    assert "already holds metrics.json" in _bad(tmp_path, capsys, ["train", "--config", str(cfg), "--out", str(mine)])
+    assert (mine / "metrics.json").read_text() == '{"mine": 1}'
+    weights = (model / "model.safetensors").read_bytes()
+    for out in (model, model / "heads"):
+        said = _bad(tmp_path, capsys, ["train", "--config", str(cfg), "--out", str(out), "--overwrite",
+                                       f"embedder={model}"])
+        assert "which this command reads" in said
+    assert sorted(p.name for p in model.iterdir()) == sorted(
+        p.name for p in (Path(__file__).resolve().parents[1] / "checkpoints" / "protlm-swissprot-masked-xs").iterdir())
+    assert (model / "model.safetensors").read_bytes() == weights
+    head = tmp_path / "head"
+    assert main(["train", "--config", str(cfg), "--out", str(head)]) == 0
+    metrics = (head / "metrics.json").read_bytes()
+    for cmd in (["evaluate", "--head", str(head), "--file", str(ss_file), "--format", "biotrainer"],
+                ["compare", "--head", str(head), "--head", str(head), "--file", str(ss_file), "--format", "biotrainer"]):
+        said = _bad(tmp_path, capsys, cmd + ["--out", str(head / "metrics.json"), "--overwrite"])
+        assert "which this command reads" in said or "is also an input" in said
+    assert (head / "metrics.json").read_bytes() == metrics

@@ -222,7 +222,7 @@ def cmd_finetune_merge(args) -> int:
     from protlm.tasks.finetune import merge_adapter
 
     check_output_dir(args.out, overwrite=args.overwrite, inputs=[args.adapter])
-    res = merge_adapter(args.adapter, args.out)
+    res = merge_adapter(args.adapter, args.out)  # refuses an --out that is, lies in or holds what it reads
     emit(args, res, f"merged the LoRA adapter {res['adapter']} into {res['base']} → {res['out']} (a standalone model "
                     f"folder: --model {res['out']}, or transformers' from_pretrained)")
     return 0

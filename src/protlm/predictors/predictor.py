@@ -170,28 +170,12 @@ def available() -> dict[str, dict]:
     return {n: card(n) for n in names()}
 
 
-def read_card(where: Path) -> dict:
-    """A head folder's ``card.json``, or one clear line when it is not a JSON object."""
-    try:
-        info = json.loads((where / CARD_JSON).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{where / CARD_JSON}: unreadable model card ({type(exc).__name__}: {exc})") from None
-    if not isinstance(info, dict) or not isinstance(info.get("files", {}), dict):
-        raise InputError(f"{where / CARD_JSON}: not a model card (a JSON object with a 'files' mapping is expected)")
-    return info
-
-
 def check_card(where: Path, info: dict) -> None:
     """A shipped head's files are the ones its card describes (digests), and the card names the
     embedder the head records."""
-    for fname, digest in info.get("files", {}).items():
-        path = where / fname
-        if not path.is_file() or sha256_file(path) != digest:
-            raise InputError(f"predictor {where.name}: {fname} differs from the file its model card describes "
-                             f"(SHA-256); the head was changed after its card was written (a shipped head: "
-                             f"reinstall protlm)")
-    from protlm.tasks.headfile import read_head_json
+    from protlm.tasks.headfile import check_card_files, read_head_json
 
+    check_card_files(where, info)
     head = read_head_json(where, "head.json")  # a mapping, or one clear line
     ident = head.get("embedder_identity") or {}
     if not isinstance(ident, dict) or not isinstance(info.get("embedder", {}), dict):
@@ -255,6 +239,8 @@ class Predictor:
         if (where / "head.json").is_file():
             pname = where.name
             if (where / CARD_JSON).is_file():
+                from protlm.tasks.headfile import read_card
+
                 info = read_card(where)
                 pname = info.get("name", pname)
                 check_card(where, info)

@@ -20,10 +20,42 @@ from protlm.io.outputs import check_output_dir, check_output_file, output_lock
 from protlm.tasks.build import build_task_config
 from protlm.tasks.config import MAX_BOOTSTRAP, TaskConfig
 from protlm.tasks.finetune import STATE_FOLDER, RunState, state_folder
-from protlm.tasks.train import (HEAD_JSON, HEAD_WEIGHTS, TrainedHead, other_process, evaluate, load_head, predict_file,
-                                 train)
+from protlm.tasks.train import (HEAD_FILES, HEAD_JSON, HEAD_WEIGHTS, TrainedHead, other_process, evaluate, load_head,
+                                 predict_file, train)
 
 CONTACTS = "residue_pairs_to_class"
+
+
+def check_apart(out: str | Path, folders, option: str = "--out", holds: bool = False) -> None:
+    """An output must not be, or lie inside, a folder the command reads (a head, a model folder):
+    writing there changes what is read (a model's weights digest, a head's metrics). ``holds``: an
+    output folder that is replaced whole must not hold one of them either."""
+    target = Path(out).resolve()
+    for folder in folders:
+        if folder is None or not Path(folder).is_dir():
+            continue
+        read = Path(folder).resolve()
+        if target == read or target.is_relative_to(read):
+            raise InputError(f"{option} {out}: is inside {folder}, which this command reads; write the output "
+                             f"somewhere else")
+        if holds and read.is_relative_to(target):
+            raise InputError(f"{option} {out}: holds {folder}, which this command reads, and would be replaced; "
+                             f"write the output somewhere else")
+
+
+def embedder_paths(name: str) -> list[Path]:
+    """The local files and folders an embedder spec reads (an LM folder, an HDF5 file, the parts of
+    ``concat:A+B``, the database of ``profile:DB``); names of built-in embedders and hub ids give none."""
+    import re
+
+    pieces, todo = [], [name]
+    while todo:
+        piece = todo.pop()
+        pieces.append(piece)
+        bare = re.sub(r"^[a-z][a-z0-9-]*:", "", piece)  # concat:, profile:, random-init:
+        if bare != piece:
+            todo.extend(bare.split("+") if piece.startswith("concat:") else [bare])
+    return [Path(p) for p in dict.fromkeys(pieces) if p and Path(p).exists()]
 
 
 def check_bootstrap(n_boot: int | None) -> None:
@@ -40,9 +72,9 @@ def open_head(folder: str | Path, protocol: str | None = None, command: str = "p
                          f"protlm train)")
     head = load_head(folder)
     if (folder / "card.json").is_file():  # a shipped predictor's folder (or a copy): its files must be the card's
-        from protlm.predictors.predictor import check_card, read_card
+        from protlm.tasks.headfile import check_card_files, read_card
 
-        check_card(folder, read_card(folder))
+        check_card_files(folder, read_card(folder))
     if protocol is not None and head.config.protocol != protocol:
         raise ConfigError(f"--head {folder}: a {head.config.protocol} head, not a {protocol} head; use {command}")
     return head
@@ -85,13 +117,20 @@ def train_command(config: TaskConfig, out: str | Path, *, overwrite: bool = Fals
     if resume and overwrite:
         raise ConfigError("--resume continues an interrupted run, --overwrite starts again: give one")
     if resume:
-        if (out / HEAD_JSON).exists():
+        # a finished run removes its checkpoint: head.json beside one is the head an interrupted
+        # --overwrite run was to replace (kept until then), so that run can be resumed
+        if (out / HEAD_JSON).exists() and state_folder(out) is None:
             raise InputError(f"--out {out}: the run is already finished (head.json is written); nothing to resume")
         if state_folder(out) is None:
             raise InputError(f"--out {out}: no interrupted training run to resume ({STATE_FOLDER}/ is missing; a head "
                              f"on frozen features writes it once an epoch has run for train.checkpoint_seconds)")
     else:
         check_output_dir(out, overwrite=overwrite, marker=HEAD_JSON)
+        held = [name for name in HEAD_FILES if (out / name).exists()]
+        if held and not overwrite:  # a folder of something else: train would replace or delete these
+            raise InputError(f"--out {out}: already holds {', '.join(held)}; pass --overwrite to replace them or "
+                             f"choose another folder")
+    check_apart(out, [p for p in embedder_paths(config.embedder_name) if p.is_dir()])
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out, "head folder", beside=True):
         if overwrite:
@@ -110,6 +149,7 @@ def evaluate_command(head_dir: str | Path, request: dict, *, data_dir=None, embe
         check_output_file(out, overwrite=overwrite, create_parent=True,
                           inputs=[request.get("file"), data_dir, Path(head_dir) / HEAD_JSON,
                                   Path(head_dir) / HEAD_WEIGHTS])
+        check_apart(out, [head_dir])
     check_bootstrap(n_boot)
     head = open_head(head_dir, protocol)
     sets = head.protocol.evaluation_sets(head, request, data_dir)

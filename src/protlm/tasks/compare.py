@@ -119,7 +119,7 @@ def compare_command(head_a, head_b, request: dict, *, data_dir=None, cache_dir=N
                     out=None, per_protein=None, overwrite: bool = False) -> dict:
     """``protlm compare --head A --head B``: the result document, written to ``out`` (JSON) and the
     per-protein rows to ``per_protein`` (CSV) when given."""
-    from protlm.tasks.commands import open_head
+    from protlm.tasks.commands import check_apart, open_head
 
     if n_boot < 1 or n_boot > MAX_BOOTSTRAP:
         raise ConfigError(f"--bootstrap must be in [1, {MAX_BOOTSTRAP:,}] for a paired CI, not {n_boot}")
@@ -129,6 +129,7 @@ def compare_command(head_a, head_b, request: dict, *, data_dir=None, cache_dir=N
             if Path(path).suffix != suffix:
                 raise ConfigError(f"{path}: give a {suffix} file name")
             check_output_file(path, overwrite=overwrite, create_parent=True, inputs=inputs)
+            check_apart(path, [head_a, head_b])
     a, b = open_head(head_a, None, "protlm compare"), open_head(head_b, None, "protlm compare")
     result = compare_heads(a, b, request, data_dir=data_dir, cache_dir=cache_dir, n_boot=n_boot)
     if per_protein is not None:

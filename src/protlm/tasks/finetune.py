@@ -628,12 +628,22 @@ def merge_adapter(source: str | Path, out: str | Path) -> dict:
                              f"it as it is with --model {folder}")
         raise InputError(f"finetune-merge {source}: not a LoRA adapter folder ({ADAPTER_CONFIG}) nor a head folder "
                          f"holding one in {LM_FOLDER}/")
+    from protlm.io.atomic import publish_folder
+    from protlm.tasks.commands import check_apart
+
     backend = adapter_backend(str(folder), EmbedOptions(device="cpu"))
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    backend.save_lm(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    # --out is replaced whole: never the adapter, its head folder or its base model, nor a folder holding them
+    check_apart(out, [source, folder, backend.base], holds=True)
+    import uuid
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")  # its own: nobody else's is removed
+    tmp.mkdir(parents=True)
+    try:
+        backend.save_lm(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        publish_folder(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return {"out": str(out), "adapter": str(folder), "base": backend.base, "fingerprint": backend.fingerprint()}

@@ -43,6 +43,30 @@ def read_head_json(folder: Path, name: str = "head.json") -> dict:
     return info  # what decoding needs (classes, normalisation, …) the head's protocol checks (check_info)
 
 
+def read_card(where: Path, name: str = "card.json") -> dict:
+    """A head folder's model card (``card.json``, written for shipped predictors), or one clear
+    line when it is not a JSON object with a ``files`` mapping."""
+    try:
+        info = json.loads((where / name).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{where / name}: unreadable model card ({type(exc).__name__}: {exc})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("files", {}), dict):
+        raise InputError(f"{where / name}: not a model card (a JSON object with a 'files' mapping is expected)")
+    return info
+
+
+def check_card_files(where: Path, info: dict) -> None:
+    """The head's files are the ones its model card describes (SHA-256 digests)."""
+    from protlm.io.checksums import sha256_file
+
+    for fname, digest in info.get("files", {}).items():
+        path = where / fname
+        if not path.is_file() or sha256_file(path) != digest:
+            raise InputError(f"predictor {where.name}: {fname} differs from the file its model card describes "
+                             f"(SHA-256); the head was changed after its card was written (a shipped head: "
+                             f"reinstall protlm)")
+
+
 def check_label_info(info: dict, where: str) -> None:
     """The label protocols' part of head.json: ``classes`` (per target: a list of 1 to
     MAX_CLASSES labels, or null for a value target) and ``normalisation`` (two finite numbers

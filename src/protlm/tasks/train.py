@@ -36,6 +36,7 @@ from protlm.embed.runner import is_oom
 from protlm.embed.spec import parse_spec
 from protlm.errors import InputError, ProtlmError
 from protlm.io.atomic import json_bytes, write_bytes, write_with_path
+from protlm.io.checksums import sha256_file
 from protlm.io.processes import all_reduce_sum, barrier, destroy, gather_objects, init_distributed
 from protlm.tasks import headfile, perprotein
 from protlm.tasks.build import build_task_config, data_files
@@ -50,6 +51,9 @@ from protlm.tasks.protocols import Protocol, TaskData
 log = logging.getLogger("protlm.tasks")
 
 HEAD_JSON, HEAD_WEIGHTS, METRICS_JSON = "head.json", "head.safetensors", "metrics.json"
+WEIGHTS_DIGEST = "weights_sha256"  # head.json: SHA-256 of head.safetensors
+#: What ``protlm train`` writes into its --out folder (an existing one is replaced only with --overwrite).
+HEAD_FILES = (HEAD_JSON, HEAD_WEIGHTS, METRICS_JSON, perprotein.PER_PROTEIN_JSON, LM_FOLDER)
 
 
 # --------------------------------------------------------------------------- training
@@ -350,6 +354,8 @@ def save_head(out: Path, model, info: dict, metrics: dict, per_protein: dict | N
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     write_with_path(out / HEAD_WEIGHTS, lambda tmp: save_file(state, tmp))
+    # the weights' digest in head.json: a weights file replaced or edited later is refused when loaded
+    info = {**info, WEIGHTS_DIGEST: sha256_file(out / HEAD_WEIGHTS)}
     write_bytes(out / HEAD_JSON, json_bytes(info))
     if per_protein is not None:
         perprotein.write(out, per_protein)
@@ -395,6 +401,10 @@ def load_head(folder: str | Path) -> TrainedHead:
     with torch.device("meta"):  # shapes only: nothing is allocated before the weights file agrees
         shapes = protocol.new_head(config, dim, state)
     weights = headfile.load_checked_state(folder / HEAD_WEIGHTS, shapes)
+    # names, shapes and values first (their messages say more); then the file is the one trained
+    if WEIGHTS_DIGEST in info and info[WEIGHTS_DIGEST] != sha256_file(folder / HEAD_WEIGHTS):  # heads before 0.5: none
+        raise InputError(f"--head {folder}: {HEAD_WEIGHTS} differs from the file head.json records (SHA-256); the "
+                         f"weights were replaced or changed after training")
     model = protocol.new_head(config, dim, state)
     model.load_state_dict(weights)
     model.eval()
