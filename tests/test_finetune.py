@@ -398,6 +398,20 @@ def test_finetune_merge_writes_a_standalone_model_folder(lora_head, full_head, t
     assert main(["finetune-merge", str(lora_head), "--out", str(tmp_path / "m3")]) == 0
     assert (tmp_path / "m3.tmp" / "keep").read_text() == "x" and (tmp_path / "m3" / "config.json").is_file()
     assert not list(tmp_path.glob(".m3.tmp-*"))
+    # an adapter with NaN weights (diverged, damaged): nothing is written
+    from safetensors.torch import load_file, save_file
+
+    nan = tmp_path / "nan_head"
+    shutil.copytree(lora_head, nan)
+    adapter = nan / "lm" / "adapter_model.safetensors"
+    weights = load_file(str(adapter))
+    first = sorted(weights)[0]
+    weights[first] = torch.full_like(weights[first], float("nan"))
+    save_file(weights, str(adapter))
+    capsys.readouterr()
+    assert main(["finetune-merge", str(nan), "--out", str(tmp_path / "m4")]) == 2
+    assert "NaN or inf" in capsys.readouterr().err and not (tmp_path / "m4").exists()
+    assert not list(tmp_path.glob(".m4.tmp-*"))
 
 
 @pytest.mark.parametrize("which", ["lora", "full"])

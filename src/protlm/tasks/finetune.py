@@ -613,6 +613,21 @@ def run_digest(config, base_fingerprint: str) -> str:
 # --------------------------------------------------------------------------- merge
 
 
+def _check_finite_weights(folder: Path, source) -> None:
+    """A merged model whose weights hold NaN or inf (a diverged or damaged adapter) is not written."""
+    from safetensors import safe_open
+
+    from protlm.errors import InputError
+
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise InputError(f"finetune-merge {source}: the merged weight {name} holds NaN or inf values (a "
+                                     f"diverged or damaged adapter); nothing was written")
+
+
 def merge_adapter(source: str | Path, out: str | Path) -> dict:
     """``protlm finetune-merge``: a LoRA adapter (or a head folder holding one) merged into its
     base model, written as one standalone model folder (``from_pretrained`` loads it without peft)."""
@@ -641,6 +656,7 @@ def merge_adapter(source: str | Path, out: str | Path) -> dict:
     tmp.mkdir(parents=True)
     try:
         backend.save_lm(tmp)
+        _check_finite_weights(tmp, source)
         if out.exists():
             shutil.rmtree(out)
         publish_folder(tmp, out)
