@@ -409,6 +409,7 @@ def test_truncated_head_weights_are_one_line(tiny_head, tmp_path, capsys):
 def test_head_weights_of_the_right_shape_but_another_file_are_refused(tiny_head, tmp_path, capsys):
     """Weights replaced by others of the same names and shapes (another training run, an edit):
     head.json records the SHA-256 of the file that was trained, so they are refused."""
+    import torch
     from safetensors.torch import load_file, save_file
 
     weights = load_file(str(tiny_head[0] / "head.safetensors"))
@@ -417,6 +418,11 @@ def test_head_weights_of_the_right_shape_but_another_file_are_refused(tiny_head,
     code, _, err = _cli(capsys, "predict", "--head", head, "--input", tiny_head[2], "--output", tmp_path / "p.csv")
     _one_error(code, err, "differs from the file head.json records")
     assert not (tmp_path / "p.csv").exists()
+    # the same names and shapes stored as integers: refused by their type, not cast
+    save_file({k: v.round().to(torch.int64) for k, v in weights.items()}, str(tmp_path / "int.safetensors"))
+    head = _tampered(tiny_head, tmp_path / "i", weights=(tmp_path / "int.safetensors").read_bytes())
+    code, _, err = _cli(capsys, "predict", "--head", head, "--input", tiny_head[2], "--output", tmp_path / "p.csv")
+    _one_error(code, err, "is stored as I64")
 
 
 def test_bootstrap_option(tiny_head, tmp_path, capsys):

@@ -161,6 +161,11 @@ def load_checked_state(path: Path, model_on_meta) -> dict:
     for k, shape in expected.items():
         if got[k] != shape:
             raise InputError(f"{path}: tensor {k} has shape {list(got[k])}, head.json describes {list(shape)}")
+    kinds = {k: v.dtype.is_floating_point for k, v in model_on_meta.state_dict().items()}
+    for k, (dtype, _) in header.items():  # integer weights would be cast silently; a float counter likewise
+        if dtype.startswith(("F", "BF")) != kinds[k]:
+            raise InputError(f"{path}: tensor {k} is stored as {dtype}, not as the "
+                             f"{'floating-point' if kinds[k] else 'integer'} values a head holds there")
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types on a damaged file
