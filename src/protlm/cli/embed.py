@@ -44,7 +44,8 @@ def cmd_embed(args) -> int:
         f"({result['residues_per_s']:,.0f} residues/s)",
     ]
     if result["already_done"]:
-        lines.append(f"  resumed: {result['already_done']:,} already in the output")
+        lines.append(f"  resumed: {result['already_done']:,} proteins already done (in the output or the interrupted "
+                     f"run's parts)")
     if result.get("duplicate_sequences_shared"):
         lines.append(f"  identical sequences sharing one hash key: {result['duplicate_sequences_shared']:,}")
     lines.append(f"  windowed (over the model's position limit): {result['windowed']}   "
