@@ -11,7 +11,9 @@ constructor arguments (``num_layers``, ``embed_dim``, ``attention_heads``, ``alp
     model = esm.model.esm2.ESM2(**json.load(open("FILE.json"))["args"])
     model.load_state_dict(safetensors.torch.load_file("FILE.safetensors"))
 
-Other families have no fair-esm class: refused with one line (exit 2).
+Other families have no fair-esm class: refused with one line (exit 2), as are an ``--out`` inside
+the checkpoint folder (even with ``--overwrite``), a damaged safetensors file and encoder layers
+that config.json does not have.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def fair_esm_state_dict(folder: Path) -> tuple[dict, dict]:
     """(fair-esm state dict, ESM2 args) of an HF ESM checkpoint folder (safetensors only)."""
     from safetensors import safe_open
 
-    from protlm.errors import InputError
+    from protlm.errors import InputError, ProtlmError
     from protlm.models.hf import check_safetensors
     from protlm.models.folder import canonical_key
 
@@ -133,19 +135,32 @@ def fair_esm_state_dict(folder: Path) -> tuple[dict, dict]:
     check_safetensors(str(folder), "CHECKPOINT")
     hf = {}
     for weights in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(weights), "pt") as fh:
-            for key in fh.keys():
-                tensor = fh.get_tensor(key)
-                for name in canonical_key(key, config):  # older protlm folders: gamma/beta, wildcard
-                    hf[name] = tensor.clone()
-    out = {}
+        try:
+            with safe_open(str(weights), "pt") as fh:
+                for key in fh.keys():
+                    tensor = fh.get_tensor(key)
+                    for name in canonical_key(key, config):  # older protlm folders: gamma/beta, wildcard
+                        hf[name] = tensor.clone()
+        except ProtlmError:
+            raise
+        except Exception as exc:  # truncated or damaged file: safetensors' SafetensorError, OSError
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise InputError(f"{weights}: not a readable safetensors file ({type(exc).__name__}: {first})") from None
+    layers = args["num_layers"]
+    out, foreign = {}, []
     for key, tensor in hf.items():
         fair = fair_esm_key(key)
-        if fair is not None:
+        layer = _LAYER_KEY.match(key)
+        if layer and (fair is None or int(layer.group(1)) >= layers):  # a layer the config does not have
+            foreign.append(key)
+        elif fair is not None:
             out[fair] = tensor
+    if foreign:
+        raise InputError(f"{folder}: the weights hold {len(foreign)} encoder-layer tensors that do not fit its "
+                         f"{layers}-layer config.json ({', '.join(sorted(foreign)[:3])}"
+                         f"{' …' if len(foreign) > 3 else ''}); the weights were saved for another shape or are damaged")
     if "lm_head.weight" not in out and "embed_tokens.weight" in out:  # tied to the embeddings
         out["lm_head.weight"] = out["embed_tokens.weight"].clone()
-    layers = args["num_layers"]
     need = {"embed_tokens.weight", "emb_layer_norm_after.weight"} | {
         f"layers.{i}.{fair}.weight" for i in range(layers) for _, fair in _LAYER if fair != "self_attn.rot_emb"}
     missing = sorted(need - set(out))
@@ -176,6 +191,10 @@ def export_fair_esm(folder: Path, out: Path, *, overwrite: bool = False) -> dict
     if out.suffix != ".safetensors":
         raise InputError(f"--out {out}: name the file *.safetensors (its arguments go to {out.stem}.json next to it)")
     sidecar = out.with_suffix(".json")
+    for path, option in ((out, "--out"), (sidecar, "--out (arguments file)")):
+        if Path(folder).is_dir() and path.resolve().is_relative_to(Path(folder).resolve()):
+            raise InputError(f"{option} {path}: is inside the checkpoint folder {folder} that this command reads; "
+                             f"write the export somewhere else")
     check_output_file(out, overwrite=overwrite, inputs=[folder], option="--out", create_parent=True)
     check_output_file(sidecar, overwrite=overwrite, inputs=[folder], option="--out (arguments file)",
                       create_parent=True)

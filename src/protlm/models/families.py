@@ -53,7 +53,8 @@ FAMILIES: dict[str, Family] = {}
 
 
 def read_config(model: str) -> dict:
-    """``config.json`` of a local folder, or of a hub id (downloaded through huggingface_hub)."""
+    """``config.json`` of a local folder, or of a hub id (downloaded through huggingface_hub once
+    :func:`protlm.io.resources.check_hub` finds the hub reachable or the id cached)."""
     path = Path(model)
     if path.exists():
         if not path.is_dir():
@@ -64,6 +65,9 @@ def read_config(model: str) -> dict:
     else:
         if model.count("/") != 1 or model.startswith((".", "/")):
             raise InputError(f"--model {model}: no such folder, and not a hub id of the form owner/name")
+        from protlm.io.resources import check_hub
+
+        check_hub(model)  # offline and not cached: one line now, not huggingface_hub's retries
         try:
             from huggingface_hub import hf_hub_download
 

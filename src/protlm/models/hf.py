@@ -4,7 +4,9 @@ Every part of protlm that needs an LM's weights — the embedder backend, contac
 attention maps, the random-weight floor, the token-embedding map — calls :func:`load_hf_lm`. It
 reads ``config.json``, detects the family (:mod:`protlm.models.families`), loads the tokenizer and
 learns its token layout, and loads the encoder **from safetensors only** (a folder with only
-``pytorch_model.bin`` is refused with what to do; ``trust_remote_code`` stays off).
+``pytorch_model.bin`` is refused with what to do; ``trust_remote_code`` stays off). Weights that
+do not fit the architecture config.json describes are refused (:func:`check_loading_info`):
+transformers would fill the missing ones with random numbers and drop the extra ones.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()  # the load report lists the LM head as unused: expected for an encoder
+    hf_logging.set_verbosity_error()  # its load report lists the LM head as unused; check_loading_info judges it
 
 
 def check_safetensors(source: str, what: str = "--model") -> None:
@@ -78,6 +80,65 @@ def check_safetensors(source: str, what: str = "--model") -> None:
                          f"safetensors only. Convert once in a trusted environment: "
                          f"AutoModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)")
     raise InputError(f"{what} {source}: no *.safetensors weights in this folder")
+
+
+#: Modules of an encoder class that are task heads, not part of the encoder's forward pass
+#: (BERT/ALBERT/ESM's pooler, ESM's contact-prediction head): a checkpoint may lack their weights.
+OPTIONAL_MODULES = ("pooler", "contact_head")
+
+
+def _names(keys) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def weight_problems(model, info: dict) -> tuple[list[str], list[str]]:
+    """(missing, unexpected): the weights of ``info`` (transformers' ``output_loading_info``, after
+    its own rules — tied weights, ``_keys_to_ignore_on_load_missing``/``_unexpected``, old buffer
+    names — are applied) that make the loaded ``model`` untrustworthy.
+
+    Missing: a learned parameter the checkpoint does not hold (transformers fills it with random
+    numbers), outside :data:`OPTIONAL_MODULES`; a missing buffer (``position_ids``, rotary
+    ``inv_freq``) is computed from config.json and is fine. Unexpected: a checkpoint tensor that
+    names a module of the loaded model (``encoder.layer.3.*`` for a 3-layer model, a renamed
+    weight in a layer) — the weights were written for another shape; a task head's tensors
+    (``lm_head.*``, ``cls.*``, a T5 decoder, a pooler the encoder is loaded without) are fine."""
+    params = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    missing = [k for k in info.get("missing_keys", ()) if k in params and k.split(".")[0] not in OPTIONAL_MODULES]
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    tops = {name for name, _ in model.named_children()}
+    tops |= {name for name, _ in model.named_parameters(recurse=False)}
+    tops |= {name for name, _ in model.named_buffers(recurse=False)}
+    buffers = {name for name, _ in model.named_buffers()}  # non-persistent ones too (computed from config.json)
+    unexpected = []
+    for key in info.get("unexpected_keys", ()):
+        inner = key[len(prefix):] if prefix != "." and key.startswith(prefix) else key
+        if inner in buffers or inner.rsplit(".", 1)[-1] in ("position_ids", "inv_freq"):
+            continue  # older checkpoints saved buffers (BERT's position_ids, rotary inv_freq) that are now computed
+        if inner.split(".")[0] in tops:
+            unexpected.append(key)
+    missing += [k if isinstance(k, str) else str(k[0]) for k in info.get("mismatched_keys", ())]  # re-initialised
+    return sorted(missing), sorted(unexpected)
+
+
+def check_loading_info(model, info: dict, source: str, what: str = "--model") -> None:
+    """Refuse a checkpoint whose weights do not fit the architecture config.json describes
+    (:func:`weight_problems`): transformers would run it with random weights where they are
+    missing, or drop weights that belong to the model."""
+    missing, unexpected = weight_problems(model, info)
+    if not missing and not unexpected:
+        return
+    name = type(model).__name__
+    needed = {n for n, _ in model.named_parameters(remove_duplicate=False) if n.split(".")[0] not in OPTIONAL_MODULES}
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of its {len(needed)} weights are missing ({_names(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensors in the file do not belong to it ({_names(unexpected)})")
+    hint = ("; the file holds none of its weights under the names it expects: is config.json's model_type right?"
+            if needed and needed <= set(missing) else "; the weights were saved for another shape or are damaged")
+    raise InputError(f"{what} {source}: the weights do not fit the {name} that config.json describes: "
+                     f"{'; '.join(parts)}{hint}")
 
 
 def load_hf_lm(spec: str, *, dtype=None, attention: str = "sdpa", seed: int = 0, what: str = "--model",
@@ -114,17 +175,20 @@ def load_hf_lm(spec: str, *, dtype=None, attention: str = "sdpa", seed: int = 0,
             attn = {"attn_implementation": "eager"} if attention == "eager" else {}
             model = cls._from_config(cfg, dtype=dtype, **attn, **extra)
         else:
-            kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False, **extra)
+            kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False, output_loading_info=True,
+                          **extra)
             try:
-                model = cls.from_pretrained(source, attn_implementation=attention, **kwargs)
+                model, info = cls.from_pretrained(source, attn_implementation=attention, **kwargs)
             except (ValueError, ImportError):  # a class without SDPA
-                model = cls.from_pretrained(source, attn_implementation="eager", **kwargs)
+                model, info = cls.from_pretrained(source, attn_implementation="eager", **kwargs)
     except OSError as exc:
         raise InputError(f"{what} {source}: the weights could not be loaded "
                          f"({str(exc).splitlines()[0][:200]})") from None
     except Exception as exc:  # corrupt safetensors, shape mismatch with config.json
         raise InputError(f"{what} {source}: the weights could not be loaded ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    if not random_init:
+        check_loading_info(model, info, source, what)
     model.eval()
     return LoadedLM(name=str(spec), source=source, model=model, tokenizer=tokenizer, config=config, family=family, layout=layout)
 

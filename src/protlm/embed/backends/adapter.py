@@ -36,6 +36,21 @@ def read_adapter_config(folder: Path) -> dict:
     return cfg
 
 
+def base_model(folder: Path) -> str:
+    """The adapter's base model by protlm's one naming rule (:func:`protlm.io.resources.model_source`):
+    a folder, a bundled checkpoint, or a hub id — which, when the hub cannot be asked and the id is
+    not cached, fails at once with one line (as ``--model HUB_ID`` does) instead of
+    huggingface_hub's retries."""
+    from protlm.io.resources import is_hub_id, model_source
+
+    base = read_adapter_config(folder)["base_model_name_or_path"]
+    what = f"--model {folder}: the adapter's base model"
+    source = model_source(base, what)
+    if source == base and not Path(base).exists() and not is_hub_id(base):
+        raise InputError(f"{what} {base!r} is neither a folder here, a bundled checkpoint nor a hub id")
+    return source
+
+
 class LoRABackend(HFBackend):
     """The base model's HF backend with a peft LoRA adapter merged into its weights."""
 
@@ -46,10 +61,7 @@ class LoRABackend(HFBackend):
             raise ConfigError("--int8 with a LoRA adapter: merge it first (protlm finetune-merge ADAPTER --out DIR), "
                               "then embed DIR with --int8")
         path = Path(folder)
-        cfg = read_adapter_config(path)
-        base = cfg["base_model_name_or_path"]
-        if not Path(base).exists() and base.count("/") != 1:
-            raise InputError(f"--model {folder}: the adapter's base model {base!r} is neither a folder here nor a hub id")
+        base = base_model(path)
         super().__init__(base, options)
         self.base_fingerprint = super().fingerprint()
         try:
@@ -84,7 +96,7 @@ class LoRATXLBackend(LoRABackend, ProtTXLBackend):
 
 def adapter_backend(folder: str, options: EmbedOptions) -> LoRABackend:
     """The backend of an adapter folder: its base model's family decides the forward pass."""
-    base = Path(read_adapter_config(Path(folder))["base_model_name_or_path"])
+    base = Path(base_model(Path(folder)))
     model_type = None
     if (base / "config.json").is_file():
         try:
