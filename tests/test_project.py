@@ -174,7 +174,7 @@ def test_cli_hdf5_and_labels(tmp_path, capsys):
     lab = labels_csv(tmp_path / "labels.csv", rows)
     out = tmp_path / "proj"
     code, stdout, err = run_cli(capsys, "project", "--embeddings", h5, "--labels", lab, "--out", out,
-                                "--method", "tsne", "--iterations", 250, "--json")
+                                "--method", "tsne", "--iterations", 300, "--json")
     assert code == 0, err
     res = json.loads(stdout)["proteins"]
     assert res["counts"]["label_ids_without_embedding"] == 1
@@ -193,7 +193,7 @@ def test_cli_tsv_color_by_and_max_proteins(tmp_path, capsys):
     lab = labels_csv(tmp_path / "labels.tsv", rows, header=("protein", "cluster", "parity"), sep="\t")
     code, stdout, err = run_cli(capsys, "project", "--embeddings", h5, "--labels", lab, "--id-column", "protein",
                                 "--color-by", "cluster", "--max-proteins", 45, "--out", tmp_path / "p",
-                                "--method", "tsne", "--iterations", 250, "--perplexity", 10, "--json")
+                                "--method", "tsne", "--iterations", 300, "--perplexity", 10, "--json")
     assert code == 0, err
     res = json.loads(stdout)["proteins"]
     assert list(res["silhouette"]) == ["cluster"]
@@ -212,7 +212,7 @@ def test_cli_model_fasta_and_token_embeddings(tmp_path, capsys, esm_model):
                      header=("id", "length"))
     out = tmp_path / "both"
     code, stdout, err = run_cli(capsys, "project", "--model", esm_model, "--input", fasta, "--labels", lab,
-                                "--perplexity", 5, "--iterations", 250, "--method", "tsne",
+                                "--perplexity", 5, "--iterations", 300, "--method", "tsne",
                                 "--token-embeddings", esm_model, "--out", out, "--json")
     assert code == 0, err
     res = json.loads(stdout)
@@ -244,7 +244,7 @@ def test_token_rows_are_the_tokenizer_ids(esm_model):
 def test_cli_benchmark_with_model(tmp_path, capsys, esm_model):
     code, stdout, err = run_cli(capsys, "project", "--benchmark", "deeploc_val", "--data", DATA,
                                 "--model", esm_model, "--max-proteins", 40, "--method", "tsne",
-                                "--iterations", 250, "--perplexity", 10, "--out", tmp_path, "--json")
+                                "--iterations", 300, "--perplexity", 10, "--out", tmp_path, "--json")
     assert code == 0, err
     res = json.loads(stdout)["proteins"]
     assert set(res["silhouette"]) == {"location", "membrane"}

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protlm.embed.store import file_level, open_embeddings
+from protlm.embed.store import file_attr, file_level, open_embeddings
 from protlm.io.atomic import write_bytes, write_json
 from protlm.errors import ConfigError, InputError
 
@@ -48,8 +48,15 @@ log = logging.getLogger(__name__)
 
 METHODS = ("tsne", "umap")
 METHOD_TITLES = {"tsne": "t-SNE", "umap": "UMAP"}
-#: scikit-learn's TSNE refuses fewer iterations.
-MIN_TSNE_ITER = 250
+#: scikit-learn's TSNE runs its first 250 iterations with early exaggeration and only then the
+#: optimisation proper; with max_iter 250 that phase never runs (the map is the exaggerated one and
+#: kl_divergence_ stays at its initial DBL_MAX). 300 = those 250 plus 50 optimising iterations
+#: (scikit-learn checks the error every 50).
+TSNE_EXAGGERATION_ITER = 250
+MIN_TSNE_ITER = TSNE_EXAGGERATION_ITER + 50
+#: Fewest points a method can map: scikit-learn's TSNE needs 2; UMAP's spectral initialisation
+#: needs more points than its 2 dimensions + 1 (with 3, scipy's eigh refuses), so 4.
+MIN_POINTS = {"tsne": 2, "umap": 4}
 #: Label classes drawn in their own colour; rarer ones share one "other" colour (tab20 has 20).
 MAX_COLOURED_CLASSES = 20
 UNLABELLED = "unlabelled"
@@ -97,8 +104,9 @@ class ProjectionParams:
         if not self.perplexity > 0:
             raise ConfigError(f"--perplexity must be positive, not {self.perplexity}")
         if self.max_iter < MIN_TSNE_ITER:
-            raise ConfigError(f"--iterations must be at least {MIN_TSNE_ITER} (scikit-learn's minimum), "
-                              f"not {self.max_iter}")
+            raise ConfigError(f"--iterations must be at least {MIN_TSNE_ITER}, not {self.max_iter}: t-SNE's first "
+                              f"{TSNE_EXAGGERATION_ITER} iterations are early exaggeration, the map is optimised "
+                              f"only after them")
         if self.n_neighbors < 2:
             raise ConfigError(f"--n-neighbors must be at least 2, not {self.n_neighbors}")
         if not 0.0 <= self.min_dist <= 1.0:
@@ -123,12 +131,24 @@ def check_size(n: int, method: str, params: ProjectionParams) -> None:
     them (t-SNE needs perplexity < n; UMAP needs n_neighbors < n)."""
     if method not in METHODS:
         raise ConfigError(f"unknown projection method {method!r} (choose from {', '.join(METHODS)})")
+    if n < MIN_POINTS[method]:  # before the perplexity advice, which would name an impossible value
+        raise InputError(f"too few proteins for a {METHOD_TITLES[method]} map: {n}; it needs at least "
+                         f"{MIN_POINTS[method]}")
     if method == "tsne" and not params.perplexity < n:
         raise ConfigError(f"t-SNE perplexity {params.perplexity:g} needs more than {params.perplexity:g} "
                           f"points, got {n}; lower the perplexity (below {n}) or add proteins")
     if method == "umap" and not params.n_neighbors < n:
         raise ConfigError(f"UMAP n_neighbors {params.n_neighbors} needs more than {params.n_neighbors} "
                           f"points, got {n}; lower --n-neighbors (below {n}) or add proteins")
+
+
+def check_dim(dim: int, method: str) -> None:
+    """Refuse vectors a method cannot map: none of length 0, and t-SNE's PCA initialisation
+    (two components) needs at least 2 dimensions."""
+    if dim == 0:
+        raise InputError("the embeddings are vectors of length 0 (zero-width): nothing to project")
+    if method == "tsne" and dim < 2:
+        raise InputError(f"t-SNE needs vectors of at least 2 dimensions (its PCA initialisation makes 2), got {dim}")
 
 
 def project(embeddings: np.ndarray, method: str = "tsne", params: ProjectionParams | None = None) -> np.ndarray:
@@ -144,6 +164,7 @@ def project_with_info(embeddings: np.ndarray, method: str = "tsne", params: Proj
     params.validate()
     x = _as_matrix(embeddings)
     check_size(len(x), method, params)
+    check_dim(x.shape[1], method)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(params.threads):
@@ -160,6 +181,11 @@ def _fit(x: np.ndarray, method: str, params: ProjectionParams) -> tuple[np.ndarr
         coords = model.fit_transform(x)
         # n_iter_ is the index of the last iteration (0-based)
         info = {"iterations_run": int(model.n_iter_) + 1, "kl_divergence": round(float(model.kl_divergence_), 4)}
+        if not float(model.kl_divergence_) < np.finfo(np.float64).max:
+            # still scikit-learn's initial DBL_MAX (or NaN): the optimisation proper never ran (see
+            # MIN_TSNE_ITER), so the map is not one to trust
+            raise InputError(f"t-SNE stopped after {info['iterations_run']} of {params.max_iter} iterations without "
+                             f"optimising the map (KL divergence {model.kl_divergence_:g}); raise --iterations")
     else:
         import umap
 
@@ -171,13 +197,16 @@ def _fit(x: np.ndarray, method: str, params: ProjectionParams) -> tuple[np.ndarr
     return np.asarray(coords, dtype=np.float32), info
 
 
-def _as_matrix(embeddings: np.ndarray) -> np.ndarray:
+def _as_matrix(embeddings: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2 or len(x) == 0:
         raise InputError(f"embeddings must be an N × D matrix with N > 0, got shape {x.shape}")
+    if x.shape[1] == 0:
+        raise InputError("the embeddings are vectors of length 0 (zero-width): nothing to project")
     if not np.isfinite(x).all():
         bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        raise InputError(f"embedding row {bad} holds NaN or infinite values")
+        who = f" (protein {ids[bad]!r})" if ids is not None and len(ids) == len(x) else ""
+        raise InputError(f"embedding row {bad}{who} holds NaN or infinite values")
     return x
 
 
@@ -188,24 +217,57 @@ def _open_h5(path: str | Path):
     return open_embeddings(path, "--embeddings")
 
 
+def _describe(obj) -> str:
+    """What an HDF5 entry is, for a message that refuses it."""
+    import h5py
+
+    if not isinstance(obj, h5py.Dataset):
+        return "a group" if isinstance(obj, h5py.Group) else "not a dataset"
+    if obj.dtype.kind not in "fiu":
+        return f"a dataset of {'text' if obj.dtype.kind in 'SUO' else obj.dtype} values, not numbers"
+    if obj.ndim == 0:
+        return "a single number, not a vector"
+    return f"an array of shape {obj.shape}"
+
+
+def _is_per_residue(f) -> bool:
+    """The file holds per-residue (L × D) embeddings: its ``level`` says so, or, without one,
+    its first entry is a numeric 2-D dataset — not whatever else is not a vector (a group, a
+    scalar, text), which the per-entry check names for what it is."""
+    import h5py
+
+    if file_attr(f, "level") is not None:
+        return file_level(f, f"--embeddings {f.filename}") == "residue"
+    first = next(iter(f.keys()), None)
+    ds = f[first] if first is not None else None
+    return isinstance(ds, h5py.Dataset) and ds.ndim == 2 and ds.dtype.kind in "fiu"
+
+
 def h5_index(path: str | Path) -> dict[str, str]:
     """Protein id → dataset name of a per-protein HDF5 written by ``protlm embed --level
     protein`` (README "HDF5 layout": one D-vector per protein, ``attrs["original_id"]`` = the
-    FASTA id; the dataset name is the id with ``/``→``_`` or a sequence hash)."""
+    FASTA id; the dataset name is the id with ``/``→``_`` or a sequence hash).
+
+    Two datasets claiming the same ``original_id`` are refused: labels are joined by that id, so
+    one of them would be dropped or given the other's label."""
     import h5py
 
     index: dict[str, str] = {}
     with _open_h5(path) as f:
-        if file_level(f, f"--embeddings {path}") == "residue":
+        if _is_per_residue(f):
             raise InputError(f"{path}: holds per-residue embeddings; project the per-protein file "
                              "(protlm embed --level protein, or OUT.per_protein.h5 of --level both)")
         for key in f.keys():
             ds = f[key]
-            if not isinstance(ds, h5py.Dataset) or ds.ndim != 1:
-                raise InputError(f"{path}: {key!r} is not a per-protein vector (shape "
-                                 f"{getattr(ds, 'shape', 'group')}); use a per-protein embedding file")
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.dtype.kind not in "fiu":
+                raise InputError(f"{path}: {key!r} is not a per-protein vector ({_describe(ds)}); use a "
+                                 "per-protein embedding file")
             original = ds.attrs.get("original_id", key)
-            index.setdefault(original.decode() if isinstance(original, bytes) else str(original), key)
+            pid = original.decode() if isinstance(original, bytes) else str(original)
+            if pid in index:
+                raise InputError(f"{path}: datasets {index[pid]!r} and {key!r} both claim protein {pid!r} "
+                                 "(attrs[\"original_id\"]); one protein, one embedding")
+            index[pid] = key
     if not index:
         raise InputError(f"{path}: holds no embeddings")
     return index
@@ -215,9 +277,16 @@ def read_h5_vectors(path: str | Path, keys: Sequence[str]) -> np.ndarray:
     """The per-protein vectors stored under ``keys``, stacked in that order (N × D float32)."""
     with _open_h5(path) as f:
         vectors = [np.asarray(f[k][()], dtype=np.float32) for k in keys]
-    dims = {v.shape for v in vectors}
-    if len(dims) > 1:
-        raise InputError(f"{path}: vectors of different sizes {sorted(dims)}; mixed models in one file?")
+        dims = {v.shape for v in vectors}
+        if len(dims) > 1:
+            raise InputError(f"{path}: vectors of different sizes {sorted(dims)}; mixed models in one file?")
+        if vectors and vectors[0].size == 0:
+            raise InputError(f"{path}: the vectors have length 0 (zero-width datasets): nothing to project")
+        for k, v in zip(keys, vectors):
+            if not np.isfinite(v).all():  # named here, where the file and the protein are known
+                pid = f[k].attrs.get("original_id", k)
+                pid = pid.decode() if isinstance(pid, bytes) else str(pid)
+                raise InputError(f"{path}: the embedding of {pid!r} (dataset {k!r}) holds NaN or infinite values")
     return np.stack(vectors)
 
 
@@ -577,8 +646,8 @@ def project_proteins(
     params = params or ProjectionParams()
     params.validate()
     methods = list(dict.fromkeys(methods))
-    x = _as_matrix(embeddings)
     ids = [str(i) for i in ids]
+    x = _as_matrix(embeddings, ids)
     if len(ids) != len(x):
         raise InputError(f"{len(ids)} ids for {len(x)} embedding rows")
     dup = next((pid for pid, c in Counter(ids).items() if c > 1), None)
@@ -595,6 +664,7 @@ def project_proteins(
         counts["subsampled_to"] = len(ids)
     for method in methods:
         check_size(len(x), method, params)
+        check_dim(x.shape[1], method)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -48,7 +48,7 @@ def register(subparsers) -> None:
     prm = p.add_argument_group("projection (defaults: the paper's)")
     prm.add_argument("--method", choices=["tsne", "umap", "both"], default="both", help="default: both")
     prm.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default 30; < proteins)")
-    prm.add_argument("--iterations", type=int, default=3000, help="t-SNE iterations (default 3000, minimum 250)")
+    prm.add_argument("--iterations", type=int, default=3000, help="t-SNE iterations (default 3000, minimum 300)")
     prm.add_argument("--n-neighbors", type=int, default=15, help="UMAP n_neighbors (default 15)")
     prm.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist (default 0.1)")
     prm.add_argument("--threads", type=int, default=1,

@@ -32,8 +32,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from protlm import __version__
 from protlm.predictors import report
-from protlm.serve.inputs import MB, Limits, SubmitError, display_name, parse, parse_tasks
-from protlm.serve.jobs import OUT, JobStateError, JobStore, Worker
+from protlm.serve.inputs import MB, Limits, SubmitError, display_name, parse, parse_tasks, size_mb
+from protlm.serve.jobs import OUT, DamagedJob, JobStateError, JobStore, Worker
 
 log = logging.getLogger("protlm.serve")
 
@@ -313,7 +313,10 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
         return JSONResponse({"detail": "internal server error; the server's log has the details"}, status_code=500)
 
     def job_or_404(job_id: str) -> dict:
-        job = store.read(job_id)
+        try:
+            job = store.checked(job_id)
+        except DamagedJob as exc:  # reported as such, so the user knows to delete it (DELETE still works)
+            raise StarletteHTTPException(410, str(exc)) from None
         if job is None:
             raise StarletteHTTPException(404, "no such job (job ids are the long random strings a submission "
                                               "returns)")
@@ -325,15 +328,23 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
             action(job_id)
         except KeyError:
             job_or_404(job_id)
+        except DamagedJob as exc:
+            raise StarletteHTTPException(410, str(exc)) from None
         except JobStateError as exc:
             raise StarletteHTTPException(409, str(exc)) from None
 
     def result_file(job_id: str, name: str) -> Path:
         job = job_or_404(job_id)
+        if job["state"] == "cancelled":
+            raise StarletteHTTPException(409, "job cancelled: it has no results (a cancelled job keeps none)")
         if job["state"] != "done":
             raise StarletteHTTPException(409, f"job {job['state']}" + (f": {job['error']}" if job["error"] else
                                                                        "; results come when it is done"))
-        return store.folder(job_id) / OUT / name
+        path = store.folder(job_id) / OUT / name
+        if not path.exists():  # a done job whose results were removed on the server: not a 500
+            raise StarletteHTTPException(410, f"this job's results are missing on the server ({name or OUT} "
+                                              "is gone); delete the job and submit again")
+        return path
 
     async def submission(request: Request):
         ctype = request.headers.get("content-type", "")
@@ -341,7 +352,14 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
             raise SubmitError("send a form (multipart/form-data or application/x-www-form-urlencoded) with the field "
                               "'sequences' (text) or 'file' (a FASTA file), and optionally 'tasks'", 415)
         try:
-            form = await request.form(max_files=1, max_fields=32, max_part_size=limits.max_upload_bytes + 1)
+            # raw bytes of a urlencoded body: starlette decodes its values as latin-1, which would turn
+            # non-UTF-8 bytes into other letters instead of the "not UTF-8" refusal (the body is capped by
+            # BodyLimit, and request.form() reads this cached copy)
+            raw = await request.body() if ctype.startswith("application/x-www-form-urlencoded") else None
+            # parts are capped by BodyLimit's whole-body limit; a smaller part cap here would answer a long
+            # paste with the parser's own 400 instead of parse()'s 413 that says this server's limit
+            form = await request.form(max_files=1, max_fields=32,
+                                      max_part_size=limits.max_upload_bytes + FORM_OVERHEAD)
         except Exception as exc:  # noqa: BLE001 — starlette's MultiPartException / HTTPException: a bad form
             if "protlm.too_large" in request.scope:  # a body without Content-Length that ran over the limit
                 raise SubmitError(f"the upload is over this server's limit of {limits.max_upload_bytes / MB:g} MB per "
@@ -359,9 +377,13 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
             raise SubmitError("no sequences: paste a protein sequence (or FASTA) or choose a FASTA file")
         tasks = parse_tasks([v for v in form.getlist("tasks") if isinstance(v, str)])
         if has_file:
-            data, source = await upload.read(limits.max_upload_bytes + 1), display_name(upload.filename)
+            source = display_name(upload.filename)
+            if upload.size is not None and upload.size > limits.max_upload_bytes:  # its real size, not the cap read
+                raise SubmitError(f"{source}: {size_mb(upload.size, limits.max_upload_bytes)} MB is over this "
+                                  f"server's limit of {limits.max_upload_bytes / MB:g} MB per submission", 413)
+            data = await upload.read(limits.max_upload_bytes + 1)
         else:
-            data, source = text.encode("utf-8"), "pasted text"
+            data, source = _raw_field(raw, "sequences") if raw is not None else text.encode("utf-8"), "pasted text"
         if worker.pending() >= limits.max_jobs:
             raise SubmitError(f"the server is busy: {limits.max_jobs} jobs are waiting or running (its limit); try "
                               f"again when one has finished", 429)
@@ -454,7 +476,12 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
     async def job_page(job_id: str):
-        job = store.read(job_id)
+        try:
+            job = store.checked(job_id)
+        except DamagedJob as exc:  # the page says so and offers the one thing that still works
+            return HTMLResponse(_page("damaged job", f"<h1>Damaged job</h1><p id=\"error\" class=\"error\">{_e(exc)}"
+                                                     f"</p>{_button(job_id, 'delete', 'Delete this job')}"),
+                                status_code=410)
         if job is None:
             return HTMLResponse(_page("no such job", "<h1>No such job</h1><p id=\"error\" class=\"error\">No job "
                                                      "has this address.</p>"), status_code=404)
@@ -474,7 +501,9 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
     async def report_file(job_id: str, name: str):
         folder = result_file(job_id, "")
         if name == "index.html":
-            return FileResponse(folder / "index.html", media_type="text/html")
+            return FileResponse(result_file(job_id, "index.html"), media_type="text/html")
+        if not (folder / "proteins").is_dir():
+            result_file(job_id, "proteins")
         sub, _, leaf = name.partition("/")
         # only a name the job's own report folder lists (never a path built from what was asked)
         if sub == "proteins" and leaf in set(p.name for p in (folder / "proteins").iterdir()):
@@ -496,6 +525,16 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
 
     # outermost, around FastAPI's own error middleware: a too-large body is answered before any handler
     return BodyLimit(app, limits.max_upload_bytes + FORM_OVERHEAD, limits.max_upload_bytes / MB)
+
+
+def _raw_field(body: bytes, name: str) -> bytes:
+    """The bytes of a urlencoded form field as sent (percent-escapes decoded to bytes, not text)."""
+    from urllib.parse import parse_qsl
+
+    for key, value in parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="latin-1"):
+        if key == name:
+            return value.encode("latin-1")
+    return b""
 
 
 def _map_folders(out: Path) -> list[str]:

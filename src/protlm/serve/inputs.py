@@ -73,13 +73,21 @@ def display_name(filename: str | None) -> str:
     return name or "uploaded file"
 
 
+def size_mb(size: int, limit: int) -> str:
+    """``size`` in MB with enough digits to show it is over ``limit`` (10.04 MB is not "10.0 MB")."""
+    digits = 1
+    while digits < 6 and round(size / MB, digits) <= limit / MB:
+        digits += 1
+    return f"{size / MB:.{digits}f}"
+
+
 def parse(data: bytes, source: str, limits: Limits) -> Submission:
     """Parse and check one submission (the text or file's bytes); :class:`SubmitError` otherwise."""
     from protlm.data.alphabet import CleaningPolicy
     from protlm.data.fasta import read_fasta
 
     if len(data) > limits.max_upload_bytes:
-        raise SubmitError(f"{source}: {len(data) / MB:.1f} MB is over this server's limit of "
+        raise SubmitError(f"{source}: {size_mb(len(data), limits.max_upload_bytes)} MB is over this server's limit of "
                           f"{limits.max_upload_bytes / MB:g} MB per submission", 413)
     if data[:2] == b"\x1f\x8b":
         raise SubmitError(f"{source}: a gzip-compressed file; upload the uncompressed FASTA text")

@@ -47,10 +47,18 @@ PENDING = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled")
 JOB_JSON, INPUT, OUT, CANCEL = "job.json", "input.fasta", "out", "cancel"
 EXPIRY_EVERY = 3600.0  # seconds between two sweeps of --keep-days
+#: What every reader of job.json relies on; a job.json without them is damaged, not a job.
+JOB_KEYS = ("id", "state", "created", "started", "finished", "source", "proteins", "residues", "tasks", "progress",
+            "error", "result")
 
 
 class JobStateError(ProtlmError):
     """A request a job's state does not allow (cancel a finished job, delete a pending one)."""
+
+
+class DamagedJob(ProtlmError):
+    """A job folder whose job.json is missing, unreadable or not a job (edited, truncated, disk
+    trouble): it can be neither shown nor run, only deleted."""
 
 
 class Cancelled(Exception):
@@ -80,15 +88,28 @@ class JobStore:
         return self.root / job_id
 
     def read(self, job_id: str) -> dict | None:
+        """The job; None for no such job and for a damaged one (see :meth:`checked`)."""
+        try:
+            return self.checked(job_id)
+        except DamagedJob:
+            return None
+
+    def checked(self, job_id: str) -> dict | None:
+        """The job; None for no such job; :class:`DamagedJob` when its folder exists but its
+        job.json cannot be read as a job (so it is reported and can be deleted, not "unknown")."""
         import json
 
         where = self.folder(job_id)
-        if where is None:
+        if where is None or not where.is_dir():
             return None
         try:
-            return json.loads((where / JOB_JSON).read_text())
+            job = json.loads((where / JOB_JSON).read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return None
+            job = None
+        if (not isinstance(job, dict) or any(k not in job for k in JOB_KEYS) or job["id"] != job_id
+                or job["state"] not in PENDING + FINISHED):
+            raise DamagedJob("this job's files on the server are damaged (its job.json cannot be read); delete it")
+        return job
 
     def write(self, job: dict) -> None:
         write_bytes(self.root / job["id"] / JOB_JSON, json_bytes(job))
@@ -110,7 +131,7 @@ class JobStore:
 
     def _in_state(self, job_id: str, states: tuple[str, ...], why: str) -> dict:
         """The job, if its state is one of ``states``; KeyError for no such job, JobStateError otherwise."""
-        job = self.read(job_id)
+        job = self.checked(job_id)
         if job is None:
             raise KeyError(job_id)
         if job["state"] not in states:
@@ -128,8 +149,12 @@ class JobStore:
         return job
 
     def delete(self, job_id: str) -> None:
-        """Remove a finished job's folder (its sequences and results)."""
-        self._in_state(job_id, FINISHED, "cancel it first (only a finished job can be deleted)")
+        """Remove a finished job's folder (its sequences and results); a damaged job's too, which
+        nothing else can remove (its state is unknown, so the worker never takes it)."""
+        try:
+            self._in_state(job_id, FINISHED, "cancel it first (only a finished job can be deleted)")
+        except DamagedJob:
+            pass
         shutil.rmtree(self.root / job_id)
 
     def expire(self, keep_seconds: float, now: float | None = None) -> list[str]:
