@@ -132,13 +132,30 @@ def _flat(tree, prefix: str = "") -> dict:
     return out
 
 
-def resume_changes(old: PretrainConfig, new: PretrainConfig, step: int) -> dict[str, list]:
+def _same_folder(a, b) -> bool:
+    """Two spellings of one folder (relative and absolute, a trailing slash)."""
+    if a is None or b is None:
+        return a == b
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):
+        return a == b
+
+
+def resume_changes(old: PretrainConfig, new: PretrainConfig, step: int, *,
+                   data_checked: bool = False) -> dict[str, list]:
     """``{key: [old, new]}`` of the settings that differ between the config a checkpoint was
     trained with and the one given on ``--resume`` at ``step``; a ConfigError names any change
-    that is not allowed (see :data:`RESUME_ADJUSTABLE`)."""
+    that is not allowed (see :data:`RESUME_ADJUSTABLE`).
+
+    ``data.shards`` is a path, not the data: with ``data_checked`` (the checkpoint's data
+    fingerprint matched the folder's content) it is not compared at all, so moved data resumes;
+    for older checkpoints without a fingerprint it is compared as a resolved folder, not a string."""
     a, b = _flat(old.to_dict()), _flat(new.to_dict())
     changes = {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b))
                if a.get(k) != b.get(k) and k not in NOT_COMPARED}
+    if "data.shards" in changes and (data_checked or _same_folder(*changes["data.shards"])):
+        del changes["data.shards"]
     refused = []
     if len(old.train.phases) != len(new.train.phases):
         refused.append(f"train.phases ({len(new.train.phases)} phases, the checkpoint's has {len(old.train.phases)})")

@@ -10,6 +10,8 @@ batch, whatever the split over processes and accumulation steps (the DDP test ch
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import math
 import signal
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 import yaml
 
 from protlm.data.shards import ShardedDataset
-from protlm.errors import ConfigError, ProtlmError, Terminated
+from protlm.errors import ConfigError, InputError, ProtlmError, Terminated
 from protlm.io.atomic import fsync_dir, fsync_tree
 from protlm.io.outputs import output_lock
 from protlm.models.architectures import build_model, count_parameters, get_architecture
@@ -40,6 +42,15 @@ log = logging.getLogger("protlm.pretrain")
 
 class TrainingDiverged(ProtlmError):
     """The loss or the gradient became NaN/inf."""
+
+
+def data_fingerprint(manifest: dict) -> str:
+    """Hash of what a prepared folder holds: its shard lists (file names, record and residue counts,
+    and the XXH3-128 of every shard file that ``protlm prepare`` records), not its path nor the
+    time it was prepared. Recorded in every checkpoint; ``--resume`` refuses other data in the
+    same folder (re-prepared from another FASTA), and accepts the same data under another path."""
+    splits = {split: manifest["splits"][split]["shards"] for split in ("train", "valid")}
+    return hashlib.sha256(json.dumps(splits, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _exp(x: float) -> float:
@@ -77,10 +88,12 @@ class Trainer:
             raise ConfigError("config data.shards: required (a folder written by `protlm prepare`)")
         if not (shards / "manifest.json").exists():
             raise ConfigError(f"config data.shards: {shards} has no manifest.json; run `protlm prepare` first")
+        _check_out_apart(self.out, shards)  # also for library use (pretrain() checks before making --out)
         self.train_data = ShardedDataset(shards, "train")
         if len(self.train_data) == 0:
             raise ConfigError(f"config data.shards: {shards} has no training sequences")
         self.valid_data = ShardedDataset(shards, "valid")
+        self.data_fingerprint = data_fingerprint(self.train_data.manifest)
 
         self.existing = ckpt.latest_checkpoint(self.out)
         if self.existing is not None and not resume:
@@ -94,6 +107,10 @@ class Trainer:
                 f"resume: that run stopped before its first checkpoint, or is still running; choose another --out "
                 f"(or remove the folder to start over)"
             )
+        if resume and self.existing is None:
+            # like `protlm train --resume`: a mistyped --out must not silently start a new run
+            where = "no checkpoint (checkpoints/latest)" if self.out.is_dir() else "no such folder"
+            raise InputError(f"--out {self.out}: {where}; nothing to resume (leave out --resume to start a new run)")
 
         torch.manual_seed(config.train.seed)
         self.model = build_model(config.model).to(self.env.device)
@@ -123,6 +140,8 @@ class Trainer:
         self.best_val = float(best[1].get("val_loss", math.inf)) if best else math.inf
         self.config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)
         if self.existing is not None:
+            # damaged files are one "damaged checkpoint" line, not a divergence a step later
+            ckpt.verify_checkpoint(self.existing)
             self._refuse_other_config()  # before any weight is loaded into a model of another shape
             state = ckpt.load_checkpoint(self.existing, self.wrapped, self.optimizer, self.scheduler, self.env)
             changes = self._resume_changes(state)
@@ -241,19 +260,26 @@ class Trainer:
         """The one-line "config differs" refusal of :func:`resume_changes` for a changed model shape,
         architecture or optimizer, given before loading the checkpoint (whose weights and optimizer
         state would otherwise fail with a size mismatch or a KeyError)."""
-        import json
 
         try:
             state = json.loads((self.existing / "trainer_state.json").read_text())
         except (OSError, ValueError):
             return  # load_checkpoint names the damaged checkpoint
-        if not isinstance(state, dict) or state.get("fingerprint") == self.config.fingerprint():
+        if not isinstance(state, dict):
+            return
+        recorded = state.get("data_fingerprint")
+        if recorded is not None and recorded != self.data_fingerprint:
+            raise ConfigError(
+                f"--resume: {self.config.data.shards} holds other data than {self.existing} was trained on "
+                f"(data fingerprint {self.data_fingerprint}, the checkpoint's {recorded}); resume with the data the "
+                f"run was trained on, or choose another --out")
+        if state.get("fingerprint") == self.config.fingerprint():
             return
         try:
             old = load_config(data=yaml.safe_load((self.existing / "protlm_pretrain.yaml").read_text()))
         except (OSError, yaml.YAMLError, ProtlmError) as exc:
             raise ConfigError(f"--resume: cannot read the config {self.existing} was trained with ({exc})") from None
-        resume_changes(old, self.config, int(state.get("step", 0)))
+        resume_changes(old, self.config, int(state.get("step", 0)), data_checked=recorded is not None)
 
     def _resume_changes(self, state: dict) -> dict:
         """Compare the config with the checkpoint's; apply the allowed changes (see
@@ -266,7 +292,7 @@ class Trainer:
         except (OSError, yaml.YAMLError, ProtlmError) as exc:
             raise ConfigError(f"--resume: cannot read the config {self.existing} was trained with ({exc})") from None
         step = int(state["step"])
-        changes = resume_changes(old, self.config, step)
+        changes = resume_changes(old, self.config, step, data_checked="data_fingerprint" in state)
         if changes:
             lr, opt = self.config.optimizer.lr, self.config.optimizer
             factor = lr_factor(step, opt, self.config.total_steps)
@@ -348,6 +374,7 @@ class Trainer:
 
     def save(self, name: str | None = None, extra: dict | None = None) -> Path | None:
         state = {"tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen, "fingerprint": self.config.fingerprint(),
+                 "data_fingerprint": self.data_fingerprint,
                  "phase": self.phase_at(max(self.step - 1, 0)).index, "arch": self.config.model.arch,
                  **({"config_changes": self.config_changes} if self.config_changes else {}), **(extra or {})}
         return ckpt.save_checkpoint(self.out, self.step, self.wrapped, self.optimizer, self.scheduler, self.env,
@@ -454,7 +481,8 @@ class Trainer:
             tmp = self.out / ".model.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             try:
-                shutil.copytree(latest, tmp, ignore=shutil.ignore_patterns("trainer_state.*"))
+                # without the resume state, and without the checksums that list it
+                shutil.copytree(latest, tmp, ignore=shutil.ignore_patterns("trainer_state.*", ckpt.CHECKSUMS))
                 fsync_tree(tmp)
             except OSError as exc:  # a full disk: no half-copied .model.tmp left, one line naming the folder
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -465,6 +493,17 @@ class Trainer:
             fsync_dir(self.out)
         return {"out": str(self.out), "model": str(final), "steps": self.step, "tokens_seen": self.tokens_seen,
                 "params": self.params, "last_eval": last_eval}
+
+
+def _check_out_apart(out: str | Path, shards: str | Path | None) -> None:
+    """The output must not be, or lie inside, the prepared data folder it reads: checkpoints/,
+    model/ and metrics.jsonl would be mixed into the data (and a re-prepare would remove them)."""
+    if not shards or not Path(shards).is_dir():
+        return  # the Trainer names a missing data folder
+    target, read = Path(out).resolve(), Path(shards).resolve()
+    if target == read or target.is_relative_to(read):
+        raise InputError(f"--out {out}: is inside the prepared data folder {shards}, which this command reads; "
+                         f"write the output somewhere else")
 
 
 def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
@@ -481,6 +520,10 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, p
                         "(start it with torchrun, even --nproc_per_node 1, to shard it)")
         with contextlib.ExitStack() as stack:
             if env.is_main:
+                _check_out_apart(out, config.data.shards)
+                if resume and not Path(out).is_dir():  # before it is made below
+                    raise InputError(f"--out {out}: no such folder; nothing to resume (leave out --resume to "
+                                     f"start a new run)")
                 Path(out).mkdir(parents=True, exist_ok=True)
                 stack.enter_context(output_lock(out, what="pretraining output"))
             return Trainer(config, out, resume=resume, progress=progress, env=env).run()
