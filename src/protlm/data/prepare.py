@@ -38,6 +38,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -171,8 +172,10 @@ def chunk_hashes(chunk_dir: Path, index: int) -> dict[str, str]:
 
 
 def _chunk_intact(chunk_dir: Path, index: int, expected: dict | None) -> bool:
-    if not expected:  # made by an older protlm without hashes: nothing to compare
-        return True
+    """Whether the chunk's files are those its done.json recorded. A done.json without hashes
+    (damaged, or of an old protlm) vouches for nothing: the chunk is redone, never trusted."""
+    if not expected:
+        return False
     try:
         return chunk_hashes(chunk_dir, index) == expected
     except OSError:
@@ -411,6 +414,9 @@ def _chunk_done(out: Path, index: int, fingerprint: str, block_hash: str) -> dic
         done = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if not _valid_done(done):  # damaged like a torn file: the chunk is redone
+        log.warning("chunk %d: %s is damaged; redoing the chunk", index, path.name)
+        return None
     if done.get("fingerprint") == fingerprint and done.get("block_hash") == block_hash:
         chunk_dir = out / "chunks"
         if (chunk_dir / f"{chunk_name(index)}.merged.json").exists():
@@ -462,6 +468,10 @@ def prepare(
         raise ConfigError(f"--workers must be >= 1, not {workers}")
     if not input_path.exists():
         raise InputError(f"{input_path}: no such file")
+    exclude = list(exclude)
+    for inp in [input_path, *exclude]:
+        _check_not_written(out, Path(inp))
+    _check_out_is_ours(out)
     exclusions = load_exclusions(exclude, CleaningPolicy(options.rare))
     fingerprint = options.fingerprint(exclusions.digest())
     try:
@@ -476,11 +486,84 @@ def prepare(
                      name=f".part-{shard_i}-of-{shard_n}.lock"):
         _check_out_options(out, options, fingerprint)
         _check_same_source(out, input_path)
+        _remove_stale_temporaries(out / "chunks", shard_i, shard_n)
         part = _prepare_part(input_path, out, options, exclusions, fingerprint, workers, shard_i, shard_n,
                              progress)
     if shard_n == 1:
         return merge(out, dedup=dedup, rename_duplicates=rename_duplicates)
     return part
+
+
+#: what prepare writes in OUT/chunks and OUT/parts (see the module docstring); anything else there
+#: is not ours, and a folder holding it is not a prepare folder
+_CHUNK_FILE = re.compile(
+    r"c(\d{6,})\.((train|valid)\.(tokens|offsets\.npy|ids\.txt)|keys\.npy|done\.json|merged\.json)")
+_PART_FILE = re.compile(r"part-\d+-of-\d+\.json|(\.part-\d+-of-\d+|\.merge)\.lock(\.holder)?")
+_TEMP_FILE = re.compile(r"\.(.+)\.tmp(\d+)")
+
+
+def _ours(name: str, pattern: re.Pattern) -> bool:
+    temp = _TEMP_FILE.fullmatch(name)
+    return bool(pattern.fullmatch(temp.group(1) if temp else name))
+
+
+def _check_not_written(out: Path, path: Path) -> None:
+    """An input is never one of the files prepare writes (OUT/manifest.json, OUT/chunks/*,
+    OUT/parts/*): it would be replaced while (or before) it is read."""
+    try:
+        rel = path.resolve().relative_to(out.resolve())
+    except ValueError:
+        rel = None
+    same_manifest = (out / "manifest.json").exists() and path.exists() and \
+        os.path.samefile(path, out / "manifest.json")
+    if same_manifest or (rel is not None and rel.parts[:1] in (("manifest.json",), ("chunks",), ("parts",))):
+        raise InputError(f"--out {out}: prepare writes {path} there, and it is an input of this command; "
+                         "write the output somewhere else")
+
+
+def _check_out_is_ours(out: Path) -> None:
+    """Prepare writes OUT/manifest.json, OUT/chunks/ and OUT/parts/: where any of them holds something
+    prepare did not write (a user's manifest.json, other files), the folder is refused instead of
+    overwritten. A folder made by an earlier (interrupted) prepare passes: that is a resume."""
+    mpath = out / "manifest.json"
+    if mpath.exists():
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (OSError, ValueError):
+            manifest = None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise InputError(f"--out {out}: its manifest.json is not one protlm prepare wrote; refusing to "
+                             "overwrite it (use a new --out folder)")
+    for sub, pattern in (("chunks", _CHUNK_FILE), ("parts", _PART_FILE)):
+        folder = out / sub
+        if not folder.is_dir():
+            continue
+        foreign = sorted(p.name for p in folder.iterdir() if not _ours(p.name, pattern))
+        if foreign:
+            raise InputError(f"--out {out}: {folder} holds files protlm prepare did not write ({foreign[0]}"
+                             f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); use a new --out folder")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _remove_stale_temporaries(chunk_dir: Path, shard_i: int, shard_n: int) -> None:
+    """Temporary files of a run that was killed (``kill -9``, power loss) are never renamed into
+    place: remove those of this part's chunks whose process is gone. Only this part's chunks: the
+    part lock is held, so no live run of this part writes them, while other parts (on other hosts,
+    where a pid means nothing here) may be writing theirs."""
+    for p in chunk_dir.iterdir():
+        temp = _TEMP_FILE.fullmatch(p.name)
+        chunk = _CHUNK_FILE.fullmatch(temp.group(1)) if temp else None
+        if chunk and int(chunk.group(1)) % shard_n == shard_i and not _pid_alive(int(temp.group(2))):
+            p.unlink(missing_ok=True)
 
 
 def _check_same_source(out: Path, input_path: Path) -> None:
@@ -492,6 +575,8 @@ def _check_same_source(out: Path, input_path: Path) -> None:
         try:
             prev = json.loads(part_file.read_text())["source"]
         except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not isinstance(prev, dict):
             continue
         size = input_path.stat().st_size
         if prev.get("bytes") == size and prev.get("sha256") == _sha256_file(input_path):
@@ -618,6 +703,8 @@ def _check_out_options(out: Path, options: PrepareOptions, fingerprint: str) -> 
             prev = json.loads(part.read_text())
         except (OSError, ValueError):
             continue
+        if not isinstance(prev, dict):  # damaged: merge names it
+            continue
         if prev.get("fingerprint") != fingerprint:
             raise ConfigError(
                 f"{out} was prepared with other options ({part.name}: {prev.get('options')}); "
@@ -634,18 +721,50 @@ def merge(out: str | os.PathLike, *, dedup: bool = False, rename_duplicates: boo
     out = Path(out)
     if not out.is_dir():
         raise InputError(f"{out}: no prepared parts found (no such folder; run protlm prepare first)")
+    _check_out_is_ours(out)
     lock_dir = out / "parts" if (out / "parts").is_dir() else out
     with output_lock(lock_dir, f"the merge step of the prepare folder {out}", name=".merge.lock"):
         return _merge(out, dedup=dedup, rename_duplicates=rename_duplicates)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _valid_part(part) -> bool:
+    """The fields of a part file that merge relies on (a damaged one is one clear error)."""
+    if not isinstance(part, dict):
+        return False
+    shard, source = part.get("shard"), part.get("source")
+    return (isinstance(shard, list) and len(shard) == 2 and all(map(_is_count, shard))
+            and shard[0] < shard[1] and _is_count(part.get("total_chunks"))
+            and isinstance(part.get("fingerprint"), str) and isinstance(part.get("options"), dict)
+            and "rare" in part["options"] and isinstance(source, dict)
+            and isinstance(source.get("sha256"), str) and isinstance(source.get("path"), str)
+            and isinstance(part.get("exclude"), dict))
+
+
+_DONE_COUNTS = ("records_read", "skipped_invalid", "excluded", "too_short", "too_long")
+
+
+def _valid_done(done) -> bool:
+    """The fields of a chunk's done.json that reuse and merge rely on."""
+    return (isinstance(done, dict) and all(_is_count(done.get(k)) for k in _DONE_COUNTS)
+            and isinstance(done.get("residue_counts"), list) and len(done["residue_counts"]) == len(ALPHABET)
+            and isinstance(done.get("files", {}), dict)
+            and isinstance(done.get("skipped_messages", []), list))
 
 
 def _merge(out: Path, *, dedup: bool, rename_duplicates: bool) -> dict:
     parts = []
     for p in sorted((out / "parts").glob("part-*-of-*.json")):
         try:
-            parts.append(json.loads(p.read_text()))
+            part = json.loads(p.read_text())
         except (OSError, ValueError):
             raise InputError(f"{p}: unreadable part file; rerun that part") from None
+        if not _valid_part(part):
+            raise InputError(f"{p}: malformed part file (not one protlm prepare wrote); rerun that part")
+        parts.append(part)
     if not parts:
         raise InputError(f"{out}: no prepared parts found (run protlm prepare first)")
     n_parts = {p["shard"][1] for p in parts}
@@ -687,8 +806,16 @@ def _merge(out: Path, *, dedup: bool, rename_duplicates: bool) -> dict:
             done = json.loads(path.read_text())
         except (OSError, ValueError):
             raise InputError(f"{path}: missing or unreadable; rerun prepare to redo chunk {k}") from None
+        if not _valid_done(done):
+            raise InputError(f"{path}: damaged (not one protlm prepare wrote); rerun prepare to redo chunk {k}")
         if done.get("fingerprint") != fingerprint:
             raise InputError(f"{path}: made with other options; rerun prepare in a new folder")
+        # the manifest records these files' hashes: they must still be the files the chunk wrote
+        # (a part run on another host, a disk that truncated them, an edit since)
+        if not (chunk_dir / f"{chunk_name(k)}.merged.json").exists() and \
+                not _chunk_intact(chunk_dir, k, done.get("files")):
+            raise InputError(f"{chunk_dir / chunk_name(k)}.*: chunk {k}'s files are missing or differ from the "
+                             "hashes recorded when it was written (truncated or edited); rerun prepare to redo it")
         summaries.append(done)
 
     if not any(s["records_read"] or s["skipped_invalid"] for s in summaries):
@@ -770,6 +897,8 @@ def _previous_manifest(out: Path, fingerprint: str, source_sha256: str | None = 
     try:
         manifest = json.loads((out / "manifest.json").read_text())
     except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("options"), dict):
         return None
     if source_sha256 is not None and (manifest.get("source") or {}).get("sha256") != source_sha256:
         return None  # made from another version of the input: merged again
@@ -956,11 +1085,18 @@ def verify(out: str | os.PathLike, *, hashes: bool = True) -> dict:
                 problems.append(str(exc))
                 continue
             recorded = shard.get("xxh3_128")
-            if hashes and recorded:
-                for kind, rel in (("tokens", shard["tokens"]), ("offsets", shard["offsets"]), ("ids", shard["ids"])):
-                    if xxh3_file(out / rel) != recorded.get(kind):
-                        problems.append(f"{out / rel}: content differs from the hash recorded by prepare; "
-                                        "prepare again into a new folder")
+            if not hashes:
+                continue
+            for kind in ("tokens", "offsets", "ids"):
+                rel = shard[kind]
+                want = recorded.get(kind) if isinstance(recorded, dict) else None
+                if not isinstance(want, str):
+                    # a hash that is not there cannot be checked: never reported as matching
+                    problems.append(f"{out / rel}: the manifest records no content hash for it, so it cannot be "
+                                    "verified; prepare again into a new folder")
+                elif xxh3_file(out / rel) != want:
+                    problems.append(f"{out / rel}: content differs from the hash recorded by prepare; "
+                                    "prepare again into a new folder")
     if problems:
         more = f" (and {len(problems) - 1} more damaged files)" if len(problems) > 1 else ""
         raise InputError(f"{problems[0]}{more}")

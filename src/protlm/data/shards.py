@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -33,18 +33,69 @@ def load_manifest(path: str | Path) -> dict:
         raise InputError(f"{mpath}: not a {FORMAT} v{FORMAT_VERSION} manifest")
     try:
         for split in SPLITS:
-            for shard in manifest["splits"][split]["shards"]:
-                shard["tokens"], shard["offsets"], shard["ids"]  # noqa: B018 (presence)
+            manifest["splits"][split]["shards"]  # noqa: B018 (presence)
     except (KeyError, TypeError):
         raise InputError(f"{mpath}: manifest without the shard list of every split; prepare again") from None
+    _check_shard_list(mpath, manifest)
     return manifest
 
 
+def _shard_path(mpath: Path, rel) -> str:
+    """A shard file named by the manifest: a relative path inside the prepared folder (a path
+    that leaves it, ``../..`` or absolute, is refused: the manifest is data, not a pointer)."""
+    if not isinstance(rel, str) or not rel:
+        raise InputError(f"{mpath}: shard file {rel!r} is not a path; prepare again")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in rel:
+        raise InputError(f"{mpath}: shard file {rel!r} lies outside the prepared folder; prepare again")
+    return rel
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_shard_list(mpath: Path, manifest: dict) -> None:
+    """Cross-check the shard lists, so that a damaged or edited manifest is refused before
+    training instead of silently training on a subset (or twice on a shard): every entry names
+    three files inside the folder, no file twice, each split's record total is the sum of its
+    shards', and the shards are chunks 0 .. ``chunks``-1 of each split, in order."""
+    seen: set[str] = set()
+    n_chunks = manifest.get("chunks")
+    if n_chunks is not None and not _count(n_chunks):
+        raise InputError(f"{mpath}: chunk count {n_chunks!r} is not a count; prepare again")
+    for split in SPLITS:
+        entry = manifest["splits"][split]
+        shards = entry["shards"]
+        if not isinstance(shards, list) or not all(isinstance(sh, dict) for sh in shards):
+            raise InputError(f"{mpath}: splits.{split}.shards is not a list of shard entries; prepare again")
+        for k, shard in enumerate(shards):
+            for kind in ("tokens", "offsets", "ids"):
+                rel = _shard_path(mpath, shard.get(kind))
+                if rel in seen:
+                    raise InputError(f"{mpath}: shard file {rel} is listed twice; prepare again")
+                seen.add(rel)
+            if not _count(shard.get("records")):
+                raise InputError(f"{mpath}: splits.{split}.shards[{k}] without a record count; prepare again")
+            if n_chunks is not None and shard["tokens"] != f"chunks/c{k:06d}.{split}.tokens":
+                raise InputError(f"{mpath}: splits.{split}.shards[{k}] is {shard['tokens']}, not chunk {k} "
+                                 "(shards missing, added or reordered); prepare again")
+        if n_chunks is not None and len(shards) != n_chunks:
+            raise InputError(f"{mpath}: splits.{split} lists {len(shards)} shards, the manifest made "
+                             f"{n_chunks} chunks; prepare again")
+        total = sum(sh["records"] for sh in shards)
+        if entry.get("records") != total:
+            raise InputError(f"{mpath}: splits.{split}.records is {entry.get('records')!r}, its shards hold "
+                             f"{total}; prepare again")
+
+
 def check_shard(folder: Path, shard: dict) -> np.ndarray:
-    """The offsets of one shard, after checking them against the token file (cheap: sizes only).
+    """The offsets of one shard, after checking them against the token file (cheap: sizes, and
+    one vectorised pass for the largest token id).
 
     A truncated or padded ``.tokens`` file, offsets that are not a non-decreasing array from 0,
-    or counts that disagree with the manifest are a clear error, never empty sequences."""
+    counts that disagree with the manifest or token ids outside the alphabet are a clear error,
+    never empty sequences or an index error deep in training."""
     off_path, tok_path = folder / shard["offsets"], folder / shard["tokens"]
     try:
         off = np.load(off_path, allow_pickle=False)
@@ -64,6 +115,13 @@ def check_shard(folder: Path, shard: dict) -> np.ndarray:
     records = shard.get("records")
     if records is not None and records != len(off) - 1:
         raise InputError(f"{off_path}: {len(off) - 1} records, the manifest says {records}; prepare again")
+    if size:
+        # a token id outside the alphabet would index past the trainer's lookup tables; one
+        # vectorised pass over the mapped file (GB/s) is cheap next to the training it protects
+        top = int(np.max(np.memmap(tok_path, dtype=np.uint8, mode="r")))
+        if top >= len(ALPHABET):
+            raise InputError(f"{tok_path}: token id {top} outside the alphabet (0-{len(ALPHABET) - 1}); "
+                             "the file is damaged, prepare again into a new folder")
     return off
 
 
