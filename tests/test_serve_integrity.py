@@ -76,6 +76,9 @@ def test_a_done_job_without_its_results_is_not_a_500(app, tmp_path):
                  f"/jobs/{JOB_ID}/report/index.html"):
         status, body = call(app, "GET", path)
         assert status == 410 and "missing" in body, (path, status, body)
+    (folder / "input.fasta").unlink()  # the job page lists the proteins from its input: gone, not a 500
+    status, body = call(app, "GET", f"/jobs/{JOB_ID}")
+    assert status == 410 and "input file is missing" in body and "Delete this job" in body, (status, body)
 
 
 def test_a_cancelled_job_says_it_has_no_results(app, tmp_path):

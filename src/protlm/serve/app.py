@@ -485,7 +485,12 @@ def create_app(data_dir: str | Path, limits: Limits | None = None, *, cache_dir:
         if job is None:
             return HTMLResponse(_page("no such job", "<h1>No such job</h1><p id=\"error\" class=\"error\">No job "
                                                      "has this address.</p>"), status_code=404)
-        return HTMLResponse(await run_in_threadpool(_job_page, store, job))
+        try:
+            return HTMLResponse(await run_in_threadpool(_job_page, store, job))
+        except DamagedJob as exc:  # a done job whose input file was removed
+            return HTMLResponse(_page("damaged job", f"<h1>Damaged job</h1><p id=\"error\" class=\"error\">{_e(exc)}"
+                                                     f"</p>{_button(job_id, 'delete', 'Delete this job')}"),
+                                status_code=410)
 
     @app.post("/jobs/{job_id}/cancel", include_in_schema=False)
     async def cancel_form(job_id: str):

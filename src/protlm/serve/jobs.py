@@ -181,9 +181,13 @@ class JobStore:
         return sorted(jobs, key=lambda j: j.get("created") or 0)
 
     def ids(self, job_id: str) -> list[str]:
-        """The protein ids of a job, in input order."""
-        with open(self.root / job_id / INPUT, encoding="utf-8") as fh:
-            return [line[1:].rstrip("\n") for line in fh if line.startswith(">")]
+        """The protein ids of a job, in input order (:class:`DamagedJob` when its input is gone)."""
+        try:
+            with open(self.root / job_id / INPUT, encoding="utf-8") as fh:
+                return [line[1:].rstrip("\n") for line in fh if line.startswith(">")]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DamagedJob(f"job {job_id}: its input file is missing or unreadable ({type(exc).__name__}); "
+                             f"delete the job and submit again") from None
 
 
 # --------------------------------------------------------------------------- the worker process
