@@ -179,6 +179,19 @@ def test_export_of_a_truncated_file_is_one_line(tmp_path, capsys):
     assert _digest(folder) == before and not out.exists() and not out.with_suffix(".json").exists()
 
 
+def test_export_of_an_encoder_saved_alone_says_what_it_is(tmp_path, capsys):
+    """EsmModel.save_pretrained (a fine-tuned or merged LM) writes the encoder without `esm.` and
+    without the LM head: one line saying so, not "the weights lack emb_layer_norm_after.weight"."""
+    import transformers
+
+    encoder = tmp_path / "encoder"
+    transformers.EsmModel.from_pretrained(MASKED, add_pooling_layer=False).save_pretrained(encoder)
+    out = tmp_path / "fair.safetensors"
+    code = main(["export", "--format", "fair-esm", str(encoder), "--out", str(out)])
+    line = _one_error_line(capsys)
+    assert code == 2 and "encoder alone" in line and "lack" not in line and not out.exists()
+
+
 def test_export_refuses_layers_the_config_does_not_have(tmp_path, capsys):
     folder = _copy(tmp_path)
     _layer_added(folder)

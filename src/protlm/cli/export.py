@@ -146,6 +146,12 @@ def fair_esm_state_dict(folder: Path) -> tuple[dict, dict]:
         except Exception as exc:  # truncated or damaged file: safetensors' SafetensorError, OSError
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             raise InputError(f"{weights}: not a readable safetensors file ({type(exc).__name__}: {first})") from None
+    if hf and not any(k.startswith("esm.") for k in hf) and any(k.startswith("encoder.layer.") for k in hf):
+        # EsmModel.save_pretrained (a full/top fine-tune's lm/, a finetune-merge output) writes the
+        # encoder alone: no `esm.` prefix and no LM head, which fair-esm's ESM2 state dict requires
+        raise InputError(f"{folder}: holds an ESM encoder alone (saved without its masked-LM head, as a fine-tuned "
+                         f"or merged LM is); fair-esm's ESM2 needs a whole EsmForMaskedLM checkpoint — use this "
+                         f"folder with transformers or protlm --model, or export the base model")
     layers = args["num_layers"]
     out, foreign = {}, []
     for key, tensor in hf.items():
