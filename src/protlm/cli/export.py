@@ -191,16 +191,14 @@ def export_fair_esm(folder: Path, out: Path, *, overwrite: bool = False) -> dict
 
     from protlm.errors import InputError
     from protlm.io.atomic import write_json, write_with_path
-    from protlm.io.outputs import check_output_file
+    from protlm.io.outputs import check_apart, check_output_file
 
     out = Path(out)
     if out.suffix != ".safetensors":
         raise InputError(f"--out {out}: name the file *.safetensors (its arguments go to {out.stem}.json next to it)")
     sidecar = out.with_suffix(".json")
     for path, option in ((out, "--out"), (sidecar, "--out (arguments file)")):
-        if Path(folder).is_dir() and path.resolve().is_relative_to(Path(folder).resolve()):
-            raise InputError(f"{option} {path}: is inside the checkpoint folder {folder} that this command reads; "
-                             f"write the export somewhere else")
+        check_apart(path, [folder], option, what="the checkpoint folder ")
     check_output_file(out, overwrite=overwrite, inputs=[folder], option="--out", create_parent=True)
     check_output_file(sidecar, overwrite=overwrite, inputs=[folder], option="--out (arguments file)",
                       create_parent=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from protlm.errors import InputError
 
-__all__ = ["check_not_input", "check_output_file", "check_output_dir", "output_lock",
+__all__ = ["check_apart", "check_not_input", "check_output_file", "check_output_dir", "output_lock",
            "probe_writable", "safe_names"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=@,-]")
@@ -113,6 +113,25 @@ def check_not_input(path: str | os.PathLike, inputs: Iterable, option: str = "--
     for inp in inputs:
         if inp is not None and _same(Path(path), Path(inp)):
             raise InputError(f"{option} {path}: is also an input of this command; write the output somewhere else")
+
+
+def check_apart(out: str | os.PathLike, folders: Iterable, option: str = "--out", holds: bool = False,
+                what: str = "") -> None:
+    """An output must not be, or lie inside, a folder the command reads (a head, a model folder,
+    prepared data): writing there changes what is read (a model's weights digest, a head's
+    metrics). ``holds``: an output folder that is replaced whole must not hold one of them either.
+    ``what``: how the message names the folder ("the head folder ")."""
+    target = Path(out).resolve()
+    for folder in folders:
+        if folder is None or not Path(folder).is_dir():
+            continue
+        read = Path(folder).resolve()
+        if target == read or target.is_relative_to(read):
+            raise InputError(f"{option} {out}: is inside {what}{folder}, which this command reads; write the output "
+                             f"somewhere else")
+        if holds and read.is_relative_to(target):
+            raise InputError(f"{option} {out}: holds {what}{folder}, which this command reads, and would be "
+                             f"replaced; write the output somewhere else")
 
 
 def check_output_file(path: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable = (),

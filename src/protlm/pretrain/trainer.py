@@ -498,12 +498,9 @@ class Trainer:
 def _check_out_apart(out: str | Path, shards: str | Path | None) -> None:
     """The output must not be, or lie inside, the prepared data folder it reads: checkpoints/,
     model/ and metrics.jsonl would be mixed into the data (and a re-prepare would remove them)."""
-    if not shards or not Path(shards).is_dir():
-        return  # the Trainer names a missing data folder
-    target, read = Path(out).resolve(), Path(shards).resolve()
-    if target == read or target.is_relative_to(read):
-        raise InputError(f"--out {out}: is inside the prepared data folder {shards}, which this command reads; "
-                         f"write the output somewhere else")
+    from protlm.io.outputs import check_apart
+
+    check_apart(out, [shards] if shards else [], what="the prepared data folder ")
 
 
 def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:

@@ -16,7 +16,7 @@ from protlm.data.alphabet import CleaningPolicy
 from protlm.data.fasta import read_fasta
 from protlm.errors import ConfigError, InputError
 from protlm.io.atomic import json_bytes, write_bytes
-from protlm.io.outputs import check_output_dir, check_output_file, output_lock
+from protlm.io.outputs import check_apart, check_output_dir, check_output_file, output_lock
 from protlm.tasks.build import build_task_config
 from protlm.tasks.config import MAX_BOOTSTRAP, TaskConfig
 from protlm.tasks.finetune import STATE_FOLDER, RunState, state_folder
@@ -24,23 +24,6 @@ from protlm.tasks.train import (HEAD_FILES, HEAD_JSON, HEAD_WEIGHTS, TrainedHead
                                  predict_file, train)
 
 CONTACTS = "residue_pairs_to_class"
-
-
-def check_apart(out: str | Path, folders, option: str = "--out", holds: bool = False) -> None:
-    """An output must not be, or lie inside, a folder the command reads (a head, a model folder):
-    writing there changes what is read (a model's weights digest, a head's metrics). ``holds``: an
-    output folder that is replaced whole must not hold one of them either."""
-    target = Path(out).resolve()
-    for folder in folders:
-        if folder is None or not Path(folder).is_dir():
-            continue
-        read = Path(folder).resolve()
-        if target == read or target.is_relative_to(read):
-            raise InputError(f"{option} {out}: is inside {folder}, which this command reads; write the output "
-                             f"somewhere else")
-        if holds and read.is_relative_to(target):
-            raise InputError(f"{option} {out}: holds {folder}, which this command reads, and would be replaced; "
-                             f"write the output somewhere else")
 
 
 def embedder_paths(name: str) -> list[Path]:
@@ -179,9 +162,7 @@ def predict_command(head_dir: str | Path, fasta: str | Path, out: str | Path, *,
     if options.get("max_residues") is not None and options["max_residues"] < 1:
         raise ConfigError("--max-residues must be >= 1")
     head = open_head(head_dir, protocol, "protlm predict")
-    if Path(out).resolve().is_relative_to(Path(head_dir).resolve()):
-        raise InputError(f"--output {out}: is inside the head folder {head_dir} that this command reads; write the "
-                         f"predictions somewhere else")
+    check_apart(out, [head_dir], "--output", what="the head folder ")
     head.protocol.check_output(out, overwrite=overwrite, inputs=[fasta, head_dir])
     records = list(read_fasta(fasta, CleaningPolicy(rare="keep")))
     if not records:

@@ -119,7 +119,8 @@ def compare_command(head_a, head_b, request: dict, *, data_dir=None, cache_dir=N
                     out=None, per_protein=None, overwrite: bool = False) -> dict:
     """``protlm compare --head A --head B``: the result document, written to ``out`` (JSON) and the
     per-protein rows to ``per_protein`` (CSV) when given."""
-    from protlm.tasks.commands import check_apart, open_head
+    from protlm.io.outputs import check_apart
+    from protlm.tasks.commands import open_head
 
     if n_boot < 1 or n_boot > MAX_BOOTSTRAP:
         raise ConfigError(f"--bootstrap must be in [1, {MAX_BOOTSTRAP:,}] for a paired CI, not {n_boot}")

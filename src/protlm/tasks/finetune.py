@@ -644,7 +644,7 @@ def merge_adapter(source: str | Path, out: str | Path) -> dict:
         raise InputError(f"finetune-merge {source}: not a LoRA adapter folder ({ADAPTER_CONFIG}) nor a head folder "
                          f"holding one in {LM_FOLDER}/")
     from protlm.io.atomic import publish_folder
-    from protlm.tasks.commands import check_apart
+    from protlm.io.outputs import check_apart
 
     backend = adapter_backend(str(folder), EmbedOptions(device="cpu"))
     out = Path(out)
