@@ -14,6 +14,9 @@ Variants, alternated within each round (one torch thread unless ``--threads``), 
 * with ``--padded``: ``equal_length_batches=False`` (padded mixed batches with a mask);
 * with ``--compiled``: ``protlm_packed_compiled`` / ``protlm_packed_bf16_compiled``, the packed
   forward with ``--compile`` (torch.compile fuses each layer's per-token work), fp32 and bf16;
+* with ``--compiled-symbolic``: ``protlm_packed_bf16_compiled_symbolic``, the bf16 compiled forward
+  as it was compiled before 2026-12-07 (``dynamic=True``: every shape symbolic, the head width
+  included) — the "before" of docs/benchmarks.md's "static head shapes" section;
 * with ``--int8``: ``protlm_int8`` (``--int8``, dynamic int8 linear layers, padded plan);
 * with ``--esm-cpp``: ``esmcpp_fp32`` / ``esmcpp_int8``, the esm.cpp engine (PyPI ``esm-cpp``,
   not a protlm dependency: ``pip install esm-cpp==0.2.1``) on the same weights (protlm's canonical
@@ -139,6 +142,8 @@ def main() -> int:
     ap.add_argument("--models", nargs="*", default=list(SHAPES))
     ap.add_argument("--padded", action="store_true", help="also time padded mixed batches")
     ap.add_argument("--compiled", action="store_true", help="also time the packed forward with --compile")
+    ap.add_argument("--compiled-symbolic", action="store_true",
+                    help="also time the bf16 compiled forward with every shape symbolic (the earlier compile)")
     ap.add_argument("--int8", action="store_true", help="also time protlm --int8")
     ap.add_argument("--esm-cpp", action="store_true", help="also time esm.cpp fp32 and int8 (pip install esm-cpp)")
     ap.add_argument("--skip-equal", action="store_true", help="leave out the equal-length variants")
@@ -196,6 +201,13 @@ def main() -> int:
             if args.compiled:
                 embedders["protlm_packed_bf16_compiled"] = Embedder(folder, EmbedOptions(device="cpu", dtype="bf16",
                                                                                           compile=True))
+            if args.compiled_symbolic:
+                from protlm.embed import packed as packed_mod
+
+                e = Embedder(folder, EmbedOptions(device="cpu", dtype="bf16", compile=True))
+                e.backend._compiled.pre = torch.compile(packed_mod._esm_pre, dynamic=True)
+                e.backend._compiled.post = torch.compile(packed_mod._esm_post, dynamic=True)
+                embedders["protlm_packed_bf16_compiled_symbolic"] = e
         timed = {m: e for m, e in embedders.items() if not (args.skip_equal and m.startswith("protlm_equal"))}
         engines = esm_cpp_engines(folder, args.threads) if args.esm_cpp else {}
         assert embedders["protlm_packed"].backend.packed_batches

@@ -265,6 +265,17 @@ def test_compiled_forward_equals_protein_at_a_time_in_fp32(models):
     assert max_diff(esm1b.embed(short), one_at_a_time(esm1b, short)) < TOL
 
 
+def test_compiled_forward_is_compiled_once_for_every_batch_size(models):
+    """Only the token count changes from batch to batch: it is compiled as a dynamic size and heads
+    and head width as constants, so new batch sizes reuse the kernels of the warm-up (a recompile
+    per size would stall every batch, and dynamo falls back to eager after 8)."""
+    emb = Embedder(models["esm"], EmbedOptions(device="cpu", compile=True))  # compiled by the warm-up
+    ref = Embedder(models["esm"], EmbedOptions(device="cpu"))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for seqs in (MIXED[:1], MIXED[2:5], MIXED, MIXED[6:]):
+            assert max_diff(emb.embed(seqs), ref.embed(seqs)) < TOL
+
+
 def test_compiled_bf16_forward_stays_close_to_fp32(models):
     from protlm.embed.precision import cpu_bf16
 

@@ -425,8 +425,13 @@ class CompiledESM:
                     w1=cast(block.intermediate.dense.weight), b1=cast(block.intermediate.dense.bias),
                     w2=cast(block.output.dense.weight), b2=cast(block.output.dense.bias),
                     heads=sa.num_attention_heads, head_dim=sa.attention_head_size))
-        self.pre = torch.compile(_esm_pre, dynamic=True)
-        self.post = torch.compile(_esm_post, dynamic=True)
+        # Only the token count varies between calls: it is marked dynamic on every call
+        # (:meth:`__call__`), everything else (heads, head width, eps) is compiled as a constant.
+        # With ``dynamic=True`` the head width (24 for ESM-2 35M) was symbolic too, and inductor
+        # looped over it in masked 16-wide pieces: the pre-attention kernel ran ~1.7× slower
+        # (docs/benchmarks.md, "Compiled packed forward: static head shapes").
+        self.pre = torch.compile(_esm_pre)
+        self.post = torch.compile(_esm_post)
 
     def warm_up(self) -> None:
         """Compile now, on two short dummy proteins, so that a machine where inductor cannot build
@@ -441,6 +446,8 @@ class CompiledESM:
 
     def __call__(self, packed: Packed, layers: Sequence[int] = (-1,)) -> dict:
         """Like :func:`packed_hidden`: layer → N × D float32 tensor."""
+        import torch
+
         model = self.model
         n_layers = len(self.layers)
         x = _esm_embeddings(model, packed).float()
@@ -448,11 +455,15 @@ class CompiledESM:
         if model.rotary_embeddings is not None:
             cos, sin = model.rotary_embeddings(x, packed.positions[None])
             cos, sin = cos[0].float(), sin[0].float()
+        rotation = [cos, sin] if cos is not None else []
 
         def layer(i, x):
             w = self.layers[i - 1]
+            for t in [x, *rotation]:  # tokens × …: the one dimension that changes between calls
+                torch._dynamo.mark_dynamic(t, 0)
             q, k, v = self.pre(x, *w["ln1"], w["wqkv"], w["bqkv"], cos, sin, w["heads"], w["head_dim"])
             a = _heads_attention(q, k, v, packed.cu_seqlens)
+            torch._dynamo.mark_dynamic(a, 1)
             x = self.post(a, x, w["wo"], w["bo"], *w["ln2"], w["w1"], w["b1"], w["w2"], w["b2"])
             if i == n_layers and model.encoder.emb_layer_norm_after is not None:
                 x = model.encoder.emb_layer_norm_after(x)
