@@ -56,6 +56,20 @@ def cli_flags(argv: list[str]) -> None:
     _CLI_FLAGS.update(a.split("=", 1)[0] for a in argv if a.startswith("--"))
 
 
+#: The options through which a user names a model, in the order they are looked for.
+MODEL_FLAGS = ("--model", "--embedder")
+
+
+def model_label() -> str:
+    """How to name the model a message is about: the flag the user typed — ``--model`` (embed,
+    contacts, project) or ``--embedder`` (train, evaluate, compare, predict, benchmark) — else
+    ``embedder``, the config field (a config file, a head's own embedder, library use)."""
+    for flag in MODEL_FLAGS:
+        if flag in _CLI_FLAGS:
+            return flag
+    return "embedder"
+
+
 def option_label(option: str, path: str | None = None) -> str:
     """How to name a setting in a message: its flag if typed, else its config field, else its name."""
     flag = "--" + option.replace("_", "-")

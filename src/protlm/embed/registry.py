@@ -26,7 +26,7 @@ from typing import Callable
 
 from protlm.embed.backend import Backend
 from protlm.embed.spec import EmbedOptions
-from protlm.errors import InputError
+from protlm.errors import InputError, model_label
 from protlm.io.resources import model_source
 
 #: A factory builds a backend from the source (the name, the prefix's argument, or the folder) and options.
@@ -105,7 +105,7 @@ def _folder_model_type(source: str) -> str | None:
     try:
         value = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise InputError(f"--model {source}: config.json is not a JSON object ({exc})") from None
+        raise InputError(f"{model_label()} {source}: config.json is not a JSON object ({exc})") from None
     return value if isinstance(value, str) else None
 
 
@@ -125,7 +125,7 @@ def resolve(source: str, options: EmbedOptions | None = None) -> Backend:
     path = Path(source)
     if path.exists():
         if not path.is_dir():
-            raise InputError(f"--model {source}: not a folder (a model folder, a hub id or one of "
+            raise InputError(f"{model_label()} {source}: not a folder (a model folder, a hub id or one of "
                              f"{', '.join(sorted(names()))} is expected)")
         for marker, entry in _MARKERS.items():
             if (path / marker).is_file() and not (path / "config.json").is_file():
@@ -134,7 +134,7 @@ def resolve(source: str, options: EmbedOptions | None = None) -> Backend:
             return resolve(str(path / "lm"), options)  # a head folder of a fine-tuned LM: that LM
         model_type = _folder_model_type(source)
         if model_type is None:
-            raise InputError(f"--model {source}: no config.json with a model_type in this folder; is it a "
+            raise InputError(f"{model_label()} {source}: no config.json with a model_type in this folder; is it a "
                              f"Hugging Face model folder?")
         if model_type not in _MODEL_TYPES:
             from protlm.models.families import FAMILIES
@@ -143,7 +143,7 @@ def resolve(source: str, options: EmbedOptions | None = None) -> Backend:
                 # a family registered after the HF backend was imported (a plug-in's Architecture with
                 # embedding conventions): the HF backend reads it through FAMILIES like the others
                 return _MODEL_TYPES["__hub__"].factory(source, options)
-            raise InputError(f"--model {source}: model_type {model_type!r} is not a protein LM family protlm "
+            raise InputError(f"{model_label()} {source}: model_type {model_type!r} is not a protein LM family protlm "
                              f"knows ({', '.join(model_types())})")
         return _MODEL_TYPES[model_type].factory(source, options)
     if source.count("/") == 1 and not source.startswith((".", "/")):
@@ -152,5 +152,5 @@ def resolve(source: str, options: EmbedOptions | None = None) -> Backend:
             return hub.factory(source, options)
     from protlm.plugins import hint
 
-    raise InputError(f"--model {source}: not an embedder name ({', '.join(sorted(names()))}), no such folder, "
+    raise InputError(f"{model_label()} {source}: not an embedder name ({', '.join(sorted(names()))}), no such folder, "
                      f"and not a hub id of the form owner/name{hint()}")

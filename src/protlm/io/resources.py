@@ -24,7 +24,7 @@ import sys
 import threading
 from pathlib import Path, PurePath
 
-from protlm.errors import InputError
+from protlm.errors import InputError, model_label
 
 DEFAULT_DATA = "../shared/data"
 
@@ -125,11 +125,12 @@ def is_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~")) and ":" not in name and "\\" not in name
 
 
-def model_source(name: str, what: str = "--model") -> str:
+def model_source(name: str, what: str | None = None) -> str:
     """What a model name means, by the one rule: a path that exists (relative to the working
     directory) is returned as given; else a bundled checkpoint's folder; else the name itself, and
     when that is a hub id, :func:`check_hub` first makes sure the hub can be asked (one line, at
     once, when it cannot). Names that are neither (``onehot``, a typo) come back unchanged."""
+    what = what or model_label()
     name = str(name)
     if Path(name).exists():
         return name
@@ -211,10 +212,11 @@ def _go_offline() -> None:
         constants.HF_HUB_OFFLINE = True
 
 
-def check_hub(model: str, what: str = "--model") -> None:
+def check_hub(model: str, what: str | None = None) -> None:
     """Fail at once, with one line, when the hub id ``model`` cannot be had: hub offline
     (``HF_HUB_OFFLINE``) or unreachable (no TCP connection within :data:`HUB_TIMEOUT_S`), and not
     in the local hub cache. Unreachable but cached: this process goes offline and uses the cache."""
+    what = what or model_label()
     offline = _hub_offline()
     if not offline and hub_reachable():
         return  # the hub answers: a wrong id is reported by the loader

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from protlm.data.alphabet import RARE_TO_X
-from protlm.errors import InputError
+from protlm.errors import InputError, model_label
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,13 @@ def read_config(model: str) -> dict:
     path = Path(model)
     if path.exists():
         if not path.is_dir():
-            raise InputError(f"--model {model}: not a folder (a Hugging Face model folder or hub id is expected)")
+            raise InputError(f"{model_label()} {model}: not a folder (a Hugging Face model folder or hub id is expected)")
         cfg = path / "config.json"
         if not cfg.exists():
-            raise InputError(f"--model {model}: no config.json in this folder; is it a Hugging Face model folder?")
+            raise InputError(f"{model_label()} {model}: no config.json in this folder; is it a Hugging Face model folder?")
     else:
         if model.count("/") != 1 or model.startswith((".", "/")):
-            raise InputError(f"--model {model}: no such folder, and not a hub id of the form owner/name")
+            raise InputError(f"{model_label()} {model}: no such folder, and not a hub id of the form owner/name")
         from protlm.io.resources import check_hub
 
         check_hub(model)  # offline and not cached: one line now, not huggingface_hub's retries
@@ -73,19 +73,19 @@ def read_config(model: str) -> dict:
 
             cfg = Path(hf_hub_download(model, "config.json"))
         except Exception as exc:  # offline, unknown repo, auth
-            raise InputError(f"--model {model}: no such local folder, and the hub could not provide it "
+            raise InputError(f"{model_label()} {model}: no such local folder, and the hub could not provide it "
                              f"({type(exc).__name__}); download it first or check the id") from None
     try:
         return json.loads(cfg.read_text())
     except json.JSONDecodeError as exc:
-        raise InputError(f"--model {model}: config.json is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        raise InputError(f"{model_label()} {model}: config.json is not valid JSON ({exc.msg}, line {exc.lineno})") from None
 
 
 def detect_family(config: dict, model: str) -> Family:
     model_type = config.get("model_type")
     if model_type not in FAMILIES:
         known = ", ".join(sorted(FAMILIES))
-        raise InputError(f"--model {model}: model_type {model_type!r} is not a protein LM family protlm knows "
+        raise InputError(f"{model_label()} {model}: model_type {model_type!r} is not a protein LM family protlm knows "
                          f"({known})")
     family = FAMILIES[model_type]
     if model_type in ("esm",) and config.get("position_embedding_type", "absolute") == "absolute":

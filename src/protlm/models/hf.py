@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from protlm.errors import InputError
+from protlm.errors import InputError, model_label
 from protlm.models.families import Family, TokenLayout, detect_family, read_config, token_layout
 
 
@@ -68,8 +68,9 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()  # its load report lists the LM head as unused; check_loading_info judges it
 
 
-def check_safetensors(source: str, what: str = "--model") -> None:
+def check_safetensors(source: str, what: str | None = None) -> None:
     """Refuse a local folder without safetensors weights (protlm never unpickles weights)."""
+    what = what or model_label()
     path = Path(source)
     if not path.is_dir():
         return
@@ -121,10 +122,11 @@ def weight_problems(model, info: dict) -> tuple[list[str], list[str]]:
     return sorted(missing), sorted(unexpected)
 
 
-def check_loading_info(model, info: dict, source: str, what: str = "--model") -> None:
+def check_loading_info(model, info: dict, source: str, what: str | None = None) -> None:
     """Refuse a checkpoint whose weights do not fit the architecture config.json describes
     (:func:`weight_problems`): transformers would run it with random weights where they are
     missing, or drop weights that belong to the model."""
+    what = what or model_label()
     missing, unexpected = weight_problems(model, info)
     if not missing and not unexpected:
         return
@@ -141,7 +143,7 @@ def check_loading_info(model, info: dict, source: str, what: str = "--model") ->
                      f"{'; '.join(parts)}{hint}")
 
 
-def load_hf_lm(spec: str, *, dtype=None, attention: str = "sdpa", seed: int = 0, what: str = "--model",
+def load_hf_lm(spec: str, *, dtype=None, attention: str = "sdpa", seed: int = 0, what: str | None = None,
                family: Family | None = None, model_class=None) -> LoadedLM:
     """Load the encoder (the family's encoder class) of a folder or hub id, in eval mode on the CPU.
 
@@ -150,6 +152,7 @@ def load_hf_lm(spec: str, *, dtype=None, attention: str = "sdpa", seed: int = 0,
     ``seed``). ``family`` and ``model_class`` are for families protlm defines itself (a backend
     file passes its own, e.g. ProtTXL), instead of detecting them from config.json.
     """
+    what = what or model_label()
     import torch
     import transformers
 
@@ -206,10 +209,11 @@ LM_HEADS = {
 }
 
 
-def load_lm_head(spec: str, family: Family, *, dtype=None, seed: int = 0, what: str = "--model"):
+def load_lm_head(spec: str, family: Family, *, dtype=None, seed: int = 0, what: str | None = None):
     """The LM head of a folder (safetensors; tied output weights tied as transformers ties them), in
     eval mode on the CPU. A folder whose weights hold no head (an encoder saved alone) is refused:
     transformers would fill it with random numbers."""
+    what = what or model_label()
     import torch
     import transformers
 

@@ -18,7 +18,7 @@ from protlm.embed.backends.hf import HFBackend
 from protlm.embed.backends.prottxl import ProtTXLBackend
 from protlm.embed.registry import register
 from protlm.embed.spec import EmbedOptions
-from protlm.errors import ConfigError, InputError
+from protlm.errors import ConfigError, InputError, model_label
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -27,11 +27,11 @@ def read_adapter_config(folder: Path) -> dict:
     try:
         cfg = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise InputError(f"--model {folder}: {ADAPTER_CONFIG} is not readable JSON ({exc})") from None
+        raise InputError(f"{model_label()} {folder}: {ADAPTER_CONFIG} is not readable JSON ({exc})") from None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("base_model_name_or_path"), str):
-        raise InputError(f"--model {folder}: {ADAPTER_CONFIG} names no base_model_name_or_path")
+        raise InputError(f"{model_label()} {folder}: {ADAPTER_CONFIG} names no base_model_name_or_path")
     if not any(folder.glob("adapter_model*.safetensors")):
-        raise InputError(f"--model {folder}: no adapter_model.safetensors in this adapter folder (protlm loads "
+        raise InputError(f"{model_label()} {folder}: no adapter_model.safetensors in this adapter folder (protlm loads "
                          f"safetensors only)")
     return cfg
 
@@ -44,7 +44,7 @@ def base_model(folder: Path) -> str:
     from protlm.io.resources import is_hub_id, model_source
 
     base = read_adapter_config(folder)["base_model_name_or_path"]
-    what = f"--model {folder}: the adapter's base model"
+    what = f"{model_label()} {folder}: the adapter's base model"
     source = model_source(base, what)
     if source == base and not Path(base).exists() and not is_hub_id(base):
         raise InputError(f"{what} {base!r} is neither a folder here, a bundled checkpoint nor a hub id")
@@ -67,7 +67,7 @@ class LoRABackend(HFBackend):
         try:
             peft_model = PeftModel.from_pretrained(self.model, str(path), is_trainable=False)
         except Exception as exc:  # shapes that do not fit the base, a damaged file
-            raise InputError(f"--model {folder}: the adapter could not be applied to {base} ({type(exc).__name__}: "
+            raise InputError(f"{model_label()} {folder}: the adapter could not be applied to {base} ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
         merged = peft_model.merge_and_unload()
         merged.eval()

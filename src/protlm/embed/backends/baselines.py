@@ -30,7 +30,7 @@ import numpy as np
 from protlm.embed.backend import Backend, folder_weights_sha256
 from protlm.embed.registry import register
 from protlm.embed.spec import EmbedOptions
-from protlm.errors import ConfigError, InputError
+from protlm.errors import ConfigError, InputError, model_label
 from protlm.models import kmer
 from protlm.models.kmer import MODEL_TYPE, RESIDUES, KmerModel, is_kmer_folder, residue_codes
 
@@ -146,7 +146,7 @@ def refuse_lm_options(name: str, options: EmbedOptions | None) -> None:
         return
     given = options.lm_options_set()
     if given:
-        raise ConfigError(f"--model {name} is a baseline embedder: it has no layers or precision "
+        raise ConfigError(f"{model_label()} {name} is a baseline embedder: it has no layers or precision "
                           f"({', '.join(given)}: only a language model takes {'it' if len(given) == 1 else 'them'})")
 
 
@@ -170,7 +170,7 @@ def _kmer(source: str, options: EmbedOptions) -> Backend:
     refuse_lm_options(source, options)
     folder = kmer.default_kmer_folder()
     if not is_kmer_folder(folder):
-        raise InputError(f"--model kmer: the default k-mer model {folder} is missing; train one with "
+        raise InputError(f"{model_label()} kmer: the default k-mer model {folder} is missing; train one with "
                          f"`protlm kmer-train FASTA --out DIR` and pass DIR as --model")
     return KmerBackend(KmerModel.load(folder), name="kmer")
 

@@ -21,7 +21,7 @@ import numpy as np
 from protlm.embed.backend import Backend
 from protlm.embed.registry import register, resolve
 from protlm.embed.spec import EmbedOptions
-from protlm.errors import ConfigError
+from protlm.errors import ConfigError, model_label
 
 SEPARATOR = "+"
 
@@ -32,7 +32,7 @@ class ConcatBackend(Backend):
 
     def __init__(self, parts: list[Backend], names: list[str]):
         if len(parts) < 2:
-            raise ConfigError("--model concat:A+B: give at least two embedders joined by '+'")
+            raise ConfigError(f"{model_label()} concat:A+B: give at least two embedders joined by '+'")
         self.parts = parts
         self.names = names
         self.source = "concat:" + SEPARATOR.join(names)
@@ -71,9 +71,9 @@ class ConcatBackend(Backend):
 def _concat(source: str, options: EmbedOptions) -> Backend:
     names = [n.strip() for n in source.split(SEPARATOR)]
     if len(names) < 2 or any(not n for n in names):
-        raise ConfigError(f"--model concat:{source}: give at least two embedder names joined by '+' "
+        raise ConfigError(f"{model_label()} concat:{source}: give at least two embedder names joined by '+' "
                           f"(e.g. concat:onehot+blosum62)")
     if any(n.startswith("concat:") for n in names):
-        raise ConfigError(f"--model concat:{source}: a concat part cannot itself be concat:…; list all parts "
+        raise ConfigError(f"{model_label()} concat:{source}: a concat part cannot itself be concat:…; list all parts "
                           f"in one concat:")
     return ConcatBackend([resolve(n, options) for n in names], names)

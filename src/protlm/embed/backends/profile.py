@@ -40,7 +40,7 @@ from protlm.embed.backend import Backend
 from protlm.embed.backends.baselines import refuse_lm_options
 from protlm.embed.registry import register
 from protlm.embed.spec import EmbedOptions
-from protlm.errors import ConfigError, InputError
+from protlm.errors import ConfigError, InputError, model_label
 
 _KEYS = {"iterations": "iterations", "it": "iterations", "s": "sensitivity", "sensitivity": "sensitivity",
          "e": "evalue", "evalue": "evalue", "max_seqs": "max_seqs", "threads": "threads", "chunk": "chunk",
@@ -51,14 +51,14 @@ def parse_source(source: str) -> tuple[str, dict]:
     """``PATH[,key=value…]`` → (path, {option: value}); every key and value is checked."""
     path, *pairs = source.split(",")
     if not path:
-        raise ConfigError("--model profile:PATH: give the database FASTA after 'profile:' "
+        raise ConfigError(f"{model_label()} profile:PATH: give the database FASTA after 'profile:' "
                           "(e.g. profile:uniref50.fasta.gz)")
     opts: dict = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or key not in _KEYS:
-            raise ConfigError(f"--model profile:{source}: unknown option {pair!r}; expected key=value with key "
+            raise ConfigError(f"{model_label()} profile:{source}: unknown option {pair!r}; expected key=value with key "
                               f"one of {sorted(set(_KEYS))}")
         name = _KEYS[key]
         try:
@@ -71,9 +71,9 @@ def parse_source(source: str) -> tuple[str, dict]:
             else:
                 opts[name] = value
         except (ValueError, KeyError):
-            raise ConfigError(f"--model profile:{source}: bad value {value!r} for {key}") from None
+            raise ConfigError(f"{model_label()} profile:{source}: bad value {value!r} for {key}") from None
     if opts.get("threads", 1) < 1 or opts.get("chunk", 1) < 1:
-        raise ConfigError(f"--model profile:{source}: threads and chunk must be >= 1")
+        raise ConfigError(f"{model_label()} profile:{source}: threads and chunk must be >= 1")
     return path, opts
 
 
@@ -120,5 +120,5 @@ def _profile(source: str, options: EmbedOptions) -> Backend:
     refuse_lm_options(f"profile:{source}", options)
     path, opts = parse_source(source)
     if not os.path.isfile(path):
-        raise InputError(f"--model profile:{source}: database FASTA {path!r} not found")
+        raise InputError(f"{model_label()} profile:{source}: database FASTA {path!r} not found")
     return ProfileBackend(path, **opts)

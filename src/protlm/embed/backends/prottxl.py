@@ -12,8 +12,6 @@ U Z O B read as X, as ProtTrans does; the residue → id table is learnt from th
 
 from __future__ import annotations
 
-import numpy as np
-
 from protlm.embed.backend import Backend, LMOutput, residue_positions
 from protlm.embed.backends.hf import HFBackend
 from protlm.embed.registry import register
