@@ -58,10 +58,12 @@ def read_config(model: str) -> dict:
     path = Path(model)
     if path.exists():
         if not path.is_dir():
-            raise InputError(f"{model_label()} {model}: not a folder (a Hugging Face model folder or hub id is expected)")
+            raise InputError(f"{model_label()} {model}: "
+                             "not a folder (a Hugging Face model folder or hub id is expected)")
         cfg = path / "config.json"
         if not cfg.exists():
-            raise InputError(f"{model_label()} {model}: no config.json in this folder; is it a Hugging Face model folder?")
+            raise InputError(f"{model_label()} {model}: "
+                             "no config.json in this folder; is it a Hugging Face model folder?")
     else:
         if model.count("/") != 1 or model.startswith((".", "/")):
             raise InputError(f"{model_label()} {model}: no such folder, and not a hub id of the form owner/name")
@@ -78,7 +80,8 @@ def read_config(model: str) -> dict:
     try:
         return json.loads(cfg.read_text())
     except json.JSONDecodeError as exc:
-        raise InputError(f"{model_label()} {model}: config.json is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        raise InputError(f"{model_label()} {model}: "
+                         f"config.json is not valid JSON ({exc.msg}, line {exc.lineno})") from None
 
 
 def detect_family(config: dict, model: str) -> Family:

@@ -202,12 +202,15 @@ class KmerModel:
         except FileNotFoundError:  # safetensors' own error names no file: the step says which
             raise InputError(f"{model_label()} {folder}: k-mer model folder without {name}") from None
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, OSError, SafetensorError) as exc:
-            raise InputError(f"{model_label()} {folder}: unreadable k-mer model, {name} ({type(exc).__name__}: {exc})") from None
+            raise InputError(f"{model_label()} {folder}: "
+                             f"unreadable k-mer model, {name} ({type(exc).__name__}: {exc})") from None
         if not isinstance(config, dict) or config.get("model_type") != MODEL_TYPE or str(config.get("k")) != str(K):
             what = (config.get("model_type"), config.get("k")) if isinstance(config, dict) else (None, None)
-            raise InputError(f"{model_label()} {folder}: not a protlm 3-mer model (model_type {what[0]!r}, k {what[1]!r})")
+            raise InputError(f"{model_label()} {folder}: "
+                             f"not a protlm 3-mer model (model_type {what[0]!r}, k {what[1]!r})")
         if vectors.ndim != 2 or vectors.shape[0] != len(kmers) or not np.isfinite(vectors).all():
-            raise InputError(f"{model_label()} {folder}: its vectors ({'×'.join(map(str, vectors.shape))}) do not match its "
+            raise InputError(f"{model_label()} {folder}: "
+                             f"its vectors ({'×'.join(map(str, vectors.shape))}) do not match its "
                              f"{len(kmers)} k-mers or hold NaN/inf values (a damaged or edited model folder)")
         return cls(kmers, vectors, config, folder=folder)
 

@@ -67,7 +67,8 @@ class LoRABackend(HFBackend):
         try:
             peft_model = PeftModel.from_pretrained(self.model, str(path), is_trainable=False)
         except Exception as exc:  # shapes that do not fit the base, a damaged file
-            raise InputError(f"{model_label()} {folder}: the adapter could not be applied to {base} ({type(exc).__name__}: "
+            raise InputError(f"{model_label()} {folder}: "
+                             f"the adapter could not be applied to {base} ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
         merged = peft_model.merge_and_unload()
         merged.eval()
