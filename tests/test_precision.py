@@ -230,3 +230,17 @@ def test_option_errors_name_the_setting_as_the_user_gave_it():
     with pytest.raises(ConfigError) as fp16:
         precision.resolve_dtype("fp16", "cpu")
     assert str(fp16.value).startswith("dtype: fp16 is for GPUs") and "--" not in str(fp16.value)
+
+
+@pytest.mark.parametrize("family", ["esm", "bert", "albert", "causal", "xlnet", "txl"])
+def test_bf16_really_runs_in_bf16_for_every_family_that_accepts_it(family, with_bf16):
+    """Every family that accepts --dtype bf16 computes in bf16 — its vectors differ from fp32's by
+    bf16 rounding and stay close — rather than running fp32 under a bf16 label (ProtTXL's segment
+    walk did, until it ran under autocast too)."""
+    folder = Path(__file__).resolve().parents[1] / "checkpoints" / "architectures-xs" / family
+    ref = Embedder(str(folder), EmbedOptions(device="cpu")).embed(PROTEINS)
+    emb = Embedder(str(folder), EmbedOptions(device="cpu", dtype="bf16"))
+    out = emb.embed(PROTEINS)
+    assert emb.fingerprint().endswith("|bf16")
+    assert max(float(np.abs(a - b).max()) for a, b in zip(out, ref)) > 1e-4, "bf16 gave fp32's exact numbers"
+    assert _cosine(out, ref).mean() >= 0.999

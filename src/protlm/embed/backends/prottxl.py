@@ -49,11 +49,17 @@ class ProtTXLBackend(HFBackend):
         want_all = any(layer != -1 for layer in layers)
         mems = None
         pieces: dict[int, list] = {layer: [] for layer in layers}
+        # bf16 on a CPU: autocast over the fp32 weights, as HFBackend.forward_tokens does (without
+        # it, --dtype bf16 ran fp32 and was recorded as bf16); hidden states come back as float32
+        autocast = self.cpu_autocast and device.type == "cpu"
         for start in range(0, ids_t.shape[1], seg):
-            out = model(input_ids=ids_t[:, start:start + seg], mems=mems, use_mems=True, output_hidden_states=want_all)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = model(input_ids=ids_t[:, start:start + seg], mems=mems, use_mems=True,
+                            output_hidden_states=want_all)
             mems = out.mems
             for layer in layers:
-                pieces[layer].append(out.hidden_states[layer] if layer != -1 else out.last_hidden_state)
+                h = out.hidden_states[layer] if layer != -1 else out.last_hidden_state
+                pieces[layer].append(h.float())
         starts, lengths = [len(self.layout.prefix)] * len(seqs), [len(s) for s in seqs]
         hidden, mask = {}, None
         for layer in layers:
