@@ -244,3 +244,68 @@ def test_bf16_really_runs_in_bf16_for_every_family_that_accepts_it(family, with_
     assert emb.fingerprint().endswith("|bf16")
     assert max(float(np.abs(a - b).max()) for a, b in zip(out, ref)) > 1e-4, "bf16 gave fp32's exact numbers"
     assert _cosine(out, ref).mean() >= 0.999
+
+
+def _task(tmp_path: Path) -> Path:
+    """A tiny sequence-classification task config (biotrainer FASTA beside it)."""
+    import yaml
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "task.fasta"
+    data.write_text("".join(f">s{i} TARGET={'ab'[i % 2]} SET={('train', 'valid', 'test')[i % 3]}\n"
+                            f"{''.join(rng.choice(list('ACDEFGHIKLMNPQRSTVWY'), 30))}\n" for i in range(12)))
+    src = lambda split: {"file": str(data), "format": "biotrainer", "split": split}  # noqa: E731
+    config = {"name": "t", "protocol": "sequence_to_class", "embedder": "onehot",
+              "data": {"train": src("train"), "valid": src("valid"), "test": {"held_out": src("test")}},
+              "targets": [{"name": "c", "label": "target", "classes": ["a", "b"]}], "head": {"type": "ffn"},
+              "train": {"epochs": 2, "bootstrap": 20}}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path / "task.yaml"
+
+
+def test_train_with_embedder_keeps_the_embedder_options_given_beside_it(esm, with_bf16, tmp_path, capsys):
+    """`--embedder X embedder.dtype=bf16`: the option applies to X (it was dropped, exit 0, fp32)."""
+    import json
+
+    from protlm.cli.main import main
+
+    config = _task(tmp_path)
+    assert main(["train", "--config", str(config), "--embedder", str(esm), "--out", str(tmp_path / "h"),
+                 "embedder.dtype=bf16"]) == 0
+    head = json.loads((tmp_path / "h" / "head.json").read_text())
+    assert "|bf16" in json.dumps(head) and "|fp32" not in json.dumps(head)
+    # and an option the new embedder cannot take is refused, not dropped
+    assert main(["train", "--config", str(config), "--embedder", "onehot", "--out", str(tmp_path / "o"),
+                 "embedder.dtype=bf16"]) == 2
+    assert "--embedder onehot is a baseline embedder" in capsys.readouterr().err
+
+
+def test_an_embeddings_file_refuses_precision_options(tmp_path, capsys):
+    """An HDF5 file is read as written: dtype / int8 / compile asked of it are refused, not ignored
+    and recorded in the head."""
+    from protlm.cli.main import main
+
+    config = _task(tmp_path)
+    h5 = tmp_path / "e.h5"
+    fasta = tmp_path / "seqs.fa"
+    fasta.write_text("".join(f">s{i}\n{line}\n" for i, line in
+                             enumerate(l for l in (tmp_path / "task.fasta").read_text().splitlines()
+                                       if not l.startswith(">"))))
+    assert main(["embed", "--model", "onehot", "--input", str(fasta), "--output", str(h5)]) == 0
+    capsys.readouterr()
+    for option in ("embedder.dtype=bf16", "embedder.int8=true", "embedder.compile=true"):
+        code = main(["train", "--config", str(config), "--out", str(tmp_path / "h"), f"embedder.name={h5}", option])
+        err = capsys.readouterr().err
+        assert code == 2 and "a file of embeddings is read as it was written" in err, (option, err)
+        assert not (tmp_path / "h" / "head.json").exists()
+
+
+def test_a_compiled_precision_is_named_as_a_precision():
+    from protlm.errors import InputError
+    from protlm.tasks.features import _precision_of, check_identity
+
+    assert _precision_of("esm:ab|layer=-1|bf16+compiled") == ("esm:ab|layer=-1", "bf16+compiled")
+    with pytest.raises(InputError, match="made by the head's model in bf16, but the head was trained on its "
+                                         "bf16\\+compiled features"):
+        check_identity({"fingerprint": "esm:ab|layer=-1|bf16+compiled", "dim": 8},
+                       {"fingerprint": "esm:ab|layer=-1|bf16", "dim": 8}, "x.h5")

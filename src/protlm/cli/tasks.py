@@ -86,9 +86,7 @@ def cmd_train(args) -> int:
     from protlm.tasks.commands import train_command
     from protlm.tasks.build import load_task_config
 
-    config = load_task_config(args.config, args.overrides)
-    if args.embedder:
-        config.embedder = args.embedder
+    config = load_task_config(args.config, args.overrides, embedder=args.embedder or None)
     if args.finetune:
         from protlm.tasks.build import with_finetune
 

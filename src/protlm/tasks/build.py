@@ -8,6 +8,7 @@ it — no import circle between the sections and the protocols.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from pathlib import Path
@@ -71,13 +72,17 @@ def build_task_config(tree: dict) -> TaskConfig:
 
 
 def load_task_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                     data: dict | None = None) -> TaskConfig:
+                     data: dict | None = None, embedder=None) -> TaskConfig:
     """The config file (or tree ``data``) with ``key=value`` overrides, checked. Relative data paths
     written in a config file are read from the file's own folder (:func:`resolve_data_paths`);
-    those given as overrides, from the working directory."""
+    those given as overrides, from the working directory. ``embedder`` (``--embedder``) replaces
+    the file's embedder before the overrides are applied, so ``embedder.dtype=bf16`` given beside
+    it applies to it (it used to be dropped with exit 0)."""
     tree = load_tree(path, None, data)
     if path is not None and data is None:
         resolve_data_paths(tree, Path(path).resolve().parent, str(path))
+    if embedder is not None:
+        tree["embedder"] = copy.deepcopy(embedder)  # the overrides below must not edit the caller's
     pairs = parse_overrides(overrides or [])
     if isinstance(tree.get("embedder"), str) and any(key.startswith("embedder.") for key, _ in pairs):
         # `embedder: NAME` is the short form of `embedder: {name: NAME}`; an option given as an

@@ -297,13 +297,19 @@ def identity_digest(identity: dict) -> str:
 _PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
+def _is_precision(part: str) -> bool:
+    """``bf16``, or ``bf16+compiled`` (--compile); not ``fp32+lora:…`` (other weights, not a precision)."""
+    return part in _PRECISIONS or (part.endswith("+compiled") and part[:-len("+compiled")] in _PRECISIONS)
+
+
 def _precision_of(fingerprint: str) -> tuple[str, str] | None:
-    """(the fingerprint without its precision part, the precision) when it names one."""
+    """(the fingerprint without its precision part, the precision — ``bf16+compiled`` with
+    ``--compile``) when it names one."""
     parts = str(fingerprint).split("|")
-    found = [p for p in parts if p in _PRECISIONS]
+    found = [p for p in parts if _is_precision(p)]
     if len(found) != 1:
         return None
-    return "|".join(p for p in parts if p not in _PRECISIONS), found[0]
+    return "|".join(p for p in parts if not _is_precision(p)), found[0]
 
 
 def check_identity(trained: dict | None, used: dict, where: str) -> str | None:
@@ -319,8 +325,8 @@ def check_identity(trained: dict | None, used: dict, where: str) -> str | None:
             pa, pb = _precision_of(a), _precision_of(b)
             if pa and pb and pa[0] == pb[0]:  # the same model and options, another precision
                 raise InputError(f"{where}: made by the head's model in {pb[1]}, but the head was trained on its "
-                                 f"{pa[1]} features; embed with that precision (--dtype / --int8 as the head's "
-                                 f"embedder) or train a head on {pb[1]} features")
+                                 f"{pa[1]} features; embed with that precision (protlm embed --dtype / --int8 / "
+                                 f"--compile, as the head's embedder has them) or train a head on {pb[1]} features")
             raise InputError(f"{where}: made by {used.get('model')!r} (fingerprint {b}), but the head was trained "
                              f"on {trained.get('model')!r} (fingerprint {a}); the same width is not the same model "
                              f"— embed with the head's embedder")
@@ -366,6 +372,16 @@ class FeatureSource:
         self.pooling: str = getattr(options, "pooling", "mean") or "mean"
         self.file_level = "residue"  # what an HDF5 file holds (file_level): per residue, or one vector per protein
         if self.name.endswith(HDF5_SUFFIXES):
+            # a file of embeddings is read as it was written: a precision, int8 or compile asked of
+            # it would be ignored (and recorded in the head as if it had been used). The layer is
+            # not refused: a head's own layer is carried to the file given in its place, and the
+            # file's recorded layer is checked against the head's (check_identity)
+            given = [o.lstrip("-") for o in (options.lm_options_set() if options is not None else [])
+                     if o != "--layer"]
+            if given:
+                raise ConfigError(f"embedder {self.name}: a file of embeddings is read as it was written; "
+                                  f"{', '.join(given)} cannot be set for it (give {'it' if len(given) == 1 else 'them'} "
+                                  f"to protlm embed when making the file)")
             self._h5 = open_embeddings(self.name, "embedder")
             self.file_level = file_level(self._h5, f"embedder {self.name}")
 

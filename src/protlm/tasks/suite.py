@@ -310,9 +310,7 @@ def split_column(name: str) -> tuple[str, str | None]:
 def configured(path: Path, overrides, spec, method: str | None) -> TaskConfig:
     """The task config of ``path`` for one column: its embedder and its fine-tuning method, checked
     (a ConfigError when the embedder does not fit the protocol, the head or the method)."""
-    config = load_task_config(path, overrides)
-    if spec is not None:
-        config.embedder = spec
+    config = load_task_config(path, overrides, embedder=spec)
     validate(config)
     if method is not None:
         config = with_finetune(config, method)
