@@ -247,20 +247,12 @@ def test_bf16_really_runs_in_bf16_for_every_family_that_accepts_it(family, with_
 
 
 def _task(tmp_path: Path) -> Path:
-    """A tiny sequence-classification task config (biotrainer FASTA beside it)."""
-    import yaml
+    import sys
 
-    rng = np.random.default_rng(0)
-    data = tmp_path / "task.fasta"
-    data.write_text("".join(f">s{i} TARGET={'ab'[i % 2]} SET={('train', 'valid', 'test')[i % 3]}\n"
-                            f"{''.join(rng.choice(list('ACDEFGHIKLMNPQRSTVWY'), 30))}\n" for i in range(12)))
-    src = lambda split: {"file": str(data), "format": "biotrainer", "split": split}  # noqa: E731
-    config = {"name": "t", "protocol": "sequence_to_class", "embedder": "onehot",
-              "data": {"train": src("train"), "valid": src("valid"), "test": {"held_out": src("test")}},
-              "targets": [{"name": "c", "label": "target", "classes": ["a", "b"]}], "head": {"type": "ffn"},
-              "train": {"epochs": 2, "bootstrap": 20}}
-    (tmp_path / "task.yaml").write_text(yaml.safe_dump(config))
-    return tmp_path / "task.yaml"
+    sys.path.insert(0, str(Path(__file__).parent))
+    from task_files import tiny_task
+
+    return tiny_task(tmp_path)
 
 
 def test_train_with_embedder_keeps_the_embedder_options_given_beside_it(esm, with_bf16, tmp_path, capsys):

@@ -747,24 +747,17 @@ def test_an_unknown_model_is_named_by_the_option_the_user_typed(capsys, tmp_path
     """The same unknown name, given three ways: each message names it as the user gave it
     (`--model` to embed, `--embedder` to train, the config's `embedder` field), never a flag
     the command does not have."""
-    import yaml
+    sys.path.insert(0, str(Path(__file__).parent))
+    from task_files import tiny_task
 
     fasta = _fasta(tmp_path / "in.fa", 3)
     code, _, err = _cli(capsys, "embed", "--model", "no-such-lm", "--input", str(fasta),
                         "--output", str(tmp_path / "e.h5"))
     _one_error(code, err, "protlm: error: --model no-such-lm: not an embedder name")
-    rng = np.random.default_rng(0)
-    data = tmp_path / "task.fasta"
-    data.write_text("".join(f">s{i} TARGET={'ab'[i % 2]} SET={('train', 'valid', 'test')[i % 3]}\n"
-                            f"{''.join(rng.choice(list(AA), 40))}\n" for i in range(12)))
-    src = lambda split: {"file": str(data), "format": "biotrainer", "split": split}  # noqa: E731
-    config = {"name": "t", "protocol": "sequence_to_class", "embedder": "onehot",
-              "data": {"train": src("train"), "valid": src("valid"), "test": {"held_out": src("test")}},
-              "targets": [{"name": "c", "label": "target", "classes": ["a", "b"]}], "head": {"type": "ffn"}}
-    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(config))
-    code, _, err = _cli(capsys, "train", "--config", str(tmp_path / "ok.yaml"), "--embedder", "no-such-lm",
+    config = tiny_task(tmp_path)
+    code, _, err = _cli(capsys, "train", "--config", str(config), "--embedder", "no-such-lm",
                         "--out", str(tmp_path / "t"))
     _one_error(code, err, "protlm: error: --embedder no-such-lm: not an embedder name")
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, "embedder": "no-such-lm"}))
-    code, _, err = _cli(capsys, "train", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "u"))
+    config = tiny_task(tmp_path, embedder="no-such-lm")
+    code, _, err = _cli(capsys, "train", "--config", str(config), "--out", str(tmp_path / "u"))
     _one_error(code, err, "protlm: error: embedder no-such-lm: not an embedder name")
