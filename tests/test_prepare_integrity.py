@@ -13,27 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protlm.cli.main import main
 from protlm.data.alphabet import ALPHABET
 from protlm.data.prepare import PrepareOptions, prepare
 from protlm.data.shards import ShardedDataset
 from protlm.errors import InputError
+from cli_checks import cli as _cli, one_error as _one_error  # tests/cli_checks.py
 
 CHUNK_MB = 0.001  # ~1 kB chunks: a 60-record input gives several
-
-
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def _one_error(code: int, err: str, *needles: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("protlm: error: ")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def _fasta(path: Path, n: int = 60, seed: int = 0) -> Path:

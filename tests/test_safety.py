@@ -12,25 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protlm.cli.main import main
 from protlm.errors import ConfigError, InputError
+from cli_checks import cli as _cli, one_error as _one_error  # tests/cli_checks.py
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
-
-
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def _one_error(code: int, err: str, *needles: str) -> str:
-    # progress and warning lines may precede it; the error itself is one line, never a traceback
-    lines = [line for line in err.splitlines() if line.startswith("protlm: error: ")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def _fasta(path: Path, n: int, seed: int = 0, prefix: str = "p") -> Path:
@@ -747,8 +732,7 @@ def test_an_unknown_model_is_named_by_the_option_the_user_typed(capsys, tmp_path
     """The same unknown name, given three ways: each message names it as the user gave it
     (`--model` to embed, `--embedder` to train, the config's `embedder` field), never a flag
     the command does not have."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from task_files import tiny_task
+    from cli_checks import tiny_task
 
     fasta = _fasta(tmp_path / "in.fa", 3)
     code, _, err = _cli(capsys, "embed", "--model", "no-such-lm", "--input", str(fasta),

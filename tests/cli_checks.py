@@ -1,5 +1,5 @@
-"""A tiny task for tests that need `protlm train` to get as far as its embedder: a biotrainer FASTA
-of 12 random proteins in two classes and a sequence-classification config beside it."""
+"""Helpers for the tests that drive the CLI: run a command in-process, check that it failed with
+one `protlm: error:` line (exit 2, no traceback), and a tiny task for `protlm train`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,26 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from protlm.cli.main import main
+
 AA = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """``protlm ARGS`` in this process: (exit code, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_error(code: int, err: str, *needles: str) -> str:
+    """The one error line of a refused command (progress and warning lines may precede it; never a
+    traceback), holding every needle; returned."""
+    lines = [line for line in err.splitlines() if line.startswith("protlm: error: ")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
 
 
 def tiny_task(folder: Path, embedder: str = "onehot", epochs: int = 2) -> Path:
