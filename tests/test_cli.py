@@ -142,6 +142,29 @@ def test_error_through_a_real_process_has_no_traceback(tmp_path):
     assert_one_error_line(proc.stderr, f"{p}:4:", "'P2'", "'J'")
 
 
+@pytest.mark.parametrize("torchrun", [False, True])
+def test_process_end_keeps_output_exit_code_and_exit_handlers(tmp_path, torchrun):
+    """Under torchrun the CLI ends with os._exit once the command returned (the gloo group outlives
+    destroy_process_group); what it printed, its exit code and the exit handlers must survive that."""
+    good, bad = write(tmp_path / "good.fa", GOOD), write(tmp_path / "bad.fa", ">P1\nAC\n>P2\nMKJV\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT")}
+    if torchrun:
+        env["TORCHELASTIC_RUN_ID"] = "test"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    code = ("import atexit, sys; atexit.register(lambda: print('exit handler ran', file=sys.stderr)); "
+            "from protlm.cli.main import run; run(sys.argv[1:])")
+    ok = subprocess.run([sys.executable, "-c", code, "inspect", str(good), "--json"], capture_output=True, text=True,
+                        env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["records"] == 2  # the whole JSON document, flushed
+    assert ok.stderr.rstrip().endswith("exit handler ran")
+    failed = subprocess.run([sys.executable, "-c", code, "inspect", str(bad)], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert failed.returncode == 2
+    assert_one_error_line(failed.stderr.replace("exit handler ran\n", ""), f"{bad}:4:", "'J'")
+    assert "exit handler ran" in failed.stderr
+
+
 def test_inspect_good_file(tmp_path, capsys):
     p = write(tmp_path / "good.fa", GOOD)
     code, out, err = run_cli(capsys, "inspect", p, "--json")

@@ -128,5 +128,34 @@ def _handle_sigterm():
     return signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def run(argv: list[str] | None = None) -> None:
+    """The ``protlm`` console script and ``python -m protlm.cli.main``: :func:`main`, then exit.
+
+    A process that torchrun started ends with :func:`os._exit` once the command has returned and
+    the exit handlers have run (logging's flush among them). After ``destroy_process_group`` the
+    gloo process group is still referenced by the model that DDP or FSDP wrapped (torch 2.13: its
+    worker threads ``pt_gloo_runloop``/``gloo_tcp_loop`` are alive after ``gc.collect()``), so it
+    would be torn down during interpreter finalization; there it can abort the process
+    ("terminate called without an active exception", SIGABRT) after all output was written —
+    which torchrun reports as a failed job. Every protlm output is written, fsynced and closed
+    before the command returns, so nothing is left for finalization to do.
+    """
+    from protlm.io.processes import launched_by_torchrun
+
+    code = main(argv)
+    if not launched_by_torchrun():
+        sys.exit(code)
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()  # what the interpreter would run first at exit
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
