@@ -10,7 +10,11 @@ default) in bf16, the same packed q/k/v (heads × N × head-dim) through:
   lets each token see only its own protein), compiled with ``torch.compile`` — torch's
   variable-length attention for packed batches;
 * ``math``: per protein, q·kᵀ as a bf16 batched matmul, softmax in fp32, then the product with v
-  (the unfused path, compiled).
+  (the unfused path, compiled);
+* with ``--pad-head-dim P``, ``segments_padP``: the per-protein SDPA calls on q/k/v zero-padded to
+  head width P (padded before timing, as padded projection weights would produce them; zeros in q
+  and k leave q·kᵀ unchanged, v's extra columns are dropped) — whether a width that AMX tiles fit
+  runs faster than ESM-2's 24.
 
 For each length mix it prints milliseconds (best of ``--repeats``), the ratio to ``segments``,
 scores per second (query-key pairs × heads) and the largest absolute difference from
@@ -54,8 +58,12 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", type=int, default=20)
     ap.add_argument("--head-dim", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--pad-head-dim", type=int, default=None, metavar="P",
+                    help="also time the per-protein SDPA on q/k/v zero-padded to head width P")
     ap.add_argument("--out-json", default=None)
     args = ap.parse_args(argv)
+    if args.pad_head_dim is not None and args.pad_head_dim <= args.head_dim:
+        ap.error(f"--pad-head-dim {args.pad_head_dim}: must exceed --head-dim {args.head_dim}")
     torch.set_num_threads(args.threads)
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -87,6 +95,10 @@ def main(argv=None) -> int:
             "math": lambda: torch.cat([math_one(q[:, s:e], k[:, s:e], v[:, s:e]) for s, e in zip(cu[:-1], cu[1:])],
                                       dim=1),
         }
+        if args.pad_head_dim:
+            P = args.pad_head_dim
+            qp, kp, vp = (F.pad(t, (0, P - D)).contiguous() for t in (q, k, v))
+            methods[f"segments_pad{P}"] = lambda: segments(qp, kp, vp, cu)[..., :D]
         with torch.inference_mode():
             ref = methods["segments"]()
             diff = {m: float((f().float() - ref.float()).abs().max()) for m, f in methods.items()}  # also warms up
@@ -109,7 +121,8 @@ def main(argv=None) -> int:
         meta = {"benchmark": "bench_attention", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "machine": platform.machine(), "threads": args.threads, "torch": torch.__version__,
                 "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("amx", "avx512_bf16", "avx512_vnni"))),
-                "load_average": os.getloadavg(), "heads": H, "head_dim": D, "rows": rows}
+                "load_average": os.getloadavg(), "heads": H, "head_dim": D, "pad_head_dim": args.pad_head_dim,
+                "rows": rows}
         Path(args.out_json).write_text(json.dumps(meta, indent=1))
         print(f"wrote {args.out_json}")
     return 0
