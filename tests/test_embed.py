@@ -296,6 +296,25 @@ def test_shards_and_merge_equal_one_run(models, tmp_path):
         assert all(np.allclose(a[k][()], b[k][()], atol=1e-5) for k in a)
 
 
+def test_torchrun_parts_split_the_work_evenly_and_cover_every_protein_once():
+    from protlm.embed.pipeline import balanced_part
+
+    rng = np.random.default_rng(0)
+    lengths = [int(x) for x in rng.lognormal(5.8, 0.6, 2000).clip(20, 7000)] + [35213]
+    cost = np.array([n * (1 + n / 512) for n in lengths])
+    for parts in (2, 3, 8):
+        split = [balanced_part(lengths, p, parts) for p in range(parts)]
+        assert sorted(i for s in split for i in s) == list(range(len(lengths)))  # each protein in one part
+        assert all(s == sorted(s) for s in split)  # the file's order within a part
+        loads = [cost[s].sum() for s in split]
+        # the 35,213-residue protein alone outweighs an even share at 8 parts: its part holds nothing else
+        even = max(cost.sum() / parts, cost.max())
+        assert max(loads) <= even * 1.01, (parts, loads)
+        rr = [cost[p::parts].sum() for p in range(parts)]  # --shard's i, i+N, … rule
+        assert max(loads) < max(rr)
+    assert balanced_part(lengths, 1, 3) == balanced_part(list(lengths), 1, 3)  # deterministic: --resume
+
+
 def test_torchrun_two_processes_write_one_file(models, tmp_path):
     fasta = write_fasta(tmp_path / "many.fa", _many(30, seed=2))
     full = tmp_path / "full.h5"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 
 from protlm import __version__
@@ -46,11 +46,40 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+#: The length at which a protein's attention costs about as much as the rest of its forward; the
+#: cost model of :func:`balanced_part` (ESM-2 35M shape on a CPU: attention was ~45% of the time at
+#: Swiss-Prot's lengths, docs/benchmarks.md). Only the order of costs matters, not this value exactly.
+ATTENTION_EVEN_LENGTH = 512
+
+
+def balanced_part(lengths: Sequence[int], part: int, parts: int) -> list[int]:
+    """The record indices of ``part`` (of ``parts``) when the work is split evenly, for torchrun's
+    processes: records in decreasing cost (a protein of L residues costs L·(1 + L/512), its dense
+    layers plus its attention) go each to the part with the least cost so far (ties: the lower part);
+    every part keeps the file's order. The same lengths and ``parts`` always give the same split, so
+    ``--resume`` finds each process's proteins again. (``--shard i/N`` stays ``i, i+N, …``: jobs
+    run apart can be started from that rule alone.)"""
+    import heapq
+
+    cost = [n * (1.0 + n / ATTENTION_EVEN_LENGTH) for n in lengths]
+    load = [(0.0, p) for p in range(parts)]
+    mine = []
+    for i in sorted(range(len(cost)), key=lambda i: (-cost[i], i)):
+        spent, p = heapq.heappop(load)
+        if p == part:
+            mine.append(i)
+        heapq.heappush(load, (spent + cost[i], p))
+    return sorted(mine)
+
+
 def embed_fasta(model: str, input_path: str | os.PathLike, output: str | os.PathLike, *,
                 options: EmbedOptions | None = None, level: str = "residue", key: str = "id",
-                resume: bool = False, shard: tuple[int, int] | None = None, half: bool = False,
-                compress: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Embed every protein of a FASTA file into HDF5. ``progress(done_residues, total_residues)``."""
+                resume: bool = False, shard: tuple[int, int] | None = None, balanced: bool = False,
+                half: bool = False, compress: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> dict:
+    """Embed every protein of a FASTA file into HDF5. ``progress(done_residues, total_residues)``.
+    ``shard=(i, N)``: only proteins i, i+N, …; with ``balanced``, the i-th of N parts of even work
+    (:func:`balanced_part`; torchrun's processes)."""
     if level not in LEVELS:
         raise ConfigError(f"--level must be one of {LEVELS}, not {level!r}")
     if key not in ("id", "hash"):
@@ -77,15 +106,18 @@ def embed_fasta(model: str, input_path: str | os.PathLike, output: str | os.Path
                              f"or remove it")
     with output_lock(output, what="embedding output"):
         return _embed_locked(model, input_path, output, outputs, journal, options=options, level=level, key=key,
-                             resume=resume, shard=shard, half=half, compress=compress, progress=progress)
+                             resume=resume, shard=shard, balanced=balanced, half=half, compress=compress,
+                             progress=progress)
 
 
 def _embed_locked(model, input_path, output: Path, outputs: dict[str, Path], journal: Journal, *, options, level,
-                  key, resume, shard, half, compress, progress) -> dict:
+                  key, resume, shard, balanced, half, compress, progress) -> dict:
     # B/Z/U/O are kept here: each family decides (ESM and protlm's causal LMs have tokens for them,
     # the ProtTrans families read them as X), exactly as the Python API and transformers do.
     records = list(read_fasta(input_path, CleaningPolicy(rare="keep")))
-    if shard is not None:
+    if shard is not None and balanced:
+        records = [records[i] for i in balanced_part([len(r.sequence) for r in records], *shard)]
+    elif shard is not None:
         records = records[shard[0]::shard[1]]
     ids = [r.id for r in records]
     # --key hash: the one rule of protlm.embed.store.hash_key — the sequence as written (upper case,
@@ -165,7 +197,7 @@ def embed_distributed(model: str, input_path, output, **kwargs) -> dict | None:
     part = output.with_name(f"{output.name}.rank{rank}-of-{world}.h5")
     level = kwargs.get("level", "residue")
     try:
-        result = embed_fasta(model, input_path, part, shard=(rank, world), **kwargs)
+        result = embed_fasta(model, input_path, part, shard=(rank, world), balanced=True, **kwargs)
         results = [None] * world
         dist.all_gather_object(results, result)
         if rank != 0:
