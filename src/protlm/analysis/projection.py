@@ -113,6 +113,8 @@ class ProjectionParams:
             raise ConfigError(f"--min-dist must be between 0 and 1, not {self.min_dist}")
         if self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, not {self.threads}")
+        if not 0 <= self.seed < 2 ** 32:  # scikit-learn's and umap's random_state range
+            raise ConfigError(f"--seed must be between 0 and {2 ** 32 - 1}, not {self.seed}")
 
     def for_method(self, method: str) -> dict:
         if method == "tsne":
@@ -767,6 +769,8 @@ def project_tokens(model_path: str | Path, out_dir: str | Path, *, perplexity: f
     ``out_dir``; returns the summary, with silhouettes of the groups (cosine on the raw rows,
     Euclidean on the 2-D map)."""
     t_start = time.perf_counter()
+    if not perplexity > 0:  # named as the flag that sets it, not as --perplexity
+        raise ConfigError(f"--token-perplexity must be positive, not {perplexity}")
     params = ProjectionParams(seed=seed, perplexity=perplexity, max_iter=max_iter)
     params.validate()
     check_size(len(STANDARD_AA), "tsne", params)

@@ -88,14 +88,30 @@ def hf_esm_key(key: str) -> str | None:
 def fair_esm_args(config: dict, where: str) -> dict:
     """fair-esm ``ESM2(...)`` arguments for an HF ESM config; ConfigError where fair-esm's ESM2
     cannot express the model."""
-    from protlm.errors import ConfigError
+    from protlm.errors import ConfigError, InputError
 
+    if not isinstance(config, dict):
+        raise InputError(f"{where}: config.json holds {type(config).__name__}, not an object (a damaged or edited "
+                         f"model folder)")
     model_type = config.get("model_type")
     if model_type != "esm":
         raise ConfigError(f"{where}: a {model_type} model; --format fair-esm exports ESM models only "
                           f"(model_type esm)")
-    hidden = int(config["hidden_size"])
+    shape = {}
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{where}: config.json {key} is {value!r}, not a positive whole number (a damaged or "
+                             f"edited model folder)")
+        shape[key] = value
+    hidden = shape["hidden_size"]
     problems = []
+    if hidden % shape["num_attention_heads"]:
+        problems.append(f"hidden_size {hidden} is not a multiple of num_attention_heads "
+                        f"{shape['num_attention_heads']}")
+    theta = config.get("rope_theta", (config.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    if float(theta) != 10000.0:
+        problems.append(f"rope_theta {theta} (ESM2: 10000)")
     if config.get("position_embedding_type", "absolute") != "rotary":
         problems.append(f"position_embedding_type {config.get('position_embedding_type', 'absolute')} (ESM2: rotary)")
     if config.get("emb_layer_norm_before"):
@@ -115,6 +131,29 @@ def fair_esm_args(config: dict, where: str) -> dict:
             "token_dropout": bool(config.get("token_dropout", False))}
 
 
+def _fair_shape(key: str, hidden: int, heads: int, layers: int) -> tuple | None:
+    """The shape fair-esm's ``ESM2(num_layers, embed_dim, attention_heads)`` gives ``key`` (None: not checked)."""
+    vocab = 33
+    top = {"embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden), "lm_head.bias": (vocab,),
+           "lm_head.dense.weight": (hidden, hidden), "contact_head.regression.weight": (1, layers * heads),
+           "contact_head.regression.bias": (1,)}
+    if key in top:
+        return top[key]
+    if key.endswith(("layer_norm.weight", "layer_norm.bias", "layer_norm_after.weight", "layer_norm_after.bias",
+                     "lm_head.dense.bias")):
+        return (hidden,)
+    m = re.match(r"^layers\.\d+\.(.+)$", key)
+    if not m:
+        return None
+    sub = m.group(1)
+    if sub.endswith("_proj.weight"):
+        return (hidden, hidden)
+    if sub.endswith("_proj.bias"):
+        return (hidden,)
+    return {"fc1.weight": (4 * hidden, hidden), "fc1.bias": (4 * hidden,), "fc2.weight": (hidden, 4 * hidden),
+            "fc2.bias": (hidden,), "self_attn.rot_emb.inv_freq": ((hidden // heads + 1) // 2,)}.get(sub)
+
+
 def fair_esm_state_dict(folder: Path) -> tuple[dict, dict]:
     """(fair-esm state dict, ESM2 args) of an HF ESM checkpoint folder (safetensors only)."""
     from safetensors import safe_open
@@ -131,7 +170,10 @@ def fair_esm_state_dict(folder: Path) -> tuple[dict, dict]:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"{config_path}: not valid JSON ({exc.msg})") from None
-    args = fair_esm_args(config, str(folder))
+    try:
+        args = fair_esm_args(config, str(folder))
+    except (TypeError, ValueError) as exc:  # e.g. "layer_norm_eps": "x" in an edited config.json
+        raise InputError(f"{config_path}: a value is not a number ({exc})") from None
     check_safetensors(str(folder), "CHECKPOINT")
     hf = {}
     for weights in sorted(folder.glob("*.safetensors")):
@@ -174,6 +216,15 @@ def fair_esm_state_dict(folder: Path) -> tuple[dict, dict]:
         raise InputError(f"{folder}: the weights lack {missing[0]} (and {len(missing) - 1} more) for fair-esm's ESM2")
     hidden, heads = args["embed_dim"], args["attention_heads"]
     import torch
+
+    for key, tensor in out.items():  # the weights must be the shape config.json (and so ESM2(**args)) says
+        want = _fair_shape(key, hidden, heads, layers)
+        if want is not None and tuple(tensor.shape) != want:
+            raise InputError(f"{folder}: {key} has shape {tuple(tensor.shape)}, but its config.json (hidden_size "
+                             f"{hidden}, {heads} heads, {layers} layers) needs {want}; config.json and the weights "
+                             f"do not match (an edited or damaged model folder)")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"{folder}: {key} holds NaN or infinite values; not exported")
 
     for i in range(layers):  # rotary buffers are not learned; older/other writers may omit them
         key = f"layers.{i}.self_attn.rot_emb.inv_freq"

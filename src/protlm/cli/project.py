@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 
-from protlm.cli.common import add_out, json_parent
-from protlm.errors import ConfigError
+from pathlib import Path
+
+from protlm.cli.common import add_out, json_parent, overwrite_parent
+from protlm.errors import ConfigError, InputError
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "project", parents=[json_parent()], help="t-SNE/UMAP maps of embeddings coloured by labels, with silhouettes",
+        "project", parents=[json_parent(), overwrite_parent()], help="t-SNE/UMAP maps of embeddings coloured by labels, with silhouettes",
         description="Project per-protein embeddings to 2-D with t-SNE and/or UMAP (the ProtTrans "
                     "paper's parameters), colour them by label columns, and score how well the labels "
                     "separate (silhouette in the embedding space and on the 2-D map). Or project a "
@@ -60,7 +62,7 @@ def register(subparsers) -> None:
                      help="t-SNE of the model's 20 amino-acid input-embedding rows, coloured by biochemical group")
     tok.add_argument("--token-perplexity", type=float, default=5.0,
                      help="t-SNE perplexity for the 20 tokens (default 5)")
-    add_out(p, required=True, help="output folder")
+    add_out(p, required=True, help="output folder (new or empty; a folder with files in it only with --overwrite)")
     p.set_defaults(func=cmd_project)
 
 
@@ -76,6 +78,8 @@ def check_args(args) -> None:
                           "--benchmark NAME) plus labels, and/or --token-embeddings MODEL")
     if args.max_proteins is not None and args.max_proteins < 2:
         raise ConfigError(f"--max-proteins must be at least 2, not {args.max_proteins}")
+    if args.token_embeddings and not args.token_perplexity > 0:  # before a protein job, not after it
+        raise ConfigError(f"--token-perplexity must be positive, not {args.token_perplexity}")
     if args.silhouette_sample < 2:
         raise ConfigError(f"--silhouette-sample must be at least 2, not {args.silhouette_sample}")
     if not _wants_proteins(args):
@@ -92,6 +96,22 @@ def check_args(args) -> None:
         raise ConfigError("--labels and --benchmark both give labels; choose one")
     if not (args.labels or args.benchmark):
         raise ConfigError("per-protein maps need labels to colour by: --labels FILE or --benchmark NAME")
+
+
+def check_out(args) -> None:
+    """The output folder before any work: not holding an input (its files would be replaced), not
+    inside a model folder read, and new or empty unless --overwrite (a finished map is not
+    silently replaced)."""
+    from protlm.io.outputs import check_apart, check_output_dir
+
+    inputs = [p for p in (args.embeddings, args.labels, args.input) if p]
+    out = Path(args.out).resolve()
+    for path in inputs:
+        if Path(path).resolve().is_relative_to(out):
+            raise InputError(f"--out {args.out}: holds the input {path}, which this run could overwrite; "
+                             "write the output somewhere else")
+    check_apart(args.out, [args.model, args.token_embeddings], "--out", what="the model folder ")
+    check_output_dir(args.out, overwrite=args.overwrite, inputs=inputs)
 
 
 def _methods(choice: str) -> list[str]:
@@ -150,6 +170,7 @@ def cmd_project(args) -> int:
     params = ProjectionParams(seed=args.seed, perplexity=args.perplexity, max_iter=args.iterations,
                               n_neighbors=args.n_neighbors, min_dist=args.min_dist, threads=args.threads)
     params.validate()
+    check_out(args)
     result: dict = {}
     lines: list[str] = []
     if _wants_proteins(args):

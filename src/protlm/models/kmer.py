@@ -323,6 +323,8 @@ class KmerTraining:
             raise ConfigError(f"--window must be >= 1, not {self.window}")
         if self.min_count < 1:
             raise ConfigError(f"--min-count must be >= 1, not {self.min_count}")
+        if not 0 <= self.seed < 2 ** 32:  # the randomized SVD's random_state range
+            raise ConfigError(f"--seed must be between 0 and {2 ** 32 - 1}, not {self.seed}")
 
 
 def train_kmer(sequences: Iterable[str], options: KmerTraining | None = None,
