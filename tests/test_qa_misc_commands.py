@@ -95,6 +95,13 @@ def test_kmer_train_negative_seed_is_one_error_line(tmp_path, capsys):
     assert "--seed" in line and not (tmp_path / "k").exists()
 
 
+def test_kmer_train_too_small_corpus_names_min_count_when_it_removed_the_3mers(tmp_path, capsys):
+    fasta = tmp_path / "s.fa"
+    fasta.write_text(">a\nMKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ\n>b\nMKTAYIAKQRQISFVKSHFSRQ\n")
+    line = _one_error(capsys, "kmer-train", fasta, "--out", tmp_path / "k", "--dim", "4", "--min-count", "50")
+    assert "too small" in line and "--min-count 50" in line and not (tmp_path / "k").exists()
+
+
 # --------------------------------------------------------------------------- export
 
 

@@ -352,8 +352,10 @@ def train_kmer(sequences: Iterable[str], options: KmerTraining | None = None,
     with_context = counts.sum(axis=1) > 0
     keep = seen[with_context]
     if len(keep) <= options.dim:
+        rare = int((counter.unigrams > 0).sum()) - len(seen)
+        why = (f"; {rare} more occur fewer than --min-count {options.min_count} times" if rare else "")
         raise InputError(f"the corpus is too small: {len(keep)} distinct 3-mers with contexts "
-                         f"({counter.sequences} sequences), need more than --dim {options.dim}")
+                         f"({counter.sequences} sequences){why}, need more than --dim {options.dim}")
     if len(keep) < len(seen):
         counts = counts[np.ix_(with_context, with_context)]
     total_pairs = int(counts.sum())
