@@ -24,6 +24,14 @@ def _add_cleaning(p: argparse.ArgumentParser) -> None:
                    help="rename repeated ids to ID_2, ID_3, ... instead of stopping")
 
 
+def _check_out_given(out, name: str = "--out") -> None:
+    """An empty --out ("$OUT" of an unset variable) would write into the current folder."""
+    if out is not None and not str(out).strip():
+        from protlm.errors import ConfigError
+
+        raise ConfigError(f"{name} is empty; give the prepared folder")
+
+
 def cmd_inspect(args) -> int:
     from protlm.data.alphabet import CleaningPolicy
     from protlm.data.stats import fasta_statistics
@@ -44,6 +52,7 @@ def cmd_prepare(args) -> int:
     from protlm.data.prepare import PrepareOptions, prepare, verify
     from protlm.errors import ConfigError
 
+    _check_out_given(args.out)
     if args.verify:
         if args.input:
             raise ConfigError("--verify checks the folder given by --out; give no input file")
@@ -97,6 +106,7 @@ def cmd_prepare(args) -> int:
 def cmd_prepare_merge(args) -> int:
     from protlm.data.prepare import merge
 
+    _check_out_given(args.out, "the folder argument")
     result = merge(args.out, dedup=args.dedup, rename_duplicates=args.rename_duplicates)
     c = result["counts"]
     summary = (

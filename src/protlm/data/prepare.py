@@ -37,6 +37,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -51,6 +52,7 @@ import xxhash
 from protlm import __version__
 from protlm.data.alphabet import ALPHABET, CleaningPolicy, vocabulary
 from protlm.data.fasta import (
+    UTF8_BOM,
     FastaStats,
     cut_record_blocks,
     encode_block,
@@ -95,8 +97,8 @@ class PrepareOptions:
             raise ConfigError(
                 f"max_length ({self.max_length}) must be >= min_length ({self.min_length})"
             )
-        if self.chunk_mb <= 0:
-            raise ConfigError(f"chunk_mb must be > 0, not {self.chunk_mb}")
+        if not 0 < self.chunk_mb < math.inf:  # also NaN and inf (int() of them would crash)
+            raise ConfigError(f"chunk_mb must be a finite number > 0, not {self.chunk_mb}")
         CleaningPolicy(self.rare)
 
     def fingerprint(self, exclude_digest: str) -> str:
@@ -140,14 +142,26 @@ def load_exclusions(paths: Iterable[str | os.PathLike], policy: CleaningPolicy) 
             raise InputError(f"{p}: no such file (given to --exclude)")
         sources.append(str(p))
         with open(p, "rb") as fh:
-            head = fh.read(4096).lstrip()
+            head = fh.read(4096)
+        if head.startswith(UTF8_BOM):  # files saved by some Windows editors
+            head = head[len(UTF8_BOM):]
+        head = head.lstrip()
         if head.startswith(b">") or head.startswith(b"\x1f\x8b"):
             for rec in read_fasta(p, policy, rename_duplicates=True):
                 ids.add(rec.id.encode())
                 seqs.add(_seq_hash(rec.sequence.encode().translate(tables.encode)))
             continue
         with open(p, "rb") as fh:
-            for raw in fh:
+            for n, raw in enumerate(fh, 1):
+                if n == 1 and raw.startswith(UTF8_BOM):
+                    raw = raw[len(UTF8_BOM):]
+                try:  # a compressed (other than gzip) or binary file would silently exclude nothing
+                    if b"\x00" in raw:
+                        raise UnicodeDecodeError("utf-8", raw, 0, 1, "NUL byte")
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise InputError(f"{p}:{n}: not a text file (binary data or not UTF-8; given to --exclude): "
+                                     "give a FASTA(.gz) file or plain text with one id or sequence a line") from None
                 word = raw.strip()
                 if not word:
                     continue
@@ -767,23 +781,29 @@ def _merge(out: Path, *, dedup: bool, rename_duplicates: bool) -> dict:
         parts.append(part)
     if not parts:
         raise InputError(f"{out}: no prepared parts found (run protlm prepare first)")
-    n_parts = {p["shard"][1] for p in parts}
     fps = {p["fingerprint"] for p in parts}
     sources = {p["source"]["sha256"] for p in parts}
     totals = {p["total_chunks"] for p in parts}
-    if len(n_parts) != 1 or len(fps) != 1 or len(sources) != 1 or len(totals) != 1:
+    if len(fps) != 1 or len(sources) != 1 or len(totals) != 1:
         raise InputError(
-            f"{out}: parts disagree (shard counts {sorted(n_parts)}, {len(fps)} option sets, "
-            f"{len(sources)} source files, chunk totals {sorted(totals)}); prepare again in a new folder"
+            f"{out}: parts disagree ({len(fps)} option sets, {len(sources)} source files, chunk totals "
+            f"{sorted(totals)}); prepare again in a new folder"
         )
-    n = n_parts.pop()
-    have = {p["shard"][0] for p in parts}
-    missing = sorted(set(range(n)) - have)
-    if missing:
+    # the same input and options cut into the same chunks whatever the number of parts, so a folder
+    # re-sharded (--shard i/N with another N, or a plain run after some parts) merges from any
+    # complete set of parts; every chunk's done.json and files are checked below either way
+    have: dict[int, set[int]] = {}
+    for p in parts:
+        have.setdefault(p["shard"][1], set()).add(p["shard"][0])
+    complete = sorted(n for n, got in have.items() if got >= set(range(n)))
+    if not complete:
+        todo = "; or ".join(", ".join(f"{i}/{n}" for i in sorted(set(range(n)) - got))
+                            for n, got in sorted(have.items()))
         raise InputError(
-            f"{out}: parts {', '.join(f'{i}/{n}' for i in missing)} not done yet; "
-            f"run protlm prepare ... --shard i/{n} for them, then merge"
+            f"{out}: parts {todo} not done yet; run protlm prepare ... --shard i/N for them, then merge"
         )
+    n = complete[0]
+    parts = sorted((p for p in parts if p["shard"][1] == n), key=lambda p: p["shard"][0])
     total = totals.pop()
     fingerprint = fps.pop()
     chunk_dir = out / "chunks"

@@ -31,6 +31,12 @@ def load_manifest(path: str | Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or \
             manifest.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{mpath}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+    vocab = manifest.get("vocab")
+    alphabet = vocab.get("alphabet") if isinstance(vocab, dict) else None
+    if alphabet is not None and alphabet != list(ALPHABET):
+        # the token ids index this alphabet: read with protlm's, they would be other residues
+        raise InputError(f"{mpath}: its token ids index the alphabet {alphabet!r}, not protlm's "
+                         f"{''.join(ALPHABET)}; prepare again")
     try:
         for split in SPLITS:
             manifest["splits"][split]["shards"]  # noqa: B018 (presence)

@@ -229,6 +229,7 @@ def validate(c: PretrainConfig) -> None:
         if arch.position_table:
             need(max(ph.max_length, c.data.valid_max_length) <= c.model.max_positions, f"{w}.max_length",
                  f"exceeds model.max_positions={c.model.max_positions} (absolute position embeddings)")
+    need(0 <= t.seed < 2**63, "train.seed", "must be an integer in [0, 2^63)")  # numpy and torch generators
     need(t.grad_accum >= 1, "train.grad_accum", "must be >= 1")
     need(t.precision in ("fp32", "bf16", "fp16"), "train.precision", f"must be fp32, bf16 or fp16, not {t.precision!r}")
     need(t.parallel in ("ddp", "fsdp"), "train.parallel", f"must be ddp or fsdp, not {t.parallel!r}")

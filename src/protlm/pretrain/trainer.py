@@ -93,6 +93,10 @@ class Trainer:
         if len(self.train_data) == 0:
             raise ConfigError(f"config data.shards: {shards} has no training sequences")
         self.valid_data = ShardedDataset(shards, "valid")
+        if config.data.valid_sequences and len(self.valid_data) == 0 and self.env.is_main:
+            log.warning("config data.valid_sequences: %s has no validation sequences, so this run reports no "
+                        "validation loss and writes no best checkpoint (prepare with a larger --valid-fraction, "
+                        "or set data.valid_sequences=0)", shards)
         self.data_fingerprint = data_fingerprint(self.train_data.manifest)
 
         self.existing = ckpt.latest_checkpoint(self.out)
@@ -521,7 +525,12 @@ def pretrain(config: PretrainConfig, out: str | Path, *, resume: bool = False, p
                 if resume and not Path(out).is_dir():  # before it is made below
                     raise InputError(f"--out {out}: no such folder; nothing to resume (leave out --resume to "
                                      f"start a new run)")
-                Path(out).mkdir(parents=True, exist_ok=True)
+                try:
+                    Path(out).mkdir(parents=True, exist_ok=True)
+                except OSError as exc:  # a file, a folder under a file, a read-only place
+                    what = "is a file, not a folder" if Path(out).exists() else \
+                        f"cannot create the output folder ({exc.strerror})"
+                    raise InputError(f"--out {out}: {what}") from None
                 stack.enter_context(output_lock(out, what="pretraining output"))
             return Trainer(config, out, resume=resume, progress=progress, env=env).run()
     finally:
