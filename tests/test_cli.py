@@ -165,6 +165,25 @@ def test_process_end_keeps_output_exit_code_and_exit_handlers(tmp_path, torchrun
     assert "exit handler ran" in failed.stderr
 
 
+@pytest.mark.parametrize("argv", [
+    ["embed", "--model", "onehot", "--input", "{fa}", "--out", ""],
+    ["predict", "--input", "{fa}", "--output", " "],
+    ["kmer-train", "{fa}", "--out=", "--dim", "4"],
+    ["project", "--embeddings", "e.h5", "--labels", "l.csv", "--out", ""],
+])
+def test_an_empty_out_is_refused_before_anything_runs(argv, tmp_path, capsys, monkeypatch):
+    """--out "$OUT" with OUT unset must not mean the current folder (or a default)."""
+    fa = write(tmp_path / "in.fa", GOOD)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code, out, err = run_cli(capsys, *[a.replace("{fa}", str(fa)) for a in argv])
+    flag = next(a.split("=")[0] for a in argv if a.startswith(("--out", "--output")))
+    assert code == 2 and out == ""
+    assert_one_error_line(err, f"{flag} is empty")
+    assert list(work.iterdir()) == []
+
+
 def test_inspect_good_file(tmp_path, capsys):
     p = write(tmp_path / "good.fa", GOOD)
     code, out, err = run_cli(capsys, "inspect", p, "--json")

@@ -56,6 +56,11 @@ def cli_flags(argv: list[str]) -> None:
     _CLI_FLAGS.update(a.split("=", 1)[0] for a in argv if a.startswith("--"))
 
 
+def typed_flags() -> frozenset[str]:
+    """The flags on the command line of this run (empty outside the CLI)."""
+    return frozenset(_CLI_FLAGS)
+
+
 #: The options through which a user names a model, in the order they are looked for.
 MODEL_FLAGS = ("--model", "--embedder")
 

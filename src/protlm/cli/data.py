@@ -24,8 +24,9 @@ def _add_cleaning(p: argparse.ArgumentParser) -> None:
                    help="rename repeated ids to ID_2, ID_3, ... instead of stopping")
 
 
-def _check_out_given(out, name: str = "--out") -> None:
-    """An empty --out ("$OUT" of an unset variable) would write into the current folder."""
+def _check_out_given(out, name: str) -> None:
+    """An empty folder argument ("$OUT" of an unset variable) would be the current folder (an empty
+    --out is refused for every command by protlm.cli.main)."""
     if out is not None and not str(out).strip():
         from protlm.errors import ConfigError
 
@@ -52,7 +53,6 @@ def cmd_prepare(args) -> int:
     from protlm.data.prepare import PrepareOptions, prepare, verify
     from protlm.errors import ConfigError
 
-    _check_out_given(args.out)
     if args.verify:
         if args.input:
             raise ConfigError("--verify checks the folder given by --out; give no input file")

@@ -14,7 +14,7 @@ import signal
 import sys
 
 from protlm import __version__
-from protlm.errors import ProtlmError, Terminated, cli_flags
+from protlm.errors import ProtlmError, Terminated, cli_flags, typed_flags
 
 log = logging.getLogger("protlm")
 
@@ -86,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
+        return 2
+    typed = [f for f in ("--out", "--output") if f in typed_flags()]
+    out = getattr(args, "out", None)
+    if typed and isinstance(out, str) and not out.strip():  # "$OUT" of an unset variable: not ".", not a default
+        print(f"protlm: error: {typed[0]} is empty; give the output path", file=sys.stderr)
         return 2
     previous = _handle_sigterm()
     try:

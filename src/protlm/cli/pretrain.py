@@ -13,12 +13,9 @@ from protlm.cli.common import add_out, apply_threads, emit, json_parent, threads
 
 
 def cmd_pretrain(args) -> int:
-    from protlm.errors import ConfigError
     from protlm.pretrain.config import load_config
     from protlm.pretrain.trainer import pretrain
 
-    if args.out is not None and not args.out.strip():  # "$OUT" of an unset variable: not the default folder
-        raise ConfigError("--out is empty; give the output folder (or leave --out out for runs/<config name>)")
     apply_threads(args)
     config = load_config(args.config, args.overrides)
     if args.shards is not None:
