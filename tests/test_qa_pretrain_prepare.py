@@ -133,14 +133,7 @@ def test_pretrain_seed_out_of_range_is_a_config_error_before_the_run(tmp_path, c
     src, _ = fasta(tmp_path, n=80)
     shards = tmp_path / "shards"
     assert run_cli(capsys, "prepare", src, "--out", shards)[0] == 0
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "model": {"arch": "esm", "preset": "tiny", "max_positions": 300},
-        "data": {"shards": str(shards), "valid_sequences": 4},
-        "optimizer": {"lr": 3e-3, "warmup_steps": 1},
-        "train": {"phases": [{"steps": 2, "max_length": 96, "tokens_per_batch": 1024}], "peak_flops": 1e11,
-                  "tensorboard": False},
-    }))
+    cfg = tiny_run_config(tmp_path, shards)
     out = tmp_path / "run"
     code, _, err = run_cli(capsys, "pretrain", "--config", cfg, "--out", out, f"train.seed={seed}")
     assert code == 2
