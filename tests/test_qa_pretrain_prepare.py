@@ -215,3 +215,18 @@ def test_empty_out_is_refused_not_the_current_folder(tmp_path, capsys, monkeypat
     assert code == 2
     assert "is empty" in one_error_line(err)
     assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == before  # ... and nothing was written there
+
+
+def test_exclude_folder_is_named_as_a_folder(tmp_path, capsys):
+    src, _ = fasta(tmp_path, n=10)
+    (tmp_path / "lists").mkdir()
+    code, _, err = run_cli(capsys, "prepare", src, "--out", tmp_path / "o", "--exclude", tmp_path / "lists")
+    assert code == 2 and "is a folder" in one_error_line(err)
+
+
+def test_summary_counts_the_records_skip_invalid_skipped(tmp_path, capsys):
+    src = tmp_path / "in.fa"
+    src.write_text(">a\nMKTAYIAKQR\n>b\nMKX1\n>c\nMKLLVAGHR\n")
+    code, _, err = run_cli(capsys, "prepare", src, "--out", tmp_path / "o", "--skip-invalid")
+    assert code == 0
+    assert "prepared 2 of 3 records" in err and "skipped 1" in err

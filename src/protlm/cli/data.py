@@ -85,7 +85,8 @@ def cmd_prepare(args) -> int:
     if "splits" in result:
         c = result["counts"]
         summary = (
-            f"prepared {c['kept']:,} of {c['records_read']:,} records "
+            # records_read counts the records that parsed; --skip-invalid's skipped ones are in the file too
+            f"prepared {c['kept']:,} of {c['records_read'] + c['skipped_invalid']:,} records "
             f"(train {result['splits']['train']['records']:,} / valid "
             f"{result['splits']['valid']['records']:,}; excluded {c['excluded']}, too short "
             f"{c['too_short']}, too long {c['too_long']}, skipped {c['skipped_invalid']}, "

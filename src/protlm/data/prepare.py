@@ -138,6 +138,8 @@ def load_exclusions(paths: Iterable[str | os.PathLike], policy: CleaningPolicy) 
     tables = policy.tables
     for p in paths:
         p = Path(p)
+        if p.is_dir():
+            raise InputError(f"{p}: is a folder (given to --exclude); give a FASTA(.gz) file or a text list")
         if not p.is_file():
             raise InputError(f"{p}: no such file (given to --exclude)")
         sources.append(str(p))
