@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from pathlib import Path
-
 from protlm.cli.common import add_out, json_parent, overwrite_parent
-from protlm.errors import ConfigError, InputError
+from protlm.errors import ConfigError
 
 
 def register(subparsers) -> None:
@@ -105,11 +103,7 @@ def check_out(args) -> None:
     from protlm.io.outputs import check_apart, check_output_dir
 
     inputs = [p for p in (args.embeddings, args.labels, args.input) if p]
-    out = Path(args.out).resolve()
-    for path in inputs:
-        if Path(path).resolve().is_relative_to(out):
-            raise InputError(f"--out {args.out}: holds the input {path}, which this run could overwrite; "
-                             "write the output somewhere else")
+    check_apart(args.out, inputs, "--out", holds=True, what="the input ")
     check_apart(args.out, [args.model, args.token_embeddings], "--out", what="the model folder ")
     check_output_dir(args.out, overwrite=args.overwrite, inputs=inputs)
 

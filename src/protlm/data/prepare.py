@@ -127,6 +127,14 @@ def _seq_hash(tokens: bytes) -> bytes:
     return xxhash.xxh3_128_digest(tokens)
 
 
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def load_exclusions(paths: Iterable[str | os.PathLike], policy: CleaningPolicy) -> Exclusions:
     """Read ``--exclude`` files: FASTA (ids and sequences) or text (one id or sequence a line).
 
@@ -157,13 +165,10 @@ def load_exclusions(paths: Iterable[str | os.PathLike], policy: CleaningPolicy) 
             for n, raw in enumerate(fh, 1):
                 if n == 1 and raw.startswith(UTF8_BOM):
                     raw = raw[len(UTF8_BOM):]
-                try:  # a compressed (other than gzip) or binary file would silently exclude nothing
-                    if b"\x00" in raw:
-                        raise UnicodeDecodeError("utf-8", raw, 0, 1, "NUL byte")
-                    raw.decode("utf-8")
-                except UnicodeDecodeError:
+                # a compressed (other than gzip) or binary file would silently exclude nothing
+                if b"\x00" in raw or not _utf8(raw):
                     raise InputError(f"{p}:{n}: not a text file (binary data or not UTF-8; given to --exclude): "
-                                     "give a FASTA(.gz) file or plain text with one id or sequence a line") from None
+                                     "give a FASTA(.gz) file or plain text with one id or sequence a line")
                 word = raw.strip()
                 if not word:
                     continue

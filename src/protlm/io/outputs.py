@@ -119,14 +119,14 @@ def check_apart(out: str | os.PathLike, folders: Iterable, option: str = "--out"
                 what: str = "") -> None:
     """An output must not be, or lie inside, a folder the command reads (a head, a model folder,
     prepared data): writing there changes what is read (a model's weights digest, a head's
-    metrics). ``holds``: an output folder that is replaced whole must not hold one of them either.
-    ``what``: how the message names the folder ("the head folder ")."""
+    metrics). ``holds``: an output folder whose files are replaced must not hold one of them (or an
+    input file) either. ``what``: how the message names the folder ("the head folder ")."""
     target = Path(out).resolve()
     for folder in folders:
-        if folder is None or not Path(folder).is_dir():
+        if folder is None or not Path(folder).exists() or (not holds and not Path(folder).is_dir()):
             continue
         read = Path(folder).resolve()
-        if target == read or target.is_relative_to(read):
+        if read.is_dir() and (target == read or target.is_relative_to(read)):
             raise InputError(f"{option} {out}: is inside {what}{folder}, which this command reads; write the output "
                              f"somewhere else")
         if holds and read.is_relative_to(target):
