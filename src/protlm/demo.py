@@ -192,6 +192,7 @@ def _embed_and_project(out: Path, fasta: Path, data: Path | None, checkpoint: Pa
         records = [records[i] for i in sorted(keep)]
         ids, seqs = [r.id for r in records], [r.sequence for r in records]
         labels = {"scop_class": [r.labels["scop_class"] for r in records]}
+        what = "SCOP classes (stratified sample of scop.train.csv)"  # the plots add the protein count
         source = f"SCOP classes, {len(ids):,} proteins (stratified sample of scop.train.csv)"
     else:
         records = list(read_fasta(fasta, CleaningPolicy()))
@@ -200,7 +201,8 @@ def _embed_and_project(out: Path, fasta: Path, data: Path | None, checkpoint: Pa
         ids = [records[i].id for i in keep]
         seqs = [records[i].sequence for i in keep]
         labels = _sequence_properties(seqs)
-        source = f"{len(ids):,} proteins of {fasta.name}; colours are sequence properties (no annotation ships with it)"
+        what = f"{fasta.name}; colours are sequence properties (no annotation ships with it)"
+        source = f"{len(ids):,} proteins of {what}"
     name = model or str(checkpoint)
     suffix = "" if model is None else f"_{Path(model).name}"
     embedder = load_embedder(name)
@@ -208,7 +210,7 @@ def _embed_and_project(out: Path, fasta: Path, data: Path | None, checkpoint: Pa
     vectors = out / f"embeddings{suffix}.per_protein.h5"
     _write_vectors(vectors, ids, emb, embedder)
     summary = project_proteins(ids, emb, labels, out / f"projection{suffix}", ("tsne", "umap"),
-                               title=f"{Path(name).name}: {source}")
+                               title=f"{Path(name).name}: {what}")
     result = {"model": name, "source": source, "embeddings": str(vectors), "proteins": summary}
     if model is None:
         result["tokens"] = project_tokens(checkpoint, out / "projection")

@@ -31,6 +31,7 @@ import io
 import logging
 import math
 import re
+import textwrap
 import time
 import warnings
 from collections import Counter
@@ -526,7 +527,7 @@ def plot_png(coords: np.ndarray, column: list[object], path: Path, title: str, l
     if point_text is not None:
         for (x, y), text in zip(coords, point_text):
             ax.annotate(text, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=11, weight="bold")
-    ax.set_title(title, fontsize=11)
+    ax.set_title(textwrap.fill(title, 80), fontsize=11)  # a long title (file name, caveat) would run off the figure
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
